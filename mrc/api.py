@@ -1,0 +1,109 @@
+"""The Python API, mirroring the command line.
+
+    import mrc.api as mrc
+    compiled = mrc.compile_spec("specs/quickstart.mrs", overrides={"optimizer.lr": "0.05"})
+    print(compiled.graph.to_text())
+    result = mrc.train(compiled, out="runs/quick")
+    result.model, result.metrics, result.summary
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mrc import ast
+from mrc.binding import Bound, bind
+from mrc.checker import check
+from mrc.diagnostics import CompileError, Diagnostic, Reporter, Span
+from mrc.graph import ScheduleGraph
+from mrc.parser import parse, parse_expr
+from mrc.program import Program
+
+
+@dataclass
+class Compiled:
+    """A spec taken through every stage up to the optimised schedule graph."""
+
+    program: Program
+    bound: Bound
+    initial_graph: ScheduleGraph
+    graph: ScheduleGraph
+
+
+def read_spec(path: str | Path) -> tuple[str, str]:
+    """The spec's text and the name diagnostics use for it; a missing file is a CompileError."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8"), str(path)
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise CompileError([Diagnostic(f"cannot read spec: {reason}", Span(str(path), 0, 0, 0, 0))]) from None
+
+
+def parse_overrides(overrides: Mapping[str, str] | Sequence[str] | None) -> dict[str, ast.Expr]:
+    """`--set key=value` items (or a mapping) → parsed expressions, each with its own span."""
+    if not overrides:
+        return {}
+    items = overrides.items() if isinstance(overrides, Mapping) else [_split(s) for s in overrides]
+    out: dict[str, ast.Expr] = {}
+    errors: list[Diagnostic] = []
+    for key, value in items:
+        key = key.strip()
+        name = f"<--set {key}>"
+        if not key or not all(part.isidentifier() for part in key.split(".")):
+            errors.append(Diagnostic(f"`--set {key}={value}`: the key must be a name such as "
+                                     "`optimizer.lr` or a `let` name", None))
+            continue
+        try:
+            out[key] = parse_expr(str(value), name)
+        except CompileError as err:
+            errors.extend(err.diagnostics)
+    if errors:
+        raise CompileError(errors)
+    return out
+
+
+def _split(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise CompileError([Diagnostic(f"`--set {item}` needs the form key=value", None)])
+    key, _, value = item.partition("=")
+    return key, value
+
+
+def check_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] | None = None) -> Program:
+    """Parse and check a spec (no user code is run). Raises CompileError with every problem."""
+    text, name = read_spec(path)
+    return check(parse(text, name), Path(path).resolve().parent, parse_overrides(overrides))
+
+
+def bind_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] | None = None) -> Bound:
+    """Check a spec, then build its data and model, trace it and resolve partitions."""
+    program = check_spec(path, overrides)
+    r = Reporter()
+    bound = bind(program, r)
+    r.raise_if_failed()
+    assert bound is not None
+    for d in r.diagnostics:  # warnings
+        import sys
+
+        from mrc.diagnostics import render
+
+        print(render(d), file=sys.stderr)
+    return bound
+
+
+def compile_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] | None = None, *,
+                 pipeline: Sequence[str] | None = None, stop_after: str | None = None,
+                 print_after: Sequence[str] = (), time_passes: bool = False) -> Compiled:
+    """Spec → checked program → bound model → schedule graph → passes."""
+    from mrc.passes import DEFAULT_PIPELINE
+    from mrc.passmanager import PassManager
+    from mrc.schedule import build_graph
+
+    bound = bind_spec(path, overrides)
+    initial = build_graph(bound)
+    manager = PassManager(list(pipeline or DEFAULT_PIPELINE), print_after, time_passes)
+    graph = manager.run(initial, stop_after=stop_after)
+    return Compiled(bound.program, bound, initial, graph)

@@ -1,0 +1,316 @@
+"""Program → Bound: build the data and the model, trace it with torch.fx, resolve selectors.
+
+Everything that can only be known once user code has run — a missing data file, a factory that
+raises, a model that does not trace, a selector that matches no parameter, two partitions that
+claim one parameter — is reported here as a diagnostic at the spec's span.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from mrc.diagnostics import Note, Reporter, Span
+from mrc.program import Component, Partition, Program, Select, Selector, SelectRandom, SelectSet
+from mrc.registry import did_you_mean
+
+
+@dataclass(frozen=True, slots=True)
+class BoundPartition:
+    """A partition resolved to concrete parameter names (in the model's own order)."""
+
+    name: str
+    params: tuple[str, ...]
+    numel: int
+    spec: Partition
+
+
+@dataclass
+class Bound:
+    """A program together with its data, its model and its traced graph."""
+
+    program: Program
+    data: Any  # mrc.data.DataBundle
+    model: nn.Module
+    graph_module: fx.GraphModule
+    partitions: tuple[BoundPartition, ...]
+    layers: tuple[str, ...]
+    """Paths of the modules that own parameters, in the order the traced graph first uses them."""
+
+    def partition_of(self) -> dict[str, str]:
+        """Parameter name → the partition that holds it."""
+        return {p: part.name for part in self.partitions for p in part.params}
+
+
+def default_partition(program: Program) -> Partition:
+    """The implicit single partition of a spec that declares none."""
+    return Partition("all", Select("all", program.model.span), program.model.span)
+
+
+def build_data(program: Program, r: Reporter) -> Any:
+    from mrc.data import DataError, load_data
+    from mrc.usercode import UserCodeError
+
+    comp = program.data
+    try:
+        return load_data(comp.name, dict(comp.kwargs), program.train.seed, program.base_dir)
+    except (DataError, UserCodeError) as err:
+        r.error(getattr(err, "message", str(err)), comp.span)
+    except (ValueError, OSError) as err:
+        r.error(f"cannot load data `{comp.name}`: {err}", comp.span)
+    return None
+
+
+def build_model(program: Program, in_shape: tuple[int, ...], classes: int, r: Reporter) -> nn.Module | None:
+    """Build the spec's model with the initialisation seed; user factories get in_shape/classes
+    when their signature asks for them."""
+    from mrc.models import build_model as build_builtin
+    from mrc.usercode import UserCodeError, call_user, load_callable
+
+    comp = program.model
+    torch.manual_seed(program.train.seed)
+    try:
+        if comp.user:
+            fn = load_callable(comp.name, program.base_dir)
+            kwargs = dict(comp.kwargs)
+            params = _accepted(fn)
+            for key, value in (("in_shape", in_shape), ("classes", classes)):
+                if key in params and key not in kwargs:
+                    kwargs[key] = value
+            model = call_user(fn, comp.name, **kwargs)
+            if not isinstance(model, nn.Module):
+                r.error(f"{comp.name} returned {type(model).__name__}, not a torch.nn.Module",
+                        comp.span)
+                return None
+        else:
+            model = build_builtin(comp.name, in_shape, classes, dict(comp.kwargs))
+    except UserCodeError as err:
+        r.error(err.message, comp.span)
+        return None
+    except (ValueError, TypeError) as err:
+        r.error(f"cannot build model `{comp.name}`: {err}", comp.span)
+        return None
+    return model
+
+
+def _accepted(fn: Any) -> set[str]:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return set()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        return {"in_shape", "classes"}
+    return set(sig.parameters)
+
+
+def load_init(program: Program, model: nn.Module, r: Reporter) -> None:
+    """Load initial weights (e.g. from a pretraining run), skipping excluded or reshaped tensors."""
+    init = program.init
+    if init is None:
+        return
+    if not init.path.is_file():
+        r.error(f"cannot read initial weights: no file {init.path}", init.span,
+                hint="train the run that writes it first (its --out DIR holds final.pt)")
+        return
+    try:
+        state = torch.load(init.path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a corrupt or foreign file: any unpickling error is the user's
+        r.error(f"cannot read initial weights from {init.path}: {type(err).__name__}: {err}",
+                init.span)
+        return
+    if not isinstance(state, dict):
+        r.error(f"{init.path} does not hold a state_dict", init.span)
+        return
+    own = model.state_dict()
+    keep = {}
+    for key, tensor in state.items():
+        if any(fnmatch.fnmatchcase(key, pat) for pat in init.exclude):
+            continue
+        if key in own and own[key].shape == tensor.shape:
+            keep[key] = tensor
+        elif init.strict:
+            why = "is not in the model" if key not in own else (
+                f"has shape {tuple(tensor.shape)}, the model's {tuple(own[key].shape)}")
+            r.error(f"initial weight `{key}` {why}", init.span,
+                    hint="use `exclude=[…]` or `strict=false` to skip it")
+            return
+    missing = [k for k in own if k not in keep and not any(
+        fnmatch.fnmatchcase(k, pat) for pat in init.exclude)]
+    if init.strict and missing:
+        r.error(f"initial weights lack `{missing[0]}`" + (f" and {len(missing) - 1} more"
+                if len(missing) > 1 else ""), init.span)
+        return
+    if not keep:
+        r.error(f"no tensor of {init.path} fits the model", init.span)
+        return
+    model.load_state_dict(keep, strict=False)
+
+
+def trace(program: Program, model: nn.Module, example: torch.Tensor, r: Reporter) -> fx.GraphModule | None:
+    from mrc.models import TraceFailure, trace_model
+
+    try:
+        return trace_model(model, example)
+    except TraceFailure as err:
+        r.error(f"cannot trace the model with torch.fx: {err.message}", program.model.span,
+                hint=err.hint)
+    return None
+
+
+def layer_order(gm: fx.GraphModule, model: nn.Module) -> tuple[str, ...]:
+    """Paths of the parameter-owning modules in the order the traced graph first uses them."""
+    owners = {name.rpartition(".")[0] for name, _ in model.named_parameters()}
+    order: list[str] = []
+    for node in gm.graph.nodes:
+        if node.op in ("call_module", "get_attr"):
+            target = str(node.target)
+            path = target if node.op == "call_module" else target.rpartition(".")[0]
+            for owner in sorted(owners):
+                if (owner == path or owner.startswith(path + ".")) and owner not in order:
+                    order.append(owner)
+    order += [o for o in sorted(owners) if o not in order]
+    return tuple(order)
+
+
+class _Resolver:
+    def __init__(self, model: nn.Module, layers: tuple[str, ...], r: Reporter) -> None:
+        self.names = [n for n, _ in model.named_parameters()]
+        self.modules = dict(model.named_modules())
+        self.layers = layers
+        self.r = r
+
+    def resolve(self, sel: Selector) -> set[str]:
+        if isinstance(sel, SelectSet):
+            left, right = self.resolve(sel.left), self.resolve(sel.right)
+            return {"|": left | right, "&": left & right, "-": left - right}[sel.op]
+        if isinstance(sel, SelectRandom):
+            return self.resolve(sel.of)
+        kind = sel.kind
+        if kind == "all":
+            return set(self.names)
+        if kind == "bias":
+            return {n for n in self.names if n.rpartition(".")[2] == "bias"}
+        if kind == "weight":
+            return {n for n in self.names if n.rpartition(".")[2] != "bias"}
+        if kind == "params":
+            return {n for n in self.names if fnmatch.fnmatchcase(n, sel.pattern)}
+        if kind == "module":
+            paths = [m for m in self.modules if m and fnmatch.fnmatchcase(m, sel.pattern)]
+            return {n for n in self.names for m in paths if n.startswith(m + ".")}
+        if kind == "type":
+            owners = {m for m, mod in self.modules.items()
+                      if any(c.__name__ == sel.pattern for c in type(mod).__mro__)}
+            return {n for n in self.names if n.rpartition(".")[0] in owners}
+        if kind == "depth":
+            chosen = set(self.layers[slice(sel.lo, sel.hi)])
+            return {n for n in self.names if n.rpartition(".")[0] in chosen}
+        raise AssertionError(kind)
+
+    def explain_empty(self, sel: Selector) -> str | None:
+        """A hint for a selector that matched nothing."""
+        if isinstance(sel, Select) and sel.kind in ("module", "params"):
+            pool = [m for m in self.modules if m] if sel.kind == "module" else self.names
+            guess = did_you_mean(sel.pattern, pool)
+            if guess:
+                return f'did you mean `{sel.kind}("{guess}")`?'
+            shown = ", ".join(f"`{m}`" for m in pool[:8])
+            return f"the model's {'modules' if sel.kind == 'module' else 'parameters'} include {shown}"
+        if isinstance(sel, Select) and sel.kind == "type":
+            types = sorted({type(m).__name__ for m in self.modules.values()})
+            guess = did_you_mean(sel.pattern, types)
+            return f'did you mean `type("{guess}")`?' if guess else f"module types here: {', '.join(types)}"
+        if isinstance(sel, Select) and sel.kind == "depth":
+            return f"the model has {len(self.layers)} parameterised layers (0…{len(self.layers) - 1})"
+        return None
+
+
+def resolve_partitions(program: Program, model: nn.Module, layers: tuple[str, ...],
+                       r: Reporter) -> tuple[BoundPartition, ...]:
+    """Resolve every partition; report empty, overlapping and missing coverage."""
+    specs = list(program.partitions) or [default_partition(program)]
+    res = _Resolver(model, layers, r)
+    sizes = dict((n, p.numel()) for n, p in model.named_parameters())
+    owner: dict[str, Partition] = {}
+    bound: list[BoundPartition] = []
+    for part in specs:
+        if isinstance(part.selector, Select) and part.selector.kind == "rest":
+            chosen = [n for n in res.names if n not in owner]
+            if not chosen:
+                r.warning(f"partition `{part.name}` (`rest`) is empty: every parameter is already "
+                          "in another partition", part.selector.span)
+                continue
+        else:
+            chosen_set = res.resolve(part.selector)
+            if not chosen_set:
+                r.error(f"partition `{part.name}` selects no parameter: "
+                        f"`{part.selector.describe()}` matches nothing", part.selector.span,
+                        hint=res.explain_empty(_first_empty(part.selector, res)))
+                continue
+            chosen = [n for n in res.names if n in chosen_set]
+            clash = [n for n in chosen if n in owner]
+            if clash:
+                other = owner[clash[0]]
+                more = f" and {len(clash) - 1} more" if len(clash) > 1 else ""
+                r.error(f"partitions `{other.name}` and `{part.name}` both claim `{clash[0]}`{more}",
+                        part.selector.span,
+                        notes=[Note(f"`{other.name}` is defined here", other.selector.span)],
+                        hint="a parameter belongs to one partition; narrow a selector with `-`")
+                continue
+        for n in chosen:
+            owner[n] = part
+        bound.append(BoundPartition(part.name, tuple(chosen), sum(sizes[n] for n in chosen), part))
+    left = [n for n in res.names if n not in owner]
+    if left and not r.failed:
+        shown = ", ".join(f"`{n}`" for n in left[:4]) + (f" and {len(left) - 4} more" if len(left) > 4 else "")
+        first = specs[0]
+        r.error(f"{len(left)} parameter{'s are' if len(left) > 1 else ' is'} in no partition: {shown}",
+                first.span, hint="add `partition other = rest` to collect them")
+    return tuple(bound)
+
+
+def _first_empty(sel: Selector, res: _Resolver) -> Selector:
+    """The innermost sub-selector that matches nothing (for a precise hint)."""
+    if isinstance(sel, SelectSet):
+        for side in (sel.left, sel.right):
+            if not res.resolve(side):
+                return _first_empty(side, res)
+    return sel
+
+
+def bind(program: Program, r: Reporter) -> Bound | None:
+    """Build data and model, load initial weights, trace, resolve partitions."""
+    data = build_data(program, r)
+    if data is None:
+        return None
+    model = build_model(program, tuple(data.in_shape), int(data.classes), r)
+    if model is None:
+        return None
+    load_init(program, model, r)
+    if program.train.dtype == "float64":
+        model = model.double()
+        data = data.to(torch.device("cpu"), dtype=torch.float64) if _takes_dtype(data) else data
+    example = data.train_x[:2]
+    gm = trace(program, model, example, r)
+    if gm is None:
+        return None
+    layers = layer_order(gm, model)
+    partitions = resolve_partitions(program, model, layers, r)
+    if r.failed:
+        return None
+    return Bound(program, data, model, gm, partitions, layers)
+
+
+def _takes_dtype(data: Any) -> bool:
+    try:
+        return "dtype" in inspect.signature(data.to).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def span_of(comp: Component | None) -> Span | None:
+    return comp.span if comp else None

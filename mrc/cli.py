@@ -1,0 +1,156 @@
+"""The `mrc` command: check, graph and train .mrs specs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mrc import __version__
+from mrc.diagnostics import CompileError, render_all
+
+EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mrc",
+        description="mrc compiles .mrs training-schedule specs (multirate, module-wise and "
+        "layer-parallel training) into a PyTorch training loop and runs it.",
+        epilog="Examples:\n  mrc check specs/*.mrs\n  mrc graph specs/quickstart.mrs --format dot"
+        " -o g.dot\n  mrc train specs/quickstart.mrs --out runs/quick\n\n"
+        "The language is documented in docs/language.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"mrc {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def overrides(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a spec value, e.g. --set optimizer.lr=0.05 or --set h=0.1 "
+                        "(checked like the spec itself); repeatable")
+
+    c = sub.add_parser("check", help="check specs; silent and exit 0 when they are valid",
+                       description="Parse, check and bind each spec (this builds the data and the "
+                       "model and traces it). Diagnostics go to stderr; exit 2 if any spec has "
+                       "errors.")
+    c.add_argument("specs", nargs="+", metavar="SPEC")
+    overrides(c)
+
+    g = sub.add_parser("graph", help="print the schedule graph a spec compiles to",
+                       description="Compile a spec and print its schedule graph (one period of "
+                       "training).")
+    g.add_argument("spec", metavar="SPEC")
+    g.add_argument("--after", metavar="PASS", default=None,
+                   help="show the graph after this pass (`build` for the graph before any pass)")
+    g.add_argument("--format", choices=("text", "dot", "json"), default="text")
+    g.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    g.add_argument("--passes", metavar="P1,P2", help="run this pipeline instead of the default")
+    g.add_argument("--print-after", metavar="PASS|all", action="append", default=[],
+                   help="also print the graph (to stderr) after these passes")
+    g.add_argument("--time-passes", action="store_true", help="report how long each pass took")
+    overrides(g)
+
+    t = sub.add_parser("train", help="compile a spec and train",
+                       description="Compile a spec and run it. DIR receives metrics.jsonl, "
+                       "summary.json, final.pt and a resumable checkpoint.")
+    t.add_argument("spec", metavar="SPEC")
+    length = t.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=_positive, metavar="N", help="train for N optimizer steps")
+    length.add_argument("--epochs", type=_positive, metavar="E", help="train for E epochs")
+    t.add_argument("--seed", type=_natural, metavar="S", help="override the spec's seed")
+    t.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train")
+    t.add_argument("--out", metavar="DIR", help="output directory (default: runs/SPEC_NAME)")
+    t.add_argument("--resume", metavar="DIR", help="continue the run checkpointed in DIR")
+    t.add_argument("--no-progress", action="store_true", help="plain log lines, no progress bar")
+    overrides(t)
+    return p
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _natural(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from mrc.api import bind_spec
+
+    status = EXIT_OK
+    for spec in args.specs:
+        try:
+            bind_spec(spec, args.overrides)
+        except CompileError as err:
+            print(render_all(err.diagnostics), file=sys.stderr)
+            status = EXIT_ERROR
+    return status
+
+
+def _cmd_graph(args: argparse.Namespace) -> int:
+    from mrc.api import compile_spec
+    from mrc.passes import DEFAULT_PIPELINE
+    from mrc.passmanager import PassError, parse_pipeline
+
+    try:
+        pipeline = parse_pipeline(args.passes) if args.passes else list(DEFAULT_PIPELINE)
+        for name in [args.after, *args.print_after]:
+            if name and name not in ("build", "all") and name not in pipeline:
+                raise PassError(f"--after/--print-after `{name}` is not in the pipeline "
+                                f"({', '.join(['build', *pipeline])})")
+        compiled = compile_spec(args.spec, args.overrides, pipeline=pipeline,
+                                stop_after=args.after, print_after=args.print_after,
+                                time_passes=args.time_passes)
+    except PassError as err:
+        print(f"mrc graph: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    graph = compiled.initial_graph if args.after == "build" else compiled.graph
+    text = {"text": graph.to_text, "dot": graph.to_dot, "json": graph.to_json}[args.format]()
+    if args.output:
+        try:
+            Path(args.output).write_text(text)
+        except OSError as err:
+            print(f"mrc graph: cannot write {args.output}: {err.strerror}", file=sys.stderr)
+            return EXIT_ERROR
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from mrc.runtime.cli import run_train
+
+    return run_train(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"check": _cmd_check, "graph": _cmd_graph, "train": _cmd_train}[args.command](args)
+    except CompileError as err:
+        print(render_all(err.diagnostics), file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("mrc: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

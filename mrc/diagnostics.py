@@ -1,0 +1,138 @@
+"""Source spans and diagnostics: `file:line:col: error: message`, the line, carets, notes, hints.
+
+Every stage of the compiler reports problems as `Diagnostic`s and keeps going where it can, so one
+run shows every error. A stage that cannot go on raises `CompileError` with all it collected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A range of source text: 1-based line and column of its first and one-past-last character."""
+
+    file: str
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+    def to(self, other: Span) -> Span:
+        """The span from the start of this one to the end of `other`."""
+        return Span(self.file, self.line, self.col, other.end_line, other.end_col)
+
+
+NOWHERE = Span("<unknown>", 0, 0, 0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    message: str
+    span: Span | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    """One problem: a severity, a message at a span, notes with their own spans, and a hint."""
+
+    message: str
+    span: Span | None
+    severity: str = "error"
+    notes: tuple[Note, ...] = ()
+    hint: str | None = None
+
+
+@dataclass
+class Sources:
+    """The text of every file a run has read, so diagnostics can quote the offending line."""
+
+    texts: dict[str, str] = field(default_factory=dict)
+
+    def add(self, name: str, text: str) -> None:
+        self.texts[name] = text
+
+    def line(self, name: str, number: int) -> str | None:
+        text = self.texts.get(name)
+        if text is None or number < 1:
+            return None
+        lines = text.splitlines()
+        return lines[number - 1] if number <= len(lines) else ""
+
+
+SOURCES = Sources()
+"""Process-wide source registry: every file or `--set` text the front end reads is added here."""
+
+
+def _quote(span: Span, sources: Sources) -> list[str]:
+    text = sources.line(span.file, span.line)
+    if text is None:
+        return []
+    text = text.expandtabs(1)
+    start = max(span.col, 1)
+    end = span.end_col if span.end_line == span.line else len(text) + 1
+    width = max(end - start, 1)
+    gutter = " " * len(str(span.line))
+    return [f" {span.line} | {text}", f" {gutter} | {' ' * (start - 1)}{'^' * width}"]
+
+
+def render(diag: Diagnostic, sources: Sources = SOURCES) -> str:
+    """The diagnostic as text, in the compiler-standard form that editors recognise."""
+    where = f"{diag.span}: " if diag.span and diag.span.line > 0 else (
+        f"{diag.span.file}: " if diag.span else "")
+    out = [f"{where}{diag.severity}: {diag.message}"]
+    if diag.span and diag.span.line > 0:
+        out += _quote(diag.span, sources)
+    for note in diag.notes:
+        if note.span and note.span.line > 0:
+            out.append(f"{note.span}: note: {note.message}")
+            out += _quote(note.span, sources)
+        else:
+            out.append(f"note: {note.message}")
+    if diag.hint:
+        out.append(f"hint: {diag.hint}")
+    return "\n".join(out)
+
+
+def render_all(diags: Iterable[Diagnostic], sources: Sources = SOURCES) -> str:
+    diags = list(diags)
+    text = "\n".join(render(d, sources) for d in diags)
+    errors = sum(d.severity == "error" for d in diags)
+    if errors:
+        text += f"\n{errors} error{'s' if errors != 1 else ''} found"
+    return text
+
+
+class CompileError(Exception):
+    """Raised when a stage cannot go on; carries every diagnostic collected so far."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic]) -> None:
+        self.diagnostics = tuple(diagnostics)
+        super().__init__(render_all(self.diagnostics))
+
+
+class Reporter:
+    """Collects diagnostics for one run of the front end."""
+
+    def __init__(self) -> None:
+        self.diagnostics: list[Diagnostic] = []
+
+    def error(self, message: str, span: Span | None, *, notes: Iterable[Note] = (),
+              hint: str | None = None) -> None:
+        self.diagnostics.append(Diagnostic(message, span, "error", tuple(notes), hint))
+
+    def warning(self, message: str, span: Span | None, *, hint: str | None = None) -> None:
+        self.diagnostics.append(Diagnostic(message, span, "warning", (), hint))
+
+    @property
+    def failed(self) -> bool:
+        return any(d.severity == "error" for d in self.diagnostics)
+
+    def raise_if_failed(self) -> None:
+        if self.failed:
+            raise CompileError(self.diagnostics)

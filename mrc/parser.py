@@ -1,0 +1,228 @@
+"""Text → AST with the Lark grammar in grammar/mrs.lark; syntax errors become diagnostics."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+
+from mrc import ast
+from mrc.diagnostics import SOURCES, CompileError, Diagnostic, Span
+
+# Human names for the grammar's terminals, used in "expected …" messages.
+TERMINAL_NAMES = {
+    "NAME": "a name", "NUMBER": "a number", "STRING": "a string", "LPAR": "`(`", "RPAR": "`)`",
+    "LSQB": "`[`", "RSQB": "`]`", "LBRACE": "`{`", "RBRACE": "`}`", "COMMA": "`,`",
+    "SEMICOLON": "`;`", "EQUAL": "`=`", "DOT": "`.`", "PLUS": "`+`", "MINUS": "`-`",
+    "STAR": "`*`", "SLASH": "`/`", "__ANON_0": "`**`", "VBAR": "`|`", "AMPERSAND": "`&`",
+    "$END": "the end of the file",
+}
+
+
+@functools.cache
+def _lark() -> Lark:
+    return Lark.open_from_package("mrc.grammar", "mrs.lark", parser="lalr", propagate_positions=True,
+                                  strict=True, maybe_placeholders=True)
+
+
+def _span(file: str, meta: Any) -> Span:
+    return Span(file, meta.line, meta.column, meta.end_line, meta.end_column)
+
+
+def _tok_span(file: str, tok: Token) -> Span:
+    return Span(file, tok.line, tok.column, tok.end_line, tok.end_column)
+
+
+def _unquote(text: str) -> str:
+    body = text[1:-1]
+    return body.encode("latin-1", "backslashreplace").decode("unicode_escape") if "\\" in body else body
+
+
+def _number(text: str) -> int | float:
+    if any(c in text for c in ".eE"):
+        return float(text)
+    return int(text)
+
+
+class _Builder(Transformer):
+    """Builds frozen AST records bottom-up; one method per grammar alias."""
+
+    def __init__(self, file: str) -> None:
+        super().__init__()
+        self.file = file
+
+    def _s(self, meta: Any) -> Span:
+        return _span(self.file, meta)
+
+    def _name(self, tok: Token) -> ast.Name:
+        return ast.Name(str(tok), _tok_span(self.file, tok))
+
+    # statements
+    def start(self, items: list[Any]) -> tuple[ast.Statement, ...]:
+        return tuple(items)
+
+    @v_args(meta=True)
+    def decl_target(self, meta: Any, c: list[Any]) -> ast.Statement:
+        kw, target, args, block = c
+        return ast.Statement(self._name(kw), target, None, None, args, block, self._s(meta))
+
+    @v_args(meta=True)
+    def decl_bind(self, meta: Any, c: list[Any]) -> ast.Statement:
+        kw, name, value, block = c
+        return ast.Statement(self._name(kw), None, self._name(name), value, None, block, self._s(meta))
+
+    @v_args(meta=True)
+    def decl_args(self, meta: Any, c: list[Any]) -> ast.Statement:
+        kw, args, block = c
+        return ast.Statement(self._name(kw), None, None, None, args, block, self._s(meta))
+
+    @v_args(meta=True)
+    def decl_block(self, meta: Any, c: list[Any]) -> ast.Statement:
+        kw, block = c
+        return ast.Statement(self._name(kw), None, None, None, None, block, self._s(meta))
+
+    def target_name(self, c: list[Token]) -> ast.Name:
+        return self._name(c[0])
+
+    def target_string(self, c: list[Token]) -> ast.Str:
+        return ast.Str(_unquote(str(c[0])), _tok_span(self.file, c[0]))
+
+    def args(self, c: list[Any]) -> tuple[ast.Arg, ...]:
+        return tuple(a for a in c if a is not None)
+
+    @v_args(meta=True)
+    def kwarg(self, meta: Any, c: list[Any]) -> ast.Arg:
+        return ast.Arg(self._name(c[0]), c[1], self._s(meta))
+
+    @v_args(meta=True)
+    def posarg(self, meta: Any, c: list[Any]) -> ast.Arg:
+        return ast.Arg(None, c[0], self._s(meta))
+
+    @v_args(meta=True)
+    def block(self, meta: Any, c: list[Any]) -> ast.Block:
+        return ast.Block(tuple(c), self._s(meta))
+
+    @v_args(meta=True)
+    def assign(self, meta: Any, c: list[Any]) -> ast.Assign:
+        return ast.Assign(c[0], c[1], self._s(meta))
+
+    def key(self, c: list[Token]) -> tuple[ast.Name, ...]:
+        return tuple(self._name(t) for t in c)
+
+    # expressions
+    def _bin(op: str):  # type: ignore[no-redef]
+        @v_args(meta=True)
+        def method(self: _Builder, meta: Any, c: list[Any]) -> ast.BinOp:
+            return ast.BinOp(op, c[0], c[1], self._s(meta))
+        return method
+
+    union, intersect, add, sub = _bin("|"), _bin("&"), _bin("+"), _bin("-")
+    mul, div, pow = _bin("*"), _bin("/"), _bin("**")
+
+    @v_args(meta=True)
+    def neg(self, meta: Any, c: list[Any]) -> ast.Neg:
+        return ast.Neg(c[0], self._s(meta))
+
+    def number(self, c: list[Token]) -> ast.Num:
+        return ast.Num(_number(str(c[0])), str(c[0]), _tok_span(self.file, c[0]))
+
+    def string(self, c: list[Token]) -> ast.Str:
+        return ast.Str(_unquote(str(c[0])), _tok_span(self.file, c[0]))
+
+    def name(self, c: list[Token]) -> ast.Name:
+        return self._name(c[0])
+
+    @v_args(meta=True)
+    def call(self, meta: Any, c: list[Any]) -> ast.Call:
+        return ast.Call(self._name(c[0]), c[1], self._s(meta))
+
+    @v_args(meta=True)
+    def list(self, meta: Any, c: list[Any]) -> ast.ListExpr:
+        return ast.ListExpr(tuple(x for x in c if x is not None), self._s(meta))
+
+
+OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "__ANON_0", "VBAR", "AMPERSAND"}
+
+
+def _expected(names: set[str]) -> str:
+    """Human list of what could come next; operators are left out when anything else fits."""
+    if names - OPERATORS:
+        names = names - OPERATORS
+    human = sorted({TERMINAL_NAMES.get(n, f"`{n.lower()}`") for n in names})
+    if len(human) > 6:
+        human = human[:6] + ["…"]
+    return ", ".join(human[:-1]) + (" or " if len(human) > 1 else "") + human[-1] if human else "nothing"
+
+
+def _syntax_error(file: str, text: str, err: UnexpectedInput) -> Diagnostic:
+    line, col = max(err.line, 1), max(err.column, 1)
+    if isinstance(err, UnexpectedToken) and err.token.type == "$END":
+        lines = text.splitlines() or [""]
+        line = len(lines)
+        col = len(lines[-1]) + 1
+        span = Span(file, line, col, line, col + 1)
+        return Diagnostic(f"unexpected end of file; expected {_expected(set(err.expected))}", span)
+    if isinstance(err, UnexpectedToken):
+        tok = err.token
+        span = Span(file, tok.line, tok.column, tok.end_line or tok.line,
+                    tok.end_column or tok.column + len(str(tok)))
+        what = {"NAME": "name", "NUMBER": "number", "STRING": "string"}.get(tok.type)
+        shown = f"{what} `{tok}`" if what else f"`{tok}`"
+        hint = None
+        if tok.type == "EQUAL":
+            hint = "a setting `key = value` belongs inside a `{ … }` block or a call's `( … )`"
+        return Diagnostic(f"unexpected {shown}; expected {_expected(set(err.expected))}", span,
+                          hint=hint)
+    if isinstance(err, UnexpectedCharacters):
+        ch = text.splitlines()[line - 1][col - 1] if text.splitlines() else "?"
+        hint = "strings use double quotes" if ch == "'" else None
+        if ch == '"':
+            return Diagnostic("unterminated string", Span(file, line, col, line, col + 1),
+                              hint="close the string with `\"` on the same line")
+        return Diagnostic(f"unexpected character `{ch}`", Span(file, line, col, line, col + 1), hint=hint)
+    if isinstance(err, UnexpectedEOF):
+        return Diagnostic("unexpected end of file", Span(file, line, col, line, col + 1))
+    return Diagnostic(str(err).splitlines()[0], Span(file, line, col, line, col + 1))
+
+
+def parse(text: str, file: str = "<spec>") -> ast.Spec:
+    """Parse spec text. Raises CompileError with a syntax diagnostic when the text is malformed."""
+    SOURCES.add(file, text)
+    try:
+        tree = _lark().parse(text)
+    except UnexpectedInput as err:
+        raise CompileError([_syntax_error(file, text, err)]) from None
+    try:
+        statements = _Builder(file).transform(tree)
+    except VisitError as err:  # a bug in the builder, not the user's input: surface the cause
+        raise err.orig_exc from None
+    return ast.Spec(file, statements)
+
+
+def parse_expr(text: str, file: str) -> ast.Expr:
+    """Parse a single expression (the value of a `--set key=value` override)."""
+    spec = parse(f"x(v={text})", file)
+    SOURCES.add(file, text)
+    expr = spec.statements[0].args[0].value  # type: ignore[index]
+    return _shift(expr, -4)
+
+
+def _shift(node: Any, dcol: int) -> Any:
+    """Move a node's spans `dcol` columns (undoes the wrapper used by parse_expr)."""
+    from dataclasses import fields, is_dataclass, replace
+
+    if isinstance(node, tuple):
+        return tuple(_shift(n, dcol) for n in node)
+    if not is_dataclass(node):
+        return node
+    changes = {}
+    for f in fields(node):
+        value = getattr(node, f.name)
+        if isinstance(value, Span):
+            changes[f.name] = Span(value.file, value.line, value.col + dcol, value.end_line,
+                                   value.end_col + dcol)
+        else:
+            changes[f.name] = _shift(value, dcol)
+    return replace(node, **changes)

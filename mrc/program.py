@@ -1,0 +1,182 @@
+"""The checked program: what a spec means, with names resolved and values typed.
+
+`mrc.checker` turns the AST into a `Program`; `mrc.binding` then resolves its selectors against a
+traced model. Records are frozen; each keeps the span it came from so later stages can still point
+at the spec when something goes wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mrc.diagnostics import Span
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    """A built-in or user callable with its checked keyword arguments.
+
+    `name` is the built-in's name or, when `user` is true, the reference `"file.py:factory"` /
+    `"package.module:factory"` (or a data file path) exactly as written.
+    """
+
+    name: str
+    kwargs: Mapping[str, Any]
+    span: Span
+    user: bool = False
+    arg_spans: Mapping[str, Span] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        args = ", ".join(f"{k}={_fmt(v)}" for k, v in self.kwargs.items())
+        name = f'"{self.name}"' if self.user else self.name
+        return f"{name}({args})"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    if v is None:
+        return "none"
+    return str(v)
+
+
+# --- selectors ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Select:
+    """A leaf selector. kind: params (name glob), module (path glob), type (class name),
+    weight, bias, all, rest, depth (lo, hi over parameterised modules in graph order)."""
+
+    kind: str
+    span: Span
+    pattern: str = ""
+    lo: int | None = None
+    hi: int | None = None
+
+    def describe(self) -> str:
+        if self.kind in ("params", "module", "type"):
+            return f'{self.kind}("{self.pattern}")'
+        if self.kind == "depth":
+            return f"depth({self.lo}, {'end' if self.hi is None else self.hi})"
+        return self.kind
+
+
+@dataclass(frozen=True, slots=True)
+class SelectRandom:
+    """A random subset of the elements selected by `of`: a fraction, per tensor or global."""
+
+    fraction: float
+    per: str
+    of: Selector
+    span: Span
+
+    def describe(self) -> str:
+        return f"random({self.fraction:g}, per={self.per}, of={self.of.describe()})"
+
+
+@dataclass(frozen=True, slots=True)
+class SelectSet:
+    """Set algebra on selectors: op is `|` (union), `&` (intersection) or `-` (difference)."""
+
+    op: str
+    left: Selector
+    right: Selector
+    span: Span
+
+    def describe(self) -> str:
+        return f"({self.left.describe()} {self.op} {self.right.describe()})"
+
+
+Selector = Select | SelectRandom | SelectSet
+
+
+# --- statements -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """A named set of parameters and how it is integrated.
+
+    every: the partition updates once per `every` steps (its rate);
+    lr: an explicit step size (None: every × the base learning rate, the seed's h_S = k·h_F);
+    drift: "none" or "linear" (the seed's two multirate algorithms);
+    optimizer: its own integrator (None: the spec's optimizer).
+    """
+
+    name: str
+    selector: Selector
+    span: Span
+    every: int = 1
+    lr: float | None = None
+    drift: str = "none"
+    optimizer: Component | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrainSettings:
+    epochs: int | None = None
+    steps: int | None = None
+    seed: int = 0
+    eval_every: int = 0
+    log_every: int = 10
+    label_smoothing: float = 0.0
+    device: str = "auto"
+    dtype: str = "float32"
+    checkpoint_every: int = 0
+    grad_clip: float = 0.0
+    span: Span | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EarlyStopping:
+    metric: str
+    patience: int
+    min_delta: float
+    restore_best: bool
+    span: Span
+
+    @property
+    def mode(self) -> str:
+        """`min` for losses, `max` for accuracies."""
+        return "max" if self.metric.endswith("acc") else "min"
+
+
+@dataclass(frozen=True, slots=True)
+class Init:
+    """Initial weights loaded from a state_dict file (e.g. a pretraining run's final.pt)."""
+
+    path: Path
+    exclude: tuple[str, ...]
+    strict: bool
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    """A checked spec."""
+
+    file: str
+    base_dir: Path
+    model: Component
+    data: Component
+    optimizer: Component
+    schedule: Component
+    train: TrainSettings
+    partitions: tuple[Partition, ...] = ()
+    early_stopping: EarlyStopping | None = None
+    init: Init | None = None
+    lets: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return Path(self.file).stem

@@ -1,0 +1,98 @@
+"""Run directories: atomic checkpoints, the metrics log and the summary.
+
+A run directory holds `checkpoint.pt` (everything needed to continue exactly: model, optimizer
+state, step, epoch, position in the epoch, random-generator states, early-stopping state),
+`metrics.jsonl` (one JSON object per logged step), `summary.json` and, at the end, `final.pt`
+(the model's state_dict). Files are written to a temporary name and renamed, so an interrupted
+write never leaves a broken file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+FINAL = "final.pt"
+
+
+def atomic_write_bytes(path: Path, write: Any) -> None:
+    """Write via `write(file_object)` to a temp file beside `path`, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_torch(obj: Any, path: Path) -> None:
+    atomic_write_bytes(path, lambda f: torch.save(obj, f))
+
+
+def save_json(obj: Any, path: Path) -> None:
+    atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+class CheckpointError(Exception):
+    """A run directory that cannot be resumed; the message says why in one line."""
+
+
+def load_checkpoint(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / CHECKPOINT
+    if not run_dir.is_dir():
+        raise CheckpointError(f"cannot resume: {run_dir} is not a directory")
+    if not path.is_file():
+        raise CheckpointError(f"cannot resume: {run_dir} holds no {CHECKPOINT}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # any unpickling failure means a damaged or foreign file
+        raise CheckpointError(f"cannot resume: {path} is unreadable ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict) or state.get("format") != "mrc-checkpoint-1":
+        raise CheckpointError(f"cannot resume: {path} is not an mrc checkpoint")
+    return state
+
+
+class MetricsLog:
+    """Appends JSON lines; on resume it drops lines logged after the checkpoint's step."""
+
+    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            path.write_text("")
+        elif path.exists():
+            keep = []
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= resume_step:
+                        keep.append(line)
+                except json.JSONDecodeError:
+                    continue
+            path.write_text("".join(line + "\n" for line in keep))
+        self._f = path.open("a", buffering=1)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._f.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / METRICS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

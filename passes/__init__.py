@@ -1,0 +1,17 @@
+"""Passes over the schedule graph, one per file; `PASSES` maps each name to its class.
+
+A pass is a frozen dataclass with a kebab-case `name` and `apply(graph) -> graph`; its docstring
+says what it requires and ensures, with a small before/after example. The pass manager
+(mrc.passmanager) runs a pipeline of them, verifying the graph after each.
+"""
+
+from __future__ import annotations
+
+from mrc.passes.base import Pass
+from mrc.passes.group_updates import GroupUpdates
+from mrc.passes.prune_gradients import PruneGradients
+
+PASSES: dict[str, type[Pass]] = {p.name: p for p in (PruneGradients, GroupUpdates)}
+DEFAULT_PIPELINE: tuple[str, ...] = ("prune-gradients", "group-updates")
+
+__all__ = ["DEFAULT_PIPELINE", "PASSES", "GroupUpdates", "Pass", "PruneGradients"]
