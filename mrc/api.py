@@ -107,3 +107,30 @@ def compile_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] 
     manager = PassManager(list(pipeline or DEFAULT_PIPELINE), print_after, time_passes)
     graph = manager.run(initial, stop_after=stop_after)
     return Compiled(bound.program, bound, initial, graph)
+
+
+def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: int | None = None,
+          epochs: int | None = None, device: str | None = None, resume: str | Path | None = None,
+          overrides: Mapping[str, str] | Sequence[str] | None = None, progress: bool = False,
+          save: bool = True):  # -> mrc.runtime.trainer.TrainResult
+    """Compile (unless given a Compiled) and train.
+
+    out: the run directory (default `runs/<spec name>` when `save`; with `resume` and no `out`,
+    the resumed directory). steps / epochs override the spec's length. Returns a TrainResult with
+    the trained model, the metrics and the summary.
+    """
+    from mrc.runtime.trainer import Trainer
+
+    compiled = spec if isinstance(spec, Compiled) else compile_spec(spec, overrides)
+    out_dir: Path | None
+    if out is not None:
+        out_dir = Path(out)
+    elif resume is not None:
+        out_dir = Path(resume)
+    elif save:
+        out_dir = Path("runs") / compiled.program.name
+    else:
+        out_dir = None
+    trainer = Trainer(compiled, out_dir, steps=steps, epochs=epochs, device=device,
+                      resume=Path(resume) if resume is not None else None, progress=progress)
+    return trainer.run()

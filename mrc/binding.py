@@ -114,7 +114,7 @@ def load_init(program: Program, model: nn.Module, r: Reporter) -> None:
     if init is None:
         return
     if not init.path.is_file():
-        r.error(f"cannot read initial weights: no file {init.path}", init.span,
+        r.error(f"cannot read initial weights: no file {init.written}", init.span,
                 hint="train the run that writes it first (its --out DIR holds final.pt)")
         return
     try:
@@ -183,6 +183,7 @@ class _Resolver:
         self.modules = dict(model.named_modules())
         self.layers = layers
         self.r = r
+        self.resolved: dict[str, tuple[str, ...]] = {}
 
     def resolve(self, sel: Selector) -> set[str]:
         if isinstance(sel, SelectSet):
@@ -206,6 +207,8 @@ class _Resolver:
             owners = {m for m, mod in self.modules.items()
                       if any(c.__name__ == sel.pattern for c in type(mod).__mro__)}
             return {n for n in self.names if n.rpartition(".")[0] in owners}
+        if kind == "partition":
+            return set(self.resolved.get(sel.pattern, ()))
         if kind == "depth":
             chosen = set(self.layers[slice(sel.lo, sel.hi)])
             return {n for n in self.names if n.rpartition(".")[0] in chosen}
@@ -263,6 +266,7 @@ def resolve_partitions(program: Program, model: nn.Module, layers: tuple[str, ..
                 continue
         for n in chosen:
             owner[n] = part
+        res.resolved[part.name] = tuple(chosen)
         bound.append(BoundPartition(part.name, tuple(chosen), sum(sizes[n] for n in chosen), part))
     left = [n for n in res.names if n not in owner]
     if left and not r.failed:

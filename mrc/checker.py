@@ -152,6 +152,7 @@ class Checker:
         self.let_spans: dict[str, Span] = {}
         self.overrides = dict(overrides or {})
         self.used_overrides: set[str] = set()
+        self.partition_names: list[str] = []
 
     # ---- expressions ---------------------------------------------------------------------
 
@@ -275,6 +276,9 @@ class Checker:
                                  hint=f"add `{param.name}=…`: {param.doc}" if param.doc else None)
                 else:
                     given[param.name] = param.default
+        order = {p.name: i for i, p in enumerate(params)}
+        given = dict(sorted(given.items(), key=lambda kv: order.get(kv[0], len(order))))
+        spans = dict(sorted(spans.items(), key=lambda kv: order.get(kv[0], len(order))))
         return given, spans
 
     def _override(self, key: str, expr: ast.Expr | None) -> ast.Expr:
@@ -326,8 +330,8 @@ class Checker:
             pending = KEYWORDS[kw][1]
             if pending:
                 self.r.error(f"`{kw}` ({KEYWORDS[kw][0]}) is not supported yet", st.keyword.span,
-                             hint=f"it is specified in docs/language.md; {pending} gives it "
-                             "meaning")
+                             hint=f"it is specified in docs/language.md and arrives with "
+                             f"{pending}")
                 continue
             if kw == "let":
                 self._let(st)
@@ -340,6 +344,7 @@ class Checker:
                     else:
                         part_spans[part.name] = st.name.span  # type: ignore[union-attr]
                         partitions.append(part)
+                        self.partition_names.append(part.name)
             else:
                 found[kw] = st
         for kw in REQUIRED_KEYWORDS:
@@ -498,7 +503,7 @@ class Checker:
         path = Path(st.target.value)
         path = path if path.is_absolute() else base_dir / path
         return Init(path, tuple(values.get("exclude", ())), values.get("strict", False),
-                    st.target.span)
+                    st.target.span, st.target.value)
 
     # ---- partitions ------------------------------------------------------------------------
 
@@ -557,7 +562,10 @@ class Checker:
         if isinstance(expr, ast.Name):
             if expr.id in SELECTOR_WORDS:
                 return Select(expr.id, expr.span)
-            guess = did_you_mean(expr.id, list(SELECTOR_WORDS) + list(SELECTOR_CALLS))
+            if expr.id in self.partition_names:
+                return Select("partition", expr.span, pattern=expr.id)
+            guess = did_you_mean(expr.id, list(SELECTOR_WORDS) + list(SELECTOR_CALLS) +
+                                 list(self.partition_names))
             self.r.error(f"`{expr.id}` is not a selector", expr.span,
                          hint=f"did you mean `{guess}`?" if guess else _SELECTOR_HINT)
             raise _Bad

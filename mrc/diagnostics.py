@@ -134,5 +134,10 @@ class Reporter:
         return any(d.severity == "error" for d in self.diagnostics)
 
     def raise_if_failed(self) -> None:
+        """Raise CompileError with every diagnostic, in source order, if any is an error."""
         if self.failed:
-            raise CompileError(self.diagnostics)
+            raise CompileError(sorted(self.diagnostics, key=_position))
+
+
+def _position(d: Diagnostic) -> tuple[str, int, int]:
+    return (d.span.file, d.span.line, d.span.col) if d.span else ("", 0, 0)

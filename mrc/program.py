@@ -30,7 +30,9 @@ class Component:
     arg_spans: Mapping[str, Span] = field(default_factory=dict)
 
     def describe(self) -> str:
-        args = ", ".join(f"{k}={_fmt(v)}" for k, v in self.kwargs.items())
+        """`name(args)` with the arguments the spec gave (defaults left out), in parameter order."""
+        shown = self.arg_spans if self.arg_spans or self.user else self.kwargs
+        args = ", ".join(f"{k}={_fmt(self.kwargs[k])}" for k in shown if k in self.kwargs)
         name = f'"{self.name}"' if self.user else self.name
         return f"{name}({args})"
 
@@ -55,7 +57,8 @@ def _fmt(v: Any) -> str:
 @dataclass(frozen=True, slots=True)
 class Select:
     """A leaf selector. kind: params (name glob), module (path glob), type (class name),
-    weight, bias, all, rest, depth (lo, hi over parameterised modules in graph order)."""
+    partition (the parameters of an earlier partition, by name), weight, bias, all, rest,
+    depth (lo, hi over parameterised modules in graph order)."""
 
     kind: str
     span: Span
@@ -64,6 +67,8 @@ class Select:
     hi: int | None = None
 
     def describe(self) -> str:
+        if self.kind == "partition":
+            return self.pattern
         if self.kind in ("params", "module", "type"):
             return f'{self.kind}("{self.pattern}")'
         if self.kind == "depth":
@@ -159,6 +164,8 @@ class Init:
     exclude: tuple[str, ...]
     strict: bool
     span: Span
+    written: str = ""
+    """The path as the spec wrote it (for messages)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -225,7 +225,7 @@ def onecycle(total_steps: int, pct_start: float = 0.3, div_factor: float = 25.0,
                   (2 * pct_start * t_total - 2, 1.0, initial),
                   (t_total - 1, initial, final)]
     else:
-        phases = [(pct_start * t_total, initial, 1.0), (t_total - 1, 1.0, final)]
+        phases = [(pct_start * t_total - 1, initial, 1.0), (t_total - 1, 1.0, final)]
     last = max(total_steps - 1, 0)
     cos_mode = anneal == "cos"
 

@@ -181,6 +181,8 @@ class Trainer:
         eval_every = settings.eval_every
         ckpt_every = settings.checkpoint_every
         log_every = settings.log_every
+        # Without a progress bar, print about 20 lines per run (on logged steps).
+        plain_every = log_every * max(1, self.total // (20 * log_every))
         early = self.program.early_stopping
         if torch.cuda.is_available() and self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -212,7 +214,7 @@ class Trainer:
                                "time": time.perf_counter() - start}
                         record(rec)
                         bar.update(st.step, rec["loss"], st.last_eval)
-                        if not bar.enabled:
+                        if not bar.enabled and (st.step % plain_every == 0 or st.step == self.total):
                             self._log_line(rec, st.last_eval)
                     do_eval = (eval_every and st.step % eval_every == 0) or \
                               (not eval_every and end_of_epoch) or st.step == self.total

@@ -269,3 +269,30 @@ def test_lamb_reference_has_power() -> None:
     assert _max_diff(got, _run_ref(no_bc)) > 1e-6
     no_wd = _lamb_ref(kw["lr"], *kw["betas"], kw["eps"], 0.0, True)
     assert _max_diff(got, _run_ref(no_wd)) > 1e-6
+
+
+# --- on a GPU -------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(("name", "kw"), [("lars", LARS_CASES[2]), ("lamb", LAMB_CASES[1])])
+def test_cuda_matches_cpu_without_host_syncs(name: str, kw: dict) -> None:
+    """Same trajectory on the GPU; a step never waits for the device (no .item())."""
+    init, grads = _problem(zero_bias=True)
+    trajectories = []
+    for device in ("cpu", "cuda"):
+        params = [torch.nn.Parameter(v.clone().to(device)) for v in init]
+        opt = build_optimizer(name, params, kw)
+        out = []
+        for _ in range(STEPS):
+            for p, g in zip(params, grads([p.detach().cpu() for p in params]), strict=True):
+                p.grad = g.to(device)
+            if device == "cuda":
+                torch.cuda.set_sync_debug_mode("error")
+            try:
+                opt.step()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            out.append([p.detach().cpu().clone() for p in params])
+        trajectories.append(out)
+    assert _max_diff(*trajectories) <= TOL

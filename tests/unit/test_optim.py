@@ -75,7 +75,7 @@ def test_params_are_documented_and_bounded(entry) -> None:
     for p in entry.params:
         assert p.doc, (entry.name, p.name)
         if not p.required:
-            value, err = p.validate(p.default)
+            _, err = p.validate(p.default)
             assert err is None, (entry.name, p.name, err)
 
 

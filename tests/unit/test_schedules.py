@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from itertools import pairwise
 
 import pytest
 import torch
@@ -51,7 +52,7 @@ def test_every_schedule_takes_warmup_and_matches_its_signature(entry) -> None:
     assert entry.param("warmup").kind == "int" and entry.param("warmup").default == 0
     assert entry.param("warmup_start").default == 0.0
     sig = inspect.signature(entry.build)
-    assert list(sig.parameters)[0] == "total_steps"
+    assert next(iter(sig.parameters)) == "total_steps"
     for p in entry.params:
         assert p.doc
         default = sig.parameters[p.name].default
@@ -117,13 +118,13 @@ def test_cyclic_triangular_shape() -> None:
         assert math.isclose(got[10 * k], 0.1) and math.isclose(got[10 * k + 5], 0.9)
         up = got[10 * k:10 * k + 6]
         down = got[10 * k + 5:10 * k + 11]
-        assert all(b > a for a, b in zip(up, up[1:]))
-        assert all(b < a for a, b in zip(down, down[1:]))
-        steps = {round(b - a, 12) for a, b in zip(up, up[1:])}
+        assert all(b > a for a, b in pairwise(up))
+        assert all(b < a for a, b in pairwise(down))
+        steps = {round(b - a, 12) for a, b in pairwise(up)}
         assert steps == {0.16}  # linear: equal increments of (0.9 − 0.1)/5
     halving = _values("cyclic", {"low": 0.1, "high": 0.9, "period": 10, "mode": "triangular2"})
     peaks = [halving[10 * k + 5] - 0.1 for k in range(4)]
-    for a, b in zip(peaks, peaks[1:]):
+    for a, b in pairwise(peaks):
         assert math.isclose(b, a / 2)
 
 
@@ -208,7 +209,7 @@ def test_warmup_with_cosine() -> None:
     _close(got, want)
     assert math.isclose(got[0], 0.19) and got[w - 1] == 1.0 and got[w] == 1.0
     assert got[total] == 0.0  # the cosine runs over total − warmup steps and ends at `end`
-    assert all(b > a for a, b in zip(got[:w], got[1:w]))
+    assert all(b > a for a, b in pairwise(got[:w]))
 
 
 def test_warmup_with_step() -> None:
@@ -229,9 +230,9 @@ def test_warmup_ramps_to_the_schedules_first_value() -> None:
 def test_warmup_validation_and_edges() -> None:
     with pytest.raises(ValueError, match="longer than the run"):
         build_schedule("cosine", 10, {"warmup": 11})
-    only = _values("linear", {"warmup": 10}, total=10)  # all warm-up, then the decay is done
+    only = _values("linear", {"warmup": 10}, total=10, upto=11)  # all warm-up: ramps to 1
     _close(only[:10], [(t + 1) / 10 for t in range(10)])
-    assert only[10] == 0.0
+    assert only[11] == 0.0  # and the empty decay is over after it
     with pytest.raises(ValueError, match="warmup"):
         build_schedule("constant", 10, {"warmup": -1})
     with pytest.raises(ValueError, match="warmup"):

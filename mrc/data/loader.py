@@ -1,0 +1,423 @@
+"""From a spec's `data` statement to training and validation tensors and deterministic batches.
+
+`load_data` finds the examples (a built-in, an `.npz` or IDX file, or a user factory), then
+applies the options common to every data set (`DATA_OPTIONS`) in a fixed order:
+
+1. `keep`: keep only the listed classes, relabelled 0..k-1 in the order given;
+2. validation split: a predefined test split (`x_test`/`y_test`) *is* the validation set;
+   otherwise a seeded random fraction `val` of the examples is held out;
+3. `limit`: keep a seeded random subset of at most `limit` training examples (validation is
+   untouched, so limiting never changes what a run is evaluated on);
+4. `normalize`: standardise features with the training split's per-feature mean and std.
+
+Batches are a pure function of (seed, epoch), so a run resumed at (epoch, step) sees exactly
+the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import numpy as np
+import torch
+
+from mrc.data.builtin import DATASETS
+from mrc.data.files import DataError, is_idx_path, read_idx_pair, read_npz
+from mrc.registry import Param, did_you_mean
+
+DATA_OPTIONS: tuple[Param, ...] = (
+    Param("batch", "int", 64, doc="examples per training batch", lo=1),
+    Param("val", "float", 0.2,
+          doc="fraction of the examples held out for validation; ignored when the data set has "
+              "a predefined test split, which is then the validation set",
+          lo=0.0, hi=1.0, hi_open=True),
+    Param("keep", "ints", None,
+          doc="class labels to keep, relabelled 0..k-1 in the order given (for transfer "
+              "experiments); none keeps all", lo=0, nullable=True),
+    Param("shuffle", "bool", True, doc="reshuffle the training examples every epoch"),
+    Param("normalize", "bool", False,
+          doc="standardise inputs with the training split's per-feature mean and std"),
+    Param("drop_last", "bool", False, doc="drop the last batch of an epoch if it is short"),
+    Param("limit", "int", 0, doc="keep at most this many training examples (0 keeps all)",
+          lo=0),
+)
+"""Options every data set takes, handled by the loader rather than by the builders."""
+
+Batch: TypeAlias = tuple[torch.Tensor, torch.Tensor]
+"""Inputs and labels of a batch (or of a whole split)."""
+
+_SPLIT_STREAM = -1
+_LIMIT_STREAM = -2
+
+
+def stream_seed(seed: int, stream: int) -> int:
+    """The torch generator seed of one random stream of a run: `seed * 1_000_003 + stream`.
+
+    Streams ≥ 0 are epochs (batch order); negative ones are the validation split and the limit.
+    """
+    return (seed * 1_000_003 + stream) % 2**63
+
+
+@dataclass(eq=False)
+class DataBundle:
+    """Training and validation tensors with the batching rules of one run.
+
+    Tensors are float32 inputs (N, *in_shape) and int64 labels (N,), contiguous, all on one
+    device. `classes` is the number of classes a model must predict (labels are 0..classes-1).
+    `mean`/`std` are the normalisation statistics when `normalize` was on, else None.
+    """
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    in_shape: tuple[int, ...]
+    classes: int
+    batch_size: int
+    shuffle: bool = True
+    drop_last: bool = False
+    seed: int = 0
+    name: str = ""
+    mean: torch.Tensor | None = None
+    std: torch.Tensor | None = None
+    _cached: tuple[int, list[torch.Tensor]] | None = field(default=None, init=False, repr=False)
+
+    def __repr__(self) -> str:
+        return (f"DataBundle({self.name!r}, train={self.train_size}, val={self.val_size}, "
+                f"in_shape={self.in_shape}, classes={self.classes}, batch={self.batch_size}, "
+                f"device={self.device})")
+
+    @property
+    def train_size(self) -> int:
+        return int(self.train_y.shape[0])
+
+    @property
+    def val_size(self) -> int:
+        return int(self.val_y.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.train_x.device
+
+    def steps_per_epoch(self) -> int:
+        """Batches per epoch: ⌈N / batch⌉, or ⌊N / batch⌋ with drop_last."""
+        n, b = self.train_size, self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def batch_indices(self, epoch: int) -> list[torch.Tensor]:
+        """The CPU index tensors of every batch of `epoch`, a pure function of (seed, epoch).
+
+        Without drop_last every training index appears exactly once per epoch. The tensors are
+        shared with an internal cache of the latest epoch: read them, do not modify them.
+        """
+        if self._cached is not None and self._cached[0] == epoch:
+            return list(self._cached[1])
+        n = self.train_size
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(stream_seed(self.seed, epoch))
+            order = torch.randperm(n, generator=generator)
+        else:
+            order = torch.arange(n)
+        batches = list(order.split(self.batch_size))
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        self._cached = (epoch, batches)
+        return list(batches)
+
+    def batch(self, epoch: int, i: int) -> Batch:
+        """Inputs and labels of batch `i` of `epoch`, on the bundle's device."""
+        batches = self.batch_indices(epoch)
+        if not 0 <= i < len(batches):
+            raise IndexError(f"batch {i} of epoch {epoch} does not exist: an epoch has "
+                             f"{len(batches)} batches")
+        index = batches[i].to(self.device)
+        return self.train_x.index_select(0, index), self.train_y.index_select(0, index)
+
+    def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """The batches of `epoch` from step `start` on (resuming mid-epoch starts past 0)."""
+        for i in range(start, self.steps_per_epoch()):
+            yield self.batch(epoch, i)
+
+    def val_batches(self, batch_size: int | None = None) -> Iterator[Batch]:
+        """The validation set in order, in batches of `batch_size` (default: the training batch)."""
+        b = batch_size or self.batch_size
+        for start in range(0, self.val_size, b):
+            yield self.val_x[start:start + b], self.val_y[start:start + b]
+
+    def to(self, device: torch.device | str) -> DataBundle:
+        """A copy with every tensor on `device` (the batch order is unchanged)."""
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        return dataclasses.replace(
+            self, train_x=move(self.train_x), train_y=move(self.train_y),
+            val_x=move(self.val_x), val_y=move(self.val_y), mean=move(self.mean),
+            std=move(self.std))
+
+
+# ---- loading ----------------------------------------------------------------------------------
+
+def load_data(target: str, kwargs: Mapping[str, Any] | None, seed: int,
+              base_dir: Path | str = ".") -> DataBundle:
+    """Load the data set `target` with keyword arguments `kwargs` for a run seeded by `seed`.
+
+    `target` is a built-in name (`DATASETS`), an `.npz` file, an IDX images file, or user code
+    `"file.py:factory"` / `"package.module:factory"`; relative paths are taken from `base_dir`
+    (the spec's directory). `kwargs` mixes the data set's own keywords and `DATA_OPTIONS`;
+    missing ones take their defaults. Raises `DataError` with a one-line message.
+    """
+    own = dict(kwargs or {})
+    options = {p.name: own.pop(p.name, p.default) for p in DATA_OPTIONS}
+    raw, name = _examples(str(target), own, seed, Path(base_dir))
+    return _bundle(raw, options, seed, name)
+
+
+def is_factory_ref(target: str) -> bool:
+    """Whether `target` names user code (`….py:name` or `module:name`) rather than a file."""
+    module, sep, attr = target.rpartition(":")
+    return bool(sep and module and attr and attr.replace(".", "_").isidentifier())
+
+
+def _examples(target: str, own: dict[str, Any], seed: int,
+              base_dir: Path) -> tuple[Mapping[str, Any], str]:
+    entry = DATASETS.get(target)
+    if entry is not None:
+        names = [p.name for p in entry.params]
+        for key in own:
+            if key not in names:
+                known = names + [p.name for p in DATA_OPTIONS]
+                guess = did_you_mean(key, known)
+                tip = f"; did you mean `{guess}`?" if guess else ""
+                raise DataError(f"data set `{entry.name}` has no parameter `{key}`{tip}")
+        args = {p.name: _copy(p.default) for p in entry.params if not p.required}
+        args.update(own)
+        return entry.build(seed, **args), entry.name
+    if is_factory_ref(target):
+        return _factory(target, own, seed, base_dir), target
+    path = Path(target).expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    if target.isidentifier() and not path.exists():
+        guess = DATASETS.suggest(target)
+        tip = (f"did you mean `{guess}`?" if guess
+               else f"built-ins are {', '.join(DATASETS.names())}")
+        raise DataError(f"unknown data set `{target}`; {tip}")
+    if own:
+        options = ", ".join(p.name for p in DATA_OPTIONS)
+        raise DataError(f"{target}: a data file takes only the data options ({options}), "
+                        f"not `{next(iter(own))}`")
+    if path.name.lower().endswith(".npz"):
+        return read_npz(path), target
+    if is_idx_path(path):
+        return read_idx_pair(path), target
+    if not path.exists():
+        raise DataError(f"data file {target} not found")
+    raise DataError(f"{target}: unknown data file type: give an .npz archive, an IDX images "
+                    f"file (…-images-idx3-ubyte, .idx), or user code \"file.py:factory\"")
+
+
+def _factory(ref: str, own: dict[str, Any], seed: int, base_dir: Path) -> Mapping[str, Any]:
+    """Call a user factory; it gets `seed` too if it has a parameter of that name."""
+    from mrc.usercode import UserCodeError, call_user, load_callable
+
+    try:
+        fn = load_callable(ref, base_dir)
+        args = dict(own)
+        if "seed" not in args and _takes_seed(fn):
+            args["seed"] = seed
+        result = call_user(fn, ref, **args)
+    except UserCodeError as e:
+        raise DataError(e.message) from e
+    if isinstance(result, Mapping):
+        return result
+    if isinstance(result, tuple | list) and len(result) in (2, 4):
+        return dict(zip(("x", "y", "x_test", "y_test"), result, strict=False))
+    raise DataError(f"{ref} returned a {type(result).__name__}; a data factory must return a dict "
+                    f"with `x`, `y` (and optionally `x_test`, `y_test`) or a tuple (x, y)")
+
+
+def _takes_seed(fn: Any) -> bool:
+    try:
+        return "seed" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: int,
+            name: str) -> DataBundle:
+    """Apply the data options, in the order of the module docstring, and build the bundle."""
+    for key in ("x", "y"):
+        if key not in raw:
+            found = ", ".join(f"`{k}`" for k in raw) or "nothing"
+            raise DataError(f"{name}: the data needs `x` and `y`, but has {found}")
+    if ("x_test" in raw) != ("y_test" in raw):
+        raise DataError(f"{name}: the data has only one of `x_test` and `y_test`; give both")
+    x, y = _features(raw["x"], "x", name), _labels(raw["y"], "y", name)
+    _same_length(x, y, "x", "y", name)
+    test: Batch | None = None
+    if "x_test" in raw:
+        tx, ty = _features(raw["x_test"], "x_test", name), _labels(raw["y_test"], "y_test", name)
+        _same_length(tx, ty, "x_test", "y_test", name)
+        if tx.shape[1:] != x.shape[1:]:
+            raise DataError(f"{name}: `x_test` examples have shape {tuple(tx.shape[1:])} but `x` "
+                            f"examples have {tuple(x.shape[1:])}")
+        test = (tx, ty)
+    classes = _class_count(raw.get("classes"), y, test, name)
+
+    keep = options.get("keep")
+    if keep is not None:
+        x, y, test, classes = _keep(list(keep) if isinstance(keep, list | tuple) else [keep],
+                                    x, y, test, classes, name)
+
+    if test is not None:
+        (train_x, train_y), (val_x, val_y) = (x, y), test
+    else:
+        n = len(y)
+        n_val = round(float(options["val"]) * n)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(
+            stream_seed(seed, _SPLIT_STREAM)))
+        val_idx, train_idx = order[:n_val].sort().values, order[n_val:].sort().values
+        train_x, train_y, val_x, val_y = x[train_idx], y[train_idx], x[val_idx], y[val_idx]
+
+    limit = int(options["limit"] or 0)
+    if 0 < limit < len(train_y):
+        generator = torch.Generator().manual_seed(stream_seed(seed, _LIMIT_STREAM))
+        chosen = torch.randperm(len(train_y), generator=generator)[:limit].sort().values
+        train_x, train_y = train_x[chosen], train_y[chosen]
+
+    batch = int(options["batch"])
+    if len(train_y) == 0:
+        after = "the class subset and " if keep is not None else ""
+        raise DataError(f"{name}: no training examples are left after {after}the validation split")
+    if options["drop_last"] and len(train_y) < batch:
+        raise DataError(f"{name}: drop_last with batch={batch} leaves no batch: there are only "
+                        f"{len(train_y)} training examples")
+
+    mean = std = None
+    if options["normalize"]:
+        mean = train_x.mean(dim=0)
+        spread = train_x.std(dim=0, unbiased=False)
+        std = torch.where(spread > 0, spread, torch.ones_like(spread))  # constant features stay
+        train_x, val_x = (train_x - mean) / std, (val_x - mean) / std
+
+    return DataBundle(
+        train_x=train_x.contiguous(), train_y=train_y.contiguous(),
+        val_x=val_x.contiguous(), val_y=val_y.contiguous(),
+        in_shape=tuple(int(d) for d in train_x.shape[1:]), classes=classes, batch_size=batch,
+        shuffle=bool(options["shuffle"]), drop_last=bool(options["drop_last"]), seed=seed,
+        name=name, mean=mean, std=std)
+
+
+def _keep(keep: list[Any], x: torch.Tensor, y: torch.Tensor, test: Batch | None, classes: int,
+          name: str) -> tuple[torch.Tensor, torch.Tensor, Batch | None, int]:
+    """Keep only the classes in `keep`, relabelled to their positions in `keep`."""
+    labels = [int(k) for k in keep]
+    if not labels:
+        raise DataError(f"{name}: `keep` is empty; list the classes to keep, or leave it out")
+    repeated = sorted({k for k in labels if labels.count(k) > 1})
+    if repeated:
+        raise DataError(f"{name}: `keep` lists class {repeated[0]} more than once")
+    present = set(y.unique().tolist())
+    if test is not None:
+        present |= set(test[1].unique().tolist())
+    absent = [k for k in labels if k not in present]
+    if absent:
+        missing = ", ".join(map(str, absent))
+        raise DataError(f"{name}: `keep` names class{'es' if len(absent) > 1 else ''} {missing} "
+                        f"not present in the data (its labels are {_span(sorted(present))})")
+    relabel = torch.full((max(classes, *labels) + 1,), -1, dtype=torch.int64)
+    relabel[torch.tensor(labels)] = torch.arange(len(labels))
+
+    def select(xs: torch.Tensor, ys: torch.Tensor) -> Batch:
+        new = relabel[ys]
+        mask = new >= 0
+        return xs[mask], new[mask]
+
+    x, y = select(x, y)
+    if test is not None:
+        test = select(*test)
+    return x, y, test, len(labels)
+
+
+def _class_count(hint: Any, y: torch.Tensor, test: Batch | None,
+                 name: str) -> int:
+    """Classes a model must predict: the builder's count if given, else the largest label + 1."""
+    top = int(y.max()) if len(y) else -1
+    if test is not None and len(test[1]):
+        top = max(top, int(test[1].max()))
+    if hint is None:
+        return top + 1
+    count = int(hint)
+    if top >= count:
+        raise DataError(f"{name}: label {top} is out of range for {count} classes")
+    return count
+
+
+def _features(value: Any, key: str, name: str) -> torch.Tensor:
+    t = _tensor(value, key, name)
+    if not (t.is_floating_point() or _is_integer(t)):
+        raise DataError(f"{name}: `{key}` must hold numbers, not {t.dtype}")
+    if t.ndim == 0:
+        raise DataError(f"{name}: `{key}` must have one row per example, not be a scalar")
+    t = t.to(device="cpu", dtype=torch.float32)
+    return t[:, None] if t.ndim == 1 else t
+
+
+def _labels(value: Any, key: str, name: str) -> torch.Tensor:
+    t = _tensor(value, key, name).to("cpu")
+    if t.ndim == 2 and t.shape[1] == 1:
+        t = t[:, 0]
+    if t.ndim != 1:
+        raise DataError(f"{name}: `{key}` must be one label per example, shape (N,), "
+                        f"not {tuple(t.shape)}")
+    if t.is_floating_point():
+        if not bool(torch.all(t == t.round())):
+            raise DataError(f"{name}: `{key}` must hold integer class labels")
+    elif not _is_integer(t):
+        raise DataError(f"{name}: `{key}` must hold integer class labels, not {t.dtype}")
+    t = t.to(torch.int64)
+    if len(t) and int(t.min()) < 0:
+        raise DataError(f"{name}: `{key}` has a negative label {int(t.min())}; labels must be "
+                        f"0, 1, 2, …")
+    return t
+
+
+def _tensor(value: Any, key: str, name: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    try:
+        array = np.asarray(value)
+        if array.dtype.kind in "iu":
+            array = array.astype(np.int64)
+        elif array.dtype.kind == "f":
+            array = array.astype(np.float64 if array.dtype.itemsize > 4 else np.float32)
+        elif array.dtype.kind != "b":
+            raise TypeError(f"dtype {array.dtype}")
+        return torch.from_numpy(np.ascontiguousarray(array))
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{name}: `{key}` is not a numeric array ({e})") from e
+
+
+def _is_integer(t: torch.Tensor) -> bool:
+    return t.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _same_length(x: torch.Tensor, y: torch.Tensor, xk: str, yk: str, name: str) -> None:
+    if x.shape[0] != y.shape[0]:
+        raise DataError(f"{name}: `{xk}` has {x.shape[0]} examples but `{yk}` has {y.shape[0]} "
+                        f"labels")
+
+
+def _span(labels: list[int]) -> str:
+    if labels and labels == list(range(labels[0], labels[-1] + 1)) and len(labels) > 2:
+        return f"{labels[0]}..{labels[-1]}"
+    return ", ".join(map(str, labels))
+
+
+def _copy(value: Any) -> Any:
+    return list(value) if isinstance(value, list | tuple) else value

@@ -1,0 +1,46 @@
+"""Golden tests of the printed schedule graph of every spec in specs/ (text form), and checks
+that the DOT and JSON forms describe the same graph."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from mrc.api import compile_spec
+from mrc.graph import ScheduleGraph
+
+ROOT = Path(__file__).resolve().parents[2]
+SPECS = sorted((ROOT / "specs").glob("*.mrs"))
+GOLDEN = Path(__file__).parent / "graphs"
+
+
+@pytest.fixture(scope="module", params=SPECS, ids=[s.stem for s in SPECS])
+def compiled(request: pytest.FixtureRequest):
+    return compile_spec(request.param)
+
+
+def test_text_is_golden(compiled) -> None:
+    golden = GOLDEN / f"{compiled.program.name}.txt"
+    text = compiled.graph.to_text()
+    if os.environ.get("MRC_UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text()
+
+
+def test_json_round_trips(compiled) -> None:
+    data = json.loads(compiled.graph.to_json())
+    assert data["period"] == compiled.graph.period
+    again = ScheduleGraph.from_json(compiled.graph.to_json())
+    again.verify()
+    assert again.to_text() == compiled.graph.to_text()
+
+
+def test_dot_lists_every_node_and_edge(compiled) -> None:
+    dot = compiled.graph.to_dot()
+    for op in compiled.graph.ops():
+        assert f'"{op.id}" [label=' in dot
+    for a, b in compiled.graph.g.edges:
+        assert f'"{a}" -> "{b}";' in dot
