@@ -112,12 +112,13 @@ def compile_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] 
 def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: int | None = None,
           epochs: int | None = None, device: str | None = None, resume: str | Path | None = None,
           overrides: Mapping[str, str] | Sequence[str] | None = None, progress: bool = False,
-          save: bool = True):  # -> mrc.runtime.trainer.TrainResult
+          save: bool = True, stop_at: int | None = None):  # -> mrc.runtime.trainer.TrainResult
     """Compile (unless given a Compiled) and train.
 
     out: the run directory (default `runs/<spec name>` when `save`; with `resume` and no `out`,
     the resumed directory). steps / epochs override the spec's length. Returns a TrainResult with
-    the trained model, the metrics and the summary.
+    the trained model, the metrics and the summary. stop_at pauses the run (with a checkpoint)
+    once that global step is reached, keeping its planned length, so it can be resumed.
     """
     from mrc.runtime.trainer import Trainer
 
@@ -132,5 +133,6 @@ def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: 
     else:
         out_dir = None
     trainer = Trainer(compiled, out_dir, steps=steps, epochs=epochs, device=device,
-                      resume=Path(resume) if resume is not None else None, progress=progress)
+                      resume=Path(resume) if resume is not None else None, progress=progress,
+                      stop_at=stop_at)
     return trainer.run()

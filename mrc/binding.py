@@ -295,10 +295,9 @@ def bind(program: Program, r: Reporter) -> Bound | None:
     if model is None:
         return None
     load_init(program, model, r)
-    if program.train.dtype == "float64":
-        model = model.double()
-        data = data.to(torch.device("cpu"), dtype=torch.float64) if _takes_dtype(data) else data
-    example = data.train_x[:2]
+    dtype = torch.float64 if program.train.dtype == "float64" else torch.float32
+    model = model.to(dtype)
+    example = data.train_x[:2].to(dtype)
     gm = trace(program, model, example, r)
     if gm is None:
         return None
@@ -307,13 +306,6 @@ def bind(program: Program, r: Reporter) -> Bound | None:
     if r.failed:
         return None
     return Bound(program, data, model, gm, partitions, layers)
-
-
-def _takes_dtype(data: Any) -> bool:
-    try:
-        return "dtype" in inspect.signature(data.to).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def span_of(comp: Component | None) -> Span | None:

@@ -24,7 +24,7 @@ TERMINAL_NAMES = {
 @functools.cache
 def _lark() -> Lark:
     return Lark.open_from_package("mrc.grammar", "mrs.lark", parser="lalr", propagate_positions=True,
-                                  strict=True, maybe_placeholders=True)
+                                  strict=True, maybe_placeholders=True, start=["start", "override"])
 
 
 def _span(file: str, meta: Any) -> Span:
@@ -62,6 +62,9 @@ class _Builder(Transformer):
     # statements
     def start(self, items: list[Any]) -> tuple[ast.Statement, ...]:
         return tuple(items)
+
+    def override(self, items: list[Any]) -> ast.Expr:
+        return items[0]
 
     @v_args(meta=True)
     def decl_target(self, meta: Any, c: list[Any]) -> ast.Statement:
@@ -189,40 +192,26 @@ def _syntax_error(file: str, text: str, err: UnexpectedInput) -> Diagnostic:
 
 def parse(text: str, file: str = "<spec>") -> ast.Spec:
     """Parse spec text. Raises CompileError with a syntax diagnostic when the text is malformed."""
-    SOURCES.add(file, text)
-    try:
-        tree = _lark().parse(text)
-    except UnexpectedInput as err:
-        raise CompileError([_syntax_error(file, text, err)]) from None
-    try:
-        statements = _Builder(file).transform(tree)
-    except VisitError as err:  # a bug in the builder, not the user's input: surface the cause
-        raise err.orig_exc from None
-    return ast.Spec(file, statements)
+    return ast.Spec(file, _parse(text, file, "start"))
 
 
 def parse_expr(text: str, file: str) -> ast.Expr:
     """Parse a single expression (the value of a `--set key=value` override)."""
-    spec = parse(f"x(v={text})", file)
+    return _parse(text, file, "override")
+
+
+def _parse(text: str, file: str, start: str) -> Any:
     SOURCES.add(file, text)
-    expr = spec.statements[0].args[0].value  # type: ignore[index]
-    return _shift(expr, -4)
-
-
-def _shift(node: Any, dcol: int) -> Any:
-    """Move a node's spans `dcol` columns (undoes the wrapper used by parse_expr)."""
-    from dataclasses import fields, is_dataclass, replace
-
-    if isinstance(node, tuple):
-        return tuple(_shift(n, dcol) for n in node)
-    if not is_dataclass(node):
-        return node
-    changes = {}
-    for f in fields(node):
-        value = getattr(node, f.name)
-        if isinstance(value, Span):
-            changes[f.name] = Span(value.file, value.line, value.col + dcol, value.end_line,
-                                   value.end_col + dcol)
-        else:
-            changes[f.name] = _shift(value, dcol)
-    return replace(node, **changes)
+    try:
+        tree = _lark().parse(text, start=start)
+    except UnexpectedInput as err:
+        diag = _syntax_error(file, text, err)
+        if start == "override" and isinstance(err, UnexpectedToken) and "$END" in err.expected \
+                and err.token.type != "$END":
+            diag = Diagnostic(diag.message.split(";")[0] + " after the value", diag.span,
+                              hint="a value is one expression, e.g. 0.1, 2 * h, [64, 32] or \"text\"")
+        raise CompileError([diag]) from None
+    try:
+        return _Builder(file).transform(tree)
+    except VisitError as err:  # a bug in the builder, not the user's input: surface the cause
+        raise err.orig_exc from None

@@ -99,7 +99,8 @@ class Trainer:
 
     def __init__(self, compiled: Compiled, out_dir: Path | None, *, steps: int | None = None,
                  epochs: int | None = None, device: str | None = None, resume: Path | None = None,
-                 progress: bool = False, echo: Callable[[str], None] | None = None) -> None:
+                 progress: bool = False, echo: Callable[[str], None] | None = None,
+                 stop_at: int | None = None) -> None:
         self.c = compiled
         self.program = compiled.program
         settings = self.program.train
@@ -114,6 +115,7 @@ class Trainer:
         self.echo = echo or (lambda s: print(s, file=sys.stderr))
         self.progress = progress
         self._interrupted = False
+        self.stop_at = stop_at
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -238,8 +240,12 @@ class Trainer:
                         status = "interrupted"
                         message = f"interrupted at step {st.step}; checkpoint written"
                         break
-                    if status != "completed":
+                    if self.stop_at is not None and st.step >= self.stop_at:
+                        status = "paused"
+                        message = f"paused at step {st.step}; resume with --resume"
                         break
+                    if status != "completed" or end_of_epoch:
+                        break  # a new epoch draws its own batch order
         finally:
             bar.close()
             if previous is not None:

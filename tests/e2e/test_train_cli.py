@@ -1,0 +1,181 @@
+"""`mrc train` end to end: every spec trains, outputs are written, failures are one clear line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mrc.api import train
+from mrc.cli import main
+from mrc.runtime.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+SPECS = sorted((ROOT / "specs").glob("*.mrs"))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mrc.cli", *args], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[s.stem for s in SPECS])
+def test_every_spec_trains_a_few_steps(spec: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["train", str(spec), "--steps", "3", "--out", str(tmp_path), "--set",
+                   "data.limit=256"])
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    assert {"final.pt", "metrics.jsonl", "summary.json", "checkpoint.pt"} <= {
+        p.name for p in tmp_path.iterdir()}
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["status"] == "completed"
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "wall_time_s", "steps_per_s",
+                "peak_memory_mib"):
+        assert summary[key] is not None, key
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == 3
+    state = torch.load(tmp_path / "final.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def test_quickstart_reaches_95_percent(tmp_path: Path) -> None:
+    result = train(ROOT / "specs" / "quickstart.mrs", out=tmp_path)
+    assert result.summary["val_acc"] >= 0.95
+    assert result.summary["status"] == "completed"
+
+
+def test_python_api_returns_model_and_metrics(tmp_path: Path) -> None:
+    result = train(ROOT / "specs" / "quickstart.mrs", steps=20, save=False,
+                   overrides={"optimizer.lr": "0.1"})
+    assert isinstance(result.model, torch.nn.Module)
+    assert result.out_dir is None
+    losses = [m["loss"] for m in result.metrics if "loss" in m]
+    assert len(losses) == 2 and all(v > 0 for v in losses)
+    # the run (20 steps) is shorter than the warm-up (50), which then spans the whole run
+    assert result.metrics[0]["lr"]["all"] == pytest.approx(0.1 * (10 / 20))
+
+
+NAN_DATA = '''
+import numpy as np
+
+def make(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    x[4 * 7 + 1, 2] = np.nan  # inside batch 8 (steps count from 1) when not shuffled
+    return {"x": x, "y": y, "x_test": x[:8], "y_test": y[:8]}
+'''
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_last_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / "nandata.py").write_text(NAN_DATA)
+    spec = tmp_path / "nan.mrs"
+    spec.write_text('model mlp(hidden=[8])\ndata "nandata.py:make"(batch=4, shuffle=false)\n'
+                    "optimizer sgd(lr=0.1)\ntrain(steps=20, checkpoint_every=5)\n")
+    out = tmp_path / "run"
+    proc = run_cli("train", str(spec), "--out", str(out))
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "at step 8" in proc.stderr and "last good checkpoint (step 5)" in proc.stderr
+    assert load_checkpoint(out)["step"] == 5
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+    assert not (out / "final.pt").exists()
+
+
+def test_ctrl_c_writes_a_checkpoint_and_resume_continues(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "mrc.cli", "train",
+                             str(ROOT / "specs" / "quickstart.mrs"), "--steps", "200000",
+                             "--out", str(out), "--set", "train.log_every=1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or metrics.stat().st_size < 200):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in err and "Traceback" not in err
+    state = load_checkpoint(out)
+    assert 0 < state["step"] < 200000
+    assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+    resumed = run_cli("train", str(ROOT / "specs" / "quickstart.mrs"), "--resume", str(out),
+                      "--steps", str(state["step"] + 5))
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((out / "summary.json").read_text())["steps"] == state["step"] + 5
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--set", "optimizer.lr=-1"], "<--set optimizer.lr>:1:1: error: `lr` = -1 is out of range"),
+    (["--set", "optimizer.lrr=0.1"], "`--set optimizer.lrr` matches no setting of this spec"),
+    (["--set", "optimizer.lr"], "`--set optimizer.lr` needs the form key=value"),
+    (["--set", "optimizer.lr=(0.1"], "<--set optimizer.lr>:1:5: error: unexpected end of file"),
+    (["--set", "train.epochs=2.5"], "`epochs` must be an integer, not 2.5"),
+])
+def test_set_errors(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["train", str(ROOT / "specs" / "quickstart.mrs"), *args])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert message in err, err
+    assert "Traceback" not in err
+
+
+def test_set_changes_the_run(tmp_path: Path) -> None:
+    result = train(ROOT / "specs" / "quickstart.mrs", steps=2, save=False,
+                   overrides=["optimizer.lr=0.2", "schedule.warmup=0"])
+    logged = [m for m in result.metrics if "lr" in m]
+    # cosine over 2 steps, logged at t = 1: 0.2 · (1 + cos(π/2)) / 2
+    assert logged[-1]["lr"]["all"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["train", "specs/quickstart.mrs", "--steps", "0"], "must be at least 1"),
+    (["train", "specs/quickstart.mrs", "--steps", "x"], "expected a whole number"),
+    (["train", "specs/quickstart.mrs", "--device", "tpu"], "invalid choice"),
+    (["train", "specs/nope.mrs"], "specs/nope.mrs: error: cannot read spec: No such file"),
+    (["train", "specs/quickstart.mrs", "--resume", "/nonexistent/run"],
+     "cannot resume: /nonexistent/run is not a directory"),
+    (["graph", "specs/quickstart.mrs", "--after", "nope"], "is not in the pipeline"),
+])
+def test_bad_flags_and_files_give_one_line(args: list[str], message: str) -> None:
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    assert message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_resume_from_a_directory_without_checkpoint(tmp_path: Path) -> None:
+    proc = run_cli("train", "specs/quickstart.mrs", "--resume", str(tmp_path))
+    assert proc.returncode == 2
+    assert f"cannot resume: {tmp_path} holds no checkpoint.pt" in proc.stderr
+
+
+def test_early_stopping_restores_best(tmp_path: Path) -> None:
+    spec = tmp_path / "early.mrs"
+    spec.write_text("model mlp(hidden=[64])\ndata digits(batch=32)\n"
+                    "optimizer sgd(lr=2.0, momentum=0.9)\n"
+                    "train(epochs=30, eval_every=10)\n"
+                    "early_stopping(metric=val_loss, patience=2)\n")
+    result = train(spec, out=tmp_path / "run")
+    assert result.status == "stopped_early"
+    evals = [m for m in result.metrics if "val_loss" in m]
+    best = min(m["val_loss"] for m in evals)
+    assert result.summary["val_loss"] == pytest.approx(best, rel=1e-6)
+    assert result.summary["steps"] < 30 * 45
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
+def test_trains_on_cuda(tmp_path: Path) -> None:
+    result = train(ROOT / "specs" / "quickstart.mrs", out=tmp_path, device="cuda")
+    assert result.summary["device"].startswith("cuda")
+    assert result.summary["val_acc"] >= 0.95
