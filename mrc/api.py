@@ -78,11 +78,13 @@ def check_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] | 
     return check(parse(text, name), Path(path).resolve().parent, parse_overrides(overrides))
 
 
-def bind_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] | None = None) -> Bound:
-    """Check a spec, then build its data and model, trace it and resolve partitions."""
+def bind_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] | None = None,
+              *, training: bool = False) -> Bound:
+    """Check a spec, then build its data and model, trace it and resolve partitions.
+    With `training`, initial weights that do not exist yet are an error, not a warning."""
     program = check_spec(path, overrides)
     r = Reporter()
-    bound = bind(program, r)
+    bound = bind(program, r, training)
     r.raise_if_failed()
     assert bound is not None
     for d in r.diagnostics:  # warnings
@@ -96,13 +98,14 @@ def bind_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] | N
 
 def compile_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] | None = None, *,
                  pipeline: Sequence[str] | None = None, stop_after: str | None = None,
-                 print_after: Sequence[str] = (), time_passes: bool = False) -> Compiled:
+                 print_after: Sequence[str] = (), time_passes: bool = False,
+                 training: bool = False) -> Compiled:
     """Spec → checked program → bound model → schedule graph → passes."""
     from mrc.passes import DEFAULT_PIPELINE
     from mrc.passmanager import PassManager
     from mrc.schedule import build_graph
 
-    bound = bind_spec(path, overrides)
+    bound = bind_spec(path, overrides, training=training)
     initial = build_graph(bound)
     manager = PassManager(list(pipeline or DEFAULT_PIPELINE), print_after, time_passes)
     graph = manager.run(initial, stop_after=stop_after)
@@ -122,7 +125,7 @@ def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: 
     """
     from mrc.runtime.trainer import Trainer
 
-    compiled = spec if isinstance(spec, Compiled) else compile_spec(spec, overrides)
+    compiled = spec if isinstance(spec, Compiled) else compile_spec(spec, overrides, training=True)
     out_dir: Path | None
     if out is not None:
         out_dir = Path(out)

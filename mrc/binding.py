@@ -73,7 +73,7 @@ def build_model(program: Program, in_shape: tuple[int, ...], classes: int, r: Re
     from mrc.usercode import UserCodeError, call_user, load_callable
 
     comp = program.model
-    torch.manual_seed(program.train.seed)
+    torch.manual_seed(program.train.seed % 2**64)  # torch takes 64-bit seeds, as mrc.data does
     try:
         if comp.user:
             fn = load_callable(comp.name, program.base_dir)
@@ -92,7 +92,8 @@ def build_model(program: Program, in_shape: tuple[int, ...], classes: int, r: Re
     except UserCodeError as err:
         r.error(err.message, comp.span)
         return None
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, RuntimeError, OverflowError, MemoryError) as err:
+        # e.g. `hidden=[10**20]`: torch cannot allocate the tensors
         r.error(f"cannot build model `{comp.name}`: {err}", comp.span)
         return None
     return model
@@ -108,14 +109,19 @@ def _accepted(fn: Any) -> set[str]:
     return set(sig.parameters)
 
 
-def load_init(program: Program, model: nn.Module, r: Reporter) -> None:
-    """Load initial weights (e.g. from a pretraining run), skipping excluded or reshaped tensors."""
+def load_init(program: Program, model: nn.Module, r: Reporter, training: bool = True) -> None:
+    """Load initial weights (e.g. from a pretraining run), skipping excluded or reshaped tensors.
+
+    A file that does not exist yet is an error only when training: `mrc check` and `mrc graph`
+    of a fine-tuning spec work before its pretraining run has been made.
+    """
     init = program.init
     if init is None:
         return
     if not init.path.is_file():
-        r.error(f"cannot read initial weights: no file {init.written}", init.span,
-                hint="train the run that writes it first (its --out DIR holds final.pt)")
+        report = r.error if training else r.warning
+        report(f"cannot read initial weights: no file {init.written}", init.span,
+               hint="train the run that writes it first (its --out DIR holds final.pt)")
         return
     try:
         state = torch.load(init.path, map_location="cpu", weights_only=True)
@@ -286,7 +292,7 @@ def _first_empty(sel: Selector, res: _Resolver) -> Selector:
     return sel
 
 
-def bind(program: Program, r: Reporter) -> Bound | None:
+def bind(program: Program, r: Reporter, training: bool = True) -> Bound | None:
     """Build data and model, load initial weights, trace, resolve partitions."""
     data = build_data(program, r)
     if data is None:
@@ -294,7 +300,7 @@ def bind(program: Program, r: Reporter) -> Bound | None:
     model = build_model(program, tuple(data.in_shape), int(data.classes), r)
     if model is None:
         return None
-    load_init(program, model, r)
+    load_init(program, model, r, training)
     dtype = torch.float64 if program.train.dtype == "float64" else torch.float32
     model = model.to(dtype)
     example = data.train_x[:2].to(dtype)

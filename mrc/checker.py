@@ -85,6 +85,11 @@ INIT_PARAMS = (
     Param("exclude", "strs", [], "parameter-name globs not to load (e.g. a new head)"),
     Param("strict", "bool", False, "fail when a tensor is missing or has another shape"),
 )
+MULTIRATE_PARAMS = (
+    Param("first_fast_gradient", "choice", "shared",
+          "where the first fast gradient of a slow step is taken",
+          choices=("shared", "after_slow")),
+)
 PARTITION_KEYS = (
     Param("every", "int", 1, "the partition's rate: it updates once per `every` steps", lo=1),
     Param("lr", "float", None, "its step size (default: every × the base learning rate)", lo=0,
@@ -104,7 +109,7 @@ KEYWORDS: dict[str, tuple[str, str | None]] = {
     "early_stopping": ("stop when a validation metric stops improving", None),
     "init": ("initial weights from a state_dict file", None),
     "partition": ("a named set of parameters with its own rate and integrator", None),
-    "multirate": ("options of multirate training", "multirate training (issue #4)"),
+    "multirate": ("options of multirate training", None),
     "brain": ("a copy of the network on its own time-scale", "multirate across networks (issue #5)"),
     "merge": ("how brains are merged when their times align", "multirate across networks (issue #5)"),
     "modules": ("module-wise training with local losses", "module-wise training"),
@@ -116,6 +121,7 @@ SINGLE_KEYWORDS = ("model", "data", "optimizer", "schedule", "train", "early_sto
                    "multirate", "merge", "modules", "sweep")
 
 SELECTOR_WORDS = ("all", "rest", "weight", "bias")
+RANDOM_SUBSET_RULES = ("sgd", "momentum", "nesterov")
 SELECTOR_CALLS = ("params", "module", "type", "depth", "random")
 CONSTANTS = {"true": True, "false": False, "none": None, "inf": math.inf}
 
@@ -189,6 +195,9 @@ class Checker:
                 if not _is_num(side.value):
                     self.r.error(f"arithmetic needs numbers, not {_kind(side.value)}", side.span)
                     raise _Bad
+            if _too_large(expr.op, left.value, right.value):
+                self.r.error("the result of this is too large", expr.span)
+                raise _Bad
             try:
                 result = _ARITH[expr.op](left.value, right.value)
             except (ZeroDivisionError, OverflowError) as err:
@@ -232,9 +241,13 @@ class Checker:
         first: dict[str, Span] = {}
         names = [p.name for p in params]
         positional = 0
-        for arg in args or ():
+        for i, arg in enumerate(args or ()):
             if arg.name is None:
-                if positional >= len(params) or any(a.name for a in (args or ())[:positional]):
+                if any(a.name for a in (args or ())[:i]):
+                    self.r.error("a positional argument cannot follow a named one; name this one",
+                                 arg.span, hint=f"its parameters are {_names(names)}")
+                    continue
+                if positional >= len(params):
                     self.r.error(f"{what} takes {len(params)} positional argument"
                                  f"{'s' if len(params) != 1 else ''} at most; name this one",
                                  arg.span, hint=f"its parameters are {_names(names)}")
@@ -299,7 +312,10 @@ class Checker:
                 return
         if isinstance(raw, Symbol):
             raw = raw.name
-        value, err = param.validate(raw)
+        try:
+            value, err = param.validate(raw)
+        except OverflowError:  # an integer too large for a float
+            value, err = raw, f"`{param.name}` is too large"
         if err:
             self.r.error(err, v.span, hint=_choice_hint(param, raw))
             return
@@ -362,7 +378,15 @@ class Checker:
         train = self._train(found.get("train"), spec.file)
         early = self._early(found.get("early_stopping"))
         init = self._init(found.get("init"), base_dir)
+        multirate = self._multirate(found.get("multirate"))
         partitions = self._check_rest(partitions)
+        for part in partitions:
+            base = part.optimizer or optimizer
+            if isinstance(part.selector, SelectRandom) and isinstance(base, Component) and \
+                    base.name not in RANDOM_SUBSET_RULES:
+                self.r.error(f"a random-subset partition is integrated by SGD(-momentum), not "
+                             f"`{base.name}`", part.selector.span,
+                             hint="give the partition `optimizer sgd(…)` in its block")
         for key in sorted(set(self.overrides) - self.used_overrides):
             expr = self.overrides[key]
             self.r.error(f"`--set {key}` matches no setting of this spec", expr.span,
@@ -372,7 +396,8 @@ class Checker:
         return Program(file=spec.file, base_dir=base_dir, model=model, data=data,  # type: ignore[arg-type]
                        optimizer=optimizer, schedule=schedule, train=train,  # type: ignore[arg-type]
                        partitions=tuple(partitions), early_stopping=early, init=init,
-                       lets={k: v.value for k, v in self.lets.items()})
+                       lets={k: v.value for k, v in self.lets.items()},
+                       first_fast_gradient=multirate)
 
     def _form(self, st: ast.Statement, *, target: bool = False, bind: bool = False,
               args: bool = False, block: bool = False) -> bool:
@@ -428,7 +453,9 @@ class Checker:
         self.let_spans[name] = st.name.span
 
     def _component(self, st: ast.Statement | None, kw: str, registry: Registry,
-                   extra: tuple[Param, ...] = ()) -> Component | None:
+                   extra: tuple[Param, ...] = (), key: str | None = None) -> Component | None:
+        """`key` is the `--set` prefix of its arguments (default: the keyword)."""
+        key = key or kw
         if st is None or not self._form(st, target=True, args=True):
             return None
         target = st.target
@@ -441,10 +468,10 @@ class Checker:
                 known = {p.name for p in extra}
                 own = tuple(a for a in st.args or () if a.name is not None and a.name.id not in known)
                 common = tuple(a for a in st.args or () if a.name is None or a.name.id in known)
-                kwargs, spans = self.arguments(f"{kw} {name}", extra, common, st.span, f"{kw}.")
+                kwargs, spans = self.arguments(f"{kw} {name}", extra, common, st.span, f"{key}.")
                 for a in own:
                     try:
-                        kwargs[a.name.id] = _plain(self.value(self._override(f"{kw}.{a.name.id}", a.value)).value)  # type: ignore[union-attr]
+                        kwargs[a.name.id] = _plain(self.value(self._override(f"{key}.{a.name.id}", a.value)).value)  # type: ignore[union-attr]
                         spans[a.name.id] = a.value.span  # type: ignore[union-attr]
                     except _Bad:
                         pass
@@ -454,7 +481,7 @@ class Checker:
                         self.r.error("arguments of user code must be named", a.span)
                         continue
                     try:
-                        kwargs[a.name.id] = _plain(self.value(self._override(f"{kw}.{a.name.id}", a.value)).value)
+                        kwargs[a.name.id] = _plain(self.value(self._override(f"{key}.{a.name.id}", a.value)).value)
                         spans[a.name.id] = a.value.span
                     except _Bad:
                         pass
@@ -468,7 +495,7 @@ class Checker:
                          'user code as "file.py:factory"')
             return None
         kwargs, spans = self.arguments(f"{kw} `{entry.name}`", tuple(entry.params) + extra,
-                                       st.args, st.span, f"{kw}.")
+                                       st.args, st.span, f"{key}.")
         return Component(entry.name, kwargs, target.span, False, spans)
 
     def _train(self, st: ast.Statement | None, file: str) -> TrainSettings:
@@ -491,6 +518,13 @@ class Checker:
         if len(values) != len(EARLY_STOPPING_PARAMS):
             return None
         return EarlyStopping(span=st.span, **values)
+
+    def _multirate(self, st: ast.Statement | None) -> str:
+        if st is not None and not self._form(st, args=True):
+            st = None
+        values, _ = self.arguments("`multirate`", MULTIRATE_PARAMS, st.args if st else None,
+                                   st.span if st else None, "multirate.")  # type: ignore[arg-type]
+        return values.get("first_fast_gradient", "shared")
 
     def _init(self, st: ast.Statement | None, base_dir: Path) -> Init | None:
         if st is None or not self._form(st, target=True, args=True):
@@ -535,7 +569,8 @@ class Checker:
                 if optimizer is not None:
                     self.r.error("a partition has one `optimizer`", item.keyword.span)
                     continue
-                optimizer = self._component(item, "optimizer", _registries()["optimizer"]) or None
+                optimizer = self._component(item, "optimizer", _registries()["optimizer"],
+                                            key=f"partition.{name}.optimizer") or None
             else:
                 self.r.error(f"`{item.keyword.id}` cannot appear inside a partition",
                              item.keyword.span,
@@ -545,15 +580,14 @@ class Checker:
                                    tuple(settings.values()), st.span, f"partition.{name}.")
         if selector is None:
             return None
-        if values.get("every", 1) > 1 or values.get("drift", "none") != "none":
-            where = (settings.get("every") or settings.get("drift"))
-            self.r.error("partitions on several time-scales (`every` > 1, `drift`) are not "
-                         "supported yet", where.span if where else st.span,
-                         hint="multirate training (issue #4) gives them meaning; until then "
-                         "every partition updates every step")
-        if isinstance(selector, SelectRandom) or _has_random(selector):
-            self.r.error("random-subset partitions are not supported yet", selector.span,
-                         hint="multirate training (issue #4) gives them meaning")
+        if not isinstance(selector, SelectRandom) and _has_random(selector):
+            self.r.error("`random(…)` must be the whole selector of its partition",
+                         selector.span, hint="select the tensors to draw from with `of=`: "
+                         "`random(0.1, of=weight - module(\"head\"))`")
+        if isinstance(selector, SelectRandom):
+            if values.get("drift", "none") != "none":
+                self.r.error("a random-subset partition cannot drift", settings["drift"].span)
+
         return Partition(name, selector, st.span, values.get("every", 1), values.get("lr"),
                          values.get("drift", "none"), optimizer)
 
@@ -587,7 +621,7 @@ class Checker:
                 return Select(fn, expr.span, pattern=pattern)
             if fn == "depth":
                 values, _ = self.arguments("`depth`", _DEPTH_PARAMS, expr.args, expr.span)
-                if "lo" not in values:
+                if "lo" not in values or "hi" not in values:
                     raise _Bad
                 return Select("depth", expr.span, lo=values["lo"], hi=values["hi"])
             if fn == "random":
@@ -595,7 +629,7 @@ class Checker:
                 of = next((a for a in expr.args if a.name and a.name.id == "of"), None)
                 values, _ = self.arguments("`random`", _RANDOM_PARAMS, args, expr.span)
                 inner = self.selector(of.value) if of else Select("weight", expr.span)
-                if "fraction" not in values:
+                if "fraction" not in values or "per" not in values:
                     raise _Bad
                 return SelectRandom(values["fraction"], values["per"], inner, expr.span)
             guess = did_you_mean(fn, list(SELECTOR_CALLS))
@@ -650,6 +684,20 @@ def _uses_rest(sel: Selector) -> bool:
     if isinstance(sel, SelectSet):
         return _uses_rest(sel.left) or _uses_rest(sel.right)
     return _uses_rest(sel.of)
+
+
+_MAX_INT_BITS = 4096
+"""Integer arithmetic beyond this many bits is an error (and `9 ** 9 ** 9` never hangs)."""
+
+
+def _too_large(op: str, left: Any, right: Any) -> bool:
+    if not (isinstance(left, int) and isinstance(right, int)):
+        return False
+    if op == "**":
+        return right > 0 and abs(left) > 1 and right * (abs(left).bit_length() - 1) > _MAX_INT_BITS
+    if op == "*":
+        return abs(left).bit_length() + abs(right).bit_length() > _MAX_INT_BITS + 1
+    return max(abs(left).bit_length(), abs(right).bit_length()) > _MAX_INT_BITS
 
 
 def _is_num(v: Any) -> bool:

@@ -61,8 +61,8 @@ class Sources:
         text = self.texts.get(name)
         if text is None or number < 1:
             return None
-        lines = text.splitlines()
-        return lines[number - 1] if number <= len(lines) else ""
+        lines = text.split("\n")  # as the parser counts lines: a form feed or a lone \r is no break
+        return lines[number - 1].rstrip("\r") if number <= len(lines) else ""
 
 
 SOURCES = Sources()

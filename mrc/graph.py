@@ -28,7 +28,8 @@ class Op:
 
     @property
     def id(self) -> str:
-        return f"s{self.step}.{self.kind}{self.key()}"
+        phase = getattr(self, "phase", 0)
+        return f"s{self.step}{f'.p{phase}' if phase else ''}.{self.kind}{self.key()}"
 
     def key(self) -> str:
         return ""
@@ -51,6 +52,7 @@ class Forward(Op):
     rank: ClassVar[int] = 1
     segment: str = "model"
     grad: tuple[str, ...] = ()
+    phase: int = 0
 
     def key(self) -> str:
         return f".{self.segment}"
@@ -66,6 +68,7 @@ class Loss(Op):
     rank: ClassVar[int] = 2
     fn: str = "cross_entropy"
     label_smoothing: float = 0.0
+    phase: int = 0
 
     def text(self) -> str:
         extra = f"(label_smoothing={self.label_smoothing:g})" if self.label_smoothing else ""
@@ -79,6 +82,7 @@ class Backward(Op):
     kind: ClassVar[str] = "backward"
     rank: ClassVar[int] = 3
     wrt: tuple[str, ...] = ()
+    phase: int = 0
 
     def text(self) -> str:
         return f"backward wrt {{{', '.join(self.wrt)}}}"
@@ -95,13 +99,16 @@ class Update(Op):
     rule: str = ""
     scale: float = 1.0
     lr: float | None = None
+    drift: bool = False
+    phase: int = 0
 
     def key(self) -> str:
         return f".{self.partition}"
 
     def text(self) -> str:
         size = f"lr={self.lr:g}" if self.lr is not None else f"lr×{self.scale:g}"
-        return f"update {self.partition} {self.rule} {size}"
+        held = " (held for drift)" if self.drift else ""
+        return f"update {self.partition} {self.rule} {size}{held}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,17 +123,54 @@ class UpdateGroup(Op):
     scale: float = 1.0
     lr: float | None = None
     kernel: str = "torch"
+    drift: tuple[str, ...] = ()
+    phase: int = 0
 
     def key(self) -> str:
         return f".{self.name}"
 
     def text(self) -> str:
         size = f"lr={self.lr:g}" if self.lr is not None else f"lr×{self.scale:g}"
+        held = f" held for drift {{{', '.join(self.drift)}}}" if self.drift else ""
         return (f"update_group {self.name} {{{', '.join(self.partitions)}}} {self.rule} {size} "
-                f"kernel={self.kernel}")
+                f"kernel={self.kernel}{held}")
 
 
-OP_KINDS: dict[str, type[Op]] = {c.kind: c for c in (Forward, Loss, Backward, Update, UpdateGroup)}
+@dataclass(frozen=True, slots=True)
+class Drift(Op):
+    """Move a partition by `fraction` of the step its last update computed (linear drift: the
+    seed's θ_S ← θ_S − (h/k) p_S on each of the k steps of its interval)."""
+
+    kind: ClassVar[str] = "drift"
+    rank: ClassVar[int] = 6
+    partition: str = ""
+    fraction: float = 1.0
+
+    def key(self) -> str:
+        return f".{self.partition}"
+
+    def text(self) -> str:
+        return f"drift {self.partition} by {self.fraction:g} of its step"
+
+
+@dataclass(frozen=True, slots=True)
+class Resample(Op):
+    """Random-subset regularization: restore the held-out subset of a partition, draw a new one
+    and hold it at zero until the next resample."""
+
+    kind: ClassVar[str] = "resample"
+    rank: ClassVar[int] = 7
+    partition: str = ""
+
+    def key(self) -> str:
+        return f".{self.partition}"
+
+    def text(self) -> str:
+        return f"resample {self.partition}"
+
+
+OP_KINDS: dict[str, type[Op]] = {c.kind: c for c in (Forward, Loss, Backward, Update, UpdateGroup,
+                                                     Drift, Resample)}
 
 
 class GraphError(Exception):
@@ -179,9 +223,9 @@ class ScheduleGraph:
         for nid in nx.lexicographical_topological_sort(self.g, key=self._sort_key):
             yield self.op(nid)
 
-    def _sort_key(self, nid: str) -> tuple[int, int, str]:
+    def _sort_key(self, nid: str) -> tuple[int, int, int, str]:
         op = self.op(nid)
-        return (op.step, op.rank, nid)
+        return (op.step, getattr(op, "phase", 0), op.rank, nid)
 
     def at(self, step: int) -> list[Op]:
         return [op for op in self.ops() if op.step == step]
@@ -210,7 +254,8 @@ class ScheduleGraph:
                 raise GraphError(f"{op.id}: step {op.step} outside the period 0…{self.period - 1}")
             for f in fields(op):
                 v = getattr(op, f.name)
-                if f.name in ("grad", "wrt", "partitions") or (f.name == "partition"):
+                if f.name in ("grad", "wrt", "partitions", "partition") or (
+                        f.name == "drift" and isinstance(v, tuple)):
                     names = v if isinstance(v, tuple) else (v,)
                     unknown = [n for n in names if n not in self.partitions]
                     if unknown:

@@ -90,7 +90,15 @@ class _Builder(Transformer):
         return self._name(c[0])
 
     def target_string(self, c: list[Token]) -> ast.Str:
-        return ast.Str(_unquote(str(c[0])), _tok_span(self.file, c[0]))
+        return self._str(c[0])
+
+    def _str(self, tok: Token) -> ast.Str:
+        span = _tok_span(self.file, tok)
+        try:
+            return ast.Str(_unquote(str(tok)), span)
+        except UnicodeDecodeError as err:  # "\x", "\u12", "\N{nonsense}"
+            raise CompileError([Diagnostic(f"bad escape in string: {err.reason}", span,
+                                           hint="write a backslash itself as `\\\\`")]) from None
 
     def args(self, c: list[Any]) -> tuple[ast.Arg, ...]:
         return tuple(a for a in c if a is not None)
@@ -129,10 +137,14 @@ class _Builder(Transformer):
         return ast.Neg(c[0], self._s(meta))
 
     def number(self, c: list[Token]) -> ast.Num:
-        return ast.Num(_number(str(c[0])), str(c[0]), _tok_span(self.file, c[0]))
+        span = _tok_span(self.file, c[0])
+        try:
+            return ast.Num(_number(str(c[0])), str(c[0]), span)
+        except ValueError:  # Python refuses to convert integers of more than 4300 digits
+            raise CompileError([Diagnostic("this number has too many digits", span)]) from None
 
     def string(self, c: list[Token]) -> ast.Str:
-        return ast.Str(_unquote(str(c[0])), _tok_span(self.file, c[0]))
+        return self._str(c[0])
 
     def name(self, c: list[Token]) -> ast.Name:
         return self._name(c[0])
@@ -161,12 +173,18 @@ def _expected(names: set[str]) -> str:
 
 def _syntax_error(file: str, text: str, err: UnexpectedInput) -> Diagnostic:
     line, col = max(err.line, 1), max(err.column, 1)
+    # `accepts` is exact; LALR's `expected` may list tokens of merged states that cannot follow.
+    expected = set(getattr(err, "accepts", None) or getattr(err, "expected", ()))
     if isinstance(err, UnexpectedToken) and err.token.type == "$END":
-        lines = text.splitlines() or [""]
-        line = len(lines)
-        col = len(lines[-1]) + 1
+        if err.token.end_line and err.token.end_column:  # Lark's $END borrows the last token's place
+            line, col = err.token.end_line, err.token.end_column  # just after the last token
+        else:  # no token at all: the end of the text, with lines counted as Lark counts them
+            lines = text.split("\n")
+            if len(lines) > 1 and not lines[-1]:
+                lines.pop()
+            line, col = len(lines), len(lines[-1].rstrip("\r")) + 1
         span = Span(file, line, col, line, col + 1)
-        return Diagnostic(f"unexpected end of file; expected {_expected(set(err.expected))}", span)
+        return Diagnostic(f"unexpected end of file; expected {_expected(expected)}", span)
     if isinstance(err, UnexpectedToken):
         tok = err.token
         span = Span(file, tok.line, tok.column, tok.end_line or tok.line,
@@ -176,15 +194,17 @@ def _syntax_error(file: str, text: str, err: UnexpectedInput) -> Diagnostic:
         hint = None
         if tok.type == "EQUAL":
             hint = "a setting `key = value` belongs inside a `{ … }` block or a call's `( … )`"
-        return Diagnostic(f"unexpected {shown}; expected {_expected(set(err.expected))}", span,
+        return Diagnostic(f"unexpected {shown}; expected {_expected(expected)}", span,
                           hint=hint)
     if isinstance(err, UnexpectedCharacters):
-        ch = text.splitlines()[line - 1][col - 1] if text.splitlines() else "?"
+        ch = err.char
         hint = "strings use double quotes" if ch == "'" else None
         if ch == '"':
             return Diagnostic("unterminated string", Span(file, line, col, line, col + 1),
                               hint="close the string with `\"` on the same line")
-        return Diagnostic(f"unexpected character `{ch}`", Span(file, line, col, line, col + 1), hint=hint)
+        shown = f"`{ch}`" if ch.isprintable() else f"U+{ord(ch):04X}"
+        return Diagnostic(f"unexpected character {shown}", Span(file, line, col, line, col + 1),
+                          hint=hint)
     if isinstance(err, UnexpectedEOF):
         return Diagnostic("unexpected end of file", Span(file, line, col, line, col + 1))
     return Diagnostic(str(err).splitlines()[0], Span(file, line, col, line, col + 1))

@@ -183,6 +183,9 @@ class Program:
     early_stopping: EarlyStopping | None = None
     init: Init | None = None
     lets: Mapping[str, Any] = field(default_factory=dict)
+    first_fast_gradient: str = "shared"
+    """Multirate gradient point: `shared` (one backward per step) or `after_slow` (the seed's
+    literal loop: fast gradients taken after the slow partitions moved)."""
 
     @property
     def name(self) -> str:

@@ -1,10 +1,21 @@
-"""Bound program → the initial schedule graph: one period, every partition differentiated on
-every step (the naive schedule). Passes then prune and group it."""
+"""Bound program → the initial schedule graph of one period (the naive schedule).
+
+Every step runs the whole model with autograd and back-propagates to every partition; then the
+partitions whose rate divides the step update (a partition with `every = k` moves on steps
+0, k, 2k, … of the period, as in the seed's algorithms, where the slow step comes first), partitions
+with linear drift move by 1/k of their last step on each of the k steps of their interval, and
+random subsets are resampled at the start of their interval. Passes then prune and group this.
+
+With `multirate(first_fast_gradient = after_slow)` (the seed's literal no-drift loop), a step on
+which slow partitions (every > 1, no drift) update runs in two phases: the slow partitions are
+differentiated and updated first, then the model runs again for the other partitions' gradient at
+the moved point.
+"""
 
 from __future__ import annotations
 
-from mrc.binding import Bound
-from mrc.graph import Backward, Forward, Loss, ScheduleGraph, Update, lcm
+from mrc.binding import Bound, BoundPartition
+from mrc.graph import Backward, Drift, Forward, Loss, Op, Resample, ScheduleGraph, Update, lcm
 
 
 def period_of(bound: Bound) -> int:
@@ -18,29 +29,53 @@ def rule_of(bound: Bound, partition: str) -> str:
     return comp.describe()
 
 
+def _is_random(part: BoundPartition) -> bool:
+    from mrc.program import SelectRandom
+
+    return isinstance(part.spec.selector, SelectRandom)
+
+
 def build_graph(bound: Bound) -> ScheduleGraph:
-    """The naive period: each step runs the whole model with autograd, back-propagates to every
-    partition, then updates the partitions whose rate divides the step (slow partitions move on
-    step 0 of their interval, as in the seed's algorithms)."""
+    """The naive period; see the module docstring."""
     period = period_of(bound)
     graph = ScheduleGraph(period)
-    names = tuple(p.name for p in bound.partitions)
-    for part in bound.partitions:
-        graph.partitions[part.name] = {
-            "tensors": len(part.params), "numel": part.numel, "every": part.spec.every,
-            "rule": rule_of(bound, part.name),
-        }
+    parts = bound.partitions
+    names = tuple(p.name for p in parts)
+    for part in parts:
+        info = {"tensors": len(part.params), "numel": part.numel, "every": part.spec.every,
+                "rule": rule_of(bound, part.name)}
+        if part.spec.drift != "none":
+            info["drift"] = part.spec.drift
+        if _is_random(part):
+            info["random"] = part.spec.selector.describe()
+        graph.partitions[part.name] = info
     smoothing = bound.program.train.label_smoothing
+    literal = bound.program.first_fast_gradient == "after_slow"
     for step in range(period):
-        fwd = graph.add(Forward(step, "model", names))
-        loss = graph.add(Loss(step, "cross_entropy", smoothing), [fwd])
-        bwd = graph.add(Backward(step, names), [loss])
-        for part in bound.partitions:
-            spec = part.spec
-            if step % spec.every == 0:
-                graph.add(Update(step, part.name, rule_of(bound, part.name),
-                                 float(spec.every), spec.lr), [bwd])
+        # a random-subset partition updates every step: its held-out subset at the start of the
+        # interval (slow, step every·h) and the rest of its elements on every step (fast)
+        updating = [p for p in parts if step % p.spec.every == 0 or _is_random(p)]
+        slow_first = [p for p in updating if p.spec.every > 1 and p.spec.drift == "none"
+                      and not _is_random(p)]
+        phases = [slow_first, [p for p in updating if p not in slow_first]] \
+            if literal and slow_first and len(slow_first) < len(updating) else [updating]
+        last: list[Op] = []
+        for phase, members in enumerate(phases):
+            fwd = graph.add(Forward(step, "model", names, phase), last)
+            loss = graph.add(Loss(step, "cross_entropy", smoothing, phase), [fwd])
+            bwd = graph.add(Backward(step, names, phase), [loss])
+            last = [graph.add(Update(step, p.name, rule_of(bound, p.name),
+                                     1.0 if _is_random(p) else float(p.spec.every), p.spec.lr,
+                                     p.spec.drift != "none", phase), [bwd])
+                    for p in members]
+        tail = last
+        for p in parts:
+            if p.spec.drift != "none":
+                tail = [*tail, graph.add(Drift(step, p.name, 1.0 / p.spec.every), last)]
+        for p in parts:
+            if _is_random(p) and step % p.spec.every == 0:
+                graph.add(Resample(step, p.name), tail)
     graph.meta["layers"] = list(bound.layers)
-    graph.meta["params"] = {p.name: list(p.params) for p in bound.partitions}
+    graph.meta["params"] = {p.name: list(p.params) for p in parts}
     graph.verify()
     return graph

@@ -8,10 +8,11 @@ says what it requires and ensures, with a small before/after example. The pass m
 from __future__ import annotations
 
 from mrc.passes.base import Pass
+from mrc.passes.freeze_prefix import FreezePrefix
 from mrc.passes.group_updates import GroupUpdates
 from mrc.passes.prune_gradients import PruneGradients
 
-PASSES: dict[str, type[Pass]] = {p.name: p for p in (PruneGradients, GroupUpdates)}
-DEFAULT_PIPELINE: tuple[str, ...] = ("prune-gradients", "group-updates")
+PASSES: dict[str, type[Pass]] = {p.name: p for p in (PruneGradients, FreezePrefix, GroupUpdates)}
+DEFAULT_PIPELINE: tuple[str, ...] = ("prune-gradients", "freeze-prefix", "group-updates")
 
-__all__ = ["DEFAULT_PIPELINE", "PASSES", "GroupUpdates", "Pass", "PruneGradients"]
+__all__ = ["DEFAULT_PIPELINE", "PASSES", "FreezePrefix", "GroupUpdates", "Pass", "PruneGradients"]

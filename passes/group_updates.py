@@ -28,16 +28,21 @@ class GroupUpdates(Pass):
         out = graph.copy()
         order = list(graph.partitions)
         for step in range(graph.period):
-            buckets: dict[tuple[str, float, float | None], list[Update]] = {}
+            buckets: dict[tuple[str, float, float | None, int], list[Update]] = {}
             for op in out.at(step):
                 if isinstance(op, Update):
-                    buckets.setdefault((op.rule, op.scale, op.lr), []).append(op)
-            for (rule, scale, lr), ups in buckets.items():
+                    buckets.setdefault((op.rule, op.scale, op.lr, op.phase), []).append(op)
+            for (rule, scale, lr, phase), ups in buckets.items():
                 ups.sort(key=lambda u: order.index(u.partition))
                 parts = tuple(u.partition for u in ups)
-                group = UpdateGroup(step, "+".join(parts), parts, rule, scale, lr, "torch")
+                held = tuple(u.partition for u in ups if u.drift)
+                group = UpdateGroup(step, "+".join(parts), parts, rule, scale, lr, "torch", held,
+                                    phase)
                 deps = {p.id: p for u in ups for p in out.preds(u)}
+                succs = {s.id: s for u in ups for s in out.succs(u)}
                 for u in ups:
                     out.remove(u)
                 out.add(group, deps.values())
+                for s in succs:
+                    out.g.add_edge(group.id, s)
         return out

@@ -1,8 +1,9 @@
-"""prune-gradients: on each step, differentiate only the partitions that update on that step.
+"""prune-gradients: differentiate, on each step, only the partitions that update on that step.
 
-Requires: a verified graph whose backward nodes may list partitions no update of their step uses.
-Ensures: each step's forward tracks, and its backward differentiates, exactly the partitions
-updated on that step (in partition order); a step that updates nothing keeps no forward, loss or
+Requires: a verified graph whose backward nodes may list partitions that no update of their step
+and phase uses.
+Ensures: each forward tracks, and each backward differentiates, exactly the partitions updated in
+its step and phase (in partition order); a step that updates nothing keeps no forward, loss or
 backward at all.
 
 Example (head every step, backbone every 2 steps), step 1:
@@ -28,15 +29,17 @@ class PruneGradients(Pass):
         order = list(graph.partitions)
         for step in range(graph.period):
             ops = out.at(step)
-            updated: set[str] = set()
+            updated: dict[int, set[str]] = {}
             for op in ops:
                 if isinstance(op, Update):
-                    updated.add(op.partition)
+                    updated.setdefault(op.phase, set()).add(op.partition)
                 elif isinstance(op, UpdateGroup):
-                    updated.update(op.partitions)
-            needed = tuple(p for p in order if p in updated)
+                    updated.setdefault(op.phase, set()).update(op.partitions)
             for op in ops:
-                if not needed and isinstance(op, Forward | Loss | Backward):
+                if not isinstance(op, Forward | Loss | Backward):
+                    continue
+                needed = tuple(p for p in order if p in updated.get(op.phase, ()))
+                if not needed:
                     out.remove(op)
                 elif isinstance(op, Backward) and op.wrt != needed:
                     out.replace(op, replace(op, wrt=needed))

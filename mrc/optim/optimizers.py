@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from mrc.optim.lamb import LAMB
+from mrc.optim.langevin import Langevin
 from mrc.optim.lars import LARS
 from mrc.registry import REQUIRED, Param, Registry
 
@@ -183,3 +184,16 @@ def lamb(params: ParamsT, lr: float = 1e-3, betas: Sequence[float] = (0.9, 0.999
     """LAMB (You et al. 2019), see `mrc.optim.lamb.LAMB` for the equations."""
     return LAMB(params, lr=lr, betas=_two_betas(betas), eps=eps, weight_decay=weight_decay,
                 bias_correction=bias_correction)
+
+
+@OPTIMIZERS.register(
+    "langevin", _lr(REQUIRED),
+    Param("gamma", "float", 1.0, "friction γ", lo=0.0),
+    Param("tau", "float", 0.0, "temperature τ (0: pure optimization)", lo=0.0),
+    _weight_decay(0.0),
+    doc="underdamped Langevin dynamics, BAOAB splitting (see mrc.optim.langevin)",
+)
+def langevin(params: ParamsT, lr: float, gamma: float = 1.0, tau: float = 0.0,
+             weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Partitioned Langevin integrator with its own friction and temperature."""
+    return Langevin(params, lr=lr, gamma=gamma, tau=tau, weight_decay=weight_decay)

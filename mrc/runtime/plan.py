@@ -1,13 +1,15 @@
-"""Schedule graph → Plan: per step of the period, a short list of callables prepared once.
+"""Schedule graph → Plan: per step of the period, a short program prepared once.
 
-Lowering decides everything the runtime would otherwise re-decide per step: which segment runs
-with autograd, what is differentiated, which optimizer instance each update group calls and with
-which learning-rate scale. The runtime only loops: `plan.step(t, x, y)`.
+Lowering decides everything the runtime would otherwise re-decide per step: which segments run
+with autograd (a frozen prefix runs under `torch.no_grad` through a torch.fx split), which
+parameters are differentiated, which optimizer each update group calls, which partitions drift
+and which random subsets are resampled. The runtime only loops: `plan.step(t, x, y)`.
 
 Optimizer state belongs to partitions, not to steps: each distinct integrator (rule) gets one
 torch optimizer with one parameter group per partition, created once. An update group steps its
-rule's optimizer; parameters without a gradient on that step (partitions not differentiated) are
-left alone by torch's optimizers, so a slow partition's momentum only moves on its own steps.
+rule's optimizer; torch's optimizers skip parameters without a gradient, and gradients of
+partitions that are differentiated but do not update on a step are cleared first, so a slow
+partition's state only moves on its own steps.
 """
 
 from __future__ import annotations
@@ -18,32 +20,73 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 from mrc.binding import Bound
-from mrc.graph import Backward, Forward, Loss, ScheduleGraph, Update, UpdateGroup
-from mrc.program import Component
+from mrc.graph import Backward, Drift, Forward, Resample, ScheduleGraph, Update, UpdateGroup
+from mrc.program import Component, SelectRandom
+
+
+class NoGrad(nn.Module):
+    """Runs the wrapped segment without autograd: nothing before it is differentiated, so no
+    activation needs to be kept."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args: Any) -> Any:
+        with torch.no_grad():
+            return self.inner(*args)
+
+
+def split_at(gm: fx.GraphModule, root: nn.Module, layers: tuple[str, ...], n: int) -> nn.Module:
+    """The traced model cut before the first node that uses a parameter of layers[n:]; the part
+    before the cut runs without autograd. Parameters stay those of `root`."""
+    from torch.fx.passes.split_module import split_module
+
+    live = set(layers[n:])
+    nodes = list(gm.graph.nodes)
+
+    def touches(node: fx.Node) -> bool:
+        if node.op == "call_module":
+            t = str(node.target)
+            return any(layer == t or layer.startswith(t + ".") for layer in live)
+        if node.op == "get_attr":
+            return str(node.target).rpartition(".")[0] in live
+        return False
+
+    cut = next(i for i, node in enumerate(nodes) if touches(node))
+    index = {node: i for i, node in enumerate(nodes)}
+    split = split_module(gm, root, lambda node: 0 if index[node] < cut else 1)
+    split.submod_0 = NoGrad(split.submod_0)
+    return split
 
 
 @dataclass
 class GroupRunner:
-    """One update group: the rule's optimizer and the param-group indices it touches."""
+    """One update group: the rule's optimizer, plus the drift partitions whose step it holds."""
 
-    name: str
-    optimizer: torch.optim.Optimizer
-    groups: tuple[int, ...]
-    scale: float
-    lr: float | None
+    optimizer: Any
+    rule: str
+    held: tuple[str, ...] = ()
+
+
+@dataclass
+class Phase:
+    """Forward, loss, backward and updates at one gradient point of a step."""
+
+    forward: nn.Module | None
+    inputs: list[torch.Tensor] | None  # parameters to differentiate; None: all that need it
+    clear: list[torch.Tensor]  # differentiated but not updated here: their grads are dropped
+    updates: tuple[GroupRunner, ...]
 
 
 @dataclass
 class StepProgram:
-    """What one step of the period does, decided at compile time."""
-
-    forward: bool
-    grad: bool
-    backward: bool
-    updates: tuple[GroupRunner, ...]
+    phases: tuple[Phase, ...]
+    drifts: tuple[tuple[str, float], ...] = ()
+    resamples: tuple[str, ...] = ()
 
 
 @dataclass
@@ -53,52 +96,100 @@ class Plan:
     period: int
     module: nn.Module
     steps: tuple[StepProgram, ...]
-    optimizers: dict[str, torch.optim.Optimizer]
+    optimizers: dict[str, Any]
     base_lrs: dict[str, list[float]]
     schedule: Callable[[int], float]
     label_smoothing: float
     grad_clip: float
+    params: dict[str, list[torch.Tensor]]
     partition_groups: dict[str, tuple[str, int]] = field(default_factory=dict)
-    """partition → (rule, index of its param group in that rule's optimizer)."""
+    drift: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    subsets: dict[str, Any] = field(default_factory=dict)
 
     def step(self, t: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
-        """Run global step `t` on a batch; return the loss (None if the step computes none)."""
+        """Run global step `t` on a batch; return the loss at the step's first gradient point."""
         sp = self.steps[t % self.period]
-        if not sp.forward:
-            return None
         mult = self.schedule(t)
-        for runner in sp.updates:
-            base = self.base_lrs[runner.name]
-            for gi, group in enumerate(runner.optimizer.param_groups):
-                group["lr"] = base[gi] * mult
-        if sp.grad:
+        for name, opt in self.optimizers.items():
+            for group, base in zip(opt.param_groups, self.base_lrs[name], strict=True):
+                group["lr"] = base * mult
+        for name in sp.resamples:  # the held-out subset rejoins for this step's gradient
+            self.subsets[name].restore()
+        first: torch.Tensor | None = None
+        for phase in sp.phases:
+            if phase.forward is None:
+                continue
             for opt in self.optimizers.values():
                 opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(self.module(x), y, label_smoothing=self.label_smoothing)
-            if sp.backward:
+            loss = F.cross_entropy(phase.forward(x), y, label_smoothing=self.label_smoothing)
+            if phase.inputs is None:
                 loss.backward()
-                if self.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
-                for runner in sp.updates:
-                    runner.optimizer.step()
-            return loss.detach()
+            else:
+                torch.autograd.backward(loss, inputs=phase.inputs)
+            for p in phase.clear:
+                p.grad = None
+            if self.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
+            for runner in phase.updates:
+                self._update(runner, t)
+            if first is None:
+                first = loss.detach()
+        for name, fraction in sp.drifts:
+            with torch.no_grad():
+                torch._foreach_add_(self.params[name], self.drift[name], alpha=fraction)
+        for name in sp.resamples:
+            subset = self.subsets[name]
+            subset.resample(t // subset.every)
+        return first
+
+    def finish(self) -> None:
+        """End of training: random subsets held at zero get their values back for good."""
+        for subset in self.subsets.values():
+            subset.finish()
+
+    def _update(self, runner: GroupRunner, t: int) -> None:
+        if not runner.held:
+            runner.optimizer.step()
+            return
+        # Linear drift: the integrator computes the partition's whole step now, but the
+        # partition moves by 1/k of it on each of the k steps of its interval.
         with torch.no_grad():
-            return F.cross_entropy(self.module(x), y, label_smoothing=self.label_smoothing)
+            saved = {n: [p.detach().clone() for p in self.params[n]] for n in runner.held}
+            runner.optimizer.step()
+            for n in runner.held:
+                for p, before, delta in zip(self.params[n], saved[n], self.drift[n], strict=True):
+                    torch.sub(p, before, out=delta)
+                    p.copy_(before)
 
     def learning_rates(self, t: int) -> dict[str, float]:
         """Each partition's learning rate at step t (for the metrics log)."""
         mult = self.schedule(t)
-        out = {}
-        for part, (rule, gi) in self.partition_groups.items():
-            out[part] = self.base_lrs[rule][gi] * mult
-        return out
+        return {part: self.base_lrs[rule][gi] * mult
+                for part, (rule, gi) in self.partition_groups.items()}
+
+    def full_weights(self) -> Any:
+        """A context in which held-out random subsets are restored (for evaluation and saving)."""
+        from contextlib import ExitStack
+
+        stack = ExitStack()
+        for subset in self.subsets.values():
+            stack.enter_context(subset.restored())
+        return stack
 
     def state_dict(self) -> dict[str, Any]:
-        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+        return {"optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+                "drift": {n: [d.clone() for d in ds] for n, ds in self.drift.items()},
+                "subsets": {n: s.state_dict() for n, s in self.subsets.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name, opt in self.optimizers.items():
-            opt.load_state_dict(state[name])
+            opt.load_state_dict(state["optimizers"][name])
+        with torch.no_grad():
+            for name, ds in self.drift.items():
+                for d, saved in zip(ds, state["drift"][name], strict=True):
+                    d.copy_(saved)
+        for name, subset in self.subsets.items():
+            subset.load_state_dict(state["subsets"][name])
 
 
 def _base_lr(comp: Component) -> float:
@@ -114,60 +205,94 @@ def _base_lr(comp: Component) -> float:
 def lower(bound: Bound, graph: ScheduleGraph, total_steps: int) -> Plan:
     """Build the Plan for `graph`: optimizers, parameter groups and per-step programs."""
     from mrc.optim import build_optimizer, build_schedule
+    from mrc.runtime.subset import RandomSubsetSGD
 
     program = bound.program
-    module = bound.graph_module
-    params = dict(module.named_parameters())
-    model_params = dict(bound.model.named_parameters())
-    # rule → its partitions, in partition order
-    rules: dict[str, list[str]] = {}
-    comps: dict[str, Component] = {}
-    scales: dict[str, float] = {}
-    fixed_lr: dict[str, float | None] = {}
+    gm = bound.graph_module
+    named = dict(bound.model.named_parameters())
+    parts = {p.name: p for p in bound.partitions}
+    params = {name: [named[n] for n in part.params] for name, part in parts.items()}
+    lr_of: dict[str, float] = {}
     for op in graph.ops():
         if isinstance(op, Update | UpdateGroup):
-            parts = (op.partition,) if isinstance(op, Update) else op.partitions
-            for p in parts:
-                scales[p] = op.scale
-                fixed_lr[p] = op.lr
-    for part in bound.partitions:
-        comp = part.spec.optimizer or program.optimizer
-        rule = comp.describe()
-        rules.setdefault(rule, []).append(part.name)
-        comps[rule] = comp
-    optimizers: dict[str, torch.optim.Optimizer] = {}
+            for p in ((op.partition,) if isinstance(op, Update) else op.partitions):
+                comp = parts[p].spec.optimizer or program.optimizer
+                lr_of[p] = op.lr if op.lr is not None else _base_lr(comp) * op.scale
+    # one optimizer per rule, one parameter group per partition; random subsets get their own
+    optimizers: dict[str, Any] = {}
     base_lrs: dict[str, list[float]] = {}
     partition_groups: dict[str, tuple[str, int]] = {}
-    for rule, parts in rules.items():
-        comp = comps[rule]
-        groups = []
-        lrs = []
-        for gi, name in enumerate(parts):
-            part = next(p for p in bound.partitions if p.name == name)
-            tensors = [params.get(n, model_params[n]) for n in part.params]
-            lr = fixed_lr.get(name)
-            if lr is None:
-                lr = _base_lr(comp) * scales.get(name, float(part.spec.every))
-            groups.append({"params": tensors, "lr": lr})
-            lrs.append(lr)
-            partition_groups[name] = (rule, gi)
+    rule_of: dict[str, str] = {}
+    subsets: dict[str, Any] = {}
+    by_rule: dict[str, list[str]] = {}
+    for name, part in parts.items():
+        comp = part.spec.optimizer or program.optimizer
+        lr = lr_of.get(name, _base_lr(comp) * part.spec.every)
+        if isinstance(part.spec.selector, SelectRandom):
+            sel = part.spec.selector
+            subsets[name] = RandomSubsetSGD(params[name], lr=lr, every=part.spec.every,
+                                            fraction=sel.fraction, per=sel.per,
+                                            seed=program.train.seed, salt=name,
+                                            **{k: v for k, v in comp.kwargs.items() if k != "lr"})
+            optimizers[f"subset:{name}"] = subsets[name]
+            base_lrs[f"subset:{name}"] = [lr]
+            partition_groups[name] = (f"subset:{name}", 0)
+            rule_of[name] = f"subset:{name}"
+            continue
+        rule = comp.describe()
+        by_rule.setdefault(rule, []).append(name)
+        rule_of[name] = rule
+    for rule, names in by_rule.items():
+        comp = parts[names[0]].spec.optimizer or program.optimizer
+        groups = [{"params": params[n], "lr": lr_of.get(n, _base_lr(comp) * parts[n].spec.every)}
+                  for n in names]
         optimizers[rule] = build_optimizer(comp.name, groups, dict(comp.kwargs))
-        base_lrs[rule] = lrs
+        base_lrs[rule] = [g["lr"] for g in groups]
+        for gi, n in enumerate(names):
+            partition_groups[n] = (rule, gi)
+    drift = {name: [torch.zeros_like(p) for p in params[name]]
+             for name, part in parts.items() if part.spec.drift != "none"}
+    all_names = tuple(parts)
+    segments: dict[int, nn.Module] = {}
+
+    def forward_for(fwds: list[Forward]) -> nn.Module:
+        if len(fwds) == 1:
+            return gm
+        n = int(fwds[0].segment.partition(":")[2].rstrip("]"))
+        if n not in segments:
+            segments[n] = split_at(gm, bound.model, bound.layers, n)
+        return segments[n]
+
     steps = []
     for t in range(graph.period):
         ops = graph.at(t)
-        fwd = [op for op in ops if isinstance(op, Forward)]
-        bwd = [op for op in ops if isinstance(op, Backward)]
-        loss = [op for op in ops if isinstance(op, Loss)]
-        runners = []
-        for op in ops:
-            if isinstance(op, Update | UpdateGroup):
-                parts = (op.partition,) if isinstance(op, Update) else op.partitions
-                rule = partition_groups[parts[0]][0]
-                idx = tuple(partition_groups[p][1] for p in parts)
-                runners.append(GroupRunner(rule, optimizers[rule], idx, op.scale, op.lr))
-        steps.append(StepProgram(bool(fwd and loss), any(f.grad for f in fwd), bool(bwd),
-                                 tuple(runners)))
+        phases = []
+        for phase in sorted({getattr(op, "phase", 0) for op in ops if hasattr(op, "phase")}):
+            here = [op for op in ops if getattr(op, "phase", -1) == phase]
+            fwds = [op for op in here if isinstance(op, Forward)]
+            bwd = next((op for op in here if isinstance(op, Backward)), None)
+            ups = [op for op in here if isinstance(op, Update | UpdateGroup)]
+            updated = [p for op in ups for p in ((op.partition,) if isinstance(op, Update)
+                                                 else op.partitions)]
+            wrt = bwd.wrt if bwd else ()
+            inputs = None if set(wrt) == set(all_names) else [x for n in wrt for x in params[n]]
+            clear = [x for n in wrt if n not in updated for x in params[n]]
+            runners: dict[str, GroupRunner] = {}
+            for op in ups:
+                names_ = (op.partition,) if isinstance(op, Update) else op.partitions
+                held = (op.partition,) if isinstance(op, Update) and op.drift else (
+                    op.drift if isinstance(op, UpdateGroup) else ())
+                for n in names_:
+                    rule = rule_of[n]
+                    r = runners.setdefault(rule, GroupRunner(optimizers[rule], rule))
+                    if n in held:
+                        r.held = (*r.held, n)
+            phases.append(Phase(forward_for(fwds) if fwds else None, inputs, clear,
+                                tuple(runners.values())))
+        drifts = tuple((op.partition, op.fraction) for op in ops if isinstance(op, Drift))
+        resamples = tuple(op.partition for op in ops if isinstance(op, Resample))
+        steps.append(StepProgram(tuple(phases), drifts, resamples))
     schedule = build_schedule(program.schedule.name, total_steps, dict(program.schedule.kwargs))
-    return Plan(graph.period, module, tuple(steps), optimizers, base_lrs, schedule,
-                program.train.label_smoothing, program.train.grad_clip, partition_groups)
+    return Plan(graph.period, gm, tuple(steps), optimizers, base_lrs, schedule,
+                program.train.label_smoothing, program.train.grad_clip, params,
+                partition_groups, drift, subsets)

@@ -131,7 +131,7 @@ class Trainer:
             "format": "mrc-checkpoint-1",
             "spec": self.program.file,
             "model": self.c.bound.model.state_dict(),
-            "optimizers": plan.state_dict(),
+            "plan": plan.state_dict(),
             "step": st.step, "epoch": st.epoch, "batch": st.batch, "total": self.total,
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -144,7 +144,7 @@ class Trainer:
         assert self.resume is not None
         state = load_checkpoint(self.resume)
         self.c.bound.model.load_state_dict(state["model"])
-        plan.load_state_dict(state["optimizers"])
+        plan.load_state_dict(state["plan"])
         st.step, st.epoch, st.batch = state["step"], state["epoch"], state["batch"]
         torch.set_rng_state(state["rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
@@ -221,12 +221,13 @@ class Trainer:
                     do_eval = (eval_every and st.step % eval_every == 0) or \
                               (not eval_every and end_of_epoch) or st.step == self.total
                     if do_eval:
-                        ev = evaluate(module, val_x, val_y)
+                        with plan.full_weights():
+                            ev = evaluate(module, val_x, val_y)
                         st.last_eval = {"val_loss": ev["loss"], "val_acc": ev["acc"]}
                         record({"step": st.step, "epoch": st.epoch + st.batch / len(batches),
                                 **st.last_eval, "time": time.perf_counter() - start})
                         bar.update(st.step, None, st.last_eval)
-                        if early and self._early_stop(early, st, model):
+                        if early and self._early_stop(early, st, model, plan):
                             status = "stopped_early"
                             message = (f"early stopping at step {st.step}: {early.metric} has not "
                                        f"improved for {early.patience} evaluations")
@@ -254,6 +255,7 @@ class Trainer:
         if status != "diverged":
             self._checkpoint(plan, st)
             last_good = st.step
+            plan.finish()
         if status == "stopped_early" and early and early.restore_best and st.best_state is not None:
             model.load_state_dict(st.best_state)
         summary = self._summary(module, train_x, train_y, val_x, val_y, st, status, wall,
@@ -273,14 +275,16 @@ class Trainer:
             self.echo(f"mrc: {message}")
         return TrainResult(model, metrics, summary, self.out, status)
 
-    def _early_stop(self, early: Any, st: _State, model: nn.Module) -> bool:
+    def _early_stop(self, early: Any, st: _State, model: nn.Module, plan: Plan) -> bool:
         value = st.last_eval[early.metric]
         better = st.best is None or (
             value < st.best - early.min_delta if early.mode == "min" else value > st.best + early.min_delta)
         if better:
             st.best, st.best_step, st.bad_evals = value, st.step, 0
             if early.restore_best:
-                st.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+                with plan.full_weights():
+                    st.best_state = copy.deepcopy(
+                        {k: v.detach().cpu() for k, v in model.state_dict().items()})
             return False
         st.bad_evals += 1
         return st.bad_evals >= early.patience
