@@ -249,8 +249,6 @@ def _sgd_kernel(
     pid = tl.program_id(0).to(tl.int64)  # 64-bit so buffers over 2**31 elements index right
     offs = pid * BLOCK + tl.arange(0, BLOCK)  # this program's elements
     live = offs < n  # the last block is ragged
-    if HAS_MASK:
-        live = live & (tl.load(mask_ptr + offs, mask=live, other=0) != 0)  # selected only
     theta = tl.load(param_ptr + offs, mask=live, other=0.0).to(tl.float32)  # θ in float32
     g = tl.load(grad_ptr + offs, mask=live, other=0.0).to(tl.float32)  # g in float32
     if MAXIMIZE:
@@ -258,12 +256,21 @@ def _sgd_kernel(
     d = g  # the effective gradient
     if HAS_WD:
         d = g + weight_decay * theta  # L2 penalty
+    if HAS_MASK:
+        # Select rather than mask the memory accesses: a random selection touches nearly
+        # every 32-byte sector anyway, and whole-block accesses stay 16-byte vectors.
+        chosen = tl.load(mask_ptr + offs, mask=live, other=0) != 0  # elements to update
     if HAS_MOMENTUM:
-        if FIRST:
+        if FIRST and not HAS_MASK:
             p = d  # torch: buf = clone(d) on the first step, no dampening
         else:
-            p = tl.load(buf_ptr + offs, mask=live, other=0.0)  # previous momentum
-            p = momentum * p + (1.0 - dampening) * d  # heavy-ball average
+            p_old = tl.load(buf_ptr + offs, mask=live, other=0.0)  # previous momentum
+            if FIRST:
+                p = d  # first step: no history
+            else:
+                p = momentum * p_old + (1.0 - dampening) * d  # heavy-ball average
+            if HAS_MASK:
+                p = tl.where(chosen, p, p_old)  # unselected elements keep their momentum
         tl.store(buf_ptr + offs, p, mask=live)  # momentum stays float32
         if NESTEROV:
             step = d + momentum * p  # look-ahead direction
@@ -271,8 +278,10 @@ def _sgd_kernel(
             step = p  # heavy-ball direction
     else:
         step = d  # plain SGD
-    theta = theta - lr * step  # the update, in float32
-    tl.store(param_ptr + offs, theta.to(param_ptr.dtype.element_ty), mask=live)  # round back
+    new_theta = theta - lr * step  # the update, in float32
+    if HAS_MASK:
+        new_theta = tl.where(chosen, new_theta, theta)  # unselected elements keep θ
+    tl.store(param_ptr + offs, new_theta.to(param_ptr.dtype.element_ty), mask=live)  # round
 
 
 @elementwise_autotune(restore=["param_ptr", "buf_ptr"])

@@ -8,7 +8,7 @@ three pieces the runtime strings together over a flat parameter buffer:
 * `random_subset_mask(numel, fraction, seed, …)`: the subset as a bool mask, reproducible
   from the seed on any device (drawn by a CPU generator, then moved), with an exact count of
   round(fraction·size) elements per tensor or over the whole group; padding is never chosen;
-* `subset_zero_*(param, mask, saved)`: saved[mask] ← θ[mask]; θ[mask] ← 0;
+* `subset_zero_*(param, mask, saved)`: saved ← θ; θ[mask] ← 0;
 * `subset_restore_*(param, mask, saved)`: θ[mask] ← saved[mask].
 
 Between the two, the fast steps update only the complement (`sgd_*(…, mask=~mask)` keeps the
@@ -16,7 +16,8 @@ subset and its momentum untouched), and the slow update of the subset uses `mask
 step k·h_F. Both operations are pure data movement, so the torch and Triton paths agree
 exactly. The mask is dense (one byte per element) rather than an index list: the Triton pass
 then reads coalesced memory whatever the fraction, and `~mask` is the complement for free.
-`saved` has θ's dtype and length; outside the mask its values are left as they were.
+`saved` has θ's dtype and length and receives all of θ (a plain copy is as cheap as a
+selective one and leaves nothing unspecified).
 """
 
 from __future__ import annotations
@@ -76,12 +77,11 @@ def _check(param: torch.Tensor, mask: torch.Tensor, saved: torch.Tensor) -> None
 
 
 def subset_zero_torch(param: torch.Tensor, mask: torch.Tensor, saved: torch.Tensor) -> None:
-    """saved[mask] ← θ[mask]; θ[mask] ← 0 (in place)."""
+    """saved ← θ; θ[mask] ← 0 (in place)."""
     _check(param, mask, saved)
-    mask = mask.bool()
     with torch.no_grad():
-        torch.where(mask, param, saved, out=saved)
-        param.masked_fill_(mask, 0)
+        saved.copy_(param)
+        param.masked_fill_(mask.bool(), 0)
 
 
 def subset_restore_torch(param: torch.Tensor, mask: torch.Tensor, saved: torch.Tensor) -> None:
@@ -101,17 +101,21 @@ def _subset_kernel(
     RESTORE: tl.constexpr,  # False: save and zero; True: restore
     BLOCK: tl.constexpr,  # elements per program
 ):
+    # Whole-block loads and stores with a select, not loads masked by the subset: a random
+    # subset touches almost every 32-byte sector anyway, and a data-dependent mask would
+    # stop the compiler from using 16-byte vector accesses.
     pid = tl.program_id(0).to(tl.int64)  # 64-bit so buffers over 2**31 elements index right
     offs = pid * BLOCK + tl.arange(0, BLOCK)  # this program's elements
     live = offs < n  # the last block is ragged
-    chosen = live & (tl.load(mask_ptr + offs, mask=live, other=0) != 0)  # in the subset
+    chosen = tl.load(mask_ptr + offs, mask=live, other=0) != 0  # in the subset
+    theta = tl.load(param_ptr + offs, mask=live)  # current θ
     if RESTORE:
-        kept = tl.load(saved_ptr + offs, mask=chosen)  # the values saved at zeroing
-        tl.store(param_ptr + offs, kept, mask=chosen)  # put them back
+        kept = tl.load(saved_ptr + offs, mask=live)  # θ as it was when zeroed
+        theta = tl.where(chosen, kept, theta)  # put the subset back
     else:
-        theta = tl.load(param_ptr + offs, mask=chosen)  # current values of the subset
-        tl.store(saved_ptr + offs, theta, mask=chosen)  # keep them
-        tl.store(param_ptr + offs, tl.zeros_like(theta), mask=chosen)  # and hold θ_S at zero
+        tl.store(saved_ptr + offs, theta, mask=live)  # saved ← θ
+        theta = tl.where(chosen, tl.zeros_like(theta), theta)  # hold θ_S at zero
+    tl.store(param_ptr + offs, theta, mask=live)  # write θ back
 
 
 def _launch(param: torch.Tensor, mask: torch.Tensor, saved: torch.Tensor, restore: bool) -> None:

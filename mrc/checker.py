@@ -155,6 +155,7 @@ class Checker:
     def __init__(self, overrides: Mapping[str, ast.Expr] | None = None) -> None:
         self.r = Reporter()
         self.lets: dict[str, Value] = {}
+        self.bad_lets: set[str] = set()  # lets whose value was an error (already reported)
         self.let_spans: dict[str, Span] = {}
         self.overrides = dict(overrides or {})
         self.used_overrides: set[str] = set()
@@ -169,6 +170,8 @@ class Checker:
         if isinstance(expr, ast.Str):
             return Value(expr.value, expr.span)
         if isinstance(expr, ast.Name):
+            if expr.id in self.bad_lets:  # reported at the `let`; do not report its uses too
+                raise _Bad
             if expr.id in self.lets:
                 return Value(self.lets[expr.id].value, expr.span)
             if expr.id in CONSTANTS:
@@ -276,7 +279,7 @@ class Checker:
             self._store(param, v, given, spans, name)
         for param in params:
             key = f"{prefix}{param.name}"
-            if param.name not in given and key in self.overrides:
+            if param.name not in first and key in self.overrides:  # not given in the spec
                 try:
                     v = self.value(self._override(key, None))
                 except _Bad:
@@ -312,6 +315,8 @@ class Checker:
                 return
         if isinstance(raw, Symbol):
             raw = raw.name
+        if raw is None and param.kind == "choice" and "none" in param.choices:
+            raw = "none"  # `none` is both the constant and a choice word (drift = none)
         try:
             value, err = param.validate(raw)
         except OverflowError:  # an integer too large for a float
@@ -444,11 +449,11 @@ class Checker:
         try:
             v = self.value(expr)
         except _Bad:
-            self.lets[name] = Value(math.nan, st.name.span)
-            self.let_spans[name] = st.name.span
-            return
+            v = Value(math.nan, st.name.span)
+            self.bad_lets.add(name)
         if isinstance(v.value, Symbol):
             self._unknown_name(v.value.name, v.span)
+            self.bad_lets.add(name)
         self.lets[name] = v
         self.let_spans[name] = st.name.span
 

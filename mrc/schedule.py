@@ -35,6 +35,11 @@ def _is_random(part: BoundPartition) -> bool:
     return isinstance(part.spec.selector, SelectRandom)
 
 
+def _drifts(part: BoundPartition) -> bool:
+    """Linear drift over an interval of one step is no drift at all (k = 1 is plain SGD)."""
+    return part.spec.drift != "none" and part.spec.every > 1
+
+
 def build_graph(bound: Bound) -> ScheduleGraph:
     """The naive period; see the module docstring."""
     period = period_of(bound)
@@ -44,7 +49,7 @@ def build_graph(bound: Bound) -> ScheduleGraph:
     for part in parts:
         info = {"tensors": len(part.params), "numel": part.numel, "every": part.spec.every,
                 "rule": rule_of(bound, part.name)}
-        if part.spec.drift != "none":
+        if _drifts(part):
             info["drift"] = part.spec.drift
         if _is_random(part):
             info["random"] = part.spec.selector.describe()
@@ -55,7 +60,7 @@ def build_graph(bound: Bound) -> ScheduleGraph:
         # a random-subset partition updates every step: its held-out subset at the start of the
         # interval (slow, step every·h) and the rest of its elements on every step (fast)
         updating = [p for p in parts if step % p.spec.every == 0 or _is_random(p)]
-        slow_first = [p for p in updating if p.spec.every > 1 and p.spec.drift == "none"
+        slow_first = [p for p in updating if p.spec.every > 1 and not _drifts(p)
                       and not _is_random(p)]
         phases = [slow_first, [p for p in updating if p not in slow_first]] \
             if literal and slow_first and len(slow_first) < len(updating) else [updating]
@@ -66,11 +71,11 @@ def build_graph(bound: Bound) -> ScheduleGraph:
             bwd = graph.add(Backward(step, names, phase), [loss])
             last = [graph.add(Update(step, p.name, rule_of(bound, p.name),
                                      1.0 if _is_random(p) else float(p.spec.every), p.spec.lr,
-                                     p.spec.drift != "none", phase), [bwd])
+                                     _drifts(p), phase), [bwd])
                     for p in members]
         tail = last
         for p in parts:
-            if p.spec.drift != "none":
+            if _drifts(p):
                 tail = [*tail, graph.add(Drift(step, p.name, 1.0 / p.spec.every), last)]
         for p in parts:
             if _is_random(p) and step % p.spec.every == 0:

@@ -251,7 +251,7 @@ def lower(bound: Bound, graph: ScheduleGraph, total_steps: int) -> Plan:
         for gi, n in enumerate(names):
             partition_groups[n] = (rule, gi)
     drift = {name: [torch.zeros_like(p) for p in params[name]]
-             for name, part in parts.items() if part.spec.drift != "none"}
+             for name, part in parts.items() if part.spec.drift != "none" and part.spec.every > 1}
     all_names = tuple(parts)
     segments: dict[int, nn.Module] = {}
 

@@ -179,3 +179,16 @@ def test_trains_on_cuda(tmp_path: Path) -> None:
     result = train(ROOT / "specs" / "quickstart.mrs", out=tmp_path, device="cuda")
     assert result.summary["device"].startswith("cuda")
     assert result.summary["val_acc"] >= 0.95
+
+
+def test_missing_initial_weights_warn_in_check_and_fail_in_train(tmp_path: Path) -> None:
+    spec = tmp_path / "ft.mrs"
+    spec.write_text('model mlp()\ndata digits(limit=64)\noptimizer sgd(lr=0.1)\n'
+                    'init "runs/none/final.pt"\n')
+    check = run_cli("check", str(spec))
+    assert check.returncode == 0
+    assert "ft.mrs:4:6: warning: cannot read initial weights: no file runs/none/final.pt" in check.stderr
+    proc = run_cli("train", str(spec), "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2
+    assert "ft.mrs:4:6: error: cannot read initial weights: no file runs/none/final.pt" in proc.stderr
+    assert "Traceback" not in proc.stderr
