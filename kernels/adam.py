@@ -22,7 +22,7 @@ import math
 import torch
 
 from .configs import elementwise_autotune, require_triton, tl, triton
-from .sgd import PARAM_DTYPES, _check_flat
+from .sgd import PARAM_DTYPES, _check_flat, _round_to_element
 
 
 def _check(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
@@ -125,7 +125,7 @@ def _adam_kernel(
     theta = theta - step_size * tl.div_rn(m, denom)  # the bias-corrected step
     tl.store(m_ptr + offs, m, mask=live)  # moments stay float32
     tl.store(v_ptr + offs, v, mask=live)
-    tl.store(param_ptr + offs, theta.to(param_ptr.dtype.element_ty), mask=live)  # round back
+    tl.store(param_ptr + offs, _round_to_element(theta, param_ptr), mask=live)  # round back
 
 
 def adam_triton(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,

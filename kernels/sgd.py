@@ -226,6 +226,16 @@ def multirate_sgd_torch(param: torch.Tensor, grad: torch.Tensor, buf: torch.Tens
 # --------------------------------------------------------------------------- Triton kernels
 
 
+@triton.jit
+def _round_to_element(x, ptr):
+    """float32 `x` in `ptr`'s element type, rounded to nearest-even (set explicitly: the
+    interpreter's default float32 → bfloat16 cast truncates, compiled code rounds)."""
+    if ptr.dtype.element_ty == tl.float32:
+        return x  # nothing to round
+    else:
+        return x.to(ptr.dtype.element_ty, fp_downcast_rounding="rtne")  # bf16/fp16
+
+
 @elementwise_autotune(restore=["param_ptr", "buf_ptr"])
 @triton.jit
 def _sgd_kernel(
@@ -281,7 +291,7 @@ def _sgd_kernel(
     new_theta = theta - lr * step  # the update, in float32
     if HAS_MASK:
         new_theta = tl.where(chosen, new_theta, theta)  # unselected elements keep θ
-    tl.store(param_ptr + offs, new_theta.to(param_ptr.dtype.element_ty), mask=live)  # round
+    tl.store(param_ptr + offs, _round_to_element(new_theta, param_ptr), mask=live)  # round
 
 
 @elementwise_autotune(restore=["param_ptr", "buf_ptr"])
@@ -317,31 +327,34 @@ def _multirate_sgd_kernel(
         stop = tl.where(mine, hi, stop)  # and stop at the segment's end
         seg = tl.where(mine, s, seg)  # remember which segment
         tiles_before += tiles  # next segment's tiles follow
-    mode = tl.load(seg_int_ptr + 2 * NSEG + seg)  # DRIFT=1, UPDATE=2, FIRST=3
+    # Per-segment scalars, splatted over the block: the predicates below are then block-wide
+    # tensors (the interpreter mishandles `tensor & scalar-bool`; compiled, a splat is free).
+    mode = tl.zeros((BLOCK,), tl.int64) + tl.load(seg_int_ptr + 2 * NSEG + seg)  # 1/2/3
     step_size = lr * tl.load(seg_f32_ptr + seg)  # lr · lr_scale
-    momentum = tl.load(seg_f32_ptr + NSEG + seg)  # μ of this partition
+    momentum = tl.zeros((BLOCK,), tl.float32) + tl.load(seg_f32_ptr + NSEG + seg)  # μ
     weight_decay = tl.load(seg_f32_ptr + 2 * NSEG + seg)  # wd of this partition
     if ALIGNED:
-        start = tl.multiple_of(start, 16)  # lets the loads below be 16-byte vectors
+        start = tl.multiple_of(start, 16)  # lets the accesses below be 16-byte vectors
         stop = tl.multiple_of(stop, 16)  # so is the ragged end of the segment
     offs = start + tl.arange(0, BLOCK)  # this program's elements
     live = offs < stop  # ragged last tile of the segment
-    update = mode >= 2  # UPDATE or FIRST: read g, write p
-    first = mode == 3  # FIRST: p = d
+    update = live & (mode >= 2)  # UPDATE or FIRST: read g, write p; DRIFT: neither
+    first = mode == 3  # FIRST: p = d, the old p is not read
+    has_momentum = momentum != 0.0  # μ = 0: plain SGD, no momentum buffer (as torch)
     theta = tl.load(param_ptr + offs, mask=live, other=0.0).to(tl.float32)  # θ in float32
     p = tl.load(buf_ptr + offs, mask=live & (mode != 3), other=0.0)  # p (unused on FIRST)
-    g = tl.load(grad_ptr + offs, mask=live & update, other=0.0).to(tl.float32)  # DRIFT: no read
+    g = tl.load(grad_ptr + offs, mask=update, other=0.0).to(tl.float32)  # g where UPDATE
     d = g + weight_decay * theta  # effective gradient with the L2 penalty
-    fresh = first | (momentum == 0.0)  # no history: p = d (μ = 0 is plain SGD, as torch)
+    fresh = first | (momentum == 0.0)  # no history: p = d
     p_upd = tl.where(fresh, d, momentum * p + (1.0 - dampening) * d)  # momentum average
     p_new = tl.where(update, p_upd, p)  # DRIFT keeps p
     if NESTEROV:
-        direction = tl.where(update & (momentum != 0.0), d + momentum * p_new, p_new)
+        direction = tl.where(update & has_momentum, d + momentum * p_new, p_new)  # look-ahead
     else:
         direction = p_new  # heavy ball, or the drift along the frozen p
     theta = theta - step_size * direction  # the update, in float32
-    tl.store(param_ptr + offs, theta.to(param_ptr.dtype.element_ty), mask=live)  # round back
-    tl.store(buf_ptr + offs, p_new, mask=live & update & (momentum != 0.0))  # new momentum
+    tl.store(param_ptr + offs, _round_to_element(theta, param_ptr), mask=live)  # round back
+    tl.store(buf_ptr + offs, p_new, mask=update & has_momentum)  # new momentum, float32
 
 
 # --------------------------------------------------------------------------- wrappers

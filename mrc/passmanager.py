@@ -49,6 +49,8 @@ class PassManager:
         from mrc.passes import PASSES
 
         done: list[str] = []
+        if "build" in self.print_after:  # the graph before any pass, as `--after build` names it
+            self.out.write(f"// ----- after build\n{self.printer(graph)}")
         for name in self.pipeline:
             start = time.perf_counter()
             try:

@@ -10,14 +10,16 @@ import pytest
 import torch
 
 from mrc.optim import LAMB, LARS, OPTIMIZERS, apply_lr, base_lrs, build_optimizer
+from mrc.optim.langevin import Langevin
 from mrc.registry import Param
 
 EXPECTED = {"sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "adagrad", "lars",
-            "lamb"}
+            "lamb", "langevin"}
 TORCH_CLASSES = {"sgd": torch.optim.SGD, "momentum": torch.optim.SGD,
                  "nesterov": torch.optim.SGD, "rmsprop": torch.optim.RMSprop,
                  "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
-                 "adagrad": torch.optim.Adagrad, "lars": LARS, "lamb": LAMB}
+                 "adagrad": torch.optim.Adagrad, "lars": LARS, "lamb": LAMB,
+                 "langevin": Langevin}
 
 
 def _model() -> torch.nn.Module:

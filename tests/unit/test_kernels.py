@@ -1,0 +1,678 @@
+"""The update kernels: torch paths against torch.optim and the seed's equations, Triton kernels
+against the torch paths.
+
+How the Triton kernels run here. Triton decides between compiling and interpreting when a
+kernel is *decorated*, i.e. when `triton` and `mrc.kernels.*` are imported, from the
+environment variable TRITON_INTERPRET. So this module sets TRITON_INTERPRET=1 before it
+imports them, when there is no CUDA device and nothing imported triton yet; the CPU
+parameterisation (`device="cpu"`) then runs the kernels in Triton's interpreter at small sizes.
+A conftest.py would set the variable for every test in tests/unit, so it is set here instead.
+If something imported triton earlier in the session without the variable (the kernels are then
+compiled-mode objects that cannot run on the CPU), the in-process interpreter tests skip and
+`test_interpreter_tests_in_a_subprocess` runs them in a fresh interpreter process instead, so
+they are never silently lost. With CUDA, the variable is left alone: the `device="cuda"` cases
+(marked `gpu`) run the compiled kernels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+_CUDA = torch.cuda.is_available()
+if "triton" not in sys.modules and not _CUDA:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from mrc.kernels import adam, configs, langevin, pick_kernel, sgd, subset, triton_available  # noqa: E402
+from mrc.kernels.sgd import Mode, Segment  # noqa: E402
+
+
+def _interpreted() -> bool:
+    if not configs.HAS_TRITON:
+        return False
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(sgd._sgd_kernel.fn, InterpretedFunction)
+
+
+INTERPRETED = _interpreted()
+COMPILED_GPU = _CUDA and configs.HAS_TRITON and not INTERPRETED
+
+# ----------------------------------------------------------------------------- tolerances
+# assert_close(rtol, atol) of a result against its reference, by parameter dtype.
+TOL = {
+    # Both sides compute in float32; operation order and FMA contraction differ (the in-place
+    # torch path folds weight decay into the momentum, Triton contracts a·b + c), so results
+    # differ by a few ulp of float32 per step.
+    torch.float32: {"rtol": 1e-5, "atol": 1e-6},
+    # Loosened: θ is rounded to bfloat16 (8 significant bits) after the float32 update; two
+    # float32 results a few ulp apart can round to neighbouring bfloat16 values, i.e. one
+    # bfloat16 ulp = up to 2**-7 relative.
+    torch.bfloat16: {"rtol": 2**-7, "atol": 1e-5},
+}
+# bfloat16 parameters are checked against torch.optim run in float32 with θ rounded to
+# bfloat16 after every step (exactly "float32 arithmetic, θ stored in bfloat16"), θ with
+# TOL[bfloat16]. Their float32 state (momentum, m, v) is loosened from TOL[float32]: where θ
+# rounded to the neighbouring bfloat16 value (one ulp, ≤ 2**-7·|θ| ≤ 0.04 for these |θ| < 5),
+# the next step's weight-decay term (wd = 1e-2) moves the state by up to 1e-2·0.04 = 4e-4.
+STATE_TOL_BF16 = {"rtol": 1e-5, "atol": 4e-4}
+STEPS = 3
+# Langevin noise on a GPU: Triton's log/cos/sqrt there are fast approximations (~1e-6
+# relative) where torch uses correctly rounded ones, and the normals reach |R| ≈ 5.
+RANDN_TOL_GPU = {"rtol": 1e-4, "atol": 1e-4}
+# In the interpreter both sides use correctly rounded float32 functions (numpy vs torch):
+# a few ulp.
+RANDN_TOL_CPU = {"rtol": 1e-5, "atol": 1e-6}
+
+DTYPES = [torch.float32, torch.bfloat16]
+TORCH_SIZES = [1, 7, 1823, 2**20 + 3]
+INTERPRETER_SIZES = [1, 7, 1823]  # the interpreter runs programs one by one: keep them few
+GPU_SIZES = [1, 7, 1823, 2**20 + 3]
+
+_SKIP_INTERP = pytest.mark.skipif(
+    not INTERPRETED, reason="kernels not in interpreter mode in this process (no triton, a "
+    "CUDA device, or triton imported before TRITON_INTERPRET was set; see the subprocess test)")
+_SKIP_GPU = pytest.mark.skipif(not COMPILED_GPU, reason="needs CUDA and compiled Triton kernels")
+TRITON_CASES = (
+    [pytest.param("cpu", n, marks=_SKIP_INTERP, id=f"interp-{n}") for n in INTERPRETER_SIZES]
+    + [pytest.param("cuda", n, marks=[pytest.mark.gpu, _SKIP_GPU], id=f"cuda-{n}")
+       for n in GPU_SIZES]
+)
+TRITON_DEVICES = [
+    pytest.param("cpu", marks=_SKIP_INTERP, id="interp"),
+    pytest.param("cuda", marks=[pytest.mark.gpu, _SKIP_GPU], id="cuda"),
+]
+
+
+def _tol(dtype: torch.dtype) -> dict[str, float]:
+    return TOL[dtype]
+
+
+def _randn(n: int, seed: int, dtype: torch.dtype = torch.float32,
+           device: str = "cpu") -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, generator=g).to(dtype=dtype, device=device)
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, tol: dict[str, float],
+           what: str) -> None:
+    assert not torch.isnan(actual).any(), f"{what}: NaN"
+    torch.testing.assert_close(actual.float().cpu(), expected.float().cpu(), **tol, msg=what)
+
+
+# ============================================================================ SGD
+
+SGD_CONFIGS = {
+    "plain": {"momentum": 0.0},
+    "weight-decay": {"momentum": 0.0, "weight_decay": 1e-2},
+    "heavy-ball": {"momentum": 0.9, "weight_decay": 5e-4},
+    "dampening": {"momentum": 0.9, "dampening": 0.1, "weight_decay": 1e-2},
+    "nesterov": {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-2},
+    "maximize": {"momentum": 0.8, "maximize": True},
+}
+LR = 0.1
+
+
+def _run_sgd(fn, theta: torch.Tensor, grads: list[torch.Tensor], cfg: dict,
+             mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    theta = theta.clone()
+    buf = torch.full(theta.shape, float("nan"), device=theta.device)  # poisoned: step 1 sets it
+    if mask is not None:
+        buf.zero_()
+    for step, g in enumerate(grads):
+        fn(theta, g, buf, lr=LR, first_step=step == 0, mask=mask, **cfg)
+    return theta, buf
+
+
+def _round_like(p: torch.Tensor, dtype: torch.dtype) -> None:
+    """Store θ in `dtype` between float32 steps (what the kernels do for bfloat16)."""
+    with torch.no_grad():
+        p.copy_(p.to(dtype).float())
+
+
+def _optim_sgd(theta: torch.Tensor, grads: list[torch.Tensor],
+               cfg: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """torch.optim.SGD in float32 on upcast copies, θ rounded to its dtype after each step."""
+    p = torch.nn.Parameter(theta.float().cpu().clone())
+    opt = torch.optim.SGD([p], lr=LR, foreach=False, **cfg)
+    for g in grads:
+        p.grad = g.float().cpu().clone()
+        opt.step()
+        _round_like(p, theta.dtype)
+    return p.detach(), opt.state[p].get("momentum_buffer")
+
+
+@pytest.mark.parametrize("cfg", list(SGD_CONFIGS), ids=list(SGD_CONFIGS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "bf16"])
+@pytest.mark.parametrize("n", TORCH_SIZES)
+def test_sgd_torch_matches_torch_optim(n: int, dtype: torch.dtype, cfg: str) -> None:
+    theta = _randn(n, 0, dtype)
+    grads = [_randn(n, 1 + s, dtype) for s in range(STEPS)]
+    got, buf = _run_sgd(sgd.sgd_torch, theta, grads, SGD_CONFIGS[cfg])
+    want, want_buf = _optim_sgd(theta, grads, SGD_CONFIGS[cfg])
+    if dtype == torch.float32:
+        _close(got, want, TOL[dtype], "θ")
+        if want_buf is not None:
+            _close(buf, want_buf, TOL[dtype], "momentum")
+    else:
+        _close(got, want, TOL[dtype], "θ (bf16 storage)")
+        if want_buf is not None:
+            _close(buf, want_buf, STATE_TOL_BF16, "momentum")
+    if want_buf is None:
+        assert torch.isnan(buf).all(), "plain SGD must not touch the momentum buffer"
+
+
+@pytest.mark.parametrize("cfg", list(SGD_CONFIGS), ids=list(SGD_CONFIGS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "bf16"])
+@pytest.mark.parametrize(("device", "n"), TRITON_CASES)
+def test_sgd_triton_matches_torch(device: str, n: int, dtype: torch.dtype, cfg: str) -> None:
+    theta = _randn(n, 0, dtype, device)
+    grads = [_randn(n, 1 + s, dtype, device) for s in range(STEPS)]
+    got, buf = _run_sgd(sgd.sgd_triton, theta, grads, SGD_CONFIGS[cfg])
+    want, want_buf = _run_sgd(sgd.sgd_torch, theta, grads, SGD_CONFIGS[cfg])
+    _close(got, want, _tol(dtype), "θ")
+    _close(buf, want_buf, TOL[torch.float32], "momentum") if SGD_CONFIGS[cfg]["momentum"] else (
+        None)
+    if dtype == torch.float32 and device == "cuda":
+        opt, _ = _optim_sgd(theta, grads, SGD_CONFIGS[cfg])
+        _close(got, opt, TOL[dtype], "θ vs torch.optim")
+
+
+@pytest.mark.parametrize("impl", [
+    pytest.param("torch", id="torch"),
+    pytest.param("cpu", marks=_SKIP_INTERP, id="interp"),
+    pytest.param("cuda", marks=[pytest.mark.gpu, _SKIP_GPU], id="cuda"),
+])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "bf16"])
+def test_sgd_mask_updates_only_the_selection(impl: str, dtype: torch.dtype) -> None:
+    n = 1823
+    device = "cpu" if impl == "torch" else impl
+    fn = sgd.sgd_torch if impl == "torch" else sgd.sgd_triton
+    cfg = {"momentum": 0.9, "weight_decay": 1e-2}
+    mask = subset.random_subset_mask(n, 0.3, seed=3, device=device)
+    theta = _randn(n, 0, dtype, device)
+    grads = [_randn(n, 1 + s, dtype, device) for s in range(2)]
+    got, buf = _run_sgd(fn, theta, grads, cfg, mask=mask)
+    full, full_buf = _run_sgd(sgd.sgd_torch, theta, grads, cfg)
+    assert torch.equal(got[~mask], theta[~mask]), "unselected θ must not move"
+    assert torch.all(buf[~mask] == 0), "unselected momentum must not move"
+    _close(got[mask], full[mask], _tol(dtype), "selected θ")
+    _close(buf[mask], full_buf[mask], TOL[torch.float32], "selected momentum")
+
+
+def test_sgd_rejects_bad_input() -> None:
+    theta, g = torch.zeros(5), torch.zeros(5)
+    with pytest.raises(ValueError, match="Nesterov"):
+        sgd.sgd_torch(theta, g, torch.zeros(5), lr=0.1, momentum=0.0, nesterov=True)
+    with pytest.raises(TypeError, match="float32"):
+        sgd.sgd_torch(theta, g, torch.zeros(5, dtype=torch.bfloat16), lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="contiguous flat"):
+        sgd.sgd_torch(theta, torch.zeros(6), None, lr=0.1)
+    with pytest.raises(ValueError, match="buffer"):
+        sgd.sgd_torch(theta, g, None, lr=0.1, momentum=0.9)
+
+
+# ============================================================================ multirate
+
+
+def _two_partitions(n_fast: int, n_slow: int, dtype: torch.dtype, device: str = "cpu"):
+    n = n_fast + n_slow
+    theta = _randn(n, 10, dtype, device)
+    buf = _randn(n, 11, torch.float32, device)
+    return n, theta, buf
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_multirate_torch_follows_the_seed_equations_with_linear_drift(k: int) -> None:
+    """k fast steps of the linear-drift scheme, against the seed's loop written out:
+    p_S ← μp_S + ∇_S L; then k times p_F ← μp_F + ∇_F L; θ_F −= (h/k)p_F; θ_S −= (h/k)p_S."""
+    n_fast, n_slow, mu, h = 37, 1823, 0.9, 0.1
+    n, theta, buf = _two_partitions(n_fast, n_slow, torch.float32)
+    grads = [_randn(n, 20 + i) for i in range(k)]
+    # the seed, literally (float64 for a clean reference)
+    th, p = theta.double().clone(), buf.double().clone()
+    F, S = slice(0, n_fast), slice(n_fast, n)
+    p[S] = mu * p[S] + grads[0].double()[S]
+    for i in range(k):
+        p[F] = mu * p[F] + grads[i].double()[F]
+        th[F] -= (h / k) * p[F]
+        th[S] -= (h / k) * p[S]
+    # the kernel: slow step (both UPDATE) then k − 1 fast steps (slow DRIFTs)
+    got_th, got_p = theta.clone(), buf.clone()
+    for i in range(k):
+        slow_mode = Mode.UPDATE if i == 0 else Mode.DRIFT
+        segs = [Segment(0, n_fast, Mode.UPDATE, 1 / k, mu), Segment(n_fast, n, slow_mode, 1 / k, mu)]
+        sgd.multirate_sgd_torch(got_th, grads[i], got_p, segs, lr=h)
+    _close(got_th, th, TOL[torch.float32], "θ")
+    _close(got_p, p, TOL[torch.float32], "p")
+    if k == 1:  # k = 1 is plain SGD-momentum exactly
+        plain_th, plain_p = theta.clone(), buf.clone()
+        sgd.sgd_torch(plain_th, grads[0], plain_p, lr=h, momentum=mu)
+        assert torch.equal(plain_th, got_th) and torch.equal(plain_p, got_p)
+
+
+def test_multirate_torch_without_drift_skips_the_slow_partition() -> None:
+    n_fast, n_slow, mu, h, k = 64, 960, 0.9, 0.1, 4
+    n, theta, buf = _two_partitions(n_fast, n_slow, torch.float32)
+    g = _randn(n, 30)
+    slow_step = [Segment(0, n_fast, Mode.UPDATE, 1 / k, mu), Segment(n_fast, n, Mode.UPDATE, 1.0, mu)]
+    fast_step = [Segment(0, n_fast, Mode.UPDATE, 1 / k, mu), Segment(n_fast, n, Mode.SKIP)]
+    th, p = theta.clone(), buf.clone()
+    sgd.multirate_sgd_torch(th, g, p, slow_step, lr=h)
+    want_slow = theta[n_fast:] - h * (mu * buf[n_fast:] + g[n_fast:])
+    _close(th[n_fast:], want_slow, TOL[torch.float32], "slow θ after the slow step")
+    before_th, before_p = th.clone(), p.clone()
+    sgd.multirate_sgd_torch(th, g, p, fast_step, lr=h)
+    assert torch.equal(th[n_fast:], before_th[n_fast:]) and torch.equal(p[n_fast:], before_p[n_fast:])
+    assert not torch.equal(th[:n_fast], before_th[:n_fast])
+
+
+MULTIRATE_LAYOUTS = {
+    # FlatGroup-like layout, every bound a multiple of 16 (vector accesses on the GPU)
+    "aligned": lambda n: [Segment(0, 48, Mode.UPDATE, 0.25, 0.9, 1e-2),
+                          Segment(48, 1024, Mode.DRIFT, 0.25, 0.9),
+                          Segment(1024, 1040, Mode.SKIP),
+                          Segment(1040, n, Mode.FIRST, 1.0, 0.5, 5e-4)],
+    # ragged bounds and a gap (elements in no segment stay untouched), μ = 0 segment
+    "ragged": lambda n: [Segment(3, 40, Mode.UPDATE, 0.5, 0.0, 1e-2),
+                         Segment(41, 700, Mode.DRIFT, 0.5, 0.9),
+                         Segment(700, n - 5, Mode.UPDATE, 1.0, 0.9)],
+}
+
+
+@pytest.mark.parametrize("nesterov", [False, True], ids=["heavy", "nesterov"])
+@pytest.mark.parametrize("layout", list(MULTIRATE_LAYOUTS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "bf16"])
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_multirate_triton_matches_torch(device: str, dtype: torch.dtype, layout: str,
+                                        nesterov: bool) -> None:
+    n = 1823 if device == "cpu" else 2**20 + 3
+    segs = MULTIRATE_LAYOUTS[layout](n)
+    theta = _randn(n, 0, dtype, device)
+    buf = _randn(n, 1, torch.float32, device)
+    grads = [_randn(n, 2 + s, dtype, device) for s in range(2)]
+    results = []
+    for fn in (sgd.multirate_sgd_triton, sgd.multirate_sgd_torch):
+        th, p = theta.clone(), buf.clone()
+        for g in grads:
+            fn(th, g, p, segs, lr=0.1, nesterov=nesterov)
+        results.append((th, p))
+    (got, got_p), (want, want_p) = results
+    _close(got, want, _tol(dtype), "θ")
+    _close(got_p, want_p, TOL[torch.float32], "p")
+    covered = torch.zeros(n, dtype=torch.bool, device=device)
+    for s in segs:
+        if s.mode != Mode.SKIP:
+            covered[s.start:s.stop] = True
+    assert torch.equal(got[~covered], theta[~covered]), "elements outside live segments moved"
+
+
+def test_multirate_rejects_overlapping_segments() -> None:
+    theta, g, p = torch.zeros(10), torch.zeros(10), torch.zeros(10)
+    with pytest.raises(ValueError, match="overlaps"):
+        sgd.multirate_sgd_torch(theta, g, p, [Segment(0, 6, Mode.UPDATE),
+                                              Segment(5, 10, Mode.UPDATE)], lr=0.1)
+    with pytest.raises(ValueError, match="outside"):
+        sgd.multirate_sgd_torch(theta, g, p, [Segment(0, 11, Mode.UPDATE)], lr=0.1)
+
+
+# ============================================================================ Adam
+
+ADAM_CONFIGS = {
+    "adam": ({"weight_decay": 0.0}, False),
+    "adam-l2": ({"weight_decay": 1e-2}, False),
+    "adamw": ({"weight_decay": 1e-2}, True),
+    "adam-maximize": ({"weight_decay": 0.0, "maximize": True}, False),
+}
+ADAM_LR = 1e-2
+
+
+def _run_adam(fn, theta: torch.Tensor, grads: list[torch.Tensor], cfg: str):
+    kw, decoupled = ADAM_CONFIGS[cfg]
+    theta = theta.clone()
+    m = torch.zeros(theta.shape, device=theta.device)
+    v = torch.zeros(theta.shape, device=theta.device)
+    for t, g in enumerate(grads, start=1):
+        fn(theta, g, m, v, step=t, lr=ADAM_LR, decoupled_weight_decay=decoupled, **kw)
+    return theta, m, v
+
+
+def _optim_adam(theta: torch.Tensor, grads: list[torch.Tensor], cfg: str):
+    kw, decoupled = ADAM_CONFIGS[cfg]
+    p = torch.nn.Parameter(theta.float().cpu().clone())
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    opt = cls([p], lr=ADAM_LR, foreach=False, **kw)
+    for g in grads:
+        p.grad = g.float().cpu().clone()
+        opt.step()
+        _round_like(p, theta.dtype)
+    return p.detach(), opt.state[p]["exp_avg"], opt.state[p]["exp_avg_sq"]
+
+
+@pytest.mark.parametrize("cfg", list(ADAM_CONFIGS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "bf16"])
+@pytest.mark.parametrize("n", TORCH_SIZES)
+def test_adam_torch_matches_torch_optim(n: int, dtype: torch.dtype, cfg: str) -> None:
+    theta = _randn(n, 0, dtype)
+    grads = [_randn(n, 1 + s, dtype) for s in range(STEPS)]
+    got, m, v = _run_adam(adam.adam_torch, theta, grads, cfg)
+    want, want_m, want_v = _optim_adam(theta, grads, cfg)
+    if dtype == torch.float32:
+        _close(got, want, TOL[dtype], "θ")
+        _close(m, want_m, TOL[dtype], "m")
+        _close(v, want_v, TOL[dtype], "v")
+    else:
+        _close(got, want, TOL[dtype], "θ (bf16 storage)")
+        _close(m, want_m, STATE_TOL_BF16, "m")
+        _close(v, want_v, STATE_TOL_BF16, "v")
+
+
+def test_adamw_wrappers_use_torch_defaults() -> None:
+    n = 100
+    theta, g = _randn(n, 0), _randn(n, 1)
+    a, m, v = theta.clone(), torch.zeros(n), torch.zeros(n)
+    adam.adamw_torch(a, g, m, v, step=1)
+    p = torch.nn.Parameter(theta.clone())
+    p.grad = g.clone()
+    torch.optim.AdamW([p]).step()
+    _close(a, p.detach(), TOL[torch.float32], "θ")
+
+
+@pytest.mark.parametrize("cfg", list(ADAM_CONFIGS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "bf16"])
+@pytest.mark.parametrize(("device", "n"), TRITON_CASES)
+def test_adam_triton_matches_torch(device: str, n: int, dtype: torch.dtype, cfg: str) -> None:
+    theta = _randn(n, 0, dtype, device)
+    grads = [_randn(n, 1 + s, dtype, device) for s in range(STEPS)]
+    got, m, v = _run_adam(adam.adam_triton, theta, grads, cfg)
+    want, want_m, want_v = _run_adam(adam.adam_torch, theta, grads, cfg)
+    _close(got, want, _tol(dtype), "θ")
+    _close(m, want_m, TOL[torch.float32], "m")
+    _close(v, want_v, TOL[torch.float32], "v")
+
+
+# ============================================================================ random subset
+
+
+def test_subset_mask_is_reproducible_and_exact() -> None:
+    segments = [(0, 100), (112, 7), (128, 1823)]
+    numel = 1952
+    a = subset.random_subset_mask(numel, 0.25, seed=7, segments=segments)
+    b = subset.random_subset_mask(numel, 0.25, seed=7, segments=segments)
+    c = subset.random_subset_mask(numel, 0.25, seed=8, segments=segments)
+    assert a.dtype == torch.bool and a.shape == (numel,)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    for off, size in segments:
+        assert int(a[off:off + size].sum()) == round(0.25 * size)
+    assert not a[100:112].any() and not a[119:128].any(), "padding must never be chosen"
+    g = subset.random_subset_mask(numel, 0.25, seed=7, segments=segments, per_tensor=False)
+    assert int(g.sum()) == round(0.25 * (100 + 7 + 1823))
+    assert not g[100:112].any() and not g[119:128].any()
+    assert int(subset.random_subset_mask(10, 0.0, seed=1).sum()) == 0
+    assert bool(subset.random_subset_mask(10, 1.0, seed=1).all())
+    with pytest.raises(ValueError, match="fraction"):
+        subset.random_subset_mask(10, 1.5, seed=1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "bf16"])
+def test_subset_zero_restore_round_trip_torch(dtype: torch.dtype) -> None:
+    n = 1823
+    theta = _randn(n, 0, dtype)
+    mask = subset.random_subset_mask(n, 0.4, seed=1)
+    work, saved = theta.clone(), torch.empty_like(theta)
+    subset.subset_zero_torch(work, mask, saved)
+    assert torch.all(work[mask] == 0) and torch.equal(work[~mask], theta[~mask])
+    assert torch.equal(saved, theta)
+    work[~mask] += 1  # the fast steps move the rest
+    subset.subset_restore_torch(work, mask, saved)
+    assert torch.equal(work[mask], theta[mask])
+    assert torch.equal(work[~mask], theta[~mask] + 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "bf16"])
+@pytest.mark.parametrize(("device", "n"), TRITON_CASES)
+def test_subset_triton_matches_torch_exactly(device: str, n: int, dtype: torch.dtype) -> None:
+    theta = _randn(n, 0, dtype, device)
+    mask = subset.random_subset_mask(n, 0.3, seed=5, device=device)
+    outs = []
+    for zero, restore in ((subset.subset_zero_triton, subset.subset_restore_triton),
+                          (subset.subset_zero_torch, subset.subset_restore_torch)):
+        work = theta.clone()
+        saved = torch.full_like(theta, float("nan"))  # poisoned: the zero pass must fill it
+        zero(work, mask, saved)
+        zeroed = work.clone()
+        work.mul_(2)  # stand-in for the fast steps
+        restore(work, mask, saved)
+        outs.append((zeroed, saved, work))
+    for got, want in zip(outs[0], outs[1], strict=True):
+        assert torch.equal(got, want)  # pure data movement: exact
+
+
+# ============================================================================ Langevin
+
+
+def test_philox_randn_is_a_counter_based_standard_normal() -> None:
+    offsets = torch.arange(2**20, dtype=torch.int64)
+    r = langevin.philox_randn(1234, offsets)
+    assert r.dtype == torch.float32
+    # N(0, 1): the sample mean and variance of 2**20 draws lie within ~5 standard errors
+    assert abs(float(r.mean())) < 5 / math.sqrt(r.numel())
+    assert abs(float(r.var()) - 1.0) < 5 * math.sqrt(2 / r.numel())
+    assert abs(float((r**4).mean()) - 3.0) < 0.05  # normal kurtosis, not just two moments
+    # counter-based: element i of offset o is element i + 1 of offset o − 1
+    shifted = langevin.philox_randn(1234, offsets[:100] + 1)
+    assert torch.equal(shifted, r[1:101])
+    assert not torch.equal(langevin.philox_randn(1235, offsets[:100]), r[:100])
+    # 64-bit counters: the high word changes the stream
+    high = langevin.philox_randn(1234, offsets[:100] + 2**32)
+    assert not torch.equal(high, r[:100])
+
+
+def test_langevin_o_torch_reproducible_and_variance() -> None:
+    n, gamma, h, tau = 2**16, 2.0, 0.1, 0.5
+    p0 = _randn(n, 0) * math.sqrt(tau)  # the stationary distribution N(0, τ)
+    a, b, c = p0.clone(), p0.clone(), p0.clone()
+    langevin.langevin_o_torch(a, gamma=gamma, h=h, tau=tau, seed=9, offset=100)
+    langevin.langevin_o_torch(b, gamma=gamma, h=h, tau=tau, seed=9, offset=100)
+    langevin.langevin_o_torch(c, gamma=gamma, h=h, tau=tau, seed=9, offset=101)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    decay, noise = langevin.o_step_coefficients(gamma, h, tau)
+    assert noise**2 == pytest.approx((1 - math.exp(-2 * gamma * h)) * tau)
+    # the O-step leaves N(0, τ) invariant: variance stays τ, correlation with p0 is e^{−γh}
+    assert float(a.var()) == pytest.approx(tau, rel=5 * math.sqrt(2 / n))
+    corr = float((a * p0).mean() / tau)
+    assert corr == pytest.approx(decay, abs=5 / math.sqrt(n))
+    # τ = 0: pure friction, exact
+    d = p0.clone()
+    langevin.langevin_o_torch(d, gamma=gamma, h=h, tau=0.0, seed=9)
+    assert torch.equal(d, p0 * decay)
+
+
+@pytest.mark.parametrize(("device", "n"), TRITON_CASES)
+def test_langevin_o_triton_draws_the_same_numbers(device: str, n: int) -> None:
+    tol = RANDN_TOL_CPU if device == "cpu" else RANDN_TOL_GPU
+    p0 = _randn(n, 0, device=device)
+    for seed, offset in ((0, 0), (2**40 + 17, 3), (5, 2**32 - 2)):
+        got, want = p0.clone(), p0.clone()
+        langevin.langevin_o_triton(got, gamma=1.0, h=0.5, tau=1.0, seed=seed, offset=offset)
+        langevin.langevin_o_torch(want, gamma=1.0, h=0.5, tau=1.0, seed=seed, offset=offset)
+        _close(got, want, tol, f"O-step, seed={seed} offset={offset}")
+        again = p0.clone()
+        langevin.langevin_o_triton(again, gamma=1.0, h=0.5, tau=1.0, seed=seed, offset=offset)
+        assert torch.equal(again, got), "same seed and offset must give the same output"
+    # τ = 0: no noise, both sides one float32 multiply: exact
+    got, want = p0.clone(), p0.clone()
+    langevin.langevin_o_triton(got, gamma=1.0, h=0.5, tau=0.0, seed=1)
+    langevin.langevin_o_torch(want, gamma=1.0, h=0.5, tau=0.0, seed=1)
+    assert torch.equal(got, want)
+
+
+def test_baoab_samples_the_harmonic_oscillator() -> None:
+    """BAOAB on L = ½|θ|² from θ = p = 0: after ~20 time units θ ~ N(0, τ) (BAOAB samples the
+    harmonic configurational distribution exactly) and p ~ N(0, τ) up to O(h²)."""
+    n, h, gamma, tau = 8192, 0.2, 1.0, 0.7
+    theta, mom = torch.zeros(n), torch.zeros(n)
+    grad = theta.clone()
+    for step in range(100):
+        grad = langevin.baoab_step_torch(theta, mom, grad, lambda: theta.clone(), h=h,
+                                         gamma=gamma, tau=tau, seed=42, offset=step * n)
+    se = math.sqrt(2 / n)
+    assert float(theta.var()) == pytest.approx(tau, rel=6 * se)
+    assert float(mom.var()) == pytest.approx(tau, rel=6 * se + h**2)
+    assert abs(float(theta.mean())) < 6 * math.sqrt(tau / n)
+
+
+def test_baoab_without_noise_is_the_deterministic_splitting() -> None:
+    h, gamma = 0.1, 0.5
+    theta, mom = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 0.0])
+    th, p = theta.double().clone(), mom.double().clone()
+    grad = langevin.baoab_step_torch(theta, mom, theta.clone(), lambda: 3 * theta, h=h,
+                                     gamma=gamma, tau=0.0, seed=0)  # L = 1.5 θ² at the end
+    p = p - h / 2 * th
+    th = th + h / 2 * p
+    p = p * math.exp(-gamma * h)
+    th = th + h / 2 * p
+    p = p - h / 2 * (3 * th)
+    _close(theta, th, TOL[torch.float32], "θ")
+    _close(mom, p, TOL[torch.float32], "p")
+    _close(grad, 3 * th, TOL[torch.float32], "returned gradient")
+
+
+# ============================================================================ dispatch
+
+
+def test_pick_kernel_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MRC_KERNELS", raising=False)
+    assert pick_kernel("cpu") == "torch"
+    assert pick_kernel(torch.device("cuda", 0)) == ("triton" if triton_available() else "torch")
+    monkeypatch.setenv("MRC_KERNELS", "torch")
+    assert pick_kernel("cuda") == "torch"
+    monkeypatch.setenv("MRC_KERNELS", "bogus")
+    with pytest.raises(ValueError, match="MRC_KERNELS"):
+        pick_kernel("cpu")
+    monkeypatch.setenv("MRC_KERNELS", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="cannot run"):
+        pick_kernel("cpu")
+    if configs.HAS_TRITON:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        assert triton_available()
+        assert pick_kernel("cpu") == "triton"
+
+
+def test_interpreter_configs_are_single() -> None:
+    if not configs.HAS_TRITON:
+        pytest.skip("triton not installed")
+    assert len(sgd._sgd_kernel.configs) == (1 if INTERPRETED else len(configs.GPU_ELEMENTWISE))
+
+
+def _run_python(code: str, env: dict[str, str], timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, timeout=timeout,
+                          capture_output=True, text=True)
+
+
+def test_kernel_modules_import_without_triton() -> None:
+    """Off Linux there is no Triton: the torch paths still work, the Triton ones say why."""
+    code = """
+        import sys
+        sys.modules["triton"] = None  # make `import triton` fail
+        import torch
+        from mrc.kernels import sgd, adam, subset, langevin, triton_available
+        from mrc.kernels.configs import TritonUnavailable
+        theta, g, p = torch.ones(5), torch.ones(5), torch.zeros(5)
+        sgd.sgd_torch(theta, g, p, lr=0.5, momentum=0.9, first_step=True)
+        assert torch.allclose(theta, torch.full((5,), 0.5)), theta
+        try:
+            sgd.sgd_triton(theta, g, p, lr=0.5, momentum=0.9)
+        except TritonUnavailable:
+            print("ok")
+    """
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = _run_python(code, env)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+_AOT = """
+    import re
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from mrc.kernels import adam, langevin, sgd, subset
+
+    def compile_sm90(kernel, sig, consts, aligned):
+        names = kernel.fn.arg_names
+        attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in aligned}
+        sig = {a: sig.get(a, "constexpr") for a in names}
+        src = ASTSource(fn=kernel.fn, signature=sig, constexprs=consts, attrs=attrs)
+        ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                             options={"num_warps": 8}).asm["ptx"]
+        return set(re.findall(r"(?:ld|st)\\.global\\.v4", ptx))
+
+    f32, B = "*fp32", 2048
+    for dt in ("*fp32", "*bf16"):
+        sig = {"param_ptr": dt, "grad_ptr": dt, "buf_ptr": f32, "mask_ptr": "*u8", "n": "i32",
+               "lr": "fp32", "momentum": "fp32", "dampening": "fp32", "weight_decay": "fp32"}
+        for mask in (False, True):
+            consts = {"HAS_MOMENTUM": True, "FIRST": False, "NESTEROV": True, "MAXIMIZE": False,
+                      "HAS_WD": True, "HAS_MASK": mask, "BLOCK": B}
+            if not mask:
+                consts["mask_ptr"] = None
+            v = compile_sm90(sgd._sgd_kernel, sig, consts,
+                             ["param_ptr", "grad_ptr", "buf_ptr", "mask_ptr", "n"][:5 if mask else 3])
+            assert v == {"ld.global.v4", "st.global.v4"}, ("sgd", dt, mask, v)
+        sig = {"param_ptr": dt, "grad_ptr": dt, "buf_ptr": f32, "seg_int_ptr": "*i64",
+               "seg_f32_ptr": "*fp32", "n": "i32", "lr": "fp32", "dampening": "fp32"}
+        for nesterov in (False, True):
+            v = compile_sm90(sgd._multirate_sgd_kernel, sig,
+                             {"NSEG": 3, "NESTEROV": nesterov, "ALIGNED": True, "BLOCK": B},
+                             ["param_ptr", "grad_ptr", "buf_ptr", "seg_int_ptr", "seg_f32_ptr"])
+            assert v == {"ld.global.v4", "st.global.v4"}, ("multirate", dt, v)
+        sig = {"param_ptr": dt, "grad_ptr": dt, "m_ptr": f32, "v_ptr": f32, "n": "i32",
+               **{k: "fp32" for k in ("lr", "beta1", "beta2", "eps", "weight_decay",
+                                      "step_size", "bc2_sqrt")}}
+        v = compile_sm90(adam._adam_kernel, sig,
+                         {"DECOUPLED": True, "HAS_WD": True, "MAXIMIZE": False, "BLOCK": B},
+                         ["param_ptr", "grad_ptr", "m_ptr", "v_ptr", "n"])
+        assert v == {"ld.global.v4", "st.global.v4"}, ("adam", dt, v)
+        for restore in (False, True):
+            v = compile_sm90(subset._subset_kernel,
+                             {"param_ptr": dt, "mask_ptr": "*u8", "saved_ptr": dt, "n": "i32"},
+                             {"RESTORE": restore, "BLOCK": B},
+                             ["param_ptr", "mask_ptr", "saved_ptr", "n"])
+            assert v == {"ld.global.v4", "st.global.v4"}, ("subset", dt, v)
+    v = compile_sm90(langevin._langevin_o_kernel,
+                     {"mom_ptr": f32, "n": "i32", "decay": "fp32", "noise": "fp32",
+                      "seed": "i64", "offset": "i64"}, {"BLOCK": B}, ["mom_ptr", "n"])
+    assert v == {"ld.global.v4", "st.global.v4"}, ("langevin", v)
+    print("ok")
+"""
+
+
+@pytest.mark.skipif(not configs.HAS_TRITON, reason="triton not installed")
+def test_kernels_compile_for_sm90_with_vector_accesses(tmp_path) -> None:
+    """Compile every kernel ahead of time for the H100 (sm_90) — no GPU needed — and check the
+    PTX uses 16-byte vector loads and stores (the interpreter cannot catch compile errors)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    out = _run_python(_AOT, env, timeout=300)
+    if out.returncode != 0 and "ptxas" in out.stderr and "not found" in out.stderr:
+        pytest.skip("this triton build has no ptxas")
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-4000:]
+
+
+@pytest.mark.skipif(INTERPRETED or _CUDA or not configs.HAS_TRITON,
+                    reason="the interpreter tests run in this process")
+def test_interpreter_tests_in_a_subprocess() -> None:
+    """triton was imported before this module could set TRITON_INTERPRET: run the interpreter
+    cases of this file in a fresh process where it is set first."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          __file__, "-k", "interp"], env=env, timeout=600,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
