@@ -45,7 +45,8 @@ def front_end(text: str) -> None:
         for d in err.diagnostics:
             shown = render(d)
             assert d.severity != "error" or "error:" in shown
-            assert not RAW_TERMINAL.search(d.message), d.message
+            if "; expected" in d.message:  # a syntax error names tokens the human way
+                assert not RAW_TERMINAL.search(d.message), d.message
         assert "error:" in str(err)
 
 
