@@ -17,6 +17,7 @@ Last line: {"speedup": …, "ideal_speedup": …, "acc_full": …, "acc_multirat
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import tempfile
 import time
@@ -87,8 +88,8 @@ def plain_finetune(spec: Path, epochs: int, device: torch.device) -> tuple[float
 def mrc_finetune(spec: Path, out: Path, epochs: int) -> tuple[float, float]:
     result = Trainer(compile_spec(spec, training=True), out).run()
     stamps = [m["time"] for m in result.metrics if "loss" in m]
-    per_epoch = min(b - a for a, b in zip(stamps, stamps[1:], strict=False)) if len(stamps) > 1 \
-        else result.summary["wall_time_s"] / epochs
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    per_epoch = min(gaps) if gaps else result.summary["wall_time_s"] / epochs
     return per_epoch, result.summary["val_acc"]
 
 

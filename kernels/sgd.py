@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .configs import elementwise_autotune, require_triton, tl, triton
+from .configs import elementwise_autotune, interpreting, require_triton, tl, triton
 
 PARAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -226,14 +226,23 @@ def multirate_sgd_torch(param: torch.Tensor, grad: torch.Tensor, buf: torch.Tens
 # --------------------------------------------------------------------------- Triton kernels
 
 
+# Triton's interpreter casts float32 → bfloat16 by truncation where compiled code rounds to
+# nearest-even; under the interpreter the kernels round with integer arithmetic instead, so
+# both modes store the same bits (decided at import, like triton.jit itself).
+_EMULATE_BF16_RTNE = tl.constexpr(interpreting())
+
+
 @triton.jit
 def _round_to_element(x, ptr):
-    """float32 `x` in `ptr`'s element type, rounded to nearest-even (set explicitly: the
-    interpreter's default float32 → bfloat16 cast truncates, compiled code rounds)."""
+    """float32 `x` in `ptr`'s element type, rounded to nearest-even."""
     if ptr.dtype.element_ty == tl.float32:
         return x  # nothing to round
+    elif ptr.dtype.element_ty == tl.bfloat16 and _EMULATE_BF16_RTNE:
+        bits = x.to(tl.uint32, bitcast=True)  # the float32 bits
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)  # add half an ulp of bf16, ties to even
+        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)  # keep the top half
     else:
-        return x.to(ptr.dtype.element_ty, fp_downcast_rounding="rtne")  # bf16/fp16
+        return x.to(ptr.dtype.element_ty)  # compiled: cvt.rn (round to nearest-even)
 
 
 @elementwise_autotune(restore=["param_ptr", "buf_ptr"])

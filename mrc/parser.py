@@ -167,7 +167,7 @@ def _expected(names: set[str]) -> str:
         names = names - OPERATORS
     human = sorted({TERMINAL_NAMES.get(n, f"`{n.lower()}`") for n in names})
     if len(human) > 6:
-        human = human[:6] + ["…"]
+        human = [*human[:6], "…"]
     return ", ".join(human[:-1]) + (" or " if len(human) > 1 else "") + human[-1] if human else "nothing"
 
 

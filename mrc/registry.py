@@ -92,7 +92,8 @@ class Param:
 
     def _number(self, value: Any) -> tuple[Any, str | None]:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            return value, f"`{self.name}` must be {'an integer' if self.kind == 'int' else 'a number'}, not {_show(value)}"
+            what = "an integer" if self.kind == "int" else "a number"
+            return value, f"`{self.name}` must be {what}, not {_show(value)}"
         if self.kind == "int":
             if isinstance(value, float):
                 if not value.is_integer():

@@ -17,8 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from mrc.graph import Forward, ScheduleGraph
 from mrc.passes.base import Pass
+
+from mrc.graph import Forward, ScheduleGraph
 
 
 def frozen_prefix(graph: ScheduleGraph, grad: tuple[str, ...]) -> int:

@@ -16,8 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from mrc.graph import ScheduleGraph, Update, UpdateGroup
 from mrc.passes.base import Pass
+
+from mrc.graph import ScheduleGraph, Update, UpdateGroup
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from mrc.graph import Backward, Forward, Loss, ScheduleGraph, Update, UpdateGroup
 from mrc.passes.base import Pass
+
+from mrc.graph import Backward, Forward, Loss, ScheduleGraph, Update, UpdateGroup
 
 
 @dataclass(frozen=True)

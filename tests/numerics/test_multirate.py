@@ -293,3 +293,17 @@ def test_langevin_noise_has_the_right_variance() -> None:
     want = (1 - math.exp(-2 * 2.0 * 0.1)) * 0.5
     assert abs(m.var().item() - want) / want < 0.02
     assert abs(m.mean().item()) < 0.01
+
+
+def test_resume_mid_interval_is_bit_identical(tmp_path: Path) -> None:
+    """Drift steps, a held-out random subset and Langevin noise all survive a checkpoint."""
+    extra = ('partition first = depth(0, 1) { every = 4; drift = linear }\n'
+             'partition subset = random(0.2, of=params("layers.1.weight")) { every = 3 }\n'
+             'partition head = module("head") { optimizer langevin(lr=0.1, tau=1e-3) }\n'
+             "partition others = rest\n")
+    path = spec(tmp_path, extra, steps=23)
+    whole = train(path, out=tmp_path / "whole").model.state_dict()
+    train(path, out=tmp_path / "split", stop_at=10)  # mid-interval for both rates
+    resumed = train(path, resume=tmp_path / "split").model.state_dict()
+    for key in whole:
+        assert torch.equal(whole[key], resumed[key]), key

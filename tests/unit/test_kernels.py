@@ -624,14 +624,14 @@ _AOT = """
             if not mask:
                 consts["mask_ptr"] = None
             v = compile_sm90(sgd._sgd_kernel, sig, consts,
-                             ["param_ptr", "grad_ptr", "buf_ptr", "mask_ptr", "n"][:5 if mask else 3])
+                             ["param_ptr", "grad_ptr", "buf_ptr", "n"] + ["mask_ptr"] * mask)
             assert v == {"ld.global.v4", "st.global.v4"}, ("sgd", dt, mask, v)
         sig = {"param_ptr": dt, "grad_ptr": dt, "buf_ptr": f32, "seg_int_ptr": "*i64",
                "seg_f32_ptr": "*fp32", "n": "i32", "lr": "fp32", "dampening": "fp32"}
         for nesterov in (False, True):
             v = compile_sm90(sgd._multirate_sgd_kernel, sig,
                              {"NSEG": 3, "NESTEROV": nesterov, "ALIGNED": True, "BLOCK": B},
-                             ["param_ptr", "grad_ptr", "buf_ptr", "seg_int_ptr", "seg_f32_ptr"])
+                             ["param_ptr", "grad_ptr", "buf_ptr", "seg_int_ptr", "seg_f32_ptr", "n"])
             assert v == {"ld.global.v4", "st.global.v4"}, ("multirate", dt, v)
         sig = {"param_ptr": dt, "grad_ptr": dt, "m_ptr": f32, "v_ptr": f32, "n": "i32",
                **{k: "fp32" for k in ("lr", "beta1", "beta2", "eps", "weight_decay",
