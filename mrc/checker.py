@@ -17,7 +17,9 @@ from typing import Any
 from mrc import ast
 from mrc.diagnostics import CompileError, Note, Reporter, Span
 from mrc.program import (
+    Brain,
     Component,
+    Merge,
     EarlyStopping,
     Init,
     Partition,
@@ -90,6 +92,21 @@ MULTIRATE_PARAMS = (
           "where the first fast gradient of a slow step is taken",
           choices=("shared", "after_slow")),
 )
+BRAIN_KEYS = (
+    Param("every", "int", 1, "the brain steps once per `every` steps of the fastest clock", lo=1),
+    Param("lr", "float", None, "its step size (default: every × the base learning rate)", lo=0,
+          nullable=True),
+    Param("data", "choice", "shared", "which batches it sees", choices=("shared", "own")),
+)
+MERGE_RULES: dict[str, tuple[Param, ...]] = {
+    "mean": (),
+    "weighted": (Param("weights", "floats", doc="one weight per brain, in declaration order", lo=0),),
+    "best": (Param("metric", "choice", "val_loss", "validation metric that picks the brain",
+                   choices=("val_loss", "val_acc")),),
+    "ema": (Param("decay", "float", 0.9, "weight of the running average", lo=0, hi=1, hi_open=True),),
+}
+MERGE_MOMENTUM = Param("momentum", "choice", "keep", "optimizer state at a merge",
+                       choices=("keep", "reset", "average"))
 PARTITION_KEYS = (
     Param("every", "int", 1, "the partition's rate: it updates once per `every` steps", lo=1),
     Param("lr", "float", None, "its step size (default: every × the base learning rate)", lo=0,
@@ -110,8 +127,8 @@ KEYWORDS: dict[str, tuple[str, str | None]] = {
     "init": ("initial weights from a state_dict file", None),
     "partition": ("a named set of parameters with its own rate and integrator", None),
     "multirate": ("options of multirate training", None),
-    "brain": ("a copy of the network on its own time-scale", "multirate across networks (issue #5)"),
-    "merge": ("how brains are merged when their times align", "multirate across networks (issue #5)"),
+    "brain": ("a copy of the network on its own time-scale", None),
+    "merge": ("how brains are merged when their times align", None),
     "modules": ("module-wise training with local losses", "module-wise training"),
     "mgrit": ("layer-parallel training of a residual stack by MGRIT", "layer-parallel MGRIT training"),
     "sweep": ("a hyper-parameter search", "hyper-parameter sweeps"),
@@ -334,6 +351,8 @@ class Checker:
         found: dict[str, ast.Statement] = {}
         partitions: list[Partition] = []
         part_spans: dict[str, Span] = {}
+        brains: list[Brain] = []
+        brain_spans: dict[str, Span] = {}
         for st in spec.statements:
             kw = st.keyword.id
             if kw not in KEYWORDS:
@@ -356,6 +375,15 @@ class Checker:
                 continue
             if kw == "let":
                 self._let(st)
+            elif kw == "brain":
+                brain = self._brain(st)
+                if brain is not None:
+                    if brain.name in brain_spans:
+                        self.r.error(f"brain `{brain.name}` is defined twice", brain.span,
+                                     notes=[Note("first defined here", brain_spans[brain.name])])
+                    else:
+                        brain_spans[brain.name] = brain.span
+                        brains.append(brain)
             elif kw == "partition":
                 part = self._partition(st)
                 if part is not None:
@@ -384,6 +412,19 @@ class Checker:
         early = self._early(found.get("early_stopping"))
         init = self._init(found.get("init"), base_dir)
         multirate = self._multirate(found.get("multirate"))
+        merge = self._merge(found.get("merge"), brains)
+        if brains and len(brains) < 2:
+            self.r.error("brains come in twos or more: this spec has one", brains[0].span,
+                         hint="add another `brain NAME { every = k }`, or remove the brain")
+        if brains and merge is None and "merge" not in seen:
+            self.r.error("brains need a `merge` rule", brains[0].span,
+                         hint="add e.g. `merge mean` (or weighted, best, ema)")
+        if brains and early is not None:
+            self.r.error("early stopping with brains is not supported yet", early.span,
+                         hint="train for a fixed length; the merged model is evaluated as it goes")
+        if brains and partitions:
+            self.r.error("brains with partitions are not supported yet", partitions[0].span,
+                         hint="train brains of whole networks, or partitions in one network")
         partitions = self._check_rest(partitions)
         for part in partitions:
             base = part.optimizer or optimizer
@@ -402,7 +443,7 @@ class Checker:
                        optimizer=optimizer, schedule=schedule, train=train,  # type: ignore[arg-type]
                        partitions=tuple(partitions), early_stopping=early, init=init,
                        lets={k: v.value for k, v in self.lets.items()},
-                       first_fast_gradient=multirate)
+                       first_fast_gradient=multirate, brains=tuple(brains), merge=merge)
 
     def _form(self, st: ast.Statement, *, target: bool = False, bind: bool = False,
               args: bool = False, block: bool = False) -> bool:
@@ -523,6 +564,53 @@ class Checker:
         if len(values) != len(EARLY_STOPPING_PARAMS):
             return None
         return EarlyStopping(span=st.span, **values)
+
+    def _brain(self, st: ast.Statement) -> Brain | None:
+        if not self._form(st, target=True, block=True):
+            return None
+        if not isinstance(st.target, ast.Name):
+            self.r.error("a brain is named with a plain name", st.target.span,  # type: ignore[union-attr]
+                         hint="write `brain fast { every = 1 }`")
+            return None
+        name = st.target.id
+        settings: dict[str, ast.Arg] = {}
+        optimizer = None
+        for item in st.block.items if st.block else ():
+            if isinstance(item, ast.Assign) and len(item.key) == 1:
+                settings[item.key[0].id] = ast.Arg(item.key[0], item.value, item.span)
+            elif isinstance(item, ast.Statement) and item.keyword.id == "optimizer":
+                optimizer = self._component(item, "optimizer", _registries()["optimizer"])
+            else:
+                where = item.span
+                self.r.error("a brain block holds `every`, `lr`, `data` and an `optimizer`", where)
+        values, _ = self.arguments(f"brain `{name}`", BRAIN_KEYS, tuple(settings.values()),
+                                   st.span, f"brain.{name}.")
+        return Brain(name, st.target.span, values.get("every", 1), values.get("lr"),
+                     values.get("data", "shared"), optimizer)
+
+    def _merge(self, st: ast.Statement | None, brains: list[Brain]) -> Merge | None:
+        if st is None or not self._form(st, target=True, args=True):
+            return None
+        if not brains:
+            self.r.error("`merge` without brains", st.keyword.span,
+                         hint="declare the brains it merges with `brain NAME { every = k }`")
+            return None
+        rule = st.target.id if isinstance(st.target, ast.Name) else ""  # type: ignore[union-attr]
+        if rule not in MERGE_RULES:
+            guess = did_you_mean(rule, list(MERGE_RULES))
+            self.r.error(f"unknown merge rule `{rule}`", st.target.span,  # type: ignore[union-attr]
+                         hint=f"did you mean `{guess}`?" if guess else
+                         f"merge rules are {_names(list(MERGE_RULES))}")
+            return None
+        params = (*MERGE_RULES[rule], MERGE_MOMENTUM)
+        values, spans = self.arguments(f"merge `{rule}`", params, st.args, st.span, "merge.")
+        if rule == "weighted" and "weights" in values and len(values["weights"]) != len(brains):
+            self.r.error(f"`weights` has {len(values['weights'])} entries for {len(brains)} brains",
+                         spans.get("weights", st.span))
+        if rule == "weighted" and "weights" in values and sum(values["weights"]) <= 0:
+            self.r.error("`weights` must not all be zero", spans.get("weights", st.span))
+        return Merge(rule, st.span, tuple(values.get("weights", ())), values.get("metric", "val_loss"),
+                     values.get("decay", 0.9), values.get("momentum", "keep"))
 
     def _multirate(self, st: ast.Statement | None) -> str:
         if st is not None and not self._form(st, args=True):

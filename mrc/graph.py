@@ -69,10 +69,15 @@ class Loss(Op):
     fn: str = "cross_entropy"
     label_smoothing: float = 0.0
     phase: int = 0
+    of: str = ""
+    """The segment (a brain) whose output it scores, when a step has several."""
+
+    def key(self) -> str:
+        return f".{self.of}" if self.of else ""
 
     def text(self) -> str:
         extra = f"(label_smoothing={self.label_smoothing:g})" if self.label_smoothing else ""
-        return f"loss {self.fn}{extra}"
+        return f"loss {self.fn}{extra}" + (f" of {self.of}" if self.of else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +88,10 @@ class Backward(Op):
     rank: ClassVar[int] = 3
     wrt: tuple[str, ...] = ()
     phase: int = 0
+    of: str = ""
+
+    def key(self) -> str:
+        return f".{self.of}" if self.of else ""
 
     def text(self) -> str:
         return f"backward wrt {{{', '.join(self.wrt)}}}"
@@ -169,8 +178,25 @@ class Resample(Op):
         return f"resample {self.partition}"
 
 
+@dataclass(frozen=True, slots=True)
+class Merge(Op):
+    """Brains that reach the same time are merged by `rule` (their parameters, and their
+    optimizer state as `momentum` says), and go on from the merged point."""
+
+    kind: ClassVar[str] = "merge"
+    rank: ClassVar[int] = 8
+    brains: tuple[str, ...] = ()
+    rule: str = "mean"
+
+    def key(self) -> str:
+        return f".{'+'.join(self.brains)}"
+
+    def text(self) -> str:
+        return f"merge {{{', '.join(self.brains)}}} {self.rule}"
+
+
 OP_KINDS: dict[str, type[Op]] = {c.kind: c for c in (Forward, Loss, Backward, Update, UpdateGroup,
-                                                     Drift, Resample)}
+                                                     Drift, Resample, Merge)}
 
 
 class GraphError(Exception):
@@ -254,7 +280,7 @@ class ScheduleGraph:
                 raise GraphError(f"{op.id}: step {op.step} outside the period 0…{self.period - 1}")
             for f in fields(op):
                 v = getattr(op, f.name)
-                if f.name in ("grad", "wrt", "partitions", "partition") or (
+                if f.name in ("grad", "wrt", "partitions", "partition", "brains") or (
                         f.name == "drift" and isinstance(v, tuple)):
                     names = v if isinstance(v, tuple) else (v,)
                     unknown = [n for n in names if n not in self.partitions]
@@ -293,6 +319,7 @@ class ScheduleGraph:
     def to_text(self) -> str:
         """The canonical listing: header, partitions, then each step's operations in order."""
         lines = [f"schedule period={self.period}"]
+        lines += [f"  note: {note}" for note in self.meta.get("notes", [])]
         for name, info in self.partitions.items():
             detail = " ".join(f"{k}={_show(v)}" for k, v in info.items())
             lines.append(f"  partition {name}: {detail}")
@@ -323,6 +350,7 @@ class ScheduleGraph:
         data = {
             "period": self.period,
             "partitions": self.partitions,
+            "notes": list(self.meta.get("notes", [])),
             "nodes": [dict(id=op.id, **_jsonable(op.attrs())) for op in self.ops()],
             "edges": [list(e) for e in sorted(self.g.edges)],
         }
@@ -332,6 +360,8 @@ class ScheduleGraph:
     def from_json(cls, text: str) -> ScheduleGraph:
         data = json.loads(text)
         graph = cls(data["period"], data["partitions"])
+        if data.get("notes"):
+            graph.meta["notes"] = list(data["notes"])
         for node in data["nodes"]:
             kind = node.pop("kind")
             node.pop("id")

@@ -128,6 +128,33 @@ class Partition:
 
 
 @dataclass(frozen=True, slots=True)
+class Brain:
+    """A copy of the network on its own time-scale: step size every·h (or `lr`), one step per
+    `every` steps of the fastest clock. `data`: `shared` (the batch of the global step it steps
+    on) or `own` (its own batch order, from a seed of its own)."""
+
+    name: str
+    span: Span
+    every: int = 1
+    lr: float | None = None
+    data: str = "shared"
+    optimizer: Component | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Merge:
+    """How brains that reach the same time are merged: rule mean | weighted | best | ema, and
+    what happens to their optimizer state (momentum keep | reset | average)."""
+
+    rule: str
+    span: Span
+    weights: tuple[float, ...] = ()
+    metric: str = "val_loss"
+    decay: float = 0.9
+    momentum: str = "keep"
+
+
+@dataclass(frozen=True, slots=True)
 class TrainSettings:
     epochs: int | None = None
     steps: int | None = None
@@ -183,6 +210,8 @@ class Program:
     early_stopping: EarlyStopping | None = None
     init: Init | None = None
     lets: Mapping[str, Any] = field(default_factory=dict)
+    brains: tuple[Brain, ...] = ()
+    merge: Merge | None = None
     first_fast_gradient: str = "shared"
     """Multirate gradient point: `shared` (one backward per step) or `after_slow` (the seed's
     literal loop: fast gradients taken after the slow partitions moved)."""

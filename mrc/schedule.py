@@ -15,12 +15,50 @@ the moved point.
 from __future__ import annotations
 
 from mrc.binding import Bound, BoundPartition
-from mrc.graph import Backward, Drift, Forward, Loss, Op, Resample, ScheduleGraph, Update, lcm
+from mrc.graph import Backward, Drift, Forward, Loss, Merge, Op, Resample, ScheduleGraph, Update, lcm
 
 
 def period_of(bound: Bound) -> int:
-    """The least common multiple of every partition's rate."""
+    """The least common multiple of every partition's (or brain's) rate."""
+    if bound.program.brains:
+        return lcm(b.every for b in bound.program.brains)
     return lcm(p.spec.every for p in bound.partitions)
+
+
+def build_brains_graph(bound: Bound) -> ScheduleGraph:
+    """Brains: brain i (rate k_i) steps on global steps t with t % k_i == 0, landing at time
+    t + k_i; after global step t, the brains whose time is t + 1 (k_i divides t + 1) have reached
+    the same time, and two or more of them are merged."""
+    program = bound.program
+    brains = program.brains
+    period = period_of(bound)
+    graph = ScheduleGraph(period)
+    numel = sum(p.numel for p in bound.partitions)
+    for b in brains:
+        comp = b.optimizer or program.optimizer
+        graph.partitions[b.name] = {"tensors": sum(len(p.params) for p in bound.partitions),
+                                    "numel": numel, "every": b.every, "rule": comp.describe(),
+                                    "data": b.data}
+    merge = program.merge
+    smoothing = program.train.label_smoothing
+    for step in range(period):
+        ups: list[Op] = []
+        for b in brains:
+            if step % b.every:
+                continue
+            comp = b.optimizer or program.optimizer
+            fwd = graph.add(Forward(step, b.name, (b.name,)))
+            loss = graph.add(Loss(step, "cross_entropy", smoothing, of=b.name), [fwd])
+            bwd = graph.add(Backward(step, (b.name,), of=b.name), [loss])
+            ups.append(graph.add(Update(step, b.name, comp.describe(), float(b.every), b.lr), [bwd]))
+        landing = tuple(b.name for b in brains if (step + 1) % b.every == 0)
+        if merge is not None and len(landing) >= 2:
+            graph.add(Merge(step, landing, merge.rule), ups)
+    graph.meta["layers"] = list(bound.layers)
+    graph.meta["params"] = {b.name: [n for p in bound.partitions for n in p.params] for b in brains}
+    graph.meta["brains"] = True
+    graph.verify()
+    return graph
 
 
 def rule_of(bound: Bound, partition: str) -> str:
@@ -42,6 +80,8 @@ def _drifts(part: BoundPartition) -> bool:
 
 def build_graph(bound: Bound) -> ScheduleGraph:
     """The naive period; see the module docstring."""
+    if bound.program.brains:
+        return build_brains_graph(bound)
     period = period_of(bound)
     graph = ScheduleGraph(period)
     parts = bound.partitions

@@ -168,7 +168,14 @@ class Trainer:
         train_y = data.train_y.to(self.device)
         val_x = data.val_x.to(self.device, dtype)
         val_y = data.val_y.to(self.device)
-        plan = lower(self.c.bound, self.c.graph, self.total)
+        brains = bool(self.program.brains)
+        if brains:
+            from mrc.runtime.brains import make_brains_plan
+
+            plan = make_brains_plan(self.c.bound, self.c.graph, self.total).to(self.device)
+            plan.attach(train_x, train_y, val_x, val_y)
+        else:
+            plan = lower(self.c.bound, self.c.graph, self.total)
         st = _State()
         if self.resume is not None:
             self._restore(plan, st)
@@ -214,6 +221,8 @@ class Trainer:
                                "loss": None if loss is None else loss.item(),
                                "lr": plan.learning_rates(st.step - 1),
                                "time": time.perf_counter() - start}
+                        if brains:
+                            rec["brains"] = {n: v.item() for n, v in plan.last_losses.items()}
                         record(rec)
                         bar.update(st.step, rec["loss"], st.last_eval)
                         if not bar.enabled and (st.step % plain_every == 0 or st.step == self.total):
@@ -221,11 +230,18 @@ class Trainer:
                     do_eval = (eval_every and st.step % eval_every == 0) or \
                               (not eval_every and end_of_epoch) or st.step == self.total
                     if do_eval:
-                        with plan.full_weights():
-                            ev = evaluate(module, val_x, val_y)
+                        extra: dict[str, Any] = {}
+                        if brains:  # each brain, and the merged model as the run's metric
+                            evs = {n: evaluate(m, val_x, val_y) for n, m in plan.eval_models().items()}
+                            ev = evs.pop("merged")
+                            extra["brains"] = {n: {"val_loss": e["loss"], "val_acc": e["acc"]}
+                                               for n, e in evs.items()}
+                        else:
+                            with plan.full_weights():
+                                ev = evaluate(module, val_x, val_y)
                         st.last_eval = {"val_loss": ev["loss"], "val_acc": ev["acc"]}
                         record({"step": st.step, "epoch": st.epoch + st.batch / len(batches),
-                                **st.last_eval, "time": time.perf_counter() - start})
+                                **st.last_eval, **extra, "time": time.perf_counter() - start})
                         bar.update(st.step, None, st.last_eval)
                         if early and self._early_stop(early, st, model, plan):
                             status = "stopped_early"
@@ -258,11 +274,26 @@ class Trainer:
             plan.finish()
         if status == "stopped_early" and early and early.restore_best and st.best_state is not None:
             model.load_state_dict(st.best_state)
+        if brains:
+            final = plan.final_model()
+            model.load_state_dict(final.state_dict())
+            module = final
         summary = self._summary(module, train_x, train_y, val_x, val_y, st, status, wall,
                                 st.step - start_step, last_good)
+        if brains and status != "diverged":
+            summary["brains"] = {}
+            for n, m in plan.eval_models().items():
+                if n == "merged":
+                    continue
+                tr, va = evaluate(m, train_x, train_y), evaluate(m, val_x, val_y)
+                summary["brains"][n] = {"train_loss": tr["loss"], "train_acc": tr["acc"],
+                                        "val_loss": va["loss"], "val_acc": va["acc"]}
         if self.out:
             if status != "diverged":
                 save_torch(model.state_dict(), self.out / FINAL)
+                if brains:
+                    for n, state in plan.brain_states().items():
+                        save_torch(state, self.out / "brains" / f"{n}.pt")
             save_json(summary, self.out / SUMMARY)
         if log:
             log.close()

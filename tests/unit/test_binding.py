@@ -268,3 +268,16 @@ def test_init_skips_reshaped_tensors_unless_strict(tmp_path: Path) -> None:
     assert diags[0].message == ("initial weight `head.weight` has shape (3, 8), the model's "
                                 "(10, 8)")
     assert diags[0].span is not None and diags[0].span.line == 4
+
+
+@pytest.mark.parametrize(("content", "kind"), [
+    (b"PK\x03\x04 not really a zip", "RuntimeError"),
+    (b"model mlp()\n", "UnpicklingError"),
+])
+def test_unreadable_init_file_is_a_one_line_error(tmp_path: Path, content: bytes,
+                                                  kind: str) -> None:
+    (tmp_path / "w.pt").write_bytes(content)
+    (d,) = bind_errors(tmp_path, MLP + 'init "w.pt"\n')
+    assert d.message.startswith(f"cannot read initial weights from {tmp_path / 'w.pt'}: {kind}: ")
+    assert "\n" not in d.message and "weights_only" not in d.message
+    assert d.span is not None and (d.span.line, d.span.col) == (4, 6)

@@ -295,6 +295,14 @@ def test_errors_are_sorted_even_when_found_out_of_order() -> None:
     assert len(diags) == 4
 
 
+def test_an_error_in_a_let_is_reported_once_not_at_every_use() -> None:
+    diags = errors(BASE + "let a = 1 / 0\nlet b = a * 2\ntrain(seed=b, epochs=a)\n")
+    assert [(d.message, at(d)) for d in diags] == [("cannot compute this: division by zero",
+                                                    (4, 9))]
+    diags = errors(BASE + "let a = nope\ntrain(seed=a)\n")
+    assert [(d.message, at(d)) for d in diags] == [("unknown name `nope`", (4, 9))]
+
+
 # ---- selectors ------------------------------------------------------------------------------
 
 
@@ -414,8 +422,6 @@ def test_partition_errors() -> None:
 
 
 @pytest.mark.parametrize(("text", "keyword"), [
-    ("brain fast { every = 1 }", "brain"),
-    ("merge mean", "merge"),
     ("modules { split = equal(4) }", "modules"),
     ('mgrit "stack" { levels = 3 }', "mgrit"),
     ("sweep random(trials=3) { optimizer.lr = loguniform(1e-4, 1e-1) }", "sweep"),

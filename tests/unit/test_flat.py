@@ -7,9 +7,8 @@ import io
 
 import pytest
 import torch
-from torch import nn
-
 from mrc.kernels.flat import FlatGroup
+from torch import nn
 
 
 def _model(seed: int = 0) -> nn.Module:

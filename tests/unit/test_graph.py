@@ -91,7 +91,7 @@ def test_construction_and_queries() -> None:
 
 def test_adding_a_node_twice_is_an_error() -> None:
     graph = build(naive_ops())
-    with pytest.raises(GraphError, match="s0.loss added twice"):
+    with pytest.raises(GraphError, match=r"s0\.loss added twice"):
         graph.add(Loss(step=0))
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-
-from mrc.cli import main
-from mrc.graph import Backward, Forward, GraphError, Loss, ScheduleGraph, Update, UpdateGroup
 from mrc.passes import DEFAULT_PIPELINE, PASSES, Pass
 from mrc.passes.group_updates import GroupUpdates
 from mrc.passes.prune_gradients import PruneGradients
+
+from mrc.cli import main
+from mrc.graph import Backward, Forward, GraphError, Loss, ScheduleGraph, Update, UpdateGroup
 from mrc.passmanager import PassError, PassManager, parse_pipeline
 
 SGD = "sgd(lr=0.1)"
@@ -329,8 +329,8 @@ def test_cli_print_after_all(spec: str, capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_cli_print_after_one_pass_and_build(spec: str, capsys: pytest.CaptureFixture[str]) -> None:
-    status, out, err = graph_cli(capsys, spec, "--print-after", "build", "--print-after",
-                                 "prune-gradients")
+    status, _, err = graph_cli(capsys, spec, "--print-after", "build", "--print-after",
+                               "prune-gradients")
     assert status == 0
     assert re.findall(r"^// ----- after (\S+)$", err, flags=re.M) == ["build", "prune-gradients"]
     build = err.split("// ----- after prune-gradients\n")[0]

@@ -1,0 +1,161 @@
+"""Brains (multirate across networks) against an independent reference written from the seed.
+
+seeds/multirate-training.md: train independent copies (brains) of one network with step sizes
+h_i = k_i·h; merge their parameters whenever two or more reach the same time threshold. The
+reference: plain PyTorch copies of the model, each its own hand-written SGD-momentum, brain i
+stepping on global steps t with t % k_i == 0 (reaching time t + k_i), and the brains whose time
+is t + 1 after step t merged by the rule.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mrc.api import compile_spec, train
+
+SPEC = """
+model mlp(hidden=[12], activation=tanh)
+data spirals(samples=300, batch=10)
+optimizer sgd(lr={lr}, momentum={mu})
+{brains}
+{merge}
+train(steps={steps}, seed=4, dtype=float64, log_every=1000)
+"""
+
+
+def write(tmp_path: Path, brains: str, merge: str, *, lr: float = 0.04, mu: float = 0.9,
+          steps: int = 26) -> Path:
+    path = tmp_path / "brains.mrs"
+    path.write_text(SPEC.format(brains=brains, merge=merge, lr=lr, mu=mu, steps=steps))
+    return path
+
+
+def reference(path: Path, ks: list[int], rule: str, *, lr: float, mu: float, steps: int,
+              weights: list[float] | None = None, momentum: str = "keep",
+              decay: float = 0.9) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+    compiled = compile_spec(path)
+    data = compiled.bound.data
+    models = [copy.deepcopy(compiled.bound.model) for _ in ks]
+    bufs: list[dict[str, torch.Tensor]] = [{} for _ in ks]
+    ema = None
+
+    def combine(group: list[int]) -> dict[str, torch.Tensor]:
+        nonlocal ema
+        states = [models[i].state_dict() for i in group]
+        w = [weights[i] for i in group] if weights else [1.0] * len(group)
+        total = sum(w)
+        mean = {k: sum(wi / total * s[k] for wi, s in zip(w, states, strict=True)) for k in states[0]}
+        if rule == "ema":
+            ema = mean if ema is None else {k: decay * ema[k] + (1 - decay) * v for k, v in mean.items()}
+            return dict(ema)
+        return mean
+
+    t, epoch = 0, 0
+    while t < steps:
+        for idx in data.batch_indices(epoch):
+            if t == steps:
+                break
+            x, y = data.train_x[idx].double(), data.train_y[idx]
+            for i, k in enumerate(ks):
+                if t % k:
+                    continue
+                model = models[i]
+                loss = F.cross_entropy(model(x), y)
+                grads = torch.autograd.grad(loss, list(model.parameters()))
+                with torch.no_grad():
+                    for (name, p), g in zip(model.named_parameters(), grads, strict=True):
+                        b = bufs[i].get(name)
+                        bufs[i][name] = g.clone() if b is None else mu * b + g
+                        p -= k * lr * bufs[i][name]
+            arrived = [i for i, k in enumerate(ks) if (t + 1) % k == 0]
+            if len(arrived) >= 2:
+                state = combine(arrived)
+                for i in arrived:
+                    models[i].load_state_dict(state)
+                if momentum == "reset":
+                    for i in arrived:
+                        bufs[i] = {}
+                elif momentum == "average":
+                    for name in bufs[arrived[0]]:
+                        mean = sum(bufs[i][name] for i in arrived) / len(arrived)
+                        for i in arrived:
+                            bufs[i][name] = mean.clone()
+            t += 1
+        epoch += 1
+    final = combine(list(range(len(ks))))
+    return final, [m.state_dict() for m in models]
+
+
+def close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: float = 1e-6) -> None:
+    for key in b:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=tol, msg=key)
+
+
+@pytest.mark.parametrize(("ks", "merge", "rule", "extra"), [
+    ([1, 3], "merge mean", "mean", {}),
+    ([1, 2, 6], "merge weighted(weights=[0.5, 0.3, 0.2])", "weighted", {"weights": [0.5, 0.3, 0.2]}),
+    ([2, 3], "merge mean(momentum=reset)", "mean", {"momentum": "reset"}),
+    ([1, 4], "merge mean(momentum=average)", "mean", {"momentum": "average"}),
+    ([1, 2], "merge ema(decay=0.7)", "ema", {"decay": 0.7}),
+])
+def test_trajectories_and_merges_match_the_reference(tmp_path: Path, ks: list[int], merge: str,
+                                                     rule: str, extra: dict) -> None:
+    brains = "\n".join(f"brain b{i} {{ every = {k} }}" for i, k in enumerate(ks))
+    path = write(tmp_path, brains, merge)
+    result = train(path, out=tmp_path / "run")
+    final, each = reference(path, ks, rule, lr=0.04, mu=0.9, steps=26, **extra)
+    close(result.model.state_dict(), final)
+    for i in range(len(ks)):
+        close(torch.load(tmp_path / "run" / "brains" / f"b{i}.pt", weights_only=True), each[i])
+
+
+def test_best_copies_the_brain_with_the_lowest_validation_loss(tmp_path: Path) -> None:
+    path = write(tmp_path, "brain a { every = 1 }\nbrain b { every = 2; lr = 0.5 }",
+                 "merge best(metric=val_loss)", steps=2)
+    compiled = compile_spec(path)
+    from mrc.runtime.brains import make_brains_plan
+    from mrc.runtime.trainer import evaluate
+
+    plan = make_brains_plan(compiled.bound, compiled.graph, 2)
+    data = compiled.bound.data
+    vx, vy = data.val_x.double(), data.val_y
+    plan.attach(data.train_x.double(), data.train_y, vx, vy)
+    x, y = data.batch(0, 0)
+    plan.step(0, x.double(), y)
+    before = {n: evaluate(m, vx, vy)["loss"] for n, m in plan.modules.items()}
+    best = min(before, key=before.get)
+    want = copy.deepcopy(plan.modules[best].state_dict())
+    x, y = data.batch(0, 1)
+    plan.step(1, x.double(), y)  # a steps again, then a and b merge (time 2)
+    after_a = {k: v for k, v in plan.modules["a"].state_dict().items()}
+    assert all(torch.equal(after_a[k], plan.modules["b"].state_dict()[k]) for k in after_a)
+    assert before["a"] != before["b"]
+    if best == "b":  # b did not move on step 1, so the merged point is b's
+        close(after_a, want, 0)
+
+
+def test_own_data_orders_differ_and_are_deterministic(tmp_path: Path) -> None:
+    own = write(tmp_path, "brain a { every = 1 }\nbrain b { every = 1; data = own }", "merge mean",
+                steps=5)
+    one = train(own, out=tmp_path / "one").model.state_dict()
+    two = train(own, out=tmp_path / "two").model.state_dict()
+    for key, value in one.items():
+        assert torch.equal(value, two[key])
+    shared = write(tmp_path, "brain a { every = 1 }\nbrain b { every = 1 }", "merge mean", steps=5)
+    same = train(shared, save=False).model.state_dict()
+    assert not torch.equal(one["head.weight"], same["head.weight"])
+
+
+def test_resume_with_brains_is_bit_identical(tmp_path: Path) -> None:
+    path = write(tmp_path, "brain a { every = 1 }\nbrain b { every = 3 }", "merge ema(decay=0.5)",
+                 steps=20)
+    whole = train(path, out=tmp_path / "whole").model.state_dict()
+    train(path, out=tmp_path / "split", stop_at=7)
+    resumed = train(path, resume=tmp_path / "split").model.state_dict()
+    for key in whole:
+        assert torch.equal(whole[key], resumed[key]), key
