@@ -19,9 +19,9 @@ from mrc.diagnostics import CompileError, Note, Reporter, Span
 from mrc.program import (
     Brain,
     Component,
-    Merge,
     EarlyStopping,
     Init,
+    Merge,
     Partition,
     Program,
     Select,

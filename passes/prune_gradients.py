@@ -17,9 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from mrc.passes.base import Pass
-
 import networkx as nx
+from mrc.passes.base import Pass
 
 from mrc.graph import Backward, Forward, Loss, ScheduleGraph, Update, UpdateGroup
 
