@@ -34,19 +34,14 @@ import argparse
 import json
 import math
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, too
-
-from mrc.kernels import pick_kernel  # noqa: E402
-from mrc.kernels.flat import FlatGroup  # noqa: E402
-from mrc.kernels.sgd import sgd_torch, sgd_triton  # noqa: E402
+from mrc.kernels import pick_kernel
+from mrc.kernels.flat import FlatGroup
+from mrc.kernels.sgd import sgd_torch, sgd_triton
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
 BYTES_PER_PARAM = 5 * 4  # θ read + write, g read, p read + write, float32
@@ -138,26 +133,26 @@ def build(device: torch.device, n: int) -> list[Variant]:
     except (RuntimeError, TypeError, ValueError) as exc:
         print(f"# fused SGD not available on {device}: {exc}".splitlines()[0])
 
-    # mrc: one FlatGroup, whole-buffer torch ops and (on CUDA) one Triton launch
-    flat_params = make_params(shapes, device)
-    group = FlatGroup(flat_params)
-    flat_theta = lambda: torch.cat([group.view(group.data, i).reshape(-1)  # noqa: E731
-                                    for i in range(len(group))])
-    momentum = group.state("momentum")
-    first = {"torch": True, "triton": True}
+    # mrc: whole-buffer torch ops and (on CUDA) one Triton launch, each over its own
+    # FlatGroup so both start from the same point for the check
+    def mrc_variant(name: str, fn: Callable[..., None]) -> Variant:
+        group = FlatGroup(make_params(shapes, device))
+        momentum = group.state("momentum")
+        first = [True]
 
-    def mrc_step(fn: Callable[..., None], key: str) -> Callable[[], None]:
         def step() -> None:
             fn(group.data, group.grad(), momentum, lr=LR, momentum=MOMENTUM,
-               weight_decay=WEIGHT_DECAY, first_step=first[key])
-            first[key] = False
-        return step
+               weight_decay=WEIGHT_DECAY, first_step=first[0])
+            first[0] = False
 
-    variants.append(Variant("mrc torch path", mrc_step(sgd_torch, "torch"), flat_theta,
-                            update_bytes))
+        def theta() -> torch.Tensor:
+            return torch.cat([group.view(group.data, i).reshape(-1) for i in range(len(group))])
+
+        return Variant(name, step, theta, update_bytes)
+
+    variants.append(mrc_variant("mrc torch path", sgd_torch))
     if pick_kernel(device) == "triton":
-        variants.append(Variant("mrc triton", mrc_step(sgd_triton, "triton"), flat_theta,
-                                update_bytes))
+        variants.append(mrc_variant("mrc triton", sgd_triton))
 
     # the ceiling: a copy moving the same number of bytes
     src = torch.randn(update_bytes // 2 // 4, device=device)

@@ -82,9 +82,17 @@ def _check_flat(name: str, t: torch.Tensor, n: int, device: torch.device) -> Non
 
 
 def _check_buffers(param: torch.Tensor, grad: torch.Tensor | None,
-                   buf: torch.Tensor | None) -> None:
+                   buf: torch.Tensor | None, *, torch_path: bool = False) -> None:
+    """float64 parameters (with a float64 momentum buffer) are for the torch path only: the
+    numerics tests run the fused update in double precision against the seed's equations."""
     n = param.numel()
     _check_flat("param", param, n, param.device)
+    if torch_path and param.dtype == torch.float64:
+        if grad is not None and grad.dtype != torch.float64:
+            raise TypeError(f"grad is {grad.dtype}, param {param.dtype}")
+        if buf is not None and buf.dtype != torch.float64:
+            raise TypeError(f"a float64 parameter needs a float64 momentum buffer, not {buf.dtype}")
+        return
     if param.dtype not in PARAM_DTYPES:
         raise TypeError(f"param dtype {param.dtype} not supported (use one of {PARAM_DTYPES})")
     if grad is not None:
@@ -132,13 +140,13 @@ def sgd_torch(param: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor | None,
     `mask` (bool, optional) restricts the update to the selected elements; the others keep
     their θ and p (the random-subset regularization holds a subset still).
     """
-    _check_buffers(param, grad, buf)
+    _check_buffers(param, grad, buf, torch_path=True)
     _check_hyper(lr, momentum, dampening, nesterov, buf)
     if mask is not None:
         _check_flat("mask", mask, param.numel(), param.device)
     sign = -1.0 if maximize else 1.0
     with torch.no_grad():
-        if param.dtype == torch.float32 and mask is None:
+        if param.dtype in (torch.float32, torch.float64) and mask is None:
             _sgd_float32_inplace(param, grad, buf, lr, momentum, dampening, weight_decay,
                                  nesterov, sign, first_step)
             return
@@ -205,14 +213,14 @@ def multirate_sgd_torch(param: torch.Tensor, grad: torch.Tensor, buf: torch.Tens
                         segments: Sequence[Segment], *, lr: float, dampening: float = 0.0,
                         nesterov: bool = False) -> None:
     """One multirate step over a flat buffer of partitions (see the module docstring)."""
-    _check_buffers(param, grad, buf)
+    _check_buffers(param, grad, buf, torch_path=True)
     for s in _check_segments(segments, param.numel()):
         sl = slice(s.start, s.stop)
         if s.mode == Mode.SKIP or s.start == s.stop:
             continue
         if s.mode == Mode.DRIFT:
             with torch.no_grad():
-                if param.dtype == torch.float32:
+                if param.dtype in (torch.float32, torch.float64):
                     param[sl].add_(buf[sl], alpha=-lr * s.lr_scale)
                 else:
                     param[sl].copy_(param[sl].float() - (lr * s.lr_scale) * buf[sl])

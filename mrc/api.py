@@ -125,6 +125,8 @@ def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: 
     """
     from mrc.runtime.trainer import Trainer
 
+    if device is not None and not isinstance(spec, Compiled):
+        overrides = [*_as_items(overrides), f"train.device={device}"]
     compiled = spec if isinstance(spec, Compiled) else compile_spec(spec, overrides, training=True)
     out_dir: Path | None
     if out is not None:
@@ -139,3 +141,11 @@ def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: 
                       resume=Path(resume) if resume is not None else None, progress=progress,
                       stop_at=stop_at)
     return trainer.run()
+
+
+def _as_items(overrides: Mapping[str, str] | Sequence[str] | None) -> list[str]:
+    if not overrides:
+        return []
+    if isinstance(overrides, Mapping):
+        return [f"{k}={v}" for k, v in overrides.items()]
+    return list(overrides)

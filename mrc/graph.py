@@ -131,7 +131,7 @@ class UpdateGroup(Op):
     rule: str = ""
     scale: float = 1.0
     lr: float | None = None
-    kernel: str = "torch"
+    kernel: str = "torch.optim"
     drift: tuple[str, ...] = ()
     phase: int = 0
 

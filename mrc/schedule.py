@@ -57,6 +57,7 @@ def build_brains_graph(bound: Bound) -> ScheduleGraph:
     graph.meta["layers"] = list(bound.layers)
     graph.meta["params"] = {b.name: [n for p in bound.partitions for n in p.params] for b in brains}
     graph.meta["brains"] = True
+    graph.meta["device"] = device_of(bound)
     graph.verify()
     return graph
 
@@ -122,5 +123,14 @@ def build_graph(bound: Bound) -> ScheduleGraph:
                 graph.add(Resample(step, p.name), tail)
     graph.meta["layers"] = list(bound.layers)
     graph.meta["params"] = {p.name: list(p.params) for p in parts}
+    graph.meta["device"] = device_of(bound)
     graph.verify()
     return graph
+
+
+def device_of(bound: Bound) -> str:
+    """The device the spec trains on: `auto` is CUDA when one is present."""
+    import torch
+
+    wanted = bound.program.train.device
+    return "cuda" if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()) else "cpu"

@@ -11,8 +11,12 @@ from mrc.passes.base import Pass
 from mrc.passes.freeze_prefix import FreezePrefix
 from mrc.passes.group_updates import GroupUpdates
 from mrc.passes.prune_gradients import PruneGradients
+from mrc.passes.select_kernels import SelectKernels
 
-PASSES: dict[str, type[Pass]] = {p.name: p for p in (PruneGradients, FreezePrefix, GroupUpdates)}
-DEFAULT_PIPELINE: tuple[str, ...] = ("prune-gradients", "freeze-prefix", "group-updates")
+PASSES: dict[str, type[Pass]] = {p.name: p for p in (PruneGradients, FreezePrefix, GroupUpdates,
+                                                     SelectKernels)}
+DEFAULT_PIPELINE: tuple[str, ...] = ("prune-gradients", "freeze-prefix", "group-updates",
+                                     "select-kernels")
 
-__all__ = ["DEFAULT_PIPELINE", "PASSES", "FreezePrefix", "GroupUpdates", "Pass", "PruneGradients"]
+__all__ = ["DEFAULT_PIPELINE", "PASSES", "FreezePrefix", "GroupUpdates", "Pass", "PruneGradients",
+           "SelectKernels"]

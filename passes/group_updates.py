@@ -8,7 +8,7 @@ Groups are named by the partitions they hold.
 
 Example, step 0 with `head` and `body` both `sgd(lr=0.1)` at lr×1:
     before:  update head sgd(lr=0.1) lr×1;  update body sgd(lr=0.1) lr×1
-    after:   update_group body+head {body, head} sgd(lr=0.1) lr×1 kernel=torch
+    after:   update_group body+head {body, head} sgd(lr=0.1) lr×1 kernel=torch.optim
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class GroupUpdates(Pass):
                 ups.sort(key=lambda u: order.index(u.partition))
                 parts = tuple(u.partition for u in ups)
                 held = tuple(u.partition for u in ups if u.drift)
-                group = UpdateGroup(step, "+".join(parts), parts, rule, scale, lr, "torch", held,
+                group = UpdateGroup(step, "+".join(parts), parts, rule, scale, lr, "torch.optim", held,
                                     phase)
                 deps = {p.id: p for u in ups for p in out.preds(u)}
                 succs = {s.id: s for u in ups for s in out.succs(u)}

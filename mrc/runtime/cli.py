@@ -17,6 +17,8 @@ def run_train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.seed is not None:
         overrides.append(f"train.seed={args.seed}")
+    if args.device is not None:  # the compiler picks kernels for the device
+        overrides.append(f"train.device={args.device}")
     progress = not args.no_progress and sys.stderr.isatty()
     try:
         result = train(args.spec, out=args.out, steps=args.steps, epochs=args.epochs,

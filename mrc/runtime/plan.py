@@ -65,11 +65,15 @@ def split_at(gm: fx.GraphModule, root: nn.Module, layers: tuple[str, ...], n: in
 
 @dataclass
 class GroupRunner:
-    """One update group: the rule's optimizer, plus the drift partitions whose step it holds."""
+    """One update group: the rule's optimizer, plus the drift partitions whose step it holds.
+    For a fused rule, `updating`/`drifting` are the partitions of its segment table."""
 
     optimizer: Any
     rule: str
     held: tuple[str, ...] = ()
+    fused: bool = False
+    updating: tuple[str, ...] = ()
+    drifting: tuple[str, ...] = ()
 
 
 @dataclass
@@ -80,6 +84,7 @@ class Phase:
     inputs: list[torch.Tensor] | None  # parameters to differentiate; None: all that need it
     clear: list[torch.Tensor]  # differentiated but not updated here: their grads are dropped
     updates: tuple[GroupRunner, ...]
+    zero: tuple[tuple[Any, tuple[str, ...]], ...] = ()  # fused rules: gradient spans to zero
 
 
 @dataclass
@@ -87,6 +92,7 @@ class StepProgram:
     phases: tuple[Phase, ...]
     drifts: tuple[tuple[str, float], ...] = ()
     resamples: tuple[str, ...] = ()
+    drift_only: tuple[GroupRunner, ...] = ()  # fused rules that only drift on this step
 
 
 @dataclass
@@ -102,9 +108,10 @@ class Plan:
     label_smoothing: float
     grad_clip: float
     params: dict[str, list[torch.Tensor]]
-    partition_groups: dict[str, tuple[str, int]] = field(default_factory=dict)
+    part_lr: dict[str, float] = field(default_factory=dict)
     drift: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     subsets: dict[str, Any] = field(default_factory=dict)
+    fused: dict[str, Any] = field(default_factory=dict)
 
     def step(self, t: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         """Run global step `t` on a batch; return the loss at the step's first gradient point."""
@@ -113,6 +120,8 @@ class Plan:
         for name, opt in self.optimizers.items():
             for group, base in zip(opt.param_groups, self.base_lrs[name], strict=True):
                 group["lr"] = base * mult
+        for rule in self.fused.values():
+            rule.mult = mult
         for name in sp.resamples:  # the held-out subset rejoins for this step's gradient
             self.subsets[name].restore()
         first: torch.Tensor | None = None
@@ -121,6 +130,8 @@ class Plan:
                 continue
             for opt in self.optimizers.values():
                 opt.zero_grad(set_to_none=True)
+            for rule, names in phase.zero:
+                rule.zero_spans(names)
             loss = F.cross_entropy(phase.forward(x), y, label_smoothing=self.label_smoothing)
             if phase.inputs is None:
                 loss.backward()
@@ -134,6 +145,8 @@ class Plan:
                 self._update(runner, t)
             if first is None:
                 first = loss.detach()
+        for runner in sp.drift_only:
+            runner.optimizer.step_partitions((), runner.drifting)
         for name, fraction in sp.drifts:
             with torch.no_grad():
                 torch._foreach_add_(self.params[name], self.drift[name], alpha=fraction)
@@ -148,6 +161,9 @@ class Plan:
             subset.finish()
 
     def _update(self, runner: GroupRunner, t: int) -> None:
+        if runner.fused:
+            runner.optimizer.step_partitions(runner.updating, runner.drifting)
+            return
         if not runner.held:
             runner.optimizer.step()
             return
@@ -164,8 +180,7 @@ class Plan:
     def learning_rates(self, t: int) -> dict[str, float]:
         """Each partition's learning rate at step t (for the metrics log)."""
         mult = self.schedule(t)
-        return {part: self.base_lrs[rule][gi] * mult
-                for part, (rule, gi) in self.partition_groups.items()}
+        return {part: lr * mult for part, lr in self.part_lr.items()}
 
     def full_weights(self) -> Any:
         """A context in which held-out random subsets are restored (for evaluation and saving)."""
@@ -177,12 +192,12 @@ class Plan:
         return stack
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+        return {"optimizers": {n: o.state_dict() for n, o in {**self.optimizers, **self.fused}.items()},
                 "drift": {n: [d.clone() for d in ds] for n, ds in self.drift.items()},
                 "subsets": {n: s.state_dict() for n, s in self.subsets.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name, opt in self.optimizers.items():
+        for name, opt in {**self.optimizers, **self.fused}.items():
             opt.load_state_dict(state["optimizers"][name])
         with torch.no_grad():
             for name, ds in self.drift.items():
@@ -202,9 +217,19 @@ def _base_lr(comp: Component) -> float:
     return float(param.default) if param is not None and not param.required else 1e-3
 
 
+def rule_kernels(graph: ScheduleGraph) -> dict[str, str]:
+    """The kernel the graph's update groups chose for each rule (`select-kernels`)."""
+    out: dict[str, str] = {}
+    for op in graph.ops():
+        if isinstance(op, UpdateGroup):
+            out.setdefault(op.rule, op.kernel)
+    return out
+
+
 def lower(bound: Bound, graph: ScheduleGraph, total_steps: int) -> Plan:
     """Build the Plan for `graph`: optimizers, parameter groups and per-step programs."""
     from mrc.optim import build_optimizer, build_schedule
+    from mrc.runtime.fused import FUSED_RULES, FusedSGD
     from mrc.runtime.subset import RandomSubsetSGD
 
     program = bound.program
@@ -218,16 +243,20 @@ def lower(bound: Bound, graph: ScheduleGraph, total_steps: int) -> Plan:
             for p in ((op.partition,) if isinstance(op, Update) else op.partitions):
                 comp = parts[p].spec.optimizer or program.optimizer
                 lr_of[p] = op.lr if op.lr is not None else _base_lr(comp) * op.scale
+    kernels = rule_kernels(graph)
+    device = next(iter(named.values())).device if named else torch.device("cpu")
     # one optimizer per rule, one parameter group per partition; random subsets get their own
     optimizers: dict[str, Any] = {}
+    fused: dict[str, Any] = {}
     base_lrs: dict[str, list[float]] = {}
-    partition_groups: dict[str, tuple[str, int]] = {}
+    part_lr: dict[str, float] = {}
     rule_of: dict[str, str] = {}
     subsets: dict[str, Any] = {}
     by_rule: dict[str, list[str]] = {}
     for name, part in parts.items():
         comp = part.spec.optimizer or program.optimizer
         lr = lr_of.get(name, _base_lr(comp) * part.spec.every)
+        part_lr[name] = lr
         if isinstance(part.spec.selector, SelectRandom):
             sel = part.spec.selector
             subsets[name] = RandomSubsetSGD(params[name], lr=lr, every=part.spec.every,
@@ -236,7 +265,6 @@ def lower(bound: Bound, graph: ScheduleGraph, total_steps: int) -> Plan:
                                             **{k: v for k, v in comp.kwargs.items() if k != "lr"})
             optimizers[f"subset:{name}"] = subsets[name]
             base_lrs[f"subset:{name}"] = [lr]
-            partition_groups[name] = (f"subset:{name}", 0)
             rule_of[name] = f"subset:{name}"
             continue
         rule = comp.describe()
@@ -244,14 +272,27 @@ def lower(bound: Bound, graph: ScheduleGraph, total_steps: int) -> Plan:
         rule_of[name] = rule
     for rule, names in by_rule.items():
         comp = parts[names[0]].spec.optimizer or program.optimizer
-        groups = [{"params": params[n], "lr": lr_of.get(n, _base_lr(comp) * parts[n].spec.every)}
-                  for n in names]
+        kernel = kernels.get(rule, "torch.optim")
+        if kernel == "triton" and device.type != "cuda":
+            kernel = "torch"  # compiled for a GPU, run on the CPU: the same update in torch
+        tensors = [p for n in names for p in params[n]]
+        if kernel in ("torch", "triton") and comp.name in FUSED_RULES and \
+                len({(p.dtype, p.device) for p in tensors}) == 1:
+            kw = {"momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False,
+                  **{k: v for k, v in comp.kwargs.items() if k != "lr"}}
+            fused[rule] = FusedSGD(
+                {n: (params[n], lr_of.get(n, part_lr[n]),
+                     parts[n].spec.every if parts[n].spec.drift != "none" and parts[n].spec.every > 1 else 0)
+                 for n in names},
+                momentum=float(kw["momentum"]), dampening=float(kw["dampening"]),
+                weight_decay=float(kw["weight_decay"]), nesterov=bool(kw["nesterov"]), kernel=kernel)
+            continue
+        groups = [{"params": params[n], "lr": part_lr[n]} for n in names]
         optimizers[rule] = build_optimizer(comp.name, groups, dict(comp.kwargs))
         base_lrs[rule] = [g["lr"] for g in groups]
-        for gi, n in enumerate(names):
-            partition_groups[n] = (rule, gi)
     drift = {name: [torch.zeros_like(p) for p in params[name]]
-             for name, part in parts.items() if part.spec.drift != "none" and part.spec.every > 1}
+             for name, part in parts.items()
+             if part.spec.drift != "none" and part.spec.every > 1 and rule_of[name] not in fused}
     all_names = tuple(parts)
     segments: dict[int, nn.Module] = {}
 
@@ -266,6 +307,9 @@ def lower(bound: Bound, graph: ScheduleGraph, total_steps: int) -> Plan:
     steps = []
     for t in range(graph.period):
         ops = graph.at(t)
+        drifting_now = [op.partition for op in ops if isinstance(op, Drift)]
+        fused_drifts = {r: tuple(n for n in drifting_now if rule_of[n] == r) for r in fused}
+        drift_done: set[str] = set()
         phases = []
         for phase in sorted({getattr(op, "phase", 0) for op in ops if hasattr(op, "phase")}):
             here = [op for op in ops if getattr(op, "phase", -1) == phase]
@@ -276,7 +320,9 @@ def lower(bound: Bound, graph: ScheduleGraph, total_steps: int) -> Plan:
                                                  else op.partitions)]
             wrt = bwd.wrt if bwd else ()
             inputs = None if set(wrt) == set(all_names) else [x for n in wrt for x in params[n]]
-            clear = [x for n in wrt if n not in updated for x in params[n]]
+            clear = [x for n in wrt if n not in updated and rule_of[n] not in fused for x in params[n]]
+            zero = tuple((fused[r], tuple(n for n in wrt if rule_of[n] == r))
+                         for r in fused if any(rule_of[n] == r for n in wrt))
             runners: dict[str, GroupRunner] = {}
             for op in ups:
                 names_ = (op.partition,) if isinstance(op, Update) else op.partitions
@@ -284,15 +330,26 @@ def lower(bound: Bound, graph: ScheduleGraph, total_steps: int) -> Plan:
                     op.drift if isinstance(op, UpdateGroup) else ())
                 for n in names_:
                     rule = rule_of[n]
+                    if rule in fused:
+                        r = runners.setdefault(rule, GroupRunner(fused[rule], rule, fused=True))
+                        r.updating = (*r.updating, n)
+                        continue
                     r = runners.setdefault(rule, GroupRunner(optimizers[rule], rule))
                     if n in held:
                         r.held = (*r.held, n)
+            for rule, r in runners.items():
+                if r.fused and rule not in drift_done:  # this rule's drift rides along
+                    r.drifting = tuple(n for n in fused_drifts[rule] if n not in r.updating)
+                    drift_done.add(rule)
             phases.append(Phase(forward_for(fwds) if fwds else None, inputs, clear,
-                                tuple(runners.values())))
-        drifts = tuple((op.partition, op.fraction) for op in ops if isinstance(op, Drift))
+                                tuple(runners.values()), zero))
+        drifts = tuple((op.partition, op.fraction) for op in ops
+                       if isinstance(op, Drift) and rule_of[op.partition] not in fused)
+        drift_only = tuple(GroupRunner(fused[r], r, fused=True, drifting=names)
+                           for r, names in fused_drifts.items() if names and r not in drift_done)
         resamples = tuple(op.partition for op in ops if isinstance(op, Resample))
-        steps.append(StepProgram(tuple(phases), drifts, resamples))
+        steps.append(StepProgram(tuple(phases), drifts, resamples, drift_only))
     schedule = build_schedule(program.schedule.name, total_steps, dict(program.schedule.kwargs))
     return Plan(graph.period, gm, tuple(steps), optimizers, base_lrs, schedule,
                 program.train.label_smoothing, program.train.grad_clip, params,
-                partition_groups, drift, subsets)
+                part_lr, drift, subsets, fused)

@@ -307,3 +307,23 @@ def test_resume_mid_interval_is_bit_identical(tmp_path: Path) -> None:
     resumed = train(path, resume=tmp_path / "split").model.state_dict()
     for key in whole:
         assert torch.equal(whole[key], resumed[key]), key
+
+
+def test_fused_update_path_equals_torch_optim_path(tmp_path: Path) -> None:
+    """The flat-buffer fused SGD (kernel=torch here, triton on CUDA) against torch.optim."""
+    extra = ('partition first = depth(0, 1) { every = 3; drift = linear }\n'
+             'partition second = depth(1, 2) { every = 2 }\n'
+             "partition fast = rest\n")
+    path = spec(tmp_path, extra, wd=1e-3, steps=17)
+    fused = compile_spec(path)
+    kernels = {op.kernel for op in fused.graph.ops() if op.kind == "update_group"}
+    assert kernels == {"torch"}
+    reference_path = compile_spec(path, pipeline=["prune-gradients", "freeze-prefix", "group-updates"])
+    assert {op.kernel for op in reference_path.graph.ops() if op.kind == "update_group"} == {"torch.optim"}
+    a = train(fused, save=False).model.state_dict()
+    b = train(reference_path, save=False).model.state_dict()
+    assert_same(a, b, 1e-12)
+    from mrc.runtime.plan import lower
+
+    plan = lower(fused.bound, fused.graph, 17)
+    assert plan.fused and not plan.optimizers  # every rule went through the flat buffer

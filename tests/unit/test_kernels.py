@@ -24,12 +24,14 @@ import textwrap
 
 import pytest
 import torch
+from torch import nn
 
 _CUDA = torch.cuda.is_available()
 if "triton" not in sys.modules and not _CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
 
 from mrc.kernels import adam, configs, langevin, pick_kernel, sgd, subset, triton_available  # noqa: E402
+from mrc.kernels.flat import FlatGroup  # noqa: E402
 from mrc.kernels.sgd import Mode, Segment  # noqa: E402
 
 
@@ -60,9 +62,10 @@ TOL = {
 }
 # bfloat16 parameters are checked against torch.optim run in float32 with θ rounded to
 # bfloat16 after every step (exactly "float32 arithmetic, θ stored in bfloat16"), θ with
-# TOL[bfloat16]. Their float32 state (momentum, m, v) is loosened from TOL[float32]: where θ
-# rounded to the neighbouring bfloat16 value (one ulp, ≤ 2**-7·|θ| ≤ 0.04 for these |θ| < 5),
-# the next step's weight-decay term (wd = 1e-2) moves the state by up to 1e-2·0.04 = 4e-4.
+# TOL[bfloat16]. The float32 state (momentum, m, v) of a bfloat16 run, against torch.optim or
+# between the torch and Triton paths, is loosened from TOL[float32]: where θ rounded to the
+# neighbouring bfloat16 value (one ulp, ≤ 2**-7·|θ| ≤ 0.04 for these |θ| < 5), the next step's
+# weight-decay term (wd = 1e-2) moves the state by up to 1e-2·0.04 = 4e-4.
 STATE_TOL_BF16 = {"rtol": 1e-5, "atol": 4e-4}
 STEPS = 3
 # Langevin noise on a GPU: Triton's log/cos/sqrt there are fast approximations (~1e-6
@@ -290,11 +293,12 @@ def test_multirate_torch_without_drift_skips_the_slow_partition() -> None:
 
 
 MULTIRATE_LAYOUTS = {
-    # FlatGroup-like layout, every bound a multiple of 16 (vector accesses on the GPU)
+    # FlatGroup-like layout, every bound a multiple of 16 (vector accesses on the GPU); the
+    # ragged rest of the buffer is in no segment
     "aligned": lambda n: [Segment(0, 48, Mode.UPDATE, 0.25, 0.9, 1e-2),
                           Segment(48, 1024, Mode.DRIFT, 0.25, 0.9),
                           Segment(1024, 1040, Mode.SKIP),
-                          Segment(1040, n, Mode.FIRST, 1.0, 0.5, 5e-4)],
+                          Segment(1040, n // 16 * 16, Mode.FIRST, 1.0, 0.5, 5e-4)],
     # ragged bounds and a gap (elements in no segment stay untouched), μ = 0 segment
     "ragged": lambda n: [Segment(3, 40, Mode.UPDATE, 0.5, 0.0, 1e-2),
                          Segment(41, 700, Mode.DRIFT, 0.5, 0.9),
@@ -314,10 +318,11 @@ def test_multirate_triton_matches_torch(device: str, dtype: torch.dtype, layout:
     buf = _randn(n, 1, torch.float32, device)
     grads = [_randn(n, 2 + s, dtype, device) for s in range(2)]
     results = []
+    dampening = 0.0 if nesterov else 0.1
     for fn in (sgd.multirate_sgd_triton, sgd.multirate_sgd_torch):
         th, p = theta.clone(), buf.clone()
         for g in grads:
-            fn(th, g, p, segs, lr=0.1, nesterov=nesterov)
+            fn(th, g, p, segs, lr=0.1, nesterov=nesterov, dampening=dampening)
         results.append((th, p))
     (got, got_p), (want, want_p) = results
     _close(got, want, _tol(dtype), "θ", scale=theta)
@@ -327,6 +332,42 @@ def test_multirate_triton_matches_torch(device: str, dtype: torch.dtype, layout:
         if s.mode != Mode.SKIP:
             covered[s.start:s.stop] = True
     assert torch.equal(got[~covered], theta[~covered]), "elements outside live segments moved"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "bf16"])
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_flat_group_update_matches_torch_optim_per_tensor(device: str, dtype: torch.dtype) -> None:
+    """End to end: a model's parameters in a FlatGroup, backward into the flat gradient, one
+    sgd_triton launch per step, against torch.optim.SGD on an identical per-tensor model."""
+    def model() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(13, 33), nn.Tanh(), nn.Linear(33, 7)).to(device, dtype)
+
+    flat_model, ref_model = model(), model()
+    group = FlatGroup(list(flat_model.parameters()))
+    ref_params = list(ref_model.parameters())
+    # the reference: torch.optim on float32 masters, stored back in `dtype` after each step
+    masters = [p.detach().float().clone().requires_grad_() for p in ref_params]
+    master_opt = torch.optim.SGD(masters, lr=LR, momentum=0.9, weight_decay=1e-2)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(STEPS):
+        x = torch.randn(16, 13, generator=gen).to(device, dtype)
+        flat_model(x).square().mean().backward()
+        ref_model(x).square().mean().backward()
+        sgd.sgd_triton(group.data, group.grad(), group.state("momentum"), lr=LR, momentum=0.9,
+                       weight_decay=1e-2, first_step=step == 0)
+        group.zero_grad()
+        for m, p in zip(masters, ref_params, strict=True):
+            m.grad = p.grad.float()
+            p.grad = None
+        master_opt.step()
+        with torch.no_grad():
+            for m, p in zip(masters, ref_params, strict=True):
+                m.copy_(m.to(dtype).float())
+                p.copy_(m)
+    assert group.is_intact() and group.grads_are_views()
+    for (name, a), m in zip(flat_model.named_parameters(), masters, strict=True):
+        _close(a, m, _tol(dtype), name, scale=m)
 
 
 def test_multirate_rejects_overlapping_segments() -> None:
@@ -488,6 +529,19 @@ def test_philox_randn_is_a_counter_based_standard_normal() -> None:
     # 64-bit counters: the high word changes the stream
     high = langevin.philox_randn(1234, offsets[:100] + 2**32)
     assert not torch.equal(high, r[:100])
+
+
+def test_philox_product_paths_agree() -> None:
+    """The fast (wrapping int64) and safe (16-bit halves) 32×32-bit products are identical."""
+    words = torch.randint(0, 2**32, (4096,), dtype=torch.int64,
+                          generator=torch.Generator().manual_seed(0))
+    words[:3] = torch.tensor([0, 1, 2**32 - 1])
+    for a in (langevin._ROUND_A, langevin._ROUND_B):
+        fast, safe = langevin._mulhilo_wrap(a, words), langevin._mulhilo_split(a, words)
+        assert torch.equal(fast[0], safe[0]) and torch.equal(fast[1], safe[1])
+        exact = [a * int(w) for w in words[:50]]
+        assert [int(h) << 32 | int(lo) for h, lo in zip(safe[0][:50], safe[1][:50],
+                                                         strict=True)] == exact
 
 
 def test_langevin_o_torch_reproducible_and_variance() -> None:

@@ -126,11 +126,11 @@ def test_group_updates_groups_same_rule_and_scale() -> None:
     (group,) = grouped.of_kind(UpdateGroup)
     assert isinstance(group, UpdateGroup)
     assert group.name == "head+body+bias" and group.partitions == ("head", "body", "bias")
-    assert (group.rule, group.scale, group.lr, group.kernel) == (SGD, 1.0, None, "torch")
+    assert (group.rule, group.scale, group.lr, group.kernel) == (SGD, 1.0, None, "torch.optim")
     assert grouped.of_kind(Update) == []
     assert [o.id for o in grouped.preds(group)] == ["s0.backward"]
     assert listing(grouped)[-1] == ("  %3 = update_group head+body+bias {head, body, bias} "
-                                    "sgd(lr=0.1) lr×1 kernel=torch  after %2")
+                                    "sgd(lr=0.1) lr×1 kernel=torch.optim  after %2")
 
 
 def test_group_updates_keeps_distinct_rules_scales_and_lrs_apart() -> None:
@@ -157,13 +157,13 @@ def test_group_updates_on_a_multi_step_graph() -> None:
         "  %0 = forward model [grad {body, head, bias}]",
         "  %1 = loss cross_entropy  after %0",
         "  %2 = backward wrt {body, head, bias}  after %1",
-        "  %3 = update_group body {body} sgd(lr=0.1) lr×2 kernel=torch  after %2",
-        "  %4 = update_group head+bias {head, bias} sgd(lr=0.1) lr×1 kernel=torch  after %2",
+        "  %3 = update_group body {body} sgd(lr=0.1) lr×2 kernel=torch.optim  after %2",
+        "  %4 = update_group head+bias {head, bias} sgd(lr=0.1) lr×1 kernel=torch.optim  after %2",
         "step 1:",
         "  %0 = forward model [grad {head, bias}]",
         "  %1 = loss cross_entropy  after %0",
         "  %2 = backward wrt {head, bias}  after %1",
-        "  %3 = update_group head+bias {head, bias} sgd(lr=0.1) lr×1 kernel=torch  after %2",
+        "  %3 = update_group head+bias {head, bias} sgd(lr=0.1) lr×1 kernel=torch.optim  after %2",
     ]
 
 
@@ -395,3 +395,18 @@ def test_cli_reports_a_failing_pass(spec: str, capsys: pytest.CaptureFixture[str
     assert status == 2 and out == ""
     assert err == ("mrc graph: error in pass boom after passes [prune-gradients]: "
                    "RuntimeError: kaboom\n")
+
+
+def test_select_kernels_picks_fused_sgd_and_leaves_other_rules() -> None:
+    from mrc.passes.select_kernels import SelectKernels
+
+    from mrc.graph import ScheduleGraph, UpdateGroup
+
+    g = ScheduleGraph(1, {"a": {"rule": "sgd(lr=0.1)"}, "b": {"rule": "adam(lr=0.001)"},
+                          "c": {"rule": "sgd(lr=0.1)", "random": "random(0.1)"}})
+    for name, rule in (("a", "sgd(lr=0.1)"), ("b", "adam(lr=0.001)"), ("c", "sgd(lr=0.1) ")):
+        g.add(UpdateGroup(0, name, (name,), rule))
+    g.meta["device"] = "cpu"
+    out = SelectKernels().apply(g)
+    kernels = {op.name: op.kernel for op in out.ops()}
+    assert kernels == {"a": "torch", "b": "torch.optim", "c": "subset"}

@@ -1,0 +1,102 @@
+"""Fused updates: every partition of one SGD-momentum rule in one flat buffer, one call per step.
+
+The partitions that share an integrator (a "rule") are laid out one after another in a
+`kernels.flat.FlatGroup`: the model keeps ordinary parameters (views into the buffer) and
+ordinary state_dicts, and each `p.grad` is a view of one flat gradient buffer. On each step the
+plan hands the rule a segment table — per partition UPDATE (or FIRST on its first update), DRIFT
+(linear drift between its updates) or SKIP — and the rule makes one call of
+`kernels.sgd.multirate_sgd_triton` on CUDA or `multirate_sgd_torch` elsewhere (the graph's
+`kernel=` field says which). The equations are those of torch.optim.SGD and of the seed's
+multirate algorithms (kernels/sgd.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+FUSED_RULES = ("sgd", "momentum", "nesterov")
+
+
+class FusedSGD:
+    """SGD-momentum for the partitions of one rule over a flat buffer.
+
+    partitions: name → (parameters, base step size, drift interval k or 0). `mult` (the
+    schedule's multiplier) is the kernel's lr; each segment's `lr_scale` is the partition's base
+    step size (divided by k for a drifting partition, which moves 1/k of its step per step).
+    """
+
+    def __init__(self, partitions: dict[str, tuple[list[torch.Tensor], float, int]], *, momentum: float,
+                 dampening: float, weight_decay: float, nesterov: bool, kernel: str) -> None:
+        from mrc.kernels.flat import FlatGroup
+        from mrc.kernels.sgd import Mode, Segment
+
+        self.Mode, self.Segment = Mode, Segment
+        self.names = list(partitions)
+        params = [p for ps, _, _ in partitions.values() for p in ps]
+        self.flat = FlatGroup(params)
+        # float32 state for float32/bfloat16 parameters; float64 ones keep float64 state
+        self.buf = self.flat.state("momentum", torch.float64 if self.flat.dtype == torch.float64
+                                   else torch.float32)
+        self.spans = {n: self.flat.span(ps) for n, (ps, _, _) in partitions.items()}
+        self.base = {n: lr for n, (_, lr, _) in partitions.items()}
+        self.drift = {n: k for n, (_, _, k) in partitions.items()}
+        self.momentum, self.dampening, self.wd, self.nesterov = momentum, dampening, weight_decay, nesterov
+        self.started: set[str] = set()
+        self.mult = 1.0
+        self.kernel = kernel
+        if kernel == "triton":
+            from mrc.kernels.sgd import multirate_sgd_triton as run
+        else:
+            from mrc.kernels.sgd import multirate_sgd_torch as run
+        self._run = run
+        self._tables: dict[tuple[tuple[str, ...], tuple[str, ...], frozenset[str]], tuple[Any, ...]] = {}
+        self.param_groups: list[dict[str, Any]] = []  # the plan's lr loop has nothing to set here
+
+    def zero_spans(self, names: tuple[str, ...]) -> None:
+        """Zero the gradients of the partitions about to be differentiated (autograd adds)."""
+        grad = self.flat.grad()
+        for n in names:
+            a, b = self.spans[n]
+            grad[a:b].zero_()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Gradients are views of the flat buffer and are zeroed per span (`zero_spans`)."""
+
+    def _table(self, updating: tuple[str, ...], drifting: tuple[str, ...]) -> tuple[Any, ...]:
+        fresh = frozenset(n for n in updating if n not in self.started)
+        key = (updating, drifting, fresh)
+        table = self._tables.get(key)
+        if table is None:
+            Mode, Segment = self.Mode, self.Segment
+            segs = []
+            for n in self.names:
+                a, b = self.spans[n]
+                k = self.drift[n] or 1
+                if n in updating:
+                    mode = Mode.FIRST if n in fresh else Mode.UPDATE
+                elif n in drifting:
+                    mode = Mode.DRIFT
+                else:
+                    continue
+                segs.append(Segment(a, b, mode, self.base[n] / k, self.momentum, self.wd))
+            table = tuple(segs)
+            self._tables[key] = table
+        return table
+
+    @torch.no_grad()
+    def step_partitions(self, updating: tuple[str, ...], drifting: tuple[str, ...]) -> None:
+        table = self._table(updating, drifting)
+        if not table:
+            return
+        self._run(self.flat.data, self.flat.grad(), self.buf, table, lr=self.mult,
+                  dampening=self.dampening, nesterov=self.nesterov)
+        self.started.update(updating)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"momentum": self.buf.detach().clone(), "started": sorted(self.started)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.buf.copy_(state["momentum"])
+        self.started = set(state["started"])
