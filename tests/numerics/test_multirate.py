@@ -309,8 +309,9 @@ def test_resume_mid_interval_is_bit_identical(tmp_path: Path) -> None:
         assert torch.equal(whole[key], resumed[key]), key
 
 
-def test_fused_update_path_equals_torch_optim_path(tmp_path: Path) -> None:
+def test_fused_update_path_equals_torch_optim_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The flat-buffer fused SGD (kernel=torch here, triton on CUDA) against torch.optim."""
+    monkeypatch.setenv("MRC_KERNELS", "torch")  # every SGD rule through the fused path
     extra = ('partition first = depth(0, 1) { every = 3; drift = linear }\n'
              'partition second = depth(1, 2) { every = 2 }\n'
              "partition fast = rest\n")

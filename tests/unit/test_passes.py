@@ -402,11 +402,13 @@ def test_select_kernels_picks_fused_sgd_and_leaves_other_rules() -> None:
 
     from mrc.graph import ScheduleGraph, UpdateGroup
 
-    g = ScheduleGraph(1, {"a": {"rule": "sgd(lr=0.1)"}, "b": {"rule": "adam(lr=0.001)"},
-                          "c": {"rule": "sgd(lr=0.1)", "random": "random(0.1)"}})
-    for name, rule in (("a", "sgd(lr=0.1)"), ("b", "adam(lr=0.001)"), ("c", "sgd(lr=0.1) ")):
-        g.add(UpdateGroup(0, name, (name,), rule))
+    g = ScheduleGraph(1, {"a": {"rule": "sgd(lr=0.1)", "drift": "linear"},
+                          "b": {"rule": "adam(lr=0.001)"},
+                          "c": {"rule": "sgd(lr=0.1) ", "random": "random(0.1)"},
+                          "d": {"rule": "sgd(lr=0.2)"}})
+    for name, info in g.partitions.items():
+        g.add(UpdateGroup(0, name, (name,), info["rule"]))
     g.meta["device"] = "cpu"
-    out = SelectKernels().apply(g)
-    kernels = {op.name: op.kernel for op in out.ops()}
-    assert kernels == {"a": "torch", "b": "torch.optim", "c": "subset"}
+    kernels = {op.name: op.kernel for op in SelectKernels().apply(g).ops()}
+    # on the CPU only the rule with a drifting partition goes through the fused path
+    assert kernels == {"a": "torch", "b": "torch.optim", "c": "subset", "d": "torch.optim"}
