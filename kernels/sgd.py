@@ -393,12 +393,20 @@ def sgd_triton(param: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor | None
         return
     has_momentum = momentum != 0.0
     grid = lambda META: (triton.cdiv(n, META["BLOCK"]),)  # noqa: E731
+    # Without momentum the kernel never touches the buffer, but the autotuner saves and
+    # restores every `restore` argument, so it gets a one-element stand-in rather than None.
     _sgd_kernel[grid](
-        param, grad, buf if has_momentum else None, mask, n,
+        param, grad, buf if has_momentum else _placeholder(param.device), mask, n,
         float(lr), float(momentum), float(dampening), float(weight_decay),
         HAS_MOMENTUM=has_momentum, FIRST=bool(first_step), NESTEROV=bool(nesterov),
         MAXIMIZE=bool(maximize), HAS_WD=weight_decay != 0.0, HAS_MASK=mask is not None,
     )
+
+
+@functools.lru_cache(maxsize=16)
+def _placeholder(device: torch.device) -> torch.Tensor:
+    """A float32 stand-in for an absent momentum buffer (never read or written)."""
+    return torch.zeros(1, dtype=torch.float32, device=device)
 
 
 @functools.lru_cache(maxsize=256)
