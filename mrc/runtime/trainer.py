@@ -200,6 +200,8 @@ class Trainer:
         start = time.perf_counter()
         start_step = st.step
         bar = _Progress(self.total, st.step, enabled=self.progress)
+        pending: list[tuple[int, int, torch.Tensor]] = []
+        defer = self.device.type == "cuda"
         module.train()
         last_good = st.step
         try:
@@ -210,12 +212,25 @@ class Trainer:
                     loss = plan.step(st.step, train_x[idx], train_y[idx])
                     st.step += 1
                     st.batch += 1
-                    if loss is not None and not torch.isfinite(loss):
-                        status = "diverged"
-                        message = (f"the loss became {loss.item()} at step {st.step} (epoch "
-                                   f"{st.epoch + 1}); stopped")
-                        break
+                    if loss is not None:
+                        pending.append((st.step, st.epoch, loss))
                     end_of_epoch = st.batch >= len(batches)
+                    # The divergence check reads the losses back from the device: every step on
+                    # the CPU, and on a GPU only where the host waits anyway (logging, evaluation,
+                    # checkpoints), so steps stay asynchronous.
+                    must_check = not defer or st.step % log_every == 0 or end_of_epoch or \
+                        st.step == self.total or self._interrupted or \
+                        (ckpt_every and st.step % ckpt_every == 0) or \
+                        (eval_every and st.step % eval_every == 0)
+                    if must_check and pending:
+                        bad = _first_nonfinite(pending)
+                        pending.clear()
+                        if bad is not None:
+                            step_no, epoch_no, value = bad
+                            status = "diverged"
+                            message = (f"the loss became {value} at step {step_no} (epoch "
+                                       f"{epoch_no + 1}); stopped")
+                            break
                     if st.step % log_every == 0 or st.step == self.total:
                         rec = {"step": st.step, "epoch": st.epoch + st.batch / len(batches),
                                "loss": None if loss is None else loss.item(),
@@ -352,6 +367,16 @@ class Trainer:
         if self.program.early_stopping and st.best is not None:
             out["best"] = {self.program.early_stopping.metric: st.best, "step": st.best_step}
         return out
+
+
+def _first_nonfinite(pending: list[tuple[int, int, torch.Tensor]]) -> tuple[int, int, float] | None:
+    """The first (step, epoch, loss) whose loss is NaN or infinite, with one device read."""
+    values = torch.stack([loss for _, _, loss in pending]).float()
+    ok = torch.isfinite(values)
+    if bool(ok.all()):
+        return None
+    i = int((~ok).nonzero()[0])
+    return pending[i][0], pending[i][1], float(values[i])
 
 
 def _main_thread() -> bool:
