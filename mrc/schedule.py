@@ -58,6 +58,10 @@ def build_brains_graph(bound: Bound) -> ScheduleGraph:
     graph.meta["params"] = {b.name: [n for p in bound.partitions for n in p.params] for b in brains}
     graph.meta["brains"] = True
     graph.meta["device"] = device_of(bound)
+    reason = batch_obstacle(bound)
+    graph.meta["batchable"] = reason is None
+    graph.meta["notes"] = [f"brains run one after another: {reason}" if reason else
+                           "brains that step together run as one batched computation"]
     graph.verify()
     return graph
 
@@ -77,6 +81,26 @@ def _is_random(part: BoundPartition) -> bool:
 def _drifts(part: BoundPartition) -> bool:
     """Linear drift over an interval of one step is no drift at all (k = 1 is plain SGD)."""
     return part.spec.drift != "none" and part.spec.every > 1
+
+
+def batch_obstacle(bound: Bound) -> str | None:
+    """Why the brains cannot run batched (None when they can): the model must have a batched
+    form (mrc.runtime.batched) and every brain the same SGD-family integrator up to its lr."""
+    from mrc.runtime.batched import BrainStack, NotBatchable
+
+    program = bound.program
+    comps = [b.optimizer or program.optimizer for b in program.brains]
+    names = {c.name for c in comps}
+    if not names <= {"sgd", "momentum", "nesterov"}:
+        return f"the batched update is SGD-momentum, and the brains use {', '.join(sorted(names))}"
+    rest = {tuple(sorted((k, str(v)) for k, v in c.kwargs.items() if k != "lr")) for c in comps}
+    if len(names) > 1 or len(rest) > 1:
+        return "the brains' integrators differ in more than their step size"
+    try:
+        BrainStack(bound.graph_module, [bound.model.state_dict()])
+    except NotBatchable as err:
+        return str(err)
+    return None
 
 
 def build_graph(bound: Bound) -> ScheduleGraph:

@@ -8,15 +8,16 @@ says what it requires and ensures, with a small before/after example. The pass m
 from __future__ import annotations
 
 from mrc.passes.base import Pass
+from mrc.passes.batch_brains import BatchBrains
 from mrc.passes.freeze_prefix import FreezePrefix
 from mrc.passes.group_updates import GroupUpdates
 from mrc.passes.prune_gradients import PruneGradients
 from mrc.passes.select_kernels import SelectKernels
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (PruneGradients, FreezePrefix, GroupUpdates,
-                                                     SelectKernels)}
+                                                     SelectKernels, BatchBrains)}
 DEFAULT_PIPELINE: tuple[str, ...] = ("prune-gradients", "freeze-prefix", "group-updates",
-                                     "select-kernels")
+                                     "select-kernels", "batch-brains")
 
-__all__ = ["DEFAULT_PIPELINE", "PASSES", "FreezePrefix", "GroupUpdates", "Pass", "PruneGradients",
+__all__ = ["DEFAULT_PIPELINE", "PASSES", "BatchBrains", "FreezePrefix", "GroupUpdates", "Pass", "PruneGradients",
            "SelectKernels"]

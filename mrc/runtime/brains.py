@@ -81,6 +81,27 @@ class BrainsPlan:
             merges = tuple(op.brains for op in ops if isinstance(op, Merge))
             steps.append(BrainStepProgram(stepping, batched, merges))
         self.steps = tuple(steps)
+        self.stack = None
+        if any(sp.batched for sp in steps):  # the batch-brains pass chose batched execution
+            from mrc.runtime.batched import BrainStack, StackedSGD
+
+            comp = program.brains[0].optimizer or program.optimizer
+            kw = {"momentum": 0.9 if comp.name in ("momentum", "nesterov") else 0.0,
+                  "nesterov": comp.name == "nesterov",
+                  **{k: v for k, v in comp.kwargs.items() if k != "lr"}}
+            self.stack = BrainStack(copy.deepcopy(bound.graph_module),
+                                    [bound.graph_module.state_dict()] * len(self.order))
+            self.stacked_sgd = StackedSGD(self.stack.stacked_parameters(), len(self.order),
+                                          momentum=float(kw["momentum"]),
+                                          dampening=float(kw.get("dampening", 0.0)),
+                                          weight_decay=float(kw.get("weight_decay", 0.0)),
+                                          nesterov=bool(kw["nesterov"]))
+            self.modules = {}
+            self.optimizers = {}
+            self.index = {n: i for i, n in enumerate(self.order)}
+            self.sel = [torch.tensor([self.index[n] for n in sp.stepping]) for sp in steps]
+            self.lr_vec = [torch.tensor([self.base_lrs[n][0] for n in sp.stepping], dtype=torch.float64)
+                           for sp in steps]
         self.data = bound.data
         self.own = {n: replace(bound.data, seed=bound.data.seed + 7919 * (i + 1))
                     for i, n in enumerate(self.order) if self.brains[n].data == "own"}
@@ -98,6 +119,12 @@ class BrainsPlan:
     def to(self, device: torch.device) -> BrainsPlan:
         for m in self.modules.values():
             m.to(device)
+        if self.stack is not None:
+            self.stack.to(device)
+            self.stacked_sgd.bufs = [b.to(device) for b in self.stacked_sgd.bufs]
+            self.stacked_sgd.params = self.stack.stacked_parameters()
+            self.sel = [s.to(device) for s in self.sel]
+            self.lr_vec = [v.to(device) for v in self.lr_vec]
         return self
 
     def _batch(self, name: str, t: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,6 +137,8 @@ class BrainsPlan:
         return self.train_x[idx], self.train_y[idx]
 
     def step(self, t: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        if self.stack is not None:
+            return self._batched_step(t, x, y)
         sp = self.steps[t % self.period]
         mult = self.schedule(t)
         losses = {}
@@ -129,6 +158,33 @@ class BrainsPlan:
         if not losses:
             return None
         return torch.stack(list(losses.values())).mean()
+
+    def _batched_step(self, t: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """All stepping brains in one forward and backward over the stacked parameters; the
+        summed per-brain mean losses give each brain exactly its own gradient."""
+        i = t % self.period
+        sp = self.steps[i]
+        if not sp.stepping:
+            for group in sp.merges:  # brains may arrive together on a step none of them takes
+                self.merge(group)
+            self.last_losses = {}
+            return None
+        batches = [self._batch(n, t, x, y) for n in sp.stepping]
+        xs = torch.stack([b[0] for b in batches])
+        ys = torch.stack([b[1] for b in batches])
+        everyone = len(sp.stepping) == len(self.order)
+        sel = self.sel[i]
+        self.stacked_sgd.zero_grad()
+        out = self.stack(xs, None if everyone else sel)
+        per_brain = F.cross_entropy(out.flatten(0, 1), ys.flatten(), label_smoothing=self.label_smoothing,
+                                    reduction="none").view(len(sp.stepping), -1).mean(1)
+        per_brain.sum().backward()
+        self.stacked_sgd.step(sel, self.lr_vec[i] * self.schedule(t), everyone)
+        losses = per_brain.detach()
+        self.last_losses = dict(zip(sp.stepping, losses, strict=True))
+        for group in sp.merges:
+            self.merge(group)
+        return losses.mean()
 
     def learning_rates(self, t: int) -> dict[str, float]:
         mult = self.schedule(t)
@@ -150,7 +206,7 @@ class BrainsPlan:
 
         assert self.merge_spec is not None and self.val_x is not None
         metric = self.merge_spec.metric
-        scores = {n: evaluate(self.modules[n], self.val_x, self.val_y)[metric.split("_")[1]] for n in group}
+        scores = {n: evaluate(self.module_of(n), self.val_x, self.val_y)[metric.split("_")[1]] for n in group}
         return (max if metric == "val_acc" else min)(group, key=lambda n: scores[n])
 
     @torch.no_grad()
@@ -158,9 +214,9 @@ class BrainsPlan:
         """The merged state (parameters and float buffers) of `group` under the merge rule."""
         spec = self.merge_spec
         assert spec is not None
-        states = [self.modules[n].state_dict() for n in group]
+        states = [self.state_of(n) for n in group]
         if spec.rule == "best":
-            return {k: v.clone() for k, v in self.modules[self._pick_best(group)].state_dict().items()}
+            return {k: v.clone() for k, v in self.state_of(self._pick_best(group)).items()}
         w = self._weights(group)
         out = {}
         for key, first in states[0].items():
@@ -184,8 +240,18 @@ class BrainsPlan:
         """Merge the brains of `group` and set each to the merged point."""
         state = self.combined(group, update_ema=True)
         for n in group:
-            self.modules[n].load_state_dict(state)
+            self.set_state(n, state)
         momentum = self.merge_spec.momentum if self.merge_spec else "keep"
+        if self.stack is not None:
+            if momentum == "reset":
+                for n in group:
+                    self.stacked_sgd.set_brain_state(self.index[n], None)
+            elif momentum == "average" and self.stacked_sgd.bufs:
+                bufs = [self.stacked_sgd.brain_state(self.index[n]) for n in group]
+                mean = [sum(b[j] for b in bufs) / len(bufs) for j in range(len(bufs[0]))]
+                for n in group:
+                    self.stacked_sgd.set_brain_state(self.index[n], mean)
+            return
         if momentum == "reset":
             for n in group:
                 self.optimizers[n].state.clear()
@@ -204,20 +270,37 @@ class BrainsPlan:
 
     # ---- models, state ------------------------------------------------------------------
 
+    def state_of(self, name: str) -> dict[str, torch.Tensor]:
+        if self.stack is not None:
+            return self.stack.brain_state_dict(self.index[name])
+        return self.modules[name].state_dict()
+
+    def set_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
+        if self.stack is not None:
+            self.stack.load_brain_state_dict(self.index[name], state)
+        else:
+            self.modules[name].load_state_dict(state)
+
+    def module_of(self, name: str) -> nn.Module:
+        """Brain `name` as an ordinary module (a copy, when the brains are stacked)."""
+        if self.stack is None:
+            return self.modules[name]
+        module = copy.deepcopy(self.bound.graph_module).to(next(self.stack.parameters()).device)
+        module.load_state_dict(self.state_of(name))
+        return module
+
     def eval_models(self) -> dict[str, nn.Module]:
         """Each brain, and the merged model (the rule over all brains, without changing them)."""
-        merged = copy.deepcopy(self.modules[self.order[0]])
+        brains = {n: self.module_of(n) for n in self.order}
+        merged = copy.deepcopy(brains[self.order[0]])
         merged.load_state_dict(self.combined(tuple(self.order), update_ema=False))
-        return {**self.modules, "merged": merged}
+        return {**brains, "merged": merged}
 
     def final_model(self) -> nn.Module:
         return self.eval_models()["merged"]
 
     def brain_states(self) -> dict[str, dict[str, torch.Tensor]]:
-        return {n: self._plain_state(m) for n, m in self.modules.items()}
-
-    def _plain_state(self, module: nn.Module) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+        return {n: {k: v.detach().cpu().clone() for k, v in self.state_of(n).items()} for n in self.order}
 
     def full_weights(self) -> Any:
         return nullcontext()
@@ -226,14 +309,20 @@ class BrainsPlan:
         return None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"brains": {n: m.state_dict() for n, m in self.modules.items()},
-                "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
-                "ema": self.ema}
+        out = {"brains": {n: self.state_of(n) for n in self.order},
+               "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+               "ema": self.ema}
+        if self.stack is not None:
+            out["stacked_sgd"] = self.stacked_sgd.state_dict()
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for n, m in self.modules.items():
-            m.load_state_dict(state["brains"][n])
-            self.optimizers[n].load_state_dict(state["optimizers"][n])
+        for n in self.order:
+            self.set_state(n, state["brains"][n])
+        for n, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][n])
+        if self.stack is not None:
+            self.stacked_sgd.load_state_dict(state["stacked_sgd"])
         self.ema = state["ema"]
 
 

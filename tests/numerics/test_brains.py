@@ -127,13 +127,13 @@ def test_best_copies_the_brain_with_the_lowest_validation_loss(tmp_path: Path) -
     plan.attach(data.train_x.double(), data.train_y, vx, vy)
     x, y = data.batch(0, 0)
     plan.step(0, x.double(), y)
-    before = {n: evaluate(m, vx, vy)["loss"] for n, m in plan.modules.items()}
+    before = {n: evaluate(plan.module_of(n), vx, vy)["loss"] for n in ("a", "b")}
     best = min(before, key=before.get)
-    want = copy.deepcopy(plan.modules[best].state_dict())
+    want = copy.deepcopy(plan.state_of(best))
     x, y = data.batch(0, 1)
     plan.step(1, x.double(), y)  # a steps again, then a and b merge (time 2)
-    after_a = {k: v for k, v in plan.modules["a"].state_dict().items()}
-    assert all(torch.equal(after_a[k], plan.modules["b"].state_dict()[k]) for k in after_a)
+    after_a = plan.state_of("a")
+    assert all(torch.equal(after_a[k], plan.state_of("b")[k]) for k in after_a)
     assert before["a"] != before["b"]
     if best == "b":  # b did not move on step 1, so the merged point is b's
         close(after_a, want, 0)
@@ -159,3 +159,30 @@ def test_resume_with_brains_is_bit_identical(tmp_path: Path) -> None:
     resumed = train(path, resume=tmp_path / "split").model.state_dict()
     for key in whole:
         assert torch.equal(whole[key], resumed[key]), key
+
+
+def test_batched_equals_sequential_execution(tmp_path: Path) -> None:
+    path = write(tmp_path, "brain a { every = 1 }\nbrain b { every = 2 }\nbrain c { every = 4 }",
+                 "merge weighted(weights=[1, 2, 3], momentum=average)", steps=19)
+    batched = compile_spec(path)
+    assert any(op.segment.startswith("batched") for op in batched.graph.ops() if op.kind == "forward")
+    sequential = compile_spec(path, pipeline=["prune-gradients", "group-updates"])
+    assert all(not op.segment.startswith("batched") for op in sequential.graph.ops()
+               if op.kind == "forward")
+    a = train(batched, out=tmp_path / "batched").model.state_dict()
+    b = train(sequential, out=tmp_path / "sequential").model.state_dict()
+    close(a, b, 1e-10)
+    for name in "abc":
+        close(torch.load(tmp_path / "batched" / "brains" / f"{name}.pt", weights_only=True),
+              torch.load(tmp_path / "sequential" / "brains" / f"{name}.pt", weights_only=True), 1e-10)
+
+
+def test_models_without_a_batched_form_run_one_after_another(tmp_path: Path) -> None:
+    path = tmp_path / "ode.mrs"
+    path.write_text("model ode_resnet(width=4, depth=3)\ndata levelsets(samples=200, batch=10)\n"
+                    "optimizer sgd(lr=0.05)\nbrain a { every = 1 }\nbrain b { every = 2 }\nmerge mean\n"
+                    "train(steps=6)\n")
+    compiled = compile_spec(path)
+    text = compiled.graph.to_text()
+    assert "note: brains run one after another: `stack.layers.0.weight` is used directly" in text
+    assert train(compiled, save=False).summary["status"] == "completed"
