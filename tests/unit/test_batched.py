@@ -81,7 +81,8 @@ def test_stacked_sgd_matches_torch_sgd_per_brain() -> None:
     w = torch.nn.Parameter(torch.randn(3, 5, dtype=torch.float64))
     refs = [torch.nn.Parameter(w[i].detach().clone()) for i in range(3)]
     lrs = [0.1, 0.2, 0.4]
-    opts = [torch.optim.SGD([r], lr=lr, momentum=0.9, weight_decay=0.01, nesterov=True) for r, lr in zip(refs, lrs, strict=True)]
+    opts = [torch.optim.SGD([r], lr=lr, momentum=0.9, weight_decay=0.01, nesterov=True)
+            for r, lr in zip(refs, lrs, strict=True)]
     sgd = StackedSGD([w], 3, momentum=0.9, weight_decay=0.01, nesterov=True)
     for t in range(6):
         stepping = [i for i in range(3) if t % (i + 1) == 0]
