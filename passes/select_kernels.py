@@ -2,7 +2,8 @@
 
 Requires: update groups (run after group-updates); graph.meta["device"] (`cpu` or `cuda`).
 Ensures: every update group's `kernel` is `triton` (SGD-family rules on a CUDA device: one fused
-Triton launch per rule and step over a flat buffer), `torch` (the same fused update as whole-buffer
+Triton launch per rule and step over a flat buffer; Adam/AdamW rules without drift: one launch per
+updating partition, each with its own step count), `torch` (the same fused update as whole-buffer
 torch operations), `subset` (random-subset partitions, their own integrator) or `torch.optim`
 (every other integrator). All groups of one rule get the same kernel, since the rule's partitions
 share one flat buffer. On the CPU the fused torch update is chosen only for rules with a drifting
@@ -26,14 +27,19 @@ from mrc.passes.base import Pass
 from mrc.graph import ScheduleGraph, UpdateGroup
 
 FUSED_RULES = ("sgd", "momentum", "nesterov")
+ADAM_RULES = ("adam", "adamw")
 
 
 def kernel_for(rule: str, random: bool, device: str, drifts: bool) -> str:
     """The kernel of one rule's update groups (see the module docstring)."""
     if random:
         return "subset"
-    if rule.partition("(")[0] not in FUSED_RULES:
+    name = rule.partition("(")[0]
+    adam = name in ADAM_RULES and "amsgrad=true" not in rule and not drifts
+    if name not in FUSED_RULES and not adam:
         return "torch.optim"
+    if adam and device != "cuda" and not os.environ.get("MRC_KERNELS"):
+        return "torch.optim"  # one Adam call per partition: on the CPU torch.optim is as fast
     forced = os.environ.get("MRC_KERNELS", "").strip().lower()
     if forced in ("torch", "triton"):
         from mrc.kernels import pick_kernel

@@ -100,3 +100,61 @@ class FusedSGD:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.buf.copy_(state["momentum"])
         self.started = set(state["started"])
+
+
+ADAM_RULES = ("adam", "adamw")
+
+
+class FusedAdam:
+    """Adam / AdamW for the partitions of one rule over a flat buffer (float32 state): one call
+    of `kernels.adam.adam_{triton,torch}` per updating partition and step — each partition keeps
+    its own step count, since partitions on different rates take different numbers of steps."""
+
+    def __init__(self, partitions: dict[str, tuple[list[torch.Tensor], float]], *, betas: tuple[float, float],
+                 eps: float, weight_decay: float, decoupled: bool, kernel: str) -> None:
+        from mrc.kernels.flat import FlatGroup
+
+        params = [p for ps, _ in partitions.values() for p in ps]
+        self.flat = FlatGroup(params)
+        self.m = self.flat.state("exp_avg")
+        self.v = self.flat.state("exp_avg_sq")
+        self.spans = {n: self.flat.span(ps) for n, (ps, _) in partitions.items()}
+        self.base = {n: lr for n, (_, lr) in partitions.items()}
+        self.steps = dict.fromkeys(partitions, 0)
+        self.betas, self.eps, self.wd, self.decoupled = betas, eps, weight_decay, decoupled
+        self.mult = 1.0
+        self.kernel = kernel
+        if kernel == "triton":
+            from mrc.kernels.adam import adam_triton as run
+        else:
+            from mrc.kernels.adam import adam_torch as run
+        self._run = run
+        self.param_groups: list[dict[str, Any]] = []
+
+    def zero_spans(self, names: tuple[str, ...]) -> None:
+        grad = self.flat.grad()
+        for n in names:
+            a, b = self.spans[n]
+            grad[a:b].zero_()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Gradients are views of the flat buffer and are zeroed per span (`zero_spans`)."""
+
+    @torch.no_grad()
+    def step_partitions(self, updating: tuple[str, ...], drifting: tuple[str, ...]) -> None:
+        grad = self.flat.grad()
+        for n in updating:
+            a, b = self.spans[n]
+            self.steps[n] += 1
+            self._run(self.flat.data[a:b], grad[a:b], self.m[a:b], self.v[a:b], step=self.steps[n],
+                      lr=self.base[n] * self.mult, beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
+                      weight_decay=self.wd, decoupled_weight_decay=self.decoupled)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"exp_avg": self.m.detach().clone(), "exp_avg_sq": self.v.detach().clone(),
+                "steps": dict(self.steps)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.m.copy_(state["exp_avg"])
+        self.v.copy_(state["exp_avg_sq"])
+        self.steps = dict(state["steps"])

@@ -229,7 +229,7 @@ def rule_kernels(graph: ScheduleGraph) -> dict[str, str]:
 def lower(bound: Bound, graph: ScheduleGraph, total_steps: int) -> Plan:
     """Build the Plan for `graph`: optimizers, parameter groups and per-step programs."""
     from mrc.optim import build_optimizer, build_schedule
-    from mrc.runtime.fused import FUSED_RULES, FusedSGD
+    from mrc.runtime.fused import ADAM_RULES, FUSED_RULES, FusedAdam, FusedSGD
     from mrc.runtime.subset import RandomSubsetSGD
 
     program = bound.program
@@ -276,8 +276,17 @@ def lower(bound: Bound, graph: ScheduleGraph, total_steps: int) -> Plan:
         if kernel == "triton" and device.type != "cuda":
             kernel = "torch"  # compiled for a GPU, run on the CPU: the same update in torch
         tensors = [p for n in names for p in params[n]]
-        if kernel in ("torch", "triton") and comp.name in FUSED_RULES and \
-                len({(p.dtype, p.device) for p in tensors}) == 1:
+        uniform = len({(p.dtype, p.device) for p in tensors}) == 1
+        if kernel in ("torch", "triton") and comp.name in ADAM_RULES and uniform and \
+                tensors[0].dtype in (torch.float32, torch.bfloat16, torch.float16):
+            kw = dict(comp.kwargs)
+            betas = tuple(kw.get("betas", (0.9, 0.999)))
+            fused[rule] = FusedAdam({n: (params[n], lr_of.get(n, part_lr[n])) for n in names},
+                                    betas=(float(betas[0]), float(betas[1])), eps=float(kw.get("eps", 1e-8)),
+                                    weight_decay=float(kw.get("weight_decay", 0.0)),
+                                    decoupled=comp.name == "adamw", kernel=kernel)
+            continue
+        if kernel in ("torch", "triton") and comp.name in FUSED_RULES and uniform:
             kw = {"momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False,
                   **{k: v for k, v in comp.kwargs.items() if k != "lr"}}
             fused[rule] = FusedSGD(

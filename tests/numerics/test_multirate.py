@@ -347,3 +347,20 @@ def test_triton_fused_path_on_cuda_matches_torch_optim(tmp_path: Path) -> None:
     b = train(reference_path, save=False).model.state_dict()
     for key in b:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("rule", ["adam(lr=0.01, weight_decay=0.001)", "adamw(lr=0.01)"])
+def test_fused_adam_path_equals_torch_optim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rule: str) -> None:
+    """Adam partitions on two rates through the flat-buffer kernels (float32: their state is)."""
+    monkeypatch.setenv("MRC_KERNELS", "torch")
+    extra = (f'partition head = module("head") {{ optimizer {rule} }}\n'
+             f"partition body = rest {{ every = 3; optimizer {rule} }}\n")
+    path = spec(tmp_path, extra, steps=11)
+    path.write_text(path.read_text().replace("dtype=float64", "dtype=float32"))
+    fused = compile_spec(path)
+    assert {op.kernel for op in fused.graph.ops() if op.kind == "update_group"} == {"torch"}
+    reference_path = compile_spec(path, pipeline=["prune-gradients", "freeze-prefix", "group-updates"])
+    a = train(fused, save=False).model.state_dict()
+    b = train(reference_path, save=False).model.state_dict()
+    for key in b:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
