@@ -235,27 +235,28 @@ class StackedSGD:
         self.started[sel.cpu()] = True
 
     def _step_all(self, lrs: torch.Tensor, fresh: torch.Tensor) -> None:
-        """Every brain steps: in-place whole-tensor updates, no index copies."""
-        any_fresh = bool(fresh.any())
-        for i, p in enumerate(self.params):
-            if p.grad is None:
-                continue
-            shape = (-1,) + (1,) * (p.dim() - 1)
-            d = p.grad.add(p, alpha=self.wd) if self.wd else p.grad
-            lr = lrs.view(shape).to(p.dtype)
-            if not self.momentum:
-                p.addcmul_(lr, d, value=-1.0)
-                continue
-            buf = self.bufs[i]
-            if any_fresh:  # a brain's first step: p = d, exactly as torch.optim.SGD
-                rows = fresh.to(p.device).view(shape)
+        """Every brain steps: whole-tensor foreach updates, no index copies, few launches."""
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        params = [self.params[i] for i in live]
+        grads = [p.grad for p in params]
+        if self.wd:
+            grads = torch._foreach_add(grads, params, alpha=self.wd)
+        lr_views = [lrs.to(p.dtype).view((-1,) + (1,) * (p.dim() - 1)) for p in params]
+        if not self.momentum:
+            torch._foreach_addcmul_(params, lr_views, grads, value=-1.0)
+            return
+        bufs = [self.bufs[i] for i in live]
+        if bool(fresh.any()):  # a brain's first step: p = d, exactly as torch.optim.SGD
+            for buf in bufs:  # cleared rows then take p = (1 − τ)·d (+ τ·d below)
+                rows = fresh.to(buf.device).view((-1,) + (1,) * (buf.dim() - 1))
                 buf.masked_fill_(rows, 0.0)
-                buf.mul_(self.momentum).add_(d, alpha=1 - self.dampening)
-                if self.dampening:
-                    buf.add_(torch.where(rows, d, torch.zeros_like(d)), alpha=self.dampening)
-            else:
-                buf.mul_(self.momentum).add_(d, alpha=1 - self.dampening)
-            p.addcmul_(lr, buf, value=-1.0)
+        torch._foreach_mul_(bufs, self.momentum)
+        torch._foreach_add_(bufs, grads, alpha=1 - self.dampening)
+        if bool(fresh.any()) and self.dampening:
+            for buf, g in zip(bufs, grads, strict=True):
+                rows = fresh.to(buf.device).view((-1,) + (1,) * (buf.dim() - 1))
+                buf.add_(torch.where(rows, g, torch.zeros_like(g)), alpha=self.dampening)
+        torch._foreach_addcmul_(params, lr_views, bufs, value=-1.0)
 
     def brain_state(self, i: int) -> list[torch.Tensor]:
         return [b[i].clone() for b in self.bufs]

@@ -364,3 +364,19 @@ def test_fused_adam_path_equals_torch_optim(tmp_path: Path, monkeypatch: pytest.
     b = train(reference_path, save=False).model.state_dict()
     for key in b:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_triton_adam_path_on_cuda_matches_torch_optim(tmp_path: Path) -> None:
+    extra = ('partition head = module("head") { optimizer adamw(lr=0.01) }\n'
+             'partition body = rest { every = 2; optimizer adamw(lr=0.01) }\n')
+    path = spec(tmp_path, extra, steps=11)
+    path.write_text(path.read_text().replace("dtype=float64", "dtype=float32, device=cuda"))
+    fused = compile_spec(path)
+    assert {op.kernel for op in fused.graph.ops() if op.kind == "update_group"} == {"triton"}
+    reference_path = compile_spec(path, pipeline=["prune-gradients", "freeze-prefix", "group-updates"])
+    a = train(fused, save=False).model.state_dict()
+    b = train(reference_path, save=False).model.state_dict()
+    for key in b:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
