@@ -19,7 +19,25 @@ import torch
 FUSED_RULES = ("sgd", "momentum", "nesterov")
 
 
-class FusedSGD:
+class _FlatRule:
+    """What every fused rule shares: a FlatGroup whose gradients are views, zeroed per span."""
+
+    flat: Any
+    spans: dict[str, tuple[int, int]]
+    param_groups: list[dict[str, Any]] = []  # noqa: RUF012 — nothing for the plan's lr loop to set
+
+    def zero_spans(self, names: tuple[str, ...]) -> None:
+        """Zero the gradients of the partitions about to be differentiated (autograd adds)."""
+        grad = self.flat.grad()
+        for n in names:
+            a, b = self.spans[n]
+            grad[a:b].zero_()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Gradients are views of the flat buffer and are zeroed per span (`zero_spans`)."""
+
+
+class FusedSGD(_FlatRule):
     """SGD-momentum for the partitions of one rule over a flat buffer.
 
     partitions: name → (parameters, base step size, drift interval k or 0). `mult` (the
@@ -52,17 +70,6 @@ class FusedSGD:
             from mrc.kernels.sgd import multirate_sgd_torch as run
         self._run = run
         self._tables: dict[tuple[tuple[str, ...], tuple[str, ...], frozenset[str]], tuple[Any, ...]] = {}
-        self.param_groups: list[dict[str, Any]] = []  # the plan's lr loop has nothing to set here
-
-    def zero_spans(self, names: tuple[str, ...]) -> None:
-        """Zero the gradients of the partitions about to be differentiated (autograd adds)."""
-        grad = self.flat.grad()
-        for n in names:
-            a, b = self.spans[n]
-            grad[a:b].zero_()
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Gradients are views of the flat buffer and are zeroed per span (`zero_spans`)."""
 
     def _table(self, updating: tuple[str, ...], drifting: tuple[str, ...]) -> tuple[Any, ...]:
         fresh = frozenset(n for n in updating if n not in self.started)
@@ -105,7 +112,7 @@ class FusedSGD:
 ADAM_RULES = ("adam", "adamw")
 
 
-class FusedAdam:
+class FusedAdam(_FlatRule):
     """Adam / AdamW for the partitions of one rule over a flat buffer (float32 state): one call
     of `kernels.adam.adam_{triton,torch}` per updating partition and step — each partition keeps
     its own step count, since partitions on different rates take different numbers of steps."""
@@ -129,16 +136,6 @@ class FusedAdam:
         else:
             from mrc.kernels.adam import adam_torch as run
         self._run = run
-        self.param_groups: list[dict[str, Any]] = []
-
-    def zero_spans(self, names: tuple[str, ...]) -> None:
-        grad = self.flat.grad()
-        for n in names:
-            a, b = self.spans[n]
-            grad[a:b].zero_()
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Gradients are views of the flat buffer and are zeroed per span (`zero_spans`)."""
 
     @torch.no_grad()
     def step_partitions(self, updating: tuple[str, ...], drifting: tuple[str, ...]) -> None:

@@ -330,25 +330,6 @@ def test_fused_update_path_equals_torch_optim_path(tmp_path: Path, monkeypatch: 
     assert plan.fused and not plan.optimizers  # every rule went through the flat buffer
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_triton_fused_path_on_cuda_matches_torch_optim(tmp_path: Path) -> None:
-    """On a GPU the SGD rules run as one Triton launch per rule and step; float32 here, so the
-    tolerance is float32 rounding accumulated over 17 steps."""
-    extra = ('partition first = depth(0, 1) { every = 3; drift = linear }\n'
-             'partition second = depth(1, 2) { every = 2 }\n'
-             "partition fast = rest\n")
-    path = spec(tmp_path, extra, wd=1e-3, steps=17)
-    path.write_text(path.read_text().replace("dtype=float64", "dtype=float32, device=cuda"))
-    fused = compile_spec(path)
-    assert {op.kernel for op in fused.graph.ops() if op.kind == "update_group"} == {"triton"}
-    reference_path = compile_spec(path, pipeline=["prune-gradients", "freeze-prefix", "group-updates"])
-    a = train(fused, save=False).model.state_dict()
-    b = train(reference_path, save=False).model.state_dict()
-    for key in b:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
-
-
 @pytest.mark.parametrize("rule", ["adam(lr=0.01, weight_decay=0.001)", "adamw(lr=0.01)"])
 def test_fused_adam_path_equals_torch_optim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rule: str) -> None:
     """Adam partitions on two rates through the flat-buffer kernels (float32: their state is)."""
@@ -366,12 +347,10 @@ def test_fused_adam_path_equals_torch_optim(tmp_path: Path, monkeypatch: pytest.
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_triton_adam_path_on_cuda_matches_torch_optim(tmp_path: Path) -> None:
-    extra = ('partition head = module("head") { optimizer adamw(lr=0.01) }\n'
-             'partition body = rest { every = 2; optimizer adamw(lr=0.01) }\n')
-    path = spec(tmp_path, extra, steps=11)
+def _fused_against_torch_optim_on_cuda(tmp_path: Path, extra: str, steps: int) -> None:
+    """On a GPU the rules run as Triton launches; float32 here, so the tolerance is float32
+    rounding accumulated over the steps."""
+    path = spec(tmp_path, extra, wd=1e-3, steps=steps)
     path.write_text(path.read_text().replace("dtype=float64", "dtype=float32, device=cuda"))
     fused = compile_spec(path)
     assert {op.kernel for op in fused.graph.ops() if op.kind == "update_group"} == {"triton"}
@@ -380,3 +359,18 @@ def test_triton_adam_path_on_cuda_matches_torch_optim(tmp_path: Path) -> None:
     b = train(reference_path, save=False).model.state_dict()
     for key in b:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_triton_fused_path_on_cuda_matches_torch_optim(tmp_path: Path) -> None:
+    _fused_against_torch_optim_on_cuda(tmp_path, 'partition first = depth(0, 1) { every = 3; drift = linear }\n'
+                                       'partition second = depth(1, 2) { every = 2 }\n'
+                                       "partition fast = rest\n", 17)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_triton_adam_path_on_cuda_matches_torch_optim(tmp_path: Path) -> None:
+    _fused_against_torch_optim_on_cuda(tmp_path, 'partition head = module("head") { optimizer adamw(lr=0.01) }\n'
+                                       'partition body = rest { every = 2; optimizer adamw(lr=0.01) }\n', 11)
