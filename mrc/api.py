@@ -96,6 +96,14 @@ def bind_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] | N
     return bound
 
 
+def _passes_for_partitions(graph: ScheduleGraph) -> ScheduleGraph:
+    """The default pipeline on a graph of partitions (used for each brain that has them)."""
+    from mrc.passes import DEFAULT_PIPELINE
+    from mrc.passmanager import PassManager
+
+    return PassManager(list(DEFAULT_PIPELINE)).run(graph)
+
+
 def compile_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] | None = None, *,
                  pipeline: Sequence[str] | None = None, stop_after: str | None = None,
                  print_after: Sequence[str] = (), time_passes: bool = False,

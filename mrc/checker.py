@@ -422,9 +422,9 @@ class Checker:
         if brains and early is not None:
             self.r.error("early stopping with brains is not supported yet", early.span,
                          hint="train for a fixed length; the merged model is evaluated as it goes")
-        if brains and partitions:
-            self.r.error("brains with partitions are not supported yet", partitions[0].span,
-                         hint="train brains of whole networks, or partitions in one network")
+        if brains and partitions and merge is not None and merge.momentum == "average":
+            self.r.error("`momentum=average` with partitions inside brains is not supported yet",
+                         merge.span, hint="use `momentum=keep` or `momentum=reset`")
         partitions = self._check_rest(partitions)
         for part in partitions:
             base = part.optimizer or optimizer

@@ -62,6 +62,10 @@ def build_brains_graph(bound: Bound) -> ScheduleGraph:
     graph.meta["batchable"] = reason is None
     graph.meta["notes"] = [f"brains run one after another: {reason}" if reason else
                            "brains that step together run as one batched computation"]
+    if program.partitions:
+        parts = ", ".join(f"{p.name} (every {p.spec.every}{', drift' if p.spec.drift != 'none' else ''})"
+                          for p in bound.partitions)
+        graph.meta["notes"].append(f"within each brain, on its own steps: partitions {parts}")
     graph.verify()
     return graph
 
@@ -89,6 +93,8 @@ def batch_obstacle(bound: Bound) -> str | None:
     from mrc.runtime.batched import BrainStack, NotBatchable
 
     program = bound.program
+    if program.partitions:
+        return "each brain runs its own partition schedule"
     comps = [b.optimizer or program.optimizer for b in program.brains]
     names = {c.name for c in comps}
     if not names <= {"sgd", "momentum", "nesterov"}:

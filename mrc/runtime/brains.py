@@ -71,6 +71,9 @@ class BrainsPlan:
             self.base_lrs[name] = [lr]
         self.schedule: Callable[[int], float] = build_schedule(
             program.schedule.name, total_steps, dict(program.schedule.kwargs))
+        self.part_plans: dict[str, Any] = {}
+        if program.partitions:
+            self._partition_plans(bound, total_steps)
         steps = []
         for t in range(graph.period):
             ops = graph.at(t)
@@ -109,6 +112,28 @@ class BrainsPlan:
         self.train_x = self.train_y = self.val_x = self.val_y = None
         self.last_losses: dict[str, float] = {}
 
+    def _partition_plans(self, bound: Bound, total_steps: int) -> None:
+        """Brains with partitions: each brain is its own copy of the model trained by the
+        partition schedule (a Plan of its own, lowered from the spec without brains), advanced
+        by the brain's own step count; its step sizes are k_i times those of the partitions
+        (or `lr`/base for a brain with its own `lr`), and the spec's schedule runs on the global clock."""
+        from mrc.api import _passes_for_partitions
+        from mrc.runtime.plan import lower
+        from mrc.schedule import build_graph
+
+        program = bound.program
+        for name, brain in self.brains.items():
+            module = self.modules[name]
+            own = replace(program, brains=(), merge=None, optimizer=brain.optimizer or program.optimizer)
+            brain_bound = replace(bound, program=own, model=module, graph_module=module)
+            graph = _passes_for_partitions(build_graph(brain_bound))
+            plan = lower(brain_bound, graph, total_steps)
+            comp = brain.optimizer or program.optimizer
+            scale = brain.lr / _base_lr(comp) if brain.lr is not None else float(brain.every)
+            plan.schedule = lambda n, k=brain.every, c=scale: c * self.schedule(n * k)
+            self.part_plans[name] = plan
+            self.optimizers.pop(name, None)
+
     # ---- the runtime's view -------------------------------------------------------------
 
     def attach(self, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
@@ -143,6 +168,12 @@ class BrainsPlan:
         mult = self.schedule(t)
         losses = {}
         for name in sp.stepping:
+            if name in self.part_plans:
+                xb, yb = self._batch(name, t, x, y)
+                loss = self.part_plans[name].step(t // self.brains[name].every, xb, yb)
+                if loss is not None:
+                    losses[name] = loss
+                continue
             module, opt = self.modules[name], self.optimizers[name]
             for group, base in zip(opt.param_groups, self.base_lrs[name], strict=True):
                 group["lr"] = base * mult
@@ -187,6 +218,9 @@ class BrainsPlan:
         return losses.mean()
 
     def learning_rates(self, t: int) -> dict[str, float]:
+        if self.part_plans:
+            return {f"{n}.{part}": lr for n, p in self.part_plans.items()
+                    for part, lr in p.learning_rates(t // self.brains[n].every).items()}
         mult = self.schedule(t)
         return {n: self.base_lrs[n][0] * mult for n in self.order}
 
@@ -252,7 +286,10 @@ class BrainsPlan:
                 for n in group:
                     self.stacked_sgd.set_brain_state(self.index[n], mean)
             return
-        if momentum == "reset":
+        if momentum == "reset" and self.part_plans:
+            for n in group:
+                self.part_plans[n].reset_state()
+        elif momentum == "reset":
             for n in group:
                 self.optimizers[n].state.clear()
         elif momentum == "average":
@@ -314,6 +351,7 @@ class BrainsPlan:
                "ema": self.ema}
         if self.stack is not None:
             out["stacked_sgd"] = self.stacked_sgd.state_dict()
+        out["part_plans"] = {n: p.state_dict() for n, p in self.part_plans.items()}
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -323,6 +361,8 @@ class BrainsPlan:
             o.load_state_dict(state["optimizers"][n])
         if self.stack is not None:
             self.stacked_sgd.load_state_dict(state["stacked_sgd"])
+        for n, p in self.part_plans.items():
+            p.load_state_dict(state["part_plans"][n])
         self.ema = state["ema"]
 
 

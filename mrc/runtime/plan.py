@@ -155,6 +155,24 @@ class Plan:
             subset.resample(t // subset.every)
         return first
 
+    def reset_state(self) -> None:
+        """Forget every integrator's state (a brain merge with `momentum = reset`)."""
+        for opt in self.optimizers.values():
+            if hasattr(opt, "state") and isinstance(opt.state, dict):
+                opt.state.clear()
+        for rule in self.fused.values():
+            for buf in (getattr(rule, "buf", None), getattr(rule, "m", None), getattr(rule, "v", None)):
+                if buf is not None:
+                    buf.zero_()
+            if hasattr(rule, "started"):
+                rule.started.clear()
+            if hasattr(rule, "steps"):
+                rule.steps = dict.fromkeys(rule.steps, 0)
+        with torch.no_grad():
+            for ds in self.drift.values():
+                for d in ds:
+                    d.zero_()
+
     def finish(self) -> None:
         """End of training: random subsets held at zero get their values back for good."""
         for subset in self.subsets.values():

@@ -186,3 +186,52 @@ def test_models_without_a_batched_form_run_one_after_another(tmp_path: Path) -> 
     text = compiled.graph.to_text()
     assert "note: brains run one after another: `stack.layers.0.weight` is used directly" in text
     assert train(compiled, save=False).summary["status"] == "completed"
+
+
+def test_brains_with_partitions_match_the_reference(tmp_path: Path) -> None:
+    """Each brain trains its own copy by the partition schedule on its own steps: head every
+    step (step k_i·h), body every 2nd of the brain's steps (2·k_i·h); merges reset momentum."""
+    path = tmp_path / "bp.mrs"
+    path.write_text("model mlp(hidden=[12], activation=tanh)\ndata spirals(samples=300, batch=10)\n"
+                    "optimizer sgd(lr=0.03, momentum=0.9)\npartition head = module(\"head\")\n"
+                    "partition body = rest { every = 2 }\nbrain a { every = 1 }\nbrain b { every = 3 }\n"
+                    "merge mean(momentum=reset)\ntrain(steps=20, seed=4, dtype=float64, log_every=1000)\n")
+    result = train(path, out=tmp_path / "run")
+    compiled = compile_spec(path)
+    assert "partitions head (every 1), body (every 2)" in compiled.graph.to_text()
+    data = compiled.bound.data
+    ks = [1, 3]
+    models = [copy.deepcopy(compiled.bound.model) for _ in ks]
+    bufs: list[dict[str, torch.Tensor]] = [{} for _ in ks]
+    t, epoch = 0, 0
+    while t < 20:
+        for idx in data.batch_indices(epoch):
+            if t == 20:
+                break
+            x, y = data.train_x[idx].double(), data.train_y[idx]
+            for i, k in enumerate(ks):
+                if t % k:
+                    continue
+                n = t // k  # the brain's own step
+                model = models[i]
+                grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+                with torch.no_grad():
+                    for (name, p), g in zip(model.named_parameters(), grads, strict=True):
+                        rate = 1 if name.startswith("head.") else 2
+                        if n % rate:
+                            continue
+                        b = bufs[i].get(name)
+                        bufs[i][name] = g.clone() if b is None else 0.9 * b + g
+                        p -= k * rate * 0.03 * bufs[i][name]
+            if all((t + 1) % k == 0 for k in ks):
+                mean = {key: (models[0].state_dict()[key] + models[1].state_dict()[key]) / 2
+                        for key in models[0].state_dict()}
+                for i in range(2):
+                    models[i].load_state_dict(mean)
+                    bufs[i] = {}
+            t += 1
+        epoch += 1
+    for i, name in enumerate("ab"):
+        close(torch.load(tmp_path / "run" / "brains" / f"{name}.pt", weights_only=True), models[i].state_dict())
+    close(result.model.state_dict(), {k: (models[0].state_dict()[k] + models[1].state_dict()[k]) / 2
+                                      for k in models[0].state_dict()})

@@ -474,3 +474,20 @@ def test_user_references_keep_their_text_and_arguments() -> None:
     assert p.data.kwargs["batch"] == 8 and p.data.kwargs["scale"] == 2
     d = one_error('model "n.py:f"(3)\ndata digits()\noptimizer sgd(lr=0.1)\n')
     assert d.message == "arguments of user code must be named"
+
+
+def test_average_momentum_with_partitions_in_brains_is_refused(tmp_path) -> None:
+    from mrc.api import check_spec
+    from mrc.diagnostics import CompileError
+
+    path = tmp_path / "s.mrs"
+    path.write_text("model mlp()\ndata digits()\noptimizer sgd(lr=0.1)\npartition head = module(\"head\")\n"
+                    "partition body = rest\nbrain a { every = 1 }\nbrain b { every = 2 }\n"
+                    "merge mean(momentum=average)\n")
+    try:
+        check_spec(path)
+    except CompileError as err:
+        assert [str(d.span) for d in err.diagnostics] == [f"{path}:8:1"]
+        assert "momentum=average` with partitions inside brains" in err.diagnostics[0].message
+    else:
+        raise AssertionError("expected a diagnostic")
