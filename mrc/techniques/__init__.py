@@ -1,0 +1,14 @@
+"""Techniques as units: each technique of the language lives in one module of this package.
+
+A technique brings, in one place, what the spec language needs of it:
+
+* its statements' checks (registered with the checker's statement registry, `mrc.check`),
+* its binding (what it resolves against the traced model),
+* its expansion of the schedule graph (the ops it adds to each step pattern),
+* its op kinds (registered by kind in `mrc.ir.ops`) and their lowerings (`mrc.lower`).
+
+`core` is plain training (model, data, optimizer, schedule, train settings); `multirate` is
+partitions with rates and linear drift; `random_subsets` and `langevin` are the seed's
+regularisation and integrator; `brains` is multirate across networks (a replica scope).
+The planned techniques (`modules`, `mgrit`, `sweep`) are added the same way.
+"""
