@@ -1,0 +1,1 @@
+"""The checker: AST → Program (see mrc.check.checker)."""

@@ -1,0 +1,1 @@
+"""Lowering: schedule graph → Plan, one lowering per op kind (see mrc.lower.plan)."""
