@@ -17,7 +17,7 @@ from mrc import ast
 from mrc.binding import Bound, bind
 from mrc.checker import check
 from mrc.diagnostics import CompileError, Diagnostic, Reporter, Span
-from mrc.graph import ScheduleGraph
+from mrc.ir.graph import ScheduleGraph
 from mrc.parser import parse, parse_expr
 from mrc.program import Program
 
@@ -96,14 +96,6 @@ def bind_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] | N
     return bound
 
 
-def _passes_for_partitions(graph: ScheduleGraph) -> ScheduleGraph:
-    """The default pipeline on a graph of partitions (used for each brain that has them)."""
-    from mrc.passes import DEFAULT_PIPELINE
-    from mrc.passmanager import PassManager
-
-    return PassManager(list(DEFAULT_PIPELINE)).run(graph)
-
-
 def compile_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] | None = None, *,
                  pipeline: Sequence[str] | None = None, stop_after: str | None = None,
                  print_after: Sequence[str] = (), time_passes: bool = False,
@@ -120,18 +112,45 @@ def compile_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] 
     return Compiled(bound.program, bound, initial, graph)
 
 
+def lower(compiled: Compiled, total_steps: int, device: str = "cpu"):  # -> mrc.lower.plan.Plan
+    """The executable Plan of a compiled spec for a run of `total_steps` steps."""
+    from mrc.lower.plan import lower as lower_graph
+
+    _positive("total_steps", total_steps)
+    return lower_graph(compiled.graph, compiled.bound, total_steps, device)
+
+
+def _positive(name: str, value: object, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a whole number ≥ 1, not {value!r}")
+
+
 def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: int | None = None,
           epochs: int | None = None, device: str | None = None, resume: str | Path | None = None,
           overrides: Mapping[str, str] | Sequence[str] | None = None, progress: bool = False,
-          save: bool = True, stop_at: int | None = None):  # -> mrc.runtime.trainer.TrainResult
+          save: bool = True, stop_at: int | None = None,
+          trace: str | Path | None = None):  # -> mrc.runtime.trainer.TrainResult
     """Compile (unless given a Compiled) and train.
 
     out: the run directory (default `runs/<spec name>` when `save`; with `resume` and no `out`,
     the resumed directory). steps / epochs override the spec's length. Returns a TrainResult with
     the trained model, the metrics and the summary. stop_at pauses the run (with a checkpoint)
-    once that global step is reached, keeping its planned length, so it can be resumed.
+    once that global step is reached, keeping its planned length, so it can be resumed. trace:
+    a file that receives one line per executed op (step, op id, kind, scope).
     """
     from mrc.runtime.trainer import Trainer
+
+    _positive("steps", steps, allow_none=True)
+    _positive("epochs", epochs, allow_none=True)
+    _positive("stop_at", stop_at, allow_none=True)
+    if steps is not None and epochs is not None:
+        raise ValueError("give `steps` or `epochs`, not both")
+    if device not in (None, "auto", "cpu", "cuda"):
+        raise ValueError(f"`device` must be auto, cpu or cuda, not {device!r}")
+    if not isinstance(spec, str | Path | Compiled):
+        raise ValueError(f"`spec` must be a path or a Compiled spec, not {type(spec).__name__}")
 
     if device is not None and not isinstance(spec, Compiled):
         overrides = [*_as_items(overrides), f"train.device={device}"]
@@ -145,10 +164,15 @@ def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: 
         out_dir = Path("runs") / compiled.program.name
     else:
         out_dir = None
-    trainer = Trainer(compiled, out_dir, steps=steps, epochs=epochs, device=device,
-                      resume=Path(resume) if resume is not None else None, progress=progress,
-                      stop_at=stop_at)
-    return trainer.run()
+    sink = open(trace, "w", encoding="utf-8") if trace is not None else None  # noqa: SIM115
+    try:
+        trainer = Trainer(compiled, out_dir, steps=steps, epochs=epochs, device=device,
+                          resume=Path(resume) if resume is not None else None, progress=progress,
+                          stop_at=stop_at, trace=sink)
+        return trainer.run()
+    finally:
+        if sink is not None:
+            sink.close()
 
 
 def _as_items(overrides: Mapping[str, str] | Sequence[str] | None) -> list[str]:

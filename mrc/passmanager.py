@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from mrc.graph import GraphError, ScheduleGraph
+from mrc.ir.graph import ScheduleGraph
+from mrc.ir.ops import GraphError
 
 
 class PassError(Exception):

@@ -1,7 +1,8 @@
 """Passes over the schedule graph, one per file; `PASSES` maps each name to its class.
 
 A pass is a frozen dataclass with a kebab-case `name` and `apply(graph) -> graph`; its docstring
-says what it requires and ensures, with a small before/after example. The pass manager
+says what it requires and ensures, with a small before/after example. Passes work on each step
+pattern of each stage and share data only through the graph's typed fields. The pass manager
 (mrc.passmanager) runs a pipeline of them, verifying the graph after each.
 """
 
@@ -10,14 +11,15 @@ from __future__ import annotations
 from mrc.passes.base import Pass
 from mrc.passes.batch_brains import BatchBrains
 from mrc.passes.freeze_prefix import FreezePrefix
+from mrc.passes.fuse_drift import FuseDrift
 from mrc.passes.group_updates import GroupUpdates
 from mrc.passes.prune_gradients import PruneGradients
 from mrc.passes.select_kernels import SelectKernels
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (PruneGradients, FreezePrefix, GroupUpdates,
-                                                     SelectKernels, BatchBrains)}
+                                                     SelectKernels, FuseDrift, BatchBrains)}
 DEFAULT_PIPELINE: tuple[str, ...] = ("prune-gradients", "freeze-prefix", "group-updates",
-                                     "select-kernels", "batch-brains")
+                                     "select-kernels", "fuse-drift", "batch-brains")
 
-__all__ = ["DEFAULT_PIPELINE", "PASSES", "BatchBrains", "FreezePrefix", "GroupUpdates", "Pass", "PruneGradients",
-           "SelectKernels"]
+__all__ = ["DEFAULT_PIPELINE", "PASSES", "BatchBrains", "FreezePrefix", "FuseDrift", "GroupUpdates", "Pass",
+           "PruneGradients", "SelectKernels"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from mrc.graph import ScheduleGraph
+from mrc.ir.graph import ScheduleGraph
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,17 @@
-"""batch-brains: brains that step on the same step run as one batched computation.
+"""batch-brains: brains that step together run as one stacked computation.
 
-Requires: a brains graph (one forward, loss, backward and update per stepping brain) whose
-meta["batchable"] is true (the model has a batched form and the brains share an SGD-family
-integrator up to their step sizes; see mrc.schedule.batch_obstacle).
-Ensures: on every step, the brains' forwards, losses, backwards and updates become one each over
-all the brains stepping then: `forward batched{…}`, `update_group brains{…} kernel=stacked`.
-Graphs that are not batchable are left as they are (their header says why).
+Requires: a brains graph (replica-scoped ops), kernels chosen; the graph's `stack_obstacle`
+(set when the schedule was built: "" when the model and integrators have a stacked form).
+Ensures: when there is no obstacle, on every step the forward, loss, backward and update of the
+brains that step become one op each, scoped by all of them: a forward over their stacked
+parameters (mrc/techniques/brains/stack.py) fed by each brain's batch, the per-brain mean losses,
+one backward of their sum (which gives each brain exactly its own gradient), and one
+`kernel=stacked` update with each brain's learning rate. Otherwise the graph is unchanged and a
+note says why the brains run one after another.
 
-Example (fast every step, slow every 4 steps), step 0:
-    before:  forward fast; forward slow; …; update fast lr×1; update slow lr×4
-    after:   forward batched{fast, slow}; loss; backward wrt {fast, slow};
-             update_group brains{fast, slow} kernel=stacked
+Example (brains fast every 1, slow every 4), step 0:
+    before:  forward model @[brain=fast] …; forward model @[brain=slow] …
+    after:   forward model @[brains=fast,slow]; loss …; backward …; update_group brains … kernel=stacked
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from mrc.ir.graph import ScheduleGraph
+from mrc.ir.ops import Backward, Batch, Forward, Loss, Op, Scope, UpdateGroup, Value
 from mrc.passes.base import Pass
-
-from mrc.graph import Backward, Forward, Loss, Merge, ScheduleGraph, Update, UpdateGroup
 
 
 @dataclass(frozen=True)
@@ -28,31 +29,38 @@ class BatchBrains(Pass):
     name: ClassVar[str] = "batch-brains"
 
     def apply(self, graph: ScheduleGraph) -> ScheduleGraph:
-        if not graph.meta.get("brains") or not graph.meta.get("batchable"):
+        if not graph.replicas:
             return graph
         out = graph.copy()
-        for step in range(graph.period):
-            ops = out.at(step)
-            fwds = [op for op in ops if isinstance(op, Forward)]
-            if not fwds:
+        if graph.stack_obstacle:
+            out.notes = [n for n in out.notes if not n.startswith("brains ")]
+            out.notes.append(f"brains run one after another: {graph.stack_obstacle}")
+            return out
+        for p in out.patterns():
+            groups = [op for op in p.of_kind(UpdateGroup) if op.scope.replica]
+            if not groups:
                 continue
-            brains = tuple(b for f in fwds for b in f.grad)
-            ups = [op for op in ops if isinstance(op, Update | UpdateGroup)]
-            merges = [op for op in ops if isinstance(op, Merge)]
-            rule = ups[0].rule.partition("(")[0] if ups else ""
-            for op in ops:
-                if not isinstance(op, Merge):
-                    out.remove(op)
-            label = "{" + ", ".join(brains) + "}"
-            fwd = out.add(Forward(step, f"batched{label}", brains))
-            loss = out.add(Loss(step, "cross_entropy", _smoothing(ops), of="batched"), [fwd])
-            bwd = out.add(Backward(step, brains, of="batched"), [loss])
-            group = out.add(UpdateGroup(step, f"brains{label}", brains, f"{rule}(per-brain lr)", 1.0, None,
-                                        "stacked"), [bwd])
-            for m in merges:
-                out.g.add_edge(group.id, m.id)
+            brains = tuple(b for g in groups for b in g.scope.replica)
+            scope = Scope(brains)
+            batches = [op for op in p.of_kind(Batch) if op.scope.replica]
+            smoothing = next(op.label_smoothing for op in p.of_kind(Loss))
+            clip = next(op.clip for op in p.of_kind(Backward))
+            tails: dict[str, tuple[Op, Value]] = {}
+            for op in list(p.ops()):
+                if isinstance(op, Forward | Loss | Backward | UpdateGroup) and op.scope.replica:
+                    if isinstance(op, UpdateGroup):
+                        tails.update({s.id: (s, v) for s, v in p.outputs(op)})
+                    p.remove(op)
+            parts = groups[0].partitions
+            fwd = p.add(Forward(scope, 0, None, parts), [(b, Value("batch")) for b in batches])
+            loss = p.add(Loss(scope, "cross_entropy", smoothing), [(fwd, Value("logits")),
+                                                                   *[(b, Value("batch")) for b in batches]])
+            bwd = p.add(Backward(scope, parts, "autograd", clip), [(loss, Value("loss"))])
+            group = p.add(UpdateGroup(scope, "brains", parts, groups[0].rule,
+                                      tuple(lr for g in groups for lr in g.lrs), "stacked"),
+                          [(bwd, Value("grads", parts))])
+            for dst, v in tails.values():
+                p.connect(group, dst, v)
+        out.notes.append("brains that step together run as one batched computation")
+        out.reindex()
         return out
-
-
-def _smoothing(ops: list) -> float:
-    return next((op.label_smoothing for op in ops if isinstance(op, Loss)), 0.0)

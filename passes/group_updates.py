@@ -1,14 +1,15 @@
 """group-updates: merge the updates of one step that share an integrator into one group.
 
-Requires: a verified graph of `update` nodes.
-Ensures: on every step, updates with the same rule (optimizer and hyper-parameters) and the same
-learning-rate scale become one `update_group` over all their partitions, so the runtime makes one
-optimizer call (and, on a GPU, one fused kernel launch) per group instead of one per partition.
-Groups are named by the partitions they hold.
+Requires: a verified graph of `update` ops.
+Ensures: on every step, the updates of one scope and gradient point with the same rule (optimizer
+and hyper-parameters but the learning rate) become one `update_group` over all their partitions
+(a random-subset partition keeps a group of its own: its integrator is its own),
+each with its own learning rate, so the runtime makes one optimizer call (and, on a GPU, one fused
+kernel launch) per group instead of one per partition. Groups are named by their partitions.
 
-Example, step 0 with `head` and `body` both `sgd(lr=0.1)` at lr×1:
-    before:  update head sgd(lr=0.1) lr×1;  update body sgd(lr=0.1) lr×1
-    after:   update_group body+head {body, head} sgd(lr=0.1) lr×1 kernel=torch.optim
+Example, step 0 with `head` and `body` both `sgd(momentum=0.9)`, at lr 0.1 and 0.5:
+    before:  update head sgd(momentum=0.9) lr=0.1;  update body sgd(momentum=0.9) lr=0.5
+    after:   update_group body+head {body, head} sgd(momentum=0.9) lr=[0.5, 0.1] kernel=torch.optim
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from mrc.ir.graph import ScheduleGraph
+from mrc.ir.ops import Op, Rule, Scope, Update, UpdateGroup, Value
 from mrc.passes.base import Pass
-
-from mrc.graph import ScheduleGraph, Update, UpdateGroup
 
 
 @dataclass(frozen=True)
@@ -27,23 +28,31 @@ class GroupUpdates(Pass):
 
     def apply(self, graph: ScheduleGraph) -> ScheduleGraph:
         out = graph.copy()
-        order = list(graph.partitions)
-        for step in range(graph.period):
-            buckets: dict[tuple[str, float, float | None, int], list[Update]] = {}
-            for op in out.at(step):
-                if isinstance(op, Update):
-                    buckets.setdefault((op.rule, op.scale, op.lr, op.phase), []).append(op)
-            for (rule, scale, lr, phase), ups in buckets.items():
-                ups.sort(key=lambda u: order.index(u.partition))
+        order = {n: i for i, n in enumerate(graph.partitions)}
+        for p in out.patterns():
+            buckets: dict[tuple[Scope, Rule, int, str], list[Update]] = {}
+            for op in p.ops():
+                if isinstance(op, Update):  # a random-subset partition has an integrator of its own
+                    own = op.partition if graph.partitions[op.partition].random else ""
+                    buckets.setdefault((op.scope, op.rule, op.phase, own), []).append(op)
+            for (scope, rule, phase, _), ups in buckets.items():
+                ups.sort(key=lambda u: order[u.partition])
                 parts = tuple(u.partition for u in ups)
-                held = tuple(u.partition for u in ups if u.drift)
-                group = UpdateGroup(step, "+".join(parts), parts, rule, scale, lr, "torch.optim", held,
-                                    phase)
-                deps = {p.id: p for u in ups for p in out.preds(u)}
-                succs = {s.id: s for u in ups for s in out.succs(u)}
+                group = UpdateGroup(scope, "+".join(parts), parts, rule, tuple(u.lr for u in ups), "torch.optim",
+                                    tuple(u.partition for u in ups if u.held), (), phase)
+                ins: dict[str, tuple[Op, Value]] = {}
+                outs: dict[str, tuple[Op, Value]] = {}
                 for u in ups:
-                    out.remove(u)
-                out.add(group, deps.values())
-                for s in succs:
-                    out.g.add_edge(group.id, s)
+                    for src, v in p.inputs(u):
+                        if v.kind == "grads" and src.id in ins:
+                            v = Value("grads", (*ins[src.id][1].partitions, *v.partitions))
+                        ins[src.id] = (src, v)
+                    for dst, v in p.outputs(u):
+                        outs[dst.id] = (dst, v)
+                for u in ups:
+                    p.remove(u)
+                p.add(group, ins.values())
+                for dst, v in outs.values():
+                    p.connect(group, dst, v)
+        out.reindex()
         return out

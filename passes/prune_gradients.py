@@ -1,14 +1,13 @@
 """prune-gradients: differentiate, on each step, only the partitions that update on that step.
 
-Requires: a verified graph whose backward nodes may list partitions that no update after them
-uses.
-Ensures: each backward differentiates exactly the partitions that the updates right after it
-move, and each forward tracks exactly what the backwards below it (same step and phase) need, in
-partition order; a forward, loss or backward that feeds no update is removed (a step that
-updates nothing keeps none of them).
+Requires: a verified graph whose backward ops may list partitions that no update after them uses.
+Ensures: each backward differentiates exactly the partitions that the updates it feeds move, and
+each forward and loss track exactly what the backwards below them (same scope and phase) need, in
+partition order; a forward, loss or backward that feeds no update is removed, and so is a batch
+that no op reads any more (a step that updates nothing keeps none of them).
 
 Example (head every step, backbone every 2 steps), step 1:
-    before:  forward model [grad {backbone, head}]; backward wrt {backbone, head}; update head
+    before:  forward model [grad {head, backbone}]; backward wrt {head, backbone}; update head
     after:   forward model [grad {head}];           backward wrt {head};           update head
 """
 
@@ -17,10 +16,40 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-import networkx as nx
+from mrc.ir.graph import Pattern, ScheduleGraph
+from mrc.ir.ops import Backward, Batch, Forward, Loss, Update, UpdateGroup
 from mrc.passes.base import Pass
 
-from mrc.graph import Backward, Forward, Loss, ScheduleGraph, Update, UpdateGroup
+
+def _prune(p: Pattern, order: list[str]) -> None:
+    needs: dict[str, set[str]] = {}
+    for op in p.ops():
+        if isinstance(op, Backward):
+            moved: set[str] = set()
+            for succ in p.succs(op):
+                if isinstance(succ, Update):
+                    moved.add(succ.partition)
+                elif isinstance(succ, UpdateGroup):
+                    moved.update(succ.partitions)
+            needs[op.id] = moved
+    for op in list(p.ops()):
+        if isinstance(op, Backward):
+            needed = tuple(n for n in order if n in needs[op.id])
+        elif isinstance(op, Forward | Loss):
+            below = set().union(*(needs[d.id] for d in p.descendants(op) if d.id in needs
+                                  and d.scope == op.scope and d.phase == op.phase))
+            needed = tuple(n for n in order if n in below)
+        else:
+            continue
+        if not needed:
+            p.remove(op)
+        elif isinstance(op, Backward) and op.wrt != needed:
+            p.replace(op, replace(op, wrt=needed))
+        elif isinstance(op, Forward) and op.grad and op.grad != needed:
+            p.replace(op, replace(op, grad=needed))
+    for op in list(p.ops()):
+        if isinstance(op, Batch) and not p.succs(op):
+            p.remove(op)
 
 
 @dataclass(frozen=True)
@@ -30,30 +59,7 @@ class PruneGradients(Pass):
     def apply(self, graph: ScheduleGraph) -> ScheduleGraph:
         out = graph.copy()
         order = list(graph.partitions)
-        needs: dict[str, set[str]] = {}  # backward id → partitions its successor updates move
-        for op in graph.ops():
-            if isinstance(op, Backward):
-                moved: set[str] = set()
-                for succ in graph.succs(op):
-                    if isinstance(succ, Update):
-                        moved.add(succ.partition)
-                    elif isinstance(succ, UpdateGroup):
-                        moved.update(succ.partitions)
-                needs[op.id] = moved
-        for op in graph.ops():
-            if isinstance(op, Backward):
-                needed = tuple(p for p in order if p in needs[op.id])
-            elif isinstance(op, Forward | Loss):
-                below = set().union(*(needs[d] for d in nx.descendants(graph.g, op.id)
-                                      if d in needs and graph.op(d).step == op.step
-                                      and graph.op(d).phase == op.phase))
-                needed = tuple(p for p in order if p in below)
-            else:
-                continue
-            if not needed:
-                out.remove(op)
-            elif isinstance(op, Backward) and op.wrt != needed:
-                out.replace(op, replace(op, wrt=needed))
-            elif isinstance(op, Forward) and op.grad and op.grad != needed:
-                out.replace(op, replace(op, grad=needed))
+        for p in out.patterns():
+            _prune(p, order)
+        out.reindex()
         return out

@@ -1,54 +1,62 @@
 """select-kernels: choose how each update group runs.
 
-Requires: update groups (run after group-updates); graph.meta["device"] (`cpu` or `cuda`).
-Ensures: every update group's `kernel` is `triton` (SGD-family rules on a CUDA device: one fused
-Triton launch per rule and step over a flat buffer; Adam/AdamW rules without drift: one launch per
-updating partition, each with its own step count), `torch` (the same fused update as whole-buffer
-torch operations), `subset` (random-subset partitions, their own integrator) or `torch.optim`
-(every other integrator). All groups of one rule get the same kernel, since the rule's partitions
-share one flat buffer. On the CPU the fused torch update is chosen only for rules with a drifting
-partition, where it folds the drift into the update pass; elsewhere torch.optim's foreach SGD is
-as fast and needs no pass to zero the flat gradient buffer. `MRC_KERNELS=torch|triton` forces
-the fused path (tests, benchmarks).
+Requires: update groups (run after group-updates); the graph's `device` (`cpu` or `cuda`) and
+`kernels` setting (`train(kernels=auto|torch|triton|torch.optim)`).
+Ensures: every update group's `kernel` is one of
+  `triton`       SGD-family rules on a CUDA device: one fused Triton launch per group over a flat
+                 buffer; Adam/AdamW rules without drift likewise; Langevin's O-step on CUDA;
+  `torch`        the same fused update as whole-buffer torch operations;
+  `subset.torch` / `subset.triton`  random-subset partitions, their own integrator;
+  `torch.optim`  every other integrator.
+All groups of one rule and scope get the same kernel, since the rule's partitions share one flat
+buffer. With `kernels = auto`, the CPU takes the fused torch update only for rules with a
+drifting partition, where it folds the drift into the update pass; elsewhere torch.optim's
+foreach SGD is as fast and needs no pass to zero the flat gradient buffer. `kernels = torch` or
+`triton` forces the fused path where the rule has one; `torch.optim` never fuses.
 
 Example (an sgd rule with a drifting partition, CPU):
-    before:  update_group head {head} sgd(lr=0.1) lr×1 kernel=torch.optim
-    after:   update_group head {head} sgd(lr=0.1) lr×1 kernel=torch        (cuda: kernel=triton)
+    before:  update_group head {head} sgd() lr=[0.1] kernel=torch.optim
+    after:   update_group head {head} sgd() lr=[0.1] kernel=torch        (cuda: kernel=triton)
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
+from mrc.ir.graph import ScheduleGraph
+from mrc.ir.ops import Rule, UpdateGroup
+from mrc.optim.families import family
 from mrc.passes.base import Pass
 
-from mrc.graph import ScheduleGraph, UpdateGroup
 
-FUSED_RULES = ("sgd", "momentum", "nesterov")
-ADAM_RULES = ("adam", "adamw")
+def _triton_here(device: str) -> bool:
+    from mrc.kernels import triton_available
+
+    return device == "cuda" and triton_available()
 
 
-def kernel_for(rule: str, random: bool, device: str, drifts: bool) -> str:
+def kernel_for(rule: Rule, random: bool, device: str, drifts: bool, setting: str = "auto") -> str:
     """The kernel of one rule's update groups (see the module docstring)."""
+    fused = "triton" if _triton_here(device) else "torch"
+    if setting == "triton":
+        fused = "triton"
     if random:
-        return "subset"
-    name = rule.partition("(")[0]
-    adam = name in ADAM_RULES and "amsgrad=true" not in rule and not drifts
-    if name not in FUSED_RULES and not adam:
+        return f"subset.{'triton' if fused == 'triton' and setting != 'torch' else 'torch'}"
+    fam = family(rule.name)
+    if setting == "torch.optim":
         return "torch.optim"
-    if adam and device != "cuda" and not os.environ.get("MRC_KERNELS"):
-        return "torch.optim"  # one Adam call per partition: on the CPU torch.optim is as fast
-    forced = os.environ.get("MRC_KERNELS", "").strip().lower()
-    if forced in ("torch", "triton"):
-        from mrc.kernels import pick_kernel
-
-        return pick_kernel(device)
+    if fam.name == "langevin":
+        return "triton" if fused == "triton" and setting != "torch" else "torch.optim"
+    adam = fam.adam_like and not rule.kwargs.get("amsgrad", False) and not drifts
+    if not fam.sgd_like and not adam:
+        return "torch.optim"
+    if setting in ("torch", "triton"):
+        return "torch" if setting == "torch" else "triton"
     if device == "cuda":
-        from mrc.kernels import triton_available
-
-        return "triton" if triton_available() else "torch"
+        return fused
+    if adam:
+        return "torch.optim"  # one Adam call per partition: on the CPU torch.optim is as fast
     return "torch" if drifts else "torch.optim"
 
 
@@ -58,15 +66,15 @@ class SelectKernels(Pass):
 
     def apply(self, graph: ScheduleGraph) -> ScheduleGraph:
         out = graph.copy()
-        device = graph.meta.get("device", "cpu")
-        brains = graph.meta.get("brains", False)
-        drifting_rules = {info.get("rule") for info in graph.partitions.values() if "drift" in info}
-        for op in graph.ops():
-            if not isinstance(op, UpdateGroup):
-                continue
-            random = any("random" in graph.partitions.get(p, {}) for p in op.partitions)
-            kernel = "torch.optim" if brains else kernel_for(op.rule, random, device,
-                                                            op.rule in drifting_rules)
-            if kernel != op.kernel:
-                out.replace(op, replace(op, kernel=kernel))
+        drifting_rules = {(op.scope, op.rule) for op in graph.ops() if isinstance(op, UpdateGroup) and op.held}
+        for p in out.patterns():
+            for op in list(p.ops()):
+                if not isinstance(op, UpdateGroup) or op.kernel == "stacked":
+                    continue
+                random = any(graph.partitions[n].random for n in op.partitions)
+                kernel = kernel_for(op.rule, random, graph.device, (op.scope, op.rule) in drifting_rules,
+                                    graph.kernels)
+                if kernel != op.kernel:
+                    p.replace(op, replace(op, kernel=kernel))
+        out.reindex()
         return out

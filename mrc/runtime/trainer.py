@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mrc.api import Compiled
@@ -35,7 +34,8 @@ from mrc.runtime.checkpoint import (
     save_json,
     save_torch,
 )
-from mrc.runtime.plan import Plan, lower
+from mrc.lower.plan import Plan, lower
+from mrc.runtime.evaluation import evaluate
 
 
 class TrainingStopped(Exception):
@@ -78,29 +78,13 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def evaluate(module: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1024) -> dict[str, float]:
-    """Mean cross-entropy and accuracy over a whole split, in eval mode."""
-    if len(x) == 0:
-        return {"loss": math.nan, "acc": math.nan}
-    was_training = module.training
-    module.eval()
-    total, correct = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(x), batch):
-            out = module(x[i:i + batch])
-            total += F.cross_entropy(out, y[i:i + batch], reduction="sum").item()
-            correct += (out.argmax(1) == y[i:i + batch]).sum().item()
-    module.train(was_training)
-    return {"loss": total / len(x), "acc": correct / len(x)}
-
-
 class Trainer:
     """Runs a compiled spec. `run()` returns a TrainResult; see `mrc.api.train`."""
 
     def __init__(self, compiled: Compiled, out_dir: Path | None, *, steps: int | None = None,
                  epochs: int | None = None, device: str | None = None, resume: Path | None = None,
                  progress: bool = False, echo: Callable[[str], None] | None = None,
-                 stop_at: int | None = None) -> None:
+                 stop_at: int | None = None, trace: Any = None) -> None:
         self.c = compiled
         self.program = compiled.program
         settings = self.program.train
@@ -116,6 +100,7 @@ class Trainer:
         self.progress = progress
         self._interrupted = False
         self.stop_at = stop_at
+        self.trace = trace
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -168,14 +153,11 @@ class Trainer:
         train_y = data.train_y.to(self.device)
         val_x = data.val_x.to(self.device, dtype)
         val_y = data.val_y.to(self.device)
-        brains = bool(self.program.brains)
-        if brains:
-            from mrc.runtime.brains import make_brains_plan
-
-            plan = make_brains_plan(self.c.bound, self.c.graph, self.total).to(self.device)
-            plan.attach(train_x, train_y, val_x, val_y)
-        else:
-            plan = lower(self.c.bound, self.c.graph, self.total)
+        brains = bool(self.c.graph.replicas)
+        plan = lower(self.c.graph, self.c.bound, self.total, self.device)
+        plan.attach(train_x, train_y, val_x, val_y)
+        if self.trace is not None:
+            plan.trace = self.trace
         st = _State()
         if self.resume is not None:
             self._restore(plan, st)

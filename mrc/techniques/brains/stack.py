@@ -38,22 +38,31 @@ def _owned(module: nn.Module) -> bool:
         True for _ in module.buffers(recurse=False))
 
 
+def obstacle(gm: fx.GraphModule) -> str:
+    """Why the traced model has no stacked form ("" when it has one): a parameter used directly
+    as a tensor, or a module with parameters of a type without a batched form."""
+    modules = dict(gm.named_modules())
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            return f"`{node.target}` is used directly as a tensor"
+        if node.op == "call_module":
+            mod = modules[str(node.target)]
+            if _owned(mod) and not isinstance(mod, BATCHED_TYPES):
+                return f"`{node.target}` ({type(mod).__name__}) has parameters and no batched form"
+    return ""
+
+
 class BrainStack(nn.Module):
     """B copies of a traced model whose parameters and buffers are stacked along dim 0."""
 
     def __init__(self, gm: fx.GraphModule, states: list[dict[str, torch.Tensor]]) -> None:
         super().__init__()
+        reason = obstacle(gm)
+        if reason:
+            raise NotBatchable(reason)
         self.gm = gm
         self.B = len(states)
         modules = dict(gm.named_modules())
-        for node in gm.graph.nodes:
-            if node.op == "get_attr":
-                raise NotBatchable(f"`{node.target}` is used directly as a tensor")
-            if node.op == "call_module":
-                mod = modules[str(node.target)]
-                if _owned(mod) and not isinstance(mod, BATCHED_TYPES):
-                    raise NotBatchable(f"`{node.target}` ({type(mod).__name__}) has parameters "
-                                       "and no batched form")
         self.keys = list(states[0])
         self.params = nn.ParameterDict()
         self._buffers_keys: list[str] = []

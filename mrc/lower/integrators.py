@@ -1,0 +1,62 @@
+"""Integrators the update-group lowering drives, one per (replica, rule, kernel).
+
+`TorchRule` is a torch optimizer over every partition of one rule in one replica (a parameter
+group per partition, created once): a group of the graph steps only its own partitions' groups,
+each at its learning rate times the schedule's multiplier. Partitions with linear drift are
+"held": the optimizer computes their whole step, the partition is put back, and the step is kept
+as a drift buffer that drift ops apply 1/k at a time. The fused integrators (`FusedSGD`,
+`FusedAdam`, mrc/runtime/fused.py) lay a rule's partitions out in one flat buffer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mrc.ir.ops import Rule
+
+
+class TorchRule:
+    """A torch.optim optimizer for one rule's partitions (see the module docstring)."""
+
+    def __init__(self, rule: Rule, parts: dict[str, list[torch.Tensor]], lrs: dict[str, float],
+                 kernel: str = "torch.optim") -> None:
+        from mrc.optim import build_optimizer
+
+        self.names = list(parts)
+        self.params = parts
+        groups = [{"params": parts[n], "lr": lrs[n]} for n in self.names]
+        kwargs = {**rule.kwargs, "lr": lrs[self.names[0]]}
+        if kernel == "triton" and rule.name == "langevin":
+            kwargs = {**kwargs, "kernel": "triton"}
+        self.optimizer = build_optimizer(rule.name, groups, kwargs)
+        self.index = {n: i for i, n in enumerate(self.names)}
+        self._all = list(self.optimizer.param_groups)
+
+    def groups(self, names: tuple[str, ...]) -> list[dict[str, Any]]:
+        """The parameter groups of `names` (prepared once per update op)."""
+        return [self._all[self.index[n]] for n in names]
+
+    def step(self, groups: list[dict[str, Any]], lrs: tuple[float, ...], mult: float) -> None:
+        """Step only `groups`, each at its lr × mult."""
+        for g, lr in zip(groups, lrs, strict=True):
+            g["lr"] = lr * mult
+        opt = self.optimizer
+        if len(groups) == len(self._all):
+            opt.step()
+            return
+        opt.param_groups = groups
+        try:
+            opt.step()
+        finally:
+            opt.param_groups = self._all
+
+    def reset_state(self) -> None:
+        self.optimizer.state.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state)

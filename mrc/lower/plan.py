@@ -1,0 +1,241 @@
+"""Schedule graph → Plan: each op kind has one lowering; a step program is the lowerings of a
+step pattern's ops in the pattern's canonical (topological) order.
+
+A lowering is registered by op kind (`@lowers("forward")`) and turns one op into a callable
+`fn(env)` prepared once: its modules, tensors and integrators are looked up at lowering time, so
+a step only runs the callables. Lowering reads nothing but the graph and the bound model's
+tensors (and the data, for batches of their own): the loss and its settings, each update's rule
+with its hyper-parameters, learning rates and kernel, drift fractions, merge rules and batch
+routing all come from the ops. `Plan.step(t, x, y)` runs global step t.
+
+State lives in `Lowering` (the context the lowerings share): the replicas (the model, or one
+copy per brain, or the brains stacked), the integrators (one per replica and rule, created the
+first time an update group of that rule is lowered, over every partition that rule moves
+anywhere in the graph), drift buffers and random subsets. The Plan checkpoints all of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import torch
+from torch import nn
+
+from mrc.ir.graph import Pattern, ScheduleGraph
+from mrc.ir.ops import Op, UpdateGroup
+
+
+class LoweringError(Exception):
+    """The graph asks for something its lowering cannot do; the message says what."""
+
+
+class Env:
+    """What one step's op callables share: the global step, the schedule's multiplier, the
+    batch, each op's output value (by op id) and the losses of the step (replica, tensor)."""
+
+    __slots__ = ("losses", "mult", "t", "values", "x", "y")
+
+    def __init__(self) -> None:
+        self.t = 0
+        self.mult = 1.0
+        self.x: torch.Tensor | None = None
+        self.y: torch.Tensor | None = None
+        self.values: dict[str, Any] = {}
+        self.losses: list[tuple[str, torch.Tensor]] = []
+
+
+StepFn = Callable[[Env], None]
+LOWERINGS: dict[str, Callable[[Op, Pattern, Lowering], StepFn]] = {}
+
+
+def lowers(kind: str) -> Callable[[Callable[[Any, Pattern, Lowering], StepFn]],
+                                  Callable[[Any, Pattern, Lowering], StepFn]]:
+    """Register the lowering of op kind `kind`."""
+    def register(fn: Callable[[Any, Pattern, Lowering], StepFn]) -> Callable[[Any, Pattern, Lowering], StepFn]:
+        if kind in LOWERINGS:
+            raise ValueError(f"op kind `{kind}` has two lowerings")
+        LOWERINGS[kind] = fn
+        return fn
+    return register
+
+
+@dataclass
+class Lowering:
+    """The context of one lowering: the graph, the bound model and data, and the state the
+    ops' lowerings create and share (see the module docstring)."""
+
+    graph: ScheduleGraph
+    bound: Any  # mrc.binding.Bound
+    total_steps: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    replicas: Any = None  # mrc.lower.replicas.Replicas
+    integrators: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    drift: dict[tuple[str, str], list[torch.Tensor]] = field(default_factory=dict)
+    subsets: dict[tuple[str, str], Any] = field(default_factory=dict)
+    segments: dict[tuple[str, int], tuple[nn.Module, nn.Module]] = field(default_factory=dict)
+    owners: dict[tuple[str, str], UpdateGroup] = field(default_factory=dict)
+    lrs: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for op in self.graph.ops():
+            if isinstance(op, UpdateGroup):
+                for r in op.scope.replica or ("",):
+                    for n in op.partitions:
+                        self.owners.setdefault((r, n), op)
+                per = len(op.partitions)
+                for i, r in enumerate(op.scope.replica or ("",)):
+                    for n, lr in zip(op.partitions, op.lrs[i * per:(i + 1) * per], strict=True):
+                        self.lrs.setdefault(f"{r}.{n}" if r else n, lr)
+
+    def groups_of(self, replica: str, rule: Any, kernel: str) -> list[str]:
+        """Every partition that an update group of `rule` on `kernel` moves in `replica`, in
+        the partition table's order (the integrator's layout)."""
+        names = {n for (r, n), op in self.owners.items() if r == replica and op.rule == rule and op.kernel == kernel}
+        return [n for n in self.graph.partitions if n in names]
+
+    def lr_of(self, replica: str, partition: str) -> float:
+        return self.lrs[f"{replica}.{partition}" if replica else partition]
+
+
+@dataclass
+class StepProgram:
+    """The callables of one step pattern, with the ops they came from (for traces)."""
+
+    fns: tuple[StepFn, ...]
+    ops: tuple[Op, ...]
+
+
+class Plan:
+    """The executable form of a schedule graph: `step(t, x, y)` runs global step t."""
+
+    def __init__(self, graph: ScheduleGraph, ctx: Lowering, programs: list[StepProgram],
+                 schedule: Callable[[int], float]) -> None:
+        self.graph = graph
+        self.ctx = ctx
+        stage = graph.stage
+        self.period = stage.period
+        self.pattern_of = stage.pattern_of
+        self.programs = programs
+        self.schedule = schedule
+        self.env = Env()
+        self.trace: TextIO | None = None
+        self.brains = tuple(graph.replicas)
+        self.last_losses: dict[str, torch.Tensor] = {}
+
+    @property
+    def module(self) -> nn.Module:
+        return self.ctx.replicas.module
+
+    def step(self, t: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """Run global step `t` on a batch; return its loss (the first gradient point's; for
+        brains the mean over the brains that stepped)."""
+        env = self.env
+        env.t, env.x, env.y = t, x, y
+        env.mult = self.schedule(t)
+        env.losses.clear()
+        program = self.programs[self.pattern_of[t % self.period]]
+        if self.trace is None:
+            for fn in program.fns:
+                fn(env)
+        else:
+            for fn, op in zip(program.fns, program.ops, strict=True):
+                self.trace.write(f"{t} {op.id} {op.kind} {op.scope.text() or '-'}\n")
+                fn(env)
+        env.values.clear()
+        if not self.brains:
+            return env.losses[0][1] if env.losses else None
+        first: dict[str, torch.Tensor] = {}
+        for r, loss in env.losses:
+            first.setdefault(r, loss)
+        self.last_losses = first
+        return torch.stack(list(first.values())).mean() if first else None
+
+    def learning_rates(self, t: int) -> dict[str, float]:
+        """Each partition's (each brain's partition's) learning rate at step t, as it runs."""
+        mult = self.schedule(t)
+        return {name: lr * mult for name, lr in self.ctx.lrs.items()}
+
+    # ---- the runtime's view of the state -----------------------------------------------
+
+    def full_weights(self) -> contextlib.AbstractContextManager[None]:
+        """A context in which held-out random subsets are restored (evaluation, saving)."""
+        stack = contextlib.ExitStack()
+        for subset in self.ctx.subsets.values():
+            stack.enter_context(subset.restored())
+        return stack
+
+    def finish(self) -> None:
+        """End of training: random subsets held at zero get their values back for good."""
+        for subset in self.ctx.subsets.values():
+            subset.finish()
+
+    def eval_models(self) -> dict[str, nn.Module]:
+        """The models to evaluate: the model (key ""), or each brain and the merged model."""
+        return self.ctx.replicas.eval_models()
+
+    def final_model(self) -> nn.Module:
+        return self.ctx.replicas.final_model()
+
+    def brain_states(self) -> dict[str, dict[str, torch.Tensor]]:
+        return self.ctx.replicas.brain_states()
+
+    def attach(self, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
+               val_y: torch.Tensor) -> None:
+        """The data on the training device (own-order batches and `best` merges read it)."""
+        self.ctx.replicas.attach(train_x, train_y, val_x, val_y)
+
+    def state_dict(self) -> dict[str, Any]:
+        ctx = self.ctx
+        return {"integrators": {repr(k): v.state_dict() for k, v in ctx.integrators.items()},
+                "drift": {repr(k): [d.clone() for d in ds] for k, ds in ctx.drift.items()},
+                "subsets": {repr(k): s.state_dict() for k, s in ctx.subsets.items()},
+                "replicas": ctx.replicas.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        ctx = self.ctx
+        ctx.replicas.load_state_dict(state["replicas"])
+        for k, v in ctx.integrators.items():
+            v.load_state_dict(state["integrators"][repr(k)])
+        with torch.no_grad():
+            for k, ds in ctx.drift.items():
+                for d, saved in zip(ds, state["drift"][repr(k)], strict=True):
+                    d.copy_(saved)
+        for k, s in ctx.subsets.items():
+            s.load_state_dict(state["subsets"][repr(k)])
+
+    def integrators(self, replica: str) -> Iterator[Any]:
+        """The integrators of one replica (for merges that reset or average their state)."""
+        for key, integ in self.ctx.integrators.items():
+            if key[0] == replica:
+                yield integ
+
+
+def lower(graph: ScheduleGraph, bound: Any, total_steps: int, device: torch.device | str = "cpu") -> Plan:
+    """Build the Plan of `graph` for a run of `total_steps` steps on `device`."""
+    from mrc.lower.replicas import Replicas
+    from mrc.optim import build_schedule
+    from mrc.techniques import load_all
+
+    load_all()
+    if len(graph.stages) != 1:
+        raise LoweringError(f"this runtime runs one stage; the graph has {len(graph.stages)}")
+    ctx = Lowering(graph, bound, total_steps, torch.device(device))
+    ctx.replicas = Replicas.build(graph, bound, ctx.device)
+    programs = []
+    for pattern in graph.stage.patterns:
+        fns, ops = [], []
+        for op in pattern.ops():
+            lowering = LOWERINGS.get(op.kind)
+            if lowering is None:
+                raise LoweringError(f"op kind `{op.kind}` has no lowering")
+            fns.append(lowering(op, pattern, ctx))
+            ops.append(op)
+        programs.append(StepProgram(tuple(fns), tuple(ops)))
+    sched = graph.lr_schedule
+    schedule = build_schedule(sched.name, total_steps, sched.kwargs) if sched else (lambda t: 1.0)
+    plan = Plan(graph, ctx, programs, schedule)
+    ctx.replicas.plan = plan
+    return plan

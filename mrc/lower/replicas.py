@@ -1,0 +1,61 @@
+"""Where the model's parameters live while a Plan runs: the replicas.
+
+Without brains there is one replica (named ""): the bound model itself, run through its traced
+graph. With brains (mrc/techniques/brains/lower.py) each brain is a copy, or the brains are
+stacked into one batched module when the graph's update groups say `kernel=stacked`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from mrc.ir.graph import ScheduleGraph
+
+
+class Replicas:
+    """The one replica of a spec without brains."""
+
+    stacked = False
+
+    def __init__(self, bound: Any, device: torch.device) -> None:
+        self.bound = bound
+        self.module: nn.Module = bound.graph_module
+        self._named = dict(bound.model.named_parameters())
+        self.plan: Any = None
+        self.train_x = self.train_y = self.val_x = self.val_y = None
+
+    @staticmethod
+    def build(graph: ScheduleGraph, bound: Any, device: torch.device) -> Replicas:
+        if graph.replicas:
+            from mrc.techniques.brains.lower import BrainReplicas
+
+            return BrainReplicas(graph, bound, device)
+        return Replicas(bound, device)
+
+    def module_of(self, replica: str) -> nn.Module:
+        return self.module
+
+    def params(self, graph: ScheduleGraph, replica: str, partition: str) -> list[torch.Tensor]:
+        """The tensors of `partition` in `replica`."""
+        return [self._named[n] for n in graph.partitions[partition].params]
+
+    def attach(self, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor) -> None:
+        self.train_x, self.train_y, self.val_x, self.val_y = train_x, train_y, val_x, val_y
+
+    def eval_models(self) -> dict[str, nn.Module]:
+        return {"": self.module}
+
+    def final_model(self) -> nn.Module:
+        return self.module
+
+    def brain_states(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None

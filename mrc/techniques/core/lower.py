@@ -1,0 +1,243 @@
+"""Lowerings of the core op kinds: batch, forward, loss, backward, update group.
+
+Each function turns one op into a callable over the step's `Env`, prepared once. Stacked brains
+(kernel=stacked) are lowered by mrc/techniques/brains/lower.py, which these call for ops scoped by
+several brains or when the replicas are stacked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mrc.ir.graph import Pattern
+from mrc.ir.ops import Backward, Batch, Forward, Loss, UpdateGroup
+from mrc.lower.integrators import TorchRule
+from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
+from mrc.lower.segments import segments
+
+FUSED = ("torch", "triton")
+
+
+def replica(op: Any) -> str:
+    return op.scope.replica[0] if op.scope.replica else ""
+
+
+def _input(pattern: Pattern, op: Any, *kinds: str) -> str:
+    for src, v in pattern.inputs(op):
+        if v.kind in kinds:
+            return src.id
+    raise LoweringError(f"{op.id}: no {' or '.join(kinds)} input")
+
+
+@lowers("batch")
+def lower_batch(op: Batch, pattern: Pattern, ctx: Lowering) -> StepFn:
+    key = op.id
+    if op.source == "shared":
+        def shared(env: Env) -> None:
+            env.values[key] = (env.x, env.y)
+        return shared
+    from mrc.techniques.brains.lower import own_batches
+
+    return own_batches(op, ctx)
+
+
+@lowers("forward")
+def lower_forward(op: Forward, pattern: Pattern, ctx: Lowering) -> StepFn:
+    if ctx.replicas.stacked:
+        from mrc.techniques.brains.lower import stacked_forward
+
+        return stacked_forward(op, pattern, ctx)
+    key = op.id
+    module: nn.Module = ctx.replicas.module_of(replica(op))
+    if (op.start, op.stop) != (0, None):
+        if op.stop is not None and op.start != 0:
+            raise LoweringError(f"{op.id}: a middle segment of the model cannot run yet")
+        prefix, suffix = segments(ctx, replica(op), module, op.stop if op.stop is not None else op.start)
+        module = prefix if op.start == 0 else suffix
+    src = _input(pattern, op, "batch", "activation", "detached")
+    from_batch = pattern.op(src).kind == "batch"
+    whole = (op.start, op.stop) == (0, None) or op.start == 0
+    no_grad = not op.grad
+
+    def forward(env: Env) -> None:
+        x = env.values[src][0] if from_batch else env.values[src]
+        if no_grad:
+            with torch.no_grad():
+                out = module(x) if whole else module(*x)
+        else:
+            out = module(x) if whole else module(*x)
+        env.values[key] = out
+    return forward
+
+
+@lowers("loss")
+def lower_loss(op: Loss, pattern: Pattern, ctx: Lowering) -> StepFn:
+    if op.fn != "cross_entropy":
+        raise LoweringError(f"{op.id}: loss `{op.fn}` has no lowering")
+    if op.terms:
+        raise LoweringError(f"{op.id}: loss terms {list(op.terms)} have no lowering yet")
+    if ctx.replicas.stacked:
+        from mrc.techniques.brains.lower import stacked_loss
+
+        return stacked_loss(op, pattern, ctx)
+    key, r, smoothing = op.id, replica(op), op.label_smoothing
+    logits = _input(pattern, op, "logits")
+    batch = _input(pattern, op, "batch")
+
+    def loss(env: Env) -> None:
+        value = F.cross_entropy(env.values[logits], env.values[batch][1], label_smoothing=smoothing)
+        env.values[key] = value
+        env.losses.append((r, value.detach()))
+    return loss
+
+
+@lowers("backward")
+def lower_backward(op: Backward, pattern: Pattern, ctx: Lowering) -> StepFn:
+    if op.method != "autograd":
+        raise LoweringError(f"{op.id}: backward by `{op.method}` has no lowering")
+    if ctx.replicas.stacked:
+        from mrc.techniques.brains.lower import stacked_backward
+
+        return stacked_backward(op, pattern, ctx)
+    r = replica(op)
+    graph = ctx.graph
+    loss = _input(pattern, op, "loss")
+    fresh: list[torch.Tensor] = []  # gradients that start from None
+    spans: list[tuple[Any, tuple[str, ...]]] = []  # fused rules: gradient spans zeroed
+    inputs: list[torch.Tensor] = []
+    for n in op.wrt:
+        params = ctx.replicas.params(graph, r, n)
+        inputs += params
+        owner = ctx.owners.get((r, n))
+        if owner is not None and owner.kernel in FUSED:
+            integ = fused_integrator(owner, ctx)
+            spans.append((integ, n))
+        else:
+            fresh += params
+    by_rule: dict[int, tuple[Any, list[str]]] = {}
+    for integ, n in spans:
+        by_rule.setdefault(id(integ), (integ, []))[1].append(n)
+    zero = tuple((integ, tuple(ns)) for integ, ns in by_rule.values())
+    everything = set(op.wrt) == set(graph.partitions)
+    clip = op.clip
+
+    def backward(env: Env) -> None:
+        for p in fresh:
+            p.grad = None
+        for integ, names in zero:
+            integ.zero_spans(names)
+        value = env.values[loss]
+        if everything:
+            value.backward()
+        else:
+            torch.autograd.backward(value, inputs=inputs)
+        if clip > 0:
+            nn.utils.clip_grad_norm_(inputs, clip)
+    return backward
+
+
+def fused_integrator(op: UpdateGroup, ctx: Lowering) -> Any:
+    """The fused SGD or Adam integrator of an update group's rule in its replica (made once)."""
+    from mrc.optim.families import family, sgd_hyper
+    from mrc.runtime.fused import FusedAdam, FusedSGD
+
+    r = replica(op)
+    key = (r, "fused", op.rule, op.kernel)
+    integ = ctx.integrators.get(key)
+    if integ is not None:
+        return integ
+    graph = ctx.graph
+    names = ctx.groups_of(r, op.rule, op.kernel)
+    params = {n: ctx.replicas.params(graph, r, n) for n in names}
+    tensors = [p for n in names for p in params[n]]
+    if len({(p.dtype, p.device) for p in tensors}) != 1:
+        raise LoweringError(f"{op.id}: a fused kernel needs one dtype and device for all of {names}")
+    fam = family(op.rule.name)
+    kw = op.rule.kwargs
+    if fam.sgd_like:
+        drift = {n: graph.partitions[n].every if graph.partitions[n].drift != "none" else 0 for n in names}
+        integ = FusedSGD({n: (params[n], ctx.lr_of(r, n), drift[n]) for n in names},
+                         **sgd_hyper(op.rule.name, kw), kernel=op.kernel)
+    elif fam.adam_like:
+        betas = tuple(kw.get("betas", (0.9, 0.999)))
+        integ = FusedAdam({n: (params[n], ctx.lr_of(r, n)) for n in names},
+                          betas=(float(betas[0]), float(betas[1])), eps=float(kw.get("eps", 1e-8)),
+                          weight_decay=float(kw.get("weight_decay", 0.0)), decoupled=fam.name == "adamw",
+                          kernel=op.kernel)
+    else:
+        raise LoweringError(f"{op.id}: rule `{op.rule.name}` has no fused kernel")
+    ctx.integrators[key] = integ
+    return integ
+
+
+def torch_integrator(op: UpdateGroup, ctx: Lowering) -> TorchRule:
+    r = replica(op)
+    key = (r, "torch.optim", op.rule, op.kernel)
+    integ = ctx.integrators.get(key)
+    if integ is None:
+        names = ctx.groups_of(r, op.rule, op.kernel)
+        integ = TorchRule(op.rule, {n: ctx.replicas.params(ctx.graph, r, n) for n in names},
+                          {n: ctx.lr_of(r, n) for n in names}, op.kernel)
+        ctx.integrators[key] = integ
+    return integ
+
+
+def drift_buffers(ctx: Lowering, r: str, n: str) -> list[torch.Tensor]:
+    """The step a held partition keeps for its drift ops (created once)."""
+    key = (r, n)
+    if key not in ctx.drift:
+        ctx.drift[key] = [torch.zeros_like(p) for p in ctx.replicas.params(ctx.graph, r, n)]
+    return ctx.drift[key]
+
+
+@lowers("update_group")
+def lower_update_group(op: UpdateGroup, pattern: Pattern, ctx: Lowering) -> StepFn:
+    if op.kernel == "stacked":
+        from mrc.techniques.brains.lower import stacked_update
+
+        return stacked_update(op, pattern, ctx)
+    if op.kernel.startswith("subset."):
+        from mrc.techniques.random_subsets.lower import subset_update
+
+        return subset_update(op, pattern, ctx)
+    if op.kernel in FUSED:
+        integ = fused_integrator(op, ctx)
+        for n, lr in zip(op.partitions, op.lrs, strict=True):
+            if integ.base[n] != lr:
+                raise LoweringError(f"{op.id}: partition {n} runs at lr {lr:g} here and {integ.base[n]:g} elsewhere; "
+                                    "a fused rule keeps one learning rate per partition")
+        updating, drifting = op.partitions, op.drifting
+
+        def fused(env: Env) -> None:
+            integ.mult = env.mult
+            integ.step_partitions(updating, drifting)
+        return fused
+    if op.drifting:
+        raise LoweringError(f"{op.id}: only fused kernels take drift steps inside an update")
+    if op.kernel not in ("torch.optim", "triton"):
+        raise LoweringError(f"{op.id}: kernel `{op.kernel}` has no lowering for rule `{op.rule.name}`")
+    integ = torch_integrator(op, ctx)
+    groups = integ.groups(op.partitions)
+    lrs = op.lrs
+    r = replica(op)
+    if not op.held:
+        def step(env: Env) -> None:
+            integ.step(groups, lrs, env.mult)
+        return step
+    held = [(ctx.replicas.params(ctx.graph, r, n), drift_buffers(ctx, r, n)) for n in op.held]
+
+    def step_held(env: Env) -> None:
+        # Linear drift: the integrator computes the partition's whole step now, but the
+        # partition moves by 1/k of it on each of the k steps of its interval (drift ops).
+        with torch.no_grad():
+            saved = [[p.detach().clone() for p in ps] for ps, _ in held]
+            integ.step(groups, lrs, env.mult)
+            for (ps, deltas), before in zip(held, saved, strict=True):
+                for p, b, d in zip(ps, before, deltas, strict=True):
+                    torch.sub(p, b, out=d)
+                    p.copy_(b)
+    return step_held
