@@ -59,4 +59,8 @@ class TorchRule:
         return self.optimizer.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        # torch's load_state_dict makes new group dicts; keep ours (update ops hold them)
         self.optimizer.load_state_dict(state)
+        for mine, loaded in zip(self._all, self.optimizer.param_groups, strict=True):
+            mine.update(loaded)
+        self.optimizer.param_groups = self._all

@@ -242,13 +242,13 @@ def test_random_subset_is_zero_during_the_fast_steps(tmp_path: Path) -> None:
     extra = ('partition subset = random(0.5, per=global, of=weight - module("head")) '
              "{ every = 4 }\npartition others = rest\n")
     compiled = compile_spec(spec(tmp_path, extra, steps=6))
-    from mrc.runtime.plan import lower
+    from mrc.api import lower
 
-    plan = lower(compiled.bound, compiled.graph, 6)
+    plan = lower(compiled, 6)
     data = compiled.bound.data
     for t, (x, y) in enumerate(batches(data, 6)):
         plan.step(t, x, y)
-        subset = plan.subsets["subset"]
+        subset = plan.ctx.subsets[("", "subset")]
         held = sum(int((p[m] == 0).sum()) for p, m in zip(subset.params, subset.masks, strict=True))
         total = sum(p.numel() for p in subset.params)
         assert held == round(0.5 * total)
@@ -311,12 +311,11 @@ def test_resume_mid_interval_is_bit_identical(tmp_path: Path) -> None:
 
 def test_fused_update_path_equals_torch_optim_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The flat-buffer fused SGD (kernel=torch here, triton on CUDA) against torch.optim."""
-    monkeypatch.setenv("MRC_KERNELS", "torch")  # every SGD rule through the fused path
     extra = ('partition first = depth(0, 1) { every = 3; drift = linear }\n'
              'partition second = depth(1, 2) { every = 2 }\n'
              "partition fast = rest\n")
     path = spec(tmp_path, extra, wd=1e-3, steps=17)
-    fused = compile_spec(path)
+    fused = compile_spec(path, ["train.kernels=torch"])  # every SGD rule through the fused path
     kernels = {op.kernel for op in fused.graph.ops() if op.kind == "update_group"}
     assert kernels == {"torch"}
     reference_path = compile_spec(path, pipeline=["prune-gradients", "freeze-prefix", "group-updates"])
@@ -324,21 +323,21 @@ def test_fused_update_path_equals_torch_optim_path(tmp_path: Path, monkeypatch: 
     a = train(fused, save=False).model.state_dict()
     b = train(reference_path, save=False).model.state_dict()
     assert_same(a, b, 1e-12)
-    from mrc.runtime.plan import lower
+    from mrc.api import lower
 
-    plan = lower(fused.bound, fused.graph, 17)
-    assert plan.fused and not plan.optimizers  # every rule went through the flat buffer
+    plan = lower(fused, 17)
+    kinds = {key[1] for key in plan.ctx.integrators}
+    assert kinds == {"fused"}  # every rule went through the flat buffer
 
 
 @pytest.mark.parametrize("rule", ["adam(lr=0.01, weight_decay=0.001)", "adamw(lr=0.01)"])
 def test_fused_adam_path_equals_torch_optim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rule: str) -> None:
     """Adam partitions on two rates through the flat-buffer kernels (float32: their state is)."""
-    monkeypatch.setenv("MRC_KERNELS", "torch")
     extra = (f'partition head = module("head") {{ optimizer {rule} }}\n'
              f"partition body = rest {{ every = 3; optimizer {rule} }}\n")
     path = spec(tmp_path, extra, steps=11)
     path.write_text(path.read_text().replace("dtype=float64", "dtype=float32"))
-    fused = compile_spec(path)
+    fused = compile_spec(path, ["train.kernels=torch"])
     assert {op.kernel for op in fused.graph.ops() if op.kind == "update_group"} == {"torch"}
     reference_path = compile_spec(path, pipeline=["prune-gradients", "freeze-prefix", "group-updates"])
     a = train(fused, save=False).model.state_dict()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mrc.models import build_model, trace_model
-from mrc.runtime.batched import BrainStack, NotBatchable, StackedSGD
+from mrc.techniques.brains.stack import BrainStack, NotBatchable, StackedSGD
 
 CASES = [("mlp", (64,), {"hidden": [32, 16]}), ("resnet", (1, 8, 8), {"depth": 8, "width": 4})]
 
