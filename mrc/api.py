@@ -120,6 +120,12 @@ def compile_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] 
     return Compiled(bound.program, bound, initial, graph)
 
 
+def lower(compiled: Compiled, total_steps: int):  # -> Plan
+    """The executable Plan of a compiled spec for a run of `total_steps` steps."""
+    from mrc.runtime.plan import lower as lower_graph
+    return lower_graph(compiled.bound, compiled.graph, total_steps)
+
+
 def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: int | None = None,
           epochs: int | None = None, device: str | None = None, resume: str | Path | None = None,
           overrides: Mapping[str, str] | Sequence[str] | None = None, progress: bool = False,
