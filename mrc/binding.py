@@ -173,18 +173,36 @@ def trace(program: Program, model: nn.Module, example: torch.Tensor, r: Reporter
 
 
 def layer_order(gm: fx.GraphModule, model: nn.Module) -> tuple[str, ...]:
-    """Paths of the parameter-owning modules in the order the traced graph first uses them."""
-    owners = {name.rpartition(".")[0] for name, _ in model.named_parameters()}
-    order: list[str] = []
+    """Paths of the parameter-owning modules in the order the traced graph first uses them.
+
+    A `call_module` node uses every owner at or below its module, in path order; a `get_attr`
+    node the owner of its parameter. Owners are indexed by each of their ancestors once, so the
+    walk is linear in nodes plus owners (times path depth), not nodes × owners.
+    """
+    owners = sorted({name.rpartition(".")[0] for name, _ in model.named_parameters()})
+    below = _by_ancestor(owners)
+    order: dict[str, None] = {}  # insertion-ordered set
+    walked: set[str] = set()
     for node in gm.graph.nodes:
         if node.op in ("call_module", "get_attr"):
             target = str(node.target)
             path = target if node.op == "call_module" else target.rpartition(".")[0]
-            for owner in sorted(owners):
-                if (owner == path or owner.startswith(path + ".")) and owner not in order:
-                    order.append(owner)
-    order += [o for o in sorted(owners) if o not in order]
+            if path not in walked:  # a second call of a module adds nothing new
+                walked.add(path)
+                order.update(dict.fromkeys(below.get(path, ())))
+    order.update(dict.fromkeys(owners))
     return tuple(order)
+
+
+def _by_ancestor(paths: list[str]) -> dict[str, list[str]]:
+    """Module path → the given paths equal to it or below it (`p` or `p.…`), in the given order.
+    The root "" is an ancestor of nothing but itself, as `startswith(path + ".")` has it."""
+    out: dict[str, list[str]] = {}
+    for path in paths:
+        parts = path.split(".")
+        for i in range(1, len(parts) + 1):
+            out.setdefault(".".join(parts[:i]), []).append(path)
+    return out
 
 
 class _Resolver:
@@ -194,6 +212,11 @@ class _Resolver:
         self.layers = layers
         self.r = r
         self.resolved: dict[str, tuple[str, ...]] = {}
+        # indexed once, so that each selector costs O(matches), not O(modules × parameters)
+        self.owned: dict[str, list[str]] = {}  # module path → the parameters it holds itself
+        for n in self.names:
+            self.owned.setdefault(n.rpartition(".")[0], []).append(n)
+        self.below = _by_ancestor([n for n in self.names if "." in n])  # module → params under it
 
     def resolve(self, sel: Selector) -> set[str]:
         if isinstance(sel, SelectSet):
@@ -212,16 +235,15 @@ class _Resolver:
             return {n for n in self.names if fnmatch.fnmatchcase(n, sel.pattern)}
         if kind == "module":
             paths = [m for m in self.modules if m and fnmatch.fnmatchcase(m, sel.pattern)]
-            return {n for n in self.names for m in paths if n.startswith(m + ".")}
+            return {n for m in paths for n in self.below.get(m, ()) if n != m}
         if kind == "type":
-            owners = {m for m, mod in self.modules.items()
-                      if any(c.__name__ == sel.pattern for c in type(mod).__mro__)}
-            return {n for n in self.names if n.rpartition(".")[0] in owners}
+            owners = [m for m, mod in self.modules.items()
+                      if any(c.__name__ == sel.pattern for c in type(mod).__mro__)]
+            return {n for m in owners for n in self.owned.get(m, ())}
         if kind == "partition":
             return set(self.resolved.get(sel.pattern, ()))
         if kind == "depth":
-            chosen = set(self.layers[slice(sel.lo, sel.hi)])
-            return {n for n in self.names if n.rpartition(".")[0] in chosen}
+            return {n for m in self.layers[slice(sel.lo, sel.hi)] for n in self.owned.get(m, ())}
         raise AssertionError(kind)
 
     def explain_empty(self, sel: Selector) -> str | None:

@@ -12,6 +12,11 @@
 
 A model that cannot be traced (data-dependent control flow, unsupported Python) raises
 `TraceFailure` naming the module whose forward failed and how to make it a leaf.
+
+Tracing is linear in the size of the model: torch.fx's own `Tracer.getattr` finds a parameter's
+qualified name by scanning `root.named_parameters()` on every access, which makes a model whose
+non-leaf modules read their own weights (the ODE-ResNet's steps) quadratic in depth; `MrcTracer`
+looks the name up in a map built once per trace instead.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.proxy import ParameterProxy
 
 
 class TraceFailure(Exception):
@@ -50,6 +56,46 @@ class MrcTracer(fx.Tracer):
         self._stack: list[tuple[str, nn.Module]] = []
         self.failed_module: tuple[str, nn.Module] | None = None
         self._last_layer: dict[str, int] = {}
+        self._parameter_names: dict[int, str] | None = None
+
+    def trace(self, root: nn.Module | Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        self._parameter_names = None  # built from this root on its first parameter access
+        try:
+            return super().trace(root, concrete_args)
+        finally:
+            self._parameter_names = None
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        """A parameter read inside a traced forward becomes one `get_attr` node per parameter,
+        named as `root.named_parameters()` names it (the first name of a shared one), exactly as
+        in torch.fx, but found in O(1). Anything else goes to torch.fx unchanged."""
+        if isinstance(attr_val, nn.Parameter):
+            name = self._parameter_name(attr_val)
+            if name is not None:
+                if name not in parameter_proxy_cache:
+                    factory = (None if not self.param_shapes_constant else
+                               lambda node: ParameterProxy(self, node, name, attr_val))
+                    parameter_proxy_cache[name] = self.create_proxy(
+                        "get_attr", name, (), {}, proxy_factory_fn=factory)
+                return parameter_proxy_cache[name]
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def _parameter_name(self, param: nn.Parameter) -> str | None:
+        """The qualified name of `param` in the root, or None (then torch.fx's scan decides)."""
+        if self._parameter_names is None:
+            # named_parameters() yields a shared parameter once, under its first name
+            self._parameter_names = {id(p): name for name, p in self.root.named_parameters()}
+        name = self._parameter_names.get(id(param))
+        if name is None:
+            return None
+        # the name must still hold this very tensor (a forward may reassign parameters); read the
+        # modules' own tables, as `getattr` on a module is patched to come back here while tracing
+        *path, leaf = name.split(".")
+        module: nn.Module | None = self.root
+        for part in path:
+            module = module._modules.get(part) if module is not None else None
+        held = module._parameters.get(leaf) if module is not None else None
+        return name if held is param else None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if getattr(m, "mrc_leaf", False):

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import fx, nn
 
 from mrc.api import bind_spec
-from mrc.binding import Bound
+from mrc.binding import Bound, layer_order
 from mrc.diagnostics import CompileError, Diagnostic
 
 MLP = "model mlp(hidden=[16, 8])\ndata digits(limit=64)\noptimizer sgd(lr=0.1)\n"
@@ -281,3 +282,76 @@ def test_unreadable_init_file_is_a_one_line_error(tmp_path: Path, content: bytes
     assert d.message.startswith(f"cannot read initial weights from {tmp_path / 'w.pt'}: {kind}: ")
     assert "\n" not in d.message and "weights_only" not in d.message
     assert d.span is not None and (d.span.line, d.span.col) == (4, 6)
+
+
+def _layer_order_by_definition(gm: fx.GraphModule, model: nn.Module) -> tuple[str, ...]:
+    """layer_order as its docstring defines it, scanning every owner for every node."""
+    owners = {name.rpartition(".")[0] for name, _ in model.named_parameters()}
+    order: list[str] = []
+    for node in gm.graph.nodes:
+        if node.op in ("call_module", "get_attr"):
+            target = str(node.target)
+            path = target if node.op == "call_module" else target.rpartition(".")[0]
+            for owner in sorted(owners):
+                if (owner == path or owner.startswith(path + ".")) and owner not in order:
+                    order.append(owner)
+    return tuple(order + [o for o in sorted(owners) if o not in order])
+
+
+class _Tangle(nn.Module):
+    """Owners used out of name order: a leaf block with nested owners called twice, a root
+    parameter, a module whose name extends another's (`b` / `bb`) and one never used."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(4))
+        self.z = nn.Linear(4, 4)
+        self.block = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Linear(4, 4)))
+        self.bb = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+        self.unused = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bb(self.z(x) * self.scale)
+        return self.b(self.block(self.block(x)))
+
+
+@pytest.mark.parametrize(("name", "in_shape", "kwargs", "leaves"), [
+    ("tangle", (4,), {}, {"block"}),
+    ("tangle", (4,), {}, set()),
+    ("resnet", (3, 8, 8), {"depth": 14}, set()),
+    ("ode_resnet", (6,), {"depth": 12}, set()),
+    ("ode_resnet", (2, 6, 6), {"depth": 3, "variant": "conv"}, set()),
+    ("transformer", (2, 6), {"depth": 2}, set()),
+])
+def test_layer_order_is_the_order_of_first_use(name: str, in_shape: tuple[int, ...],
+                                               kwargs: dict, leaves: set[str]) -> None:
+    from mrc.models import build_model, trace_model
+
+    torch.manual_seed(0)
+    model = _Tangle() if name == "tangle" else build_model(name, in_shape, 5, kwargs)
+    gm = trace_model(model, torch.randn(2, *in_shape), leaf_modules=leaves)
+    assert layer_order(gm, model) == _layer_order_by_definition(gm, model)
+    if name == "tangle":
+        assert layer_order(gm, model)[:3] == ("z", "", "bb")
+        assert layer_order(gm, model)[-1] == "unused"
+
+
+ODE = "model ode_resnet(depth=12, width=3)\ndata levelsets(samples=40, batch=10)\noptimizer sgd(lr=0.1)\n"
+
+
+def _ode_layers(*ns: int) -> list[str]:
+    return [f"stack.layers.{n}.{w}" for n in ns for w in ("weight", "bias")]
+
+
+@pytest.mark.parametrize(("selector", "expected"), [
+    ('module("stack.layers.1*")', _ode_layers(1, 10, 11)),
+    ('module("stack")', _ode_layers(*range(12))),
+    ('type("DenseStep")', _ode_layers(*range(12))),
+    ('type("Linear") - module("stack")', ["stem.0.weight", "stem.0.bias", "head.weight",
+                                          "head.bias"]),
+    ("depth(3, 5)", _ode_layers(2, 3)),
+    ("depth(-1) | depth(0, 1)", ["stem.0.weight", "stem.0.bias", "head.weight", "head.bias"]),
+])
+def test_ode_resnet_selectors(tmp_path: Path, selector: str, expected: list[str]) -> None:
+    assert select(tmp_path, ODE, selector) == tuple(expected)

@@ -322,3 +322,58 @@ def test_trace_failure_in_root_forward_and_on_wrong_example():
     assert "torch.where" in info.value.hint
     with pytest.raises(TraceFailure, match=r"shape \(2, 10\)"):
         trace_model(_build("mlp", (64,), {}), torch.randn(2, 10))
+
+
+def _parameters_scanned(model: nn.Module, example: torch.Tensor,
+                        monkeypatch: pytest.MonkeyPatch) -> int:
+    """How many (name, parameter) pairs `named_parameters()` yields while tracing `model`."""
+    count = 0
+    original = nn.Module.named_parameters
+
+    def counting(self: nn.Module, *args: object, **kwargs: object):
+        nonlocal count
+        for item in original(self, *args, **kwargs):
+            count += 1
+            yield item
+
+    monkeypatch.setattr(nn.Module, "named_parameters", counting)
+    trace_model(model, example)
+    monkeypatch.undo()
+    return count
+
+
+def test_tracing_scans_the_parameters_a_number_of_times_linear_in_depth(monkeypatch):
+    # torch.fx's own Tracer.getattr scans root.named_parameters() on every parameter read, so
+    # an ODE-ResNet (whose steps read their weights) cost O(depth²): 64 → 128 layers scanned
+    # about 4× as many pairs. Linear tracing scans about 2× (here: once per trace).
+    counts = [_parameters_scanned(_build("ode_resnet", (4,), {"depth": d}), torch.randn(2, 4),
+                                  monkeypatch) for d in (64, 128)]
+    params = [2 * d + 4 for d in (64, 128)]
+    assert counts[1] <= 2.2 * counts[0]
+    assert counts[1] <= 3 * params[1]
+
+
+class _Shared(nn.Module):
+    """Two steps that share one weight, read inside non-leaf forwards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Module()
+        self.a.w = nn.Parameter(torch.randn(3, 3))
+        self.b = nn.Module()
+        self.b.w = self.a.w
+        self.b.v = nn.Parameter(torch.randn(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.a.w @ self.b.w + self.b.v
+
+
+def test_trace_names_a_shared_parameter_once_by_its_first_name():
+    torch.manual_seed(0)
+    model = _Shared()
+    x = torch.randn(2, 3)
+    gm = trace_model(model, x)
+    assert [n.target for n in gm.graph.nodes if n.op == "get_attr"] == ["a.w", "b.v"]
+    plain = fx.symbolic_trace(model)
+    assert [n.target for n in plain.graph.nodes if n.op == "get_attr"] == ["a.w", "b.v"]
+    assert torch.equal(gm(x), model(x))
