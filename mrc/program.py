@@ -1,6 +1,6 @@
 """The checked program: what a spec means, with names resolved and values typed.
 
-`mrc.checker` turns the AST into a `Program`; `mrc.binding` then resolves its selectors against a
+`mrc.check` turns the AST into a `Program`; `mrc.binding` then resolves its selectors against a
 traced model. Records are frozen; each keeps the span it came from so later stages can still point
 at the spec when something goes wrong.
 """

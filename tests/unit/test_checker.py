@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mrc.api import check_spec
-from mrc.checker import check
+from mrc.check.checker import check
 from mrc.diagnostics import CompileError, Diagnostic, Span, render
 from mrc.parser import parse
 from mrc.program import Program, Select, SelectRandom, SelectSet
