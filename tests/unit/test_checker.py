@@ -491,3 +491,16 @@ def test_average_momentum_with_partitions_in_brains_is_refused(tmp_path) -> None
         assert "momentum=average` with partitions inside brains" in err.diagnostics[0].message
     else:
         raise AssertionError("expected a diagnostic")
+
+
+def test_train_kernels_and_threads() -> None:
+    p = program(BASE)
+    assert p.train.kernels == "auto" and p.train.threads == 0
+    p = program(BASE + 'train(kernels="torch.optim", threads=4)\n')
+    assert p.train.kernels == "torch.optim" and p.train.threads == 4
+    p = program(BASE + 'train(kernels="triton")\n')
+    assert p.train.kernels == "triton"
+    d = one_error(BASE + "train(kernels=cuda)\n")
+    assert d.message.startswith("`kernels` must be one of `auto`, `torch`, `triton`, `torch.optim`")
+    d = one_error(BASE + "train(threads=-1)\n")
+    assert d.message.startswith("`threads` = -1 is out of range") and at(d) == (4, 15)

@@ -33,6 +33,9 @@ TRAIN_PARAMS = (
     Param("dtype", "choice", "float32", "parameter dtype", choices=("float32", "float64")),
     Param("checkpoint_every", "int", 0, "checkpoint every N steps (0: every epoch)", lo=0),
     Param("grad_clip", "float", 0.0, "clip the gradient norm to this (0: off)", lo=0),
+    Param("kernels", "choice", "auto", "how update groups run (auto: Triton where it runs, else "
+          "torch)", choices=("auto", "torch", "triton", "torch.optim")),
+    Param("threads", "int", 0, "torch intra-op threads (0: chosen for the model's size)", lo=0),
 )
 EARLY_STOPPING_PARAMS = (
     Param("metric", "choice", "val_loss", "validation metric watched",
