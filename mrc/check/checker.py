@@ -73,7 +73,7 @@ class Checker(Arguments):
 
     def selector(self, expr: ast.Expr) -> Selector:
         """Evaluate a partition's selector expression."""
-        if self._selector_depth >= ast.MAX_NESTING:  # only a hand-built AST: the parser stops first
+        if self._selector_depth > ast.MAX_NESTING:  # only a hand-built AST: the parser stops first
             self.r.error(f"this selector nests more than {ast.MAX_NESTING} levels deep", expr.span)
             raise Bad
         self._selector_depth += 1

@@ -76,7 +76,7 @@ class Expressions:
 
     def value(self, expr: ast.Expr) -> Value:
         """Evaluate an expression to a plain value (numbers, strings, lists, symbols, calls)."""
-        if self._depth >= ast.MAX_NESTING:  # only a hand-built AST gets here: the parser stops first
+        if self._depth > ast.MAX_NESTING:  # only a hand-built AST gets here: the parser stops first
             self.r.error(f"this expression nests more than {ast.MAX_NESTING} levels deep", expr.span)
             raise Bad
         self._depth += 1
