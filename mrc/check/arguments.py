@@ -9,6 +9,7 @@ registry or user code. A `--set statement.argument=…` replaces the argument's 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from mrc import ast
@@ -106,7 +107,10 @@ class Arguments(Expressions):
         except OverflowError:  # an integer too large for a float
             value, err = raw, f"`{param.name}` is too large"
         if err:
-            self.r.error(err, v.span, hint=_choice_hint(param, raw))
+            hint = _choice_hint(param, raw)
+            if isinstance(raw, float) and math.isinf(raw):
+                hint = "numbers beyond ±1.8e308 are infinite (`inf`)"
+            self.r.error(err, v.span, hint=hint)
             return
         given[name] = value
         spans[name] = v.span
