@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mrc import ast
 from mrc.binding import Bound, bind
-from mrc.checker import check
+from mrc.check.checker import check
 from mrc.diagnostics import CompileError, Diagnostic, Reporter, Span
 from mrc.ir.graph import ScheduleGraph
 from mrc.parser import parse, parse_expr

@@ -1,6 +1,6 @@
 """The syntax tree of a .mrs spec: frozen records, each with the span it was parsed from.
 
-The parser builds these and nothing else; meaning is given by mrc/checker.py.
+The parser builds these and nothing else; meaning is given by the checker (mrc/check/).
 """
 
 from __future__ import annotations
@@ -8,6 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mrc.diagnostics import Span
+
+MAX_NESTING = 200
+"""How deeply a spec may nest (brackets, operators, calls, blocks): the parser reports deeper
+input as an error, so no later stage recurses further than this (docs/language.md)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -163,12 +163,15 @@ def load_init(program: Program, model: nn.Module, r: Reporter, training: bool = 
 
 def trace(program: Program, model: nn.Module, example: torch.Tensor, r: Reporter) -> fx.GraphModule | None:
     from mrc.models import TraceFailure, trace_model
+    from mrc.usercode import STOPS, stopped
 
     try:
         return trace_model(model, example)
     except TraceFailure as err:
         r.error(f"cannot trace the model with torch.fx: {err.message}", program.model.span,
                 hint=err.hint)
+    except STOPS as err:  # the model's own forward must not end mrc with its exit status
+        r.error(f"the model's forward {stopped(err)} while it was traced", program.model.span)
     return None
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from mrc import __version__
 from mrc.diagnostics import CompileError, render_all
@@ -138,8 +141,47 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return run_train(args)
 
 
+class _ClosedPipeSafe:
+    """A text stream that survives its reader going away: after the first `BrokenPipeError` it
+    points the file descriptor at /dev/null and drops further output, so the command still
+    finishes and returns its own exit status (`mrc check bad.mrs 2>&1 | true` exits 2)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._silence()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._silence()
+
+    def _silence(self) -> None:
+        self.broken = True
+        try:  # so the interpreter's own flush at exit does not fail on the same pipe
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _ClosedPipeSafe(sys.stdout), _ClosedPipeSafe(sys.stderr)  # type: ignore[assignment]
     try:
         return {"check": _cmd_check, "graph": _cmd_graph, "train": _cmd_train}[args.command](args)
     except CompileError as err:
@@ -148,8 +190,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mrc: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        return EXIT_OK
+    except BrokenPipeError:  # a write that bypassed the streams above: the outcome is unknown
+        return EXIT_ERROR
+    finally:
+        for wrapped in (sys.stdout, sys.stderr):
+            if isinstance(wrapped, _ClosedPipeSafe):
+                wrapped.flush()
+        sys.stdout, sys.stderr = saved
 
 
 if __name__ == "__main__":

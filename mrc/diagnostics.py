@@ -69,6 +69,12 @@ SOURCES = Sources()
 """Process-wide source registry: every file or `--set` text the front end reads is added here."""
 
 
+QUOTE_WIDTH = 160
+"""Source lines longer than this are quoted as a window around the span, cut with `…`."""
+MESSAGE_WIDTH = 1000
+"""Messages and hints longer than this are cut in the middle (a 5 MB name stays out of stderr)."""
+
+
 def _quote(span: Span, sources: Sources) -> list[str]:
     text = sources.line(span.file, span.line)
     if text is None:
@@ -77,25 +83,47 @@ def _quote(span: Span, sources: Sources) -> list[str]:
     start = max(span.col, 1)
     end = span.end_col if span.end_line == span.line else len(text) + 1
     width = max(end - start, 1)
+    if len(text) > QUOTE_WIDTH:
+        text, start, width = _window(text, start, width)
     gutter = " " * len(str(span.line))
     return [f" {span.line} | {text}", f" {gutter} | {' ' * (start - 1)}{'^' * width}"]
+
+
+def _window(text: str, start: int, width: int) -> tuple[str, int, int]:
+    """The part of a long line around column `start`, with `…` where it is cut, and the caret
+    column and width within it (carets end at the window's edge)."""
+    keep = QUOTE_WIDTH - 2
+    left = max(0, min(start - 1 - keep // 4, len(text) - keep))  # index of the first shown char
+    shown = text[left:left + keep]
+    prefix, suffix = ("…" if left > 0 else ""), ("…" if left + keep < len(text) else "")
+    col = start - left + len(prefix)
+    width = max(1, min(width, len(prefix) + len(shown) - col + 1))
+    return prefix + shown + suffix, col, width
+
+
+def clip(text: str, limit: int = MESSAGE_WIDTH) -> str:
+    """`text`, cut in the middle with `…` when longer than `limit` characters."""
+    if len(text) <= limit:
+        return text
+    half = (limit - 1) // 2
+    return f"{text[:half]}…{text[len(text) - half:]}"
 
 
 def render(diag: Diagnostic, sources: Sources = SOURCES) -> str:
     """The diagnostic as text, in the compiler-standard form that editors recognise."""
     where = f"{diag.span}: " if diag.span and diag.span.line > 0 else (
         f"{diag.span.file}: " if diag.span else "")
-    out = [f"{where}{diag.severity}: {diag.message}"]
+    out = [f"{where}{diag.severity}: {clip(diag.message)}"]
     if diag.span and diag.span.line > 0:
         out += _quote(diag.span, sources)
     for note in diag.notes:
         if note.span and note.span.line > 0:
-            out.append(f"{note.span}: note: {note.message}")
+            out.append(f"{note.span}: note: {clip(note.message)}")
             out += _quote(note.span, sources)
         else:
-            out.append(f"note: {note.message}")
+            out.append(f"note: {clip(note.message)}")
     if diag.hint:
-        out.append(f"hint: {diag.hint}")
+        out.append(f"hint: {clip(diag.hint)}")
     return "\n".join(out)
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer_NonRecursive, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from mrc import ast
-from mrc.diagnostics import SOURCES, CompileError, Diagnostic, Span
+from mrc.diagnostics import SOURCES, CompileError, Diagnostic, Span, clip
 
 # Human names for the grammar's terminals, used in "expected …" messages.
 TERMINAL_NAMES = {
@@ -46,8 +46,11 @@ def _number(text: str) -> int | float:
     return int(text)
 
 
-class _Builder(Transformer):
-    """Builds frozen AST records bottom-up; one method per grammar alias."""
+class _Builder(Transformer_NonRecursive):
+    """Builds frozen AST records bottom-up; one method per grammar alias.
+
+    Non-recursive, so no nesting depth can exhaust Python's stack here; `_too_deep` keeps what
+    it builds within `ast.MAX_NESTING` for the stages after it."""
 
     def __init__(self, file: str) -> None:
         super().__init__()
@@ -158,6 +161,28 @@ class _Builder(Transformer):
         return ast.ListExpr(tuple(x for x in c if x is not None), self._s(meta))
 
 
+NESTING = frozenset({"union", "intersect", "add", "sub", "mul", "div", "pow", "neg", "call", "list",
+                     "block"})
+"""The tree nodes that count as one level of nesting: operators, calls, lists and blocks."""
+
+
+def _too_deep(file: str, tree: Tree) -> Diagnostic | None:
+    """A diagnostic at the first place that nests more than `ast.MAX_NESTING` levels, if any."""
+    stack: list[tuple[Any, int]] = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if not isinstance(node, Tree):
+            continue
+        if node.data in NESTING:
+            depth += 1
+            if depth > ast.MAX_NESTING:
+                return Diagnostic(f"this nests more than {ast.MAX_NESTING} levels deep", _span(file, node.meta),
+                                  hint=f"brackets, operators, calls and blocks nest at most {ast.MAX_NESTING} "
+                                  "levels; name parts with `let`")
+        stack += ((child, depth) for child in reversed(node.children))
+    return None
+
+
 OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "__ANON_0", "VBAR", "AMPERSAND"}
 
 
@@ -190,7 +215,8 @@ def _syntax_error(file: str, text: str, err: UnexpectedInput) -> Diagnostic:
         span = Span(file, tok.line, tok.column, tok.end_line or tok.line,
                     tok.end_column or tok.column + len(str(tok)))
         what = {"NAME": "name", "NUMBER": "number", "STRING": "string"}.get(tok.type)
-        shown = f"{what} `{tok}`" if what else f"`{tok}`"
+        text = clip(str(tok), 40)  # a token may be megabytes long
+        shown = f"{what} `{text}`" if what else f"`{text}`"
         hint = None
         if tok.type == "EQUAL":
             hint = "a setting `key = value` belongs inside a `{ … }` block or a call's `( … )`"
@@ -231,6 +257,9 @@ def _parse(text: str, file: str, start: str) -> Any:
             diag = Diagnostic(diag.message.split(";")[0] + " after the value", diag.span,
                               hint="a value is one expression, e.g. 0.1, 2 * h, [64, 32] or \"text\"")
         raise CompileError([diag]) from None
+    deep = _too_deep(file, tree)
+    if deep is not None:
+        raise CompileError([deep])
     try:
         return _Builder(file).transform(tree)
     except VisitError as err:  # a bug in the builder, not the user's input: surface the cause

@@ -1,6 +1,6 @@
 """The checked program: what a spec means, with names resolved and values typed.
 
-`mrc.checker` turns the AST into a `Program`; `mrc.binding` then resolves its selectors against a
+`mrc.check` turns the AST into a `Program`; `mrc.binding` then resolves its selectors against a
 traced model. Records are frozen; each keeps the span it came from so later stages can still point
 at the spec when something goes wrong.
 """
@@ -156,6 +156,10 @@ class Merge:
 
 @dataclass(frozen=True, slots=True)
 class TrainSettings:
+    """The `train(…)` settings. kernels: how update groups run — `auto` (Triton where it runs,
+    else torch), `torch`, `triton` or `torch.optim` (it replaces the `MRC_KERNELS` environment
+    variable); threads: torch intra-op threads (0: chosen for the model's size)."""
+
     epochs: int | None = None
     steps: int | None = None
     seed: int = 0
@@ -166,6 +170,8 @@ class TrainSettings:
     dtype: str = "float32"
     checkpoint_every: int = 0
     grad_clip: float = 0.0
+    kernels: str = "auto"
+    threads: int = 0
     span: Span | None = None
 
 

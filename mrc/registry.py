@@ -103,6 +103,8 @@ class Param:
             value = float(value)
             if math.isnan(value):
                 return value, f"`{self.name}` must be a number, not nan"
+            if math.isinf(value):  # no parameter means "infinitely much": each has a finite range
+                return value, f"`{self.name}` must be a finite number, not {_num(value)}"
         if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)):
             return value, f"`{self.name}` = {_num(value)} is out of range: it must lie in {self.describe_range()}"
         if self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)):

@@ -1,7 +1,8 @@
 """Load user callables named in a spec as `"path/to/file.py:factory"` or `"package.module:factory"`.
 
 Every way this can go wrong — a malformed reference, a missing file, a file that does not import,
-a missing or non-callable attribute, a factory that raises — becomes a `UserCodeError` with a
+a missing or non-callable attribute, a factory that raises, calls `sys.exit` or raises
+`KeyboardInterrupt` — becomes a `UserCodeError` with a
 one-line message, so the CLI reports it as a diagnostic instead of a Python traceback.
 """
 
@@ -65,6 +66,8 @@ def call_user(fn: Callable[..., Any], ref: str, /, **kwargs: Any) -> Any:
         return fn(**kwargs)
     except Exception as e:
         raise UserCodeError(f"{ref} raised {type(e).__name__}: {e}") from e
+    except STOPS as e:  # the factory must not end mrc itself (with its own exit status)
+        raise UserCodeError(f"{ref} {stopped(e)}") from None
 
 
 def _load_file(ref: str, module_part: str, base_dir: Path) -> ModuleType:
@@ -92,6 +95,8 @@ def _load_file(ref: str, module_part: str, base_dir: Path) -> ModuleType:
             sys.modules.pop(name, None)
         else:
             sys.modules[name] = previous
+        if isinstance(e, STOPS):
+            raise UserCodeError(f"{ref}: importing {module_part} {stopped(e)}") from None
         if not isinstance(e, Exception):
             raise
         raise UserCodeError(f"{ref}: importing {module_part} failed: {_describe(e)}") from e
@@ -112,6 +117,19 @@ def _load_module(ref: str, module_part: str) -> ModuleType:
         raise UserCodeError(f"{ref}: importing {module_part} failed: {_describe(e)}") from e
     except Exception as e:
         raise UserCodeError(f"{ref}: importing {module_part} failed: {_describe(e)}") from e
+    except STOPS as e:
+        raise UserCodeError(f"{ref}: importing {module_part} {stopped(e)}") from None
+
+
+STOPS = (SystemExit, KeyboardInterrupt)
+"""What user code may raise to stop the process; mrc reports it as the user code's error."""
+
+
+def stopped(e: BaseException) -> str:
+    """How user code stopped, for a message: `called sys.exit(3)`, `raised KeyboardInterrupt`."""
+    if isinstance(e, SystemExit):
+        return f"called sys.exit({'' if e.code is None else repr(e.code)})"
+    return f"raised {type(e).__name__}"
 
 
 def _describe(e: BaseException) -> str:

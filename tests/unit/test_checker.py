@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mrc.api import check_spec
-from mrc.checker import check
+from mrc.check.checker import check
 from mrc.diagnostics import CompileError, Diagnostic, Span, render
 from mrc.parser import parse
 from mrc.program import Program, Select, SelectRandom, SelectSet
@@ -491,3 +491,105 @@ def test_average_momentum_with_partitions_in_brains_is_refused(tmp_path) -> None
         assert "momentum=average` with partitions inside brains" in err.diagnostics[0].message
     else:
         raise AssertionError("expected a diagnostic")
+
+
+def test_train_kernels_and_threads() -> None:
+    p = program(BASE)
+    assert p.train.kernels == "auto" and p.train.threads == 0
+    p = program(BASE + 'train(kernels="torch.optim", threads=4)\n')
+    assert p.train.kernels == "torch.optim" and p.train.threads == 4
+    p = program(BASE + 'train(kernels="triton")\n')
+    assert p.train.kernels == "triton"
+    d = one_error(BASE + "train(kernels=cuda)\n")
+    assert d.message.startswith("`kernels` must be one of `auto`, `torch`, `triton`, `torch.optim`")
+    d = one_error(BASE + "train(threads=-1)\n")
+    assert d.message.startswith("`threads` = -1 is out of range") and at(d) == (4, 15)
+
+
+# ---- front-end faults (issue 10) ------------------------------------------------------------
+
+
+def test_a_deep_hand_built_expression_is_a_diagnostic_not_a_crash() -> None:
+    from mrc import ast
+
+    base = parse(BASE, "c.mrs")
+    here = Span("c.mrs", 4, 1, 4, 2)
+    value: ast.Expr = ast.Num(1, "1", here)
+    for _ in range(5000):
+        value = ast.Neg(value, here)
+    sel: ast.Expr = ast.Name("bias", here)
+    for _ in range(5000):
+        sel = ast.BinOp("|", sel, ast.Name("weight", here), here)
+    let = ast.Statement(ast.Name("let", here), None, ast.Name("a", here), value, None, None, here)
+    part = ast.Statement(ast.Name("partition", here), None, ast.Name("p", here), sel, None, None,
+                         here)
+    with pytest.raises(CompileError) as info:
+        check(ast.Spec("c.mrs", (*base.statements, let, part)), Path("."))
+    assert sorted(d.message for d in info.value.diagnostics) == [
+        f"this expression nests more than {ast.MAX_NESTING} levels deep",
+        f"this selector nests more than {ast.MAX_NESTING} levels deep"]
+
+
+def test_nesting_at_the_limit_is_checked() -> None:
+    p = program(BASE + "let a = " + "-" * 199 + "1\n")
+    assert p.lets["a"] == -1
+    p = program(BASE + "partition p = " + " | ".join(["bias"] * 200) + "\npartition q = rest\n")
+    assert p.partitions[0].selector.describe().count("bias") == 200
+
+
+@pytest.mark.parametrize(("text", "hint"), [
+    ("modle mlp(hidden=[16])\ndata digits()\noptimizer sgd(lr=0.1)\n", "model"),
+    ("model mlp()\ndta digits(batch=8)\noptimizer sgd(lr=0.1)\n", "data"),
+    ("dta digits(batch=8)\nmodel mlp()\noptimizer sgd(lr=0.1)\n", "data"),
+    ("model mlp()\ndata digits()\noptimiser sgd(lr=0.1)\n", "optimizer"),
+    (BASE + "modl { split = 2 }\n", "modules"),
+    (BASE + "sweeep random(trials=2) { }\n", "sweep"),
+    (BASE + "partiton p = bias\n", "partition"),
+    (BASE + "brian a { every = 1 }\n", "brain"),
+    (BASE + "trian(epochs=1)\n", "train"),
+])
+def test_a_misspelt_statement_gets_the_statement_that_fits(text: str, hint: str) -> None:
+    # and a misspelt required statement is not also reported as missing
+    d = one_error(text)
+    assert d.message.startswith("unknown statement") and d.hint == f"did you mean `{hint}`?"
+
+
+def test_a_missing_statement_is_still_reported_when_nothing_is_its_misspelling() -> None:
+    diags = errors("model mlp()\nxyzzy digits()\noptimizer sgd(lr=0.1)\n")
+    assert [(d.message, at(d)) for d in diags] == [
+        ("the spec has no `data` statement", (1, 1)), ("unknown statement `xyzzy`", (2, 1))]
+
+
+@pytest.mark.parametrize(("text", "message", "where"), [
+    ("optimizer sgd(lr=1e999)", "`lr` must be a finite number, not inf", (3, 18)),
+    ("optimizer sgd(lr=0.1, momentum=-1e999)", "`momentum` must be a finite number, not -inf",
+     (3, 32)),
+    ("let x = 1e308 * 10\ntrain(grad_clip=x)", "`grad_clip` must be a finite number, not inf",
+     (5, 17)),
+    ("train(grad_clip=inf)", "`grad_clip` must be a finite number, not inf", (4, 17)),
+    ("train(epochs=1e999)", "`epochs` must be an integer, not inf", (4, 14)),
+    ("let x = inf - inf\ntrain(grad_clip=x)", "`grad_clip` must be a number, not nan", (5, 17)),
+    ("partition p = bias { lr = 1e999 }", "`lr` must be a finite number, not inf", (4, 27)),
+    ("brain a { every = 1 }\nbrain b { every = 2 }\nmerge weighted(weights=[1, 1e999])",
+     "`weights` must be a finite number, not inf", (6, 24)),
+])
+def test_non_finite_numbers_are_errors(text: str, message: str, where: tuple[int, int]) -> None:
+    d = one_error(BASE.replace("optimizer sgd(lr=0.1)\n", "") + text + "\n"
+                  if text.startswith("optimizer") else BASE + text + "\n")
+    assert d.message == message and at(d) == where
+
+
+def test_non_finite_overrides_are_errors(full: Path) -> None:
+    d = _override_error(full, ["optimizer.lr=1e999"])
+    assert d.message == "`lr` must be a finite number, not inf"
+    assert d.span is not None and d.span.file == "<--set optimizer.lr>"
+
+
+def test_param_validation_refuses_non_finite_numbers() -> None:
+    from mrc.registry import Param
+
+    assert Param("x", "float").validate(math.inf)[1] == "`x` must be a finite number, not inf"
+    assert Param("x", "float", hi=1).validate(-math.inf)[1] == "`x` must be a finite number, not -inf"
+    assert Param("x", "floats").validate([1.0, math.inf])[1] == "`x` must be a finite number, not inf"
+    assert Param("x", "int").validate(math.inf)[1] == "`x` must be an integer, not inf"
+    assert Param("x", "float").validate(1e308) == (1e308, None)

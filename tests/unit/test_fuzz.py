@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mrc.checker import KEYWORDS, SELECTOR_CALLS, SELECTOR_WORDS, check
+from mrc.check.checker import KEYWORDS, SELECTOR_CALLS, SELECTOR_WORDS, check
 from mrc.cli import main
 from mrc.data import DATA_OPTIONS, DATASETS
 from mrc.diagnostics import CompileError, render

@@ -409,3 +409,60 @@ def test_expected_lists_use_human_names(text: str) -> None:
     d = syntax_error(text)
     assert "expected" in d.message
     assert not re.search(r"__ANON|\b[A-Z]{3,}\b|\$END", d.message), d.message
+
+
+# ---- deep nesting and long lines ------------------------------------------------------------
+
+DEEP = 5000
+
+
+@pytest.mark.parametrize(("text", "col"), [
+    ("let a = " + "[" * DEEP + "1" + "]" * DEEP, 209),       # the 201st bracket
+    ("let a = " + "-" * DEEP + "1", 209),                     # the 201st minus sign
+    ("partition p = " + ' | '.join(['module("head")'] * DEEP), 15),  # left-deep: all start here
+    ("let a = " + "2 ** " * DEEP + "1", 1009),
+    ("let a = " + "f(" * DEEP + "1" + ")" * DEEP, 409),
+    ("let a = " + " + ".join(["1"] * DEEP), 9),
+    ("x " + "{ y " * DEEP + "{}" + "}" * DEEP, 803),
+])
+def test_deep_nesting_is_a_diagnostic_not_a_crash(text: str, col: int) -> None:
+    d = syntax_error(text)
+    assert d.message == f"this nests more than {ast.MAX_NESTING} levels deep"
+    assert d.span is not None and (d.span.line, d.span.col) == (1, col)
+    assert d.hint is not None and "let" in d.hint
+
+
+def test_nesting_up_to_the_limit_parses() -> None:
+    n = ast.MAX_NESTING
+    e = expr("[" * n + "1" + "]" * n)
+    for _ in range(n):
+        assert isinstance(e, ast.ListExpr)
+        e = e.items[0]
+    assert e == ast.Num(1, "1", sp(1, n + 1, 1, n + 2, "<e>"))
+    assert isinstance(expr("-" * n + "1"), ast.Neg)
+    assert isinstance(expr(" | ".join(["a"] * (n + 1))), ast.BinOp)  # n operators
+    assert isinstance(expr("(" * DEEP + "1" + ")" * DEEP), ast.Num)  # parentheses are no level
+    syntax_error("let a = " + " | ".join(["a"] * (n + 2)))
+
+
+def test_a_long_line_is_quoted_as_a_window_around_the_caret() -> None:
+    text = "let a = [" + "1, " * 1_700_000 + "1 2]\n"  # a 5 MB line
+    d = syntax_error(text)
+    assert d.message == "unexpected number `2`; expected `,` or `]`"
+    shown = render(d)
+    assert len(shown) < 1000
+    _, line, carets = shown.splitlines()
+    assert line.startswith(" 1 | …") and line.endswith("1 2]")
+    assert carets.index("^") == line.index("2]") and carets.count("^") == 1
+    d = syntax_error("let a = [1, 2) " + "x" * 5_000_000)
+    _, line, carets = render(d).splitlines()
+    assert line.startswith(" 1 | let a = [1, 2) xxx") and line.endswith("x…")
+    assert carets.index("^") == line.index(")")
+
+
+def test_a_huge_token_is_clipped_in_the_message() -> None:
+    d = syntax_error("model mlp() " + "y" * 5_000_000 + " = 1")
+    assert d.message.startswith("unexpected `=`")
+    d = syntax_error("let a = [1 " + "y" * 5_000_000 + "]")
+    assert len(d.message) < 200 and "…" in d.message
+    assert len(render(d)) < 1000

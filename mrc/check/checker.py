@@ -1,0 +1,133 @@
+"""The checker's driver: AST → Program.
+
+It walks the spec's statements and dispatches each by keyword to the check its technique
+registered (`mrc.check.registry`): statements that bind names (`let`, `partition`, `brain`) in
+source order, the others once every statement was seen. Then it runs the techniques' whole-spec
+checks, reports unused `--set` keys, and raises `CompileError` with *every* problem found, in
+source order, or builds the `Program` from the fields the checks set. It never raises anything
+but `CompileError`. docs/language.md is the reference for each statement.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mrc import ast
+from mrc.check.arguments import Arguments, names
+from mrc.check.expressions import Bad, CallValue, Symbol
+from mrc.check.registry import (
+    FINISHERS,
+    SELECTOR_WORDS,
+    SELECTORS,
+    STATEMENTS,
+    check_form,
+    suggest_statement,
+)
+from mrc.diagnostics import CompileError, Note, Span
+from mrc.program import Program, Selector
+from mrc.techniques.multirate.check import evaluate_selector
+
+TECHNIQUES = ("core", "multirate", "random_subsets", "langevin", "brains", "planned")
+"""The techniques whose checks register, in the order their statements are listed and their
+deferred and whole-spec checks run. A new technique adds `mrc/techniques/NAME/check.py` and its
+name here."""
+for _technique in TECHNIQUES:
+    importlib.import_module(f"mrc.techniques.{_technique}.check")
+
+KEYWORDS = STATEMENTS
+"""Every statement keyword (a read-only view for tools and tests)."""
+SELECTOR_CALLS = SELECTORS
+
+
+class Checker(Arguments):
+    """Checks one spec. Use `check(spec)`; constructor arguments are overrides (`--set`).
+
+    Techniques' checks receive the checker: `value`, `arguments`, `component`, `form` and
+    `selector` evaluate, `r` reports, `program` collects the `Program`'s fields and `facts` what
+    techniques share while checking (the partitions and brains declared so far).
+    """
+
+    def __init__(self, overrides: Mapping[str, ast.Expr] | None = None) -> None:
+        super().__init__(overrides)
+        self.file = "<spec>"
+        self.base_dir = Path(".")
+        self.program: dict[str, Any] = {}
+        self.facts: dict[str, Any] = {}
+        self._seen: dict[str, Span] = {}
+        self._selector_depth = 0
+
+    def form(self, st: ast.Statement) -> bool:
+        """Check `st` has the parts its keyword takes (see `check_form`)."""
+        return check_form(self.r, st)
+
+    def given(self, keyword: str) -> bool:
+        """Whether the spec has a `keyword` statement (of a keyword given once)."""
+        return keyword in self._seen
+
+    def partition_names(self) -> list[str]:
+        """The partitions declared so far: later selectors may name them."""
+        return [p.name for p in self.facts.get("partitions", [])]
+
+    def selector(self, expr: ast.Expr) -> Selector:
+        """Evaluate a partition's selector expression."""
+        if self._selector_depth > ast.MAX_NESTING:  # only a hand-built AST: the parser stops first
+            self.r.error(f"this selector nests more than {ast.MAX_NESTING} levels deep", expr.span)
+            raise Bad
+        self._selector_depth += 1
+        try:
+            return evaluate_selector(self, expr)
+        finally:
+            self._selector_depth -= 1
+
+    def check(self, spec: ast.Spec, base_dir: Path) -> Program:
+        """Check every statement; raise CompileError with all problems, or return the Program."""
+        self.file, self.base_dir = spec.file, base_dir
+        found: dict[str, ast.Statement] = {}
+        misspelt: set[str] = set()
+        for st in spec.statements:
+            kw = st.keyword.id
+            kind = STATEMENTS.get(kw)
+            if kind is None:
+                guess = suggest_statement(st)
+                if guess:
+                    misspelt.add(guess)
+                self.r.error(f"unknown statement `{kw}`", st.keyword.span,
+                             hint=f"did you mean `{guess}`?" if guess else
+                             f"statements are {names(list(STATEMENTS))}")
+                continue
+            if kind.once:
+                if kw in self._seen:
+                    self.r.error(f"`{kw}` is given twice", st.keyword.span,
+                                 notes=[Note("first given here", self._seen[kw])])
+                    continue
+                self._seen[kw] = st.keyword.span
+            if kind.deferred:
+                found[kw] = st
+            else:
+                kind.check(self, st)
+        for kind in STATEMENTS.values():
+            # a misspelt statement (`dta digits()`) is reported as such, not also as missing
+            if kind.required and kind.keyword not in self._seen and kind.keyword not in misspelt:
+                self.r.error(f"the spec has no `{kind.keyword}` statement",
+                             Span(spec.file, 1, 1, 1, 2), hint=kind.required_hint)
+        for kind in STATEMENTS.values():
+            if kind.deferred:
+                kind.check(self, found.get(kind.keyword))
+        for finish in FINISHERS:
+            finish(self)
+        self.report_unused_overrides()
+        self.r.raise_if_failed()
+        return Program(file=spec.file, base_dir=base_dir,
+                       lets={k: v.value for k, v in self.lets.items()}, **self.program)
+
+
+def check(spec: ast.Spec, base_dir: Path, overrides: Mapping[str, ast.Expr] | None = None) -> Program:
+    """Check a parsed spec; raises CompileError listing every problem found."""
+    return Checker(overrides).check(spec, base_dir)
+
+
+__all__ = ["KEYWORDS", "SELECTOR_CALLS", "SELECTOR_WORDS", "CallValue", "Checker", "CompileError",
+           "Symbol", "check"]

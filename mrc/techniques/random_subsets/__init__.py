@@ -1,0 +1,3 @@
+"""Random-subset regularisation (seeds/multirate-training.md): a partition that is a random
+subset of the weights, redrawn every `every` steps, held at zero while the rest take fast steps,
+then restored and updated by an SGD-family rule with the slow step."""
