@@ -121,6 +121,7 @@ def _close(actual: torch.Tensor, expected: torch.Tensor, tol: dict[str, float], 
     bad = err > tol["atol"] + tol["rtol"] * ref
     if bad.any():
         i = int((err - tol["rtol"] * ref).argmax())
+        a, e = a.reshape(-1), e.reshape(-1)
         raise AssertionError(f"{what}: {int(bad.sum())} of {a.numel()} elements off, worst at "
                              f"{i}: {a[i].item()!r} vs {e[i].item()!r} (tolerance {tol})")
 
@@ -509,6 +510,185 @@ def test_subset_triton_matches_torch_exactly(device: str, n: int, dtype: torch.d
         outs.append((zeroed, saved, work))
     for got, want in zip(outs[0], outs[1], strict=True):
         assert torch.equal(got, want)  # pure data movement: exact
+
+
+def test_subset_masks_keep_the_runtime_draw() -> None:
+    """`random_subset_mask` is the runtime's draw (`draw_masks`): one randperm per tensor, drawn
+    even where the count rounds to 0, so the later tensors' subsets do not shift."""
+    from mrc.runtime.subset import draw_masks
+
+    shapes = [torch.Size([2]), torch.Size([4, 3]), torch.Size([50]), torch.Size([2, 1]),
+              torch.Size([0]), torch.Size([31])]
+    segments, off = [], 0
+    for s in shapes:
+        segments.append((off, s.numel()))
+        off += s.numel()
+    for per in ("tensor", "global"):
+        masks = draw_masks(shapes, 0.2, per, 123, torch.device("cpu"))
+        assert [m.shape for m in masks] == shapes
+        flat = subset.random_subset_mask(off, 0.2, 123, segments=segments,
+                                         per_tensor=per == "tensor")
+        assert torch.equal(torch.cat([m.reshape(-1) for m in masks]), flat)
+    # the stream itself, written out: one randperm per tensor in order
+    gen = torch.Generator().manual_seed(123)
+    want = []
+    for s in shapes:
+        m = torch.zeros(s.numel(), dtype=torch.bool)
+        m[torch.randperm(s.numel(), generator=gen)[:round(0.2 * s.numel())]] = True
+        want.append(m)
+    got = draw_masks(shapes, 0.2, "tensor", 123, torch.device("cpu"))
+    assert all(torch.equal(g.reshape(-1), w) for g, w in zip(got, want, strict=True))
+    assert not got[0].any() and int(got[2].sum()) == 10  # 2 → 0 chosen, yet 50 → 10 follows
+
+
+SUBSET_SHAPES = [(33, 13), (33,), (7, 33), (7,), (5, 3, 3, 3), (1,)]  # a small model, 836 values
+SUBSET_CONFIGS = {
+    "heavy-ball": {"momentum": 0.9, "weight_decay": 1e-2},
+    "nesterov": {"momentum": 0.9, "nesterov": True},
+    "dampening-global": {"momentum": 0.8, "dampening": 0.1, "per": "global"},
+    "plain": {"momentum": 0.0, "weight_decay": 1e-2},
+}
+
+
+def _subset_run(kernel: str, cfg: dict, device: str, *, steps: int = 8,
+                resume_from: dict | None = None, reset_at: int | None = None):
+    """Drive a RandomSubsetSGD as the plan does: at an interval's start restore, take the
+    gradient at the full weights, step, then draw the next subset and hold it at zero."""
+    from mrc.runtime.subset import RandomSubsetSGD
+
+    cfg = dict(cfg)
+    per = cfg.pop("per", "tensor")
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(s, generator=gen).to(device) for s in SUBSET_SHAPES]
+    targets = [torch.randn(s, generator=gen).to(device) for s in SUBSET_SHAPES]
+    every = 3
+    opt = RandomSubsetSGD(params, lr=0.05, every=every, fraction=0.3, per=per, seed=4,
+                          salt="subset", kernel=kernel, **cfg)
+    start_t = 0
+    if resume_from is not None:
+        with torch.no_grad():
+            for p, saved in zip(params, resume_from["params"], strict=True):
+                p.copy_(saved)
+        opt.load_state_dict(resume_from["opt"])
+        start_t = opt.t
+    snapshot = None
+    for t in range(start_t, steps):
+        if t == reset_at:
+            opt.reset_state()
+        if t % every == 0:
+            opt.restore()
+        for p, target in zip(params, targets, strict=True):
+            p.grad = 2 * (p - target) + 0.1 * torch.sin(3 * p)  # a smooth, non-linear gradient
+        opt.step()
+        if t % every == 0:
+            opt.resample(t // every)
+        if t == 4:  # mid-interval checkpoint
+            snapshot = {"params": [p.detach().clone() for p in params], "opt": opt.state_dict()}
+    return params, opt, snapshot
+
+
+@pytest.mark.parametrize("cfg", list(SUBSET_CONFIGS))
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_random_subset_sgd_triton_matches_torch(device: str, cfg: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """RandomSubsetSGD(kernel="triton") against kernel="torch" on a small model's tensors:
+    the same θ, momentum, started elements, subsets and held-out values, through intervals,
+    a mid-interval checkpoint loaded across kernels, and `restored()` / `finish()`."""
+    conf = SUBSET_CONFIGS[cfg]
+    want, want_opt, snap = _subset_run("torch", conf, device)
+    calls = {"sgd": 0, "zero": 0, "restore": 0}
+
+    def counted(name: str, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(sgd, "sgd_triton", counted("sgd", sgd.sgd_triton))
+    monkeypatch.setattr(subset, "subset_zero_triton", counted("zero", subset.subset_zero_triton))
+    monkeypatch.setattr(subset, "subset_restore_triton",
+                        counted("restore", subset.subset_restore_triton))
+    got, got_opt, got_snap = _subset_run("triton", conf, device)
+    n = len(SUBSET_SHAPES)
+    # 8 steps: one launch per tensor, two on the starts at t = 3 and 6 (t = 0 has no subset)
+    assert calls == {"sgd": n * (8 + 2), "zero": n * 3, "restore": n * 2}, calls
+    tol = TOL[torch.float32]
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
+        _close(a, b, tol, f"θ[{i}]")
+        _close(got_opt.bufs[i], want_opt.bufs[i], tol, f"momentum[{i}]")
+        assert torch.equal(got_opt.seen[i], want_opt.seen[i])
+        assert torch.equal(got_opt.masks[i], want_opt.masks[i])
+        assert torch.all(a[got_opt.masks[i]] == 0), "the subset is held at zero"
+    a_state, b_state = got_opt.state_dict(), want_opt.state_dict()
+    assert a_state.keys() == b_state.keys()
+    for x, y in zip(a_state["stash"], b_state["stash"], strict=True):
+        _close(x, y, tol, "held-out values")
+    with got_opt.restored(), want_opt.restored():
+        for a, b in zip(got, want, strict=True):
+            _close(a, b, tol, "restored θ")
+    assert all(torch.all(a[m] == 0) for a, m in zip(got, got_opt.masks, strict=True))
+    # a checkpoint of the torch run resumes on the Triton path (and the other way round)
+    resumed, _, _ = _subset_run("triton", conf, device, resume_from=snap)
+    back, _, _ = _subset_run("torch", conf, device, resume_from=got_snap)
+    for a, b, c in zip(resumed, back, want, strict=True):
+        _close(a, c, tol, "resumed on triton")
+        _close(b, c, tol, "resumed on torch")
+    got_opt.finish()
+    want_opt.finish()
+    for a, b in zip(got, want, strict=True):
+        _close(a, b, tol, "θ after finish")
+
+
+@pytest.mark.parametrize("kernel", [
+    pytest.param("torch", id="torch"),
+    pytest.param("triton", marks=_SKIP_INTERP, id="interp"),
+])
+def test_random_subset_sgd_reset_state(kernel: str) -> None:
+    """`reset_state()` forgets the momentum and which elements started it, but keeps the
+    subset, its held-out values and the step count; a reset mid-interval followed by a
+    resample (started elements = an old complement) still agrees across kernels."""
+    # with dampening, so a first update (p = d) differs from a later one from p = 0
+    conf = {"momentum": 0.9, "dampening": 0.1, "weight_decay": 1e-2}
+    params, opt, _ = _subset_run(kernel, conf, "cpu", steps=5)
+    masks = [m.clone() for m in opt.masks]
+    stash = opt.state_dict()["stash"]
+    opt.reset_state()
+    assert all(torch.all(b == 0) for b in opt.bufs) and not any(s.any() for s in opt.seen)
+    assert opt.t == 5 and all(torch.equal(a, b) for a, b in zip(opt.masks, masks, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(opt.state_dict()["stash"], stash, strict=True))
+    # after a reset, the first update of an element takes p = d again (torch.optim's first step)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    before = [p.detach().clone() for p in params]
+    opt.step()  # t = 5: mid-interval, the complement moves
+    for b, buf, m in zip(before, opt.bufs, opt.masks, strict=True):
+        d = 1 + 1e-2 * b[~m]
+        _close(buf[~m], d, TOL[torch.float32], "fresh momentum")
+        assert torch.all(buf[m] == 0)
+    # a reset before a mid-interval step, then a resample: both kernels still agree
+    want, want_opt, _ = _subset_run("torch", conf, "cpu", steps=11, reset_at=4)
+    got, got_opt, _ = _subset_run(kernel, conf, "cpu", steps=11, reset_at=4)
+    for a, b in zip(got, want, strict=True):
+        _close(a, b, TOL[torch.float32], "θ after a reset")
+    for a, b in zip(got_opt.seen, want_opt.seen, strict=True):
+        assert torch.equal(a, b)
+    # started elements that are none of none / all / the complement (the Triton path falls
+    # back to the torch update for those tensors): still the same numbers
+    state = want_opt.state_dict()
+    gen = torch.Generator().manual_seed(9)
+    state["seen"] = [torch.rand(s.shape, generator=gen) < 0.5 for s in state["seen"]]
+    base = [q.detach().clone() for q in want]
+    for o, ps in ((want_opt, want), (got_opt, got)):
+        o.load_state_dict(state)
+        with torch.no_grad():
+            for p, q in zip(ps, base, strict=True):
+                p.copy_(q)
+            for p in ps:
+                p.grad = torch.cos(p)
+        o.step()
+        o.step()
+    for a, b in zip(got, want, strict=True):
+        _close(a, b, TOL[torch.float32], "θ from mixed started elements")
 
 
 # ============================================================================ Langevin
