@@ -455,6 +455,158 @@ def test_adam_triton_matches_torch(device: str, n: int, dtype: torch.dtype, cfg:
     _close(v, want_v, _state_tol(dtype), "v")
 
 
+# Segments of one flat buffer at different step counts: ragged bounds, a gap, a run of three
+# adjacent segments (one vectorised pass on the torch path) and a lone one.
+ADAM_SEGMENT_LAYOUT = [(5, 300, 7), (300, 301, 1), (301, 1200, 3), (1210, 1818, 12)]
+
+
+def _adam_segments(n_steps_offset: int, lrs: tuple[float, ...] = (1e-2, 3e-3, 2e-2, 5e-3)):
+    return [adam.AdamSegment(a, b, t + n_steps_offset, lr)
+            for (a, b, t), lr in zip(ADAM_SEGMENT_LAYOUT, lrs, strict=True)]
+
+
+@pytest.mark.parametrize("cfg", list(ADAM_CONFIGS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "bf16"])
+@pytest.mark.parametrize("impl", [
+    pytest.param("torch", id="torch"),
+    pytest.param("cpu", marks=_SKIP_INTERP, id="interp"),
+    pytest.param("cuda", marks=[pytest.mark.gpu, _SKIP_GPU], id="cuda"),
+])
+def test_multirate_adam_matches_adam_per_segment(impl: str, dtype: torch.dtype, cfg: str) -> None:
+    """One multirate_adam call over segments at different steps and lrs = adam_torch on each
+    segment alone (today's per-partition path); elements outside the segments stay put."""
+    n, device = 1823, ("cpu" if impl == "torch" else impl)
+    fn = adam.multirate_adam_torch if impl == "torch" else adam.multirate_adam_triton
+    kw, decoupled = ADAM_CONFIGS[cfg]
+    theta = _randn(n, 0, dtype, device)
+    m0, v0 = _randn(n, 1, device=device) * 0.1, _randn(n, 2, device=device).square() * 0.01
+    grads = [_randn(n, 3 + s, dtype, device) for s in range(2)]
+    got, m, v = theta.clone(), m0.clone(), v0.clone()
+    want, wm, wv = theta.clone(), m0.clone(), v0.clone()
+    for step, g in enumerate(grads):
+        segs = _adam_segments(step)
+        fn(got, g, m, v, segs, decoupled_weight_decay=decoupled, **kw)
+        for s in segs:
+            sl = slice(s.start, s.stop)
+            adam.adam_torch(want[sl], g[sl], wm[sl], wv[sl], step=s.step, lr=s.lr,
+                            decoupled_weight_decay=decoupled, **kw)
+    _close(got, want, _tol(dtype), "θ", scale=theta)
+    _close(m, wm, _state_tol(dtype), "m")
+    _close(v, wv, _state_tol(dtype), "v")
+    outside = torch.ones(n, dtype=torch.bool, device=device)
+    for a, b, _ in ADAM_SEGMENT_LAYOUT:
+        outside[a:b] = False
+    assert torch.equal(got[outside], theta[outside]) and torch.equal(m[outside], m0[outside])
+    assert torch.equal(v[outside], v0[outside])
+
+
+def test_multirate_adam_rejects_bad_segments() -> None:
+    z = torch.zeros(10)
+    with pytest.raises(ValueError, match="overlaps"):
+        adam.multirate_adam_torch(z, z, z.clone(), z.clone(), [adam.AdamSegment(0, 6, 1, 0.1),
+                                                              adam.AdamSegment(5, 10, 1, 0.1)])
+    with pytest.raises(ValueError, match="step counts from 1"):
+        adam.multirate_adam_torch(z, z, z.clone(), z.clone(), [adam.AdamSegment(0, 6, 0, 0.1)])
+
+
+def _three_partitions(device: str = "cpu") -> tuple[nn.Module, dict[str, list[torch.Tensor]]]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(13, 33), nn.Tanh(), nn.Linear(33, 17), nn.Tanh(),
+                          nn.Linear(17, 5)).to(device)
+    layers = [model[0], model[2], model[4]]
+    return model, {name: list(layer.parameters()) for name, layer in zip("abc", layers, strict=True)}
+
+
+def _loss_of(model: nn.Module, step: int, device: str) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(100 + step)
+    x = torch.randn(8, 13, generator=gen).to(device)
+    return model(x).square().mean()
+
+
+# partition → its rate: a every step, b every 2nd, c every 3rd (so different step counts)
+ADAM_RATES = {"a": 1, "b": 2, "c": 3}
+
+
+@pytest.mark.parametrize("rule", ["adam", "adamw"])
+@pytest.mark.parametrize("kernel", [
+    pytest.param("torch", id="torch"),
+    pytest.param("triton", marks=_SKIP_INTERP, id="interp"),
+])
+def test_fused_adam_one_call_matches_torch_optim_per_partition(kernel: str, rule: str) -> None:
+    """FusedAdam over three partitions at rates 1, 2, 3 (their step counts differ), one
+    multirate_adam call per step, against one torch.optim.Adam/AdamW per partition."""
+    from mrc.runtime.fused import FusedAdam
+
+    wd, lrs = 1e-2, {"a": 1e-2, "b": 2e-2, "c": 3e-2}
+    fused_model, fused_parts = _three_partitions()
+    ref_model, ref_parts = _three_partitions()
+    opt = FusedAdam({n: (ps, lrs[n]) for n, ps in fused_parts.items()}, betas=(0.9, 0.99),
+                    eps=1e-8, weight_decay=wd, decoupled=rule == "adamw", kernel=kernel)
+    cls = torch.optim.AdamW if rule == "adamw" else torch.optim.Adam
+    refs = {n: cls(ps, lr=lrs[n], betas=(0.9, 0.99), eps=1e-8, weight_decay=wd, foreach=False)
+            for n, ps in ref_parts.items()}
+    calls = []
+    run = opt._run
+    opt._run = lambda *a, **k: (calls.append(len(a[4])), run(*a, **k))[1]
+    for step in range(6):
+        updating = tuple(n for n, k in ADAM_RATES.items() if step % k == 0)
+        opt.zero_spans(updating)
+        _loss_of(fused_model, step, "cpu").backward()
+        opt.step_partitions(updating, ())
+        ref_model.zero_grad()
+        _loss_of(ref_model, step, "cpu").backward()
+        for n in updating:
+            refs[n].step()
+    assert calls == [3, 1, 2, 2, 2, 1], "one call per step, one segment per updating partition"
+    assert opt.steps == {"a": 6, "b": 3, "c": 2}
+    for (name, a), b in zip(fused_model.named_parameters(), ref_model.parameters(), strict=True):
+        _close(a, b, TOL[torch.float32], name)
+
+
+def _fused_sgd(parts: dict[str, list[torch.Tensor]], kernel: str):
+    from mrc.runtime.fused import FusedSGD
+
+    return FusedSGD({n: (ps, 0.1, 0) for n, ps in parts.items()}, momentum=0.9, dampening=0.1,
+                    weight_decay=1e-2, nesterov=False, kernel=kernel)
+
+
+def _fused_adam(parts: dict[str, list[torch.Tensor]], kernel: str):
+    from mrc.runtime.fused import FusedAdam
+
+    return FusedAdam({n: (ps, 1e-2) for n, ps in parts.items()}, betas=(0.9, 0.99), eps=1e-8,
+                     weight_decay=1e-2, decoupled=True, kernel=kernel)
+
+
+@pytest.mark.parametrize("make", [_fused_sgd, _fused_adam], ids=["sgd", "adam"])
+def test_fused_reset_state_forgets_everything(make) -> None:
+    """After reset_state() a fused rule continues exactly as a freshly built one from the same
+    parameters (momentum / moments zero, FIRST updates, step counts from 1)."""
+    model, parts = _three_partitions()
+    opt = make(parts, "torch")
+    for step in range(3):
+        updating = tuple(n for n, k in ADAM_RATES.items() if step % k == 0)
+        opt.zero_spans(updating)
+        _loss_of(model, step, "cpu").backward()
+        opt.step_partitions(updating, ())
+    opt.reset_state()
+    assert not any(v.any() for k, v in opt.state_dict().items() if torch.is_tensor(v))
+    fresh_model, fresh_parts = _three_partitions()
+    fresh_model.load_state_dict(model.state_dict())
+    fresh = make(fresh_parts, "torch")
+    assert opt.state_dict().keys() == fresh.state_dict().keys()
+    for k in opt.state_dict():
+        a, b = opt.state_dict()[k], fresh.state_dict()[k]
+        assert torch.equal(a, b) if torch.is_tensor(a) else a == b, k
+    for step in range(3, 6):
+        updating = tuple(n for n, k in ADAM_RATES.items() if step % k == 0)
+        for o, mdl in ((opt, model), (fresh, fresh_model)):
+            o.zero_spans(updating)
+            _loss_of(mdl, step, "cpu").backward()
+            o.step_partitions(updating, ())
+    for a, b in zip(model.parameters(), fresh_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
 # ============================================================================ random subset
 
 
@@ -890,6 +1042,15 @@ _AOT = """
                          {"DECOUPLED": True, "HAS_WD": True, "MAXIMIZE": False, "BLOCK": B},
                          ["param_ptr", "grad_ptr", "m_ptr", "v_ptr", "n"])
         assert v == {"ld.global.v4", "st.global.v4"}, ("adam", dt, v)
+        sig = {"param_ptr": dt, "grad_ptr": dt, "m_ptr": f32, "v_ptr": f32,
+               "seg_int_ptr": "*i64", "seg_f32_ptr": "*fp32", "n": "i32",
+               **{k: "fp32" for k in ("beta1", "beta2", "eps", "weight_decay")}}
+        v = compile_sm90(adam._multirate_adam_kernel, sig,
+                         {"NSEG": 3, "DECOUPLED": True, "HAS_WD": True, "MAXIMIZE": False,
+                          "ALIGNED": True, "BLOCK": B},
+                         ["param_ptr", "grad_ptr", "m_ptr", "v_ptr", "seg_int_ptr", "seg_f32_ptr",
+                          "n"])
+        assert v == {"ld.global.v4", "st.global.v4"}, ("multirate adam", dt, v)
         for restore in (False, True):
             v = compile_sm90(subset._subset_kernel,
                              {"param_ptr": dt, "mask_ptr": "*u8", "saved_ptr": dt, "n": "i32"},
