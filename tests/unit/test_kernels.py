@@ -946,6 +946,141 @@ def test_baoab_without_noise_is_the_deterministic_splitting() -> None:
     _close(grad, 3 * th, TOL[torch.float32], "returned gradient")
 
 
+def _langevin_params(device: str = "cpu") -> list[torch.nn.Parameter]:
+    gen = torch.Generator().manual_seed(0)
+    return [torch.nn.Parameter(torch.randn(s, generator=gen).to(device))
+            for s in ((33, 13), (33,), (7, 33), (1,))]
+
+
+def _langevin_steps(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter],
+                    steps: range) -> None:
+    for _ in steps:
+        for p in params:
+            p.grad = 2 * p.detach() + 0.1 * torch.sin(3 * p.detach())  # a smooth gradient
+        opt.step()
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_langevin_triton_at_zero_temperature_is_the_torch_path(device: str) -> None:
+    """τ = 0: no random numbers, so both kernels take the same deterministic BAOAB steps."""
+    from mrc.optim.langevin import Langevin
+
+    results = []
+    for kernel in ("torch", "triton"):
+        params = _langevin_params(device)
+        opt = Langevin(params, lr=0.1, gamma=1.5, tau=0.0, weight_decay=1e-2, kernel=kernel)
+        _langevin_steps(opt, params, range(4))
+        results.append((params, [opt.state[p]["momentum"] for p in params]))
+    (got, got_m), (want, want_m) = results
+    for a, b, ma, mb in zip(got, want, got_m, want_m, strict=True):
+        _close(a, b, TOL[torch.float32], "θ")
+        _close(ma, mb, TOL[torch.float32], "momentum")
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_langevin_triton_o_step_mean_and_variance(device: str) -> None:
+    """With zero gradient the step's O part is all that moves p: from p ~ N(0, τ) it must keep
+    mean 0 and variance τ, with correlation e^{−γh} to the old p, and fresh noise every step."""
+    from mrc.optim.langevin import Langevin
+
+    n, h, gamma, tau = 2**14, 0.2, 2.0, 0.5
+    p = torch.nn.Parameter(torch.zeros(n, device=device))
+    opt = Langevin([p], lr=h, gamma=gamma, tau=tau, kernel="triton", seed=11)
+    p0 = _randn(n, 1, device=device) * math.sqrt(tau)  # the stationary distribution N(0, τ)
+    opt.state[p]["momentum"] = p0.clone()
+    p.grad = torch.zeros_like(p)
+    opt.step()
+    m1 = opt.state[p]["momentum"].clone()
+    se = 5 / math.sqrt(n)
+    assert abs(float(m1.mean())) < se * math.sqrt(tau)
+    assert float(m1.var()) == pytest.approx(tau, rel=5 * math.sqrt(2 / n))
+    assert float((m1 * p0).mean() / tau) == pytest.approx(math.exp(-gamma * h), abs=se)
+    assert opt.noise_offset == n
+    opt.step()  # the next step draws new numbers: its noise is uncorrelated with the first's
+    m2 = opt.state[p]["momentum"]
+    decay = math.exp(-gamma * h)
+    r1, r2 = m1 - decay * p0, m2 - decay * m1
+    assert abs(float((r1 * r2).mean() / r1.var())) < se
+    # from p = 0 one step gives p ~ N(0, (1 − e^{−2γh})τ)
+    q = torch.nn.Parameter(torch.zeros(n, device=device))
+    fresh = Langevin([q], lr=h, gamma=gamma, tau=tau, kernel="triton", seed=12)
+    q.grad = torch.zeros_like(q)
+    fresh.step()
+    want = (1 - math.exp(-2 * gamma * h)) * tau
+    assert float(fresh.state[q]["momentum"].var()) == pytest.approx(want, rel=5 * math.sqrt(2 / n))
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_langevin_triton_resumes_exactly(device: str) -> None:
+    """Six steps in one go = three steps, a state_dict through torch.save, three more on a
+    fresh integrator (the noise counter travels in the state_dict); the torch generator is
+    neither used nor needed."""
+    import io
+
+    from mrc.optim.langevin import Langevin
+
+    kw = {"lr": 0.1, "gamma": 1.0, "tau": 0.3, "kernel": "triton", "seed": 5}
+    whole = _langevin_params(device)
+    opt = Langevin(whole, **kw)
+    _langevin_steps(opt, whole, range(6))
+
+    first = _langevin_params(device)
+    opt_a = Langevin(first, **kw)
+    _langevin_steps(opt_a, first, range(3))
+    blob = io.BytesIO()
+    torch.save({"params": [p.detach() for p in first], "opt": opt_a.state_dict()}, blob)
+    assert opt_a.state_dict()["noise"] == {"seed": 5, "offset": 3 * sum(p.numel() for p in first)}
+    blob.seek(0)
+    saved = torch.load(blob)
+    torch.manual_seed(1234)  # a different torch generator state must not matter
+    second = _langevin_params(device)
+    with torch.no_grad():
+        for p, q in zip(second, saved["params"], strict=True):
+            p.copy_(q)
+    opt_b = Langevin(second, **{**kw, "seed": 0})  # the seed comes back from the state
+    opt_b.load_state_dict(saved["opt"])
+    _langevin_steps(opt_b, second, range(3, 6))
+    for a, b in zip(whole, second, strict=True):
+        assert torch.equal(a, b)
+        assert torch.equal(opt.state[a]["momentum"], opt_b.state[b]["momentum"])
+    # two tensors of one step draw different numbers (distinct counters)
+    assert opt.noise_offset == 6 * sum(p.numel() for p in whole)
+
+
+@pytest.mark.parametrize("kernel", [
+    pytest.param("torch", id="torch"),
+    pytest.param("triton", marks=_SKIP_INTERP, id="interp"),
+])
+def test_langevin_reset_state(kernel: str) -> None:
+    """reset_state() forgets the momentum: the next step is a first step (p from 0, half kick)
+    as on a fresh integrator; the Triton path's noise counter goes on."""
+    from mrc.optim.langevin import Langevin
+
+    params = _langevin_params()
+    opt = Langevin(params, lr=0.1, gamma=1.0, tau=0.0, kernel=kernel)
+    _langevin_steps(opt, params, range(3))
+    offset = opt.noise_offset
+    opt.reset_state()
+    assert not opt.state
+    fresh_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    fresh = Langevin(fresh_params, lr=0.1, gamma=1.0, tau=0.0, kernel=kernel)
+    _langevin_steps(opt, params, range(2))
+    _langevin_steps(fresh, fresh_params, range(2))
+    for a, b in zip(params, fresh_params, strict=True):
+        assert torch.equal(a, b)
+    assert opt.noise_offset == offset + fresh.noise_offset
+
+
+def test_langevin_rejects_bad_kernel() -> None:
+    from mrc.optim.langevin import Langevin
+
+    with pytest.raises(ValueError, match="kernel"):
+        Langevin([torch.nn.Parameter(torch.zeros(3))], lr=0.1, kernel="cuda")
+    with pytest.raises(TypeError, match="float32"):
+        Langevin([torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))], lr=0.1,
+                 kernel="triton")
+
+
 # ============================================================================ dispatch
 
 
