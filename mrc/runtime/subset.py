@@ -135,8 +135,7 @@ class RandomSubsetSGD:
         from mrc.kernels.subset import subset_zero_triton
 
         if self.saved is None:
-            self.saved = [torch.empty_like(p, memory_format=torch.contiguous_format)
-                          if p.is_contiguous() else torch.empty_like(p) for p in self.params]
+            self.saved = [torch.empty_like(p) for p in self.params]  # θ's layout
         self.stash = None
         for p, m, s in zip(self.params, self.masks, self.saved, strict=True):
             if p.is_contiguous():
