@@ -5,7 +5,7 @@ path) and a Triton kernel (`<name>_triton`) of the same function:
 
 * `flat`      FlatGroup: parameters re-pointed into one buffer, flat gradients and state;
 * `sgd`       torch.optim.SGD, and the fused multirate (fast/slow, linear drift) update;
-* `adam`      Adam and AdamW;
+* `adam`      Adam and AdamW, and the multirate update (segments at their own step counts);
 * `subset`    random-subset zero/restore and its seeded mask;
 * `langevin`  the underdamped Langevin O-step (counter-based noise) and a BAOAB step;
 * `configs`   the Triton import guard and every autotune config.

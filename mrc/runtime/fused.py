@@ -7,7 +7,12 @@ plan hands the rule a segment table — per partition UPDATE (or FIRST on its fi
 (linear drift between its updates) or SKIP — and the rule makes one call of
 `kernels.sgd.multirate_sgd_triton` on CUDA or `multirate_sgd_torch` elsewhere (the graph's
 `kernel=` field says which). The equations are those of torch.optim.SGD and of the seed's
-multirate algorithms (kernels/sgd.py).
+multirate algorithms (kernels/sgd.py). Adam and AdamW rules do the same with
+`kernels.adam.multirate_adam_*`: one call per step over every updating partition, each with
+its own step count.
+
+Which rules take which fused integrator is `mrc.optim.families`' decision; `FUSED_RULES` and
+`ADAM_RULES` are that table's SGD and Adam families, kept importable for the current lowering.
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ from typing import Any
 
 import torch
 
-FUSED_RULES = ("sgd", "momentum", "nesterov")
+from mrc.optim.families import FAMILIES
+
+FUSED_RULES: tuple[str, ...] = tuple(name for name, f in FAMILIES.items() if f.sgd_like)
+ADAM_RULES: tuple[str, ...] = tuple(name for name, f in FAMILIES.items() if f.adam_like)
 
 
 class _FlatRule:
@@ -35,6 +43,10 @@ class _FlatRule:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Gradients are views of the flat buffer and are zeroed per span (`zero_spans`)."""
+
+    def reset_state(self) -> None:
+        """Forget every partition's integrator state (a brain merge with `momentum = reset`)."""
+        raise NotImplementedError
 
 
 class FusedSGD(_FlatRule):
@@ -101,6 +113,12 @@ class FusedSGD(_FlatRule):
                   dampening=self.dampening, nesterov=self.nesterov)
         self.started.update(updating)
 
+    def reset_state(self) -> None:
+        """Forget the momentum: zero buffers, and every partition's next update is a FIRST."""
+        with torch.no_grad():
+            self.buf.zero_()
+        self.started.clear()
+
     def state_dict(self) -> dict[str, Any]:
         return {"momentum": self.buf.detach().clone(), "started": sorted(self.started)}
 
@@ -109,18 +127,22 @@ class FusedSGD(_FlatRule):
         self.started = set(state["started"])
 
 
-ADAM_RULES = ("adam", "adamw")
-
-
 class FusedAdam(_FlatRule):
-    """Adam / AdamW for the partitions of one rule over a flat buffer (float32 state): one call
-    of `kernels.adam.adam_{triton,torch}` per updating partition and step — each partition keeps
-    its own step count, since partitions on different rates take different numbers of steps."""
+    """Adam / AdamW for the partitions of one rule over a flat buffer (float32 state).
+
+    Each partition keeps its own step count (partitions on different rates take different
+    numbers of steps), and one call of `kernels.adam.multirate_adam_{triton,torch}` per step
+    updates every updating partition: one segment per partition with its step count and
+    learning rate (`base · mult`), so its bias corrections are those of torch.optim.Adam /
+    AdamW on that partition alone.
+    """
 
     def __init__(self, partitions: dict[str, tuple[list[torch.Tensor], float]], *, betas: tuple[float, float],
                  eps: float, weight_decay: float, decoupled: bool, kernel: str) -> None:
+        from mrc.kernels.adam import AdamSegment
         from mrc.kernels.flat import FlatGroup
 
+        self.AdamSegment = AdamSegment
         params = [p for ps, _ in partitions.values() for p in ps]
         self.flat = FlatGroup(params)
         self.m = self.flat.state("exp_avg")
@@ -132,20 +154,31 @@ class FusedAdam(_FlatRule):
         self.mult = 1.0
         self.kernel = kernel
         if kernel == "triton":
-            from mrc.kernels.adam import adam_triton as run
+            from mrc.kernels.adam import multirate_adam_triton as run
         else:
-            from mrc.kernels.adam import adam_torch as run
+            from mrc.kernels.adam import multirate_adam_torch as run
         self._run = run
 
     @torch.no_grad()
     def step_partitions(self, updating: tuple[str, ...], drifting: tuple[str, ...]) -> None:
-        grad = self.flat.grad()
+        """One Adam step of every partition in `updating` (Adam has no drift: `drifting` is
+        ignored), in one call."""
+        if not updating:
+            return
         for n in updating:
-            a, b = self.spans[n]
             self.steps[n] += 1
-            self._run(self.flat.data[a:b], grad[a:b], self.m[a:b], self.v[a:b], step=self.steps[n],
-                      lr=self.base[n] * self.mult, beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
-                      weight_decay=self.wd, decoupled_weight_decay=self.decoupled)
+        segments = [self.AdamSegment(*self.spans[n], self.steps[n], self.base[n] * self.mult)
+                    for n in updating]
+        self._run(self.flat.data, self.flat.grad(), self.m, self.v, segments,
+                  beta1=self.betas[0], beta2=self.betas[1], eps=self.eps, weight_decay=self.wd,
+                  decoupled_weight_decay=self.decoupled)
+
+    def reset_state(self) -> None:
+        """Forget the moments and the step counts: the next step of a partition is its first."""
+        with torch.no_grad():
+            self.m.zero_()
+            self.v.zero_()
+        self.steps = dict.fromkeys(self.steps, 0)
 
     def state_dict(self) -> dict[str, Any]:
         return {"exp_avg": self.m.detach().clone(), "exp_avg_sq": self.v.detach().clone(),

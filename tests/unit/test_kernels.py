@@ -121,6 +121,7 @@ def _close(actual: torch.Tensor, expected: torch.Tensor, tol: dict[str, float], 
     bad = err > tol["atol"] + tol["rtol"] * ref
     if bad.any():
         i = int((err - tol["rtol"] * ref).argmax())
+        a, e = a.reshape(-1), e.reshape(-1)
         raise AssertionError(f"{what}: {int(bad.sum())} of {a.numel()} elements off, worst at "
                              f"{i}: {a[i].item()!r} vs {e[i].item()!r} (tolerance {tol})")
 
@@ -454,6 +455,158 @@ def test_adam_triton_matches_torch(device: str, n: int, dtype: torch.dtype, cfg:
     _close(v, want_v, _state_tol(dtype), "v")
 
 
+# Segments of one flat buffer at different step counts: ragged bounds, a gap, a run of three
+# adjacent segments (one vectorised pass on the torch path) and a lone one.
+ADAM_SEGMENT_LAYOUT = [(5, 300, 7), (300, 301, 1), (301, 1200, 3), (1210, 1818, 12)]
+
+
+def _adam_segments(n_steps_offset: int, lrs: tuple[float, ...] = (1e-2, 3e-3, 2e-2, 5e-3)):
+    return [adam.AdamSegment(a, b, t + n_steps_offset, lr)
+            for (a, b, t), lr in zip(ADAM_SEGMENT_LAYOUT, lrs, strict=True)]
+
+
+@pytest.mark.parametrize("cfg", list(ADAM_CONFIGS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "bf16"])
+@pytest.mark.parametrize("impl", [
+    pytest.param("torch", id="torch"),
+    pytest.param("cpu", marks=_SKIP_INTERP, id="interp"),
+    pytest.param("cuda", marks=[pytest.mark.gpu, _SKIP_GPU], id="cuda"),
+])
+def test_multirate_adam_matches_adam_per_segment(impl: str, dtype: torch.dtype, cfg: str) -> None:
+    """One multirate_adam call over segments at different steps and lrs = adam_torch on each
+    segment alone (today's per-partition path); elements outside the segments stay put."""
+    n, device = 1823, ("cpu" if impl == "torch" else impl)
+    fn = adam.multirate_adam_torch if impl == "torch" else adam.multirate_adam_triton
+    kw, decoupled = ADAM_CONFIGS[cfg]
+    theta = _randn(n, 0, dtype, device)
+    m0, v0 = _randn(n, 1, device=device) * 0.1, _randn(n, 2, device=device).square() * 0.01
+    grads = [_randn(n, 3 + s, dtype, device) for s in range(2)]
+    got, m, v = theta.clone(), m0.clone(), v0.clone()
+    want, wm, wv = theta.clone(), m0.clone(), v0.clone()
+    for step, g in enumerate(grads):
+        segs = _adam_segments(step)
+        fn(got, g, m, v, segs, decoupled_weight_decay=decoupled, **kw)
+        for s in segs:
+            sl = slice(s.start, s.stop)
+            adam.adam_torch(want[sl], g[sl], wm[sl], wv[sl], step=s.step, lr=s.lr,
+                            decoupled_weight_decay=decoupled, **kw)
+    _close(got, want, _tol(dtype), "θ", scale=theta)
+    _close(m, wm, _state_tol(dtype), "m")
+    _close(v, wv, _state_tol(dtype), "v")
+    outside = torch.ones(n, dtype=torch.bool, device=device)
+    for a, b, _ in ADAM_SEGMENT_LAYOUT:
+        outside[a:b] = False
+    assert torch.equal(got[outside], theta[outside]) and torch.equal(m[outside], m0[outside])
+    assert torch.equal(v[outside], v0[outside])
+
+
+def test_multirate_adam_rejects_bad_segments() -> None:
+    z = torch.zeros(10)
+    with pytest.raises(ValueError, match="overlaps"):
+        adam.multirate_adam_torch(z, z, z.clone(), z.clone(), [adam.AdamSegment(0, 6, 1, 0.1),
+                                                              adam.AdamSegment(5, 10, 1, 0.1)])
+    with pytest.raises(ValueError, match="step counts from 1"):
+        adam.multirate_adam_torch(z, z, z.clone(), z.clone(), [adam.AdamSegment(0, 6, 0, 0.1)])
+
+
+def _three_partitions(device: str = "cpu") -> tuple[nn.Module, dict[str, list[torch.Tensor]]]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(13, 33), nn.Tanh(), nn.Linear(33, 17), nn.Tanh(),
+                          nn.Linear(17, 5)).to(device)
+    layers = [model[0], model[2], model[4]]
+    return model, {name: list(layer.parameters()) for name, layer in zip("abc", layers, strict=True)}
+
+
+def _loss_of(model: nn.Module, step: int, device: str) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(100 + step)
+    x = torch.randn(8, 13, generator=gen).to(device)
+    return model(x).square().mean()
+
+
+# partition → its rate: a every step, b every 2nd, c every 3rd (so different step counts)
+ADAM_RATES = {"a": 1, "b": 2, "c": 3}
+
+
+@pytest.mark.parametrize("rule", ["adam", "adamw"])
+@pytest.mark.parametrize("kernel", [
+    pytest.param("torch", id="torch"),
+    pytest.param("triton", marks=_SKIP_INTERP, id="interp"),
+])
+def test_fused_adam_one_call_matches_torch_optim_per_partition(kernel: str, rule: str) -> None:
+    """FusedAdam over three partitions at rates 1, 2, 3 (their step counts differ), one
+    multirate_adam call per step, against one torch.optim.Adam/AdamW per partition."""
+    from mrc.runtime.fused import FusedAdam
+
+    wd, lrs = 1e-2, {"a": 1e-2, "b": 2e-2, "c": 3e-2}
+    fused_model, fused_parts = _three_partitions()
+    ref_model, ref_parts = _three_partitions()
+    opt = FusedAdam({n: (ps, lrs[n]) for n, ps in fused_parts.items()}, betas=(0.9, 0.99),
+                    eps=1e-8, weight_decay=wd, decoupled=rule == "adamw", kernel=kernel)
+    cls = torch.optim.AdamW if rule == "adamw" else torch.optim.Adam
+    refs = {n: cls(ps, lr=lrs[n], betas=(0.9, 0.99), eps=1e-8, weight_decay=wd, foreach=False)
+            for n, ps in ref_parts.items()}
+    calls = []
+    run = opt._run
+    opt._run = lambda *a, **k: (calls.append(len(a[4])), run(*a, **k))[1]
+    for step in range(6):
+        updating = tuple(n for n, k in ADAM_RATES.items() if step % k == 0)
+        opt.zero_spans(updating)
+        _loss_of(fused_model, step, "cpu").backward()
+        opt.step_partitions(updating, ())
+        ref_model.zero_grad()
+        _loss_of(ref_model, step, "cpu").backward()
+        for n in updating:
+            refs[n].step()
+    assert calls == [3, 1, 2, 2, 2, 1], "one call per step, one segment per updating partition"
+    assert opt.steps == {"a": 6, "b": 3, "c": 2}
+    for (name, a), b in zip(fused_model.named_parameters(), ref_model.parameters(), strict=True):
+        _close(a, b, TOL[torch.float32], name)
+
+
+def _fused_sgd(parts: dict[str, list[torch.Tensor]], kernel: str):
+    from mrc.runtime.fused import FusedSGD
+
+    return FusedSGD({n: (ps, 0.1, 0) for n, ps in parts.items()}, momentum=0.9, dampening=0.1,
+                    weight_decay=1e-2, nesterov=False, kernel=kernel)
+
+
+def _fused_adam(parts: dict[str, list[torch.Tensor]], kernel: str):
+    from mrc.runtime.fused import FusedAdam
+
+    return FusedAdam({n: (ps, 1e-2) for n, ps in parts.items()}, betas=(0.9, 0.99), eps=1e-8,
+                     weight_decay=1e-2, decoupled=True, kernel=kernel)
+
+
+@pytest.mark.parametrize("make", [_fused_sgd, _fused_adam], ids=["sgd", "adam"])
+def test_fused_reset_state_forgets_everything(make) -> None:
+    """After reset_state() a fused rule continues exactly as a freshly built one from the same
+    parameters (momentum / moments zero, FIRST updates, step counts from 1)."""
+    model, parts = _three_partitions()
+    opt = make(parts, "torch")
+    for step in range(3):
+        updating = tuple(n for n, k in ADAM_RATES.items() if step % k == 0)
+        opt.zero_spans(updating)
+        _loss_of(model, step, "cpu").backward()
+        opt.step_partitions(updating, ())
+    opt.reset_state()
+    assert not any(v.any() for k, v in opt.state_dict().items() if torch.is_tensor(v))
+    fresh_model, fresh_parts = _three_partitions()
+    fresh_model.load_state_dict(model.state_dict())
+    fresh = make(fresh_parts, "torch")
+    assert opt.state_dict().keys() == fresh.state_dict().keys()
+    for k in opt.state_dict():
+        a, b = opt.state_dict()[k], fresh.state_dict()[k]
+        assert torch.equal(a, b) if torch.is_tensor(a) else a == b, k
+    for step in range(3, 6):
+        updating = tuple(n for n, k in ADAM_RATES.items() if step % k == 0)
+        for o, mdl in ((opt, model), (fresh, fresh_model)):
+            o.zero_spans(updating)
+            _loss_of(mdl, step, "cpu").backward()
+            o.step_partitions(updating, ())
+    for a, b in zip(model.parameters(), fresh_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
 # ============================================================================ random subset
 
 
@@ -509,6 +662,185 @@ def test_subset_triton_matches_torch_exactly(device: str, n: int, dtype: torch.d
         outs.append((zeroed, saved, work))
     for got, want in zip(outs[0], outs[1], strict=True):
         assert torch.equal(got, want)  # pure data movement: exact
+
+
+def test_subset_masks_keep_the_runtime_draw() -> None:
+    """`random_subset_mask` is the runtime's draw (`draw_masks`): one randperm per tensor, drawn
+    even where the count rounds to 0, so the later tensors' subsets do not shift."""
+    from mrc.runtime.subset import draw_masks
+
+    shapes = [torch.Size([2]), torch.Size([4, 3]), torch.Size([50]), torch.Size([2, 1]),
+              torch.Size([0]), torch.Size([31])]
+    segments, off = [], 0
+    for s in shapes:
+        segments.append((off, s.numel()))
+        off += s.numel()
+    for per in ("tensor", "global"):
+        masks = draw_masks(shapes, 0.2, per, 123, torch.device("cpu"))
+        assert [m.shape for m in masks] == shapes
+        flat = subset.random_subset_mask(off, 0.2, 123, segments=segments,
+                                         per_tensor=per == "tensor")
+        assert torch.equal(torch.cat([m.reshape(-1) for m in masks]), flat)
+    # the stream itself, written out: one randperm per tensor in order
+    gen = torch.Generator().manual_seed(123)
+    want = []
+    for s in shapes:
+        m = torch.zeros(s.numel(), dtype=torch.bool)
+        m[torch.randperm(s.numel(), generator=gen)[:round(0.2 * s.numel())]] = True
+        want.append(m)
+    got = draw_masks(shapes, 0.2, "tensor", 123, torch.device("cpu"))
+    assert all(torch.equal(g.reshape(-1), w) for g, w in zip(got, want, strict=True))
+    assert not got[0].any() and int(got[2].sum()) == 10  # 2 → 0 chosen, yet 50 → 10 follows
+
+
+SUBSET_SHAPES = [(33, 13), (33,), (7, 33), (7,), (5, 3, 3, 3), (1,)]  # a small model, 836 values
+SUBSET_CONFIGS = {
+    "heavy-ball": {"momentum": 0.9, "weight_decay": 1e-2},
+    "nesterov": {"momentum": 0.9, "nesterov": True},
+    "dampening-global": {"momentum": 0.8, "dampening": 0.1, "per": "global"},
+    "plain": {"momentum": 0.0, "weight_decay": 1e-2},
+}
+
+
+def _subset_run(kernel: str, cfg: dict, device: str, *, steps: int = 8,
+                resume_from: dict | None = None, reset_at: int | None = None):
+    """Drive a RandomSubsetSGD as the plan does: at an interval's start restore, take the
+    gradient at the full weights, step, then draw the next subset and hold it at zero."""
+    from mrc.runtime.subset import RandomSubsetSGD
+
+    cfg = dict(cfg)
+    per = cfg.pop("per", "tensor")
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(s, generator=gen).to(device) for s in SUBSET_SHAPES]
+    targets = [torch.randn(s, generator=gen).to(device) for s in SUBSET_SHAPES]
+    every = 3
+    opt = RandomSubsetSGD(params, lr=0.05, every=every, fraction=0.3, per=per, seed=4,
+                          salt="subset", kernel=kernel, **cfg)
+    start_t = 0
+    if resume_from is not None:
+        with torch.no_grad():
+            for p, saved in zip(params, resume_from["params"], strict=True):
+                p.copy_(saved)
+        opt.load_state_dict(resume_from["opt"])
+        start_t = opt.t
+    snapshot = None
+    for t in range(start_t, steps):
+        if t == reset_at:
+            opt.reset_state()
+        if t % every == 0:
+            opt.restore()
+        for p, target in zip(params, targets, strict=True):
+            p.grad = 2 * (p - target) + 0.1 * torch.sin(3 * p)  # a smooth, non-linear gradient
+        opt.step()
+        if t % every == 0:
+            opt.resample(t // every)
+        if t == 4:  # mid-interval checkpoint
+            snapshot = {"params": [p.detach().clone() for p in params], "opt": opt.state_dict()}
+    return params, opt, snapshot
+
+
+@pytest.mark.parametrize("cfg", list(SUBSET_CONFIGS))
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_random_subset_sgd_triton_matches_torch(device: str, cfg: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """RandomSubsetSGD(kernel="triton") against kernel="torch" on a small model's tensors:
+    the same θ, momentum, started elements, subsets and held-out values, through intervals,
+    a mid-interval checkpoint loaded across kernels, and `restored()` / `finish()`."""
+    conf = SUBSET_CONFIGS[cfg]
+    want, want_opt, snap = _subset_run("torch", conf, device)
+    calls = {"sgd": 0, "zero": 0, "restore": 0}
+
+    def counted(name: str, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(sgd, "sgd_triton", counted("sgd", sgd.sgd_triton))
+    monkeypatch.setattr(subset, "subset_zero_triton", counted("zero", subset.subset_zero_triton))
+    monkeypatch.setattr(subset, "subset_restore_triton",
+                        counted("restore", subset.subset_restore_triton))
+    got, got_opt, got_snap = _subset_run("triton", conf, device)
+    n = len(SUBSET_SHAPES)
+    # 8 steps: one launch per tensor, two on the starts at t = 3 and 6 (t = 0 has no subset)
+    assert calls == {"sgd": n * (8 + 2), "zero": n * 3, "restore": n * 2}, calls
+    tol = TOL[torch.float32]
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
+        _close(a, b, tol, f"θ[{i}]")
+        _close(got_opt.bufs[i], want_opt.bufs[i], tol, f"momentum[{i}]")
+        assert torch.equal(got_opt.seen[i], want_opt.seen[i])
+        assert torch.equal(got_opt.masks[i], want_opt.masks[i])
+        assert torch.all(a[got_opt.masks[i]] == 0), "the subset is held at zero"
+    a_state, b_state = got_opt.state_dict(), want_opt.state_dict()
+    assert a_state.keys() == b_state.keys()
+    for x, y in zip(a_state["stash"], b_state["stash"], strict=True):
+        _close(x, y, tol, "held-out values")
+    with got_opt.restored(), want_opt.restored():
+        for a, b in zip(got, want, strict=True):
+            _close(a, b, tol, "restored θ")
+    assert all(torch.all(a[m] == 0) for a, m in zip(got, got_opt.masks, strict=True))
+    # a checkpoint of the torch run resumes on the Triton path (and the other way round)
+    resumed, _, _ = _subset_run("triton", conf, device, resume_from=snap)
+    back, _, _ = _subset_run("torch", conf, device, resume_from=got_snap)
+    for a, b, c in zip(resumed, back, want, strict=True):
+        _close(a, c, tol, "resumed on triton")
+        _close(b, c, tol, "resumed on torch")
+    got_opt.finish()
+    want_opt.finish()
+    for a, b in zip(got, want, strict=True):
+        _close(a, b, tol, "θ after finish")
+
+
+@pytest.mark.parametrize("kernel", [
+    pytest.param("torch", id="torch"),
+    pytest.param("triton", marks=_SKIP_INTERP, id="interp"),
+])
+def test_random_subset_sgd_reset_state(kernel: str) -> None:
+    """`reset_state()` forgets the momentum and which elements started it, but keeps the
+    subset, its held-out values and the step count; a reset mid-interval followed by a
+    resample (started elements = an old complement) still agrees across kernels."""
+    # with dampening, so a first update (p = d) differs from a later one from p = 0
+    conf = {"momentum": 0.9, "dampening": 0.1, "weight_decay": 1e-2}
+    params, opt, _ = _subset_run(kernel, conf, "cpu", steps=5)
+    masks = [m.clone() for m in opt.masks]
+    stash = opt.state_dict()["stash"]
+    opt.reset_state()
+    assert all(torch.all(b == 0) for b in opt.bufs) and not any(s.any() for s in opt.seen)
+    assert opt.t == 5 and all(torch.equal(a, b) for a, b in zip(opt.masks, masks, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(opt.state_dict()["stash"], stash, strict=True))
+    # after a reset, the first update of an element takes p = d again (torch.optim's first step)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    before = [p.detach().clone() for p in params]
+    opt.step()  # t = 5: mid-interval, the complement moves
+    for b, buf, m in zip(before, opt.bufs, opt.masks, strict=True):
+        d = 1 + 1e-2 * b[~m]
+        _close(buf[~m], d, TOL[torch.float32], "fresh momentum")
+        assert torch.all(buf[m] == 0)
+    # a reset before a mid-interval step, then a resample: both kernels still agree
+    want, want_opt, _ = _subset_run("torch", conf, "cpu", steps=11, reset_at=4)
+    got, got_opt, _ = _subset_run(kernel, conf, "cpu", steps=11, reset_at=4)
+    for a, b in zip(got, want, strict=True):
+        _close(a, b, TOL[torch.float32], "θ after a reset")
+    for a, b in zip(got_opt.seen, want_opt.seen, strict=True):
+        assert torch.equal(a, b)
+    # started elements that are none of none / all / the complement (the Triton path falls
+    # back to the torch update for those tensors): still the same numbers
+    state = want_opt.state_dict()
+    gen = torch.Generator().manual_seed(9)
+    state["seen"] = [torch.rand(s.shape, generator=gen) < 0.5 for s in state["seen"]]
+    base = [q.detach().clone() for q in want]
+    for o, ps in ((want_opt, want), (got_opt, got)):
+        o.load_state_dict(state)
+        with torch.no_grad():
+            for p, q in zip(ps, base, strict=True):
+                p.copy_(q)
+            for p in ps:
+                p.grad = torch.cos(p)
+        o.step()
+        o.step()
+    for a, b in zip(got, want, strict=True):
+        _close(a, b, TOL[torch.float32], "θ from mixed started elements")
 
 
 # ============================================================================ Langevin
@@ -614,6 +946,141 @@ def test_baoab_without_noise_is_the_deterministic_splitting() -> None:
     _close(grad, 3 * th, TOL[torch.float32], "returned gradient")
 
 
+def _langevin_params(device: str = "cpu") -> list[torch.nn.Parameter]:
+    gen = torch.Generator().manual_seed(0)
+    return [torch.nn.Parameter(torch.randn(s, generator=gen).to(device))
+            for s in ((33, 13), (33,), (7, 33), (1,))]
+
+
+def _langevin_steps(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter],
+                    steps: range) -> None:
+    for _ in steps:
+        for p in params:
+            p.grad = 2 * p.detach() + 0.1 * torch.sin(3 * p.detach())  # a smooth gradient
+        opt.step()
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_langevin_triton_at_zero_temperature_is_the_torch_path(device: str) -> None:
+    """τ = 0: no random numbers, so both kernels take the same deterministic BAOAB steps."""
+    from mrc.optim.langevin import Langevin
+
+    results = []
+    for kernel in ("torch", "triton"):
+        params = _langevin_params(device)
+        opt = Langevin(params, lr=0.1, gamma=1.5, tau=0.0, weight_decay=1e-2, kernel=kernel)
+        _langevin_steps(opt, params, range(4))
+        results.append((params, [opt.state[p]["momentum"] for p in params]))
+    (got, got_m), (want, want_m) = results
+    for a, b, ma, mb in zip(got, want, got_m, want_m, strict=True):
+        _close(a, b, TOL[torch.float32], "θ")
+        _close(ma, mb, TOL[torch.float32], "momentum")
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_langevin_triton_o_step_mean_and_variance(device: str) -> None:
+    """With zero gradient the step's O part is all that moves p: from p ~ N(0, τ) it must keep
+    mean 0 and variance τ, with correlation e^{−γh} to the old p, and fresh noise every step."""
+    from mrc.optim.langevin import Langevin
+
+    n, h, gamma, tau = 2**14, 0.2, 2.0, 0.5
+    p = torch.nn.Parameter(torch.zeros(n, device=device))
+    opt = Langevin([p], lr=h, gamma=gamma, tau=tau, kernel="triton", seed=11)
+    p0 = _randn(n, 1, device=device) * math.sqrt(tau)  # the stationary distribution N(0, τ)
+    opt.state[p]["momentum"] = p0.clone()
+    p.grad = torch.zeros_like(p)
+    opt.step()
+    m1 = opt.state[p]["momentum"].clone()
+    se = 5 / math.sqrt(n)
+    assert abs(float(m1.mean())) < se * math.sqrt(tau)
+    assert float(m1.var()) == pytest.approx(tau, rel=5 * math.sqrt(2 / n))
+    assert float((m1 * p0).mean() / tau) == pytest.approx(math.exp(-gamma * h), abs=se)
+    assert opt.noise_offset == n
+    opt.step()  # the next step draws new numbers: its noise is uncorrelated with the first's
+    m2 = opt.state[p]["momentum"]
+    decay = math.exp(-gamma * h)
+    r1, r2 = m1 - decay * p0, m2 - decay * m1
+    assert abs(float((r1 * r2).mean() / r1.var())) < se
+    # from p = 0 one step gives p ~ N(0, (1 − e^{−2γh})τ)
+    q = torch.nn.Parameter(torch.zeros(n, device=device))
+    fresh = Langevin([q], lr=h, gamma=gamma, tau=tau, kernel="triton", seed=12)
+    q.grad = torch.zeros_like(q)
+    fresh.step()
+    want = (1 - math.exp(-2 * gamma * h)) * tau
+    assert float(fresh.state[q]["momentum"].var()) == pytest.approx(want, rel=5 * math.sqrt(2 / n))
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_langevin_triton_resumes_exactly(device: str) -> None:
+    """Six steps in one go = three steps, a state_dict through torch.save, three more on a
+    fresh integrator (the noise counter travels in the state_dict); the torch generator is
+    neither used nor needed."""
+    import io
+
+    from mrc.optim.langevin import Langevin
+
+    kw = {"lr": 0.1, "gamma": 1.0, "tau": 0.3, "kernel": "triton", "seed": 5}
+    whole = _langevin_params(device)
+    opt = Langevin(whole, **kw)
+    _langevin_steps(opt, whole, range(6))
+
+    first = _langevin_params(device)
+    opt_a = Langevin(first, **kw)
+    _langevin_steps(opt_a, first, range(3))
+    blob = io.BytesIO()
+    torch.save({"params": [p.detach() for p in first], "opt": opt_a.state_dict()}, blob)
+    assert opt_a.state_dict()["noise"] == {"seed": 5, "offset": 3 * sum(p.numel() for p in first)}
+    blob.seek(0)
+    saved = torch.load(blob)
+    torch.manual_seed(1234)  # a different torch generator state must not matter
+    second = _langevin_params(device)
+    with torch.no_grad():
+        for p, q in zip(second, saved["params"], strict=True):
+            p.copy_(q)
+    opt_b = Langevin(second, **{**kw, "seed": 0})  # the seed comes back from the state
+    opt_b.load_state_dict(saved["opt"])
+    _langevin_steps(opt_b, second, range(3, 6))
+    for a, b in zip(whole, second, strict=True):
+        assert torch.equal(a, b)
+        assert torch.equal(opt.state[a]["momentum"], opt_b.state[b]["momentum"])
+    # two tensors of one step draw different numbers (distinct counters)
+    assert opt.noise_offset == 6 * sum(p.numel() for p in whole)
+
+
+@pytest.mark.parametrize("kernel", [
+    pytest.param("torch", id="torch"),
+    pytest.param("triton", marks=_SKIP_INTERP, id="interp"),
+])
+def test_langevin_reset_state(kernel: str) -> None:
+    """reset_state() forgets the momentum: the next step is a first step (p from 0, half kick)
+    as on a fresh integrator; the Triton path's noise counter goes on."""
+    from mrc.optim.langevin import Langevin
+
+    params = _langevin_params()
+    opt = Langevin(params, lr=0.1, gamma=1.0, tau=0.0, kernel=kernel)
+    _langevin_steps(opt, params, range(3))
+    offset = opt.noise_offset
+    opt.reset_state()
+    assert not opt.state
+    fresh_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    fresh = Langevin(fresh_params, lr=0.1, gamma=1.0, tau=0.0, kernel=kernel)
+    _langevin_steps(opt, params, range(2))
+    _langevin_steps(fresh, fresh_params, range(2))
+    for a, b in zip(params, fresh_params, strict=True):
+        assert torch.equal(a, b)
+    assert opt.noise_offset == offset + fresh.noise_offset
+
+
+def test_langevin_rejects_bad_kernel() -> None:
+    from mrc.optim.langevin import Langevin
+
+    with pytest.raises(ValueError, match="kernel"):
+        Langevin([torch.nn.Parameter(torch.zeros(3))], lr=0.1, kernel="cuda")
+    with pytest.raises(TypeError, match="float32"):
+        Langevin([torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))], lr=0.1,
+                 kernel="triton")
+
+
 # ============================================================================ dispatch
 
 
@@ -710,6 +1177,15 @@ _AOT = """
                          {"DECOUPLED": True, "HAS_WD": True, "MAXIMIZE": False, "BLOCK": B},
                          ["param_ptr", "grad_ptr", "m_ptr", "v_ptr", "n"])
         assert v == {"ld.global.v4", "st.global.v4"}, ("adam", dt, v)
+        sig = {"param_ptr": dt, "grad_ptr": dt, "m_ptr": f32, "v_ptr": f32,
+               "seg_int_ptr": "*i64", "seg_f32_ptr": "*fp32", "n": "i32",
+               **{k: "fp32" for k in ("beta1", "beta2", "eps", "weight_decay")}}
+        v = compile_sm90(adam._multirate_adam_kernel, sig,
+                         {"NSEG": 3, "DECOUPLED": True, "HAS_WD": True, "MAXIMIZE": False,
+                          "ALIGNED": True, "BLOCK": B},
+                         ["param_ptr", "grad_ptr", "m_ptr", "v_ptr", "seg_int_ptr", "seg_f32_ptr",
+                          "n"])
+        assert v == {"ld.global.v4", "st.global.v4"}, ("multirate adam", dt, v)
         for restore in (False, True):
             v = compile_sm90(subset._subset_kernel,
                              {"param_ptr": dt, "mask_ptr": "*u8", "saved_ptr": dt, "n": "i32"},
