@@ -46,8 +46,10 @@ class FuseDrift(Pass):
                 owner = rule_of.get((drift.scope, drift.partition))
                 if owner is None or owner.kernel not in FUSED or not sgd_like(owner.rule.name):
                     continue
-                group = next((g for g in p.preds(drift) if isinstance(g, UpdateGroup) and g.scope == drift.scope
-                              and g.rule == owner.rule and g.kernel in FUSED), None)
+                before = [g for g in p.preds(drift) if isinstance(g, UpdateGroup) and g.scope == drift.scope
+                          and g.rule == owner.rule and g.kernel in FUSED]
+                last = max((g.phase for g in p.of_kind(UpdateGroup) if g.scope == drift.scope), default=0)
+                group = next((g for g in before if g.phase == last), None)
                 if group is None:
                     continue
                 if drift.partition not in group.partitions:

@@ -21,16 +21,21 @@ class TorchRule:
     """A torch.optim optimizer for one rule's partitions (see the module docstring)."""
 
     def __init__(self, rule: Rule, parts: dict[str, list[torch.Tensor]], lrs: dict[str, float],
-                 kernel: str = "torch.optim") -> None:
+                 kernel: str = "torch.optim", noise_seed: int = 0) -> None:
         from mrc.optim import build_optimizer
 
         self.names = list(parts)
         self.params = parts
         groups = [{"params": parts[n], "lr": lrs[n]} for n in self.names]
         kwargs = {**rule.kwargs, "lr": lrs[self.names[0]]}
-        if kernel == "triton" and rule.name == "langevin":
-            kwargs = {**kwargs, "kernel": "triton"}
-        self.optimizer = build_optimizer(rule.name, groups, kwargs)
+        if kernel == "triton" and rule.name == "langevin":  # the O-step as a Triton kernel
+            from mrc.optim import OPTIMIZERS, resolve_kwargs
+            from mrc.optim.langevin import Langevin
+
+            checked = resolve_kwargs(OPTIMIZERS.get("langevin"), kwargs, "optimizer")
+            self.optimizer = Langevin(groups, **checked, kernel="triton", seed=noise_seed)
+        else:
+            self.optimizer = build_optimizer(rule.name, groups, kwargs)
         self.index = {n: i for i, n in enumerate(self.names)}
         self._all = list(self.optimizer.param_groups)
 
@@ -53,7 +58,11 @@ class TorchRule:
             opt.param_groups = self._all
 
     def reset_state(self) -> None:
-        self.optimizer.state.clear()
+        reset = getattr(type(self.optimizer), "reset_state", None)
+        if reset is not None:  # e.g. Langevin: its own state beyond torch's (the noise counter)
+            reset(self.optimizer)
+        else:
+            self.optimizer.state.clear()
 
     def state_dict(self) -> dict[str, Any]:
         return self.optimizer.state_dict()

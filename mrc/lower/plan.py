@@ -124,6 +124,7 @@ class Plan:
         self.trace: TextIO | None = None
         self.brains = tuple(graph.replicas)
         self.last_losses: dict[str, torch.Tensor] = {}
+        self._rates = [{**ctx.lrs, **_pattern_rates(p)} for p in stage.patterns]
 
     @property
     def module(self) -> nn.Module:
@@ -154,9 +155,11 @@ class Plan:
         return torch.stack(list(first.values())).mean() if first else None
 
     def learning_rates(self, t: int) -> dict[str, float]:
-        """Each partition's (each brain's partition's) learning rate at step t, as it runs."""
+        """Each partition's (each brain's partition's) learning rate at step t, as it runs: the
+        rate of its update on that step (or on its last step with one) times the schedule."""
         mult = self.schedule(t)
-        return {name: lr * mult for name, lr in self.ctx.lrs.items()}
+        rates = self._rates[self.pattern_of[t % self.period]]
+        return {name: lr * mult for name, lr in rates.items()}
 
     # ---- the runtime's view of the state -----------------------------------------------
 
@@ -211,6 +214,17 @@ class Plan:
         for key, integ in self.ctx.integrators.items():
             if key[0] == replica:
                 yield integ
+
+
+def _pattern_rates(pattern: Pattern) -> dict[str, float]:
+    """The learning rates the update groups of one step pattern run at, by (brain.)partition."""
+    out = {}
+    for op in pattern.of_kind(UpdateGroup):
+        per = len(op.partitions)
+        for i, r in enumerate(op.scope.replica or ("",)):
+            for n, lr in zip(op.partitions, op.lrs[i * per:(i + 1) * per], strict=True):
+                out[f"{r}.{n}" if r else n] = lr
+    return out
 
 
 def lower(graph: ScheduleGraph, bound: Any, total_steps: int, device: torch.device | str = "cpu") -> Plan:

@@ -373,3 +373,22 @@ def test_triton_fused_path_on_cuda_matches_torch_optim(tmp_path: Path) -> None:
 def test_triton_adam_path_on_cuda_matches_torch_optim(tmp_path: Path) -> None:
     _fused_against_torch_optim_on_cuda(tmp_path, 'partition head = module("head") { optimizer adamw(lr=0.01) }\n'
                                        'partition body = rest { every = 2; optimizer adamw(lr=0.01) }\n', 11)
+
+
+@pytest.mark.parametrize("kernels", ["auto", "torch", '"torch.optim"'])
+@pytest.mark.parametrize("own_rule", [False, True])
+def test_literal_gradient_point_with_drift_on_every_update_path(tmp_path: Path, kernels: str, own_rule: bool) -> None:
+    """Issue 9's reproduction: with `first_fast_gradient = after_slow`, on a step where a
+    no-drift slow partition updates first, a drifting partition of the same rule must not drift
+    before the second gradient is taken, nor twice. The fused flat-buffer path (kernel=torch on the
+    CPU), torch.optim, and a rule of its own for `b` all equal the seed's literal loop."""
+    rule = " optimizer sgd(lr=0.05, momentum=0.9, dampening=0);" if own_rule else ""
+    extra = ('partition a = module("layers.*") { every = 2 }\n'
+             f"partition b = rest {{ every = 4; drift = linear;{rule} }}\n"
+             "multirate(first_fast_gradient = after_slow)\n")
+    path = spec(tmp_path, extra, hidden="6", steps=5, data="spirals(samples=30, batch=24, val=0.2)")
+    compiled = compile_spec(path, [f"train.kernels={kernels}"])
+    got = train(compiled, save=False).model.state_dict()
+    want = reference(path, {"a": (FIRST, 2, "none"), "b": (HEAD, 4, "linear")}, lr=0.05, mu=0.9, wd=0.0,
+                     steps=5, literal=True)
+    assert_same(got, want, 1e-10)

@@ -247,10 +247,6 @@ def test_each_partitions_lr_in_a_group_is_its_own(tmp_path: Path) -> None:
     close(got[-1], ref[-1])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Plan.learning_rates(t) reports, for each partition, the lr of the first update group found "
-    "in the graph (Lowering.lrs, filled with setdefault in Lowering.__post_init__), not the lr of "
-    "the op that runs on step t; the run itself uses the op's lr"))
 def test_the_reported_learning_rate_is_the_one_that_runs(tmp_path: Path) -> None:
     spec = make(tmp_path)
     graph = spec.graph.copy()

@@ -454,11 +454,6 @@ def test_fuse_drift_with_after_slow_folds_into_the_last_phase_only() -> None:
     assert groups(graph, 0)["update_group.drifty+fast#1"].held == ("drifty",)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fuse-drift folds a drift into the first update group of its rule among the drift's "
-    "predecessors in canonical order, i.e. the phase-0 group, when the drift runs after the groups of "
-    "both gradient points (passes/fuse_drift.py: `next(g for g in p.preds(drift) ...)`); its docstring "
-    "ensures that only a group at the second point takes the drift"))
 def test_fuse_drift_prefers_the_last_phase_when_the_drift_follows_both() -> None:
     parts = {"drifty": (4, SGD), "slow": (2, SGD), "fast": (1, SGD)}
     graph = lowered(naive(4, parts, drift=("drifty",), literal=True), "select-kernels")

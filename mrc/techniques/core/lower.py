@@ -181,9 +181,18 @@ def torch_integrator(op: UpdateGroup, ctx: Lowering) -> TorchRule:
     if integ is None:
         names = ctx.groups_of(r, op.rule, op.kernel)
         integ = TorchRule(op.rule, {n: ctx.replicas.params(ctx.graph, r, n) for n in names},
-                          {n: ctx.lr_of(r, n) for n in names}, op.kernel)
+                          {n: ctx.lr_of(r, n) for n in names}, op.kernel,
+                          noise_seed=stable_seed(ctx.bound.program.train.seed, r, *names))
         ctx.integrators[key] = integ
     return integ
+
+
+def stable_seed(*parts: object) -> int:
+    """A 63-bit seed from the run's seed and names (the same in every process)."""
+    import hashlib
+
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def drift_buffers(ctx: Lowering, r: str, n: str) -> list[torch.Tensor]:

@@ -25,7 +25,8 @@ def subset_integrator(ctx: Lowering, r: str, partition: str) -> Any:
         integ = RandomSubsetSGD(ctx.replicas.params(ctx.graph, r, partition), lr=ctx.lr_of(r, partition),
                                 every=info.every, fraction=info.fraction, per=info.per,
                                 seed=ctx.bound.program.train.seed, salt=partition,
-                                **sgd_hyper(owner.rule.name, owner.rule.kwargs))
+                                **sgd_hyper(owner.rule.name, owner.rule.kwargs),
+                                kernel=owner.kernel.partition(".")[2] or "torch")
         ctx.integrators[key] = integ
         ctx.subsets[(r, partition)] = integ
     return integ
