@@ -78,15 +78,35 @@ def make(seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(64, 4)).astype("float32")
     y = (x[:, 0] > 0).astype("int64")
-    x[4 * 7 + 1, 2] = np.nan  # inside batch 8 (steps count from 1) when not shuffled
+    x[4 * 7 + 1, 0] = -1000.0  # inside batch 8 (steps count from 1) when not shuffled
     return {"x": x, "y": y, "x_test": x[:8], "y_test": y[:8]}
+'''
+
+FRAGILE_MODEL = '''
+import torch
+from torch import nn
+
+class Fragile(nn.Module):
+    """A linear classifier whose output is NaN for an input whose first feature is below -100
+    (finite data, so the loader accepts it; the model diverges on it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(x) + 0.0 * torch.sqrt(x[:, :1] + 100.0)
+
+def make():
+    return Fragile()
 '''
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_last_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "nandata.py").write_text(NAN_DATA)
+    (tmp_path / "fragile.py").write_text(FRAGILE_MODEL)
     spec = tmp_path / "nan.mrs"
-    spec.write_text('model mlp(hidden=[8])\ndata "nandata.py:make"(batch=4, shuffle=false)\n'
+    spec.write_text('model "fragile.py:make"\ndata "nandata.py:make"(batch=4, shuffle=false)\n'
                     "optimizer sgd(lr=0.1)\ntrain(steps=20, checkpoint_every=5)\n")
     out = tmp_path / "run"
     proc = run_cli("train", str(spec), "--out", str(out))
@@ -200,3 +220,26 @@ def test_missing_initial_weights_warn_in_check_and_fail_in_train(tmp_path: Path)
     assert proc.returncode == 2
     assert "ft.mrs:4:6: error: cannot read initial weights: no file runs/none/final.pt" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("arrays", "message"), [
+    ("x[3, 1] = np.nan", "bad.npz: `x` has a non-finite value (nan) at index [3, 1]"),
+    ("y[7] = 10**12", "bad.npz: `y` has label 1000000000000 at index 7"),
+])
+def test_bad_data_values_fail_check_at_the_data_statement(tmp_path: Path, arrays: str,
+                                                         message: str) -> None:
+    """NaN inputs used to pass `mrc check` and stop training as a "divergence"; a huge label
+    used to fail as "cannot build model". Both are data errors, shown at `data`."""
+    subprocess.run([sys.executable, "-c",
+                    "import numpy as np\nx = np.zeros((40, 4), dtype=np.float32)\n"
+                    f"y = np.arange(40) % 2\n{arrays}\nnp.savez('bad.npz', x=x, y=y)\n"],
+                   cwd=tmp_path, check=True)
+    spec = tmp_path / "bad.mrs"
+    spec.write_text('model mlp(hidden=[8])\ndata "bad.npz"(batch=4)\noptimizer sgd(lr=0.1)\n'
+                    "train(steps=5)\n")
+    for command in ("check", "train"):
+        proc = run_cli(command, str(spec), *(["--out", str(tmp_path / "run")]
+                                             if command == "train" else []))
+        assert proc.returncode == 2, proc.stderr
+        assert f"bad.mrs:2:6: error: {message}" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and "cannot build model" not in proc.stderr
