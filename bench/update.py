@@ -5,19 +5,21 @@ listed by hand so torchvision is not needed. In one run this times one optimizer
 (lr 0.1, momentum 0.9, weight decay 5e-4) by
 
 * torch.optim.SGD(foreach=True)         the baseline: one call per op over the tensor list
-* torch.optim.SGD(fused=True)           where this torch build has it
+* torch.optim.SGD(fused=True)           the best a careful user can ask torch.optim for, on
+                                        the CPU too where this torch build has it (if not, the
+                                        table says so in its row)
 * mrc torch path                        sgd_torch over one FlatGroup (whole-buffer ops)
 * mrc Triton path                       sgd_triton over the FlatGroup (CUDA only): one launch
 * copy                                  dst.copy_(src), the bandwidth ceiling
 
-and reports, for each, the median time of one update (CUDA events on a GPU, perf_counter on the
-CPU; warm-up calls first, so Triton's autotune is not timed), the bytes an SGD-momentum update
-must move (θ read and written, g read, p read and written: 5 × 4 bytes per parameter), the
-achieved rate, and the fraction of the measured copy bandwidth. The copy moves a buffer of
-10 bytes per parameter (read + write = the same 20 bytes per parameter as the update), so its
-bandwidth is measured on the same traffic. Variants run interleaved, round after round, so
-drift in the machine's speed hits all alike. Before timing, two updates of every variant from
-the same start are checked against the foreach result.
+and reports, for each, the median time of one update with min–max over the samples (CUDA events
+on a GPU, perf_counter on the CPU; warm-up calls first, so Triton's autotune is not timed), the
+bytes an SGD-momentum update must move (θ read and written, g read, p read and written: 5 × 4
+bytes per parameter), the achieved rate, and the fraction of the measured copy bandwidth. The
+copy moves a buffer of 10 bytes per parameter (read + write = the same 20 bytes per parameter as
+the update), so its bandwidth is measured on the same traffic. Variants run interleaved, round
+after round, so drift in the machine's speed hits all alike. Before timing, two updates of every
+variant from the same start are checked against the foreach result.
 
     python bench/update.py [--quick] [--reps N] [--device cpu|cuda]
 
@@ -45,6 +47,7 @@ from mrc.kernels.sgd import sgd_torch, sgd_triton
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
 BYTES_PER_PARAM = 5 * 4  # θ read + write, g read, p read + write, float32
+FUSED_MISSING: list[str] = []  # why torch.optim's fused SGD is not in the table, if it is not
 
 
 def resnet50_shapes() -> list[tuple[int, ...]]:
@@ -118,8 +121,8 @@ def build(device: torch.device, n: int) -> list[Variant]:
     def flat_of(params: list[torch.nn.Parameter]) -> Callable[[], torch.Tensor]:
         return lambda: torch.cat([p.detach().reshape(-1) for p in params])
 
-    # torch.optim on per-tensor parameters (foreach and fused share the parameters, each
-    # with its own momentum buffers)
+    # torch.optim on per-tensor parameters, each variant with its own parameters and momentum
+    # buffers, so each is checked from the same start
     listed = make_params(shapes, device)
     kw = {"lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY}
     foreach = torch.optim.SGD(listed, foreach=True, **kw)
@@ -128,10 +131,13 @@ def build(device: torch.device, n: int) -> list[Variant]:
         probe = torch.nn.Parameter(torch.ones(4, device=device))
         probe.grad = torch.ones_like(probe)
         torch.optim.SGD([probe], fused=True, **kw).step()  # raises where there is no fused SGD
-        fused = torch.optim.SGD(listed, fused=True, **kw)
-        variants.append(Variant("torch.optim fused", fused.step, flat_of(listed), update_bytes))
+        fused_params = make_params(shapes, device)
+        fused = torch.optim.SGD(fused_params, fused=True, **kw)
+        variants.append(Variant("torch.optim fused", fused.step, flat_of(fused_params),
+                                update_bytes))
     except (RuntimeError, TypeError, ValueError) as exc:
-        print(f"# fused SGD not available on {device}: {exc}".splitlines()[0])
+        FUSED_MISSING.append(f"not available on {device.type} in torch {torch.__version__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
 
     # mrc: whole-buffer torch ops and (on CUDA) one Triton launch, each over its own
     # FlatGroup so both start from the same point for the check
@@ -168,8 +174,6 @@ def check(variants: list[Variant], device: torch.device) -> dict[str, float]:
     for v in variants:
         if v.name.startswith("copy"):
             continue
-        if v.name == "torch.optim fused":
-            continue  # shares the parameters with foreach; checked by torch's own tests
         v.step()
         v.step()
         results[v.name] = v.theta().float()
@@ -213,14 +217,19 @@ def main() -> None:
     print(f"SGD-momentum update, {len(resnet50_shapes())} tensors, {n:,} float32 params, "
           f"{BYTES_PER_PARAM * n / 1e6:.0f} MB moved per update; {name}; "
           f"median of {reps} samples of {inner} call(s)")
-    print(f"{'variant':22s} {'time ms':>10s} {'GB/s':>8s} {'of copy':>8s} {'vs foreach':>11s} "
-          f"{'max rel err':>12s}")
+    fused_t = med.get("torch.optim fused")
+    print(f"{'variant':22s} {'time ms':>10s} {'[min–max]':>17s} {'GB/s':>8s} {'of copy':>8s} "
+          f"{'vs foreach':>11s} {'vs fused':>9s} {'max rel err':>12s}")
     for v in variants:
         t = med[v.name]
         bw = v.bytes_moved / t
         err = errors.get(v.name)
-        print(f"{v.name:22s} {t * 1e3:10.3f} {bw / 1e9:8.1f} {bw / copy_bw:8.2f} "
-              f"{base / t:11.2f} {'' if err is None else f'{err:12.1e}'}")
+        span = f"[{min(v.times) * 1e3:.2f}–{max(v.times) * 1e3:.2f}]"
+        vs_fused = f"{fused_t / t:9.2f}" if fused_t else f"{'n/a':>9s}"
+        print(f"{v.name:22s} {t * 1e3:10.3f} {span:>17s} {bw / 1e9:8.1f} {bw / copy_bw:8.2f} "
+              f"{base / t:11.2f} {vs_fused} {'' if err is None else f'{err:12.1e}'}")
+    for why in FUSED_MISSING:
+        print(f"{'torch.optim fused':22s} {why}")
 
     def ratio(key: str) -> float | None:
         return round(base / med[key], 3) if key in med else None
@@ -234,6 +243,9 @@ def main() -> None:
         "triton_bw_fraction": fraction("mrc triton"),
         "device": name,
         "fused_vs_foreach": ratio("torch.optim fused"),
+        "torch_path_vs_fused": (round(med["torch.optim fused"] / med["mrc torch path"], 3)
+                                if "torch.optim fused" in med else None),
+        "fused_missing": FUSED_MISSING[0] if FUSED_MISSING else None,
         "torch_path_bw_fraction": fraction("mrc torch path"),
         "copy_GBps": round(copy_bw / 1e9, 1),
         "n_params": n,

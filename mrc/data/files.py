@@ -1,6 +1,7 @@
 """Readers for user data files: NumPy `.npz` archives and IDX files (the MNIST format).
 
-Both return the builder dict (`x`, `y`, optional `x_test`, `y_test`) as numpy arrays and turn
+Both return the builder dict (`x`, `y`, optional `x_test`, `y_test`, and for NPZ `classes`)
+as numpy arrays and turn
 every way a file can be wrong — missing, unreadable, corrupt, wrong keys — into a `DataError`
 with a one-line message, so the CLI can show it as a diagnostic rather than a traceback.
 """
@@ -26,11 +27,13 @@ class DataError(Exception):
 
 # ---- NPZ --------------------------------------------------------------------------------------
 
-NPZ_KEYS = ("x", "y", "x_test", "y_test")
+NPZ_KEYS = ("x", "y", "x_test", "y_test", "classes")
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """The arrays `x`, `y` (and `x_test`, `y_test` if both are present) of an `.npz` archive.
+    """The arrays `x`, `y` (and `x_test`, `y_test` if both are present) of an `.npz` archive,
+    and `classes` (a scalar: the class count) if present; without it the count is the largest
+    label + 1.
 
     Other arrays in the archive are ignored; pickled objects are refused (allow_pickle=False),
     so a data file cannot run code.

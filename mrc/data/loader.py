@@ -1,7 +1,9 @@
 """From a spec's `data` statement to training and validation tensors and deterministic batches.
 
-`load_data` finds the examples (a built-in, an `.npz` or IDX file, or a user factory), then
-applies the options common to every data set (`DATA_OPTIONS`) in a fixed order:
+`load_data` finds the examples (a built-in, an `.npz` or IDX file, or a user factory) and
+validates them — inputs finite float32 numbers, labels whole numbers ≥ 0 with a class count that
+makes sense (see `MAX_INFERRED_CLASSES`), each error naming the array and its first bad index —
+then applies the options common to every data set (`DATA_OPTIONS`) in a fixed order:
 
 1. `keep`: keep only the listed classes, relabelled 0..k-1 in the order given;
 2. validation split: a predefined test split (`x_test`/`y_test`) *is* the validation set;
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +56,16 @@ Batch: TypeAlias = tuple[torch.Tensor, torch.Tensor]
 
 _SPLIT_STREAM = -1
 _LIMIT_STREAM = -2
+
+MAX_INFERRED_CLASSES = 100_000
+"""The most classes a data set may have when the count is inferred from its largest label.
+
+A stray huge label (10**12) would otherwise ask the model builder for a head of that many
+outputs; a data set with more classes states its count (`classes` in the builder's dict, the
+factory's result or the `.npz` archive)."""
+
+_EXACT_FLOAT_LABEL = 2**53
+"""Float labels at or above this are not exact integers, and may not fit int64."""
 
 
 def stream_seed(seed: int, stream: int) -> int:
@@ -346,16 +359,38 @@ def _keep(keep: list[Any], x: torch.Tensor, y: torch.Tensor, test: Batch | None,
 
 def _class_count(hint: Any, y: torch.Tensor, test: Batch | None,
                  name: str) -> int:
-    """Classes a model must predict: the builder's count if given, else the largest label + 1."""
-    top = int(y.max()) if len(y) else -1
-    if test is not None and len(test[1]):
-        top = max(top, int(test[1].max()))
+    """Classes a model must predict: the builder's count if given, else the largest label + 1.
+
+    An inferred count may not exceed `MAX_INFERRED_CLASSES`; every label must be below a given
+    count. Errors name the label's array and its first index.
+    """
+    splits = [("y", y)] + ([("y_test", test[1])] if test is not None else [])
+    key, top, where = max(((k, int(t.max()), int(t.argmax())) for k, t in splits if len(t)),
+                          key=lambda e: e[1], default=("y", -1, -1))
     if hint is None:
+        if top + 1 > MAX_INFERRED_CLASSES:
+            raise DataError(f"{name}: `{key}` has label {top} at index {where}, which would make "
+                            f"{top + 1} classes (more than {MAX_INFERRED_CLASSES:,} are not "
+                            f"inferred from labels; labels must be 0..classes-1, or state the "
+                            f"count as `classes`)")
         return top + 1
-    count = int(hint)
+    count = _count_hint(hint, name)
     if top >= count:
-        raise DataError(f"{name}: label {top} is out of range for {count} classes")
+        raise DataError(f"{name}: `{key}` has label {top} at index {where}, out of range for "
+                        f"{count} classes (labels must be 0..{count - 1})")
     return count
+
+
+def _count_hint(hint: Any, name: str) -> int:
+    """A stated class count: a positive whole number (a Python or 0-d numpy/torch value)."""
+    try:
+        value = hint.item() if hasattr(hint, "item") else hint
+    except (ValueError, RuntimeError):  # an array of more than one element
+        value = hint
+    if isinstance(value, bool) or not isinstance(value, int | np.integer | float) \
+            or value != int(value) or int(value) < 1:
+        raise DataError(f"{name}: `classes` must be a positive whole number, not {value!r}")
+    return int(value)
 
 
 def _features(value: Any, key: str, name: str) -> torch.Tensor:
@@ -364,8 +399,18 @@ def _features(value: Any, key: str, name: str) -> torch.Tensor:
         raise DataError(f"{name}: `{key}` must hold numbers, not {t.dtype}")
     if t.ndim == 0:
         raise DataError(f"{name}: `{key}` must have one row per example, not be a scalar")
-    t = t.to(device="cpu", dtype=torch.float32)
-    return t[:, None] if t.ndim == 1 else t
+    features = t.to(device="cpu", dtype=torch.float32)
+    bad = ~torch.isfinite(features)
+    if bool(bad.any()):  # NaN or ±inf, or a float64 value beyond float32's range
+        first = int(bad.flatten().nonzero()[0])
+        index = np.unravel_index(first, tuple(features.shape))
+        original = float(t.flatten()[first])
+        what = (f"the value {original:g}, beyond float32's range," if math.isfinite(original)
+                else f"a non-finite value ({original})")
+        where = ", ".join(str(int(i)) for i in index)
+        raise DataError(f"{name}: `{key}` has {what} at index [{where}] (example {int(index[0])}); "
+                        f"inputs must be finite float32 numbers")
+    return features[:, None] if features.ndim == 1 else features
 
 
 def _labels(value: Any, key: str, name: str) -> torch.Tensor:
@@ -376,14 +421,18 @@ def _labels(value: Any, key: str, name: str) -> torch.Tensor:
         raise DataError(f"{name}: `{key}` must be one label per example, shape (N,), "
                         f"not {tuple(t.shape)}")
     if t.is_floating_point():
-        if not bool(torch.all(t == t.round())):
-            raise DataError(f"{name}: `{key}` must hold integer class labels")
+        bad = ~((t == t.round()) & (t.abs() < _EXACT_FLOAT_LABEL))
+        if bool(bad.any()):
+            at = int(bad.nonzero()[0])
+            raise DataError(f"{name}: `{key}` must hold integer class labels, but has "
+                            f"{float(t[at])!r} at index {at}")
     elif not _is_integer(t):
         raise DataError(f"{name}: `{key}` must hold integer class labels, not {t.dtype}")
     t = t.to(torch.int64)
     if len(t) and int(t.min()) < 0:
-        raise DataError(f"{name}: `{key}` has a negative label {int(t.min())}; labels must be "
-                        f"0, 1, 2, …")
+        at = int(t.argmin())
+        raise DataError(f"{name}: `{key}` has a negative label {int(t[at])} at index {at}; "
+                        f"labels must be 0, 1, 2, …")
     return t
 
 
@@ -392,6 +441,9 @@ def _tensor(value: Any, key: str, name: str) -> torch.Tensor:
         return value.detach()
     try:
         array = np.asarray(value)
+        if array.dtype.kind == "u" and array.size and int(array.max()) > np.iinfo(np.int64).max:
+            raise DataError(f"{name}: `{key}` holds a value beyond int64's range "
+                            f"({int(array.max())})")
         if array.dtype.kind in "iu":
             array = array.astype(np.int64)
         elif array.dtype.kind == "f":

@@ -4,11 +4,13 @@ A run directory holds `checkpoint.pt` (everything needed to continue exactly: mo
 state, step, epoch, position in the epoch, random-generator states, early-stopping state),
 `metrics.jsonl` (one JSON object per logged step), `summary.json` and, at the end, `final.pt`
 (the model's state_dict). Files are written to a temporary name and renamed, so an interrupted
-write never leaves a broken file behind.
+write never leaves a broken file behind; they get the mode a plain `open` would give them
+(0666 less the umask). `prepare_out_dir` checks a run directory before anything is compiled.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -23,11 +25,23 @@ SUMMARY = "summary.json"
 FINAL = "final.pt"
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it: put it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Write via `write(file_object)` to a temp file beside `path`, then rename over it."""
+    """Write via `write(file_object)` to a temp file beside `path`, then rename over it.
+
+    mkstemp creates the temp file 0600; it is given 0666 & ~umask, as `open` would, so
+    `final.pt` and `summary.json` have the same mode as `metrics.jsonl`.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -47,7 +61,41 @@ def save_json(obj: Any, path: Path) -> None:
 
 
 class CheckpointError(Exception):
-    """A run directory that cannot be resumed; the message says why in one line."""
+    """A run directory that cannot be resumed or written; the message says why in one line."""
+
+
+def prepare_out_dir(path: Path) -> None:
+    """Make sure `path` is a directory a run can write to, creating it (and its parents).
+
+    Called before compiling, so a bad `--out` fails at once with one line instead of a
+    traceback after the compile. An existing file is never touched: not at `path` (refused:
+    it is not a directory), not above it. Writability is tried, not inferred from mode bits
+    (root ignores them; a read-only mount does not): a temporary file is made and removed.
+    """
+    where = f"cannot write the run to {path}"
+    try:
+        if path.exists() and not path.is_dir():
+            raise CheckpointError(f"{where}: it is a file, not a directory")
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise CheckpointError(f"{where}: {blocker} is a file, not a directory")
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # the directory, or a parent it needed, could not be made
+        culprit = err.filename if err.filename and Path(err.filename) != path else None
+        raise CheckpointError(f"{where}: {_reason(err)}"
+                              + (f" (at {culprit})" if culprit else "")) from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mrc-write-test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise CheckpointError(f"{where}: {_reason(err)}") from None
+
+
+def _reason(err: OSError) -> str:
+    reasons = {errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+               errno.EPERM: "permission denied", errno.ENOSPC: "no space left on the device"}
+    return reasons.get(err.errno or 0) or err.strerror or type(err).__name__
 
 
 def load_checkpoint(run_dir: Path) -> dict[str, Any]:

@@ -3,17 +3,41 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
 
 from mrc.diagnostics import CompileError, render_all
 
 
+def out_dir_of(args: argparse.Namespace) -> Path | None:
+    """The run directory `mrc train` will write: `--out`, else `--resume`, else
+    `runs/<spec stem>` (as `mrc.api.train` picks it); None while the spec is not a file, so the
+    compiler reports that first."""
+    if args.out is not None:
+        return Path(args.out)
+    if args.resume is not None:
+        return Path(args.resume)
+    spec = Path(args.spec)
+    return Path("runs") / spec.stem if spec.is_file() else None
+
+
 def run_train(args: argparse.Namespace) -> int:
     from mrc.api import train
-    from mrc.runtime.checkpoint import CheckpointError
+    from mrc.runtime.checkpoint import CheckpointError, prepare_out_dir
     from mrc.runtime.trainer import TrainingStopped
 
+    out_dir = out_dir_of(args)
+    fresh = [p for p in (out_dir, *out_dir.parents) if not os.path.exists(p)] if out_dir else []
+    try:  # before compiling: a bad directory costs nothing and says so in one line
+        if args.resume is not None and not Path(args.resume).is_dir():
+            raise CheckpointError(f"cannot resume: {args.resume} is not a directory")
+        if out_dir is not None:
+            prepare_out_dir(out_dir)
+    except CheckpointError as err:
+        print(f"mrc train: {err}", file=sys.stderr)
+        return 2
     overrides = list(args.overrides)
     if args.seed is not None:
         overrides.append(f"train.seed={args.seed}")
@@ -25,6 +49,9 @@ def run_train(args: argparse.Namespace) -> int:
                        device=args.device, resume=args.resume, overrides=overrides,
                        progress=progress)
     except CompileError as err:
+        for made in fresh:  # leave no empty run directory behind (innermost first)
+            with contextlib.suppress(OSError):
+                made.rmdir()
         print(render_all(err.diagnostics), file=sys.stderr)
         return 2
     except CheckpointError as err:

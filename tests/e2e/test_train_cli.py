@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -78,15 +79,35 @@ def make(seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(64, 4)).astype("float32")
     y = (x[:, 0] > 0).astype("int64")
-    x[4 * 7 + 1, 2] = np.nan  # inside batch 8 (steps count from 1) when not shuffled
+    x[4 * 7 + 1, 0] = -1000.0  # inside batch 8 (steps count from 1) when not shuffled
     return {"x": x, "y": y, "x_test": x[:8], "y_test": y[:8]}
+'''
+
+FRAGILE_MODEL = '''
+import torch
+from torch import nn
+
+class Fragile(nn.Module):
+    """A linear classifier whose output is NaN for an input whose first feature is below -100
+    (finite data, so the loader accepts it; the model diverges on it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(x) + 0.0 * torch.sqrt(x[:, :1] + 100.0)
+
+def make():
+    return Fragile()
 '''
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_last_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "nandata.py").write_text(NAN_DATA)
+    (tmp_path / "fragile.py").write_text(FRAGILE_MODEL)
     spec = tmp_path / "nan.mrs"
-    spec.write_text('model mlp(hidden=[8])\ndata "nandata.py:make"(batch=4, shuffle=false)\n'
+    spec.write_text('model "fragile.py:make"\ndata "nandata.py:make"(batch=4, shuffle=false)\n'
                     "optimizer sgd(lr=0.1)\ntrain(steps=20, checkpoint_every=5)\n")
     out = tmp_path / "run"
     proc = run_cli("train", str(spec), "--out", str(out))
@@ -200,3 +221,120 @@ def test_missing_initial_weights_warn_in_check_and_fail_in_train(tmp_path: Path)
     assert proc.returncode == 2
     assert "ft.mrs:4:6: error: cannot read initial weights: no file runs/none/final.pt" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("arrays", "message"), [
+    ("x[3, 1] = np.nan", "bad.npz: `x` has a non-finite value (nan) at index [3, 1]"),
+    ("y[7] = 10**12", "bad.npz: `y` has label 1000000000000 at index 7"),
+])
+def test_bad_data_values_fail_check_at_the_data_statement(tmp_path: Path, arrays: str,
+                                                         message: str) -> None:
+    """NaN inputs used to pass `mrc check` and stop training as a "divergence"; a huge label
+    used to fail as "cannot build model". Both are data errors, shown at `data`."""
+    subprocess.run([sys.executable, "-c",
+                    "import numpy as np\nx = np.zeros((40, 4), dtype=np.float32)\n"
+                    f"y = np.arange(40) % 2\n{arrays}\nnp.savez('bad.npz', x=x, y=y)\n"],
+                   cwd=tmp_path, check=True)
+    spec = tmp_path / "bad.mrs"
+    spec.write_text('model mlp(hidden=[8])\ndata "bad.npz"(batch=4)\noptimizer sgd(lr=0.1)\n'
+                    "train(steps=5)\n")
+    for command in ("check", "train"):
+        proc = run_cli(command, str(spec), *(["--out", str(tmp_path / "run")]
+                                             if command == "train" else []))
+        assert proc.returncode == 2, proc.stderr
+        assert f"bad.mrs:2:6: error: {message}" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and "cannot build model" not in proc.stderr
+
+
+# ---- the run directory: checked before compiling; files get the umask's mode ----------------
+
+BROKEN_SPEC = "model mlp(hidden=[8])\ndata digits()\noptimizer sgd(lr=0.1\n"
+"""A spec the compiler rejects: a run-directory error printed instead proves it came first."""
+
+
+@pytest.mark.parametrize(("out", "message"), [
+    ("precious.txt", "precious.txt: it is a file, not a directory"),
+    ("precious.txt/run", "precious.txt/run: {tmp}/precious.txt is a file, not a directory"),
+])
+def test_an_out_dir_in_a_files_way_fails_first_and_leaves_the_file(tmp_path: Path, out: str,
+                                                                   message: str) -> None:
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    spec = tmp_path / "broken.mrs"
+    spec.write_text(BROKEN_SPEC)
+    proc = run_cli("train", str(spec), "--out", str(tmp_path / out))
+    assert proc.returncode == 2
+    expected = f"mrc train: cannot write the run to {tmp_path}/{message.format(tmp=tmp_path)}"
+    assert proc.stderr.strip() == expected, proc.stderr
+    assert precious.read_text() == "keep me\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.mrs", "precious.txt"]
+
+
+def test_an_out_dir_on_a_read_only_file_system(tmp_path: Path) -> None:
+    """A read-only bind mount inside a private mount namespace (`unshare`), so nothing leaks."""
+    frozen = tmp_path / "frozen"
+    frozen.mkdir()
+    spec = tmp_path / "broken.mrs"
+    spec.write_text(BROKEN_SPEC)
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c",
+                            f"mount --bind -o ro {frozen} {frozen} && touch {frozen}/x"],
+                           capture_output=True, text=True)
+    if "Read-only file system" not in probe.stderr:
+        pytest.skip(f"cannot make a read-only bind mount here: {probe.stderr.strip()}")
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c",
+                           f"mount --bind -o ro {frozen} {frozen} && exec {sys.executable} -m "
+                           f"mrc.cli train {spec} --out {frozen}/run"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (f"mrc train: cannot write the run to {frozen}/run: the file "
+                                   f"system is read-only"), proc.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to directories without write "
+                    "permission; the read-only mount test covers the unwritable case")
+def test_an_out_dir_without_write_permission(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    spec = tmp_path / "broken.mrs"
+    spec.write_text(BROKEN_SPEC)
+    try:
+        proc = run_cli("train", str(spec), "--out", str(locked / "run"))
+    finally:
+        locked.chmod(0o755)
+    assert proc.returncode == 2
+    assert "cannot write the run to" in proc.stderr and "permission denied" in proc.stderr
+
+
+def test_an_existing_writable_out_dir_is_used_and_a_created_one_removed_on_error(
+        tmp_path: Path) -> None:
+    from mrc.runtime.checkpoint import prepare_out_dir
+
+    prepare_out_dir(tmp_path / "a" / "b")
+    assert (tmp_path / "a" / "b").is_dir() and not any((tmp_path / "a" / "b").iterdir())
+    prepare_out_dir(tmp_path / "a" / "b")  # existing: fine, and left empty (the probe is gone)
+    assert not any((tmp_path / "a" / "b").iterdir())
+    spec = tmp_path / "broken.mrs"
+    spec.write_text(BROKEN_SPEC)
+    proc = run_cli("train", str(spec), "--out", str(tmp_path / "new" / "run"))
+    assert proc.returncode == 2 and "error" in proc.stderr
+    assert not (tmp_path / "new").exists()  # the compile failed: no empty directories left
+
+
+def test_run_files_get_the_umask_mode(tmp_path: Path) -> None:
+    """mkstemp makes 0600 files; the atomic writer must give 0666 & ~umask like `open`."""
+    from mrc.runtime.checkpoint import atomic_write_bytes
+
+    old = os.umask(0o027)
+    try:
+        atomic_write_bytes(tmp_path / "one.bin", lambda f: f.write(b"x"))
+        assert (tmp_path / "one.bin").stat().st_mode & 0o777 == 0o640
+        os.umask(0o002)
+        atomic_write_bytes(tmp_path / "one.bin", lambda f: f.write(b"y"))  # over an old file
+        assert (tmp_path / "one.bin").stat().st_mode & 0o777 == 0o664
+        os.umask(0o027)
+        result = train(ROOT / "specs" / "quickstart.mrs", out=tmp_path / "run", steps=2)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in Path(result.out_dir).iterdir()}
+    assert set(modes) >= {"final.pt", "metrics.jsonl", "summary.json", "checkpoint.pt"}
+    assert set(modes.values()) == {0o640}, {k: oct(v) for k, v in modes.items()}

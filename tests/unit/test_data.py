@@ -434,3 +434,88 @@ def test_factory_errors(tmp_path):
     assert "returned a int" in error("bad.py:scalar", base=tmp_path)
     assert "needs `x` and `y`" in error("bad.py:short", base=tmp_path)
     assert "no attribute `nothing`" in error("bad.py:nothing", base=tmp_path)
+
+
+# ---- bad values: caught when the data is built, named by array and first index ----------------
+
+def test_non_finite_inputs_name_the_file_array_and_index(tmp_path):
+    x = np.zeros((6, 3), dtype=np.float32)
+    x[4, 2] = np.nan
+    write_npz(tmp_path / "nan.npz", x=x, y=np.zeros(6, dtype=np.int64))
+    message = error("nan.npz", base=tmp_path)
+    assert message.startswith("nan.npz: `x` has a non-finite value (nan) at index [4, 2]"), message
+    x[4, 2], x[1, 0] = 0.0, -np.inf
+    write_npz(tmp_path / "inf.npz", x=np.zeros((2, 3)), y=np.zeros(2), x_test=x,
+              y_test=np.zeros(6))
+    assert "`x_test` has a non-finite value (-inf) at index [1, 0]" in error("inf.npz", base=tmp_path)
+    big = np.zeros((3, 2))
+    big[2, 1] = 1e300  # finite in float64, inf once stored as float32
+    write_npz(tmp_path / "big.npz", x=big, y=np.zeros(3))
+    assert "the value 1e+300, beyond float32's range, at index [2, 1]" in error("big.npz", base=tmp_path)
+
+
+def test_non_finite_inputs_in_idx_files_and_factories(tmp_path):
+    feats = np.ones((4, 2, 2), dtype=np.float32)
+    feats[3, 1, 0] = np.nan
+    write_idx(tmp_path / "train-images-idx3-ubyte", feats)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(4, dtype=np.uint8))
+    assert "`x` has a non-finite value (nan) at index [3, 0, 1, 0]" in error(
+        "train-images-idx3-ubyte", base=tmp_path)  # 3-D images get a channel axis
+    (tmp_path / "make.py").write_text(
+        "import torch\n"
+        "def make():\n"
+        "    x = torch.zeros(5, 2)\n"
+        "    x[2, 1] = float('nan')\n"
+        "    return x, torch.zeros(5, dtype=torch.int64)\n")
+    assert error("make.py:make", base=tmp_path).startswith(
+        "make.py:make: `x` has a non-finite value (nan) at index [2, 1]")
+
+
+def test_labels_name_the_bad_label_and_its_index(tmp_path):
+    y = np.zeros(5, dtype=np.int64)
+    y[3] = 10**12
+    write_npz(tmp_path / "huge.npz", x=np.zeros((5, 2)), y=y)
+    message = error("huge.npz", base=tmp_path)
+    assert "`y` has label 1000000000000 at index 3, which would make 1000000000001 classes" in message
+    write_npz(tmp_path / "huge_test.npz", x=np.zeros((2, 2)), y=np.zeros(2), x_test=np.zeros((5, 2)),
+              y_test=y)
+    assert "`y_test` has label 1000000000000 at index 3" in error("huge_test.npz", base=tmp_path)
+    write_npz(tmp_path / "neg.npz", x=np.zeros((3, 2)), y=np.array([0, 1, -2]))
+    assert "negative label -2 at index 2" in error("neg.npz", base=tmp_path)
+    write_npz(tmp_path / "frac.npz", x=np.zeros((3, 2)), y=np.array([0.0, 1.0, 1.5]))
+    assert "integer class labels, but has 1.5 at index 2" in error("frac.npz", base=tmp_path)
+    write_npz(tmp_path / "nan.npz", x=np.zeros((3, 2)), y=np.array([0.0, np.nan, 1.0]))
+    assert "integer class labels, but has nan at index 1" in error("nan.npz", base=tmp_path)
+    write_npz(tmp_path / "float_huge.npz", x=np.zeros((2, 2)), y=np.array([0.0, 1e20]))
+    assert "but has 1e+20 at index 1" in error("float_huge.npz", base=tmp_path)  # not int64 garbage
+    write_npz(tmp_path / "u64.npz", x=np.zeros((2, 2)), y=np.array([0, 2**64 - 1], dtype=np.uint64))
+    assert "beyond int64's range" in error("u64.npz", base=tmp_path)  # not a "negative" label
+
+
+def test_a_stated_class_count_allows_many_classes_and_bounds_the_labels(tmp_path):
+    y = np.array([0, 1, 200_000])
+    write_npz(tmp_path / "many.npz", x=np.zeros((3, 2)), y=y, classes=np.array(300_000))
+    assert load("many.npz", base=tmp_path).classes == 300_000
+    write_npz(tmp_path / "few.npz", x=np.zeros((3, 2)), y=y, classes=np.array(10))
+    assert "`y` has label 200000 at index 2, out of range for 10 classes" in error(
+        "few.npz", base=tmp_path)
+    write_npz(tmp_path / "zero.npz", x=np.zeros((3, 2)), y=np.zeros(3), classes=np.array(0))
+    assert "`classes` must be a positive whole number, not 0" in error("zero.npz", base=tmp_path)
+    write_npz(tmp_path / "plenty.npz", x=np.zeros((3, 2)), y=np.array([0, 1, 99_999]))
+    assert load("plenty.npz", base=tmp_path).classes == 100_000  # the inferred limit itself
+
+
+def test_idx_labels_and_factory_labels_are_validated(tmp_path):
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((3, 2, 2), dtype=np.uint8))
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.array([0, 2_000_000, 1], dtype=np.int32))
+    assert "`y` has label 2000000 at index 1, which would make" in error(
+        "train-images-idx3-ubyte", base=tmp_path)
+    (tmp_path / "make.py").write_text(
+        "import numpy as np\n"
+        "def huge():\n"
+        "    return np.zeros((4, 2)), np.array([0, 1, 10**12, 2])\n"
+        "def stated():\n"
+        "    return {'x': np.zeros((4, 2)), 'y': np.array([0, 1, 5, 2]), 'classes': 3}\n")
+    assert "`y` has label 1000000000000 at index 2" in error("make.py:huge", base=tmp_path)
+    assert "`y` has label 5 at index 2, out of range for 3 classes" in error(
+        "make.py:stated", base=tmp_path)
