@@ -1,7 +1,7 @@
 """Brains that step together: batched over stacked parameters vs one after another.
 
 In one run, per training step (forward, backward, SGD-momentum update) of a 64-256-256-10 MLP
-with batch 64 per brain, time (a) 4 brains batched (mrc.runtime.batched: BrainStack and
+with batch 64 per brain, time (a) 4 brains batched (mrc.techniques.brains.stack: BrainStack and
 StackedSGD, what `mrc train` runs for brains that step together), (b) the same 4 brains one after
 another, each its own model and torch.optim.SGD step, (c) a careful user's batched brains:
 `torch.func.stack_module_state` + `torch.func.vmap(functional_call)` for the forward and a
@@ -30,7 +30,7 @@ from _common import Spread, interleaved, sync
 from torch.func import functional_call, stack_module_state, vmap
 
 from mrc.models import build_model, trace_model
-from mrc.runtime.batched import BrainStack, StackedSGD
+from mrc.techniques.brains.stack import BrainStack, StackedSGD
 
 BRAINS, BATCH, LRS = 4, 64, (0.01, 0.02, 0.04, 0.08)
 

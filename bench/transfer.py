@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from _common import Spread, interleaved, period_times, ratios, step_clock, sync
 
 from mrc.api import compile_spec
-from mrc.runtime.trainer import Trainer, evaluate
+from mrc.runtime.evaluation import evaluate
+from mrc.runtime.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -164,7 +164,7 @@ def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: 
         out_dir = Path("runs") / compiled.program.name
     else:
         out_dir = None
-    sink = open(trace, "w", encoding="utf-8") if trace is not None else None  # noqa: SIM115
+    sink = open(trace, "w", encoding="utf-8") if trace is not None else None
     try:
         trainer = Trainer(compiled, out_dir, steps=steps, epochs=epochs, device=device,
                           resume=Path(resume) if resume is not None else None, progress=progress,

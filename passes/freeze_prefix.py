@@ -18,9 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
+from mrc.passes.base import Pass
+
 from mrc.ir.graph import ScheduleGraph
 from mrc.ir.ops import Forward, Value
-from mrc.passes.base import Pass
 
 
 def frozen_prefix(graph: ScheduleGraph, grad: tuple[str, ...]) -> int:

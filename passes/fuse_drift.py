@@ -22,10 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
+from mrc.passes.base import Pass
+
 from mrc.ir.graph import ScheduleGraph
 from mrc.ir.ops import Drift, UpdateGroup
 from mrc.optim.families import sgd_like
-from mrc.passes.base import Pass
 
 FUSED = ("torch", "triton")
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from mrc.passes.base import Pass
+
 from mrc.ir.graph import ScheduleGraph
 from mrc.ir.ops import Op, Rule, Scope, Update, UpdateGroup, Value
-from mrc.passes.base import Pass
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
+from mrc.passes.base import Pass
+
 from mrc.ir.graph import Pattern, ScheduleGraph
 from mrc.ir.ops import Backward, Batch, Forward, Loss, Update, UpdateGroup
-from mrc.passes.base import Pass
 
 
 def _prune(p: Pattern, order: list[str]) -> None:

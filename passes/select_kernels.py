@@ -24,10 +24,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
+from mrc.passes.base import Pass
+
 from mrc.ir.graph import ScheduleGraph
 from mrc.ir.ops import Rule, UpdateGroup
 from mrc.optim.families import family
-from mrc.passes.base import Pass
 
 
 def _triton_here(device: str) -> bool:

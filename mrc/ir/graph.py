@@ -340,7 +340,8 @@ class ScheduleGraph:
                     scopes.setdefault(op.scope.key(), []).append(op)
                 for skey, ops in scopes.items():
                     if skey:
-                        out.append(f'    subgraph cluster_{prefix}_{_ident(skey)} {{ label="{_dot_escape(ops[0].scope.text())}";')
+                        label = _dot_escape(ops[0].scope.text())
+                        out.append(f'    subgraph cluster_{prefix}_{_ident(skey)} {{ label="{label}";')
                     for op in ops:
                         out.append(f'    "{prefix}/{op.id}" [label="{_dot_escape(op.text())}"];')
                     if skey:

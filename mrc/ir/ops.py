@@ -275,7 +275,9 @@ class Forward(Op):
     phase: int = 0
 
     def key(self) -> str:
-        return "" if self.start == 0 and self.stop is None else f"[{self.start}:{'' if self.stop is None else self.stop}]"
+        if self.start == 0 and self.stop is None:
+            return ""
+        return f"[{self.start}:{'' if self.stop is None else self.stop}]"
 
     @property
     def segment(self) -> str:

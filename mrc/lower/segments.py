@@ -14,7 +14,8 @@ from typing import Any
 from torch import fx, nn
 
 
-def split_at(gm: fx.GraphModule, root: nn.Module, layers: tuple[str, ...], n: int) -> tuple[fx.GraphModule, fx.GraphModule]:
+def split_at(gm: fx.GraphModule, root: nn.Module, layers: tuple[str, ...],
+             n: int) -> tuple[fx.GraphModule, fx.GraphModule]:
     """(prefix, suffix) of `gm` cut before the first node that uses a parameter of layers[n:]."""
     from torch.fx.passes.split_module import split_module
 

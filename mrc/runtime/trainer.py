@@ -9,7 +9,6 @@ stopped after N steps and resumed gives bit-identical parameters to an uninterru
 from __future__ import annotations
 
 import copy
-import math
 import resource
 import signal
 import sys
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from mrc.api import Compiled
+from mrc.lower.plan import Plan, lower
 from mrc.runtime.checkpoint import (
     CHECKPOINT,
     FINAL,
@@ -34,7 +34,6 @@ from mrc.runtime.checkpoint import (
     save_json,
     save_torch,
 )
-from mrc.lower.plan import Plan, lower
 from mrc.runtime.evaluation import evaluate
 
 

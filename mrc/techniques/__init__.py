@@ -16,8 +16,8 @@ The planned techniques (`modules`, `mgrit`, `sweep`) are added the same way.
 
 def load_all() -> None:
     """Import every technique's op kinds, so the registry knows them all (e.g. to read JSON)."""
-    import mrc.ir.ops  # noqa: F401  (the core kinds)
-    import mrc.techniques.brains.lower  # noqa: F401
-    import mrc.techniques.core.lower  # noqa: F401
-    import mrc.techniques.multirate.lower  # noqa: F401
+    import mrc.ir.ops
+    import mrc.techniques.brains.lower
+    import mrc.techniques.core.lower
+    import mrc.techniques.multirate.lower
     import mrc.techniques.random_subsets.lower  # noqa: F401
