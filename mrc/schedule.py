@@ -15,8 +15,9 @@ from collections.abc import Hashable
 
 from mrc.binding import Bound
 from mrc.ir.graph import Pattern, ScheduleGraph, Stage, lcm
-from mrc.ir.ops import EMPTY, Batch, Merge, Op, Rule
+from mrc.ir.ops import EMPTY, Batch, Op, Rule
 from mrc.techniques.brains.expand import brain_batch, brain_rules, landing, merge_rule, replica_table
+from mrc.techniques.brains.ops import Merge
 from mrc.techniques.multirate.expand import expand_step, partition_lr, partition_table, rule_of, signature
 
 

@@ -25,8 +25,9 @@ from typing import ClassVar
 from mrc.passes.base import Pass
 
 from mrc.ir.graph import ScheduleGraph
-from mrc.ir.ops import Drift, UpdateGroup
+from mrc.ir.ops import UpdateGroup
 from mrc.optim.families import sgd_like
+from mrc.techniques.multirate.ops import Drift
 
 FUSED = ("torch", "triton")
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import networkx as nx
 
-from mrc.ir.ops import OP_KINDS, ORDER, GraphError, Op, Value
+from mrc.ir.ops import OP_KINDS, ORDER, GraphError, Op, Value, decode
 
 
 class Pattern:
@@ -367,7 +367,7 @@ class ScheduleGraph:
             "partitions": {n: {**asdict(i), "params": list(i.params)} for n, i in self.partitions.items()},
             "replicas": {n: asdict(i) for n, i in self.replicas.items()},
             "layers": list(self.layers), "device": self.device, "kernels": self.kernels,
-            "final_merge": None if self.final_merge is None else asdict(self.final_merge),
+            "final_merge": None if self.final_merge is None else self.final_merge.to_json(),
             "lr_schedule": None if self.lr_schedule is None else self.lr_schedule.to_json(),
             "stack_obstacle": self.stack_obstacle, "notes": list(self.notes),
         }
@@ -375,10 +375,8 @@ class ScheduleGraph:
 
     @classmethod
     def from_json(cls, text: str) -> ScheduleGraph:
-        from mrc.ir.ops import MergeRule
-        from mrc.techniques import load_all
-
-        load_all()
+        """Read `to_json`'s form back. The op kinds and records it names must be registered:
+        the techniques register theirs when imported (`mrc.techniques.load_all()`)."""
         data = json.loads(text)
         stages = []
         for s in data["stages"]:
@@ -395,15 +393,12 @@ class ScheduleGraph:
                 patterns.append(p)
             stages.append(Stage(s["name"], s["period"], patterns, tuple(s["pattern_of"]), s["length"], s["unit"]))
         fm = data.get("final_merge")
-        from mrc.ir.ops import Rule
-
-        sched = None if data.get("lr_schedule") is None else Rule.from_json(data["lr_schedule"])
+        sched = None if data.get("lr_schedule") is None else decode(data["lr_schedule"])
         return cls(stages,
                    {n: PartitionInfo(**{**i, "params": tuple(i["params"])}) for n, i in data["partitions"].items()},
                    {n: ReplicaInfo(**i) for n, i in data["replicas"].items()},
                    tuple(data["layers"]), data["device"], data["kernels"],
-                   None if fm is None else MergeRule(**{k: tuple(v) if isinstance(v, list) else v
-                                                        for k, v in fm.items()}),
+                   None if fm is None else decode(fm),
                    sched, data["stack_obstacle"], list(data["notes"]))
 
 

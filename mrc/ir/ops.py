@@ -10,7 +10,8 @@ merge rule. Nothing is left to be re-read from the spec at run time.
 Kinds register themselves in `OP_KINDS` with `@op_kind`; each kind brings its own `verify` (the
 invariants of one op in its step pattern) and its text form. Ops carry no step number: a step
 pattern (mrc.ir.graph.Pattern) holds them once for every step of the period that runs them.
-Techniques add kinds the same way (mrc/techniques/*).
+Techniques add their kinds the same way, in their own modules: drift (mrc/techniques/multirate),
+restore and resample (random_subsets), merge (brains).
 """
 
 from __future__ import annotations
@@ -96,6 +97,17 @@ class Value:
 ORDER = Value("order")
 
 
+RECORDS: dict[str, type] = {}
+"""Value records that ops carry (Rule, a technique's MergeRule, …), by name, for JSON."""
+
+
+def record(cls: type) -> type:
+    """Register a frozen value record (with `to_json`/`from_json`) so op JSON can carry it."""
+    RECORDS[cls.__name__] = cls
+    return cls
+
+
+@record
 @dataclass(frozen=True, slots=True)
 class Rule:
     """An integrator with its hyper-parameters (all of them, defaults filled in), except the
@@ -117,35 +129,12 @@ class Rule:
         return f"{self.name}(" + ", ".join(f"{k}={_fmt(v)}" for k, v in shown) + ")"
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "args": [[k, _jsonable(v)] for k, v in self.args],
+        return {"record": "Rule", "name": self.name, "args": [[k, _jsonable(v)] for k, v in self.args],
                 "shown": list(self.shown)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Rule:
         return cls(data["name"], tuple((k, _hashable(v)) for k, v in data["args"]), tuple(data["shown"]))
-
-
-@dataclass(frozen=True, slots=True)
-class MergeRule:
-    """How brains that reach the same time are merged (mrc/techniques/brains)."""
-
-    rule: str = "mean"
-    weights: tuple[float, ...] = ()
-    metric: str = "val_loss"
-    decay: float = 0.9
-    momentum: str = "keep"
-
-    def text(self) -> str:
-        extra = []
-        if self.rule == "weighted":
-            extra.append("weights=[" + ", ".join(f"{w:g}" for w in self.weights) + "]")
-        if self.rule == "best":
-            extra.append(f"metric={self.metric}")
-        if self.rule == "ema":
-            extra.append(f"decay={self.decay:g}")
-        if self.momentum != "keep":
-            extra.append(f"momentum={self.momentum}")
-        return self.rule + (f"({', '.join(extra)})" if extra else "")
 
 
 OP_KINDS: dict[str, type[Op]] = {}
@@ -203,12 +192,8 @@ class Op:
             v = data[f.name]
             if f.name == "scope":
                 v = Scope.from_json(v)
-            elif f.name == "rule" and isinstance(v, dict) and "args" in v:
-                v = Rule.from_json(v)
-            elif f.name == "merge" and isinstance(v, dict):
-                v = MergeRule(**{k: _hashable(x) for k, x in v.items()})
             else:
-                v = _hashable(v)
+                v = decode(v)
             args[f.name] = v
         return cls(**args)
 
@@ -218,9 +203,14 @@ def _jsonable(v: Any) -> Any:
         return [_jsonable(x) for x in v]
     if hasattr(v, "to_json"):
         return v.to_json()
-    if isinstance(v, MergeRule):
-        return {f.name: _jsonable(getattr(v, f.name)) for f in fields(v)}
     return v
+
+
+def decode(v: Any) -> Any:
+    """A JSON value back to what an op holds: tuples for lists, records by their tag."""
+    if isinstance(v, dict) and "record" in v:
+        return RECORDS[v["record"]].from_json(v)
+    return _hashable(v)
 
 
 def _hashable(v: Any) -> Any:
@@ -431,87 +421,5 @@ def _verify_grads(pattern: Pattern, op: Op, parts: tuple[str, ...]) -> None:
         raise GraphError(f"{op.id}: updates {missing} without a backward that computes their gradient")
 
 
-@op_kind
-@dataclass(frozen=True, slots=True)
-class Drift(Op):
-    """Move a partition by `fraction` of the step its last update computed (linear drift: the
-    seed's θ_S ← θ_S − (h/k) p_S on each of the k steps of its interval)."""
-
-    kind: ClassVar[str] = "drift"
-    rank: ClassVar[int] = 6
-    partition: str = ""
-    fraction: float = 1.0
-
-    def key(self) -> str:
-        return f".{self.partition}"
-
-    def text(self) -> str:
-        return f"drift {self.partition} by {self.fraction:g} of its step"
-
-    def partitions_used(self) -> tuple[str, ...]:
-        return (self.partition,)
-
-
-@op_kind
-@dataclass(frozen=True, slots=True)
-class Restore(Op):
-    """Random-subset regularization: the held-out subset of a partition rejoins the weights for
-    this step's gradient (the start of its interval)."""
-
-    kind: ClassVar[str] = "restore"
-    rank: ClassVar[int] = 1
-    partition: str = ""
-
-    def key(self) -> str:
-        return f".{self.partition}"
-
-    def text(self) -> str:
-        return f"restore {self.partition}"
-
-    def partitions_used(self) -> tuple[str, ...]:
-        return (self.partition,)
-
-
-@op_kind
-@dataclass(frozen=True, slots=True)
-class Resample(Op):
-    """Random-subset regularization: draw the next subset (`fraction` of the elements, per tensor
-    or global) of a partition and hold it at zero until its next restore, `every` steps later."""
-
-    kind: ClassVar[str] = "resample"
-    rank: ClassVar[int] = 7
-    partition: str = ""
-    fraction: float = 0.0
-    per: str = "tensor"
-    every: int = 1
-
-    def key(self) -> str:
-        return f".{self.partition}"
-
-    def text(self) -> str:
-        return f"resample {self.partition} ({self.fraction:g} per {self.per}, every {self.every})"
-
-    def partitions_used(self) -> tuple[str, ...]:
-        return (self.partition,)
-
-
-@op_kind
-@dataclass(frozen=True, slots=True)
-class Merge(Op):
-    """Brains that reach the same time are merged by `merge` (their parameters, and their
-    optimizer state as its `momentum` says) and go on from the merged point."""
-
-    kind: ClassVar[str] = "merge"
-    rank: ClassVar[int] = 8
-    brains: tuple[str, ...] = ()
-    merge: MergeRule = MergeRule()
-
-    def key(self) -> str:
-        return f".{'+'.join(self.brains)}"
-
-    def text(self) -> str:
-        return f"merge {names(self.brains)} {self.merge.text()}"
-
-
-__all__ = ["EMPTY", "OP_KINDS", "ORDER", "Backward", "Batch", "Drift", "Forward", "GraphError", "Loss", "Merge",
-           "MergeRule", "Op", "Resample", "Restore", "Rule", "Scope", "Update", "UpdateGroup", "Value", "op_kind"]
+__all__ = ["EMPTY", "OP_KINDS", "ORDER", "RECORDS", "Backward", "Batch", "Forward", "GraphError", "Loss", "Op",
+           "Rule", "Scope", "Update", "UpdateGroup", "Value", "decode", "op_kind", "record"]

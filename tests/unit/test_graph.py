@@ -15,12 +15,9 @@ from mrc.ir.ops import (
     EMPTY,
     Backward,
     Batch,
-    Drift,
     Forward,
     GraphError,
     Loss,
-    Merge,
-    MergeRule,
     Op,
     Rule,
     Scope,
@@ -28,6 +25,8 @@ from mrc.ir.ops import (
     UpdateGroup,
     Value,
 )
+from mrc.techniques.brains.ops import Merge, MergeRule
+from mrc.techniques.multirate.ops import Drift
 
 SGD = Rule("sgd", (("momentum", 0.9),), ("momentum",))
 ADAM = Rule("adam", (("betas", (0.9, 0.999)),), ())
@@ -543,7 +542,7 @@ def test_json_round_trip() -> None:
     node = next(o for o in stage["patterns"][1]["ops"] if o["id"] == "update_group.g")
     assert node["kind"] == "update_group" and node["partitions"] == ["body"]
     assert (node["lrs"], node["kernel"], node["held"]) == ([0.25], "triton", ["body"])
-    assert node["rule"] == {"name": "adam", "args": [["betas", [0.9, 0.999]]], "shown": []}
+    assert node["rule"] == {"record": "Rule", "name": "adam", "args": [["betas", [0.9, 0.999]]], "shown": []}
     up = next(o for o in stage["patterns"][0]["ops"] if o["id"] == "update.body")
     assert up["rule"]["args"] == [["momentum", 0.9]] and up["lr"] == pytest.approx(0.2)
     again = ScheduleGraph.from_json(text)

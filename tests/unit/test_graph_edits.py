@@ -21,8 +21,9 @@ import torch.nn.functional as F
 
 from mrc.api import Compiled, compile_spec
 from mrc.ir.graph import Pattern, ScheduleGraph
-from mrc.ir.ops import Backward, Forward, Loss, Merge, MergeRule, Rule, UpdateGroup, Value
+from mrc.ir.ops import Backward, Forward, Loss, Rule, UpdateGroup, Value
 from mrc.lower.plan import Plan, lower
+from mrc.techniques.brains.ops import Merge, MergeRule
 
 STEPS = 6
 MU = 0.9

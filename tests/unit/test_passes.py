@@ -24,7 +24,6 @@ from mrc.ir.ops import (
     EMPTY,
     Backward,
     Batch,
-    Drift,
     Forward,
     GraphError,
     Loss,
@@ -36,6 +35,7 @@ from mrc.ir.ops import (
     Value,
 )
 from mrc.passmanager import PassError, PassManager, parse_pipeline
+from mrc.techniques.multirate.ops import Drift
 
 SGD = Rule("sgd", (("momentum", 0.9),), ("momentum",))
 ADAM = Rule("adam", (), ())

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from mrc.binding import Bound
 from mrc.ir.graph import ReplicaInfo
-from mrc.ir.ops import Batch, MergeRule, Rule, Scope
+from mrc.ir.ops import Batch, Rule, Scope
 from mrc.program import Brain, Merge
+from mrc.techniques.brains.ops import MergeRule
 from mrc.techniques.multirate.expand import base_lr, partition_lr, rule_of
 
 

@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mrc.ir.graph import Pattern, ScheduleGraph
-from mrc.ir.ops import Backward, Batch, Forward, Loss, Merge, MergeRule, UpdateGroup
+from mrc.ir.ops import Backward, Batch, Forward, Loss, UpdateGroup
 from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
 from mrc.lower.replicas import Replicas
+from mrc.techniques.brains.ops import Merge, MergeRule
 
 
 class BrainReplicas(Replicas):

@@ -22,8 +22,9 @@ from typing import Any
 
 from mrc.binding import Bound, BoundPartition
 from mrc.ir.graph import PartitionInfo, Pattern
-from mrc.ir.ops import Backward, Batch, Drift, Forward, Loss, Op, Rule, Scope, Update, Value
+from mrc.ir.ops import Backward, Batch, Forward, Loss, Op, Rule, Scope, Update, Value
 from mrc.program import Component
+from mrc.techniques.multirate.ops import Drift
 from mrc.techniques.random_subsets.expand import add_resamples, add_restores, is_random
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 
 from mrc.ir.graph import Pattern
-from mrc.ir.ops import Drift
 from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
 from mrc.techniques.core.lower import FUSED, drift_buffers, fused_integrator, replica
+from mrc.techniques.multirate.ops import Drift
 
 
 @lowers("drift")

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from mrc.binding import BoundPartition
 from mrc.ir.graph import Pattern
-from mrc.ir.ops import Op, Resample, Restore, Scope
+from mrc.ir.ops import Op, Scope
 from mrc.program import SelectRandom
+from mrc.techniques.random_subsets.ops import Resample, Restore
 
 
 def is_random(part: BoundPartition) -> bool:

@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from mrc.ir.graph import Pattern
-from mrc.ir.ops import Op, Resample, Restore, UpdateGroup
+from mrc.ir.ops import Op, UpdateGroup
 from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
 from mrc.techniques.core.lower import replica
+from mrc.techniques.random_subsets.ops import Resample, Restore
 
 
 def subset_integrator(ctx: Lowering, r: str, partition: str) -> Any:
