@@ -9,9 +9,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mrc import ast
 from mrc.binding import Bound, bind
@@ -114,7 +115,7 @@ def compile_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] 
 
 def lower(compiled: Compiled, total_steps: int, device: str = "cpu"):  # -> mrc.lower.plan.Plan
     """The executable Plan of a compiled spec for a run of `total_steps` steps."""
-    from mrc.lower.plan import lower as lower_graph
+    from mrc.lower import lower as lower_graph
 
     _positive("total_steps", total_steps)
     return lower_graph(compiled.graph, compiled.bound, total_steps, device)
@@ -130,8 +131,9 @@ def _positive(name: str, value: object, allow_none: bool = False) -> None:
 def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: int | None = None,
           epochs: int | None = None, device: str | None = None, resume: str | Path | None = None,
           overrides: Mapping[str, str] | Sequence[str] | None = None, progress: bool = False,
-          save: bool = True, stop_at: int | None = None,
-          trace: str | Path | None = None):  # -> mrc.runtime.trainer.TrainResult
+          save: bool = True, stop_at: int | None = None, trace: str | Path | None = None,
+          observe: Callable[[int, dict[str, Any]], bool | None] | None = None, interrupt: Any = None,
+          change_length: bool = False):  # -> mrc.runtime.trainer.TrainResult
     """Compile (unless given a Compiled) and train.
 
     out: the run directory (default `runs/<spec name>` when `save`; with `resume` and no `out`,
@@ -139,6 +141,14 @@ def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: 
     the trained model, the metrics and the summary. stop_at pauses the run (with a checkpoint)
     once that global step is reached, keeping its planned length, so it can be resumed. trace:
     a file that receives one line per executed op (step, op id, kind, scope).
+
+    resume: continue the run checkpointed in that directory exactly as it was started — its
+    overrides, seed and length come from the checkpoint (a spec or settings whose compiled
+    schedule differs are refused); a different `steps`/`epochs` needs `change_length=True`.
+    observe: called as observe(step, metrics) after each evaluation (metrics: val_loss, val_acc
+    and, with brains, each brain's); returning True stops the run (status `stopped`).
+    interrupt: an `mrc.runtime.callbacks.Interrupt`; setting its `requested` (from a signal
+    handler, say) ends the run after the current step with a checkpoint (status `interrupted`).
     """
     from mrc.runtime.trainer import Trainer
 
@@ -152,9 +162,12 @@ def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: 
     if not isinstance(spec, str | Path | Compiled):
         raise ValueError(f"`spec` must be a path or a Compiled spec, not {type(spec).__name__}")
 
-    if device is not None and not isinstance(spec, Compiled):
-        overrides = [*_as_items(overrides), f"train.device={device}"]
-    compiled = spec if isinstance(spec, Compiled) else compile_spec(spec, overrides, training=True)
+    items = _as_items(overrides)
+    if resume is not None and not isinstance(spec, Compiled):
+        items = _resumed_overrides(Path(resume), items)
+    if device is not None and not isinstance(spec, Compiled) and f"train.device={device}" not in items:
+        items = [*items, f"train.device={device}"]
+    compiled = spec if isinstance(spec, Compiled) else compile_spec(spec, items, training=True)
     out_dir: Path | None
     if out is not None:
         out_dir = Path(out)
@@ -168,11 +181,21 @@ def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: 
     try:
         trainer = Trainer(compiled, out_dir, steps=steps, epochs=epochs, device=device,
                           resume=Path(resume) if resume is not None else None, progress=progress,
-                          stop_at=stop_at, trace=sink)
+                          stop_at=stop_at, trace=sink, observe=observe, interrupt=interrupt,
+                          overrides=items, change_length=change_length)
         return trainer.run()
     finally:
         if sink is not None:
             sink.close()
+
+
+def _resumed_overrides(run_dir: Path, given: list[str]) -> list[str]:
+    """The overrides a resumed run was started with, plus any given now that it lacks (a
+    setting that changes the compiled schedule is then refused by the checkpoint's check)."""
+    from mrc.runtime.checkpoint import load_checkpoint
+
+    stored = list(load_checkpoint(run_dir).get("overrides") or [])
+    return stored + [item for item in given if item not in stored]
 
 
 def _as_items(overrides: Mapping[str, str] | Sequence[str] | None) -> list[str]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,7 +68,16 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=_natural, metavar="S", help="override the spec's seed")
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train")
     t.add_argument("--out", metavar="DIR", help="output directory (default: runs/SPEC_NAME)")
-    t.add_argument("--resume", metavar="DIR", help="continue the run checkpointed in DIR")
+    t.add_argument("--resume", metavar="DIR", help="continue the run checkpointed in DIR, exactly as it "
+                   "was started (its settings and length)")
+    t.add_argument("--change-length", action="store_true",
+                   help="with --resume and --steps/--epochs: give the run a new length (the learning-rate "
+                   "schedule then spans it)")
+    t.add_argument("--kernels", choices=("auto", "torch", "triton", "torch.optim"),
+                   help="how update groups run (the spec's train(kernels=…))")
+    t.add_argument("--threads", type=_natural, metavar="N",
+                   help="torch intra-op threads (0: chosen for the model's size)")
+    t.add_argument("--trace", metavar="FILE", help="write one line per executed op: step, op id, kind, scope")
     t.add_argument("--no-progress", action="store_true", help="plain log lines, no progress bar")
     overrides(t)
     return p
@@ -136,8 +147,6 @@ def _cmd_graph(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from mrc.runtime.cli import run_train
-
     return run_train(args)
 
 
@@ -176,6 +185,95 @@ class _ClosedPipeSafe:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+def out_dir_of(args: argparse.Namespace) -> Path | None:
+    """The run directory `mrc train` will write: `--out`, else `--resume`, else
+    `runs/<spec stem>` (as `mrc.api.train` picks it); None while the spec is not a file, so the
+    compiler reports that first."""
+    if args.out is not None:
+        return Path(args.out)
+    if args.resume is not None:
+        return Path(args.resume)
+    spec = Path(args.spec)
+    return Path("runs") / spec.stem if spec.is_file() else None
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from mrc.api import train
+    from mrc.runtime.callbacks import Interrupt
+    from mrc.runtime.checkpoint import CheckpointError, prepare_out_dir
+    from mrc.runtime.trainer import TrainingStopped
+
+    out_dir = out_dir_of(args)
+    fresh = [p for p in (out_dir, *out_dir.parents) if not os.path.exists(p)] if out_dir else []
+    try:  # before compiling: a bad directory costs nothing and says so in one line
+        if args.resume is not None and not Path(args.resume).is_dir():
+            raise CheckpointError(f"cannot resume: {args.resume} is not a directory")
+        if out_dir is not None:
+            prepare_out_dir(out_dir)
+    except CheckpointError as err:
+        print(f"mrc train: {err}", file=sys.stderr)
+        return 2
+    overrides = list(args.overrides)
+    for key, value in (("seed", args.seed), ("device", args.device), ("threads", args.threads)):
+        if value is not None:  # the compiler reads them (it picks kernels for the device)
+            overrides.append(f"train.{key}={value}")
+    if args.kernels is not None:  # quoted: `torch.optim` is not a name
+        overrides.append(f'train.kernels="{args.kernels}"')
+    if args.change_length and args.resume is None:
+        print("mrc train: --change-length goes with --resume", file=sys.stderr)
+        return 2
+    progress = not args.no_progress and sys.stderr.isatty()
+    interrupt = Interrupt()
+    previous = _catch_sigint(interrupt)
+    try:
+        result = train(args.spec, out=args.out, steps=args.steps, epochs=args.epochs,
+                       device=args.device, resume=args.resume, overrides=overrides,
+                       progress=progress, trace=args.trace, interrupt=interrupt,
+                       change_length=args.change_length)
+    except CompileError as err:
+        for made in fresh:  # leave no empty run directory behind (innermost first)
+            with contextlib.suppress(OSError):
+                made.rmdir()
+        print(render_all(err.diagnostics), file=sys.stderr)
+        return 2
+    except CheckpointError as err:
+        print(f"mrc train: {err}", file=sys.stderr)
+        return 2
+    except TrainingStopped as err:
+        print(f"mrc train: error: {err.message}", file=sys.stderr)
+        return 1
+    except (RuntimeError, ValueError, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"mrc train: error: {first}", file=sys.stderr)
+        return 1 if isinstance(err, RuntimeError) else 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    s = result.summary
+    val = f"val_acc {s['val_acc']:.4f}  val_loss {s['val_loss']:.4f}" if s.get("val_acc") is not None else ""
+    print(f"mrc: {s['status']}: {s['steps']} steps in {s['wall_time_s']:.1f} s "
+          f"({s['steps_per_s']:.1f} steps/s)  train_acc {s['train_acc']:.4f}  {val}"
+          + (f"\nmrc: wrote {Path(result.out_dir)}/{{final.pt,metrics.jsonl,summary.json,checkpoint.pt}}"
+             if result.out_dir else ""))
+    return 130 if result.status == "interrupted" else 0
+
+
+def _catch_sigint(interrupt: Any) -> Any:
+    """Ctrl-C: the first asks the run to stop after its step (with a checkpoint, exit 130); a
+    second gives up at once. Returns the previous handler (None off the main thread)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        if interrupt.requested:
+            raise KeyboardInterrupt
+        interrupt.requested = True
+
+    return signal.signal(signal.SIGINT, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

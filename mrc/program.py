@@ -172,6 +172,7 @@ class TrainSettings:
     grad_clip: float = 0.0
     kernels: str = "auto"
     threads: int = 0
+    eval_batch: int = 0
     span: Span | None = None
 
 

@@ -1,1 +1,17 @@
-"""Lowering: schedule graph → Plan, one lowering per op kind (see mrc.lower.plan)."""
+"""Lowering: schedule graph → Plan, one lowering per op kind (mrc.lower.plan).
+
+The techniques register their lowerings when imported; `lower` imports them all first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def lower(graph: Any, bound: Any, total_steps: int, device: Any = "cpu") -> Any:  # -> mrc.lower.plan.Plan
+    """The Plan of a schedule graph, with every technique's lowerings registered."""
+    from mrc.lower.plan import lower as lower_plan
+    from mrc.techniques import load_all
+
+    load_all()
+    return lower_plan(graph, bound, total_steps, device)

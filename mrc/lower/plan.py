@@ -48,18 +48,36 @@ class Env:
 
 
 StepFn = Callable[[Env], None]
-LOWERINGS: dict[str, Callable[[Op, Pattern, Lowering], StepFn]] = {}
+LowerFn = Callable[[Any, Pattern, "Lowering"], StepFn]
+When = Callable[[Any, "Lowering"], bool]
+LOWERINGS: dict[str, LowerFn] = {}
+VARIANTS: dict[str, list[tuple[When, LowerFn]]] = {}
 
 
-def lowers(kind: str) -> Callable[[Callable[[Any, Pattern, Lowering], StepFn]],
-                                  Callable[[Any, Pattern, Lowering], StepFn]]:
-    """Register the lowering of op kind `kind`."""
-    def register(fn: Callable[[Any, Pattern, Lowering], StepFn]) -> Callable[[Any, Pattern, Lowering], StepFn]:
-        if kind in LOWERINGS:
+def lowers(kind: str, when: When | None = None) -> Callable[[LowerFn], LowerFn]:
+    """Register the lowering of op kind `kind`; with `when`, a variant a technique adds, used
+    for the ops it accepts (e.g. update groups on its kernel, or ops of stacked brains)."""
+    def register(fn: LowerFn) -> LowerFn:
+        if when is not None:
+            VARIANTS.setdefault(kind, []).append((when, fn))
+        elif kind in LOWERINGS:
             raise ValueError(f"op kind `{kind}` has two lowerings")
-        LOWERINGS[kind] = fn
+        else:
+            LOWERINGS[kind] = fn
         return fn
     return register
+
+
+def lowering_of(op: Op, ctx: Lowering) -> LowerFn:
+    """The lowering of one op: the first variant that accepts it, else its kind's."""
+    for when, fn in VARIANTS.get(op.kind, ()):
+        if when(op, ctx):
+            return fn
+    fn = LOWERINGS.get(op.kind)
+    if fn is None:
+        raise LoweringError(f"op kind `{op.kind}` has no lowering (is its technique loaded? "
+                            "see mrc.techniques.load_all)")
+    return fn
 
 
 @dataclass
@@ -182,6 +200,10 @@ class Plan:
     def final_model(self) -> nn.Module:
         return self.ctx.replicas.final_model()
 
+    def checkpointed_modules(self) -> list[nn.Module]:
+        """The modules whose parameters a checkpoint of this plan holds."""
+        return self.ctx.replicas.checkpointed()
+
     def brain_states(self) -> dict[str, dict[str, torch.Tensor]]:
         return self.ctx.replicas.brain_states()
 
@@ -228,12 +250,11 @@ def _pattern_rates(pattern: Pattern) -> dict[str, float]:
 
 
 def lower(graph: ScheduleGraph, bound: Any, total_steps: int, device: torch.device | str = "cpu") -> Plan:
-    """Build the Plan of `graph` for a run of `total_steps` steps on `device`."""
+    """Build the Plan of `graph` for a run of `total_steps` steps on `device`, with the
+    lowerings registered so far (`mrc.lower.lower` registers every technique's first)."""
     from mrc.lower.replicas import Replicas
     from mrc.optim import build_schedule
-    from mrc.techniques import load_all
 
-    load_all()
     if len(graph.stages) != 1:
         raise LoweringError(f"this runtime runs one stage; the graph has {len(graph.stages)}")
     ctx = Lowering(graph, bound, total_steps, torch.device(device))
@@ -242,10 +263,7 @@ def lower(graph: ScheduleGraph, bound: Any, total_steps: int, device: torch.devi
     for pattern in graph.stage.patterns:
         fns, ops = [], []
         for op in pattern.ops():
-            lowering = LOWERINGS.get(op.kind)
-            if lowering is None:
-                raise LoweringError(f"op kind `{op.kind}` has no lowering")
-            fns.append(lowering(op, pattern, ctx))
+            fns.append(lowering_of(op, ctx)(op, pattern, ctx))
             ops.append(op)
         programs.append(StepProgram(tuple(fns), tuple(ops)))
     sched = graph.lr_schedule

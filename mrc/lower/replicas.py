@@ -7,12 +7,17 @@ stacked into one batched module when the graph's update groups say `kernel=stack
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from mrc.ir.graph import ScheduleGraph
+
+LAYOUTS: list[Callable[[ScheduleGraph, Any, torch.device], Replicas | None]] = []
+"""Replica layouts techniques register (brains): each returns its Replicas for a graph it
+takes, or None."""
 
 
 class Replicas:
@@ -29,10 +34,13 @@ class Replicas:
 
     @staticmethod
     def build(graph: ScheduleGraph, bound: Any, device: torch.device) -> Replicas:
+        """The first registered layout that takes the graph (brains), else the model itself."""
+        for layout in LAYOUTS:
+            replicas = layout(graph, bound, device)
+            if replicas is not None:
+                return replicas
         if graph.replicas:
-            from mrc.techniques.brains.lower import BrainReplicas
-
-            return BrainReplicas(graph, bound, device)
+            raise RuntimeError("the graph has brains, but no replica layout is registered (mrc.techniques.load_all)")
         return Replicas(bound, device)
 
     def module_of(self, replica: str) -> nn.Module:
@@ -44,6 +52,13 @@ class Replicas:
 
     def attach(self, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor) -> None:
         self.train_x, self.train_y, self.val_x, self.val_y = train_x, train_y, val_x, val_y
+
+    def data(self) -> tuple[Any, Any, Any, Any]:
+        return self.train_x, self.train_y, self.val_x, self.val_y
+
+    def checkpointed(self) -> list[nn.Module]:
+        """The modules whose parameters the run's checkpoint holds."""
+        return [self.module]
 
     def eval_models(self) -> dict[str, nn.Module]:
         return {"": self.module}

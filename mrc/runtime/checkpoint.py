@@ -38,8 +38,11 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
     mkstemp creates the temp file 0600; it is given 0666 & ~umask, as `open` would, so
     `final.pt` and `summary.json` have the same mode as `metrics.jsonl`.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as err:
+        raise CheckpointError(f"cannot write {path}: {_reason(err)}") from None
     try:
         os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
@@ -47,9 +50,24 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError | RuntimeError):  # torch.save reports a full disk as a RuntimeError
+            kept = f"; the previous {path.name} is intact" if path.exists() else ""
+            if isinstance(err, OSError) and err.errno != errno.ENOSPC:
+                raise CheckpointError(f"cannot write {path}: {_reason(err)}{kept}") from None
+            if isinstance(err, OSError) or _full(path.parent):
+                raise CheckpointError(f"cannot write {path}: the disk is full{kept}") from None
         raise
+
+
+def _full(folder: Path) -> bool:
+    """Whether the file system holding `folder` has (next to) no space left."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
 
 
 def save_torch(obj: Any, path: Path) -> None:
@@ -108,7 +126,7 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # any unpickling failure means a damaged or foreign file
         raise CheckpointError(f"cannot resume: {path} is unreadable ({type(err).__name__}: {err})") from None
-    if not isinstance(state, dict) or state.get("format") != "mrc-checkpoint-1":
+    if not isinstance(state, dict) or not str(state.get("format", "")).startswith("mrc-checkpoint-"):
         raise CheckpointError(f"cannot resume: {path} is not an mrc checkpoint")
     return state
 

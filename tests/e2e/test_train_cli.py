@@ -138,7 +138,7 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_continues(tmp_path: Path) -> None
     assert 0 < state["step"] < 200000
     assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
     resumed = run_cli("train", str(ROOT / "specs" / "quickstart.mrs"), "--resume", str(out),
-                      "--steps", str(state["step"] + 5))
+                      "--steps", str(state["step"] + 5), "--change-length")
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((out / "summary.json").read_text())["steps"] == state["step"] + 5
 

@@ -1,7 +1,7 @@
 """The run follows the edited graph: lowering reads everything from the ops.
 
 Each test compiles a small spec, edits a copy of `compiled.graph` (Pattern.replace / remove),
-lowers it with mrc.lower.plan.lower, runs a few steps on the spec's data and compares with a
+lowers it with mrc.lower.lower, runs a few steps on the spec's data and compares with a
 plain-PyTorch reference of what the EDITED graph says. Each also checks that the edit changes
 the run (or, for an edit that keeps the arithmetic, that lowering took the edited form), so a
 lowering that ignored the graph would fail it.
@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from mrc.api import Compiled, compile_spec
 from mrc.ir.graph import Pattern, ScheduleGraph
 from mrc.ir.ops import Backward, Forward, Loss, Rule, UpdateGroup, Value
-from mrc.lower.plan import Plan, lower
+from mrc.lower import lower
+from mrc.lower.plan import Plan
 from mrc.techniques.brains.ops import Merge, MergeRule
 
 STEPS = 6

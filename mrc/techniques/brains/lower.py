@@ -28,7 +28,7 @@ from torch import nn
 from mrc.ir.graph import Pattern, ScheduleGraph
 from mrc.ir.ops import Backward, Batch, Forward, Loss, UpdateGroup
 from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
-from mrc.lower.replicas import Replicas
+from mrc.lower.replicas import LAYOUTS, Replicas
 from mrc.techniques.brains.ops import Merge, MergeRule
 
 
@@ -178,6 +178,9 @@ class BrainReplicas(Replicas):
 
     # ---- the runtime's view -------------------------------------------------------------
 
+    def checkpointed(self) -> list[nn.Module]:
+        return [self.stack] if self.stack is not None else list(self.modules.values())
+
     def eval_models(self) -> dict[str, nn.Module]:
         """Each brain, and the merged model (the final rule over all brains, changing none)."""
         brains = {n: self.brain_module(n) for n in self.order}
@@ -200,11 +203,23 @@ class BrainReplicas(Replicas):
         self.ema = state["ema"]
 
 
+def _layout(graph: ScheduleGraph, bound: Any, device: torch.device) -> BrainReplicas | None:
+    return BrainReplicas(graph, bound, device) if graph.replicas else None
+
+
+LAYOUTS.append(_layout)
+
+
+def _stacked(op: Any, ctx: Lowering) -> bool:
+    return bool(ctx.replicas.stacked)
+
+
 def _replicas(ctx: Lowering) -> BrainReplicas:
     return ctx.replicas
 
 
-def own_batches(op: Batch, ctx: Lowering) -> StepFn:
+@lowers("batch", when=lambda op, ctx: op.source == "own")
+def own_batches(op: Batch, pattern: Pattern, ctx: Lowering) -> StepFn:
     """A brain's own batch order: its n-th step (n = t / stride) takes the n-th batch of an
     order seeded by the data's seed and the brain's stream."""
     data = ctx.bound.data
@@ -251,6 +266,7 @@ def _selection(ctx: Lowering, op: Any) -> torch.Tensor | None:
     return torch.tensor([reps.index[b] for b in op.scope.replica], device=ctx.device)
 
 
+@lowers("forward", when=_stacked)
 def stacked_forward(op: Forward, pattern: Pattern, ctx: Lowering) -> StepFn:
     if (op.start, op.stop) != (0, None):
         raise LoweringError(f"{op.id}: stacked brains run the whole model")
@@ -263,6 +279,7 @@ def stacked_forward(op: Forward, pattern: Pattern, ctx: Lowering) -> StepFn:
     return forward
 
 
+@lowers("loss", when=_stacked)
 def stacked_loss(op: Loss, pattern: Pattern, ctx: Lowering) -> StepFn:
     batches, key, smoothing, brains = _batches(pattern, op), op.id, op.label_smoothing, op.scope.replica
     logits = next(src.id for src, v in pattern.inputs(op) if v.kind == "logits")
@@ -277,6 +294,7 @@ def stacked_loss(op: Loss, pattern: Pattern, ctx: Lowering) -> StepFn:
     return loss
 
 
+@lowers("backward", when=_stacked)
 def stacked_backward(op: Backward, pattern: Pattern, ctx: Lowering) -> StepFn:
     params = _replicas(ctx).stack.stacked_parameters()
     loss = next(src.id for src, v in pattern.inputs(op) if v.kind == "loss")
@@ -290,6 +308,7 @@ def stacked_backward(op: Backward, pattern: Pattern, ctx: Lowering) -> StepFn:
     return backward
 
 
+@lowers("update_group", when=lambda op, ctx: op.kernel == "stacked")
 def stacked_update(op: UpdateGroup, pattern: Pattern, ctx: Lowering) -> StepFn:
     from mrc.optim.families import sgd_hyper
     from mrc.techniques.brains.stack import StackedSGD

@@ -36,6 +36,7 @@ TRAIN_PARAMS = (
     Param("kernels", "choice", "auto", "how update groups run (auto: Triton where it runs, else "
           "torch)", choices=("auto", "torch", "triton", "torch.optim")),
     Param("threads", "int", 0, "torch intra-op threads (0: chosen for the model's size)", lo=0),
+    Param("eval_batch", "int", 0, "examples per evaluation batch (0: the training batch size)", lo=0),
 )
 EARLY_STOPPING_PARAMS = (
     Param("metric", "choice", "val_loss", "validation metric watched",

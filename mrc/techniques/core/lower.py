@@ -1,8 +1,8 @@
 """Lowerings of the core op kinds: batch, forward, loss, backward, update group.
 
-Each function turns one op into a callable over the step's `Env`, prepared once. Stacked brains
-(kernel=stacked) are lowered by mrc/techniques/brains/lower.py, which these call for ops scoped by
-several brains or when the replicas are stacked.
+Each function turns one op into a callable over the step's `Env`, prepared once. Techniques add
+variants of these kinds for the ops they accept (stacked brains, random-subset updates, batches
+of a brain's own order: see `lowers(kind, when=…)`).
 """
 
 from __future__ import annotations
@@ -35,22 +35,17 @@ def _input(pattern: Pattern, op: Any, *kinds: str) -> str:
 
 @lowers("batch")
 def lower_batch(op: Batch, pattern: Pattern, ctx: Lowering) -> StepFn:
+    if op.source != "shared":
+        raise LoweringError(f"{op.id}: batches from `{op.source}` have no lowering")
     key = op.id
-    if op.source == "shared":
-        def shared(env: Env) -> None:
-            env.values[key] = (env.x, env.y)
-        return shared
-    from mrc.techniques.brains.lower import own_batches
 
-    return own_batches(op, ctx)
+    def shared(env: Env) -> None:
+        env.values[key] = (env.x, env.y)
+    return shared
 
 
 @lowers("forward")
 def lower_forward(op: Forward, pattern: Pattern, ctx: Lowering) -> StepFn:
-    if ctx.replicas.stacked:
-        from mrc.techniques.brains.lower import stacked_forward
-
-        return stacked_forward(op, pattern, ctx)
     key = op.id
     module: nn.Module = ctx.replicas.module_of(replica(op))
     if (op.start, op.stop) != (0, None):
@@ -80,10 +75,6 @@ def lower_loss(op: Loss, pattern: Pattern, ctx: Lowering) -> StepFn:
         raise LoweringError(f"{op.id}: loss `{op.fn}` has no lowering")
     if op.terms:
         raise LoweringError(f"{op.id}: loss terms {list(op.terms)} have no lowering yet")
-    if ctx.replicas.stacked:
-        from mrc.techniques.brains.lower import stacked_loss
-
-        return stacked_loss(op, pattern, ctx)
     key, r, smoothing = op.id, replica(op), op.label_smoothing
     logits = _input(pattern, op, "logits")
     batch = _input(pattern, op, "batch")
@@ -99,10 +90,6 @@ def lower_loss(op: Loss, pattern: Pattern, ctx: Lowering) -> StepFn:
 def lower_backward(op: Backward, pattern: Pattern, ctx: Lowering) -> StepFn:
     if op.method != "autograd":
         raise LoweringError(f"{op.id}: backward by `{op.method}` has no lowering")
-    if ctx.replicas.stacked:
-        from mrc.techniques.brains.lower import stacked_backward
-
-        return stacked_backward(op, pattern, ctx)
     r = replica(op)
     graph = ctx.graph
     loss = _input(pattern, op, "loss")
@@ -205,14 +192,6 @@ def drift_buffers(ctx: Lowering, r: str, n: str) -> list[torch.Tensor]:
 
 @lowers("update_group")
 def lower_update_group(op: UpdateGroup, pattern: Pattern, ctx: Lowering) -> StepFn:
-    if op.kernel == "stacked":
-        from mrc.techniques.brains.lower import stacked_update
-
-        return stacked_update(op, pattern, ctx)
-    if op.kernel.startswith("subset."):
-        from mrc.techniques.random_subsets.lower import subset_update
-
-        return subset_update(op, pattern, ctx)
     if op.kernel in FUSED:
         integ = fused_integrator(op, ctx)
         for n, lr in zip(op.partitions, op.lrs, strict=True):

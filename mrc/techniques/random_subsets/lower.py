@@ -54,6 +54,7 @@ def lower_resample(op: Resample, pattern: Pattern, ctx: Lowering) -> StepFn:
     return resample
 
 
+@lowers("update_group", when=lambda op, ctx: op.kernel.startswith("subset."))
 def subset_update(op: UpdateGroup, pattern: Pattern, ctx: Lowering) -> StepFn:
     if len(op.partitions) != 1:
         raise LoweringError(f"{op.id}: a random-subset update moves one partition")

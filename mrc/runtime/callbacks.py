@@ -1,0 +1,334 @@
+"""The training loop's callbacks: everything a run does besides stepping the Plan.
+
+The loop (mrc/runtime/trainer.py) steps the Plan over the data and, after every step, calls each
+callback's `on_step(run)` — with `run.end_of_epoch` telling whether the epoch just ended — then
+rolls the epoch over and calls `on_boundary(run)`; evaluations reach every callback through
+`on_eval(run, metrics)`; `on_end(run)` runs once when the loop is over, however it ended.
+
+A callback stops the run with `run.stop(status, message)`. Built-ins, in the order they run:
+  Divergence     — reads the step losses back at the points the host waits anyway; a NaN or
+                   infinite loss stops the run (`diverged`) naming the step;
+  MetricsLog     — one record per `log_every` steps (loss, learning rate per partition, brains);
+  Evaluation     — every `eval_every` steps (else each epoch end) and at the end: the model, or
+                   each brain and the merged model; `metrics["val_*"]` is the run's metric;
+  EarlyStopping  — on the run's metric, for brains the merged model's;
+  Observer       — the hook for callers (`mrc.api.train(observe=…)`): called with the step and
+                   the validation metrics of each evaluation; returning True stops the run
+                   (`stopped`; the sweep's pruning uses it);
+  Checkpointing  — every `checkpoint_every` steps (else each epoch end), only while the loss and
+                   the parameters are finite;
+  StopRequests   — an interrupt the caller requested (the CLI's Ctrl-C handler) and `stop_at`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Interrupt:
+    """Set `requested` (e.g. from a signal handler) and the run stops after its current step,
+    with a checkpoint (`interrupted`). The library installs no handler: the CLI does."""
+
+    requested: bool = False
+
+
+@dataclass
+class Run:
+    """What the loop shares with its callbacks."""
+
+    trainer: Any
+    plan: Any
+    total: int
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    batches: int = 1
+    loss: torch.Tensor | None = None
+    end_of_epoch: bool = False
+    status: str = "completed"
+    message: str = ""
+    start: float = field(default_factory=time.perf_counter)
+    last_eval: dict[str, float] = field(default_factory=dict)
+    last_good: int = 0
+    records: list[dict[str, Any]] = field(default_factory=list)
+    sink: Any = None  # the metrics file (MetricsLog) or None
+
+    @property
+    def running(self) -> bool:
+        return self.status == "completed"
+
+    def stop(self, status: str, message: str) -> None:
+        if self.running:
+            self.status, self.message = status, message
+
+    def record(self, rec: dict[str, Any]) -> None:
+        self.records.append(rec)
+        if self.sink is not None:
+            self.sink.write(rec)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def position(self) -> float:
+        return self.epoch + self.batch / max(1, self.batches)
+
+
+class Callback:
+    """Hooks of the training loop (all optional)."""
+
+    def on_start(self, run: Run) -> None:
+        """Before the first step (after a resume's restore)."""
+
+    def on_step(self, run: Run) -> None:
+        """After each step, before the epoch rolls over."""
+
+    def on_eval(self, run: Run, metrics: dict[str, Any]) -> None:
+        """After each evaluation."""
+
+    def on_boundary(self, run: Run) -> None:
+        """After each step, once the epoch has rolled over."""
+
+    def on_end(self, run: Run) -> None:
+        """Once, when the loop is over (however it ended)."""
+
+
+def every(step: int, n: int) -> bool:
+    return bool(n) and step % n == 0
+
+
+class Divergence(Callback):
+    """Stop on a non-finite loss. Losses stay on the device and are read back, all at once, only
+    where the host waits anyway (logging, evaluation, checkpoints, epoch ends), so steps stay
+    asynchronous on a GPU and cost nothing extra on the CPU."""
+
+    def __init__(self, log_every: int, eval_every: int, checkpoint_every: int) -> None:
+        self.pending: list[tuple[int, int, torch.Tensor]] = []
+        self.log_every, self.eval_every, self.ckpt_every = log_every, eval_every, checkpoint_every
+        self.interrupt: Interrupt | None = None
+
+    def on_step(self, run: Run) -> None:
+        if run.loss is not None:
+            self.pending.append((run.step, run.epoch, run.loss))
+        s = run.step
+        due = every(s, self.log_every) or run.end_of_epoch or s >= run.total or every(s, self.ckpt_every) \
+            or every(s, self.eval_every) or (self.interrupt is not None and self.interrupt.requested) \
+            or (run.trainer.stop_at is not None and s >= run.trainer.stop_at)
+        if due:
+            self.check(run)
+
+    def check(self, run: Run) -> None:
+        if not self.pending:
+            return
+        values = torch.stack([loss for _, _, loss in self.pending]).float()
+        ok = torch.isfinite(values)
+        if bool(ok.all()):
+            self.pending.clear()
+            return
+        i = int((~ok).nonzero()[0])
+        step, epoch, _ = self.pending[i]
+        self.pending.clear()
+        run.stop("diverged", f"the loss became {float(values[i])} at step {step} (epoch {epoch + 1}); stopped")
+
+
+class MetricsLog(Callback):
+    """A record every `log_every` steps and at the last: loss, each partition's (each brain's
+    partition's) learning rate as it ran, and each brain's loss."""
+
+    def __init__(self, log_every: int, progress: Any) -> None:
+        self.log_every = log_every
+        self.progress = progress
+
+    def on_step(self, run: Run) -> None:
+        if not run.running or not (every(run.step, self.log_every) or run.step >= run.total):
+            return
+        rec: dict[str, Any] = {"step": run.step, "epoch": run.position(),
+                               "loss": None if run.loss is None else run.loss.item(),
+                               "lr": run.plan.learning_rates(run.step - 1), "time": run.elapsed()}
+        if run.plan.brains:
+            rec["brains"] = {n: v.item() for n, v in run.plan.last_losses.items()}
+        run.record(rec)
+        self.progress.logged(run, rec)
+
+
+class Evaluation(Callback):
+    """Evaluate every `eval_every` steps (or at each epoch end) and at the last step, on the
+    validation split, in batches of `batch`; tell every callback (`on_eval`)."""
+
+    def __init__(self, eval_every: int, batch: int, data: tuple[torch.Tensor, torch.Tensor],
+                 callbacks: list[Callback]) -> None:
+        self.eval_every, self.batch = eval_every, batch
+        self.val_x, self.val_y = data
+        self.callbacks = callbacks
+
+    def on_step(self, run: Run) -> None:
+        if not run.running:
+            return
+        due = every(run.step, self.eval_every) if self.eval_every else run.end_of_epoch
+        if not (due or run.step >= run.total):
+            return
+        metrics = self.evaluate(run.plan)
+        run.last_eval = {"val_loss": metrics["val_loss"], "val_acc": metrics["val_acc"]}
+        run.record({"step": run.step, "epoch": run.position(), **metrics, "time": run.elapsed()})
+        for cb in self.callbacks:
+            cb.on_eval(run, metrics)
+
+    def evaluate(self, plan: Any) -> dict[str, Any]:
+        from mrc.runtime.evaluation import evaluate
+
+        models = plan.eval_models()
+        if "" in models:
+            with plan.full_weights():
+                ev = evaluate(models[""], self.val_x, self.val_y, self.batch)
+            return {"val_loss": ev["loss"], "val_acc": ev["acc"]}
+        evs = {n: evaluate(m, self.val_x, self.val_y, self.batch) for n, m in models.items()}
+        merged = evs.pop("merged")
+        return {"val_loss": merged["loss"], "val_acc": merged["acc"],
+                "brains": {n: {"val_loss": e["loss"], "val_acc": e["acc"]} for n, e in evs.items()}}
+
+
+class EarlyStopping(Callback):
+    """Stop when the run's metric has not improved by `min_delta` for `patience` evaluations;
+    with `restore_best`, keep the best weights (for brains: the merged model's)."""
+
+    def __init__(self, spec: Any) -> None:
+        self.spec = spec
+        self.best: float | None = None
+        self.best_step = -1
+        self.bad = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def on_eval(self, run: Run, metrics: dict[str, Any]) -> None:
+        spec = self.spec
+        value = metrics[spec.metric]
+        better = self.best is None or (value < self.best - spec.min_delta if spec.mode == "min"
+                                       else value > self.best + spec.min_delta)
+        if better:
+            self.best, self.best_step, self.bad = value, run.step, 0
+            if spec.restore_best:
+                with run.plan.full_weights():
+                    model = run.plan.final_model()
+                    self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            return
+        self.bad += 1
+        if self.bad >= spec.patience:
+            run.stop("stopped_early", f"early stopping at step {run.step}: {spec.metric} has not improved for "
+                                      f"{spec.patience} evaluations")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_step": self.best_step, "bad_evals": self.bad, "best_state": self.best_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_step, self.bad = state["best"], state["best_step"], state["bad_evals"]
+        self.best_state = state["best_state"]
+
+
+class Observer(Callback):
+    """The caller's hook: `observe(step, metrics)` after every evaluation; True stops the run."""
+
+    def __init__(self, observe: Callable[[int, dict[str, Any]], bool | None]) -> None:
+        self.observe = observe
+
+    def on_eval(self, run: Run, metrics: dict[str, Any]) -> None:
+        if self.observe(run.step, dict(metrics)):
+            run.stop("stopped", f"stopped by the caller at step {run.step}")
+
+
+class Checkpointing(Callback):
+    """A checkpoint every `checkpoint_every` steps (or at each epoch end) while the run is
+    healthy: its last losses finite (Divergence ran first) and its parameters finite."""
+
+    def __init__(self, checkpoint_every: int, save: Callable[[Run], None]) -> None:
+        self.every = checkpoint_every
+        self.save = save
+
+    def on_boundary(self, run: Run) -> None:
+        due = every(run.step, self.every) if self.every else run.batch == 0
+        if due and run.status != "diverged":
+            self.write(run)
+
+    def write(self, run: Run) -> bool:
+        """Save if the parameters are finite; return whether it saved."""
+        if not finite_parameters(run.plan):
+            run.stop("diverged", f"the parameters became non-finite by step {run.step}; stopped")
+            return False
+        self.save(run)
+        run.last_good = run.step
+        return True
+
+
+def finite_parameters(plan: Any) -> bool:
+    with torch.no_grad():
+        tensors = [p for m in plan.checkpointed_modules() for p in m.parameters() if p.is_floating_point()]
+        if not tensors:
+            return True
+        return bool(torch.stack([torch.isfinite(p).all() for p in tensors]).all())
+
+
+class StopRequests(Callback):
+    """The caller's interrupt (Ctrl-C through the CLI) and `stop_at` (pause for a resume)."""
+
+    def __init__(self, interrupt: Interrupt | None, stop_at: int | None) -> None:
+        self.interrupt, self.stop_at = interrupt, stop_at
+
+    def on_boundary(self, run: Run) -> None:
+        if self.interrupt is not None and self.interrupt.requested:
+            run.stop("interrupted", f"interrupted at step {run.step}; checkpoint written")
+        elif self.stop_at is not None and run.step >= self.stop_at:
+            run.stop("paused", f"paused at step {run.step}; resume with --resume")
+
+
+class Progress(Callback):
+    """A rich progress bar on a terminal; otherwise about twenty plain log lines per run."""
+
+    def __init__(self, enabled: bool, total: int, log_every: int, echo: Callable[[str], None]) -> None:
+        self.enabled = enabled
+        self.total = total
+        self.plain_every = log_every * max(1, total // (20 * max(1, log_every)))
+        self.echo = echo
+        self._bar: Any = None
+        self._loss: float | None = None
+
+    def on_start(self, run: Run) -> None:
+        if not self.enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                             TextColumn("{task.fields[info]}"), transient=False)
+        self._bar.start()
+        self._task = self._bar.add_task("train", total=self.total, completed=run.step, info="")
+
+    def logged(self, run: Run, rec: dict[str, Any]) -> None:
+        if rec["loss"] is not None:
+            self._loss = rec["loss"]
+        if self._bar is not None:
+            self._update(run)
+        elif every(run.step, self.plain_every) or run.step >= self.total:
+            parts = [f"step {rec['step']}/{self.total}", f"epoch {rec['epoch']:.2f}"]
+            if rec["loss"] is not None:
+                parts.append(f"loss {rec['loss']:.4f}")
+            if run.last_eval:
+                parts.append(f"val_loss {run.last_eval['val_loss']:.4f} val_acc {run.last_eval['val_acc']:.4f}")
+            self.echo("  ".join(parts))
+
+    def on_eval(self, run: Run, metrics: dict[str, Any]) -> None:
+        if self._bar is not None:
+            self._update(run)
+
+    def _update(self, run: Run) -> None:
+        info = f"loss {self._loss:.4f}" if self._loss is not None else ""
+        if run.last_eval and not math.isnan(run.last_eval["val_acc"]):
+            info += f"  val_acc {run.last_eval['val_acc']:.3f}"
+        self._bar.update(self._task, completed=run.step, info=info)
+
+    def on_end(self, run: Run) -> None:
+        if self._bar is not None:
+            self._bar.stop()
