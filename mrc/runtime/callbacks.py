@@ -15,8 +15,8 @@ A callback stops the run with `run.stop(status, message)`. Built-ins, in the ord
   Observer       — the hook for callers (`mrc.api.train(observe=…)`): called with the step and
                    the validation metrics of each evaluation; returning True stops the run
                    (`stopped`; the sweep's pruning uses it);
-  Checkpointing  — every `checkpoint_every` steps (else each epoch end), only while the loss and
-                   the parameters are finite;
+  Checkpointing  — every `checkpoint_every` steps (else each epoch end), kept once the next
+                   step's loss at its parameters is finite (so a diverging run keeps a good one);
   StopRequests   — an interrupt the caller requested (the CLI's Ctrl-C handler) and `stop_at`.
 """
 
@@ -242,24 +242,43 @@ class Observer(Callback):
 
 
 class Checkpointing(Callback):
-    """A checkpoint every `checkpoint_every` steps (or at each epoch end) while the run is
-    healthy: its last losses finite (Divergence ran first) and its parameters finite."""
+    """A checkpoint every `checkpoint_every` steps (or at each epoch end), kept only once it is
+    known to be good: its parameters finite, and the loss of the next step — taken at exactly
+    those parameters — finite too. So the checkpoint due at step s is written after step s+1's
+    loss is read; a run that diverges keeps the last checkpoint that was still trainable. The
+    final checkpoint (end, interrupt, pause) is written at once."""
 
-    def __init__(self, checkpoint_every: int, save: Callable[[Run], None]) -> None:
+    def __init__(self, checkpoint_every: int, snapshot: Callable[[Run], bytes],
+                 write_bytes: Callable[[bytes], None]) -> None:
         self.every = checkpoint_every
-        self.save = save
+        self.snapshot = snapshot
+        self.write_bytes = write_bytes
+        self.pending: tuple[int, bytes] | None = None
+
+    def on_step(self, run: Run) -> None:
+        if self.pending is None:
+            return
+        step, data = self.pending
+        self.pending = None
+        if run.loss is not None and not bool(torch.isfinite(run.loss).all()):
+            run.stop("diverged", f"the loss became {float(run.loss)} at step {run.step} (epoch {run.epoch + 1}); "
+                                 "stopped")
+            return
+        self.write_bytes(data)
+        run.last_good = step
 
     def on_boundary(self, run: Run) -> None:
         due = every(run.step, self.every) if self.every else run.batch == 0
-        if due and run.status != "diverged":
-            self.write(run)
+        if due and run.running and run.step < run.total and finite_parameters(run.plan):
+            self.pending = (run.step, self.snapshot(run))
 
     def write(self, run: Run) -> bool:
-        """Save if the parameters are finite; return whether it saved."""
+        """Write the checkpoint of the current step now, if its parameters are finite."""
+        self.pending = None
         if not finite_parameters(run.plan):
             run.stop("diverged", f"the parameters became non-finite by step {run.step}; stopped")
             return False
-        self.save(run)
+        self.write_bytes(self.snapshot(run))
         run.last_good = run.step
         return True
 

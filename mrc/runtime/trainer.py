@@ -15,6 +15,7 @@ graph, the overrides, the seed and the run's length — so a resume continues ex
 from __future__ import annotations
 
 import hashlib
+import io
 import resource
 import sys
 from collections.abc import Callable
@@ -46,6 +47,7 @@ from mrc.runtime.checkpoint import (
     METRICS,
     SUMMARY,
     CheckpointError,
+    atomic_write_bytes,
     load_checkpoint,
     read_metrics,
     save_json,
@@ -116,9 +118,9 @@ class Trainer:
         self.device = pick_device(device or settings.device)
         self.data = compiled.bound.data
         self.spe = self.data.steps_per_epoch()
+        self.asked = steps is not None or epochs is not None  # a length given now, not the spec's
         if steps is None and epochs is None:
             steps, epochs = settings.steps, settings.epochs
-        self.asked = steps is not None or epochs is not None
         self.total = steps if steps is not None else (epochs or 1) * self.spe
         self.echo = echo or (lambda s: print(s, file=sys.stderr))
         self.progress = progress
@@ -132,9 +134,10 @@ class Trainer:
 
     # ---- checkpoints ---------------------------------------------------------------------
 
-    def _save(self, run: Run, early: EarlyStopping | None) -> None:
+    def _snapshot(self, run: Run, early: EarlyStopping | None) -> bytes:
+        """The checkpoint of the run's current step, serialised (written once it proves good)."""
         if self.out is None:
-            return
+            return b""
         state = {
             "format": FORMAT,
             "spec": self.program.file, "spec_name": self.program.name, "fingerprint": self.fingerprint,
@@ -146,7 +149,13 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "early": early.state_dict() if early else None, "last_eval": run.last_eval,
         }
-        save_torch(state, self.out / CHECKPOINT)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        return buffer.getvalue()
+
+    def _write(self, data: bytes) -> None:
+        if self.out is not None:
+            atomic_write_bytes(self.out / CHECKPOINT, lambda f: f.write(data))
 
     def _restore(self, run: Run, early: EarlyStopping | None) -> None:
         assert self.resume is not None
@@ -212,7 +221,7 @@ class Trainer:
             on_eval.append(early)
         if self.observe is not None:
             on_eval.append(Observer(self.observe))
-        checkpoints = Checkpointing(settings.checkpoint_every, lambda r: self._save(r, early))
+        checkpoints = Checkpointing(settings.checkpoint_every, lambda r: self._snapshot(r, early), self._write)
         callbacks: list[Callback] = [divergence, MetricsLog(settings.log_every, progress),
                                      Evaluation(settings.eval_every, eval_batch, (val_x, val_y), on_eval),
                                      checkpoints, StopRequests(self.interrupt, self.stop_at), progress]
