@@ -1,9 +1,14 @@
 """The training loop's callbacks: everything a run does besides stepping the Plan.
 
-The loop (mrc/runtime/trainer.py) steps the Plan over the data and, after every step, calls each
-callback's `on_step(run)` — with `run.end_of_epoch` telling whether the epoch just ended — then
-rolls the epoch over and calls `on_boundary(run)`; evaluations reach every callback through
-`on_eval(run, metrics)`; `on_end(run)` runs once when the loop is over, however it ended.
+The loop (mrc/runtime/trainer.py) steps the Plan over the data. Callbacks are not called on every
+step — a call per callback and step is most of a tiny model's overhead — but at events: every
+multiple of `run.sync` (the gcd of the logging, evaluation and checkpoint intervals), each epoch's
+end, the last step, `stop_at`, a requested interrupt, and any step a callback asked for with
+`run.wake_at`. At an event the loop calls each callback's `on_step(run)` — with
+`run.end_of_epoch` telling whether the epoch just ended — then rolls the epoch over and calls
+`on_boundary(run)`; evaluations reach every callback through `on_eval(run, metrics)`; `on_end(run)`
+runs once when the loop is over, however it ended. The losses of the steps since the last event
+are in `run.pending` (step, epoch, loss).
 
 A callback stops the run with `run.stop(status, message)`. Built-ins, in the order they run:
   Divergence     — reads the step losses back at the points the host waits anyway; a NaN or
@@ -60,6 +65,9 @@ class Run:
     last_good: int = 0
     records: list[dict[str, Any]] = field(default_factory=list)
     sink: Any = None  # the metrics file (MetricsLog) or None
+    sync: int = 1
+    wake_at: int = -1
+    pending: list[tuple[int, int, torch.Tensor]] = field(default_factory=list)
 
     @property
     def running(self) -> bool:
@@ -106,35 +114,33 @@ def every(step: int, n: int) -> bool:
 
 class Divergence(Callback):
     """Stop on a non-finite loss. Losses stay on the device and are read back, all at once, only
-    where the host waits anyway (logging, evaluation, checkpoints, epoch ends), so steps stay
-    asynchronous on a GPU and cost nothing extra on the CPU."""
-
-    def __init__(self, log_every: int, eval_every: int, checkpoint_every: int) -> None:
-        self.pending: list[tuple[int, int, torch.Tensor]] = []
-        self.log_every, self.eval_every, self.ckpt_every = log_every, eval_every, checkpoint_every
-        self.interrupt: Interrupt | None = None
+    at events (where the host waits anyway: logging, evaluation, checkpoints, epoch ends), so
+    steps stay asynchronous on a GPU and cost nothing extra on the CPU."""
 
     def on_step(self, run: Run) -> None:
-        if run.loss is not None:
-            self.pending.append((run.step, run.epoch, run.loss))
-        s = run.step
-        due = every(s, self.log_every) or run.end_of_epoch or s >= run.total or every(s, self.ckpt_every) \
-            or every(s, self.eval_every) or (self.interrupt is not None and self.interrupt.requested) \
-            or (run.trainer.stop_at is not None and s >= run.trainer.stop_at)
-        if due:
-            self.check(run)
+        self.check(run)
 
     def check(self, run: Run) -> None:
-        if not self.pending:
+        pending = run.pending
+        if not pending:
             return
-        values = torch.stack([loss for _, _, loss in self.pending]).float()
+        if pending[0][2].device.type == "cpu":  # nothing to wait for: read each (0.2 µs)
+            for step, epoch, loss in pending:
+                value = loss.item()
+                if not math.isfinite(value):
+                    pending.clear()
+                    run.stop("diverged", f"the loss became {value} at step {step} (epoch {epoch + 1}); stopped")
+                    return
+            pending.clear()
+            return
+        values = torch.stack([loss for _, _, loss in pending]).float()  # one read from the device
         ok = torch.isfinite(values)
         if bool(ok.all()):
-            self.pending.clear()
+            pending.clear()
             return
         i = int((~ok).nonzero()[0])
-        step, epoch, _ = self.pending[i]
-        self.pending.clear()
+        step, epoch, _ = pending[i]
+        pending.clear()
         run.stop("diverged", f"the loss became {float(values[i])} at step {step} (epoch {epoch + 1}); stopped")
 
 
@@ -147,7 +153,7 @@ class MetricsLog(Callback):
         self.progress = progress
 
     def on_step(self, run: Run) -> None:
-        if not run.running or not (every(run.step, self.log_every) or run.step >= run.total):
+        if (run.step % self.log_every and run.step < run.total) or run.status != "completed":
             return
         rec: dict[str, Any] = {"step": run.step, "epoch": run.position(),
                                "loss": None if run.loss is None else run.loss.item(),
@@ -169,10 +175,8 @@ class Evaluation(Callback):
         self.callbacks = callbacks
 
     def on_step(self, run: Run) -> None:
-        if not run.running:
-            return
-        due = every(run.step, self.eval_every) if self.eval_every else run.end_of_epoch
-        if not (due or run.step >= run.total):
+        due = run.step % self.eval_every == 0 if self.eval_every else run.end_of_epoch
+        if not (due or run.step >= run.total) or run.status != "completed":
             return
         metrics = self.evaluate(run.plan)
         run.last_eval = {"val_loss": metrics["val_loss"], "val_acc": metrics["val_acc"]}
@@ -256,7 +260,7 @@ class Checkpointing(Callback):
         self.pending: tuple[int, bytes] | None = None
 
     def on_step(self, run: Run) -> None:
-        if self.pending is None:
+        if self.pending is None or run.step != self.pending[0] + 1:
             return
         step, data = self.pending
         self.pending = None
@@ -268,9 +272,10 @@ class Checkpointing(Callback):
         run.last_good = step
 
     def on_boundary(self, run: Run) -> None:
-        due = every(run.step, self.every) if self.every else run.batch == 0
-        if due and run.running and run.step < run.total and finite_parameters(run.plan):
+        due = run.step % self.every == 0 if self.every else run.batch == 0
+        if due and run.status == "completed" and run.step < run.total and finite_parameters(run.plan):
             self.pending = (run.step, self.snapshot(run))
+            run.wake_at = run.step + 1  # written once the next step's loss is known
 
     def write(self, run: Run) -> bool:
         """Write the checkpoint of the current step now, if its parameters are finite."""
@@ -295,12 +300,13 @@ class StopRequests(Callback):
     """The caller's interrupt (Ctrl-C through the CLI) and `stop_at` (pause for a resume)."""
 
     def __init__(self, interrupt: Interrupt | None, stop_at: int | None) -> None:
-        self.interrupt, self.stop_at = interrupt, stop_at
+        self.interrupt = interrupt or Interrupt()
+        self.stop_at = stop_at if stop_at is not None else math.inf
 
     def on_boundary(self, run: Run) -> None:
-        if self.interrupt is not None and self.interrupt.requested:
+        if self.interrupt.requested:
             run.stop("interrupted", f"interrupted at step {run.step}; checkpoint written")
-        elif self.stop_at is not None and run.step >= self.stop_at:
+        elif run.step >= self.stop_at:
             run.stop("paused", f"paused at step {run.step}; resume with --resume")
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import resource
 import sys
 from collections.abc import Callable
@@ -131,6 +132,7 @@ class Trainer:
         self.overrides = list(overrides or [])
         self.change_length = change_length
         self.fingerprint = fingerprint(compiled.graph)
+        self._sink: Any = None
 
     # ---- checkpoints ---------------------------------------------------------------------
 
@@ -155,6 +157,8 @@ class Trainer:
 
     def _write(self, data: bytes) -> None:
         if self.out is not None:
+            if self._sink is not None:  # the metrics up to the checkpoint are on disk before it
+                self._sink.flush()
             atomic_write_bytes(self.out / CHECKPOINT, lambda f: f.write(data))
 
     def _restore(self, run: Run, early: EarlyStopping | None) -> None:
@@ -214,8 +218,9 @@ class Trainer:
                 plan = self._relower(run)
         eval_batch = settings.eval_batch or data.batch_size
         progress = Progress(self.progress, run.total, settings.log_every, self.echo)
-        divergence = Divergence(settings.log_every, settings.eval_every, settings.checkpoint_every)
-        divergence.interrupt = self.interrupt
+        divergence = Divergence()
+        run.sync = math.gcd(*(n for n in (settings.log_every, settings.eval_every, settings.checkpoint_every)
+                              if n)) or 1
         on_eval: list[Callback] = [progress]
         if early is not None:
             on_eval.append(early)
@@ -227,6 +232,7 @@ class Trainer:
                                      checkpoints, StopRequests(self.interrupt, self.stop_at), progress]
         if self.out:
             run.sink = MetricsFile(self.out / METRICS, run.step if self.resume else None)
+        self._sink = run.sink
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         start_step = run.step
@@ -291,27 +297,44 @@ class Trainer:
     def _loop(self, run: Run, plan: Plan, callbacks: list[Callback], train_x: torch.Tensor,
               train_y: torch.Tensor) -> None:
         """Stages × periods × steps. Today's schedules are one stage, its period repeated over
-        the data (the Plan maps the global step onto the period)."""
+        the data (the Plan maps the global step onto the period). Between events (see
+        mrc/runtime/callbacks.py) a step is the Plan's step and nothing else."""
         data, device = self.data, self.device
         step_fn = plan.step
+        pending = run.pending
+        interrupt = self.interrupt or Interrupt()
+        stop_at = self.stop_at if self.stop_at is not None else run.total
+        sync = run.sync
+        # only the hooks a callback defines
+        after_step = [cb.on_step for cb in callbacks if type(cb).on_step is not Callback.on_step]
+        boundary = [cb.on_boundary for cb in callbacks if type(cb).on_boundary is not Callback.on_boundary]
         while run.step < run.total and run.running:
             batches = data.batch_indices(run.epoch)
-            run.batches = len(batches)
-            while run.batch < len(batches) and run.step < run.total:
-                idx = batches[run.batch].to(device)
-                run.loss = step_fn(run.step, train_x[idx], train_y[idx])
-                run.step += 1
-                run.batch += 1
-                run.end_of_epoch = run.batch >= len(batches)
-                for cb in callbacks:
-                    cb.on_step(run)
+            n = run.batches = len(batches)
+            step, batch = run.step, run.batch
+            last = min(run.total, stop_at)
+            while batch < n and step < run.total:
+                idx = batches[batch].to(device)
+                loss = step_fn(step, train_x[idx], train_y[idx])
+                step += 1
+                batch += 1
+                if loss is not None:
+                    pending.append((step, run.epoch, loss))
+                if step % sync and batch < n and step < last and step != run.wake_at and not interrupt.requested:
+                    continue
+                run.step, run.batch, run.loss = step, batch, loss
+                run.end_of_epoch = batch >= n
+                for hook in after_step:
+                    hook(run)
                 if run.end_of_epoch:
                     run.epoch += 1
-                    run.batch = 0
-                for cb in callbacks:
-                    cb.on_boundary(run)
+                    run.batch = batch = 0
+                for hook in boundary:
+                    hook(run)
                 if not run.running or run.end_of_epoch:
                     break  # a new epoch draws its own batch order
+            else:
+                run.step, run.batch = step, batch
 
     def _summary(self, module: nn.Module, tx: torch.Tensor, ty: torch.Tensor, vx: torch.Tensor,
                  vy: torch.Tensor, run: Run, wall: float, steps_run: int, early: EarlyStopping | None,
