@@ -51,7 +51,8 @@ SPEC = """
 model {model}
 data {data}
 optimizer sgd(lr=0.01, momentum=0.9)
-train(steps={steps}, log_every=10, eval_every={steps}, checkpoint_every={steps}, device={device})
+train(steps={steps}, log_every=10, eval_every={steps}, checkpoint_every={steps}, device={device},
+      threads={threads})
 """
 
 Params = dict[str, torch.Tensor]
@@ -100,7 +101,8 @@ def measure(tmp: Path, case: str, steps: int, warm: int, repeats: int,
             device: str) -> tuple[list[float], list[float], bool]:
     model, data = CASES[case]
     spec = tmp / f"{case}.mrs"
-    spec.write_text(SPEC.format(model=model, data=data, steps=steps, device=device))
+    spec.write_text(SPEC.format(model=model, data=data, steps=steps, device=device,
+                                 threads=torch.get_num_threads()))  # the same as the hand-written loop's
     runs = iter(range(10**6))
     got = interleaved({"mrc": lambda: mrc_run(spec, tmp / f"{case}{next(runs)}", warm),
                        "torch": lambda: torch_run(spec, steps, warm, device)}, repeats)

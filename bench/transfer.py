@@ -68,7 +68,7 @@ optimizer sgd(lr=0.01, momentum=0.9, weight_decay=5e-4)
 partition head = module("head")
 partition backbone = rest {{ every = k }}
 train(epochs={epochs}, seed=0, device={device}, log_every=k, eval_every={total},
-      checkpoint_every={total})
+      checkpoint_every={total}, threads={threads})
 """
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
@@ -215,7 +215,7 @@ def main() -> None:
                                        device=args.device))
         Trainer(compile_spec(pre, training=True), tmp / "pre").run()
         probe = tmp / "probe.mrs"
-        probe.write_text(FINETUNE.format(k=k, depth=depth, width=width,
+        probe.write_text(FINETUNE.format(k=k, depth=depth, width=width, threads=torch.get_num_threads(),
                                          init=tmp / "pre" / "final.pt", data=ft_data, epochs=1,
                                          device=args.device, total=1))
         spe = compile_spec(probe, training=True).bound.data.steps_per_epoch()
@@ -225,7 +225,7 @@ def main() -> None:
         if last - first < k:
             ap.error(f"--epochs {args.epochs} leaves no whole period after the warm-up epoch")
         ft = tmp / "finetune.mrs"
-        ft.write_text(FINETUNE.format(k=k, depth=depth, width=width,
+        ft.write_text(FINETUNE.format(k=k, depth=depth, width=width, threads=torch.get_num_threads(),
                                       init=tmp / "pre" / "final.pt", data=ft_data,
                                       epochs=args.epochs, device=args.device, total=total))
         runs = iter(range(10**6))

@@ -313,8 +313,10 @@ class StopRequests(Callback):
 class Progress(Callback):
     """A rich progress bar on a terminal; otherwise about twenty plain log lines per run."""
 
-    def __init__(self, enabled: bool, total: int, log_every: int, echo: Callable[[str], None]) -> None:
+    def __init__(self, enabled: bool, total: int, log_every: int, echo: Callable[[str], None],
+                 busy: str = "") -> None:
         self.enabled = enabled
+        self.busy = busy  # the machine was oversubscribed when the run started
         self.total = total
         self.plain_every = log_every * max(1, total // (20 * max(1, log_every)))
         self.echo = echo
@@ -342,6 +344,8 @@ class Progress(Callback):
                 parts.append(f"loss {rec['loss']:.4f}")
             if run.last_eval:
                 parts.append(f"val_loss {run.last_eval['val_loss']:.4f} val_acc {run.last_eval['val_acc']:.4f}")
+            if self.busy:
+                parts.append("(machine busy)")
             self.echo("  ".join(parts))
 
     def on_eval(self, run: Run, metrics: dict[str, Any]) -> None:
@@ -352,6 +356,8 @@ class Progress(Callback):
         info = f"loss {self._loss:.4f}" if self._loss is not None else ""
         if run.last_eval and not math.isnan(run.last_eval["val_acc"]):
             info += f"  val_acc {run.last_eval['val_acc']:.3f}"
+        if self.busy:
+            info += "  [machine busy]"
         self._bar.update(self._task, completed=run.step, info=info)
 
     def on_end(self, run: Run) -> None:

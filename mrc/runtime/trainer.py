@@ -198,6 +198,17 @@ class Trainer:
     # ---- the loop ------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
+        previous = torch.get_num_threads()
+        threads = choose_threads(self.program.train.threads, self.c.bound.model, self.data.batch_size, self.device)
+        if threads != previous:
+            torch.set_num_threads(threads)
+        try:
+            return self._run(threads)
+        finally:
+            if threads != previous:
+                torch.set_num_threads(previous)
+
+    def _run(self, threads: int) -> TrainResult:
         settings = self.program.train
         model = self.c.bound.model.to(self.device)
         self.c.bound.graph_module.to(self.device)
@@ -217,7 +228,9 @@ class Trainer:
             if run.total != plan_total(plan):
                 plan = self._relower(run)
         eval_batch = settings.eval_batch or data.batch_size
-        progress = Progress(self.progress, run.total, settings.log_every, self.echo)
+        progress = Progress(self.progress, run.total, settings.log_every, self.echo, oversubscribed(threads))
+        if progress.busy:
+            self.echo(f"mrc: note: {progress.busy}; steps will be slower than on a quiet machine")
         divergence = Divergence()
         run.sync = math.gcd(*(n for n in (settings.log_every, settings.eval_every, settings.checkpoint_every)
                               if n)) or 1
@@ -360,6 +373,38 @@ class Trainer:
         if early is not None and early.best is not None:
             out["best"] = {early.spec.metric: early.best, "step": early.best_step}
         return out
+
+
+SMALL_STEP = 4_000_000
+"""Below this many (parameter × example) products per step, one thread is fastest: torch's
+intra-op threads cost more to wake and synchronise than they save on so little work, and on a
+busy machine they contend (bench/RESULTS.md has the measurement)."""
+
+
+def choose_threads(setting: int, model: nn.Module, batch: int, device: torch.device) -> int:
+    """torch's intra-op threads for a run: `setting` when given (train(threads=N) or
+    --threads N); otherwise one for a small model on the CPU, and torch's default otherwise."""
+    if setting:
+        return setting
+    current = torch.get_num_threads()
+    if device.type != "cpu":
+        return current
+    work = sum(p.numel() for p in model.parameters()) * max(1, batch)
+    return 1 if work < SMALL_STEP else current
+
+
+def oversubscribed(threads: int) -> str:
+    """A note when the machine's load already fills its cores ("" when it does not)."""
+    import os
+
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return ""
+    cores = os.cpu_count() or 1
+    if load + threads > cores * 1.5:
+        return f"the machine is busy (load {load:.1f} on {cores} cores)"
+    return ""
 
 
 def plan_total(plan: Plan) -> int:
