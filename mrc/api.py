@@ -12,15 +12,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mrc import ast
-from mrc.binding import Bound, bind
 from mrc.check.checker import check
 from mrc.diagnostics import CompileError, Diagnostic, Reporter, Span
-from mrc.ir.graph import ScheduleGraph
 from mrc.parser import parse, parse_expr
 from mrc.program import Program
+
+if TYPE_CHECKING:  # torch is imported only by the commands that need it
+    from mrc.binding import Bound
+    from mrc.ir.graph import ScheduleGraph
 
 
 @dataclass
@@ -83,6 +85,8 @@ def bind_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] | N
               *, training: bool = False) -> Bound:
     """Check a spec, then build its data and model, trace it and resolve partitions.
     With `training`, initial weights that do not exist yet are an error, not a warning."""
+    from mrc.binding import bind
+
     program = check_spec(path, overrides)
     r = Reporter()
     bound = bind(program, r, training)
