@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--after", metavar="PASS", default=None,
                    help="show the graph after this pass (`build` for the graph before any pass)")
     g.add_argument("--format", choices=("text", "dot", "json"), default="text")
+    g.add_argument("--compact", action="store_true",
+                   help="text: each distinct step pattern once, with the steps that run it")
     g.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     g.add_argument("--passes", metavar="P1,P2", help="run this pipeline instead of the default")
     g.add_argument("--print-after", metavar="PASS|all", action="append", default=[],
@@ -134,7 +136,8 @@ def _cmd_graph(args: argparse.Namespace) -> int:
         print(f"mrc graph: {err}", file=sys.stderr)
         return EXIT_ERROR
     graph = compiled.initial_graph if args.after == "build" else compiled.graph
-    text = {"text": graph.to_text, "dot": graph.to_dot, "json": graph.to_json}[args.format]()
+    text = graph.to_text(compact=args.compact) if args.format == "text" else \
+        {"dot": graph.to_dot, "json": graph.to_json}[args.format]()
     if args.output:
         try:
             Path(args.output).write_text(text)

@@ -24,7 +24,10 @@ def _act(name: str, x: torch.Tensor) -> torch.Tensor:
 
 
 class DenseStep(nn.Linear):
-    """F_n(y) = σ(W_n y + b_n); a Linear subclass so its parameters are `…layers.n.weight/bias`."""
+    """F_n(y) = σ(W_n y + b_n); a Linear subclass so its parameters are `…layers.n.weight/bias`.
+    A leaf of the traced graph (one node per step: tracing stays cheap at depth thousands)."""
+
+    mrc_leaf = True
 
     def __init__(self, width: int, activation: str) -> None:
         super().__init__(width, width)
@@ -35,7 +38,9 @@ class DenseStep(nn.Linear):
 
 
 class ConvStep(nn.Conv2d):
-    """F_n(y) = σ(K_n * y + b_n) with a 3×3 same-padded convolution."""
+    """F_n(y) = σ(K_n * y + b_n) with a 3×3 same-padded convolution (a leaf of the traced graph)."""
+
+    mrc_leaf = True
 
     def __init__(self, width: int, activation: str) -> None:
         super().__init__(width, width, 3, padding=1)
