@@ -181,6 +181,10 @@ def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: 
         out_dir = Path("runs") / compiled.program.name
     else:
         out_dir = None
+    if out_dir is not None:
+        from mrc.runtime.checkpoint import prepare_out_dir
+
+        prepare_out_dir(out_dir)  # a file in the way, a read-only place: one line, nothing touched
     sink = open(trace, "w", encoding="utf-8") if trace is not None else None
     try:
         trainer = Trainer(compiled, out_dir, steps=steps, epochs=epochs, device=device,

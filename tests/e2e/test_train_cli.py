@@ -338,3 +338,31 @@ def test_run_files_get_the_umask_mode(tmp_path: Path) -> None:
     modes = {p.name: p.stat().st_mode & 0o777 for p in Path(result.out_dir).iterdir()}
     assert set(modes) >= {"final.pt", "metrics.jsonl", "summary.json", "checkpoint.pt"}
     assert set(modes.values()) == {0o640}, {k: oct(v) for k, v in modes.items()}
+
+
+def test_early_stopping_works_with_brains_on_the_merged_model(tmp_path: Path) -> None:
+    """Early stopping watches the merged model's metric (the run's metric) and restores the
+    merged model's best weights into final.pt."""
+    spec = tmp_path / "early_brains.mrs"
+    spec.write_text("model mlp(hidden=[64])\ndata digits(batch=32)\n"
+                    "optimizer sgd(lr=2.0, momentum=0.9)\n"
+                    "brain fast { every = 1 }\nbrain slow { every = 2 }\nmerge mean\n"
+                    "train(epochs=30, eval_every=10)\n"
+                    "early_stopping(metric=val_loss, patience=2)\n")
+    result = train(spec, out=tmp_path / "run")
+    assert result.status == "stopped_early"
+    evals = [m for m in result.metrics if "val_loss" in m]
+    assert all("brains" in m for m in evals)  # each brain's metrics beside the merged model's
+    best = min(m["val_loss"] for m in evals)
+    assert result.summary["val_loss"] == pytest.approx(best, rel=1e-6)
+    final = torch.load(tmp_path / "run" / "final.pt", weights_only=True)
+    assert all(torch.equal(final[k], v) for k, v in result.model.state_dict().items())
+
+
+def test_the_python_api_refuses_a_file_as_its_run_directory(tmp_path: Path) -> None:
+    from mrc.runtime.checkpoint import CheckpointError
+
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(CheckpointError, match="it is a file, not a directory"):
+        train(ROOT / "specs" / "quickstart.mrs", out=tmp_path / "precious.txt", steps=2)
+    assert (tmp_path / "precious.txt").read_text() == "keep me"

@@ -113,16 +113,12 @@ def check_brains(ck: Checker) -> None:
     if not brains:
         return
     merge: Merge | None = ck.program.get("merge")
-    early = ck.program.get("early_stopping")
     if len(brains) < 2:
         ck.r.error("brains come in twos or more: this spec has one", brains[0].span,
                    hint="add another `brain NAME { every = k }`, or remove the brain")
     if merge is None and not ck.given("merge"):
         ck.r.error("brains need a `merge` rule", brains[0].span,
                    hint="add e.g. `merge mean` (or weighted, best, ema)")
-    if early is not None:
-        ck.r.error("early stopping with brains is not supported yet", early.span,
-                   hint="train for a fixed length; the merged model is evaluated as it goes")
     if ck.facts.get("partitions") and merge is not None and merge.momentum == "average":
         ck.r.error("`momentum=average` with partitions inside brains is not supported yet",
                    merge.span, hint="use `momentum=keep` or `momentum=reset`")
