@@ -105,6 +105,30 @@ def adamw_torch(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
                maximize=maximize)
 
 
+@triton.jit
+def _adam_elements(param_ptr, grad_ptr, m_ptr, v_ptr, offs, live, lr, step_size, bc2_sqrt, beta1, beta2, eps,
+                   weight_decay, HAS_WD: tl.constexpr, DECOUPLED: tl.constexpr, MAXIMIZE: tl.constexpr):
+    """One Adam/AdamW step of the elements `offs` (masked by `live`): the body both kernels share."""
+    theta = tl.load(param_ptr + offs, mask=live, other=0.0).to(tl.float32)  # θ in float32
+    g = tl.load(grad_ptr + offs, mask=live, other=0.0).to(tl.float32)  # g in float32
+    m = tl.load(m_ptr + offs, mask=live, other=0.0)  # first moment
+    v = tl.load(v_ptr + offs, mask=live, other=0.0)  # second moment
+    if MAXIMIZE:
+        g = -g  # gradient ascent
+    if HAS_WD:
+        if DECOUPLED:
+            theta = theta * (1.0 - lr * weight_decay)  # AdamW's decoupled decay
+        else:
+            g = g + weight_decay * theta  # Adam's L2 penalty
+    m = m + (1.0 - beta1) * (g - m)  # m ← lerp(m, g, 1 − β₁)
+    v = beta2 * v + (1.0 - beta2) * (g * g)  # v ← β₂v + (1 − β₂)g²
+    denom = tl.div_rn(tl.sqrt_rn(v), bc2_sqrt) + eps  # IEEE sqrt and divide, as torch
+    theta = theta - step_size * tl.div_rn(m, denom)  # the bias-corrected step
+    tl.store(m_ptr + offs, m, mask=live)  # moments stay float32
+    tl.store(v_ptr + offs, v, mask=live)
+    tl.store(param_ptr + offs, _round_to_element(theta, param_ptr), mask=live)  # round back
+
+
 @elementwise_autotune(restore=["param_ptr", "m_ptr", "v_ptr"])
 @triton.jit
 def _adam_kernel(
@@ -128,24 +152,8 @@ def _adam_kernel(
     pid = tl.program_id(0).to(tl.int64)  # 64-bit so buffers over 2**31 elements index right
     offs = pid * BLOCK + tl.arange(0, BLOCK)  # this program's elements
     live = offs < n  # the last block is ragged
-    theta = tl.load(param_ptr + offs, mask=live, other=0.0).to(tl.float32)  # θ in float32
-    g = tl.load(grad_ptr + offs, mask=live, other=0.0).to(tl.float32)  # g in float32
-    m = tl.load(m_ptr + offs, mask=live, other=0.0)  # first moment
-    v = tl.load(v_ptr + offs, mask=live, other=0.0)  # second moment
-    if MAXIMIZE:
-        g = -g  # gradient ascent
-    if HAS_WD:
-        if DECOUPLED:
-            theta = theta * (1.0 - lr * weight_decay)  # AdamW's decoupled decay
-        else:
-            g = g + weight_decay * theta  # Adam's L2 penalty
-    m = m + (1.0 - beta1) * (g - m)  # m ← lerp(m, g, 1 − β₁)
-    v = beta2 * v + (1.0 - beta2) * (g * g)  # v ← β₂v + (1 − β₂)g²
-    denom = tl.div_rn(tl.sqrt_rn(v), bc2_sqrt) + eps  # IEEE sqrt and divide, as torch
-    theta = theta - step_size * tl.div_rn(m, denom)  # the bias-corrected step
-    tl.store(m_ptr + offs, m, mask=live)  # moments stay float32
-    tl.store(v_ptr + offs, v, mask=live)
-    tl.store(param_ptr + offs, _round_to_element(theta, param_ptr), mask=live)  # round back
+    _adam_elements(param_ptr, grad_ptr, m_ptr, v_ptr, offs, live, lr, step_size, bc2_sqrt, beta1, beta2, eps,
+                   weight_decay, HAS_WD, DECOUPLED, MAXIMIZE)
 
 
 def adam_triton(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
@@ -306,24 +314,8 @@ def _multirate_adam_kernel(
         stop = tl.multiple_of(stop, 16)  # so is the ragged end of the segment
     offs = start + tl.arange(0, BLOCK)  # this program's elements
     live = offs < stop  # ragged last tile of the segment
-    theta = tl.load(param_ptr + offs, mask=live, other=0.0).to(tl.float32)  # θ in float32
-    g = tl.load(grad_ptr + offs, mask=live, other=0.0).to(tl.float32)  # g in float32
-    m = tl.load(m_ptr + offs, mask=live, other=0.0)  # first moment
-    v = tl.load(v_ptr + offs, mask=live, other=0.0)  # second moment
-    if MAXIMIZE:
-        g = -g  # gradient ascent
-    if HAS_WD:
-        if DECOUPLED:
-            theta = theta * (1.0 - lr * weight_decay)  # AdamW's decoupled decay
-        else:
-            g = g + weight_decay * theta  # Adam's L2 penalty
-    m = m + (1.0 - beta1) * (g - m)  # m ← lerp(m, g, 1 − β₁)
-    v = beta2 * v + (1.0 - beta2) * (g * g)  # v ← β₂v + (1 − β₂)g²
-    denom = tl.div_rn(tl.sqrt_rn(v), bc2_sqrt) + eps  # IEEE sqrt and divide, as torch
-    theta = theta - step_size * tl.div_rn(m, denom)  # the bias-corrected step
-    tl.store(m_ptr + offs, m, mask=live)  # moments stay float32
-    tl.store(v_ptr + offs, v, mask=live)
-    tl.store(param_ptr + offs, _round_to_element(theta, param_ptr), mask=live)  # round back
+    _adam_elements(param_ptr, grad_ptr, m_ptr, v_ptr, offs, live, lr, step_size, bc2_sqrt, beta1, beta2, eps,
+                   weight_decay, HAS_WD, DECOUPLED, MAXIMIZE)
 
 
 @functools.lru_cache(maxsize=256)
