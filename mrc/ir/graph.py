@@ -38,6 +38,7 @@ class Pattern:
         self.steps: tuple[int, ...] = tuple(steps)
         self.g = g if g is not None else nx.DiGraph()
         self._order: list[Op] | None = None
+        self._rank: dict[str, int] = {}
 
     # ---- construction ---------------------------------------------------------------------
 
@@ -86,7 +87,13 @@ class Pattern:
         """The canonical order (cached until the pattern changes)."""
         if self._order is None:
             self._order = [self.op(n) for n in nx.lexicographical_topological_sort(self.g, key=self._key)]
+            self._rank = {o.id: i for i, o in enumerate(self._order)}
         return self._order
+
+    def rank(self, op: Op) -> int:
+        """The op's position in the canonical order."""
+        self.ops()
+        return self._rank[op.id]
 
     def _key(self, nid: str) -> tuple[int, int, str]:
         op = self.op(nid)
@@ -97,14 +104,12 @@ class Pattern:
 
     def inputs(self, op: Op) -> list[tuple[Op, Value]]:
         """(producer, value) for each in-edge, producers in canonical order."""
-        rank = {o.id: i for i, o in enumerate(self.ops())}
         ins = [(self.op(p), d["value"]) for p, _, d in self.g.in_edges(op.id, data=True)]
-        return sorted(ins, key=lambda pv: rank[pv[0].id])
+        return sorted(ins, key=lambda pv: self.rank(pv[0]))
 
     def outputs(self, op: Op) -> list[tuple[Op, Value]]:
-        rank = {o.id: i for i, o in enumerate(self.ops())}
         outs = [(self.op(s), d["value"]) for _, s, d in self.g.out_edges(op.id, data=True)]
-        return sorted(outs, key=lambda sv: rank[sv[0].id])
+        return sorted(outs, key=lambda sv: self.rank(sv[0]))
 
     def preds(self, op: Op) -> list[Op]:
         return [p for p, _ in self.inputs(op)]
