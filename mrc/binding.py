@@ -53,17 +53,44 @@ def default_partition(program: Program) -> Partition:
 
 
 def build_data(program: Program, r: Reporter) -> Any:
+    """The run's `DataBundle` with its evaluation sets, or None (each problem reported at the
+    span of the statement, or the `augment` value, it comes from)."""
     from mrc.data import DataError, load_data
+    from mrc.data.augment import AugmentError
     from mrc.usercode import UserCodeError
 
     comp = program.data
     try:
-        return load_data(comp.name, dict(comp.kwargs), program.train.seed, program.base_dir)
+        bundle = load_data(comp.name, dict(comp.kwargs), program.train.seed, program.base_dir)
+    except AugmentError as err:
+        r.error(err.message, comp.arg_spans.get("augment", comp.span))
+        return None
     except (DataError, UserCodeError) as err:
         r.error(getattr(err, "message", str(err)), comp.span)
+        return None
     except (ValueError, OSError) as err:
         r.error(f"cannot load data `{comp.name}`: {err}", comp.span)
-    return None
+        return None
+    return bundle if build_evals(program, bundle, r) else None
+
+
+def build_evals(program: Program, bundle: Any, r: Reporter) -> bool:
+    """Load every `eval` set into `bundle.evals`; whether all of them loaded."""
+    from mrc.data import DataError, load_eval
+    from mrc.usercode import UserCodeError
+
+    ok = True
+    for ev in program.evals:
+        try:
+            bundle.evals[ev.name] = load_eval(bundle, ev.source, dict(ev.kwargs),
+                                              program.train.seed, program.base_dir)
+        except (DataError, UserCodeError) as err:
+            r.error(f"evaluation set `{ev.name}`: {getattr(err, 'message', str(err))}", ev.span)
+            ok = False
+        except (ValueError, OSError) as err:
+            r.error(f"cannot load evaluation set `{ev.name}`: {err}", ev.span)
+            ok = False
+    return ok
 
 
 def build_model(program: Program, in_shape: tuple[int, ...], classes: int, r: Reporter) -> nn.Module | None:

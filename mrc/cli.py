@@ -256,6 +256,8 @@ def run_train(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGINT, previous)
     s = result.summary
     val = f"val_acc {s['val_acc']:.4f}  val_loss {s['val_loss']:.4f}" if s.get("val_acc") is not None else ""
+    val += "".join(f"  {n}.acc {e['acc']:.4f}" for n, e in s.get("evals", {}).items()
+                   if e.get("acc") is not None)
     print(f"mrc: {s['status']}: {s['steps']} steps in {s['wall_time_s']:.1f} s "
           f"({s['steps_per_s']:.1f} steps/s)  train_acc {s['train_acc']:.4f}  {val}"
           + (f"\nmrc: wrote {Path(result.out_dir)}/{{final.pt,metrics.jsonl,summary.json,checkpoint.pt}}"

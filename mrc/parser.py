@@ -152,6 +152,11 @@ class _Builder(Transformer_NonRecursive):
     def name(self, c: list[Token]) -> ast.Name:
         return self._name(c[0])
 
+    def dotted(self, c: list[Token]) -> ast.Name:
+        """`clean.acc`: one name whose parts are joined by dots (e.g. a metric of an eval set)."""
+        first, last = _tok_span(self.file, c[0]), _tok_span(self.file, c[-1])
+        return ast.Name(".".join(str(t) for t in c), first.to(last))
+
     @v_args(meta=True)
     def call(self, meta: Any, c: list[Any]) -> ast.Call:
         return ast.Call(self._name(c[0]), c[1], self._s(meta))

@@ -48,6 +48,9 @@ def _fmt(v: Any) -> str:
         return "[" + ", ".join(_fmt(x) for x in v) + "]"
     if v is None:
         return "none"
+    if isinstance(v, Mapping) and "kind" in v:  # a data transform: patch(size=3, …)
+        args = ", ".join(f"{k}={_fmt(x)}" for k, x in v.items() if k != "kind")
+        return f"{v['kind']}({args})"
     return str(v)
 
 
@@ -177,7 +180,27 @@ class TrainSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class EvalSet:
+    """`eval NAME = SOURCE`: a named set evaluated beside the validation split at every
+    evaluation. source: a built-in (`clean`, `patch_only`, see `mrc.data.EVAL_SOURCES`) or, when
+    `user` is true, a data file or `"file.py:factory"` called with `kwargs`."""
+
+    name: str
+    source: str
+    span: Span
+    source_span: Span
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    user: bool = False
+
+
+EVAL_METRICS = ("loss", "acc")
+"""What is measured on every evaluation set: `NAME.loss` and `NAME.acc`."""
+
+
+@dataclass(frozen=True, slots=True)
 class EarlyStopping:
+    """metric: `val_loss`, `val_acc` or `NAME.loss` / `NAME.acc` of an evaluation set."""
+
     metric: str
     patience: int
     min_delta: float
@@ -216,6 +239,7 @@ class Program:
     partitions: tuple[Partition, ...] = ()
     early_stopping: EarlyStopping | None = None
     init: Init | None = None
+    evals: tuple[EvalSet, ...] = ()
     lets: Mapping[str, Any] = field(default_factory=dict)
     brains: tuple[Brain, ...] = ()
     merge: Merge | None = None

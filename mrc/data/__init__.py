@@ -3,24 +3,32 @@
 `DATASETS` holds the built-ins (`digits`, `mnist1d`, `levelsets`, `peaks`, `spirals`,
 `synthetic`), each `build(seed, **kwargs) -> dict` of arrays `x`, `y` and optionally `x_test`,
 `y_test` (a predefined held-out split) and `classes` (the class count). `DATA_OPTIONS` are the
-keywords every data set takes (batch, val, keep, shuffle, normalize, drop_last, limit).
+keywords every data set takes (batch, val, keep, shuffle, normalize, drop_last, limit, augment).
 `load_data` turns a spec's `data` statement into a `DataBundle`: training and validation
-tensors whose batches are a pure function of (seed, epoch).
+tensors whose batches are a pure function of (seed, epoch). `AUGMENTS` are the data transforms
+(the class patch), `EVAL_SOURCES` the built-in evaluation sets and `load_eval` loads one `eval`
+statement's set.
 """
 
 from __future__ import annotations
 
+from mrc.data.augment import AUGMENTS, Patches
 from mrc.data.builtin import DATASETS
+from mrc.data.evalsets import EVAL_SOURCES, load_eval
 from mrc.data.files import DataError, read_idx, read_idx_pair, read_npz
 from mrc.data.loader import DATA_OPTIONS, DataBundle, is_factory_ref, load_data
 
 __all__ = [
+    "AUGMENTS",
     "DATASETS",
     "DATA_OPTIONS",
+    "EVAL_SOURCES",
     "DataBundle",
     "DataError",
+    "Patches",
     "is_factory_ref",
     "load_data",
+    "load_eval",
     "read_idx",
     "read_idx_pair",
     "read_npz",

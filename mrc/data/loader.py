@@ -10,7 +10,10 @@ then applies the options common to every data set (`DATA_OPTIONS`) in a fixed or
    otherwise a seeded random fraction `val` of the examples is held out;
 3. `limit`: keep a seeded random subset of at most `limit` training examples (validation is
    untouched, so limiting never changes what a run is evaluated on);
-4. `normalize`: standardise features with the training split's per-feature mean and std.
+4. `augment`: a data transform (`mrc.data.augment`, e.g. the class patch) of the training and
+   validation splits; the un-augmented validation split is kept as the `clean` evaluation set;
+5. `normalize`: standardise features with the training split's per-feature mean and std (after
+   augmentation, and applied to every evaluation set too).
 
 Batches are a pure function of (seed, epoch), so a run resumed at (epoch, step) sees exactly
 the batches an uninterrupted run would have seen.
@@ -29,6 +32,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import torch
 
+from mrc.data.augment import Patches, make_augment
 from mrc.data.builtin import DATASETS
 from mrc.data.files import DataError, is_idx_path, read_idx_pair, read_npz
 from mrc.registry import Param, did_you_mean
@@ -48,6 +52,10 @@ DATA_OPTIONS: tuple[Param, ...] = (
     Param("drop_last", "bool", False, doc="drop the last batch of an epoch if it is short"),
     Param("limit", "int", 0, doc="keep at most this many training examples (0 keeps all)",
           lo=0),
+    Param("augment", "any", None,
+          doc="a data transform of the training and validation splits, e.g. "
+              "`patch(size=3, margin=1, free=0.2, only=0.16)`; none leaves the data as it is",
+          nullable=True),
 )
 """Options every data set takes, handled by the loader rather than by the builders."""
 
@@ -56,6 +64,7 @@ Batch: TypeAlias = tuple[torch.Tensor, torch.Tensor]
 
 _SPLIT_STREAM = -1
 _LIMIT_STREAM = -2
+_TRAIN_PATCH_STREAM, _VAL_PATCH_STREAM = 0, 1
 
 MAX_INFERRED_CLASSES = 100_000
 """The most classes a data set may have when the count is inferred from its largest label.
@@ -83,6 +92,10 @@ class DataBundle:
     Tensors are float32 inputs (N, *in_shape) and int64 labels (N,), contiguous, all on one
     device. `classes` is the number of classes a model must predict (labels are 0..classes-1).
     `mean`/`std` are the normalisation statistics when `normalize` was on, else None.
+    `clean_x` is the validation split before augmentation (normalised like the others; the
+    validation inputs themselves without `augment`), `patches` the class patches when the data
+    are patch-augmented, `keep` the class subset; `evals` holds the spec's named evaluation sets
+    (`mrc.data.evalsets`), each inputs and labels like the validation split.
     """
 
     train_x: torch.Tensor
@@ -98,6 +111,10 @@ class DataBundle:
     name: str = ""
     mean: torch.Tensor | None = None
     std: torch.Tensor | None = None
+    clean_x: torch.Tensor | None = None
+    patches: Patches | None = None
+    keep: tuple[int, ...] | None = None
+    evals: dict[str, Batch] = field(default_factory=dict)
     _cached: tuple[int, list[torch.Tensor]] | None = field(default=None, init=False, repr=False)
 
     def __repr__(self) -> str:
@@ -170,7 +187,14 @@ class DataBundle:
         return dataclasses.replace(
             self, train_x=move(self.train_x), train_y=move(self.train_y),
             val_x=move(self.val_x), val_y=move(self.val_y), mean=move(self.mean),
-            std=move(self.std))
+            std=move(self.std), clean_x=move(self.clean_x),
+            evals={k: (x.to(device), y.to(device)) for k, (x, y) in self.evals.items()})
+
+    def normalized(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` standardised with the training statistics (unchanged without `normalize`)."""
+        if self.mean is None or self.std is None:
+            return x
+        return (x - self.mean) / self.std
 
 
 # ---- loading ----------------------------------------------------------------------------------
@@ -311,19 +335,28 @@ def _bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: int,
         raise DataError(f"{name}: drop_last with batch={batch} leaves no batch: there are only "
                         f"{len(train_y)} training examples")
 
+    clean_x = val_x
+    patches = make_augment(options.get("augment"), seed, classes,
+                           tuple(int(d) for d in train_x.shape[1:]))
+    if patches is not None:
+        train_x = patches.apply(train_x, train_y, _TRAIN_PATCH_STREAM)
+        val_x = patches.apply(val_x, val_y, _VAL_PATCH_STREAM)
+
     mean = std = None
     if options["normalize"]:
         mean = train_x.mean(dim=0)
         spread = train_x.std(dim=0, unbiased=False)
         std = torch.where(spread > 0, spread, torch.ones_like(spread))  # constant features stay
-        train_x, val_x = (train_x - mean) / std, (val_x - mean) / std
+        train_x, val_x, clean_x = ((t - mean) / std for t in (train_x, val_x, clean_x))
 
     return DataBundle(
         train_x=train_x.contiguous(), train_y=train_y.contiguous(),
         val_x=val_x.contiguous(), val_y=val_y.contiguous(),
         in_shape=tuple(int(d) for d in train_x.shape[1:]), classes=classes, batch_size=batch,
         shuffle=bool(options["shuffle"]), drop_last=bool(options["drop_last"]), seed=seed,
-        name=name, mean=mean, std=std)
+        name=name, mean=mean, std=std, clean_x=clean_x.contiguous(), patches=patches,
+        keep=tuple(int(k) for k in keep) if isinstance(keep, list | tuple)
+        else (None if keep is None else (int(keep),)))
 
 
 def _keep(keep: list[Any], x: torch.Tensor, y: torch.Tensor, test: Batch | None, classes: int,

@@ -15,7 +15,9 @@ A callback stops the run with `run.stop(status, message)`. Built-ins, in the ord
                    infinite loss stops the run (`diverged`) naming the step;
   MetricsLog     — one record per `log_every` steps (loss, learning rate per partition, brains);
   Evaluation     — every `eval_every` steps (else each epoch end) and at the end: the model, or
-                   each brain and the merged model; `metrics["val_*"]` is the run's metric;
+                   each brain and the merged model; `metrics["val_*"]` is the run's metric, and
+                   `metrics["evals"][NAME]` the loss and accuracy on each `eval` set (of the
+                   merged model, with brains);
   EarlyStopping  — on the run's metric, for brains the merged model's;
   Observer       — the hook for callers (`mrc.api.train(observe=…)`): called with the step and
                    the validation metrics of each evaluation; returning True stops the run
@@ -164,15 +166,26 @@ class MetricsLog(Callback):
         self.progress.logged(run, rec)
 
 
+def metric_value(metrics: dict[str, Any], name: str) -> float:
+    """A metric by the name a spec gives it: `val_loss`, `val_acc` or `SET.loss` / `SET.acc`."""
+    if "." in name:
+        split, _, measure = name.partition(".")
+        return metrics["evals"][split][measure]
+    return metrics[name]
+
+
 class Evaluation(Callback):
     """Evaluate every `eval_every` steps (or at each epoch end) and at the last step, on the
-    validation split, in batches of `batch`; tell every callback (`on_eval`)."""
+    validation split and on each named evaluation set (`evals`), in batches of `batch`; tell
+    every callback (`on_eval`)."""
 
     def __init__(self, eval_every: int, batch: int, data: tuple[torch.Tensor, torch.Tensor],
-                 callbacks: list[Callback]) -> None:
+                 callbacks: list[Callback],
+                 evals: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
         self.eval_every, self.batch = eval_every, batch
         self.val_x, self.val_y = data
         self.callbacks = callbacks
+        self.evals = dict(evals or {})
 
     def on_step(self, run: Run) -> None:
         due = run.step % self.eval_every == 0 if self.eval_every else run.end_of_epoch
@@ -180,6 +193,8 @@ class Evaluation(Callback):
             return
         metrics = self.evaluate(run.plan)
         run.last_eval = {"val_loss": metrics["val_loss"], "val_acc": metrics["val_acc"]}
+        for name, ev in metrics.get("evals", {}).items():
+            run.last_eval.update({f"{name}.{k}": v for k, v in ev.items()})
         run.record({"step": run.step, "epoch": run.position(), **metrics, "time": run.elapsed()})
         for cb in self.callbacks:
             cb.on_eval(run, metrics)
@@ -191,11 +206,22 @@ class Evaluation(Callback):
         if "" in models:
             with plan.full_weights():
                 ev = evaluate(models[""], self.val_x, self.val_y, self.batch)
-            return {"val_loss": ev["loss"], "val_acc": ev["acc"]}
+                out: dict[str, Any] = {"val_loss": ev["loss"], "val_acc": ev["acc"]}
+                out.update(self.named(models[""]))
+            return out
         evs = {n: evaluate(m, self.val_x, self.val_y, self.batch) for n, m in models.items()}
         merged = evs.pop("merged")
         return {"val_loss": merged["loss"], "val_acc": merged["acc"],
-                "brains": {n: {"val_loss": e["loss"], "val_acc": e["acc"]} for n, e in evs.items()}}
+                "brains": {n: {"val_loss": e["loss"], "val_acc": e["acc"]} for n, e in evs.items()},
+                **self.named(models["merged"])}
+
+    def named(self, model: Any) -> dict[str, Any]:
+        """`{"evals": {NAME: {"loss", "acc"}}}` of `model` on each named set ({} without any)."""
+        from mrc.runtime.evaluation import evaluate
+
+        if not self.evals:
+            return {}
+        return {"evals": {n: evaluate(model, x, y, self.batch) for n, (x, y) in self.evals.items()}}
 
 
 class EarlyStopping(Callback):
@@ -211,7 +237,7 @@ class EarlyStopping(Callback):
 
     def on_eval(self, run: Run, metrics: dict[str, Any]) -> None:
         spec = self.spec
-        value = metrics[spec.metric]
+        value = metric_value(metrics, spec.metric)
         better = self.best is None or (value < self.best - spec.min_delta if spec.mode == "min"
                                        else value > self.best + spec.min_delta)
         if better:
@@ -344,6 +370,7 @@ class Progress(Callback):
                 parts.append(f"loss {rec['loss']:.4f}")
             if run.last_eval:
                 parts.append(f"val_loss {run.last_eval['val_loss']:.4f} val_acc {run.last_eval['val_acc']:.4f}")
+                parts.extend(f"{k} {v:.4f}" for k, v in run.last_eval.items() if "." in k)
             if self.busy:
                 parts.append("(machine busy)")
             self.echo("  ".join(parts))
@@ -356,6 +383,7 @@ class Progress(Callback):
         info = f"loss {self._loss:.4f}" if self._loss is not None else ""
         if run.last_eval and not math.isnan(run.last_eval["val_acc"]):
             info += f"  val_acc {run.last_eval['val_acc']:.3f}"
+        info += "".join(f"  {k} {v:.3f}" for k, v in run.last_eval.items() if k.endswith(".acc"))
         if self.busy:
             info += "  [machine busy]"
         self._bar.update(self._task, completed=run.step, info=info)

@@ -218,6 +218,7 @@ class Trainer:
         train_y = data.train_y.to(self.device)
         val_x = data.val_x.to(self.device, dtype)
         val_y = data.val_y.to(self.device)
+        evals = {n: (x.to(self.device, dtype), y.to(self.device)) for n, (x, y) in data.evals.items()}
         plan = lower(self.c.graph, self.c.bound, self.total, self.device)
         plan.attach(train_x, train_y, val_x, val_y)
         plan.trace = self.trace
@@ -241,7 +242,8 @@ class Trainer:
             on_eval.append(Observer(self.observe))
         checkpoints = Checkpointing(settings.checkpoint_every, lambda r: self._snapshot(r, early), self._write)
         callbacks: list[Callback] = [divergence, MetricsLog(settings.log_every, progress),
-                                     Evaluation(settings.eval_every, eval_batch, (val_x, val_y), on_eval),
+                                     Evaluation(settings.eval_every, eval_batch, (val_x, val_y), on_eval,
+                                                evals),
                                      checkpoints, StopRequests(self.interrupt, self.stop_at), progress]
         if self.out:
             run.sink = MetricsFile(self.out / METRICS, run.step if self.resume else None)
@@ -272,6 +274,10 @@ class Trainer:
             model.load_state_dict(final.state_dict())
         summary = self._summary(final, train_x, train_y, val_x, val_y, run, wall, run.step - start_step,
                                 early, eval_batch)
+        if evals:
+            ok = run.status != "diverged"
+            summary["evals"] = {n: evaluate(final, x, y, eval_batch) if ok else {"loss": None, "acc": None}
+                                for n, (x, y) in evals.items()}
         if plan.brains and run.status != "diverged":
             summary["brains"] = {}
             for n, m in plan.eval_models().items():

@@ -58,7 +58,8 @@ def labelled_points(n: int, classes: int) -> dict[str, np.ndarray]:
 def test_registry_names_and_options_do_not_clash():
     assert DATASETS.names() == ["digits", "levelsets", "mnist1d", "peaks", "spirals", "synthetic"]
     options = {p.name for p in DATA_OPTIONS}
-    assert options == {"batch", "val", "keep", "shuffle", "normalize", "drop_last", "limit"}
+    assert options == {"batch", "val", "keep", "shuffle", "normalize", "drop_last", "limit",
+                       "augment"}
     for entry in DATASETS:
         # the checker merges a set's own params with DATA_OPTIONS: a shared name would be ambiguous
         assert not options & {p.name for p in entry.params}, entry.name

@@ -162,6 +162,14 @@ def test_block_separators(sep: str) -> None:
     assert [shape(i.value) for i in st.block.items] == [1, 2, "x"]  # type: ignore[union-attr]
 
 
+def test_dotted_name_is_one_name_with_its_whole_span() -> None:
+    st = one("early_stopping(metric = clean.acc)")
+    assert st.args is not None
+    value = st.args[0].value
+    assert isinstance(value, ast.Name) and value.id == "clean.acc"
+    assert (value.span.col, value.span.end_col) == (25, 34)
+
+
 def test_block_trailing_separator_and_empty_block() -> None:
     assert one("modules { a = 1; }").block.items[0].dotted == "a"  # type: ignore[union-attr]
     assert one("modules { a = 1, }").block is not None
@@ -339,7 +347,7 @@ def test_parse_expr_takes_exactly_one_expression(text: str) -> None:
     ("optimizer sgd(lr=0.1\n\n# done\n\n", 1, 21, "unexpected end of file; expected `)` or `,`"),
     ("modules {\n  a = 1\n", 2, 8, "unexpected end of file; expected `,`, `;`, `}` or a name"),
     ("model mlp(a=1 2)", 1, 15, "unexpected number `2`; expected `)` or `,`"),
-    ("a(b=c.d)", 1, 6, "unexpected `.`; expected `(`, `)` or `,`"),
+    ("a(b=c.)", 1, 7, "unexpected `)`; expected a name"),
     ("a(b=1)) ", 1, 7, "unexpected `)`; expected `{`, a name or the end of the file"),
     ("modules { a. = 1 }", 1, 14, "unexpected `=`; expected a name"),
     ("modules { a = }", 1, 15, "unexpected `}`; expected `(`, `[`, a name, a number or a string"),

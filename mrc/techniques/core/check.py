@@ -1,4 +1,4 @@
-"""Checks of the everyday statements: let, model, data, optimizer, schedule, train,
+"""Checks of the everyday statements: let, model, data, optimizer, schedule, train, eval,
 early_stopping, init.
 
 `let` is checked in source order (`mrc.check.expressions.check_let`); each of the others after
@@ -8,15 +8,16 @@ spec, and each sets its field of the `Program`.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mrc import ast
-from mrc.check.expressions import check_let
-from mrc.check.registry import statement
-from mrc.diagnostics import Span
-from mrc.program import Component, EarlyStopping, Init, TrainSettings
-from mrc.registry import Param, Registry
+from mrc.check.expressions import Bad, check_let, plain
+from mrc.check.registry import finisher, statement
+from mrc.diagnostics import Note, Span
+from mrc.program import EVAL_METRICS, Component, EarlyStopping, EvalSet, Init, TrainSettings
+from mrc.registry import Param, Registry, did_you_mean
 
 if TYPE_CHECKING:
     from mrc.check.checker import Checker
@@ -39,8 +40,8 @@ TRAIN_PARAMS = (
     Param("eval_batch", "int", 0, "examples per evaluation batch (0: the training batch size)", lo=0),
 )
 EARLY_STOPPING_PARAMS = (
-    Param("metric", "choice", "val_loss", "validation metric watched",
-          choices=("val_loss", "val_acc")),
+    Param("metric", "str", "val_loss", "metric watched: `val_loss`, `val_acc`, or `NAME.loss` / "
+          "`NAME.acc` of an `eval` set"),
     Param("patience", "int", 5, "evaluations without improvement before stopping", lo=1),
     Param("min_delta", "float", 0.0, "smallest change that counts as improvement", lo=0),
     Param("restore_best", "bool", True, "end with the best weights seen"),
@@ -87,8 +88,44 @@ def check_model(ck: Checker, st: ast.Statement | None) -> None:
            usage="data NAME(args…)", targets=lambda: _registry("data"))
 def check_data(ck: Checker, st: ast.Statement | None) -> None:
     """`data NAME(ARGS)`: a built-in data set, a user factory or a data file, with the options
-    every data set takes (batch, val, …)."""
-    ck.program["data"] = ck.component(st, "data", _registry("data"), _data_options())
+    every data set takes (batch, val, …); `augment = NAME(…)` names a data transform."""
+    comp = ck.component(st, "data", _registry("data"), _data_options())
+    if comp is not None and comp.kwargs.get("augment") is not None and st is not None:
+        arg = next((a for a in st.args or () if a.name is not None and a.name.id == "augment"),
+                   None)
+        expr = ck.overrides.get("data.augment") or (arg.value if arg else None)
+        augment = _augment(ck, expr) if expr is not None else None
+        comp = dataclasses.replace(comp, kwargs={**comp.kwargs, "augment": augment})
+    ck.program["data"] = comp
+
+
+def _augment(ck: Checker, expr: ast.Expr) -> dict[str, Any] | None:
+    """`augment = patch(size, margin, free, only)` (or a bare `patch`): the transform and its
+    checked settings as a plain dict for the loader; None when it is wrong (reported)."""
+    from mrc.data import AUGMENTS
+
+    call = expr if isinstance(expr, ast.Call) else None
+    word = call.func if call is not None else expr
+    if not isinstance(word, ast.Name):
+        ck.r.error("`augment` names a data transform", expr.span,
+                   hint="write e.g. `augment = patch(margin=1, free=0.2, only=0.16)`")
+        return None
+    entry = AUGMENTS.get(word.id)
+    if entry is None:
+        guess = AUGMENTS.suggest(word.id)
+        ck.r.error(f"unknown data transform `{word.id}`", word.span,
+                   hint=f"did you mean `{guess}`?" if guess else
+                   f"transforms are {', '.join(f'`{n}`' for n in AUGMENTS.names())}")
+        return None
+    values, _ = ck.arguments(f"`{entry.name}`", entry.params, call.args if call else (),
+                             expr.span, "data.augment.")
+    if len(values) != len(entry.params):
+        return None
+    if entry.name == "patch" and values["free"] + values["only"] > 1.0 + 1e-12:
+        ck.r.error(f"`free` + `only` = {values['free'] + values['only']:g}: the fractions of "
+                   "patch-free and patch-only examples add up to more than 1", expr.span)
+        return None
+    return {"kind": entry.name, **values}
 
 
 @statement("optimizer", "the base optimizer (integrator)", technique="core", target=True,
@@ -131,17 +168,97 @@ def check_train(ck: Checker, st: ast.Statement | None) -> None:
         span=st.span if st else None)
 
 
+RESERVED_EVAL_NAMES = ("val", "train")
+"""Names an evaluation set may not take: the splits every run reports already."""
+
+
+@statement("eval", "a named evaluation set, evaluated beside the validation split",
+           technique="core", bind=True, block=True,
+           usage='eval NAME = SOURCE  (clean, patch_only, "file.npz" or "file.py:factory")')
+def check_eval(ck: Checker, st: ast.Statement | None) -> None:
+    """`eval NAME = SOURCE { factory arguments }`, in source order: a built-in transform of the
+    held-out split (`clean`, `patch_only`), a data file, or user code with its arguments."""
+    from mrc.data import EVAL_SOURCES
+
+    assert st is not None
+    if not ck.form(st):
+        return
+    assert st.name is not None and st.value is not None
+    name, value = st.name.id, st.value
+    seen: dict[str, Span] = ck.facts.setdefault("eval_spans", {})
+    if name in RESERVED_EVAL_NAMES:
+        ck.r.error(f"`{name}` cannot name an evaluation set: every run reports `{name}_loss` and "
+                   f"`{name}_acc` already", st.name.span)
+        return
+    if name in seen:
+        ck.r.error(f"evaluation set `{name}` is defined twice", st.name.span,
+                   notes=[Note("first defined here", seen[name])])
+        return
+    kwargs: dict[str, Any] = {}
+    for item in st.block.items if st.block else ():
+        if not isinstance(item, ast.Assign) or len(item.key) != 1:
+            ck.r.error("an `eval` block holds `name = value` arguments of its factory", item.span)
+            continue
+        try:
+            kwargs[item.key[0].id] = plain(ck.value(item.value).value)
+        except Bad:
+            pass
+    if isinstance(value, ast.Str):
+        source, user = value.value, True
+    elif isinstance(value, ast.Name) or (isinstance(value, ast.Call) and not value.args):
+        word = value if isinstance(value, ast.Name) else value.func
+        source, user = word.id, False
+        if EVAL_SOURCES.get(source) is None:
+            guess = EVAL_SOURCES.suggest(source)
+            ck.r.error(f"unknown evaluation source `{source}`", word.span,
+                       hint=f"did you mean `{guess}`?" if guess else
+                       f"built-ins are {', '.join(f'`{n}`' for n in EVAL_SOURCES.names())}, or "
+                       'give a data file or "file.py:factory" as a string')
+            return
+        if kwargs:
+            ck.r.error(f"`{source}` takes no arguments", st.block.span)  # type: ignore[union-attr]
+            return
+    else:
+        ck.r.error("an evaluation source is a name or a string", value.span,
+                   hint='write `eval clean = clean` or `eval extra = "held_out.npz"`')
+        return
+    seen[name] = st.name.span
+    ck.facts.setdefault("evals", []).append(
+        EvalSet(name, source, st.span, value.span, kwargs, user))
+
+
+@finisher
+def collect_evals(ck: Checker) -> None:
+    """The evaluation sets, in source order, become the program's."""
+    ck.program["evals"] = tuple(ck.facts.get("evals", ()))
+
+
+def metric_names(evals: list[EvalSet] | tuple[EvalSet, ...]) -> list[str]:
+    """The metrics a spec may watch: the validation split's and each evaluation set's."""
+    return ["val_loss", "val_acc", *(f"{e.name}.{m}" for e in evals for m in EVAL_METRICS)]
+
+
 @statement("early_stopping", "stop when a validation metric stops improving", technique="core",
            args=True, once=True, deferred=True, usage="early_stopping(args…)")
 def check_early_stopping(ck: Checker, st: ast.Statement | None) -> None:
-    """`early_stopping(ARGS)`: stop when a validation metric stops improving."""
+    """`early_stopping(ARGS)`: stop when a metric of the validation split or of an evaluation
+    set (`clean.acc`) stops improving."""
     ck.program["early_stopping"] = None
     if st is None or not ck.form(st):
         return
-    values, _ = ck.arguments("`early_stopping`", EARLY_STOPPING_PARAMS, st.args, st.span,
-                             "early_stopping.")
-    if len(values) == len(EARLY_STOPPING_PARAMS):
-        ck.program["early_stopping"] = EarlyStopping(span=st.span, **values)
+    values, spans = ck.arguments("`early_stopping`", EARLY_STOPPING_PARAMS, st.args, st.span,
+                                 "early_stopping.")
+    if len(values) != len(EARLY_STOPPING_PARAMS):
+        return
+    known = metric_names(ck.facts.get("evals", ()))
+    metric = values["metric"]
+    if metric not in known:
+        guess = did_you_mean(metric, known)
+        ck.r.error(f"unknown metric `{metric}`", spans.get("metric", st.span),
+                   hint=f"did you mean `{guess}`?" if guess else
+                   f"metrics are {', '.join(f'`{m}`' for m in known)}")
+        return
+    ck.program["early_stopping"] = EarlyStopping(span=st.span, **values)
 
 
 @statement("init", "initial weights from a state_dict file", technique="core", target=True,

@@ -19,3 +19,17 @@ def branchy(in_shape, classes):
             return -self.fc(x)
 
     return Branchy()
+
+
+def flat_digits():
+    """An evaluation set of flat (64,) vectors, for a model trained on 1×8×8 images."""
+    import numpy as np
+
+    return {"x": np.zeros((4, 64), dtype="float32"), "y": np.zeros(4, dtype="int64")}
+
+
+def many_classes():
+    """An evaluation set with a label (12) beyond the digits' ten classes."""
+    import numpy as np
+
+    return {"x": np.zeros((3, 1, 8, 8), dtype="float32"), "y": np.array([0, 1, 12])}

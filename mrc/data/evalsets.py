@@ -1,0 +1,80 @@
+"""Named evaluation sets: `eval NAME = SOURCE` in a spec, evaluated beside the validation split.
+
+A source is a built-in transform of the training data's held-out split (`EVAL_SOURCES`: `clean`,
+`patch_only`), or examples of its own — an `.npz` archive, an IDX images file or user code
+`"file.py:factory"` — loaded by the same readers as the `data` statement. Every set is checked
+against the run's data (example shape, class count), relabelled by `keep` and normalised with
+the training statistics, so a model is evaluated on it exactly as on the validation split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mrc.data.files import DataError
+from mrc.data.loader import Batch, DataBundle, _examples, _features, _keep, _labels, _same_length
+from mrc.registry import Registry
+
+EVAL_SOURCES = Registry("evaluation source")
+"""Built-in evaluation sets made from the held-out split of the training data."""
+
+
+@EVAL_SOURCES.register("clean", doc="the held-out split without augmentation (with `patch`: no "
+                       "patches)")
+def clean(bundle: DataBundle) -> Batch:
+    """The validation split as it was before `augment` (the validation split itself without)."""
+    x = bundle.clean_x if bundle.clean_x is not None else bundle.val_x
+    return x, bundle.val_y
+
+
+@EVAL_SOURCES.register("patch_only", doc="the held-out split's labels, each example only its "
+                       "class patch (needs `augment = patch(…)`)")
+def patch_only(bundle: DataBundle) -> Batch:
+    """Blank images carrying only the class patch of each held-out label."""
+    if bundle.patches is None:
+        raise DataError("`patch_only` needs patch-augmented data: add `augment = patch()` to the "
+                        "`data` statement")
+    raw = torch.zeros((bundle.val_size, *bundle.in_shape), dtype=torch.float32)
+    return bundle.normalized(bundle.patches.only_patch(raw, bundle.val_y.cpu())), bundle.val_y
+
+
+def load_eval(bundle: DataBundle, source: str, kwargs: Mapping[str, Any] | None, seed: int,
+              base_dir: Path | str = ".") -> Batch:
+    """The inputs and labels of the evaluation set `source` for the run whose data is `bundle`.
+
+    A built-in source takes no arguments; a data file or factory gives its `x` and `y` (a
+    held-out `x_test`/`y_test` in it is not used). Raises `DataError` with a one-line message,
+    also when the examples' shape or labels do not fit the run's data.
+    """
+    entry = EVAL_SOURCES.get(source)
+    if entry is not None:
+        if kwargs:
+            raise DataError(f"`{entry.name}` takes no arguments")
+        return entry.build(bundle)
+    if source.isidentifier():
+        guess = EVAL_SOURCES.suggest(source)
+        tip = (f"did you mean `{guess}`?" if guess else
+               f"built-ins are {', '.join(f'`{n}`' for n in EVAL_SOURCES.names())}, or give a data "
+               'file or "file.py:factory" as a string')
+        raise DataError(f"unknown evaluation source `{source}`; {tip}")
+    raw, name = _examples(source, dict(kwargs or {}), seed, Path(base_dir))
+    for key in ("x", "y"):
+        if key not in raw:
+            found = ", ".join(f"`{k}`" for k in raw) or "nothing"
+            raise DataError(f"{name}: an evaluation set needs `x` and `y`, but has {found}")
+    x, y = _features(raw["x"], "x", name), _labels(raw["y"], "y", name)
+    _same_length(x, y, "x", "y", name)
+    if tuple(x.shape[1:]) != tuple(bundle.in_shape):
+        raise DataError(f"{name}: its examples have shape {tuple(x.shape[1:])}, but the model's "
+                        f"data have {tuple(bundle.in_shape)}")
+    if bundle.keep is not None:
+        x, y, _, _ = _keep(list(bundle.keep), x, y, None, int(y.max()) + 1 if len(y) else 0, name)
+    if len(y) and int(y.max()) >= bundle.classes:
+        at = int(y.argmax())
+        raise DataError(f"{name}: label {int(y.max())} at index {at} is out of range for the "
+                        f"model's {bundle.classes} classes (labels must be 0..{bundle.classes - 1})")
+    return bundle.normalized(x.to(bundle.device)).contiguous(), y.to(bundle.device).contiguous()
