@@ -399,8 +399,9 @@ def resolve_partitions(program: Program, model: nn.Module, layers: tuple[str, ..
                 r.error(f"partitions `{other.name}` and `{part.name}` both claim {what}{tail}",
                         part.selector.span,
                         notes=[Note(f"`{other.name}` is defined here", other.selector.span)],
-                        hint="a parameter (or element) belongs to one partition; narrow a "
-                        "selector with `-`, or take the remaining elements with `rest`")
+                        hint="a parameter belongs to one partition; narrow a selector with `-`"
+                        if not count else "an element belongs to one partition; take the "
+                        "elements a `sample` leaves with `rest`")
                 continue
         for n, m in zip(chosen, masks, strict=True):
             claims.claim(part, n, m)
