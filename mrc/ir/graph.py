@@ -372,8 +372,7 @@ class ScheduleGraph:
                                       "edges": [[a, b, d["value"].kind, list(d["value"].partitions)]
                                                 for a, b, d in sorted(p.g.edges(data=True), key=lambda e: e[:2])]}
                                      for p in s.patterns]} for s in self.stages],
-            "partitions": {n: {**asdict(i), "params": list(i.params), "partial": list(i.partial)}
-                           for n, i in self.partitions.items()},
+            "partitions": {n: _partition_json(asdict(i)) for n, i in self.partitions.items()},
             "replicas": {n: asdict(i) for n, i in self.replicas.items()},
             "layers": list(self.layers), "device": self.device, "kernels": self.kernels,
             "final_merge": None if self.final_merge is None else self.final_merge.to_json(),
@@ -410,6 +409,15 @@ class ScheduleGraph:
                    tuple(data["layers"]), data["device"], data["kernels"],
                    None if fm is None else decode(fm),
                    sched, data["stack_obstacle"], list(data["notes"]))
+
+
+def _partition_json(info: dict[str, Any]) -> dict[str, Any]:
+    """A partition's JSON: tuples as lists; the element-level fields only where set."""
+    out = {**info, "params": list(info["params"]), "partial": list(info["partial"])}
+    for key in ("partial", "sample"):
+        if not out[key]:
+            del out[key]
+    return out
 
 
 def _ranges(steps: Iterable[int]) -> str:
