@@ -31,6 +31,12 @@ ever update (p ← d, as torch). A DRIFT segment never reads the gradient and ne
 and a SKIP segment is not launched at all, so the slow partition costs 12 bytes per element on
 a drift step (θ read and written, p read) instead of 20.
 
+Element-level partitions hold parts of tensors: a segment may name a boolean mask over its
+elements (`mask`, an index into the call's `masks`); only the selected elements then move and
+only their momentum changes. Masked segments may overlap each other (their masks are disjoint:
+each element belongs to one partition), so one call still updates a whole rule group. The
+Triton kernel takes unmasked segments only; `multirate_sgd_torch` takes both.
+
 Memory: the parameter may be float32, bfloat16 or float16, its gradient has the parameter's
 dtype, and the momentum buffer is float32; arithmetic is float32 and only θ is rounded back.
 """
@@ -68,6 +74,8 @@ class Segment:
     lr_scale: float = 1.0
     momentum: float = 0.0
     weight_decay: float = 0.0
+    mask: int = -1
+    """Index into the call's `masks` of the elements of `[start, stop)` that move (-1: all)."""
 
 
 # --------------------------------------------------------------------------- checks
@@ -116,14 +124,21 @@ def _check_hyper(lr: float, momentum: float, dampening: float, nesterov: bool,
 
 
 def _check_segments(segments: Sequence[Segment], n: int) -> list[Segment]:
+    """Segments in order of their starts; unmasked ones may not overlap any other segment
+    (masked ones may overlap each other: their masks are disjoint)."""
     ordered = sorted(segments, key=lambda s: s.start)
     prev = 0
     for s in ordered:
         if not 0 <= s.start <= s.stop <= n:
             raise ValueError(f"segment [{s.start}, {s.stop}) lies outside [0, {n})")
-        if s.start < prev:
+        if s.mask < 0 and s.start < prev:
             raise ValueError(f"segment [{s.start}, {s.stop}) overlaps the one before it")
-        prev = s.stop
+        if s.mask < 0:
+            prev = s.stop
+    plain = [s for s in ordered if s.mask < 0]
+    for s in ordered:
+        if s.mask >= 0 and any(p.start < s.stop and s.start < p.stop for p in plain):
+            raise ValueError(f"masked segment [{s.start}, {s.stop}) overlaps an unmasked one")
     return ordered
 
 
@@ -152,8 +167,9 @@ def sgd_torch(param: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor | None,
             return
         # General path: float32 temporaries, then round θ back (bfloat16) and/or keep the
         # unselected elements (mask).
-        theta = param.float()
-        d = grad.float() * sign
+        work = torch.float64 if param.dtype == torch.float64 else torch.float32
+        theta = param.to(work)
+        d = grad.to(work) * sign
         if weight_decay != 0.0:
             d = d + weight_decay * theta
         p = None
@@ -211,12 +227,27 @@ def _sgd_float32_inplace(param: torch.Tensor, grad: torch.Tensor, buf: torch.Ten
 
 def multirate_sgd_torch(param: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor,
                         segments: Sequence[Segment], *, lr: float, dampening: float = 0.0,
-                        nesterov: bool = False) -> None:
-    """One multirate step over a flat buffer of partitions (see the module docstring)."""
+                        nesterov: bool = False, masks: Sequence[torch.Tensor] = ()) -> None:
+    """One multirate step over a flat buffer of partitions (see the module docstring);
+    `masks[i]` is the bool mask of a segment with `mask=i` (its length is the segment's)."""
     _check_buffers(param, grad, buf, torch_path=True)
     for s in _check_segments(segments, param.numel()):
         sl = slice(s.start, s.stop)
         if s.mode == Mode.SKIP or s.start == s.stop:
+            continue
+        if s.mask >= 0:
+            m = masks[s.mask]
+            if m.shape != (s.stop - s.start,) or m.dtype != torch.bool:
+                raise ValueError(f"mask {s.mask} must be a bool vector of {s.stop - s.start} elements")
+            with torch.no_grad():
+                if s.mode == Mode.DRIFT:
+                    moved = param[sl].to(buf.dtype) - (lr * s.lr_scale) * buf[sl]
+                    param[sl].copy_(torch.where(m, moved.to(param.dtype), param[sl]))
+                    continue
+            sgd_torch(param[sl], grad[sl], buf[sl] if s.momentum != 0.0 else None,
+                      lr=lr * s.lr_scale, momentum=s.momentum, dampening=dampening,
+                      weight_decay=s.weight_decay, nesterov=nesterov and s.momentum != 0.0,
+                      first_step=s.mode == Mode.FIRST, mask=m)
             continue
         if s.mode == Mode.DRIFT:
             with torch.no_grad():
@@ -435,6 +466,9 @@ def multirate_sgd_triton(param: torch.Tensor, grad: torch.Tensor, buf: torch.Ten
         raise ValueError("Nesterov momentum requires zero dampening")
     live = tuple(s for s in _check_segments(segments, param.numel())
                  if s.mode != Mode.SKIP and s.stop > s.start)
+    if any(s.mask >= 0 for s in live):
+        raise ValueError("the Triton multirate kernel takes unmasked segments only "
+                         "(run masked ones through multirate_sgd_torch)")
     if not live:
         return
     ints, floats = _segment_table(live, param.device)

@@ -105,7 +105,21 @@ class SelectSet:
         return f"({self.left.describe()} {self.op} {self.right.describe()})"
 
 
-Selector = Select | SelectRandom | SelectSet
+@dataclass(frozen=True, slots=True)
+class SelectSample:
+    """A fixed random subset of the elements selected by `of`, drawn once from the run's seed
+    and the partition's name (element-level partitions; unlike `random`, never redrawn)."""
+
+    fraction: float
+    per: str
+    of: Selector
+    span: Span
+
+    def describe(self) -> str:
+        return f"sample({self.fraction:g}, per={self.per}, of={self.of.describe()})"
+
+
+Selector = Select | SelectRandom | SelectSample | SelectSet
 
 
 # --- statements -----------------------------------------------------------------------------

@@ -9,8 +9,11 @@ Ensures: every update group's `kernel` is one of
   `subset.torch` / `subset.triton`  random-subset partitions, their own integrator;
   `torch.optim`  every other integrator.
 All groups of one rule and scope get the same kernel, since the rule's partitions share one flat
-buffer. With `kernels = auto`, the CPU takes the fused torch update only for rules with a
-drifting partition, where it folds the drift into the update pass; elsewhere torch.optim's
+buffer. A rule with element-level partitions (parts of tensors) takes a fused kernel only when
+it is SGD-like and every partition sharing one of its tensors has the same rule and scope (a
+tensor lives in one flat buffer); otherwise it runs through torch.optim. With `kernels = auto`,
+the CPU takes the fused torch update only for rules with a drifting partition, where it folds
+the drift into the update pass; elsewhere torch.optim's
 foreach SGD is as fast and needs no pass to zero the flat gradient buffer. `kernels = torch` or
 `triton` forces the fused path where the rule has one; `torch.optim` never fuses.
 
@@ -68,6 +71,7 @@ class SelectKernels(Pass):
     def apply(self, graph: ScheduleGraph) -> ScheduleGraph:
         out = graph.copy()
         drifting_rules = {(op.scope, op.rule) for op in graph.ops() if isinstance(op, UpdateGroup) and op.held}
+        unfusable = _unfusable(graph)
         for p in out.patterns():
             for op in list(p.ops()):
                 if not isinstance(op, UpdateGroup) or op.kernel == "stacked":
@@ -75,7 +79,32 @@ class SelectKernels(Pass):
                 random = any(graph.partitions[n].random for n in op.partitions)
                 kernel = kernel_for(op.rule, random, graph.device, (op.scope, op.rule) in drifting_rules,
                                     graph.kernels)
+                if (op.scope, op.rule) in unfusable and kernel in ("torch", "triton") \
+                        and family(op.rule.name).name != "langevin":
+                    kernel = "torch.optim"
                 if kernel != op.kernel:
                     p.replace(op, replace(op, kernel=kernel))
         out.reindex()
         return out
+
+
+def _unfusable(graph: ScheduleGraph) -> set[tuple[object, Rule]]:
+    """The (scope, rule) pairs with element-level partitions that no flat buffer can hold: a
+    rule without a masked fused kernel (not SGD-like), or one sharing a tensor with another."""
+    rule_of: dict[tuple[object, str], Rule] = {}
+    scopes: dict[str, set[object]] = {}
+    for op in graph.ops():
+        if isinstance(op, UpdateGroup):
+            for n in op.partitions:
+                rule_of[(op.scope, n)] = op.rule
+                scopes.setdefault(n, set()).add(op.scope)
+    holders: dict[str, list[str]] = {}
+    for n, info in graph.partitions.items():
+        for t in info.partial:
+            holders.setdefault(t, []).append(n)
+    out: set[tuple[object, Rule]] = set()
+    for names in holders.values():
+        pairs = {(sc, rule_of[(sc, n)]) for n in names for sc in scopes.get(n, ())}
+        if len(pairs) > 1 or any(not family(r.name).sgd_like for _, r in pairs):
+            out |= pairs
+    return out

@@ -171,8 +171,10 @@ class Stage:
 
 @dataclass(frozen=True, slots=True)
 class PartitionInfo:
-    """A partition as the graph knows it: its parameters (names in the model), size, rate,
-    drift, and — for a random-subset partition — its draw."""
+    """A partition as the graph knows it: its parameters (names in the model), size in
+    elements, rate, drift, and — for a random-subset partition — its draw. An element-level
+    partition lists in `partial` the tensors it holds only some elements of (their masks are
+    the binding's, drawn once: `sample` says how, e.g. `0.5/tensor`)."""
 
     params: tuple[str, ...]
     numel: int
@@ -181,9 +183,15 @@ class PartitionInfo:
     random: str = ""
     fraction: float = 0.0
     per: str = ""
+    partial: tuple[str, ...] = ()
+    sample: str = ""
 
     def text(self) -> str:
-        out = f"tensors={len(self.params)} numel={self.numel} every={self.every}"
+        n = len(self.params)
+        held = f"elements of {n} tensor{'s' if n != 1 else ''}" if self.partial else f"tensors={n}"
+        out = f"{held} numel={self.numel} every={self.every}"
+        if self.sample:
+            out += f" sample={self.sample}"
         if self.drift != "none":
             out += f" drift={self.drift}"
         if self.random:
@@ -369,7 +377,7 @@ class ScheduleGraph:
                                       "edges": [[a, b, d["value"].kind, list(d["value"].partitions)]
                                                 for a, b, d in sorted(p.g.edges(data=True), key=lambda e: e[:2])]}
                                      for p in s.patterns]} for s in self.stages],
-            "partitions": {n: {**asdict(i), "params": list(i.params)} for n, i in self.partitions.items()},
+            "partitions": {n: _partition_json(asdict(i)) for n, i in self.partitions.items()},
             "replicas": {n: asdict(i) for n, i in self.replicas.items()},
             "layers": list(self.layers), "device": self.device, "kernels": self.kernels,
             "final_merge": None if self.final_merge is None else self.final_merge.to_json(),
@@ -400,11 +408,21 @@ class ScheduleGraph:
         fm = data.get("final_merge")
         sched = None if data.get("lr_schedule") is None else decode(data["lr_schedule"])
         return cls(stages,
-                   {n: PartitionInfo(**{**i, "params": tuple(i["params"])}) for n, i in data["partitions"].items()},
+                   {n: PartitionInfo(**{**i, "params": tuple(i["params"]), "partial": tuple(i.get("partial", ()))})
+                    for n, i in data["partitions"].items()},
                    {n: ReplicaInfo(**i) for n, i in data["replicas"].items()},
                    tuple(data["layers"]), data["device"], data["kernels"],
                    None if fm is None else decode(fm),
                    sched, data["stack_obstacle"], list(data["notes"]))
+
+
+def _partition_json(info: dict[str, Any]) -> dict[str, Any]:
+    """A partition's JSON: tuples as lists; the element-level fields only where set."""
+    out = {**info, "params": list(info["params"]), "partial": list(info["partial"])}
+    for key in ("partial", "sample"):
+        if not out[key]:
+            del out[key]
+    return out
 
 
 def _ranges(steps: Iterable[int]) -> str:

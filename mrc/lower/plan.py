@@ -12,6 +12,10 @@ State lives in `Lowering` (the context the lowerings share): the replicas (the m
 copy per brain, or the brains stacked), the integrators (one per replica and rule, created the
 first time an update group of that rule is lowered, over every partition that rule moves
 anywhere in the graph), drift buffers and random subsets. The Plan checkpoints all of it.
+
+Element-level partitions (several partitions holding disjoint elements of one tensor) read
+their masks from the binding (`Lowering.masks_of`); a checkpoint records a digest of them, and
+loading one whose elements were drawn otherwise is an error.
 """
 
 from __future__ import annotations
@@ -96,6 +100,28 @@ class Lowering:
     segments: dict[tuple[str, int], tuple[nn.Module, nn.Module]] = field(default_factory=dict)
     owners: dict[tuple[str, str], UpdateGroup] = field(default_factory=dict)
     lrs: dict[str, float] = field(default_factory=dict)
+    masks: dict[tuple[str, str], list[torch.Tensor | None]] = field(default_factory=dict)
+
+    def masks_of(self, replica: str, partition: str) -> list[torch.Tensor | None]:
+        """Per tensor of `partition` (as `replicas.params` lists them) the boolean mask of the
+        elements it holds, on the tensor's device, or None where it holds the whole tensor."""
+        key = (replica, partition)
+        cached = self.masks.get(key)
+        if cached is None:
+            info = self.graph.partitions[partition]
+            params = self.replicas.params(self.graph, replica, partition)
+            held: dict[str, torch.Tensor] = {}
+            if info.partial:
+                bp = next((b for b in self.bound.partitions if b.name == partition), None)
+                held = bp.mask_of() if bp is not None else {}
+                missing = [t for t in info.partial if t not in held]
+                if missing:
+                    raise LoweringError(f"partition {partition} holds part of `{missing[0]}`, but "
+                                        "the binding has no mask for it")
+            cached = [held[t].to(p.device) if t in held else None
+                      for t, p in zip(info.params, params, strict=True)]
+            self.masks[key] = cached
+        return cached
 
     def __post_init__(self) -> None:
         for op in self.graph.ops():
@@ -217,10 +243,29 @@ class Plan:
         return {"integrators": {repr(k): v.state_dict() for k, v in ctx.integrators.items()},
                 "drift": {repr(k): [d.clone() for d in ds] for k, ds in ctx.drift.items()},
                 "subsets": {repr(k): s.state_dict() for k, s in ctx.subsets.items()},
-                "replicas": ctx.replicas.state_dict()}
+                "replicas": ctx.replicas.state_dict(),
+                "element_masks": self.mask_digest()}
+
+    def mask_digest(self) -> str:
+        """A digest of every element-level partition's masks ("" when there are none): a
+        resumed run re-draws them from the seed and checks they are the checkpoint's."""
+        import hashlib
+
+        h = hashlib.sha256()
+        some = False
+        for part in getattr(self.ctx.bound, "partitions", ()):
+            for name, mask in part.mask_of().items():
+                some = True
+                h.update(f"{part.name}:{name}:{tuple(mask.shape)}:".encode())
+                h.update(mask.cpu().numpy().tobytes())
+        return h.hexdigest() if some else ""
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         ctx = self.ctx
+        saved = state.get("element_masks", "")
+        if saved != self.mask_digest():
+            raise ValueError("the checkpoint's element-level partitions hold other elements than "
+                             "this run draws (a different seed or partition names?)")
         ctx.replicas.load_state_dict(state["replicas"])
         for k, v in ctx.integrators.items():
             v.load_state_dict(state["integrators"][repr(k)])

@@ -55,21 +55,46 @@ class FusedSGD(_FlatRule):
     partitions: name → (parameters, base step size, drift interval k or 0). `mult` (the
     schedule's multiplier) is the kernel's lr; each segment's `lr_scale` is the partition's base
     step size (divided by k for a drifting partition, which moves 1/k of its step per step).
+
+    masks: name → per parameter the bool mask of the elements the partition holds (None: all)
+    for element-level partitions. Their tensors (shared with other partitions of the rule) sit
+    once in the flat buffer; such a partition's segment spans its tensors and carries a flat
+    mask of its elements, so one call still updates the whole group (masked segments run
+    through the torch path, also on CUDA).
     """
 
     def __init__(self, partitions: dict[str, tuple[list[torch.Tensor], float, int]], *, momentum: float,
-                 dampening: float, weight_decay: float, nesterov: bool, kernel: str) -> None:
+                 dampening: float, weight_decay: float, nesterov: bool, kernel: str,
+                 masks: dict[str, list[torch.Tensor | None]] | None = None) -> None:
         from mrc.kernels.flat import FlatGroup
         from mrc.kernels.sgd import Mode, Segment
 
         self.Mode, self.Segment = Mode, Segment
         self.names = list(partitions)
-        params = [p for ps, _, _ in partitions.values() for p in ps]
+        masks = {n: ms for n, ms in (masks or {}).items() if any(m is not None for m in ms)}
+        # whole partitions first, each contiguous; then the tensors element-level ones share
+        order = [n for n in self.names if n not in masks] + [n for n in self.names if n in masks]
+        params = list({id(p): p for n in order for p in partitions[n][0]}.values())
         self.flat = FlatGroup(params)
         # float32 state for float32/bfloat16 parameters; float64 ones keep float64 state
         self.buf = self.flat.state("momentum", torch.float64 if self.flat.dtype == torch.float64
                                    else torch.float32)
-        self.spans = {n: self.flat.span(ps) for n, (ps, _, _) in partitions.items()}
+        self.spans = {n: self.flat.span(ps) for n, (ps, _, _) in partitions.items() if n not in masks}
+        self.masks: list[torch.Tensor] = []  # flat masks of the element-level partitions' spans
+        self.mask_index: dict[str, int] = {}
+        for n, ms in masks.items():
+            ps = partitions[n][0]
+            idx = [self.flat.index(p) for p in ps]
+            a = min(self.flat.offsets[i] for i in idx)
+            b = max(self.flat.offsets[i] + self.flat.numels[i] for i in idx)
+            flat_mask = torch.zeros(b - a, dtype=torch.bool, device=self.flat.device)
+            for i, m in zip(idx, ms, strict=True):
+                off = self.flat.offsets[i] - a
+                part = flat_mask[off:off + self.flat.numels[i]]
+                part.fill_(True) if m is None else part.copy_(m.reshape(-1))
+            self.spans[n] = (a, b)
+            self.mask_index[n] = len(self.masks)
+            self.masks.append(flat_mask)
         self.base = {n: lr for n, (_, lr, _) in partitions.items()}
         self.drift = {n: k for n, (_, _, k) in partitions.items()}
         self.momentum, self.dampening, self.wd, self.nesterov = momentum, dampening, weight_decay, nesterov
@@ -99,7 +124,8 @@ class FusedSGD(_FlatRule):
                     mode = Mode.DRIFT
                 else:
                     continue
-                segs.append(Segment(a, b, mode, self.base[n] / k, self.momentum, self.wd))
+                segs.append(Segment(a, b, mode, self.base[n] / k, self.momentum, self.wd,
+                                    self.mask_index.get(n, -1)))
             table = tuple(segs)
             self._tables[key] = table
         return table
@@ -109,8 +135,20 @@ class FusedSGD(_FlatRule):
         table = self._table(updating, drifting)
         if not table:
             return
-        self._run(self.flat.data, self.flat.grad(), self.buf, table, lr=self.mult,
-                  dampening=self.dampening, nesterov=self.nesterov)
+        grad = self.flat.grad()
+        plain = tuple(s for s in table if s.mask < 0)
+        if len(plain) == len(table):
+            self._run(self.flat.data, grad, self.buf, table, lr=self.mult,
+                      dampening=self.dampening, nesterov=self.nesterov)
+        else:  # element-level partitions: masked segments take the torch path
+            from mrc.kernels.sgd import multirate_sgd_torch
+
+            if plain:
+                self._run(self.flat.data, grad, self.buf, plain, lr=self.mult,
+                          dampening=self.dampening, nesterov=self.nesterov)
+            multirate_sgd_torch(self.flat.data, grad, self.buf,
+                                tuple(s for s in table if s.mask >= 0), lr=self.mult,
+                                dampening=self.dampening, nesterov=self.nesterov, masks=self.masks)
         self.started.update(updating)
 
     def reset_state(self) -> None:

@@ -380,6 +380,34 @@ def test_multirate_rejects_overlapping_segments() -> None:
         sgd.multirate_sgd_torch(theta, g, p, [Segment(0, 11, Mode.UPDATE)], lr=0.1)
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_multirate_masked_segments_move_only_their_elements(dtype: torch.dtype) -> None:
+    """Two partitions holding disjoint elements of one span (element-level partitions): one
+    call with overlapping masked segments equals each partition's own masked SGD step, and a
+    masked DRIFT moves only its elements along the frozen momentum."""
+    gen = torch.Generator().manual_seed(3)
+    n = 48
+    slow = torch.rand(n, generator=gen) < 0.5
+    theta = torch.randn(n, generator=gen, dtype=dtype)
+    g = torch.randn(n, generator=gen, dtype=dtype)
+    buf = torch.randn(n, generator=gen, dtype=dtype)
+    want_t, want_p = theta.clone(), buf.clone()
+    sgd.sgd_torch(want_t, g, want_p, lr=0.1, momentum=0.9, weight_decay=1e-2, mask=~slow)
+    drifted = want_t - 0.3 * want_p
+    want_t = torch.where(slow, drifted, want_t)
+    got_t, got_p = theta.clone(), buf.clone()
+    sgd.multirate_sgd_torch(got_t, g, got_p, [Segment(0, n, Mode.UPDATE, 1.0, 0.9, 1e-2, mask=0),
+                                              Segment(0, n, Mode.DRIFT, 3.0, 0.9, 1e-2, mask=1)],
+                            lr=0.1, masks=[~slow, slow])
+    torch.testing.assert_close(got_t, want_t, rtol=0, atol=1e-6 if dtype == torch.float32 else 1e-15)
+    assert torch.equal(got_p[slow], buf[slow])  # the drifting partition's momentum stays
+    with pytest.raises(ValueError, match="overlaps an unmasked"):
+        sgd.multirate_sgd_torch(got_t, g, got_p, [Segment(0, n, Mode.UPDATE),
+                                                  Segment(0, 8, Mode.UPDATE, mask=0)],
+                                lr=0.1, masks=[slow[:8]])
+
+
 # ============================================================================ Adam
 
 ADAM_CONFIGS = {

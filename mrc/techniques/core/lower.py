@@ -105,6 +105,9 @@ def lower_backward(op: Backward, pattern: Pattern, ctx: Lowering) -> StepFn:
             spans.append((integ, n))
         else:
             fresh += params
+    # element-level partitions share tensors: each tensor is an input (and reset) once
+    inputs = list({id(p): p for p in inputs}.values())
+    fresh = list({id(p): p for p in fresh}.values())
     by_rule: dict[int, tuple[Any, list[str]]] = {}
     for integ, n in spans:
         by_rule.setdefault(id(integ), (integ, []))[1].append(n)
@@ -148,8 +151,12 @@ def fused_integrator(op: UpdateGroup, ctx: Lowering) -> Any:
     if fam.sgd_like:
         drift = {n: graph.partitions[n].every if graph.partitions[n].drift != "none" else 0 for n in names}
         integ = FusedSGD({n: (params[n], ctx.lr_of(r, n), drift[n]) for n in names},
-                         **sgd_hyper(op.rule.name, kw), kernel=op.kernel)
+                         **sgd_hyper(op.rule.name, kw), kernel=op.kernel,
+                         masks={n: ctx.masks_of(r, n) for n in names})
     elif fam.adam_like:
+        if any(graph.partitions[n].partial for n in names):
+            raise LoweringError(f"{op.id}: the fused Adam kernel moves whole tensors; element-level "
+                                "partitions of an Adam rule run through torch.optim")
         betas = tuple(kw.get("betas", (0.9, 0.999)))
         integ = FusedAdam({n: (params[n], ctx.lr_of(r, n)) for n in names},
                           betas=(float(betas[0]), float(betas[1])), eps=float(kw.get("eps", 1e-8)),
@@ -169,7 +176,8 @@ def torch_integrator(op: UpdateGroup, ctx: Lowering) -> TorchRule:
         names = ctx.groups_of(r, op.rule, op.kernel)
         integ = TorchRule(op.rule, {n: ctx.replicas.params(ctx.graph, r, n) for n in names},
                           {n: ctx.lr_of(r, n) for n in names}, op.kernel,
-                          noise_seed=stable_seed(ctx.bound.program.train.seed, r, *names))
+                          noise_seed=stable_seed(ctx.bound.program.train.seed, r, *names),
+                          masks={n: ctx.masks_of(r, n) for n in names})
         ctx.integrators[key] = integ
     return integ
 
@@ -216,16 +224,23 @@ def lower_update_group(op: UpdateGroup, pattern: Pattern, ctx: Lowering) -> Step
         def step(env: Env) -> None:
             integ.step(groups, lrs, env.mult)
         return step
-    held = [(ctx.replicas.params(ctx.graph, r, n), drift_buffers(ctx, r, n)) for n in op.held]
+    held = [(ctx.replicas.params(ctx.graph, r, n), drift_buffers(ctx, r, n), ctx.masks_of(r, n))
+            for n in op.held]
 
     def step_held(env: Env) -> None:
         # Linear drift: the integrator computes the partition's whole step now, but the
         # partition moves by 1/k of it on each of the k steps of its interval (drift ops).
+        # An element-level partition keeps (and puts back) only its own elements: another
+        # partition of the same tensor may move in this very step.
         with torch.no_grad():
-            saved = [[p.detach().clone() for p in ps] for ps, _ in held]
+            saved = [[p.detach().clone() for p in ps] for ps, _, _ in held]
             integ.step(groups, lrs, env.mult)
-            for (ps, deltas), before in zip(held, saved, strict=True):
-                for p, b, d in zip(ps, before, deltas, strict=True):
+            for (ps, deltas, masks), before in zip(held, saved, strict=True):
+                for p, b, d, m in zip(ps, before, deltas, masks, strict=True):
                     torch.sub(p, b, out=d)
-                    p.copy_(b)
+                    if m is None:
+                        p.copy_(b)
+                    else:
+                        d.masked_fill_(~m, 0)
+                        p.copy_(torch.where(m, b, p))
     return step_held

@@ -1,5 +1,6 @@
 """Checks of multirate training: `partition` statements and their settings, the selectors that
-pick their parameters (all but `random`, which random subsets add), and `multirate(…)`.
+pick their parameters (all but `random`, which random subsets add; `sample` picks a fixed
+random subset of elements: element-level partitions), and `multirate(…)`.
 
 Other techniques that give a partition more meaning add a check with `partition_rule`.
 """
@@ -13,7 +14,7 @@ from mrc import ast
 from mrc.check.expressions import Bad, Symbol
 from mrc.check.registry import SELECTOR_WORDS, SELECTORS, finisher, selector, statement
 from mrc.diagnostics import Note, Span
-from mrc.program import Partition, Select, Selector, SelectRandom, SelectSet
+from mrc.program import Partition, Select, Selector, SelectRandom, SelectSample, SelectSet
 from mrc.registry import Param, did_you_mean
 from mrc.techniques.core.check import registries
 
@@ -51,6 +52,7 @@ SELECTOR_WORDS.update({"all": "every parameter", "rest": "every parameter no oth
 _EXAMPLES = {"params": "layers.*.weight", "module": "head", "type": "Conv2d"}
 SELECTOR_HINT = ('selectors are `all`, `rest`, `weight`, `bias`, `params("glob")`, '
                  '`module("path")`, `type("Linear")`, `depth(lo, hi)`, `random(fraction)`, '
+                 '`sample(fraction)`, '
                  "combined with | & -")
 _DEPTH_PARAMS = (Param("lo", "int", doc="first layer (negative counts from the end)"),
                  Param("hi", "int", None, "one past the last layer (none: to the end)",
@@ -170,6 +172,47 @@ def _depth(ck: Checker, expr: ast.Call) -> Select:
     return Select("depth", expr.span, lo=values["lo"], hi=values["hi"])
 
 
+_SAMPLE_PARAMS = (Param("fraction", "float", doc="fraction of the elements drawn", lo=0, hi=1,
+                        lo_open=True),
+                  Param("per", "choice", "tensor", "draw per tensor or over all at once",
+                        choices=("tensor", "global")))
+
+
+@selector("sample")
+def _sample(ck: Checker, expr: ast.Call) -> SelectSample:
+    """`sample(fraction, per=tensor|global, of=SELECTOR)`: a fixed random subset of elements,
+    drawn once (element-level partitions); `of` defaults to `weight`."""
+    args = tuple(a for a in expr.args if not (a.name and a.name.id == "of"))
+    of = next((a for a in expr.args if a.name and a.name.id == "of"), None)
+    values, _ = ck.arguments("`sample`", _SAMPLE_PARAMS, args, expr.span)
+    inner = ck.selector(of.value) if of else Select("weight", expr.span)
+    if "fraction" not in values or "per" not in values:
+        raise Bad
+    return SelectSample(values["fraction"], values["per"], inner, expr.span)
+
+
+@partition_rule
+def _sample_is_whole_selector(ck: Checker, part: Partition, settings: dict[str, ast.Arg]) -> None:
+    """`sample(…)` is the whole selector of its partition (draw from a combination with `of=`)."""
+    if not isinstance(part.selector, SelectSample) and _has_sample(part.selector):
+        ck.r.error("`sample(…)` must be the whole selector of its partition", part.selector.span,
+                   hint="select the tensors to draw from with `of=`: "
+                   "`sample(0.5, of=weight - module(\"head\"))`")
+
+
+def _has_sample(sel: Selector) -> bool:
+    stack = [sel]
+    while stack:
+        s = stack.pop()
+        if isinstance(s, SelectSample):
+            return True
+        if isinstance(s, SelectSet):
+            stack += (s.left, s.right)
+        elif isinstance(s, SelectRandom | SelectSample):
+            stack.append(s.of)
+    return False
+
+
 @statement("multirate", "options of multirate training", technique="multirate", args=True,
            once=True, deferred=True)
 def check_multirate(ck: Checker, st: ast.Statement | None) -> None:
@@ -205,6 +248,18 @@ def _uses_rest(sel: Selector) -> bool:
                 return True
         elif isinstance(s, SelectSet):
             stack += (s.left, s.right)
-        elif isinstance(s, SelectRandom):
+        elif isinstance(s, SelectRandom | SelectSample):
             stack.append(s.of)
     return False
+
+
+@finisher
+def check_sample_without_brains(ck: Checker) -> None:
+    """Element-level partitions are not yet supported together with brains (a brain's replica
+    layout, stacked or copied, moves whole tensors)."""
+    if not ck.facts.get("brains"):
+        return
+    for p in ck.facts.get("partitions", []):
+        if isinstance(p.selector, SelectSample):
+            ck.r.error("element-level partitions (`sample(…)`) cannot be combined with brains yet",
+                       p.selector.span, hint="split whole tensors (`params(…)`, `module(…)`) instead")

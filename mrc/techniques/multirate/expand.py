@@ -23,7 +23,7 @@ from typing import Any
 from mrc.binding import Bound, BoundPartition
 from mrc.ir.graph import PartitionInfo, Pattern
 from mrc.ir.ops import Backward, Batch, Forward, Loss, Op, Rule, Scope, Update, Value
-from mrc.program import Component
+from mrc.program import Component, SelectSample
 from mrc.techniques.multirate.ops import Drift
 from mrc.techniques.random_subsets.expand import add_resamples, add_restores, is_random
 
@@ -57,9 +57,11 @@ def partition_table(bound: Bound) -> dict[str, PartitionInfo]:
     out = {}
     for p in bound.partitions:
         sel = p.spec.selector
+        sample = f"{sel.fraction:g}/{sel.per}" if isinstance(sel, SelectSample) else ""
         out[p.name] = PartitionInfo(p.params, p.numel, p.spec.every, p.spec.drift if drifts(p) else "none",
                                     sel.describe() if is_random(p) else "",
-                                    sel.fraction if is_random(p) else 0.0, sel.per if is_random(p) else "")
+                                    sel.fraction if is_random(p) else 0.0, sel.per if is_random(p) else "",
+                                    tuple(p.mask_of()), sample)
     return out
 
 
