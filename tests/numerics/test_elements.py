@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 from mrc.kernels.subset import random_subset_masks
+from test_multirate import assert_same, batches, grads, spec  # the same folder (pytest puts it on the path)
 
 from mrc.api import compile_spec, lower, train
 from mrc.binding import sample_seed
-from tests.numerics.test_multirate import assert_same, batches, grads, spec
 
 W0 = "layers.0.weight"
 
