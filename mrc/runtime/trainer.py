@@ -408,7 +408,7 @@ def oversubscribed(threads: int) -> str:
     except OSError:
         return ""
     cores = os.cpu_count() or 1
-    if load + threads > cores * 1.5:
+    if load > cores * 1.5:  # other work already more than fills the cores (our own run adds to it)
         return f"the machine is busy (load {load:.1f} on {cores} cores)"
     return ""
 
