@@ -178,17 +178,24 @@ _SAMPLE_PARAMS = (Param("fraction", "float", doc="fraction of the elements drawn
                         choices=("tensor", "global")))
 
 
+def drawn_subset(ck: Checker, expr: ast.Call, what: str, params: tuple[Param, ...]) -> tuple[float, str, Selector]:
+    """The arguments of a selector that draws a subset of elements — `NAME(fraction,
+    per=tensor|global, of=SELECTOR)`, `of` defaulting to `weight` (`sample` here, `random` in
+    random_subsets): (fraction, per, the selector drawn from)."""
+    args = tuple(a for a in expr.args if not (a.name and a.name.id == "of"))
+    of = next((a for a in expr.args if a.name and a.name.id == "of"), None)
+    values, _ = ck.arguments(what, params, args, expr.span)
+    inner = ck.selector(of.value) if of else Select("weight", expr.span)
+    if "fraction" not in values or "per" not in values:
+        raise Bad
+    return values["fraction"], values["per"], inner
+
+
 @selector("sample")
 def _sample(ck: Checker, expr: ast.Call) -> SelectSample:
     """`sample(fraction, per=tensor|global, of=SELECTOR)`: a fixed random subset of elements,
     drawn once (element-level partitions); `of` defaults to `weight`."""
-    args = tuple(a for a in expr.args if not (a.name and a.name.id == "of"))
-    of = next((a for a in expr.args if a.name and a.name.id == "of"), None)
-    values, _ = ck.arguments("`sample`", _SAMPLE_PARAMS, args, expr.span)
-    inner = ck.selector(of.value) if of else Select("weight", expr.span)
-    if "fraction" not in values or "per" not in values:
-        raise Bad
-    return SelectSample(values["fraction"], values["per"], inner, expr.span)
+    return SelectSample(*drawn_subset(ck, expr, "`sample`", _SAMPLE_PARAMS), expr.span)
 
 
 @partition_rule

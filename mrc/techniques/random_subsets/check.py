@@ -7,12 +7,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mrc import ast
-from mrc.check.expressions import Bad
 from mrc.check.registry import finisher, selector
 from mrc.optim.families import sgd_like
-from mrc.program import Component, Partition, Select, Selector, SelectRandom, SelectSet
+from mrc.program import Component, Partition, Selector, SelectRandom, SelectSet
 from mrc.registry import Param
-from mrc.techniques.multirate.check import partition_rule
+from mrc.techniques.multirate.check import drawn_subset, partition_rule
 
 if TYPE_CHECKING:
     from mrc.check.checker import Checker
@@ -26,13 +25,7 @@ _RANDOM_PARAMS = (Param("fraction", "float", doc="fraction of the weights drawn"
 @selector("random")
 def _random(ck: Checker, expr: ast.Call) -> SelectRandom:
     """`random(fraction, per=tensor|global, of=SELECTOR)`; `of` defaults to `weight`."""
-    args = tuple(a for a in expr.args if not (a.name and a.name.id == "of"))
-    of = next((a for a in expr.args if a.name and a.name.id == "of"), None)
-    values, _ = ck.arguments("`random`", _RANDOM_PARAMS, args, expr.span)
-    inner = ck.selector(of.value) if of else Select("weight", expr.span)
-    if "fraction" not in values or "per" not in values:
-        raise Bad
-    return SelectRandom(values["fraction"], values["per"], inner, expr.span)
+    return SelectRandom(*drawn_subset(ck, expr, "`random`", _RANDOM_PARAMS), expr.span)
 
 
 @partition_rule
