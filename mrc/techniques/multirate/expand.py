@@ -20,10 +20,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from mrc.binding import Bound, BoundPartition
+from mrc.binding import Bound
 from mrc.ir.graph import PartitionInfo, Pattern
 from mrc.ir.ops import Backward, Batch, Forward, Loss, Op, Rule, Scope, Update, Value
 from mrc.program import Component, SelectSample
+from mrc.techniques.multirate.bind import BoundPartition
 from mrc.techniques.multirate.ops import Drift
 from mrc.techniques.random_subsets.expand import add_resamples, add_restores, is_random
 

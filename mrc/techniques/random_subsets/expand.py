@@ -10,10 +10,10 @@ subset takes one slow step k·h; after the step's updates a new subset is drawn 
 
 from __future__ import annotations
 
-from mrc.binding import BoundPartition
 from mrc.ir.graph import Pattern
 from mrc.ir.ops import Op, Scope
 from mrc.program import SelectRandom
+from mrc.techniques.multirate.bind import BoundPartition
 from mrc.techniques.random_subsets.ops import Resample, Restore
 
 
