@@ -32,8 +32,9 @@ from mrc.ir.graph import Pattern, ScheduleGraph
 from mrc.ir.ops import Op, UpdateGroup
 
 
-class LoweringError(Exception):
-    """The graph asks for something its lowering cannot do; the message says what."""
+class LoweringError(ValueError):
+    """The graph asks for something its lowering cannot do; the message says what (one line:
+    `mrc train` shows it without a traceback and exits 2)."""
 
 
 class Env:
