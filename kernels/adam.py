@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from .configs import elementwise_autotune, require_triton, tl, triton
-from .sgd import PARAM_DTYPES, _check_flat, _round_to_element
+from .sgd import PARAM_DTYPES, _check_flat, _round_to_element, _segment_tile
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,21 +291,7 @@ def _multirate_adam_kernel(
 ):
     # Programs are numbered segment after segment, cdiv(len, BLOCK) per segment, so each
     # program lies inside one segment and reads its step's scalars once.
-    pid = tl.program_id(0).to(tl.int64)  # this program's tile number
-    zero = pid * 0  # a 64-bit scalar zero
-    tiles_before = zero  # tiles of the segments before s
-    start = zero  # first element of this program's tile
-    stop = zero  # end of this program's segment
-    seg = zero  # this program's segment
-    for s in tl.static_range(NSEG):
-        lo = tl.load(seg_int_ptr + s)  # segment s starts here
-        hi = tl.load(seg_int_ptr + NSEG + s)  # and ends here
-        tiles = (hi - lo + BLOCK - 1) // BLOCK  # its number of tiles
-        mine = (pid >= tiles_before) & (pid < tiles_before + tiles)  # does pid fall in s?
-        start = tl.where(mine, lo + (pid - tiles_before) * BLOCK, start)  # then start here
-        stop = tl.where(mine, hi, stop)  # and stop at the segment's end
-        seg = tl.where(mine, s, seg)  # remember which segment
-        tiles_before += tiles  # next segment's tiles follow
+    start, stop, seg = _segment_tile(seg_int_ptr, NSEG, BLOCK)  # this program's tile of its segment
     lr = tl.load(seg_f32_ptr + seg)  # this segment's learning rate
     step_size = tl.load(seg_f32_ptr + NSEG + seg)  # lr / (1 − β₁ᵗ) at its step t
     bc2_sqrt = tl.load(seg_f32_ptr + 2 * NSEG + seg)  # √(1 − β₂ᵗ) at its step t

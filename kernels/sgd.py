@@ -342,6 +342,29 @@ def _sgd_kernel(
     tl.store(param_ptr + offs, _round_to_element(new_theta, param_ptr), mask=live)  # round
 
 
+@triton.jit
+def _segment_tile(seg_int_ptr, NSEG: tl.constexpr, BLOCK: tl.constexpr):
+    """(start, stop, segment) of this program's tile in a segment table: programs are numbered
+    segment after segment, cdiv(len, BLOCK) per segment (the table holds NSEG starts, then NSEG
+    stops). Shared by the segment kernels of sgd.py and adam.py."""
+    pid = tl.program_id(0).to(tl.int64)  # this program's tile number
+    zero = pid * 0  # a 64-bit scalar zero
+    tiles_before = zero  # tiles of the segments before s
+    start = zero  # first element of this program's tile
+    stop = zero  # end of this program's segment
+    seg = zero  # this program's segment
+    for s in tl.static_range(NSEG):
+        lo = tl.load(seg_int_ptr + s)  # segment s starts here
+        hi = tl.load(seg_int_ptr + NSEG + s)  # and ends here
+        tiles = (hi - lo + BLOCK - 1) // BLOCK  # its number of tiles
+        mine = (pid >= tiles_before) & (pid < tiles_before + tiles)  # does pid fall in s?
+        start = tl.where(mine, lo + (pid - tiles_before) * BLOCK, start)  # then start here
+        stop = tl.where(mine, hi, stop)  # and stop at the segment's end
+        seg = tl.where(mine, s, seg)  # remember which segment
+        tiles_before += tiles  # next segment's tiles follow
+    return start, stop, seg
+
+
 @elementwise_autotune(restore=["param_ptr", "buf_ptr"])
 @triton.jit
 def _multirate_sgd_kernel(
@@ -360,21 +383,7 @@ def _multirate_sgd_kernel(
 ):
     # Programs are numbered segment after segment, cdiv(len, BLOCK) per segment, so each
     # program lies inside one segment and reads its mode and hyper-parameters as scalars.
-    pid = tl.program_id(0).to(tl.int64)  # this program's tile number
-    zero = pid * 0  # a 64-bit scalar zero
-    tiles_before = zero  # tiles of the segments before s
-    start = zero  # first element of this program's tile
-    stop = zero  # end of this program's segment
-    seg = zero  # this program's segment
-    for s in tl.static_range(NSEG):
-        lo = tl.load(seg_int_ptr + s)  # segment s starts here
-        hi = tl.load(seg_int_ptr + NSEG + s)  # and ends here
-        tiles = (hi - lo + BLOCK - 1) // BLOCK  # its number of tiles
-        mine = (pid >= tiles_before) & (pid < tiles_before + tiles)  # does pid fall in s?
-        start = tl.where(mine, lo + (pid - tiles_before) * BLOCK, start)  # then start here
-        stop = tl.where(mine, hi, stop)  # and stop at the segment's end
-        seg = tl.where(mine, s, seg)  # remember which segment
-        tiles_before += tiles  # next segment's tiles follow
+    start, stop, seg = _segment_tile(seg_int_ptr, NSEG, BLOCK)  # this program's tile of its segment
     # Per-segment scalars, splatted over the block: the predicates below are then block-wide
     # tensors (the interpreter mishandles `tensor & scalar-bool`; compiled, a splat is free).
     mode = tl.zeros((BLOCK,), tl.int64) + tl.load(seg_int_ptr + 2 * NSEG + seg)  # 1/2/3
