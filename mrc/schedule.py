@@ -69,8 +69,8 @@ def build_graph(bound: Bound) -> ScheduleGraph:
         tails: list[Op] = []
         for b in brains:
             if t % b.every == 0:
-                tails += expand_step(pattern, bound, brain_batch(bound, b).scope, t // b.every,
-                                     brain_batch(bound, b), rules[b.name])
+                batch = brain_batch(bound, b)
+                tails += expand_step(pattern, bound, batch.scope, t // b.every, batch, rules[b.name])
         arriving = landing(brains, t)
         if merge is not None and len(arriving) >= 2:
             pattern.add(Merge(EMPTY, arriving, merge), pattern.after(tails))

@@ -203,12 +203,12 @@ class Trainer:
         if threads != previous:
             torch.set_num_threads(threads)
         try:
-            return self._run(threads)
+            return self._run()
         finally:
             if threads != previous:
                 torch.set_num_threads(previous)
 
-    def _run(self, threads: int) -> TrainResult:
+    def _run(self) -> TrainResult:
         settings = self.program.train
         model = self.c.bound.model.to(self.device)
         self.c.bound.graph_module.to(self.device)
@@ -226,10 +226,10 @@ class Trainer:
         early = EarlyStopping(self.program.early_stopping) if self.program.early_stopping else None
         if self.resume is not None:
             self._restore(run, early)
-            if run.total != plan_total(plan):
+            if run.total != plan.ctx.total_steps:
                 plan = self._relower(run)
         eval_batch = settings.eval_batch or data.batch_size
-        progress = Progress(self.progress, run.total, settings.log_every, self.echo, oversubscribed(threads))
+        progress = Progress(self.progress, run.total, settings.log_every, self.echo, oversubscribed())
         if progress.busy:
             self.echo(f"mrc: note: {progress.busy}; steps will be slower than on a quiet machine")
         divergence = Divergence()
@@ -399,7 +399,7 @@ def choose_threads(setting: int, model: nn.Module, batch: int, device: torch.dev
     return 1 if work < SMALL_STEP else current
 
 
-def oversubscribed(threads: int) -> str:
+def oversubscribed() -> str:
     """A note when the machine's load already fills its cores ("" when it does not)."""
     import os
 
@@ -412,6 +412,3 @@ def oversubscribed(threads: int) -> str:
         return f"the machine is busy (load {load:.1f} on {cores} cores)"
     return ""
 
-
-def plan_total(plan: Plan) -> int:
-    return plan.ctx.total_steps

@@ -38,6 +38,6 @@ def test_a_busy_machine_is_named(monkeypatch) -> None:
 
     monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    assert oversubscribed(2) == "the machine is busy (load 9.0 on 2 cores)"
+    assert oversubscribed() == "the machine is busy (load 9.0 on 2 cores)"
     monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
-    assert oversubscribed(1) == ""
+    assert oversubscribed() == ""

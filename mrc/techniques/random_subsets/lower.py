@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from mrc.ir.graph import Pattern
-from mrc.ir.ops import Op, UpdateGroup
+from mrc.ir.ops import UpdateGroup
 from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
 from mrc.techniques.core.lower import replica
 from mrc.techniques.random_subsets.ops import Resample, Restore
@@ -67,5 +67,3 @@ def subset_update(op: UpdateGroup, pattern: Pattern, ctx: Lowering) -> StepFn:
         integ.step()
     return step
 
-
-__all__ = ["Op", "subset_integrator"]
