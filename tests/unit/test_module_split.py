@@ -1,4 +1,4 @@
-"""Module-wise training's graph cuts (mrc.techniques.modules.fxsplit).
+"""Module-wise training's graph cuts (mrc.techniques.modules.fxsplit) and auxiliary heads.
 
 The split modules, chained, must compute exactly the traced model (bit-equal in float64), and
 their taps must be the residual branches r_m (checked against hooks on ResNet's `branch`
@@ -27,6 +27,7 @@ from mrc.techniques.modules.fxsplit import (
     residuals_by_block,
     split_modules,
 )
+from mrc.techniques.modules.heads import build_head
 
 DT = torch.float64
 
@@ -251,3 +252,30 @@ def test_deep_ode_resnet_is_linear() -> None:
     assert len(residuals(gm)) == 1024
     assert len(blocks(gm)) == 1024
     assert len(chain_cuts(gm)) > 1024
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp", "conv"])
+@pytest.mark.parametrize("shape", [(4, 6, 6), (10,), (3, 8)])
+def test_heads(kind: str, shape: tuple[int, ...]) -> None:
+    if kind == "conv" and len(shape) != 3:
+        with pytest.raises(ValueError, match="needs image features"):
+            build_head(kind, {}, shape, 7)
+        return
+    head = build_head(kind, {"hidden": 16} if kind == "mlp" else {}, shape, 7)
+    x = torch.randn(5, *shape, requires_grad=True)
+    out = head(x)
+    assert out.shape == (5, 7)
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in head.parameters())
+    traced_head = fx.symbolic_trace(head)
+    assert torch.equal(traced_head(x), out)
+
+
+def test_head_errors() -> None:
+    with pytest.raises(ValueError, match="did you mean `linear`"):
+        build_head("linaer", {}, (4,), 2)
+    with pytest.raises(ValueError, match="no parameter `widht`"):
+        build_head("conv", {"widht": 3}, (3, 4, 4), 2)
+    conv = build_head("conv", {"width": 8}, (3, 4, 4), 2)
+    assert conv[0].out_channels == 8 and conv[-1].in_features == 32
