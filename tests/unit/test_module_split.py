@@ -160,6 +160,18 @@ def test_ode_taps_are_h_times_f_n(variant: str) -> None:
             y = y + r
 
 
+@pytest.mark.parametrize("case", ["resnet", "transformer"])
+def test_chained_modules_give_the_model_gradients(case: str) -> None:
+    _, gm, x = traced(*CASES[case])
+    gm.train()
+    gm(x).square().sum().backward()
+    full = {name: p.grad.clone() for name, p in gm.named_parameters()}
+    gm.zero_grad()
+    out, _ = chained(split_modules(gm, equal_split(gm, 3)), x)
+    out.square().sum().backward()
+    assert all(torch.equal(p.grad, full[name]) for name, p in gm.named_parameters())
+
+
 def test_taps_off_and_non_residual_adds() -> None:
     _, gm, x = traced(*CASES["transformer"])
     res = residuals(gm)
@@ -190,8 +202,8 @@ def test_taps_off_and_non_residual_adds() -> None:
 def test_blocks_and_cut_names() -> None:
     _, gm, _ = traced(*CASES["resnet"])
     bl = blocks(gm)
-    assert [b.paths[1] if b.path.startswith("layer") and "." not in b.path else b.path for b in bl] \
-        == [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(3)]
+    blocks_named = [next(p for p in b.paths if p.count(".") == 1) for b in bl]
+    assert blocks_named == [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(3)]
     assert bl[3].path == "layer2" and "layer2.0" in bl[3].paths
     assert [c.path for c in blocks(traced(*CASES["ode_dense"])[1])][:3] == \
         ["stack", "stack.layers.1", "stack.layers.2"]
