@@ -32,6 +32,8 @@ class Bound:
     partitions: tuple[BoundPartition, ...]
     layers: tuple[str, ...]
     """Paths of the modules that own parameters, in the order the traced graph first uses them."""
+    modules: Any = None
+    """mrc.techniques.modules.bind.BoundModules, for module-wise training."""
 
     def partition_of(self) -> dict[str, str]:
         """Parameter name → the (first) partition that holds it (or some of its elements)."""
@@ -230,10 +232,22 @@ def bind(program: Program, r: Reporter, training: bool = True) -> Bound | None:
     if gm is None:
         return None
     layers = layer_order(gm, model)
+    modules = None
+    if program.modules is not None:
+        from mrc.techniques.modules.bind import bind_modules
+
+        modules = bind_modules(program, model, gm, example, int(data.classes), data.batch_size, layers, r)
+        if modules is None:
+            return None
+        layers = layer_order(gm, model)  # the auxiliary heads come last
     partitions = resolve_partitions(program, model, layers, r)
+    if modules is not None and not r.failed:
+        from mrc.techniques.modules.bind import split_partitions
+
+        partitions = split_partitions(partitions, modules, model, r)
     if r.failed:
         return None
-    return Bound(program, data, model, gm, partitions, layers)
+    return Bound(program, data, model, gm, partitions, layers, modules)
 
 
 def span_of(comp: Component | None) -> Span | None:

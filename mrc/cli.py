@@ -258,6 +258,11 @@ def run_train(args: argparse.Namespace) -> int:
     val = f"val_acc {s['val_acc']:.4f}  val_loss {s['val_loss']:.4f}" if s.get("val_acc") is not None else ""
     val += "".join(f"  {n}.acc {e['acc']:.4f}" for n, e in s.get("evals", {}).items()
                    if e.get("acc") is not None)
+    mem = s.get("activation_memory")
+    val += f"  activations {mem['mib']:.2f} MiB" if mem else ""
+    mods = s.get("modules")
+    if mods:
+        val += "  modules " + " ".join(f"{n}:{m['val_acc']:.3f}" for n, m in mods.items())
     print(f"mrc: {s['status']}: {s['steps']} steps in {s['wall_time_s']:.1f} s "
           f"({s['steps_per_s']:.1f} steps/s)  train_acc {s['train_acc']:.4f}  {val}"
           + (f"\nmrc: wrote {Path(result.out_dir)}/{{final.pt,metrics.jsonl,summary.json,checkpoint.pt}}"

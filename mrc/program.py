@@ -172,6 +172,47 @@ class Merge:
 
 
 @dataclass(frozen=True, slots=True)
+class Modules:
+    """Module-wise training (seeds/module-wise-trgl.md): how the network is cut, the auxiliary
+    classifier of each module, the transport regularization and the regime.
+
+    split: `equal` | `balanced` (with `count` modules) | `at` (cut before each path of `at`);
+    aux: `linear` | `mlp` | `conv` with `aux_args`; transport: `none` (VanGL) | `fixed` |
+    `doubled` (τ/2 for the first half of the modules) | `multipliers` (λ = 2τ driven by the
+    method of multipliers: λ0, h, every); regime: `parallel` | `sequential` (each module `epochs`
+    epochs in turn) | `laps` (`laps` laps of sequential training, `epochs`/`laps` epochs each);
+    epochs None: the spec's `train(epochs)`. optimizers: a module's own integrator, by module name
+    (`m0`, `m1`, …)."""
+
+    span: Span
+    split: str
+    count: int = 0
+    at: tuple[str, ...] = ()
+    at_spans: tuple[Span, ...] = ()
+    split_span: Span | None = None
+    aux: str = "linear"
+    aux_args: Mapping[str, Any] = field(default_factory=dict)
+    aux_span: Span | None = None
+    transport: str = "none"
+    tau: float = 0.1
+    lambda0: float = 1.0
+    h: float = 0.1
+    every: int = 10
+    transport_span: Span | None = None
+    regime: str = "parallel"
+    epochs: int | None = None
+    laps: int = 1
+    regime_span: Span | None = None
+    optimizers: Mapping[str, Component] = field(default_factory=dict)
+    optimizer_spans: Mapping[str, Span] = field(default_factory=dict)
+
+    @property
+    def modules(self) -> int:
+        """K, the number of modules."""
+        return len(self.at) + 1 if self.split == "at" else self.count
+
+
+@dataclass(frozen=True, slots=True)
 class TrainSettings:
     """The `train(…)` settings. kernels: how update groups run — `auto` (Triton where it runs,
     else torch), `torch`, `triton` or `torch.optim` (it replaces the `MRC_KERNELS` environment
@@ -257,6 +298,7 @@ class Program:
     lets: Mapping[str, Any] = field(default_factory=dict)
     brains: tuple[Brain, ...] = ()
     merge: Merge | None = None
+    modules: Modules | None = None
     first_fast_gradient: str = "shared"
     """Multirate gradient point: `shared` (one backward per step) or `after_slow` (the seed's
     literal loop: fast gradients taken after the slow partitions moved)."""

@@ -15,15 +15,17 @@ from collections.abc import Hashable
 
 from mrc.binding import Bound
 from mrc.ir.graph import Pattern, ScheduleGraph, Stage, lcm
-from mrc.ir.ops import EMPTY, Batch, Op, Rule
+from mrc.ir.ops import EMPTY, Batch, Op, Rule, Scope
 from mrc.techniques.brains.expand import brain_batch, brain_rules, landing, merge_rule, replica_table
 from mrc.techniques.brains.ops import Merge
+from mrc.techniques.modules.expand import expand_modules_step, multiplier_every, stage_plans
 from mrc.techniques.multirate.expand import expand_step, partition_lr, partition_table, rule_of, signature
 
 
 def period_of(bound: Bound) -> int:
-    """The least common multiple of every partition's rate, times each brain's."""
-    inner = lcm(p.spec.every for p in bound.partitions)
+    """The least common multiple of every partition's rate (and of module-wise training's
+    multiplier interval), times each brain's."""
+    inner = lcm([*(p.spec.every for p in bound.partitions), multiplier_every(bound)])
     if bound.program.brains:
         return lcm(b.every * inner for b in bound.program.brains)
     return inner
@@ -49,28 +51,61 @@ def build_graph(bound: Bound) -> ScheduleGraph:
     """The naive schedule; see the module docstring."""
     program = bound.program
     brains = program.brains
-    parts = list(bound.partitions)
     period = period_of(bound)
+    merge = merge_rule(program.merge)
+    if bound.modules is not None:
+        plans, laps = stage_plans(bound)
+        stages = [build_stage(bound, period, plan.name, plan.length, plan.training) for plan in plans]
+    else:
+        stages, laps = [build_stage(bound, period, "train", None, None)], 1
+    graph = ScheduleGraph(stages, partition_table(bound), replica_table(bound) if brains else {},
+                          bound.layers, device_of(bound), getattr(program.train, "kernels", "auto"),
+                          merge if brains else None, rule_of(program.schedule),
+                          modules=dict(bound.modules.infos) if bound.modules is not None else {}, laps=laps)
+    if brains:
+        from mrc.techniques.brains.stack import obstacle
+
+        graph.stack_obstacle = stack_obstacle(bound) or obstacle(bound.graph_module)
+    graph.verify()
+    return graph
+
+
+def build_stage(bound: Bound, period: int, name: str, length: int | None,
+                training: frozenset[int] | None) -> Stage:
+    """One stage: each step of the period expanded once per distinct signature. `training`:
+    the modules the stage trains (module-wise training; None: a plain step)."""
+    program = bound.program
+    brains = program.brains
+    parts = list(bound.partitions)
     rules = {b.name: brain_rules(bound, b) for b in brains} if brains else {"": _rules(bound)}
     merge = merge_rule(program.merge)
+    every = multiplier_every(bound)
+
+    def step_sig(n: int) -> Hashable:
+        return (signature(parts, n), n % every == 0)
 
     def sig(t: int) -> Hashable:
         if not brains:
-            return signature(parts, t)
-        stepping = tuple(signature(parts, t // b.every) if t % b.every == 0 else None for b in brains)
+            return step_sig(t)
+        stepping = tuple(step_sig(t // b.every) if t % b.every == 0 else None for b in brains)
         arriving = landing(brains, t) if merge is not None else ()
         return stepping, arriving if len(arriving) >= 2 else ()
+
+    def one(pattern: Pattern, scope: Scope, n: int, batch: Batch, rule_for: dict[str, tuple[Rule, float]]) -> list[Op]:
+        if training is None:
+            return expand_step(pattern, bound, scope, n, batch, rule_for)
+        return expand_modules_step(pattern, bound, scope, n, batch, rule_for, training)
 
     def expand(t: int) -> Pattern:
         pattern = Pattern()
         if not brains:
-            expand_step(pattern, bound, EMPTY, t, Batch(), rules[""])
+            one(pattern, EMPTY, t, Batch(), rules[""])
             return pattern
         tails: list[Op] = []
         for b in brains:
             if t % b.every == 0:
                 batch = brain_batch(bound, b)
-                tails += expand_step(pattern, bound, batch.scope, t // b.every, batch, rules[b.name])
+                tails += one(pattern, batch.scope, t // b.every, batch, rules[b.name])
         arriving = landing(brains, t)
         if merge is not None and len(arriving) >= 2:
             pattern.add(Merge(EMPTY, arriving, merge), pattern.after(tails))
@@ -90,16 +125,7 @@ def build_graph(bound: Bound) -> ScheduleGraph:
         pattern_of.append(i)
     for i, p in enumerate(patterns):
         p.steps = tuple(steps[i])
-    graph = ScheduleGraph([Stage("train", period, patterns, tuple(pattern_of))],
-                          partition_table(bound), replica_table(bound) if brains else {},
-                          bound.layers, device_of(bound), getattr(program.train, "kernels", "auto"),
-                          merge if brains else None, rule_of(program.schedule))
-    if brains:
-        from mrc.techniques.brains.stack import obstacle
-
-        graph.stack_obstacle = stack_obstacle(bound) or obstacle(bound.graph_module)
-    graph.verify()
-    return graph
+    return Stage(name, period, patterns, tuple(pattern_of), length, "steps" if length is None else "epochs")
 
 
 def stack_obstacle(bound: Bound) -> str:
@@ -108,6 +134,8 @@ def stack_obstacle(bound: Bound) -> str:
     from mrc.optim.families import sgd_like
 
     program = bound.program
+    if program.modules is not None:
+        return "module-wise brains train each brain's modules on its own copy"
     if program.partitions:
         return "each brain runs its own partition schedule"
     comps = [b.optimizer or program.optimizer for b in program.brains]

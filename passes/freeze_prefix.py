@@ -44,7 +44,8 @@ class FreezePrefix(Pass):
         n_layers = len(graph.layers)
         for p in out.patterns():
             for op in list(p.ops()):
-                if not isinstance(op, Forward) or (op.start, op.stop) != (0, None) or not op.grad:
+                if not isinstance(op, Forward) or (op.start, op.stop) != (0, None) or not op.grad \
+                        or op.scope.module:  # a module's forward is its own segment already
                     continue
                 n = frozen_prefix(graph, op.grad)
                 if n == 0 or n >= n_layers:

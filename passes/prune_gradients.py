@@ -33,16 +33,24 @@ def _prune(p: Pattern, order: list[str]) -> None:
                 elif isinstance(succ, UpdateGroup):
                     moved.update(succ.partitions)
             needs[op.id] = moved
-    for op in list(p.ops()):
+    for op in reversed(list(p.ops())):  # consumers first: a forward knows whether one is left
         if isinstance(op, Backward):
             needed = tuple(n for n in order if n in needs[op.id])
         elif isinstance(op, Forward | Loss):
             below = set().union(*(needs[d.id] for d in p.descendants(op) if d.id in needs
                                   and d.scope == op.scope and d.phase == op.phase))
             needed = tuple(n for n in order if n in below)
+        elif _pure(op):
+            if not any(v.kind != "order" for _, v in p.outputs(op)):
+                p.remove(op)
+            continue
         else:
             continue
-        if not needed:
+        if not needed and isinstance(op, Forward) and _feeds_forward(p, op):
+            # a module-wise forward whose own partitions do not move still feeds the next module
+            if op.grad:
+                p.replace(op, replace(op, grad=()))
+        elif not needed:
             p.remove(op)
         elif isinstance(op, Backward) and op.wrt != needed:
             p.replace(op, replace(op, wrt=needed))
@@ -51,6 +59,15 @@ def _prune(p: Pattern, order: list[str]) -> None:
     for op in list(p.ops()):
         if isinstance(op, Batch) and not p.succs(op):
             p.remove(op)
+
+
+def _pure(op: object) -> bool:
+    """Ops that only compute a value (an auxiliary head): removed when nothing reads it."""
+    return getattr(op, "kind", "") == "aux_head"
+
+
+def _feeds_forward(p: Pattern, op: Forward) -> bool:
+    return any(isinstance(s, Forward) and v.kind in ("activation", "detached") for s, v in p.outputs(op))
 
 
 @dataclass(frozen=True)

@@ -211,6 +211,41 @@ class ReplicaInfo:
         return f"every={self.every} data={self.data}"
 
 
+@dataclass(frozen=True, slots=True)
+class ModuleInfo:
+    """A module of module-wise training: where it starts on the traced graph (`start`, the fx
+    node, and `path`, the module path it is cut at; "" for the first), its parameterised layers,
+    its parameter count (its auxiliary head's included), its estimated activation bytes at the
+    spec's batch size, its residual branches (the transport term's r_m), its classifier (`head`:
+    the auxiliary head's module path and kind, or the model's own head) and its τ (0: none)."""
+
+    start: str
+    path: str
+    layers: tuple[str, ...]
+    params: int
+    bytes: int
+    residuals: int
+    head: str
+    aux: str = ""
+    tau: float = 0.0
+
+    def text(self) -> str:
+        first, last = (self.layers[0], self.layers[-1]) if self.layers else ("-", "-")
+        span = first if first == last else f"{first} … {last}"
+        where = f"from {self.path} " if self.path else ""
+        head = f"{self.head} {self.aux}" if self.aux else self.head
+        tau = f" tau={self.tau:g}" if self.tau else ""
+        return (f"{where}layers={len(self.layers)} ({span}) params={self.params:,} "
+                f"activations={_bytes(self.bytes)} residuals={self.residuals} head={head}{tau}")
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
 @dataclass
 class ScheduleGraph:
     """The whole schedule: its stages and the typed tables passes and lowering share."""
@@ -225,6 +260,9 @@ class ScheduleGraph:
     lr_schedule: Any = None  # Rule | None: the learning-rate schedule (name and arguments)
     stack_obstacle: str = ""  # brains: why they cannot run stacked over one batch ("" if they can)
     notes: list[str] = field(default_factory=list)
+    modules: dict[str, ModuleInfo] = field(default_factory=dict)
+    laps: int = 1
+    """The stages run in order `laps` times (multi-lap module-wise training)."""
 
     # ---- shortcuts --------------------------------------------------------------------------
 
@@ -254,7 +292,7 @@ class ScheduleGraph:
         return ScheduleGraph([s.copy() for s in self.stages], dict(self.partitions), dict(self.replicas),
                              self.layers, self.device, self.kernels, self.final_merge, self.lr_schedule,
                              self.stack_obstacle,
-                             list(self.notes))
+                             list(self.notes), dict(self.modules), self.laps)
 
     def reindex(self) -> None:
         for s in self.stages:
@@ -298,13 +336,16 @@ class ScheduleGraph:
     # ---- printing -----------------------------------------------------------------------
 
     def header(self) -> list[str]:
-        lines = []
+        lines = [f"schedule laps={self.laps} (the stages below run {self.laps} times in order)"] \
+            if self.laps > 1 else []
         for stage in self.stages:
             length = "" if stage.length is None else f" length={stage.length} {stage.unit}"
             lines.append(f"schedule stage={stage.name} period={stage.period} patterns={len(stage.patterns)}{length}")
         lines += [f"  note: {note}" for note in self.notes]
         for name, info in self.replicas.items():
             lines.append(f"  brain {name}: {info.text()}")
+        for name, info in self.modules.items():
+            lines.append(f"  module {name}: {info.text()}")
         for name, info in self.partitions.items():
             lines.append(f"  partition {name}: {info.text()}")
         return lines
@@ -384,6 +425,10 @@ class ScheduleGraph:
             "lr_schedule": None if self.lr_schedule is None else self.lr_schedule.to_json(),
             "stack_obstacle": self.stack_obstacle, "notes": list(self.notes),
         }
+        if self.modules:
+            data["modules"] = {n: {**asdict(i), "layers": list(i.layers)} for n, i in self.modules.items()}
+        if self.laps != 1:
+            data["laps"] = self.laps
         return json.dumps(data, indent=1) + "\n"
 
     @classmethod
@@ -413,7 +458,9 @@ class ScheduleGraph:
                    {n: ReplicaInfo(**i) for n, i in data["replicas"].items()},
                    tuple(data["layers"]), data["device"], data["kernels"],
                    None if fm is None else decode(fm),
-                   sched, data["stack_obstacle"], list(data["notes"]))
+                   sched, data["stack_obstacle"], list(data["notes"]),
+                   {n: ModuleInfo(**{**i, "layers": tuple(i["layers"])}) for n, i in data.get("modules", {}).items()},
+                   data.get("laps", 1))
 
 
 def _partition_json(info: dict[str, Any]) -> dict[str, Any]:
@@ -456,4 +503,4 @@ def lcm(values: Iterable[int]) -> int:
     return out
 
 
-__all__ = ["PartitionInfo", "Pattern", "ReplicaInfo", "ScheduleGraph", "Stage", "lcm"]
+__all__ = ["ModuleInfo", "PartitionInfo", "Pattern", "ReplicaInfo", "ScheduleGraph", "Stage", "lcm"]

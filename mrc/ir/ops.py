@@ -255,7 +255,8 @@ class Batch(Op):
 class Forward(Op):
     """Run layers [start, stop) of the model (stop None: to the end) on its input edge.
     `grad` lists the partitions autograd tracks through it; empty: it runs without autograd
-    (no activations kept)."""
+    (no activations kept). `frozen`: the layers run in eval mode (a trained module that a later
+    stage only reads: its batch-norm statistics stay as trained)."""
 
     kind: ClassVar[str] = "forward"
     rank: ClassVar[int] = 2
@@ -263,6 +264,7 @@ class Forward(Op):
     stop: int | None = None
     grad: tuple[str, ...] = ()
     phase: int = 0
+    frozen: bool = False
 
     def key(self) -> str:
         if self.start == 0 and self.stop is None:
@@ -277,7 +279,7 @@ class Forward(Op):
 
     def text(self) -> str:
         mode = f"grad {names(self.grad)}" if self.grad else "no_grad"
-        return f"forward {self.segment} [{mode}]"
+        return f"forward {self.segment} [{mode}{', frozen' if self.frozen else ''}]"
 
     def partitions_used(self) -> tuple[str, ...]:
         return self.grad

@@ -38,13 +38,16 @@ class LoweringError(ValueError):
 
 
 class Env:
-    """What one step's op callables share: the global step, the schedule's multiplier, the
-    batch, each op's output value (by op id) and the losses of the step (replica, tensor)."""
+    """What one step's op callables share: the global step, the stage's clock (the step within
+    the stage's own run, over its laps: what its patterns and schedule follow), the schedule's
+    multiplier, the batch, each op's output value (by op id) and the losses of the step
+    (replica, tensor)."""
 
-    __slots__ = ("losses", "mult", "t", "values", "x", "y")
+    __slots__ = ("clock", "losses", "mult", "t", "values", "x", "y")
 
     def __init__(self) -> None:
         self.t = 0
+        self.clock = 0
         self.mult = 1.0
         self.x: torch.Tensor | None = None
         self.y: torch.Tensor | None = None
@@ -102,6 +105,12 @@ class Lowering:
     owners: dict[tuple[str, str], UpdateGroup] = field(default_factory=dict)
     lrs: dict[str, float] = field(default_factory=dict)
     masks: dict[tuple[str, str], list[torch.Tensor | None]] = field(default_factory=dict)
+    cache: dict[Any, Any] = field(default_factory=dict)
+    """What a technique's lowerings share and build once (module-wise segments, say)."""
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Tensors a technique's ops keep across steps (module-wise multipliers): checkpointed."""
+    metrics: list[Callable[[], dict[str, Any]]] = field(default_factory=list)
+    """Providers of a technique's metrics, merged into each metrics record."""
 
     def masks_of(self, replica: str, partition: str) -> list[torch.Tensor | None]:
         """Per tensor of `partition` (as `replicas.params` lists them) the boolean mask of the
@@ -153,23 +162,68 @@ class StepProgram:
     ops: tuple[Op, ...]
 
 
+@dataclass
+class Segment:
+    """A stretch of global steps [start, stop) that runs one stage: `clock0` is the stage's
+    clock at `start` (laps continue a stage's clock where its previous lap left it)."""
+
+    start: int
+    stop: int
+    stage: int
+    clock0: int
+    schedule: Callable[[int], float]
+
+
+def stage_steps(graph: ScheduleGraph, steps_per_epoch: int) -> list[int] | None:
+    """Each stage's length in steps, or None when the schedule is one stage as long as the run."""
+    if all(s.length is None for s in graph.stages):
+        return None
+    return [(s.length or 0) * (steps_per_epoch if s.unit == "epochs" else 1) for s in graph.stages]
+
+
+def staged_total(graph: ScheduleGraph, steps_per_epoch: int) -> int | None:
+    """The run's length in steps that the stages fix (None: the run's own length)."""
+    lengths = stage_steps(graph, steps_per_epoch)
+    return None if lengths is None else sum(lengths) * graph.laps
+
+
 class Plan:
     """The executable form of a schedule graph: `step(t, x, y)` runs global step t."""
 
-    def __init__(self, graph: ScheduleGraph, ctx: Lowering, programs: list[StepProgram],
-                 schedule: Callable[[int], float]) -> None:
+    def __init__(self, graph: ScheduleGraph, ctx: Lowering, programs: list[list[StepProgram]],
+                 segments: list[Segment]) -> None:
         self.graph = graph
         self.ctx = ctx
-        stage = graph.stage
-        self.period = stage.period
-        self.pattern_of = stage.pattern_of
-        self.programs = programs
-        self.schedule = schedule
+        self.programs_of = programs
+        self.segments = segments
         self.env = Env()
         self.trace: TextIO | None = None
         self.brains = tuple(graph.replicas)
         self.last_losses: dict[str, torch.Tensor] = {}
-        self._rates = [{**ctx.lrs, **_pattern_rates(p)} for p in stage.patterns]
+        self._rates = [[{**ctx.lrs, **_pattern_rates(p)} for p in stage.patterns] for stage in graph.stages]
+        self._locate(0)
+
+    def _locate(self, t: int) -> None:
+        """Point the step's shortcuts at the segment (stage) that runs global step t."""
+        import bisect
+
+        i = max(0, bisect.bisect_right([s.start for s in self.segments], t) - 1)
+        seg = self.segments[i]
+        stage = self.graph.stages[seg.stage]
+        self._seg = seg
+        self._lo, self._hi = seg.start, seg.stop
+        self.stage = seg.stage
+        self.period = stage.period
+        self.pattern_of = stage.pattern_of
+        self.programs = self.programs_of[seg.stage]
+        self.schedule = seg.schedule
+        self._clock = seg.clock0 - seg.start
+
+    def clock(self, t: int) -> int:
+        """The stage clock of global step t."""
+        if not self._lo <= t < self._hi:
+            self._locate(t)
+        return t + self._clock
 
     @property
     def module(self) -> nn.Module:
@@ -179,10 +233,13 @@ class Plan:
         """Run global step `t` on a batch; return its loss (the first gradient point's; for
         brains the mean over the brains that stepped)."""
         env = self.env
-        env.t, env.x, env.y = t, x, y
-        env.mult = self.schedule(t)
+        if not self._lo <= t < self._hi:
+            self._locate(t)
+        clock = t + self._clock
+        env.t, env.clock, env.x, env.y = t, clock, x, y
+        env.mult = self.schedule(clock)
         env.losses.clear()
-        program = self.programs[self.pattern_of[t % self.period]]
+        program = self.programs[self.pattern_of[clock % self.period]]
         if self.trace is None:
             for fn in program.fns:
                 fn(env)
@@ -202,9 +259,17 @@ class Plan:
     def learning_rates(self, t: int) -> dict[str, float]:
         """Each partition's (each brain's partition's) learning rate at step t, as it runs: the
         rate of its update on that step (or on its last step with one) times the schedule."""
-        mult = self.schedule(t)
-        rates = self._rates[self.pattern_of[t % self.period]]
+        clock = self.clock(t)
+        mult = self.schedule(clock)
+        rates = self._rates[self.stage][self.pattern_of[clock % self.period]]
         return {name: lr * mult for name, lr in rates.items()}
+
+    def technique_metrics(self) -> dict[str, Any]:
+        """The metrics the techniques' ops keep (module-wise: each module's loss, transport, τ/λ)."""
+        out: dict[str, Any] = {}
+        for provider in self.ctx.metrics:
+            out.update(provider())
+        return out
 
     # ---- the runtime's view of the state -----------------------------------------------
 
@@ -245,6 +310,7 @@ class Plan:
                 "drift": {repr(k): [d.clone() for d in ds] for k, ds in ctx.drift.items()},
                 "subsets": {repr(k): s.state_dict() for k, s in ctx.subsets.items()},
                 "replicas": ctx.replicas.state_dict(),
+                "state": {k: v.detach().clone() for k, v in ctx.state.items()},
                 "element_masks": self.mask_digest()}
 
     def mask_digest(self) -> str:
@@ -276,6 +342,9 @@ class Plan:
                     d.copy_(saved)
         for k, s in ctx.subsets.items():
             s.load_state_dict(state["subsets"][repr(k)])
+        with torch.no_grad():
+            for k, v in ctx.state.items():
+                v.copy_(state["state"][k])
 
     def integrators(self, replica: str) -> Iterator[Any]:
         """The integrators of one replica (for merges that reset or average their state)."""
@@ -301,19 +370,38 @@ def lower(graph: ScheduleGraph, bound: Any, total_steps: int, device: torch.devi
     from mrc.lower.replicas import Replicas
     from mrc.optim import build_schedule
 
-    if len(graph.stages) != 1:
-        raise LoweringError(f"this runtime runs one stage; the graph has {len(graph.stages)}")
     ctx = Lowering(graph, bound, total_steps, torch.device(device))
     ctx.replicas = Replicas.build(graph, bound, ctx.device)
     programs = []
-    for pattern in graph.stage.patterns:
-        fns, ops = [], []
-        for op in pattern.ops():
-            fns.append(lowering_of(op, ctx)(op, pattern, ctx))
-            ops.append(op)
-        programs.append(StepProgram(tuple(fns), tuple(ops)))
+    for stage in graph.stages:
+        per_stage = []
+        for pattern in stage.patterns:
+            fns, ops = [], []
+            for op in pattern.ops():
+                fns.append(lowering_of(op, ctx)(op, pattern, ctx))
+                ops.append(op)
+            per_stage.append(StepProgram(tuple(fns), tuple(ops)))
+        programs.append(per_stage)
     sched = graph.lr_schedule
-    schedule = build_schedule(sched.name, total_steps, sched.kwargs) if sched else (lambda t: 1.0)
-    plan = Plan(graph, ctx, programs, schedule)
+
+    def schedule_over(steps: int) -> Callable[[int], float]:
+        return build_schedule(sched.name, max(1, steps), sched.kwargs) if sched else (lambda t: 1.0)
+
+    lengths = stage_steps(graph, bound.data.steps_per_epoch()) if bound is not None else None
+    if lengths is None:
+        if len(graph.stages) != 1:
+            raise LoweringError(f"a schedule of {len(graph.stages)} stages needs each stage's length")
+        segments = [Segment(0, 2**62, 0, 0, schedule_over(total_steps))]
+    else:
+        # each stage's schedule spans its own run (all its laps): a module trained in turn gets
+        # the whole learning-rate schedule, not a slice of the run's
+        schedules = [schedule_over(n * graph.laps) for n in lengths]
+        segments, t = [], 0
+        for lap in range(graph.laps):
+            for i, n in enumerate(lengths):
+                segments.append(Segment(t, t + n, i, lap * n, schedules[i]))
+                t += n
+        segments[-1].stop = 2**62
+    plan = Plan(graph, ctx, programs, segments)
     ctx.replicas.plan = plan
     return plan

@@ -162,6 +162,7 @@ class MetricsLog(Callback):
                                "lr": run.plan.learning_rates(run.step - 1), "time": run.elapsed()}
         if run.plan.brains:
             rec["brains"] = {n: v.item() for n, v in run.plan.last_losses.items()}
+        rec.update(run.plan.technique_metrics())
         run.record(rec)
         self.progress.logged(run, rec)
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from mrc.lower import lower
-from mrc.lower.plan import Plan
+from mrc.lower.plan import Plan, staged_total
 from mrc.runtime.callbacks import (
     Callback,
     Checkpointing,
@@ -61,6 +61,8 @@ if TYPE_CHECKING:
     from mrc.api import Compiled
 
 FORMAT = "mrc-checkpoint-2"
+AUX = "aux"
+"""Where module-wise training keeps the auxiliary heads in the model (mrc.techniques.modules.bind)."""
 
 
 class TrainingStopped(Exception):
@@ -124,6 +126,14 @@ class Trainer:
             steps, epochs = settings.steps, settings.epochs
         self.total = steps if steps is not None else (epochs or 1) * self.spe
         self.echo = echo or (lambda s: print(s, file=sys.stderr))
+        staged = staged_total(compiled.graph, self.spe)
+        if staged is not None:
+            # the stages fix the run's length; a shorter length asked for ends the run early
+            # (inside a stage, whose schedule still spans the stage)
+            if self.asked and self.total < staged:
+                self.echo(f"mrc: note: the run ends at step {self.total}, before its stages end "
+                          f"(they run {staged} steps)")
+            self.total = min(self.total, staged) if self.asked else staged
         self.progress = progress
         self.stop_at = stop_at
         self.trace = trace
@@ -133,6 +143,8 @@ class Trainer:
         self.change_length = change_length
         self.fingerprint = fingerprint(compiled.graph)
         self._sink: Any = None
+        self.activation: Any = None  # mrc.runtime.memory.StepMemory of the measured steps
+        self._cuda_peak = 0
 
     # ---- checkpoints ---------------------------------------------------------------------
 
@@ -286,9 +298,15 @@ class Trainer:
                 tr, va = evaluate(m, train_x, train_y, eval_batch), evaluate(m, val_x, val_y, eval_batch)
                 summary["brains"][n] = {"train_loss": tr["loss"], "train_acc": tr["acc"],
                                         "val_loss": va["loss"], "val_acc": va["acc"]}
+        if self.c.bound.modules is not None and run.status != "diverged":
+            summary["modules"] = self._module_summary(final, val_x, val_y, train_x, train_y, eval_batch)
         if self.out:
             if run.status != "diverged":
-                save_torch(model.state_dict(), self.out / FINAL)
+                own = {k: v for k, v in model.state_dict().items() if not k.startswith(AUX + ".")}
+                save_torch(own, self.out / FINAL)
+                if self.c.bound.modules is not None:
+                    save_torch({k[len(AUX) + 1:]: v for k, v in model.state_dict().items()
+                                if k.startswith(AUX + ".")}, self.out / "aux.pt")
                 for n, state in plan.brain_states().items():
                     save_torch(state, self.out / "brains" / f"{n}.pt")
             save_json(summary, self.out / SUMMARY)
@@ -302,6 +320,22 @@ class Trainer:
         if run.message:
             self.echo(f"mrc: {run.message}")
         return TrainResult(model, metrics, summary, self.out, run.status)
+
+    def _module_summary(self, final: nn.Module, vx: torch.Tensor, vy: torch.Tensor, tx: torch.Tensor,
+                        ty: torch.Tensor, eval_batch: int) -> dict[str, Any]:
+        """Each module's classifier F_k ∘ G_k on the training and validation data (the last
+        module's is the model itself), with its table row."""
+        from mrc.techniques.modules.evaluate import module_classifiers
+
+        out = {}
+        graph = self.c.graph
+        for name, clf in module_classifiers(final, graph).items():
+            info = graph.modules[name]
+            tr, va = evaluate(clf, tx, ty, eval_batch), evaluate(clf, vx, vy, eval_batch)
+            out[name] = {"train_acc": tr["acc"], "val_acc": va["acc"], "val_loss": va["loss"],
+                         "params": info.params, "activation_bytes_estimate": info.bytes,
+                         "residuals": info.residuals, "tau": info.tau}
+        return out
 
     def _relower(self, run: Run) -> Plan:
         """A resume that changes the run's length: the schedule spans the new length."""
@@ -320,6 +354,7 @@ class Trainer:
         mrc/runtime/callbacks.py) a step is the Plan's step and nothing else."""
         data, device = self.data, self.device
         step_fn = plan.step
+        measured = self._measured_steps(plan, run)
         pending = run.pending
         interrupt = self.interrupt or Interrupt()
         stop_at = self.stop_at if self.stop_at is not None else run.total
@@ -334,7 +369,10 @@ class Trainer:
             last = min(run.total, stop_at)
             while batch < n and step < run.total:
                 idx = batches[batch].to(device)
-                loss = step_fn(step, train_x[idx], train_y[idx])
+                if step in measured:
+                    loss = self._measure(plan, step, train_x[idx], train_y[idx])
+                else:
+                    loss = step_fn(step, train_x[idx], train_y[idx])
                 step += 1
                 batch += 1
                 if loss is not None:
@@ -355,6 +393,37 @@ class Trainer:
             else:
                 run.step, run.batch = step, batch
 
+    MEASURED = 64
+    """At most this many steps of each stage's first period are measured for activation memory."""
+
+    def _measured_steps(self, plan: Plan, run: Run) -> set[int]:
+        """The steps whose activation memory is measured: the first period (up to MEASURED
+        steps) of every stretch of the run that runs a stage, and of the run from where it
+        (re)starts."""
+        out: set[int] = set()
+        starts = [(seg.start, plan.graph.stages[seg.stage].period) for seg in plan.segments]
+        starts.append((run.step, max(s.period for s in plan.graph.stages)))
+        for start, period in starts:
+            if start >= run.step:
+                out.update(range(start, min(start + min(period, self.MEASURED), run.total)))
+        return out
+
+    def _measure(self, plan: Plan, step: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """One step inside an ActivationMeter; the run's peak keeps the largest."""
+        from mrc.runtime.memory import ActivationMeter
+
+        meter = ActivationMeter(self.device)
+        meter.exclude([x, y])
+        for m in plan.checkpointed_modules():
+            meter.exclude(list(m.buffers()))
+        with meter:
+            loss = meter.run(lambda: plan.step(step, x, y))
+        got = meter.result()
+        self._cuda_peak = max(self._cuda_peak, meter.cuda_peak_before)
+        if self.activation is None or got.bytes > self.activation.bytes:
+            self.activation = got
+        return loss
+
     def _summary(self, module: nn.Module, tx: torch.Tensor, ty: torch.Tensor, vx: torch.Tensor,
                  vy: torch.Tensor, run: Run, wall: float, steps_run: int, early: EarlyStopping | None,
                  eval_batch: int) -> dict[str, Any]:
@@ -362,7 +431,7 @@ class Trainer:
         train = evaluate(module, tx, ty, eval_batch) if ok else {"loss": None, "acc": None}
         val = evaluate(module, vx, vy, eval_batch) if ok else {"loss": None, "acc": None}
         if self.device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated() / 2**20
+            peak = max(self._cuda_peak, torch.cuda.max_memory_allocated()) / 2**20
             peak_kind = "cuda_allocated_mib"
         else:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -376,6 +445,11 @@ class Trainer:
             "peak_memory_mib": peak, "peak_memory_kind": peak_kind, "device": str(self.device),
             "seed": self.program.train.seed, "last_checkpoint_step": run.last_good,
         }
+        if self.activation is not None:
+            # the peak activation memory of a training step (mrc.runtime.memory): on CUDA the
+            # allocator's peak above the step's start, on the CPU the bytes autograd saves
+            out["activation_memory"] = {"bytes": self.activation.bytes, "mib": self.activation.mib,
+                                        "kind": self.activation.kind}
         if early is not None and early.best is not None:
             out["best"] = {early.spec.metric: early.best, "step": early.best_step}
         return out

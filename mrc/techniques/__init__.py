@@ -9,8 +9,9 @@ A technique brings, in one place, what the spec language needs of it:
 
 `core` is plain training (model, data, optimizer, schedule, train settings); `multirate` is
 partitions with rates and linear drift; `random_subsets` and `langevin` are the seed's
-regularisation and integrator; `brains` is multirate across networks (a replica scope).
-The planned techniques (`modules`, `mgrit`, `sweep`) are added the same way.
+regularisation and integrator; `brains` is multirate across networks (a replica scope);
+`modules` is module-wise training (a module scope, and stages for its regimes). The planned
+techniques (`mgrit`, `sweep`) are added the same way.
 """
 
 
@@ -19,5 +20,6 @@ def load_all() -> None:
     import mrc.ir.ops
     import mrc.techniques.brains.lower
     import mrc.techniques.core.lower
+    import mrc.techniques.modules.lower
     import mrc.techniques.multirate.lower
     import mrc.techniques.random_subsets.lower  # noqa: F401

@@ -422,7 +422,6 @@ def test_partition_errors() -> None:
 
 
 @pytest.mark.parametrize(("text", "keyword"), [
-    ("modules { split = equal(4) }", "modules"),
     ('mgrit "stack" { levels = 3 }', "mgrit"),
     ("sweep random(trials=3) { optimizer.lr = loguniform(1e-4, 1e-1) }", "sweep"),
 ])

@@ -1,1 +1,1 @@
-"""Module-wise training (TRGL): cutting the traced model into modules, and their auxiliary heads."""
+"""Module-wise training (seeds/module-wise-trgl.md): modules with auxiliary heads, transport regularization and regimes."""

@@ -1,4 +1,4 @@
-"""Checks of the planned statements `modules`, `mgrit` and `sweep`: each is part of the language
+"""Checks of the planned statements `mgrit` and `sweep`: each is part of the language
 (docs/language.md fixes its design) and reports "not supported yet" at its keyword until the
 technique that gives it meaning arrives; that technique then replaces its entry here."""
 
@@ -12,7 +12,7 @@ from mrc.check.registry import STATEMENTS, statement
 if TYPE_CHECKING:
     from mrc.check.checker import Checker
 
-_ARRIVES_WITH = {"modules": "module-wise training", "mgrit": "layer-parallel MGRIT training",
+_ARRIVES_WITH = {"mgrit": "layer-parallel MGRIT training",
                  "sweep": "hyper-parameter sweeps"}
 
 
@@ -23,8 +23,6 @@ def _not_supported_yet(ck: Checker, st: ast.Statement | None) -> None:
                hint=f"it is specified in docs/language.md and arrives with {_ARRIVES_WITH[kw]}")
 
 
-statement("modules", "module-wise training with local losses", technique="planned", block=True,
-          once=True, usage="modules { settings }")(_not_supported_yet)
 statement("mgrit", "layer-parallel training of a residual stack by MGRIT", technique="planned",
           target=True, block=True, usage='mgrit "STACK" { settings }')(_not_supported_yet)
 statement("sweep", "a hyper-parameter search", technique="planned", target=True, args=True,

@@ -1,0 +1,201 @@
+"""Binding of module-wise training: the cuts on the traced model, the auxiliary heads, each
+module's parameters, and the partitions split by module.
+
+The split (`equal`, `balanced`, `at`) is found on the fx graph (mrc/techniques/modules/fxsplit.py);
+a cut that is not on the model's main chain, or more modules than blocks, is a diagnostic at the
+split's span (at the path's own span for `at`). Module k < K−1 gets an auxiliary classifier built
+for the shape of its output (mrc/techniques/modules/heads.py) as `aux.k` of the model — so
+selectors can name it (`module("aux.*")`) and a checkpoint holds it — while the last module uses
+the model's own head. Each parameter belongs to the module whose segment uses it; every
+partition is split into one partition per module it touches, `NAME@mk`, with the module's
+optimizer where the partition has none of its own: from here on the graph's partitions never
+cross a module boundary, so each module's backward and updates are those of its partitions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+
+from mrc.diagnostics import Reporter
+from mrc.ir.graph import ModuleInfo
+from mrc.program import Modules, Program
+from mrc.techniques.multirate.bind import BoundPartition
+
+AUX = "aux"
+"""The attribute of the model that holds the auxiliary heads (`aux.0`, `aux.1`, …)."""
+
+
+@dataclass
+class BoundModules:
+    """The modules of a bound spec: their names (m0 …), where they start (cuts, from the
+    split), their table rows (mrc.ir.graph.ModuleInfo), the owner of each parameter, the τ of
+    each module and the auxiliary heads (in the model as `aux`)."""
+
+    spec: Modules
+    names: tuple[str, ...]
+    cuts: tuple[object, ...]  # fxsplit.Cut
+    infos: dict[str, ModuleInfo]
+    owner: dict[str, str]
+    taus: tuple[float, ...]
+    heads: nn.ModuleList
+
+    def partition_name(self, partition: str, module: str) -> str:
+        return f"{partition}@{module}"
+
+
+def module_taus(spec: Modules, k: int) -> tuple[float, ...]:
+    """τ of each module: fixed τ; doubled: τ/2 for the first ⌊K/2⌋ modules and τ for the rest
+    (the authors' code); multipliers: λ0/2 (λ = 2τ) at the start; none: 0."""
+    if spec.transport == "fixed":
+        return (spec.tau,) * k
+    if spec.transport == "doubled":
+        return tuple(spec.tau / 2 if i < k // 2 else spec.tau for i in range(k))
+    if spec.transport == "multipliers":
+        return (spec.lambda0 / 2,) * k
+    return (0.0,) * k
+
+
+def bind_modules(program: Program, model: nn.Module, gm: fx.GraphModule, example: torch.Tensor,
+                 classes: int, batch: int, layers: tuple[str, ...], r: Reporter) -> BoundModules | None:
+    """Cut the model, build and attach the heads, and find each module's parameters."""
+    from mrc.techniques.modules import fxsplit
+    from mrc.techniques.modules.heads import build_head
+
+    spec = program.modules
+    assert spec is not None
+    span = spec.split_span or spec.span
+    if spec.split == "at":
+        cuts = []
+        for path, pspan in zip(spec.at, spec.at_spans, strict=True):
+            got = fxsplit.cut_at(gm, path)
+            if isinstance(got, str):
+                r.error(got, pspan)
+                return None
+            cuts.append(got)
+        order = sorted(cuts, key=lambda c: c.index)
+        if [c.index for c in order] != [c.index for c in cuts] or len({c.index for c in cuts}) < len(cuts):
+            r.error("the cut points must be distinct and in the order the model runs them", span,
+                    hint="order: " + ", ".join(f'"{c.path}"' for c in order))
+            return None
+    else:
+        got = (fxsplit.equal_split(gm, spec.count) if spec.split == "equal"
+               else fxsplit.balanced_split(gm, spec.count, batch))
+        if isinstance(got, str):
+            r.error(got, span)
+            return None
+        cuts = list(got)
+    if hasattr(model, AUX):
+        r.error(f"the model already has an attribute `{AUX}`, where module-wise training keeps its "
+                "auxiliary heads", program.model.span)
+        return None
+    k = len(cuts) + 1
+    names = tuple(f"m{i}" for i in range(k))
+    pieces = fxsplit.split_modules(gm, cuts, taps=False)
+    index = {n.name: i for i, n in enumerate(gm.graph.nodes)}
+    bounds = [c.index for c in cuts]
+    residuals = [0] * k
+    for res in fxsplit.residuals(gm):
+        residuals[_module_at(index[res.add], bounds)] += 1
+    if spec.transport != "none":
+        bare = [names[i] for i in range(k) if residuals[i] == 0]
+        if bare:
+            r.error(f"transport regularization needs residual blocks, and module {bare[0]} has none "
+                    "(the transport cost is the squared norm of its blocks' residual branches)",
+                    spec.transport_span or spec.span,
+                    hint="cut elsewhere, or use `transport = none` (VanGL)")
+            return None
+    shapes = _output_shapes(pieces, example)
+    heads = nn.ModuleList()
+    with torch.random.fork_rng():
+        torch.manual_seed((program.train.seed * 1_000_003 + 17) % 2**63)
+        for i in range(k - 1):
+            try:
+                heads.append(build_head(spec.aux, dict(spec.aux_args), shapes[i], classes))
+            except ValueError as err:
+                r.error(f"module {names[i]}: {err}", spec.aux_span or spec.span)
+                return None
+    heads.to(example.dtype)
+    model.add_module(AUX, heads)
+    gm.add_module(AUX, heads)
+    owner: dict[str, str] = {}
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    for i, piece in enumerate(pieces):
+        for p in piece.parameters():
+            n = name_of[id(p)]
+            if owner.get(n, names[i]) != names[i]:
+                r.error(f"parameter `{n}` is used by modules {owner[n]} and {names[i]}: shared weights "
+                        "cannot be split into modules", span)
+                return None
+            owner[n] = names[i]
+    for i, head in enumerate(heads):
+        for n, _ in head.named_parameters():
+            owner[f"{AUX}.{i}.{n}"] = names[i]
+    sizes = fxsplit.module_bytes(gm, cuts, batch)
+    count = dict.fromkeys(names, 0)
+    for n, p in model.named_parameters():
+        if n in owner:
+            count[owner[n]] += p.numel()
+    per_layer: dict[str, list[str]] = {n: [] for n in names}
+    for layer in layers:
+        first = next((owner[p] for p in owner if p.rpartition(".")[0] == layer), None)
+        if first is not None:
+            per_layer[first].append(layer)
+    for i in range(k - 1):
+        per_layer[names[i]].append(f"{AUX}.{i}")
+    taus = module_taus(spec, k)
+    aux_text = spec.aux + ("(" + ", ".join(f"{a}={v}" for a, v in spec.aux_args.items()) + ")"
+                           if spec.aux_args else "")
+    infos = {names[i]: ModuleInfo("" if i == 0 else cuts[i - 1].node, "" if i == 0 else cuts[i - 1].path,
+                                  tuple(per_layer[names[i]]), count[names[i]], int(sizes[i]), residuals[i],
+                                  f"{AUX}.{i}" if i < k - 1 else "model", aux_text if i < k - 1 else "",
+                                  taus[i])
+             for i in range(k)}
+    return BoundModules(spec, names, tuple(cuts), infos, owner, taus, heads)
+
+
+def _module_at(position: int, bounds: list[int]) -> int:
+    """The module that holds node `position`, given the cut positions (bisection)."""
+    import bisect
+
+    return bisect.bisect_right(bounds, position)
+
+
+def _output_shapes(pieces: list[fx.GraphModule], example: torch.Tensor) -> list[tuple[int, ...]]:
+    """The shape of one example's output of each module (a forward of the example batch)."""
+    shapes = []
+    x = example
+    with torch.no_grad():
+        for piece in pieces:
+            x, _ = piece(x)
+            shapes.append(tuple(x.shape[1:]))
+    return shapes
+
+
+def split_partitions(parts: tuple[BoundPartition, ...], mods: BoundModules, model: nn.Module,
+                     r: Reporter) -> tuple[BoundPartition, ...]:
+    """Each partition as one partition per module it touches (`NAME@mk`), with the module's own
+    optimizer where the partition names none."""
+    sizes = {n: p.numel() for n, p in model.named_parameters()}
+    out = []
+    for part in parts:
+        for name in mods.names:
+            keep = [i for i, p in enumerate(part.params) if mods.owner.get(p) == name]
+            if not keep:
+                continue
+            params = tuple(part.params[i] for i in keep)
+            masks = tuple(part.masks[i] for i in keep) if part.masks else ()
+            spec = part.spec
+            own = mods.spec.optimizers.get(name)
+            if own is not None and spec.optimizer is None:
+                spec = dataclasses.replace(spec, optimizer=own)
+            numel = sum(int(m.sum()) if m is not None else sizes[p] for p, m in
+                        zip(params, masks or (None,) * len(params), strict=True))
+            out.append(BoundPartition(mods.partition_name(part.name, name), params, numel, spec, masks))
+    stray = sorted({p for part in parts for p in part.params} - set(mods.owner))
+    if stray:
+        r.error(f"parameter `{stray[0]}` is used by no module of the split", mods.spec.span)
+    return tuple(out)

@@ -1,0 +1,136 @@
+"""Module-wise training in the schedule graph: the regimes as stages, a step as K local problems.
+
+One step of a replica, for the modules it trains (the `training` set of its stage): module k's
+forward reads the detached output of module k−1 (the batch, for m0) and tracks module k's
+partitions; its classifier (`aux_head`, or the model's own head in the last segment) gives the
+logits of its `local_loss`; its backward differentiates its own partitions only, and runs before
+module k+1's forward (an order edge: module k's activations are freed first); its partitions
+update at their own rates (multirate inside a module: `every`, drift). A module before the stage's
+first trained one runs without autograd and in eval mode (sequential regimes: frozen modules,
+whose batch-norm statistics stay as trained); modules after the
+last trained one do not run at all.
+
+Regimes (seeds/module-wise-trgl.md): `parallel` is one stage training every module; `sequential`
+is K stages, stage k training module k for `epochs` epochs; `laps` is those K stages with
+epochs/laps epochs each, run `laps` times (`ScheduleGraph.laps`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from mrc.binding import Bound
+from mrc.ir.graph import Pattern
+from mrc.ir.ops import Backward, Batch, Forward, Op, Rule, Scope, Update, Value
+from mrc.techniques.modules.ops import AuxHead, LocalLoss
+from mrc.techniques.multirate.bind import BoundPartition
+from mrc.techniques.multirate.expand import drifts, updating
+from mrc.techniques.multirate.ops import Drift
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """A stage to build: its name, length (epochs; None: the run's length) and the modules it
+    trains (indices)."""
+
+    name: str
+    length: int | None
+    training: frozenset[int]
+
+
+def stage_plans(bound: Bound) -> tuple[list[StagePlan], int]:
+    """The stages of the regime and how many laps they run."""
+    mods = bound.modules
+    spec = mods.spec
+    k = len(mods.names)
+    if spec.regime == "parallel":
+        return [StagePlan("train", None, frozenset(range(k)))], 1
+    epochs = spec.epochs or bound.program.train.epochs or 1
+    laps = spec.laps if spec.regime == "laps" else 1
+    return [StagePlan(n, epochs // laps, frozenset({i})) for i, n in enumerate(mods.names)], laps
+
+
+def multiplier_every(bound: Bound) -> int:
+    """The multiplier update's interval (1 when the transport is not driven by multipliers)."""
+    mods = bound.modules
+    return mods.spec.every if mods is not None and mods.spec.transport == "multipliers" else 1
+
+
+def module_parts(bound: Bound) -> dict[str, list[BoundPartition]]:
+    """Each module's partitions (`NAME@mk`), in partition order."""
+    mods = bound.modules
+    out: dict[str, list[BoundPartition]] = {n: [] for n in mods.names}
+    for p in bound.partitions:
+        out[p.name.rpartition("@")[2]].append(p)
+    return out
+
+
+def layer_span(bound: Bound, i: int) -> tuple[int, int | None]:
+    """Module i's [start, stop) in the graph's layer list (its first parameterised layer; stop
+    None for the last module)."""
+    mods = bound.modules
+    index = {layer: j for j, layer in enumerate(bound.layers)}
+
+    def first(m: int) -> int:
+        own = [index[layer] for layer in mods.infos[mods.names[m]].layers
+               if layer in index and not layer.startswith("aux.")]
+        return min(own) if own else 0
+
+    start = 0 if i == 0 else first(i)
+    stop = None if i == len(mods.names) - 1 else first(i + 1)
+    return start, stop
+
+
+def expand_modules_step(pattern: Pattern, bound: Bound, scope: Scope, n: int, batch: Batch,
+                        rule_for: dict[str, tuple[Rule, float]], training: frozenset[int]) -> list[Op]:
+    """Add one module-wise step of replica `scope` (its own step n) to `pattern`; see the module
+    docstring. Returns the ops the step ends with."""
+    mods = bound.modules
+    spec = mods.spec
+    program = bound.program
+    parts = module_parts(bound)
+    k_last = len(mods.names) - 1
+    smoothing = program.train.label_smoothing
+    every = multiplier_every(bound)
+    batch_op = pattern.add(batch)
+    prev: Op = batch_op
+    prev_bwd: Op | None = None
+    tail: list[Op] = []
+    for i in range(max(training) + 1):
+        name = mods.names[i]
+        ms = replace(scope, module=name)
+        own = parts[name]
+        trains = i in training
+        grad = tuple(p.name for p in own) if trains else ()
+        start, stop = layer_span(bound, i)
+        ins = [(prev, Value("batch") if i == 0 else Value("detached"))]
+        if prev_bwd is not None:
+            ins += pattern.after([prev_bwd])
+        fwd = pattern.add(Forward(ms, start, stop, grad, frozen=i < min(training)), ins)
+        prev = fwd
+        if not trains:
+            continue
+        logits: Op = fwd
+        if i < k_last:
+            info = mods.infos[name]
+            logits = pattern.add(AuxHead(ms, info.head, info.aux), [(fwd, Value("activation"))])
+        multipliers = (spec.lambda0, spec.h, float(spec.every)) if spec.transport == "multipliers" else ()
+        weight = 1.0 if multipliers else (1.0 / (2.0 * mods.taus[i]) if mods.taus[i] else 0.0)
+        loss_ins = [(logits, Value("logits")), (batch_op, Value("batch"))]
+        if (weight or multipliers) and logits is not fwd:  # one edge per pair: the logits edge
+            loss_ins.append((fwd, Value("activation")))  # of the last module brings its taps too
+        loss = pattern.add(LocalLoss(ms, "cross_entropy", smoothing, (), 0, weight if not multipliers else 0.0,
+                                     multipliers, bool(multipliers) and n % every == 0), loss_ins)
+        if not grad:
+            continue
+        bwd = pattern.add(Backward(ms, grad, "autograd", program.train.grad_clip), [(loss, Value("loss"))])
+        prev_bwd = bwd
+        moved = []
+        for p in updating(own, n):
+            rule, lr = rule_for[p.name]
+            moved.append(pattern.add(Update(ms, p.name, rule, lr, drifts(p)), [(bwd, Value("grads", (p.name,)))]))
+        tail += moved
+        for p in own:
+            if drifts(p):
+                tail.append(pattern.add(Drift(ms, p.name, 1.0 / p.spec.every), pattern.after(moved)))
+    return tail

@@ -1,0 +1,174 @@
+"""Lowerings of module-wise training: a module's forward, its auxiliary head and its local loss.
+
+The traced model is cut once per replica into its K module segments at the fx nodes the graph's
+module table names (`ModuleInfo.start`); segment k takes one tensor and returns (output, the
+residual branches r_m of its blocks). A module's forward reads its input edge — the batch, or the
+previous module's output, detached on a `detached` edge — and runs without autograd when it
+tracks no partition (a frozen module of a sequential stage). The local loss is
+weight·CE + transport_weight·Σ_m mean(r_m²), or with the method of multipliers λ_k·CE + Σ_m
+mean(r_m²), λ_k kept (and checkpointed) in the lowering's state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from mrc.ir.graph import Pattern
+from mrc.ir.ops import Forward
+from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
+from mrc.techniques.core.lower import replica
+from mrc.techniques.modules.ops import AuxHead, LocalLoss
+
+
+def module_index(name: str) -> int:
+    return int(name[1:])
+
+
+def pieces(ctx: Lowering, r: str) -> list[fx.GraphModule]:
+    """The module segments of replica r's model (cut once)."""
+    from mrc.techniques.modules import fxsplit
+
+    key = ("modules.pieces", r)
+    got = ctx.cache.get(key)
+    if got is None:
+        gm = ctx.replicas.module_of(r)
+        if not isinstance(gm, fx.GraphModule):
+            raise LoweringError("module-wise training needs the traced model of each replica")
+        index = {n.name: i for i, n in enumerate(gm.graph.nodes)}
+        cuts = []
+        for name, info in list(ctx.graph.modules.items())[1:]:
+            if info.start not in index:
+                raise LoweringError(f"module {name} starts at fx node `{info.start}`, which the model does not have")
+            cuts.append(fxsplit.Cut(index[info.start], info.start, info.path))
+        got = ctx.cache[key] = fxsplit.split_modules(gm, cuts, taps=True)
+        _register_metrics(ctx)
+    return got
+
+
+def _input(pattern: Pattern, op: Any, *kinds: str) -> tuple[str, str]:
+    for src, v in pattern.inputs(op):
+        if v.kind in kinds:
+            return src.id, v.kind
+    raise LoweringError(f"{op.id}: no {' or '.join(kinds)} input")
+
+
+@lowers("forward", when=lambda op, ctx: bool(op.scope.module))
+def lower_module_forward(op: Forward, pattern: Pattern, ctx: Lowering) -> StepFn:
+    r = replica(op)
+    i = module_index(op.scope.module)
+    segs = pieces(ctx, r)
+    if i >= len(segs):
+        raise LoweringError(f"{op.id}: the model is cut into {len(segs)} modules")
+    segment = segs[i]
+    src, kind = _input(pattern, op, "batch", "detached", "activation")
+    key, no_grad, detach = op.id, not op.grad, kind == "detached"
+    if op.frozen:
+        def frozen(env: Env) -> None:
+            segment.eval()
+            try:
+                with torch.no_grad():
+                    env.values[key] = segment(env.values[src][0])
+            finally:
+                segment.train()
+        return frozen
+
+    def forward(env: Env) -> None:
+        x = env.values[src][0]
+        if detach:
+            x = x.detach()
+        if no_grad:
+            with torch.no_grad():
+                env.values[key] = segment(x)
+        else:
+            env.values[key] = segment(x)
+    return forward
+
+
+@lowers("aux_head")
+def lower_aux_head(op: AuxHead, pattern: Pattern, ctx: Lowering) -> StepFn:
+    try:
+        head: nn.Module = ctx.replicas.module_of(replica(op)).get_submodule(op.path)
+    except AttributeError:
+        raise LoweringError(f"{op.id}: the model has no auxiliary head `{op.path}`") from None
+    src, _ = _input(pattern, op, "activation")
+    key = op.id
+
+    def aux_head(env: Env) -> None:
+        env.values[key] = head(env.values[src][0])
+    return aux_head
+
+
+def _lambda(ctx: Lowering, r: str, module: str, lambda0: float) -> torch.Tensor:
+    key = f"lambda/{r}/{module}" if r else f"lambda/{module}"
+    if key not in ctx.state:
+        dtype = next(iter(ctx.replicas.module_of(r).parameters())).dtype if not getattr(ctx.replicas, "stacked", False) else torch.float32
+        ctx.state[key] = torch.tensor(lambda0, dtype=dtype, device=ctx.device)
+    return ctx.state[key]
+
+
+@lowers("local_loss")
+def lower_local_loss(op: LocalLoss, pattern: Pattern, ctx: Lowering) -> StepFn:
+    if op.fn != "cross_entropy":
+        raise LoweringError(f"{op.id}: loss `{op.fn}` has no lowering")
+    r, m = replica(op), op.scope.module
+    logits_src, _ = _input(pattern, op, "logits")
+    from_forward = pattern.op(logits_src).kind == "forward"
+    batch, _ = _input(pattern, op, "batch")
+    taps = None
+    if op.transported:  # the module's forward: on an activation edge, or the logits' own
+        taps = next((src.id for src, v in pattern.inputs(op) if v.kind == "activation"), logits_src)
+    key, smoothing, weight = op.id, op.label_smoothing, op.transport_weight
+    records: dict[str, Any] = ctx.cache.setdefault("modules.records", {})
+    rec = records.setdefault((r, m), {})
+    # the step's reported loss: the last module this replica trains here (the model's own
+    # classifier when every module trains)
+    mine = [module_index(o.scope.module) for o in pattern.of_kind(LocalLoss) if replica(o) == r]
+    reports = module_index(m) == max(mine)
+    lam = None
+    if op.multipliers:
+        lambda0, h, _ = op.multipliers
+        lam = _lambda(ctx, r, m, lambda0)
+        update = op.update_multiplier
+    tau = ctx.graph.modules[m].tau if m in ctx.graph.modules else 0.0
+    rec["tau" if lam is None else "lambda"] = tau if lam is None else lam
+
+    def loss(env: Env) -> None:
+        logits = env.values[logits_src][0] if from_forward else env.values[logits_src]
+        ce = F.cross_entropy(logits, env.values[batch][1], label_smoothing=smoothing)
+        value = ce
+        if taps is not None:
+            branches = env.values[taps][1]
+            cost = sum(b.pow(2).mean() for b in branches) if branches else ce.new_zeros(())
+            rec["transport"] = cost.detach()
+            if lam is not None:
+                if update and env.clock > 0:
+                    with torch.no_grad():
+                        lam.add_(h * ce.detach())
+                value = lam * ce + cost
+            else:
+                value = ce + weight * cost
+        rec["loss"] = ce.detach()
+        env.values[key] = value
+        if reports:
+            env.losses.append((r, ce.detach()))
+    return loss
+
+
+def _register_metrics(ctx: Lowering) -> None:
+    """Each module's latest loss (CE), transport cost and τ (or λ) in the metrics records."""
+    if ctx.cache.get("modules.metrics"):
+        return
+    ctx.cache["modules.metrics"] = True
+    records: dict[tuple[str, str], dict[str, Any]] = ctx.cache.setdefault("modules.records", {})
+
+    def metrics() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for (r, m), rec in sorted(records.items(), key=lambda kv: (kv[0][0], module_index(kv[0][1]))):
+            row = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in rec.items()}
+            out[f"{r}.{m}" if r else m] = row
+        return {"modules": out} if out else {}
+    ctx.metrics.append(metrics)

@@ -1,0 +1,80 @@
+"""The op kinds of module-wise training: a module's auxiliary classifier and its local loss.
+
+A module-wise step is, for each module k (scope `module=mk`): a forward of the module's segment
+reading the *detached* output of module k−1 (the batch, for the first), its classifier (an
+`aux_head`, or for the last module the model's own head inside the segment), its `local_loss`
+(cross-entropy, plus with TRGL the transport cost of its residual branches), and the backward
+and updates of the module's own partitions. Module k's backward runs before module k+1's forward
+(an order edge), so each module's activations are freed before the next module makes its own:
+that is where the memory goes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from mrc.ir.ops import GraphError, Loss, Op, op_kind
+
+if TYPE_CHECKING:
+    from mrc.ir.graph import Pattern
+
+
+@op_kind
+@dataclass(frozen=True, slots=True)
+class AuxHead(Op):
+    """Module k's auxiliary classifier (the module at `path` of the bound model, e.g. `aux.0`,
+    built by binding as `head`) on the module's output activation: its logits."""
+
+    kind: ClassVar[str] = "aux_head"
+    rank: ClassVar[int] = 2
+    path: str = ""
+    head: str = ""
+
+    def text(self) -> str:
+        return f"aux_head {self.path} {self.head}"
+
+    def verify(self, pattern: Pattern) -> None:
+        if not any(v.kind == "activation" for _, v in pattern.inputs(self)):
+            raise GraphError(f"{self.id}: an auxiliary head needs its module's activation as input")
+
+
+@op_kind
+@dataclass(frozen=True, slots=True)
+class LocalLoss(Loss):
+    """A module's loss: weight·CE(logits, targets) + transport_weight·Σ_m mean(r_m²) over the
+    residual branches r_m its forward taps (TRGL; transport_weight 0 is VanGL).
+
+    Fixed τ: weight 1, transport_weight 1/(2τ). Method of multipliers (`multipliers` =
+    (λ0, h, every)): weight λ_k (state, starting at λ0), transport_weight 1; with
+    `update_multiplier` this step first sets λ_k ← λ_k + h·CE_k with the step's CE (the seed's
+    λ_{k,i+1} = λ_{k,i} + h·L(θ_{k,i+1}, x_{i+1}) when i mod s = 0; the module's step 0 skips it)."""
+
+    kind: ClassVar[str] = "local_loss"
+    rank: ClassVar[int] = 3
+    transport_weight: float = 0.0
+    multipliers: tuple[float, ...] = ()
+    update_multiplier: bool = False
+
+    def text(self) -> str:
+        smooth = f"(label_smoothing={self.label_smoothing:g})" if self.label_smoothing else ""
+        if self.multipliers:
+            lam0, h, every = self.multipliers
+            out = f"local_loss λ·{self.fn}{smooth} + transport (λ0={lam0:g}, h={h:g}, every={every:g})"
+            return out + (" then λ += h·CE" if self.update_multiplier else "")
+        if self.transport_weight:
+            return f"local_loss {self.fn}{smooth} + {self.transport_weight:g}·transport"
+        return f"local_loss {self.fn}{smooth}"
+
+    @property
+    def transported(self) -> bool:
+        return bool(self.transport_weight or self.multipliers)
+
+    def verify(self, pattern: Pattern) -> None:
+        Loss.verify(self, pattern)
+        if self.transported and not any(v.kind == "activation" or (v.kind == "logits" and src.kind == "forward")
+                                        for src, v in pattern.inputs(self)):
+            raise GraphError(f"{self.id}: a transport term needs its module's forward (the residual branches)")
+
+
+__all__ = ["AuxHead", "LocalLoss"]
