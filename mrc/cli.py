@@ -262,7 +262,10 @@ def run_train(args: argparse.Namespace) -> int:
     val += f"  activations {mem['mib']:.2f} MiB" if mem else ""
     mods = s.get("modules")
     if mods:
-        val += "  modules " + " ".join(f"{n}:{m['val_acc']:.3f}" for n, m in mods.items())
+        shown = [f"{n}:{m['val_acc']:.3f}" for n, m in mods.items()]
+        if len(shown) > 6:
+            shown = [*shown[:2], "…", *shown[-2:]]
+        val += "  modules " + " ".join(shown)
     print(f"mrc: {s['status']}: {s['steps']} steps in {s['wall_time_s']:.1f} s "
           f"({s['steps_per_s']:.1f} steps/s)  train_acc {s['train_acc']:.4f}  {val}"
           + (f"\nmrc: wrote {Path(result.out_dir)}/{{final.pt,metrics.jsonl,summary.json,checkpoint.pt}}"

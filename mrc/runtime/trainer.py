@@ -325,13 +325,14 @@ class Trainer:
                         ty: torch.Tensor, eval_batch: int) -> dict[str, Any]:
         """Each module's classifier F_k ∘ G_k on the training and validation data (the last
         module's is the model itself), with its table row."""
-        from mrc.techniques.modules.evaluate import module_classifiers
+        from mrc.techniques.modules.evaluate import evaluate_modules
 
         out = {}
         graph = self.c.graph
-        for name, clf in module_classifiers(final, graph).items():
-            info = graph.modules[name]
-            tr, va = evaluate(clf, tx, ty, eval_batch), evaluate(clf, vx, vy, eval_batch)
+        train = evaluate_modules(final, graph, tx, ty, eval_batch)
+        val = evaluate_modules(final, graph, vx, vy, eval_batch)
+        for name, info in graph.modules.items():
+            tr, va = train[name], val[name]
             out[name] = {"train_acc": tr["acc"], "val_acc": va["acc"], "val_loss": va["loss"],
                          "params": info.params, "activation_bytes_estimate": info.bytes,
                          "residuals": info.residuals, "tau": info.tau}

@@ -15,7 +15,7 @@ cross a module boundary, so each module's backward and updates are those of its 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import fx, nn
@@ -42,6 +42,8 @@ class BoundModules:
     owner: dict[str, str]
     taus: tuple[float, ...]
     heads: nn.ModuleList
+    layer_index: dict[str, int] = field(default_factory=dict)
+    """Position of each layer in the bound layer list (filled by the expansion, once)."""
 
     def partition_name(self, partition: str, module: str) -> str:
         return f"{partition}@{module}"
@@ -140,10 +142,12 @@ def bind_modules(program: Program, model: nn.Module, gm: fx.GraphModule, example
         if n in owner:
             count[owner[n]] += p.numel()
     per_layer: dict[str, list[str]] = {n: [] for n in names}
+    layer_owner: dict[str, str] = {}
+    for p, m in owner.items():  # a layer belongs to the module of its (first) parameter
+        layer_owner.setdefault(p.rpartition(".")[0], m)
     for layer in layers:
-        first = next((owner[p] for p in owner if p.rpartition(".")[0] == layer), None)
-        if first is not None:
-            per_layer[first].append(layer)
+        if layer in layer_owner:
+            per_layer[layer_owner[layer]].append(layer)
     for i in range(k - 1):
         per_layer[names[i]].append(f"{AUX}.{i}")
     taus = module_taus(spec, k)

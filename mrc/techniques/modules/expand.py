@@ -65,11 +65,18 @@ def module_parts(bound: Bound) -> dict[str, list[BoundPartition]]:
     return out
 
 
+def _layer_index(bound: Bound) -> dict[str, int]:
+    index = bound.modules.layer_index
+    if not index:
+        index.update({layer: j for j, layer in enumerate(bound.layers)})
+    return index
+
+
 def layer_span(bound: Bound, i: int) -> tuple[int, int | None]:
     """Module i's [start, stop) in the graph's layer list (its first parameterised layer; stop
     None for the last module)."""
     mods = bound.modules
-    index = {layer: j for j, layer in enumerate(bound.layers)}
+    index = _layer_index(bound)
 
     def first(m: int) -> int:
         own = [index[layer] for layer in mods.infos[mods.names[m]].layers

@@ -105,7 +105,7 @@ def lower_aux_head(op: AuxHead, pattern: Pattern, ctx: Lowering) -> StepFn:
 def _lambda(ctx: Lowering, r: str, module: str, lambda0: float) -> torch.Tensor:
     key = f"lambda/{r}/{module}" if r else f"lambda/{module}"
     if key not in ctx.state:
-        dtype = next(iter(ctx.replicas.module_of(r).parameters())).dtype if not getattr(ctx.replicas, "stacked", False) else torch.float32
+        dtype = next(iter(ctx.replicas.module_of(r).parameters())).dtype
         ctx.state[key] = torch.tensor(lambda0, dtype=dtype, device=ctx.device)
     return ctx.state[key]
 
