@@ -276,6 +276,18 @@ def test_parallel_gradients_are_the_local_losses(tmp_path: Path, model: str, dat
         if k < hand.K - 1:
             assert any(n.startswith(f"aux.{k}.") for n in params)
     assert seen == set(before)  # every parameter, each in one module
+    # and not trivially: end to end (every loss through undetached inputs) m0 would move otherwise
+    e2e = copy.deepcopy(init)
+    e2e.train()
+    whole = Hand(e2e, sizes)
+    h, total = x, 0.0
+    for k in range(whole.K):
+        h, rs = whole.module(k, h)
+        ce = F.cross_entropy(whole.head(k, h), y)
+        total = total + loss_of(ce, sum(r.pow(2).mean() for r in rs), tau)
+    first = whole.params(0)
+    (name, _), g = next(zip(first.items(), torch.autograd.grad(total, list(first.values())), strict=False))
+    assert (before[name].detach() - after[name].detach() - g).abs().max() > 1e-6
     # the modules' metrics of the step: CE and the transport cost of each module
     (rec,) = module_records(result)
     assert list(rec) == [f"m{k}" for k in range(hand.K)]
