@@ -169,13 +169,24 @@ def _module_at(position: int, bounds: list[int]) -> int:
 
 
 def _output_shapes(pieces: list[fx.GraphModule], example: torch.Tensor) -> list[tuple[int, ...]]:
-    """The shape of one example's output of each module (a forward of the example batch)."""
+    """The shape of one example's output of each module (a forward of the example batch).
+
+    Run in eval mode and without autograd, as tracing is (mrc.models.trace.trace_model): the
+    pieces share the model's submodules, so a training-mode pass would update every batch norm's
+    running statistics and draw dropout randomness before training starts."""
+    modes = [(m, m.training) for piece in pieces for m in piece.modules()]
     shapes = []
     x = example
-    with torch.no_grad():
+    try:
         for piece in pieces:
-            x, _ = piece(x)
-            shapes.append(tuple(x.shape[1:]))
+            piece.eval()
+        with torch.no_grad():
+            for piece in pieces:
+                x, _ = piece(x)
+                shapes.append(tuple(x.shape[1:]))
+    finally:
+        for m, training in modes:
+            m.train(training)
     return shapes
 
 
