@@ -12,6 +12,7 @@ import torch
 from mrc.api import compile_spec, train
 from mrc.cli import main
 from mrc.diagnostics import CompileError
+from mrc.ir.ops import Forward
 
 SPEC = """
 model resnet(depth=14, width=4)
@@ -161,3 +162,19 @@ def test_brains_of_module_wise_networks(tmp_path: Path) -> None:
     assert {"brain=fast module=m0", "brain=slow module=m1"} <= scopes
     result = train(compiled, save=False, steps=4)
     assert set(result.summary["modules"]) == {"m0", "m1"} and set(result.summary["brains"]) == {"fast", "slow"}
+
+
+def test_each_stage_runs_its_own_pattern(tmp_path: Path) -> None:
+    """The trace of a sequential run: stage m0's steps run m0's ops, then m1's stage starts."""
+    compiled = compile_spec(write(tmp_path, regime="sequential(epochs=1)", split="equal(2)"))
+    spe = compiled.bound.data.steps_per_epoch()
+    trace = tmp_path / "trace.txt"
+    train(compiled, save=False, steps=spe + 2, trace=trace)
+    lines = trace.read_text().splitlines()
+    by_step: dict[int, list[str]] = {}
+    for line in lines:
+        step, op_id, _, _ = line.split(" ", 3)
+        by_step.setdefault(int(step), []).append(op_id)
+    for t, stage in ((0, 0), (spe - 1, 0), (spe, 1), (spe + 1, 1)):
+        assert by_step[t] == [op.id for op in compiled.graph.stages[stage].patterns[0].ops()], t
+    assert any(op.frozen for op in compiled.graph.stages[1].patterns[0].of_kind(Forward))
