@@ -187,6 +187,8 @@ def memory_runs(tmp: Path, depth: int, ks: list[int], threads: int) -> dict[str,
     contenders = {"e2e": ""} | {
         f"{split}{k}": TRGL_MEMORY.format(split=split, k=k) for k in ks for split in ("equal", "balanced")
     }
+    # VanGL at K = 4 balanced: what the transport term itself costs (it saves every r_m for backward)
+    contenders["balanced4_vangl"] = TRGL_MEMORY.format(split="balanced", k=4).replace("fixed(tau=0.1)", "none")
     out = {}
     for name, modules in contenders.items():
         spec = tmp / f"mem_{name}.mrs"
@@ -256,6 +258,7 @@ def _mib(n: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="K = 4 only, 3 repeats, shorter runs, one seed (< 1 min)")
+    ap.add_argument("--parts", default="memory,time,accuracy", help="which measurements to run (all three)")
     ap.add_argument("--depth", type=int, default=20, help="ResNet depth of the memory and time spec (6n+2)")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved timed runs of each contender (5; 3 quick)")
     ap.add_argument("--epochs", type=int, default=None, help="epochs per timed run, the first is warm-up (5; 2 quick)")
@@ -269,6 +272,9 @@ def main() -> None:
         help="torch intra-op threads of every run (1; 0: mrc's choice, 2 here for the ResNet-20)",
     )
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
+    if not parts or parts - {"memory", "time", "accuracy"}:
+        ap.error("--parts: a comma-separated subset of memory,time,accuracy")
     if args.threads:
         torch.set_num_threads(args.threads)  # the cross-check's plan.step; the runs set their own
     repeats = args.repeats or (3 if args.quick else 5)
@@ -278,47 +284,101 @@ def main() -> None:
     if epochs < 2:
         ap.error("--epochs must be ≥ 2 (the first epoch is warm-up)")
     ks = sorted({4, *(int(k) for k in (args.ks or ("4" if args.quick else "2,4,8")).split(","))})
+    threads = args.threads or "mrc's choice"
     start = time.perf_counter()
+    out: dict[str, Any] = {
+        "memory_k4_balanced": None,
+        "memory_k4_equal": None,
+        "time_k4_balanced": None,
+        "acc_e2e": None,
+        "acc_vangl_k4": None,
+        "acc_trgl_k4": None,
+        "device": "cpu",
+    }
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        mem = memory_runs(tmp, args.depth, ks, args.threads)
-        own = {name: own_count(mem[name]["spec"]) for name in ("e2e", "balanced4", "equal4")}
-        times, spe = timing_runs(tmp, args.depth, epochs, repeats, args.threads)
-        acc = accuracy_runs(tmp, acc_epochs, seeds, args.threads)
+        if "memory" in parts:
+            out.update(report_memory(tmp, args.depth, ks, args.threads))
+        if "time" in parts:
+            out.update(report_time(tmp, args.depth, epochs, repeats, args.threads, threads))
+        if "accuracy" in parts:
+            out.update(report_accuracy(tmp, acc_epochs, seeds, args.threads))
+    goals = []
+    if out["memory_k4_balanced"] is not None:
+        out["goal_memory_met"] = out["memory_k4_balanced"] <= GOAL_MEMORY
+        goals.append(
+            f"memory ≤ {GOAL_MEMORY} of e2e: {out['memory_k4_balanced']:.3f} "
+            f"({'met' if out['goal_memory_met'] else 'NOT met'})"
+        )
+    if out["acc_trgl_k4"] is not None:
+        gap = out["acc_trgl_k4"] - out["acc_e2e"]
+        out["goal_acc_met"] = gap >= -GOAL_ACC
+        goals.append(
+            f"TRGL accuracy within {GOAL_ACC * 100:.0f} point of e2e: {gap * 100:+.2f} points "
+            f"({'met' if out['goal_acc_met'] else 'NOT met'})"
+        )
     wall = time.perf_counter() - start
-    threads = args.threads or "mrc's choice of"
-    device = "cpu"
+    print(f"\ngoal at K=4 balanced: {'; '.join(goals) or '-'}   [{wall:.0f} s]")
+    out.update({"depth": args.depth, "threads": threads, "quick": args.quick, "wall_s": round(wall, 1)})
+    print(json.dumps(out))
 
+
+def report_memory(tmp: Path, depth: int, ks: list[int], threads: int) -> dict[str, Any]:
+    mem = memory_runs(tmp, depth, ks, threads)
+    own = {name: own_count(mem[name]["spec"]) for name in ("e2e", "balanced4", "equal4")}
     e2e = mem["e2e"]["bytes"]
     frac = {name: m["bytes"] / e2e for name, m in mem.items()}
     print(
-        f"1. activation memory of a training step: resnet(depth={args.depth}, width=16), synthetic 3×32×32, "
-        f"batch 64; parallel TRGL aux conv(width=32), tau 0.1; mrc's summary ({mem['e2e']['kind']})"
+        f"1. activation memory of a training step: resnet(depth={depth}, width=16), synthetic 3×32×32, "
+        f"batch 64; parallel TRGL aux conv(width=32), tau 0.1 (_vangl: transport none); "
+        f"mrc's run summary ({mem['e2e']['kind']})"
     )
     print(f"{'':<16}{'MiB':>8}{'÷ e2e':>8}   per-module estimates of `mrc graph` (MiB)")
     for name, m in mem.items():
         est = " ".join(_mib(b) for b in m["estimates"]) or "-"
         print(f"{name:<16}{_mib(m['bytes']):>8}{frac[name]:>8.3f}   {est}")
-    print("cross-check: own saved_tensors_hooks counter around one plan.step (per-module peaks, MiB)")
+    print("cross-check: own saved_tensors_hooks counter around one plan.step (and each module's peak, MiB)")
     for name, (peak, stretches, left) in own.items():
         agree = "same bytes" if peak == mem[name]["bytes"] else f"differs from mrc's {mem[name]['bytes']}"
         print(
             f"{name:<16}{_mib(peak):>8}{peak / own['e2e'][0]:>8.3f}   "
             f"{' '.join(_mib(b) for b in stretches)}   ({agree}; {left} bytes held after the step)"
         )
+    return {
+        "memory_k4_balanced": round(frac["balanced4"], 4),
+        "memory_k4_equal": round(frac["equal4"], 4),
+        "memory": {name: round(f, 4) for name, f in frac.items()},
+        "memory_mib": {name: round(m["bytes"] / MiB, 3) for name, m in mem.items()},
+        "memory_own_count": {name: round(o[0] / own["e2e"][0], 4) for name, o in own.items()},
+        "memory_own_module_peaks_mib": {name: [round(b / MiB, 3) for b in o[1]] for name, o in own.items()},
+        "own_count_agrees": all(o[0] == mem[name]["bytes"] for name, o in own.items()),
+    }
 
+
+def report_time(tmp: Path, depth: int, epochs: int, repeats: int, threads: int, label: Any) -> dict[str, Any]:
+    times, spe = timing_runs(tmp, depth, epochs, repeats, threads)
     ratio = ratios(times["trgl"], times["e2e"])
     print(
-        f"\n2. time per step, same spec, {repeats} interleaved repeats of {epochs} epochs × {spe} steps "
-        f"(epochs 2–{epochs} timed), threads={threads}: median [min–max]"
+        f"\n2. time per step, resnet(depth={depth}, width=16), {repeats} interleaved repeats of {epochs} epochs "
+        f"× {spe} steps (epochs 2–{epochs} timed), threads={label}: median [min–max]"
     )
     print(f"{'end-to-end':<24}{Spread.of(times['e2e']).fmt(1e3, 1):>24} ms/step")
     print(f"{'TRGL K=4 balanced':<24}{Spread.of(times['trgl']).fmt(1e3, 1):>24} ms/step")
     print(f"{'TRGL / end-to-end':<24}{ratio.fmt():>24}")
+    return {
+        "time_k4_balanced": round(ratio.median, 4),
+        "time_spread": ratio.as_json(4),
+        "s_per_step": {name: Spread.of(ts).as_json(5) for name, ts in times.items()},
+        "repeats": repeats,
+        "epochs": epochs,
+    }
 
+
+def report_accuracy(tmp: Path, epochs: int, seeds: list[int], threads: int) -> dict[str, Any]:
+    acc = accuracy_runs(tmp, epochs, seeds, threads)
     med = {name: statistics.median(r["val_acc"] for r in rs) for name, rs in acc.items()}
     print(
-        f"\n3. validation accuracy on digits (1×8×8, 359 val), resnet(depth=14, width=8), {acc_epochs} epochs, "
+        f"\n3. validation accuracy on digits (1×8×8, 359 val), resnet(depth=14, width=8), {epochs} epochs, "
         f"seeds {','.join(map(str, seeds))}; K=4 balanced, aux conv(width=16); TRGL tau={TAU_ACC}"
     )
     labels = {"e2e": "end-to-end", "vangl": "VanGL K=4", "trgl": f"TRGL K=4 tau={TAU_ACC}"}
@@ -329,44 +389,20 @@ def main() -> None:
             f"{labels[name]:<22} median {med[name]:.4f}   per seed {per_seed}"
             + (f"   per module {mods}" if mods else "")
         )
-    gap = med["trgl"] - med["e2e"]
-    mem_met = frac["balanced4"] <= GOAL_MEMORY
-    acc_met = gap >= -GOAL_ACC
-    print(
-        f"\ngoal at K=4 balanced: memory ≤ {GOAL_MEMORY} of e2e: {frac['balanced4']:.3f} "
-        f"({'met' if mem_met else 'NOT met'}); TRGL accuracy within {GOAL_ACC * 100:.0f} point of e2e: "
-        f"{gap * 100:+.2f} points ({'met' if acc_met else 'NOT met'})   [{wall:.0f} s]"
-    )
-    print(
-        json.dumps(
-            {
-                "memory_k4_balanced": round(frac["balanced4"], 4),
-                "memory_k4_equal": round(frac["equal4"], 4),
-                "time_k4_balanced": round(ratio.median, 4),
-                "acc_e2e": round(med["e2e"], 4),
-                "acc_vangl_k4": round(med["vangl"], 4),
-                "acc_trgl_k4": round(med["trgl"], 4),
-                "device": device,
-                "memory": {name: round(f, 4) for name, f in frac.items()},
-                "memory_mib": {name: round(m["bytes"] / MiB, 3) for name, m in mem.items()},
-                "memory_own_count": {name: round(o[0] / own["e2e"][0], 4) for name, o in own.items()},
-                "own_count_agrees": all(o[0] == mem[name]["bytes"] for name, o in own.items()),
-                "time_spread": ratio.as_json(4),
-                "s_per_step": {name: Spread.of(ts).as_json(5) for name, ts in times.items()},
-                "acc_per_seed": {name: [round(r["val_acc"], 4) for r in rs] for name, rs in acc.items()},
-                "seeds": seeds,
-                "tau_acc": TAU_ACC,
-                "depth": args.depth,
-                "repeats": repeats,
-                "epochs": epochs,
-                "acc_epochs": acc_epochs,
-                "threads": threads,
-                "goal_memory_met": mem_met,
-                "goal_acc_met": acc_met,
-                "quick": args.quick,
-            }
-        )
-    )
+    return {
+        "acc_e2e": round(med["e2e"], 4),
+        "acc_vangl_k4": round(med["vangl"], 4),
+        "acc_trgl_k4": round(med["trgl"], 4),
+        "acc_per_seed": {name: [round(r["val_acc"], 4) for r in rs] for name, rs in acc.items()},
+        "acc_module_val_acc": {
+            name: [[round(v, 4) for v in r["modules"].values()] for r in rs]
+            for name, rs in acc.items()
+            if name != "e2e"
+        },
+        "seeds": seeds,
+        "tau_acc": TAU_ACC,
+        "acc_epochs": epochs,
+    }
 
 
 if __name__ == "__main__":
