@@ -226,11 +226,12 @@ def timing_runs(tmp: Path, depth: int, epochs: int, repeats: int, threads: int) 
     return runs, spe
 
 
-def accuracy_runs(tmp: Path, epochs: int, seeds: list[int], threads: int) -> dict[str, list[dict[str, Any]]]:
+def accuracy_runs(tmp: Path, epochs: int, seeds: list[int], threads: int,
+                  tau: float = TAU_ACC) -> dict[str, list[dict[str, Any]]]:
     contenders = {
         "e2e": "",
         "vangl": DIGITS_MODULES.format(transport="none"),
-        "trgl": DIGITS_MODULES.format(transport=f"fixed(tau={TAU_ACC})"),
+        "trgl": DIGITS_MODULES.format(transport=f"fixed(tau={tau})"),
     }
     out: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
     for seed in seeds:
@@ -257,6 +258,7 @@ def _mib(n: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tau", type=float, default=TAU_ACC, help="τ of the TRGL digits runs (0.5)")
     ap.add_argument("--quick", action="store_true", help="K = 4 only, 3 repeats, shorter runs, one seed (< 1 min)")
     ap.add_argument("--parts", default="memory,time,accuracy", help="which measurements to run (all three)")
     ap.add_argument("--depth", type=int, default=20, help="ResNet depth of the memory and time spec (6n+2)")
@@ -302,7 +304,7 @@ def main() -> None:
         if "time" in parts:
             out.update(report_time(tmp, args.depth, epochs, repeats, args.threads, threads))
         if "accuracy" in parts:
-            out.update(report_accuracy(tmp, acc_epochs, seeds, args.threads))
+            out.update(report_accuracy(tmp, acc_epochs, seeds, args.threads, args.tau))
     goals = []
     if out["memory_k4_balanced"] is not None:
         out["goal_memory_met"] = out["memory_k4_balanced"] <= GOAL_MEMORY
@@ -374,14 +376,15 @@ def report_time(tmp: Path, depth: int, epochs: int, repeats: int, threads: int, 
     }
 
 
-def report_accuracy(tmp: Path, epochs: int, seeds: list[int], threads: int) -> dict[str, Any]:
-    acc = accuracy_runs(tmp, epochs, seeds, threads)
+def report_accuracy(tmp: Path, epochs: int, seeds: list[int], threads: int,
+                    tau: float = TAU_ACC) -> dict[str, Any]:
+    acc = accuracy_runs(tmp, epochs, seeds, threads, tau)
     med = {name: statistics.median(r["val_acc"] for r in rs) for name, rs in acc.items()}
     print(
         f"\n3. validation accuracy on digits (1×8×8, 359 val), resnet(depth=14, width=8), {epochs} epochs, "
-        f"seeds {','.join(map(str, seeds))}; K=4 balanced, aux conv(width=16); TRGL tau={TAU_ACC}"
+        f"seeds {','.join(map(str, seeds))}; K=4 balanced, aux conv(width=16); TRGL tau={tau:g}"
     )
-    labels = {"e2e": "end-to-end", "vangl": "VanGL K=4", "trgl": f"TRGL K=4 tau={TAU_ACC}"}
+    labels = {"e2e": "end-to-end", "vangl": "VanGL K=4", "trgl": f"TRGL K=4 tau={tau:g}"}
     for name, rs in acc.items():
         per_seed = " ".join(f"{r['val_acc']:.4f}" for r in rs)
         mods = " | ".join(" ".join(f"{v:.3f}" for v in r["modules"].values()) for r in rs if r["modules"])
@@ -400,7 +403,7 @@ def report_accuracy(tmp: Path, epochs: int, seeds: list[int], threads: int) -> d
             if name != "e2e"
         },
         "seeds": seeds,
-        "tau_acc": TAU_ACC,
+        "tau_acc": tau,
         "acc_epochs": epochs,
     }
 

@@ -15,6 +15,8 @@ cross a module boundary, so each module's backward and updates are those of its 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -64,7 +66,7 @@ def module_taus(spec: Modules, k: int) -> tuple[float, ...]:
 def bind_modules(program: Program, model: nn.Module, gm: fx.GraphModule, example: torch.Tensor,
                  classes: int, batch: int, layers: tuple[str, ...], r: Reporter) -> BoundModules | None:
     """Cut the model, build and attach the heads, and find each module's parameters."""
-    from mrc.techniques.modules import fxsplit
+    from mrc.techniques.modules import cost, fxsplit
     from mrc.techniques.modules.heads import build_head
 
     spec = program.modules
@@ -84,8 +86,10 @@ def bind_modules(program: Program, model: nn.Module, gm: fx.GraphModule, example
                     hint="order: " + ", ".join(f'"{c.path}"' for c in order))
             return None
     else:
+        costs = node_costs(gm, example, batch, spec.transport != "none")
+        head = head_cost(spec, gm, classes, batch, example.dtype)
         got = (fxsplit.equal_split(gm, spec.count) if spec.split == "equal"
-               else fxsplit.balanced_split(gm, spec.count, batch))
+               else fxsplit.balanced_split(gm, spec.count, batch, costs, head, input_cost(gm, batch)))
         if isinstance(got, str):
             r.error(got, span)
             return None
@@ -136,7 +140,14 @@ def bind_modules(program: Program, model: nn.Module, gm: fx.GraphModule, example
     for i, head in enumerate(heads):
         for n, _ in head.named_parameters():
             owner[f"{AUX}.{i}.{n}"] = names[i]
-    sizes = fxsplit.module_bytes(gm, cuts, batch)
+    costs = node_costs(gm, example, batch, spec.transport != "none")
+    edges = [0, *(c.index for c in cuts), len(costs)]
+    sizes = [sum(costs[a:b]) for a, b in itertools.pairwise(edges)]
+    for i, h in enumerate(heads):
+        sizes[i] += cost.head_bytes(h, shapes[i], batch, example.dtype)
+    entry = input_cost(gm, batch)
+    for i, c in enumerate(cuts):
+        sizes[i + 1] += entry(c)
     count = dict.fromkeys(names, 0)
     for n, p in model.named_parameters():
         if n in owner:
@@ -159,6 +170,55 @@ def bind_modules(program: Program, model: nn.Module, gm: fx.GraphModule, example
                                   taus[i])
              for i in range(k)}
     return BoundModules(spec, names, tuple(cuts), infos, owner, taus, heads)
+
+
+def node_costs(gm: fx.GraphModule, example: torch.Tensor, batch: int, transport: bool) -> list[int]:
+    """Each node's activation bytes at `batch`: what autograd saves while it runs, and with the
+    transport term each residual branch once more (mean(r²) keeps r for its gradient)."""
+    from mrc.techniques.modules import cost, fxsplit
+
+    costs = cost.saved_bytes(gm, example, batch)
+    if transport:
+        index = {n.name: i for i, n in enumerate(gm.graph.nodes)}
+        sizes = fxsplit.node_bytes(gm, batch)
+        for res in fxsplit.residuals(gm):
+            costs[index[res.add]] += sizes[index[res.branch]]
+    return costs
+
+
+def input_cost(gm: fx.GraphModule, batch: int) -> Callable[[object], int]:
+    """The bytes of a module's input at the cut that starts it: its first op saves it again
+    (the earlier module's graph, which saved it first, is freed by then)."""
+    from mrc.techniques.modules import fxsplit
+
+    sizes = fxsplit.node_bytes(gm, batch)
+    chain = fxsplit.crossing_node
+
+    def at(cut: object) -> int:
+        return sizes[chain(gm, cut)]  # type: ignore[arg-type]
+    return at
+
+
+def head_cost(spec: Modules, gm: fx.GraphModule, classes: int, batch: int,
+              dtype: torch.dtype) -> Callable[[object], int]:
+    """The activation bytes of the auxiliary head a module ending at a cut would carry (built
+    and measured once per feature shape; 0 where no head fits the features)."""
+    from mrc.techniques.modules import cost, fxsplit
+    from mrc.techniques.modules.heads import build_head
+
+    cache: dict[tuple[int, ...], int] = {}
+
+    def at(cut: object) -> int:
+        shape = fxsplit.crossing_shape(gm, cut)  # type: ignore[arg-type]
+        if shape not in cache:
+            try:
+                with torch.random.fork_rng():
+                    h = build_head(spec.aux, dict(spec.aux_args), shape, classes)
+                cache[shape] = cost.head_bytes(h, shape, batch, dtype)
+            except ValueError:
+                cache[shape] = 0
+        return cache[shape]
+    return at
 
 
 def _module_at(position: int, bounds: list[int]) -> int:

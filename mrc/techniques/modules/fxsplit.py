@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import itertools
 import operator
+import weakref
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -399,14 +401,50 @@ def module_bytes(gm: fx.GraphModule, cuts: list[Cut], batch: int) -> list[int]:
     return [sum(sizes[a:b]) for a, b in itertools.pairwise(edges)]
 
 
-def balanced_split(gm: fx.GraphModule, k: int, batch: int) -> list[Cut] | str:
+_CHAINS: weakref.WeakKeyDictionary[fx.GraphModule, tuple[int, _Chain]] = weakref.WeakKeyDictionary()
+
+
+def _chain_of(gm: fx.GraphModule) -> _Chain:
+    """The graph's chain facts, made once per graph (and again if its node count changes)."""
+    got = _CHAINS.get(gm)
+    n = len(gm.graph.nodes)
+    if got is None or got[0] != n:
+        got = _CHAINS[gm] = (n, _Chain(gm))
+    return got[1]
+
+
+def crossing_node(gm: fx.GraphModule, cut: Cut) -> int:
+    """The position of the value that crosses `cut` (a module's input)."""
+    chain = _chain_of(gm)
+    node = chain.crossing(cut.index)
+    if node is None:
+        raise ValueError(f"`{cut.path}` is not a cut of this graph")
+    return chain.index[node]
+
+
+def crossing_shape(gm: fx.GraphModule, cut: Cut) -> tuple[int, ...]:
+    """The shape of one example of the value that crosses `cut` (a module's output)."""
+    node = _chain_of(gm).crossing(cut.index)
+    if node is None:
+        raise ValueError(f"`{cut.path}` is not a cut of this graph")
+    return tuple(int(d) for d in node.meta["tensor_meta"].shape[1:])
+
+
+def balanced_split(gm: fx.GraphModule, k: int, batch: int, costs: list[int] | None = None,
+                   head: Callable[[Cut], int] | None = None,
+                   entry: Callable[[Cut], int] | None = None) -> list[Cut] | str:
     """k − 1 block cuts minimising the largest module's activation bytes, or why not.
 
     The candidates are `blocks(gm)[1:]` (as in `equal_split`); the pieces between consecutive
-    candidates are indivisible units. The least feasible bound is found by binary search on
-    the byte count with the greedy check (fill each module while it fits, which needs the fewest
-    modules for a bound), so it costs O(blocks · log bytes). If the greedy needs fewer than k
-    modules, the heaviest modules are split further at their middle candidate.
+    candidates are indivisible units. A module weighs the `costs` of its nodes (default
+    `node_bytes`; mrc.techniques.modules.cost measures what autograd saves) plus, when `head`
+    is given, the cost of the auxiliary head at the cut that ends it (the last module has the
+    model's own head, among its nodes) and, when `entry` is given, the cost of its input at the
+    cut that starts it (saved again by its first op: the previous module's graph is freed by
+    then). The least feasible bound is found by binary search on
+    the byte count with the greedy check (fill each module while it fits), so it costs
+    O(blocks · log bytes). If the greedy needs fewer than k modules, the heaviest modules are
+    split further at their middle candidate.
     """
     every = blocks(gm)
     cands = every[1:]
@@ -416,26 +454,30 @@ def balanced_split(gm: fx.GraphModule, k: int, batch: int) -> list[Cut] | str:
         return []
     if k > len(every):
         return f"cannot cut {k} modules: the model has {len(every)} block(s)"
-    sizes = node_bytes(gm, batch)
+    sizes = costs if costs is not None else node_bytes(gm, batch)
     prefix = [0]
     for s in sizes:
         prefix.append(prefix[-1] + s)
     edges = [0, *(c.index for c in cands), len(sizes)]
     units = [prefix[b] - prefix[a] for a, b in itertools.pairwise(edges)]
+    # the head a module ending after unit u carries (none after the last unit: the model's own)
+    heads = [head(c) for c in cands] + [0] if head is not None else [0] * len(units)
+    entries = [0] + [entry(c) for c in cands] if entry is not None else [0] * len(units)
 
     def greedy(bound: int) -> list[int] | None:
         """Unit indices u where a module starts (cut before candidate u - 1), or None."""
         starts, load = [], 0
         for u, w in enumerate(units):
-            if w > bound:
+            if entries[u] + w + heads[u] > bound:
                 return None
-            if load + w > bound:
+            if load + w + heads[u] > bound:
                 starts.append(u)
-                load = 0
+                load = entries[u]
             load += w
         return starts
 
-    lo, hi = max(units), sum(units)
+    lo = max(e + w + h for e, w, h in zip(entries, units, heads, strict=True))
+    hi = sum(units) + max(heads) + max(entries)
     while lo < hi:
         mid = (lo + hi) // 2
         found = greedy(mid)

@@ -178,3 +178,14 @@ def test_each_stage_runs_its_own_pattern(tmp_path: Path) -> None:
     for t, stage in ((0, 0), (spe - 1, 0), (spe, 1), (spe + 1, 1)):
         assert by_step[t] == [op.id for op in compiled.graph.stages[stage].patterns[0].ops()], t
     assert any(op.frozen for op in compiled.graph.stages[1].patterns[0].of_kind(Forward))
+
+
+@pytest.mark.parametrize("transport", ["fixed(tau=0.5)", "none"])
+def test_the_graphs_memory_estimate_is_what_a_step_measures(tmp_path: Path, transport: str) -> None:
+    """`mrc graph`'s per-module activation bytes (what autograd saves, with the head, the
+    transport's extra copy of each branch and the module's input) match the measured peak of a
+    parallel step: the heaviest module is the step's peak."""
+    compiled = compile_spec(write(tmp_path, split="balanced(3)", aux="conv(width=8)", transport=transport))
+    estimate = max(info.bytes for info in compiled.graph.modules.values())
+    measured = train(compiled, save=False, steps=2).summary["activation_memory"]["bytes"]
+    assert abs(estimate - measured) <= 0.05 * measured, (estimate, measured)
