@@ -1,0 +1,1 @@
+"""Layer-parallel training by multigrid-in-time (seeds/layer-parallel-mgrit.md): the generic MGRIT solver."""
