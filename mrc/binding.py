@@ -34,6 +34,8 @@ class Bound:
     """Paths of the modules that own parameters, in the order the traced graph first uses them."""
     modules: Any = None
     """mrc.techniques.modules.bind.BoundModules, for module-wise training."""
+    stacks: tuple[Any, ...] = ()
+    """mrc.techniques.mgrit.bind.BoundStack of each stack solved by MGRIT."""
 
     def partition_of(self) -> dict[str, str]:
         """Parameter name → the (first) partition that holds it (or some of its elements)."""
@@ -240,6 +242,14 @@ def bind(program: Program, r: Reporter, training: bool = True) -> Bound | None:
         if modules is None:
             return None
         layers = layer_order(gm, model)  # the auxiliary heads come last
+    stacks: tuple[Any, ...] = ()
+    if program.mgrit:
+        from mrc.techniques.mgrit.bind import bind_stacks
+
+        got = bind_stacks(program, model, gm, example, r)
+        if got is None:
+            return None
+        stacks = got
     partitions = resolve_partitions(program, model, layers, r)
     if modules is not None and not r.failed:
         from mrc.techniques.modules.bind import split_partitions
@@ -247,7 +257,7 @@ def bind(program: Program, r: Reporter, training: bool = True) -> Bound | None:
         partitions = split_partitions(partitions, modules, model, r)
     if r.failed:
         return None
-    return Bound(program, data, model, gm, partitions, layers, modules)
+    return Bound(program, data, model, gm, partitions, layers, modules, stacks)
 
 
 def span_of(comp: Component | None) -> Span | None:

@@ -213,6 +213,28 @@ class Modules:
 
 
 @dataclass(frozen=True, slots=True)
+class Mgrit:
+    """Layer-parallel training of the residual stack at module path `stack` by multigrid in
+    time (seeds/layer-parallel-mgrit.md): `levels`, the coarsening factor and relaxation per
+    level transition (one value: the same for all), iterations and tolerance of the forward and
+    the adjoint solve (tolerance 0: exactly that many iterations), and whether each solve starts
+    from the previous step's states (one-shot training) or afresh."""
+
+    stack: str
+    span: Span
+    stack_span: Span
+    levels: int = 3
+    coarsening: tuple[int, ...] = (4,)
+    relax: tuple[str, ...] = ("FCF",)
+    forward_iters: int = 2
+    backward_iters: int = 1
+    forward_tol: float = 0.0
+    backward_tol: float = 0.0
+    warm_start: bool = True
+    spans: Mapping[str, Span] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class TrainSettings:
     """The `train(…)` settings. kernels: how update groups run — `auto` (Triton where it runs,
     else torch), `torch`, `triton` or `torch.optim` (it replaces the `MRC_KERNELS` environment
@@ -299,6 +321,7 @@ class Program:
     brains: tuple[Brain, ...] = ()
     merge: Merge | None = None
     modules: Modules | None = None
+    mgrit: tuple[Mgrit, ...] = ()
     first_fast_gradient: str = "shared"
     """Multirate gradient point: `shared` (one backward per step) or `after_slow` (the seed's
     literal loop: fast gradients taken after the slow partitions moved)."""

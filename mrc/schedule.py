@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 from mrc.binding import Bound
-from mrc.ir.graph import Pattern, ScheduleGraph, Stage, lcm
+from mrc.ir.graph import Pattern, ScheduleGraph, StackInfo, Stage, lcm
 from mrc.ir.ops import EMPTY, Batch, Op, Rule, Scope
 from mrc.techniques.brains.expand import brain_batch, brain_rules, landing, merge_rule, replica_table
 from mrc.techniques.brains.ops import Merge
@@ -61,7 +61,8 @@ def build_graph(bound: Bound) -> ScheduleGraph:
     graph = ScheduleGraph(stages, partition_table(bound), replica_table(bound) if brains else {},
                           bound.layers, device_of(bound), getattr(program.train, "kernels", "auto"),
                           merge if brains else None, rule_of(program.schedule),
-                          modules=dict(bound.modules.infos) if bound.modules is not None else {}, laps=laps)
+                          modules=dict(bound.modules.infos) if bound.modules is not None else {}, laps=laps,
+                          stacks=stack_table(bound))
     if brains:
         from mrc.techniques.brains.stack import obstacle
 
@@ -128,12 +129,27 @@ def build_stage(bound: Bound, period: int, name: str, length: int | None,
     return Stage(name, period, patterns, tuple(pattern_of), length, "steps" if length is None else "epochs")
 
 
+def stack_table(bound: Bound) -> dict[str, StackInfo]:
+    """The stacks solved by MGRIT, with where their layers lie in the graph's layer list."""
+    index = {layer: i for i, layer in enumerate(bound.layers)}
+    out = {}
+    for st in bound.stacks:
+        spec = st.spec
+        where = [index[layer] for layer in st.layers if layer in index]
+        out[st.path] = StackInfo(min(where), max(where), st.steps, st.h, st.kind, st.first_node, st.last_node,
+                                 spec.levels, tuple(spec.coarsening), tuple(spec.relax), spec.forward_iters,
+                                 spec.backward_iters, spec.forward_tol, spec.backward_tol, spec.warm_start)
+    return out
+
+
 def stack_obstacle(bound: Bound) -> str:
     """Why the brains' integrators cannot run stacked ("" when they can): one SGD-family rule,
     the same for every brain up to its step size, and no partitions."""
     from mrc.optim.families import sgd_like
 
     program = bound.program
+    if program.mgrit:
+        return "the MGRIT solve runs each brain's stack on its own copy"
     if program.modules is not None:
         return "module-wise brains train each brain's modules on its own copy"
     if program.partitions:

@@ -13,13 +13,15 @@ from mrc.passes.batch_brains import BatchBrains
 from mrc.passes.freeze_prefix import FreezePrefix
 from mrc.passes.fuse_drift import FuseDrift
 from mrc.passes.group_updates import GroupUpdates
+from mrc.passes.mgrit_regions import MgritRegions
 from mrc.passes.prune_gradients import PruneGradients
 from mrc.passes.select_kernels import SelectKernels
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (PruneGradients, FreezePrefix, GroupUpdates,
-                                                     SelectKernels, FuseDrift, BatchBrains)}
+                                                     SelectKernels, FuseDrift, BatchBrains, MgritRegions)}
 DEFAULT_PIPELINE: tuple[str, ...] = ("prune-gradients", "freeze-prefix", "group-updates",
-                                     "select-kernels", "fuse-drift", "batch-brains")
+                                     "select-kernels", "fuse-drift", "batch-brains", "mgrit-regions")
 
-__all__ = ["DEFAULT_PIPELINE", "PASSES", "BatchBrains", "FreezePrefix", "FuseDrift", "GroupUpdates", "Pass",
+__all__ = ["DEFAULT_PIPELINE", "PASSES", "BatchBrains", "FreezePrefix", "FuseDrift", "GroupUpdates", "MgritRegions",
+           "Pass",
            "PruneGradients", "SelectKernels"]

@@ -48,6 +48,9 @@ class FreezePrefix(Pass):
                         or op.scope.module:  # a module's forward is its own segment already
                     continue
                 n = frozen_prefix(graph, op.grad)
+                for info in graph.stacks.values():  # an MGRIT solve stands in for its whole stack
+                    if info.first < n <= info.last:
+                        n = info.first
                 if n == 0 or n >= n_layers:
                     continue
                 prefix = Forward(op.scope, 0, n, (), op.phase)

@@ -239,6 +239,38 @@ class ModuleInfo:
                 f"activations={_bytes(self.bytes)} residuals={self.residuals} head={head}{tau}")
 
 
+@dataclass(frozen=True, slots=True)
+class StackInfo:
+    """A residual stack solved by MGRIT: its parameterised layers are `layers[first:last + 1]`
+    of the graph's layer list, N steps of size h with blocks of `kind` (dense | conv | generic),
+    spanning the traced nodes `first_node` … `last_node`; the hierarchy (levels, coarsening
+    and relaxation per level transition) and each solve's iterations and tolerance."""
+
+    first: int
+    last: int
+    steps: int
+    h: float
+    kind: str
+    first_node: str
+    last_node: str
+    levels: int
+    coarsening: tuple[int, ...]
+    relax: tuple[str, ...]
+    forward_iters: int
+    backward_iters: int
+    forward_tol: float = 0.0
+    backward_tol: float = 0.0
+    warm_start: bool = True
+
+    def text(self) -> str:
+        tol = (f" forward_tol={self.forward_tol:g}" if self.forward_tol else "") + \
+              (f" backward_tol={self.backward_tol:g}" if self.backward_tol else "")
+        return (f"N={self.steps} h={self.h:g} {self.kind} levels={self.levels} "
+                f"coarsening=[{', '.join(map(str, self.coarsening))}] relax=[{', '.join(self.relax)}] "
+                f"forward_iters={self.forward_iters} backward_iters={self.backward_iters}{tol} "
+                f"{'warm_start' if self.warm_start else 'fresh_start'}")
+
+
 def _bytes(n: int) -> str:
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= size:
@@ -263,6 +295,8 @@ class ScheduleGraph:
     modules: dict[str, ModuleInfo] = field(default_factory=dict)
     laps: int = 1
     """The stages run in order `laps` times (multi-lap module-wise training)."""
+    stacks: dict[str, StackInfo] = field(default_factory=dict)
+    """Residual stacks solved by MGRIT, by module path."""
 
     # ---- shortcuts --------------------------------------------------------------------------
 
@@ -292,7 +326,7 @@ class ScheduleGraph:
         return ScheduleGraph([s.copy() for s in self.stages], dict(self.partitions), dict(self.replicas),
                              self.layers, self.device, self.kernels, self.final_merge, self.lr_schedule,
                              self.stack_obstacle,
-                             list(self.notes), dict(self.modules), self.laps)
+                             list(self.notes), dict(self.modules), self.laps, dict(self.stacks))
 
     def reindex(self) -> None:
         for s in self.stages:
@@ -346,6 +380,8 @@ class ScheduleGraph:
             lines.append(f"  brain {name}: {info.text()}")
         for name, info in self.modules.items():
             lines.append(f"  module {name}: {info.text()}")
+        for name, info in self.stacks.items():
+            lines.append(f"  mgrit {name}: {info.text()}")
         for name, info in self.partitions.items():
             lines.append(f"  partition {name}: {info.text()}")
         return lines
@@ -429,6 +465,9 @@ class ScheduleGraph:
             data["modules"] = {n: {**asdict(i), "layers": list(i.layers)} for n, i in self.modules.items()}
         if self.laps != 1:
             data["laps"] = self.laps
+        if self.stacks:
+            data["stacks"] = {n: {**asdict(i), "coarsening": list(i.coarsening), "relax": list(i.relax)}
+                              for n, i in self.stacks.items()}
         return json.dumps(data, indent=1) + "\n"
 
     @classmethod
@@ -460,7 +499,9 @@ class ScheduleGraph:
                    None if fm is None else decode(fm),
                    sched, data["stack_obstacle"], list(data["notes"]),
                    {n: ModuleInfo(**{**i, "layers": tuple(i["layers"])}) for n, i in data.get("modules", {}).items()},
-                   data.get("laps", 1))
+                   data.get("laps", 1),
+                   {n: StackInfo(**{**i, "coarsening": tuple(i["coarsening"]), "relax": tuple(i["relax"])})
+                    for n, i in data.get("stacks", {}).items()})
 
 
 def _partition_json(info: dict[str, Any]) -> dict[str, Any]:
@@ -503,4 +544,4 @@ def lcm(values: Iterable[int]) -> int:
     return out
 
 
-__all__ = ["ModuleInfo", "PartitionInfo", "Pattern", "ReplicaInfo", "ScheduleGraph", "Stage", "lcm"]
+__all__ = ["ModuleInfo", "PartitionInfo", "Pattern", "ReplicaInfo", "ScheduleGraph", "StackInfo", "Stage", "lcm"]

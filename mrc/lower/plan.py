@@ -56,7 +56,9 @@ class Env:
 
 
 StepFn = Callable[[Env], None]
-LowerFn = Callable[[Any, Pattern, "Lowering"], StepFn]
+LowerFn = Callable[[Any, Pattern, "Lowering"], StepFn | None]
+"""A lowering: the op's callable, or None for an op that runs inside another op's callable (the
+phases of an MGRIT solve run inside the forward and backward of their stack)."""
 When = Callable[[Any, "Lowering"], bool]
 LOWERINGS: dict[str, LowerFn] = {}
 VARIANTS: dict[str, list[tuple[When, LowerFn]]] = {}
@@ -111,6 +113,10 @@ class Lowering:
     """Tensors a technique's ops keep across steps (module-wise multipliers): checkpointed."""
     metrics: list[Callable[[], dict[str, Any]]] = field(default_factory=list)
     """Providers of a technique's metrics, merged into each metrics record."""
+    progress: list[Callable[[], str]] = field(default_factory=list)
+    """Providers of a technique's part of the progress line."""
+    warnings: list[str] = field(default_factory=list)
+    """Warnings a technique's ops raised as they ran (shown, then cleared, at the next log)."""
 
     def masks_of(self, replica: str, partition: str) -> list[torch.Tensor | None]:
         """Per tensor of `partition` (as `replicas.params` lists them) the boolean mask of the
@@ -264,6 +270,15 @@ class Plan:
         rates = self._rates[self.stage][self.pattern_of[clock % self.period]]
         return {name: lr * mult for name, lr in rates.items()}
 
+    def technique_progress(self) -> str:
+        """The techniques' part of the progress line (MGRIT residuals, say)."""
+        return "  ".join(p() for p in self.ctx.progress if p())
+
+    def drain_warnings(self) -> list[str]:
+        out = list(self.ctx.warnings)
+        self.ctx.warnings.clear()
+        return out
+
     def technique_metrics(self) -> dict[str, Any]:
         """The metrics the techniques' ops keep (module-wise: each module's loss, transport, τ/λ)."""
         out: dict[str, Any] = {}
@@ -343,8 +358,11 @@ class Plan:
         for k, s in ctx.subsets.items():
             s.load_state_dict(state["subsets"][repr(k)])
         with torch.no_grad():
-            for k, v in ctx.state.items():
-                v.copy_(state["state"][k])
+            for k, v in state.get("state", {}).items():
+                if k in ctx.state and ctx.state[k].shape == v.shape:
+                    ctx.state[k].copy_(v)  # lowerings may hold this very tensor
+                else:  # state an op creates as it runs (an MGRIT solve's warm-start states)
+                    ctx.state[k] = v.to(ctx.device).clone()
 
     def integrators(self, replica: str) -> Iterator[Any]:
         """The integrators of one replica (for merges that reset or average their state)."""
@@ -378,7 +396,10 @@ def lower(graph: ScheduleGraph, bound: Any, total_steps: int, device: torch.devi
         for pattern in stage.patterns:
             fns, ops = [], []
             for op in pattern.ops():
-                fns.append(lowering_of(op, ctx)(op, pattern, ctx))
+                fn = lowering_of(op, ctx)(op, pattern, ctx)
+                if fn is None:  # an op that another op's callable runs (an MGRIT solve's phases)
+                    continue
+                fns.append(fn)
                 ops.append(op)
             per_stage.append(StepProgram(tuple(fns), tuple(ops)))
         programs.append(per_stage)

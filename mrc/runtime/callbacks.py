@@ -164,6 +164,8 @@ class MetricsLog(Callback):
             rec["brains"] = {n: v.item() for n, v in run.plan.last_losses.items()}
         rec.update(run.plan.technique_metrics())
         run.record(rec)
+        for warning in run.plan.drain_warnings():
+            self.progress.echo(f"mrc: warning: {warning}")
         self.progress.logged(run, rec)
 
 
@@ -372,6 +374,9 @@ class Progress(Callback):
             if run.last_eval:
                 parts.append(f"val_loss {run.last_eval['val_loss']:.4f} val_acc {run.last_eval['val_acc']:.4f}")
                 parts.extend(f"{k} {v:.4f}" for k, v in run.last_eval.items() if "." in k)
+            extra = run.plan.technique_progress()
+            if extra:
+                parts.append(extra)
             if self.busy:
                 parts.append("(machine busy)")
             self.echo("  ".join(parts))
@@ -385,6 +390,9 @@ class Progress(Callback):
         if run.last_eval and not math.isnan(run.last_eval["val_acc"]):
             info += f"  val_acc {run.last_eval['val_acc']:.3f}"
         info += "".join(f"  {k} {v:.3f}" for k, v in run.last_eval.items() if k.endswith(".acc"))
+        extra = run.plan.technique_progress()
+        if extra:
+            info += f"  {extra}"
         if self.busy:
             info += "  [machine busy]"
         self._bar.update(self._task, completed=run.step, info=info)

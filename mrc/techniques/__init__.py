@@ -20,6 +20,7 @@ def load_all() -> None:
     import mrc.ir.ops
     import mrc.techniques.brains.lower
     import mrc.techniques.core.lower
+    import mrc.techniques.mgrit.lower
     import mrc.techniques.modules.lower
     import mrc.techniques.multirate.lower
     import mrc.techniques.random_subsets.lower  # noqa: F401

@@ -422,7 +422,6 @@ def test_partition_errors() -> None:
 
 
 @pytest.mark.parametrize(("text", "keyword"), [
-    ('mgrit "stack" { levels = 3 }', "mgrit"),
     ("sweep random(trials=3) { optimizer.lr = loguniform(1e-4, 1e-1) }", "sweep"),
 ])
 def test_statements_not_supported_yet(text: str, keyword: str) -> None:

@@ -44,15 +44,26 @@ def lower_batch(op: Batch, pattern: Pattern, ctx: Lowering) -> StepFn:
     return shared
 
 
-@lowers("forward")
-def lower_forward(op: Forward, pattern: Pattern, ctx: Lowering) -> StepFn:
-    key = op.id
+def segment_module(op: Forward, ctx: Lowering) -> nn.Module:
+    """The module that runs the forward's layers [start, stop): the replica's traced model, or
+    its prefix or suffix cut by torch.fx (mrc/lower/segments.py)."""
     module: nn.Module = ctx.replicas.module_of(replica(op))
     if (op.start, op.stop) != (0, None):
         if op.stop is not None and op.start != 0:
             raise LoweringError(f"{op.id}: a middle segment of the model cannot run yet")
         prefix, suffix = segments(ctx, replica(op), module, op.stop if op.stop is not None else op.start)
         module = prefix if op.start == 0 else suffix
+    return module
+
+
+@lowers("forward")
+def lower_forward(op: Forward, pattern: Pattern, ctx: Lowering) -> StepFn:
+    return forward_callable(op, pattern, segment_module(op, ctx))
+
+
+def forward_callable(op: Forward, pattern: Pattern, module: nn.Module) -> StepFn:
+    """Run `module` (the forward's segment) on the forward's input edge."""
+    key = op.id
     src = _input(pattern, op, "batch", "activation", "detached")
     from_batch = pattern.op(src).kind == "batch"
     whole = (op.start, op.stop) == (0, None) or op.start == 0

@@ -35,10 +35,10 @@ from collections.abc import Sequence
 from typing import Literal, Protocol, runtime_checkable
 
 import torch
-from mrc.kernels import triton_available
 from torch import nn
 from torch.nn import functional as F
 
+from mrc.kernels import triton_available
 from mrc.models.ode_resnet import ConvStep, DenseStep
 
 __all__ = ["GenericPropagator", "Propagator", "StackPropagator", "propagator_for"]

@@ -1,6 +1,6 @@
-"""Checks of the planned statements `mgrit` and `sweep`: each is part of the language
-(docs/language.md fixes its design) and reports "not supported yet" at its keyword until the
-technique that gives it meaning arrives; that technique then replaces its entry here."""
+"""Checks of the planned statement `sweep`: it is part of the language (docs/language.md fixes
+its design) and reports "not supported yet" at its keyword until the technique that gives it
+meaning arrives; that technique then replaces its entry here."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from mrc.check.registry import STATEMENTS, statement
 if TYPE_CHECKING:
     from mrc.check.checker import Checker
 
-_ARRIVES_WITH = {"mgrit": "layer-parallel MGRIT training",
-                 "sweep": "hyper-parameter sweeps"}
+_ARRIVES_WITH = {"sweep": "hyper-parameter sweeps"}
 
 
 def _not_supported_yet(ck: Checker, st: ast.Statement | None) -> None:
@@ -23,7 +22,5 @@ def _not_supported_yet(ck: Checker, st: ast.Statement | None) -> None:
                hint=f"it is specified in docs/language.md and arrives with {_ARRIVES_WITH[kw]}")
 
 
-statement("mgrit", "layer-parallel training of a residual stack by MGRIT", technique="planned",
-          target=True, block=True, usage='mgrit "STACK" { settings }')(_not_supported_yet)
 statement("sweep", "a hyper-parameter search", technique="planned", target=True, args=True,
           block=True, once=True, usage="sweep METHOD(args…) { KEY = SPACE … }")(_not_supported_yet)

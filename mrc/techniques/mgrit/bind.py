@@ -1,0 +1,139 @@
+"""Binding of `mgrit "STACK"`: the residual stack the solve stands in for, found on the model.
+
+A stack qualifies through a small protocol, which the built-in `ode_resnet`'s `stack` follows:
+the module at `STACK` has `layers` (an nn.ModuleList or nn.Sequential of the branches F_n) and a
+float `h`, and its forward is y ← y + h·F_n(y) for n = 0 … N−1 in order. Binding checks the
+protocol (the attributes, and the forward against the serial formula on the input the traced
+example gives the stack), that the stack's nodes form one contiguous stretch of the traced graph
+with one input and one output (so lowering can replace them by the solve), and that the
+hierarchy fits N (`Settings.validate`). Each problem is a diagnostic at the statement's target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+
+from mrc.diagnostics import Reporter
+from mrc.program import Mgrit, Program
+from mrc.registry import did_you_mean
+
+
+@dataclass(frozen=True)
+class BoundStack:
+    """A stack and its solve: the spec, the stack's path, its N layers' paths (in order), its
+    step h, the kind of its blocks (dense | conv | generic) and the traced graph's stretch of
+    nodes it spans (first and last node names)."""
+
+    spec: Mgrit
+    path: str
+    layers: tuple[str, ...]
+    h: float
+    kind: str
+    first_node: str
+    last_node: str
+
+    @property
+    def steps(self) -> int:
+        return len(self.layers)
+
+
+def block_kind(layers: nn.Module) -> str:
+    from mrc.models.ode_resnet import ConvStep, DenseStep
+
+    if all(isinstance(m, DenseStep) for m in layers):
+        return "dense"
+    if all(isinstance(m, ConvStep) for m in layers):
+        return "conv"
+    return "generic"
+
+
+def bind_stacks(program: Program, model: nn.Module, gm: fx.GraphModule, example: torch.Tensor,
+                r: Reporter) -> tuple[BoundStack, ...] | None:
+    """Every `mgrit` statement's stack, or None when one does not qualify (reported)."""
+    out = []
+    modules = dict(model.named_modules())
+    for spec in program.mgrit:
+        at = spec.stack_span
+        stack = modules.get(spec.stack)
+        if stack is None or spec.stack == "":
+            guess = did_you_mean(spec.stack, [n for n in modules if n])
+            r.error(f"the model has no module `{spec.stack}`", at,
+                    hint=f"did you mean `{guess}`?" if guess else "name the residual stack by its module path")
+            return None
+        layers = getattr(stack, "layers", None)
+        h = getattr(stack, "h", None)
+        if not isinstance(layers, nn.ModuleList | nn.Sequential) or not isinstance(h, float | int) or not len(layers):
+            found = type(stack).__name__
+            r.error(f"`{spec.stack}` ({found}) is not a residual stack: MGRIT needs a module with `layers` "
+                    "(an nn.ModuleList of the branches F_n) and a float step `h`, whose forward is "
+                    "y ← y + h·F_n(y) in order", at,
+                    hint="the built-in ode_resnet's `stack` is one; see docs/language.md (mgrit)")
+            return None
+        stretch = _stretch(gm, spec.stack)
+        if isinstance(stretch, str):
+            r.error(f"`{spec.stack}`: {stretch}", at)
+            return None
+        why = _serial_check(model, stack, example)
+        if why:
+            r.error(f"`{spec.stack}` does not compute y ← y + h·F_n(y) layer after layer: {why}", at)
+            return None
+        from mrc.techniques.mgrit.solver import Settings
+
+        settings = Settings(spec.levels, tuple(spec.coarsening), tuple(spec.relax), spec.forward_iters,
+                            spec.forward_tol)
+        why = settings.validate(len(layers))
+        if why:
+            r.error(f"`{spec.stack}` has {len(layers)} layers: {why}", spec.spans.get("levels", at))
+            return None
+        names = tuple(f"{spec.stack}.layers.{i}" for i in range(len(layers)))
+        out.append(BoundStack(spec, spec.stack, names, float(h), block_kind(layers), *stretch))
+    return tuple(out)
+
+
+def _stretch(gm: fx.GraphModule, path: str) -> tuple[str, str] | str:
+    """The first and last traced node of the stack (its scope), or why it cannot be replaced."""
+    nodes = list(gm.graph.nodes)
+    inside = [i for i, n in enumerate(nodes)
+              if (n.meta.get("mrc", {}).get("scope", "") + ".").startswith(path + ".")]
+    if not inside:
+        return "no node of the traced model runs it"
+    lo, hi = inside[0], inside[-1]
+    if hi - lo + 1 != len(inside):
+        return "its nodes are not one contiguous stretch of the traced model"
+    members = set(nodes[lo:hi + 1])
+    entering = {a for n in nodes[lo:hi + 1] for a in n.all_input_nodes
+                if a not in members and a.op != "get_attr"}
+    leaving = [n for n in nodes[lo:hi + 1] if any(u not in members for u in n.users)]
+    if len(entering) != 1 or leaving != [nodes[hi]]:
+        return f"it takes {len(entering)} values and gives {len(leaving)}: a stack takes one and gives one"
+    return nodes[lo].name, nodes[hi].name
+
+
+def _serial_check(model: nn.Module, stack: nn.Module, example: torch.Tensor) -> str:
+    """Run the model on the example with the stack's input captured; compare the stack's output
+    with the serial formula (eval mode, no autograd, the random generator forked)."""
+    captured: list[torch.Tensor] = []
+    hook = stack.register_forward_pre_hook(lambda mod, args: captured.append(args[0]))
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad(), torch.random.fork_rng():
+            model(example)
+            if not captured:
+                return "its forward did not run"
+            y = captured[0]
+            want = stack(y)
+            for layer in stack.layers:
+                y = y + stack.h * layer(y)
+    except Exception as err:  # user code: any failure is the user's to see, in one line
+        return f"{type(err).__name__}: {err}"
+    finally:
+        hook.remove()
+        for m, training in modes:
+            m.train(training)
+    if want.shape != y.shape or not torch.allclose(want, y, rtol=1e-5, atol=1e-6):
+        return "its output differs from the serial formula on the traced example"
+    return ""

@@ -1,0 +1,111 @@
+"""Checks of layer-parallel training: `mgrit "STACK" { levels; coarsening; relax; forward_iters;
+backward_iters; forward_tol; backward_tol; warm_start }`.
+
+The settings are checked here, before any model exists; whether `STACK` names a residual stack of
+the model, and whether its depth fits the hierarchy, is the binding's to report
+(mrc/techniques/mgrit/bind.py) at the statement's target. `--set mgrit.STACK.KEY=…` sets one
+setting (the stack's path with dots written as underscores: `mgrit.stack.levels=2`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mrc import ast
+from mrc.check.expressions import Bad, Symbol
+from mrc.check.registry import finisher, statement
+from mrc.diagnostics import Note, Span
+from mrc.program import Mgrit
+from mrc.registry import Param
+
+if TYPE_CHECKING:
+    from mrc.check.checker import Checker
+
+RELAX = ("F", "FCF")
+"""`relax` (F or FCF, or a list of them: one per level transition) is a word, read apart from the
+other settings (KEYS lists it for the hints)."""
+KEYS = (
+    Param("levels", "int", 3, "levels of the time grid hierarchy (1: serial propagation)", lo=1),
+    Param("coarsening", "ints", [4], "coarsening factor, one for every level or one per level transition", lo=2),
+    Param("relax", "any", "FCF", "F or FCF relaxation, one for every level or one per level transition"),
+    Param("forward_iters", "int", 2, "MGRIT iterations of the forward solve (at most, with a tolerance)", lo=1),
+    Param("backward_iters", "int", 1, "MGRIT iterations of the adjoint solve (at most, with a tolerance)", lo=1),
+    Param("forward_tol", "float", 0.0, "stop the forward solve below this residual (0: run every iteration)", lo=0),
+    Param("backward_tol", "float", 0.0, "stop the adjoint solve below this residual (0: run every iteration)", lo=0),
+    Param("warm_start", "bool", True, "start each solve from the previous step's states (one-shot training)"),
+)
+
+
+@statement("mgrit", "layer-parallel training of a residual stack by MGRIT", technique="mgrit", target=True,
+           block=True, usage='mgrit "STACK" { levels = 3; coarsening = 4; relax = FCF }')
+def check_mgrit(ck: Checker, st: ast.Statement | None) -> None:
+    """`mgrit "STACK" { … }`: see the module docstring and docs/language.md."""
+    assert st is not None
+    if not ck.form(st):
+        return
+    target = st.target
+    if not isinstance(target, ast.Str | ast.Name):
+        return
+    path = target.value if isinstance(target, ast.Str) else target.id
+    seen: dict[str, Span] = ck.facts.setdefault("mgrit_spans", {})
+    if path in seen:
+        ck.r.error(f"`mgrit` is given twice for the stack `{path}`", target.span,
+                   notes=[Note("first given here", seen[path])])
+        return
+    seen[path] = target.span
+    args: list[ast.Arg] = []
+    for item in st.block.items if st.block else ():
+        if isinstance(item, ast.Assign) and len(item.key) == 1:
+            args.append(ast.Arg(item.key[0], item.value, item.span))
+        else:
+            ck.r.error("an `mgrit` block holds `key = value` settings", item.span,
+                       hint="levels, coarsening, relax, forward_iters, backward_iters, forward_tol, "
+                       "backward_tol, warm_start")
+    prefix = f"mgrit.{path.replace('.', '_')}."
+    relax_arg = next((a for a in args if a.name is not None and a.name.id == "relax"), None)
+    others = tuple(a for a in args if a is not relax_arg)
+    values, spans = ck.arguments("`mgrit`", KEYS, others, st.span, prefix)
+    relax: tuple[str, ...] | None = ("FCF",)
+    if relax_arg is not None or f"{prefix}relax" in ck.overrides:
+        expr = ck.override(f"{prefix}relax", relax_arg.value if relax_arg else None)
+        try:
+            raw = ck.value(expr).value
+        except Bad:
+            return
+        relax = _relax(ck, raw, expr.span)
+        spans["relax"] = expr.span
+    if relax is None or len(values) != len(KEYS):
+        return
+    levels = values["levels"]
+    coarsening = tuple(values["coarsening"])
+    for key, items in (("coarsening", coarsening), ("relax", relax)):
+        if len(items) not in (1, max(1, levels - 1)):
+            ck.r.error(f"`{key}` has {len(items)} entries: give one for every level, or one per level "
+                       f"transition ({levels - 1} for {levels} levels)", spans.get(key, st.span))
+            return
+    ck.facts.setdefault("mgrit", []).append(Mgrit(
+        path, st.keyword.span, target.span, levels, coarsening, relax, values["forward_iters"],
+        values["backward_iters"], values["forward_tol"], values["backward_tol"], values["warm_start"], spans))
+
+
+def _relax(ck: Checker, raw: object, span: Span) -> tuple[str, ...] | None:
+    items = raw if isinstance(raw, list | tuple) else [raw]
+    out = []
+    for item in items:
+        word = item.name if isinstance(item, Symbol) else item
+        if word not in RELAX:
+            ck.r.error(f"`relax` must be F or FCF (or a list of them), not {word!r}", span)
+            return None
+        out.append(str(word))
+    return tuple(out)
+
+
+@finisher
+def check_mgrit_combinations(ck: Checker) -> None:
+    """The stacks solved by MGRIT, and what they cannot be combined with (yet)."""
+    solves: list[Mgrit] = ck.facts.get("mgrit", [])
+    ck.program["mgrit"] = tuple(solves)
+    if solves and ck.program.get("modules") is not None:
+        ck.r.error("`mgrit` and `modules` cannot be combined yet", solves[0].span,
+                   hint="module-wise training cuts the network the MGRIT solve spans")
+

@@ -1,0 +1,74 @@
+"""Layer-parallel training in the schedule graph: the regions of MGRIT ops around a stack.
+
+Run as the `mgrit-regions` pass, after the passes that decide what each step differentiates
+(prune-gradients, freeze-prefix) and how its updates run: every forward whose segment holds a
+stack gets the forward solve's ops after it (they run inside it), and a backward of the same
+scope and gradient point that differentiates anything at or before the stack's last layer gets
+the adjoint solve's ops after it (they run inside it; a step that differentiates only layers
+after the stack — a fast head over a slow stack — needs no adjoint, and has none). Each solve
+is `iters` iterations of `iteration_phases(levels)`, one op per phase, scoped by level and
+iteration; order edges chain them between their forward (or backward) and what follows it, so
+the listing is the order in which they run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from mrc.ir.graph import Pattern, ScheduleGraph, StackInfo
+from mrc.ir.ops import Backward, Forward, GraphError, Op
+from mrc.techniques.mgrit.ops import PHASES, Relax, SolvePhase, iteration_phases
+
+
+def covers(fwd: Forward, info: StackInfo) -> bool:
+    """Whether the forward's segment [start, stop) holds the whole stack; a segment that cuts
+    through the stack is a GraphError (the solve stands in for all of it)."""
+    stop = fwd.stop if fwd.stop is not None else 2**62
+    if stop <= info.first or fwd.start > info.last:
+        return False
+    if fwd.start <= info.first and stop > info.last:
+        return True
+    raise GraphError(f"{fwd.id}: its segment cuts through an MGRIT stack (layers {info.first}–{info.last})")
+
+
+def _through(graph: ScheduleGraph, wrt: tuple[str, ...], info: StackInfo, index: dict[str, int]) -> bool:
+    """Whether differentiating `wrt` needs the gradient flowing back through the stack."""
+    return any(index.get(p.rpartition(".")[0], 2**62) <= info.last
+               for n in wrt for p in graph.partitions[n].params)
+
+
+def _chain(p: Pattern, after: Op, ops: list[SolvePhase]) -> None:
+    """Put `ops` between `after` and its successors (order edges)."""
+    succs = [s for s in p.succs(after) if not isinstance(s, SolvePhase)]
+    prev = after
+    for op in ops:
+        p.add(op, p.after([prev]))
+        prev = op
+    for s in succs:
+        p.connect(prev, s)
+
+
+def solve_ops(path: str, info: StackInfo, fwd: Op, solve: str) -> list[SolvePhase]:
+    iters = info.forward_iters if solve == "forward" else info.backward_iters
+    relax = info.relax
+    out: list[SolvePhase] = []
+    for i in range(iters):
+        for phase, level in iteration_phases(info.levels):
+            scope = replace(fwd.scope, level=level, iteration=i)
+            if phase == "relax":
+                out.append(Relax(scope, path, solve, relax[min(level, len(relax) - 1)]))
+            else:
+                out.append(PHASES[phase](scope, path, solve))
+    return out
+
+
+def add_regions(graph: ScheduleGraph) -> None:
+    """Insert every stack's solve regions into every pattern of `graph` (in place)."""
+    index = {layer: i for i, layer in enumerate(graph.layers)}
+    for p in graph.patterns():
+        for path, info in graph.stacks.items():
+            for fwd in [f for f in p.of_kind(Forward) if covers(f, info)]:
+                _chain(p, fwd, solve_ops(path, info, fwd, "forward"))
+                for bwd in p.of_kind(Backward):
+                    if bwd.scope == fwd.scope and bwd.phase == fwd.phase and _through(graph, bwd.wrt, info, index):
+                        _chain(p, bwd, solve_ops(path, info, fwd, "adjoint"))

@@ -1,0 +1,345 @@
+"""Lowerings of layer-parallel training: the stack becomes one autograd Function whose forward
+and backward run the MGRIT solve's phases, as the graph lists them.
+
+A forward whose segment holds a stack runs a copy of its traced segment in which the stack's
+nodes are replaced (an fx rewrite, once per replica and segment) by a `SolveModule`: its forward
+is `_Solve.apply(y0, …stack parameters)`, whose forward runs the forward solve — the graph's
+forward-region ops of this step pattern, each a phase of `mrc.techniques.mgrit.solver.MGRIT`,
+iteration by iteration until the iterations or the tolerance say stop — and returns the last
+state y_N; its backward runs the adjoint solve about the forward's fine states (the adjoint-region
+ops) and returns λ_0 for the layers before the stack and, for the stack's parameters, the
+fine-level gradients (∂Φ_n/∂θ_n)ᵀ λ_{n+1}, so the layers around the stack train by ordinary
+autograd and the stack's partitions by whatever rule the graph gives them. The phase ops
+themselves lower to nothing: their forward's callable runs them (and traces them as they run).
+
+Each solve starts from the previous step's states when `warm_start` (one-shot training; kept in
+the lowering's state, so checkpointed), else from u_n = y_0 (forward) and λ_n = g (adjoint).
+Evaluation and the saved model run the stack serially (the traced model is left as it is).
+Each step's residual norms per iteration and convergence factors go to the metrics; a factor
+above 1 is a warning naming the step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from mrc.ir.graph import Pattern, StackInfo
+from mrc.ir.ops import Forward
+from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
+from mrc.techniques.core.lower import forward_callable, replica
+from mrc.techniques.mgrit.expand import covers
+from mrc.techniques.mgrit.ops import PHASES, SolvePhase
+
+KIND_PHASE = {cls.kind: name for name, cls in PHASES.items()}
+
+
+class StackSolve:
+    """The MGRIT solves of one stack in one replica: its propagator, settings, warm starts and
+    the last step's residuals."""
+
+    def __init__(self, ctx: Lowering, r: str, path: str, info: StackInfo, stack: nn.Module) -> None:
+        from mrc.techniques.mgrit.propagate import propagator_for
+        from mrc.techniques.mgrit.solver import Settings
+
+        kernel = "torch"
+        if ctx.device.type == "cuda" and info.kind == "dense":
+            from mrc.kernels import triton_available
+
+            kernel = "triton" if triton_available() and ctx.graph.kernels in ("auto", "triton") else "torch"
+        self.ctx, self.r, self.path, self.info = ctx, r, path, info
+        self.prop = propagator_for(stack, kernel)
+        self.params: list[nn.Parameter] = [p for layer in stack.layers for p in layer.parameters()]
+        self.forward_settings = Settings(info.levels, info.coarsening, info.relax, info.forward_iters,
+                                         info.forward_tol)
+        self.adjoint_settings = Settings(info.levels, info.coarsening, info.relax, info.backward_iters,
+                                         info.backward_tol)
+        self.key = f"mgrit/{r}/{path}" if r else f"mgrit/{path}"
+        self.states: torch.Tensor | None = None
+        self.last: dict[str, list[float]] = {}
+        self.step = 0
+
+    def _warm(self, which: str, like: torch.Tensor) -> torch.Tensor | None:
+        if not self.info.warm_start:
+            return None
+        got = self.ctx.state.get(f"{self.key}/{which}")
+        n = self.info.steps
+        return got if got is not None and got.shape == (n + 1, *like.shape) else None
+
+    def forward(self, y0: torch.Tensor, runner: Runner) -> torch.Tensor:
+        from mrc.techniques.mgrit.solver import MGRIT
+
+        self.prop.refresh()  # this step's weights
+        self.step = self.ctx.replicas.plan.env.t if self.ctx.replicas.plan is not None else 0
+        solver = MGRIT(self.prop, self.info.steps, self.forward_settings)
+        solver.start(y0, self._warm("forward", y0))
+        runner.run(solver, "forward")
+        self.states = solver.states.detach().clone()
+        if self.info.warm_start:
+            self.ctx.state[f"{self.key}/forward"] = self.states
+        self._record("forward", solver)
+        return self.states[-1].clone()
+
+    def backward(self, g: torch.Tensor, runner: Runner) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        from mrc.techniques.mgrit.solver import MGRIT, Adjoint, lambdas
+
+        assert self.states is not None
+        solver = MGRIT(Adjoint(self.prop, self.states), self.info.steps, self.adjoint_settings)
+        warm = self._warm("adjoint", g)
+        solver.start(g, None if warm is None else warm.flip(0))
+        runner.run(solver, "adjoint")
+        lam = lambdas(solver).detach().clone()
+        if self.info.warm_start:
+            self.ctx.state[f"{self.key}/adjoint"] = lam
+        self._record("adjoint", solver)
+        saved = [p.grad for p in self.params]
+        for p in self.params:
+            p.grad = None
+        try:
+            self.prop.param_grads(self.states, lam)
+            grads = [p.grad for p in self.params]
+        finally:
+            for p, s in zip(self.params, saved, strict=True):
+                p.grad = s
+        return lam[0], grads
+
+    def _record(self, which: str, solver: Any) -> None:
+        self.last[which] = list(solver.residuals)
+        factors = solver.factors()
+        self.last[f"{which}_factor"] = factors
+        worst = max(factors, default=0.0)
+        if worst > 1.0:
+            self.ctx.warnings.append(
+                f"step {self.step}: the {which} MGRIT solve of `{self.path}` diverges (convergence factor "
+                f"{worst:.3g} > 1); its {'output' if which == 'forward' else 'gradients'} are not to be trusted")
+
+
+class Runner:
+    """The phase ops of one step pattern's solves of one stack, in the graph's order: runs them
+    on a solver, iteration by iteration, tracing each as it runs."""
+
+    def __init__(self, ctx: Lowering, ops: dict[str, list[SolvePhase]], levels: int) -> None:
+        from mrc.techniques.mgrit.ops import iteration_phases
+
+        self.ctx = ctx
+        per = len(iteration_phases(levels))
+        self.iterations: dict[str, list[list[SolvePhase]]] = {}
+        for which, seq in ops.items():
+            if len(seq) % per:
+                raise LoweringError(f"the {which} solve's ops are not whole iterations of {per} phases")
+            chunks = [seq[i:i + per] for i in range(0, len(seq), per)]
+            for chunk in chunks:
+                got = [(KIND_PHASE[o.kind], o.scope.level) for o in chunk]
+                if got != iteration_phases(levels):
+                    raise LoweringError(f"{chunk[0].id}: an iteration's ops are {got}, not the solver's phases")
+            self.iterations[which] = chunks
+
+    def run(self, solver: Any, which: str) -> None:
+        chunks = self.iterations.get(which)
+        if chunks is None:
+            raise LoweringError(f"this step's graph has no {which} MGRIT solve, but one is needed")
+        plan = self.ctx.replicas.plan
+        trace = plan.trace if plan is not None else None
+        for chunk in chunks:
+            for op in chunk:
+                if trace is not None:
+                    trace.write(f"{plan.env.t} {op.id} {op.kind} {op.scope.text() or '-'}\n")
+                solver.run(KIND_PHASE[op.kind], op.scope.level)
+            solver.end_iteration()
+            if solver.converged:
+                break
+
+
+class _Solve(torch.autograd.Function):
+    """y_N = the MGRIT forward solve from y_0; its gradient, the adjoint solve (see the module
+    docstring). The stack's parameters are inputs so autograd asks for their gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, y0: torch.Tensor, module: SolveModule, *params: torch.Tensor) -> torch.Tensor:
+        runner = module.runner
+        if runner is None:
+            raise LoweringError(f"the MGRIT solve of `{module.solve.path}` ran outside its step")
+        ctx.solve, ctx.runner = module.solve, runner
+        out = module.solve.forward(y0.detach(), runner)
+        # the fine states the adjoint linearises about are this solve's activations: saved
+        # through autograd, so memory meters (saved-tensor hooks) count them
+        ctx.save_for_backward(module.solve.states)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> Any:
+        lam0, grads = ctx.solve.backward(g.detach(), ctx.runner)
+        return (lam0, None, *grads)
+
+
+class SolveModule(nn.Module):
+    """Stands in for a stack in the traced model: one `_Solve` over its parameters."""
+
+    def __init__(self, solve: StackSolve) -> None:
+        super().__init__()
+        object.__setattr__(self, "solve", solve)  # not a submodule: the parameters stay the stack's
+        self.runner: Runner | None = None
+
+    def forward(self, y0: torch.Tensor) -> torch.Tensor:
+        return _Solve.apply(y0, self, *self.solve.params)
+
+
+def rewrite(gm: fx.GraphModule, path: str, name: str, module: nn.Module) -> fx.GraphModule:
+    """A copy of `gm` whose nodes of the stack at `path` (one contiguous stretch, one value in and
+    one out) are one call of `module` (as submodule `name`)."""
+    nodes = list(gm.graph.nodes)
+    inside = [i for i, n in enumerate(nodes)
+              if (n.meta.get("mrc", {}).get("scope", "") + ".").startswith(path + ".")]
+    if not inside:
+        raise LoweringError(f"the segment has no node of the stack `{path}`")
+    lo, hi = inside[0], inside[-1]
+    members = set(nodes[lo:hi + 1])
+    entering = {a for n in nodes[lo:hi + 1] for a in n.all_input_nodes if a not in members and a.op != "get_attr"}
+    if len(entering) != 1 or hi - lo + 1 != len(inside):
+        raise LoweringError(f"the stack `{path}` is not one stretch of one input in this segment")
+    (source,) = entering
+    g = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    root: dict[str, Any] = {name: module}
+    for i, n in enumerate(nodes):
+        if lo <= i < hi:
+            continue
+        if i == hi:
+            env[n] = g.call_module(name, (env[source],))
+            continue
+        env[n] = g.node_copy(n, lambda a: env[a])
+        if n.op == "call_module":
+            root[str(n.target)] = gm.get_submodule(str(n.target))
+        elif n.op == "get_attr":
+            root[str(n.target)] = _attr(gm, str(n.target))
+    return fx.GraphModule(root, g)
+
+
+def _attr(gm: nn.Module, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _holds_stack(op: Any, ctx: Lowering) -> bool:
+    return isinstance(op, Forward) and any(covers(op, info) for info in ctx.graph.stacks.values())
+
+
+@lowers("forward", when=_holds_stack)
+def lower_forward_with_solve(op: Forward, pattern: Pattern, ctx: Lowering) -> StepFn:
+    r = replica(op)
+    whole, modules = _solved_model(ctx, r)
+    module: nn.Module = whole
+    if (op.start, op.stop) != (0, None):
+        # a segment of the solved model, cut as mrc/lower/segments.py cuts the traced one: the
+        # solve is one call_module named by the stack's path, so it counts as the stack's layers
+        if op.stop is not None and op.start != 0:
+            raise LoweringError(f"{op.id}: a middle segment of the model cannot run yet")
+        n = op.stop if op.stop is not None else op.start
+        key = ("mgrit.segments", r, n)
+        if key not in ctx.cache:
+            from mrc.lower.segments import split_at
+
+            ctx.cache[key] = split_at(whole, whole, ctx.graph.layers, n)
+        prefix, suffix = ctx.cache[key]
+        module = prefix if op.start == 0 else suffix
+    pairs = [(modules[path], Runner(ctx, _region(pattern, op, path), ctx.graph.stacks[path].levels))
+             for path, info in ctx.graph.stacks.items() if covers(op, info)]
+    inner = forward_callable(op, pattern, module)
+
+    def forward(env: Env) -> None:
+        for m, run in pairs:
+            m.runner = run
+        inner(env)
+    return forward
+
+
+def _solved_model(ctx: Lowering, r: str) -> tuple[fx.GraphModule, dict[str, SolveModule]]:
+    """Replica r's traced model with each stack replaced by its solve (made once)."""
+    key = ("mgrit.model", r)
+    if key not in ctx.cache:
+        model = ctx.replicas.module_of(r)
+        module: fx.GraphModule = model
+        modules: dict[str, SolveModule] = {}
+        for path, info in ctx.graph.stacks.items():
+            solve = _solve_of(ctx, r, path, info, stack_view(model, path, info))
+            modules[path] = SolveModule(solve)
+            module = rewrite(module, path, path, modules[path])
+        ctx.cache[key] = (module, modules)
+        _register_metrics(ctx)
+    return ctx.cache[key]
+
+
+class StackView(nn.Module):
+    """A replica's stack as the propagator reads it: its N layers (the replica's own modules)
+    and h. The traced model keeps only a skeleton of a module it traced through, so the layers
+    are found by path, not through the stack's own class."""
+
+    def __init__(self, layers: list[nn.Module], h: float) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.h = h
+
+
+def stack_view(model: nn.Module, path: str, info: StackInfo) -> StackView:
+    try:
+        layers = [model.get_submodule(f"{path}.layers.{n}") for n in range(info.steps)]
+    except AttributeError:
+        raise LoweringError(f"the model has no layers `{path}.layers.0 … {info.steps - 1}`") from None
+    return StackView(layers, info.h)
+
+
+def _solve_of(ctx: Lowering, r: str, path: str, info: StackInfo, stack: nn.Module) -> StackSolve:
+    solves: dict[tuple[str, str], StackSolve] = ctx.cache.setdefault("mgrit.solves", {})
+    if (r, path) not in solves:
+        solves[(r, path)] = StackSolve(ctx, r, path, info, stack)
+    return solves[(r, path)]
+
+
+def _region(pattern: Pattern, fwd: Forward, path: str) -> dict[str, list[SolvePhase]]:
+    """The phase ops of this forward's solves (its forward region, and the adjoint region of
+    the same replica and gradient point), in canonical order."""
+    out: dict[str, list[SolvePhase]] = {}
+    for op in pattern.ops():
+        if isinstance(op, SolvePhase) and op.stack == path and op.scope.replica == fwd.scope.replica:
+            out.setdefault(op.solve, []).append(op)
+    return out
+
+
+def _nested(op: SolvePhase, pattern: Pattern, ctx: Lowering) -> None:
+    """A phase op runs inside its forward's (or backward's) callable: no callable of its own."""
+    if not ctx.graph.stacks.get(op.stack):
+        raise LoweringError(f"{op.id}: no MGRIT stack `{op.stack}` in the graph")
+    return None
+
+
+for _kind in KIND_PHASE:
+    lowers(_kind)(_nested)
+
+
+def _register_metrics(ctx: Lowering) -> None:
+    """Each stack's residual norms per iteration and convergence factors of the last step."""
+    if ctx.cache.get("mgrit.metrics"):
+        return
+    ctx.cache["mgrit.metrics"] = True
+    solves: dict[tuple[str, str], StackSolve] = ctx.cache.setdefault("mgrit.solves", {})
+
+    def metrics() -> dict[str, Any]:
+        out = {f"{r}.{p}" if r else p: dict(s.last) for (r, p), s in solves.items() if s.last}
+        return {"mgrit": out} if out else {}
+
+    def progress() -> str:
+        parts = []
+        for (r, p), s in solves.items():
+            fwd, adj = s.last.get("forward"), s.last.get("adjoint")
+            if fwd:
+                text = f"mgrit {r + '.' if r else ''}{p} r_fwd {fwd[-1]:.2e}"
+                if adj:
+                    text += f" r_adj {adj[-1]:.2e}"
+                parts.append(text)
+        return "  ".join(parts)
+    ctx.metrics.append(metrics)
+    ctx.progress.append(progress)
