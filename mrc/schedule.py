@@ -135,7 +135,9 @@ def stack_table(bound: Bound) -> dict[str, StackInfo]:
     out = {}
     for st in bound.stacks:
         spec = st.spec
-        where = [index[layer] for layer in st.layers if layer in index]
+        where = [i for layer, i in index.items() if layer.startswith(st.path + ".")]
+        if not where:
+            raise ValueError(f"the MGRIT stack `{st.path}` holds no parameterised layer")
         out[st.path] = StackInfo(min(where), max(where), st.steps, st.h, st.kind, st.first_node, st.last_node,
                                  spec.levels, tuple(spec.coarsening), tuple(spec.relax), spec.forward_iters,
                                  spec.backward_iters, spec.forward_tol, spec.backward_tol, spec.warm_start)

@@ -275,8 +275,11 @@ class Plan:
         return "  ".join(p() for p in self.ctx.progress if p())
 
     def drain_warnings(self) -> list[str]:
+        """The warnings raised since the last call (the first three, and how many more)."""
         out = list(self.ctx.warnings)
         self.ctx.warnings.clear()
+        if len(out) > 3:
+            out = [*out[:3], f"… and {len(out) - 3} more like these since the last log"]
         return out
 
     def technique_metrics(self) -> dict[str, Any]:

@@ -116,3 +116,16 @@ def test_brains_each_solve_their_own_stack(tmp_path: Path) -> None:
     result = train(path, save=False, steps=4)
     rows = [r["mgrit"] for r in result.metrics if "mgrit" in r]
     assert rows and set(rows[-1]) == {"fast.stack", "slow.stack"}
+
+
+def test_a_diverging_solve_is_a_warning_naming_the_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Coarse Euler steps of 16·h = 8 on a relu stack amplify the error: the convergence factor
+    exceeds 1 and `mrc train` says so, naming the step."""
+    path = tmp_path / "d.mrs"
+    path.write_text("model ode_resnet(width=8, depth=64, h=0.5, activation=relu)\ndata levelsets(batch=64)\n"
+                    "optimizer sgd(lr=0.001)\ntrain(steps=10, seed=0, log_every=5)\n"
+                    'mgrit "stack" { levels = 2; coarsening = 16; relax = F; forward_iters = 3; backward_iters = 2 }\n')
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "mrc: warning: step " in err and "forward MGRIT solve of `stack` diverges" in err
+    assert "r_fwd" in err  # the residuals are on the progress line

@@ -106,3 +106,56 @@ def test_one_shot_training_on_levelsets_learns(tmp_path: Path) -> None:
     assert result.summary["val_acc"] > 0.45  # 5 classes: chance is 0.2
     rows = [r for r in result.metrics if "mgrit" in r]
     assert rows and len(rows[-1]["mgrit"]["stack"]["forward"]) == 2
+
+
+NET = '''
+import torch
+from torch import nn
+
+
+class Branch(nn.Module):
+    def __init__(self, w):
+        super().__init__()
+        self.lin = nn.Linear(w, w)
+
+    def forward(self, y):
+        return torch.sin(self.lin(y))
+
+
+class Stack(nn.Module):  # the protocol: `layers` and a float `h`, y <- y + h*F_n(y) in order
+    def __init__(self, w, n, h):
+        super().__init__()
+        self.layers = nn.ModuleList(Branch(w) for _ in range(n))
+        self.h = h
+
+    def forward(self, y):
+        for f in self.layers:
+            y = y + self.h * f(y)
+        return y
+
+
+def build(in_shape, classes, depth=12):
+    return nn.Sequential(nn.Linear(in_shape[0], 6), nn.Tanh(), Stack(6, depth, 0.1), nn.Linear(6, classes))
+'''
+
+
+def test_a_user_stack_of_the_protocol_converges_to_autograd(tmp_path: Path) -> None:
+    """A stack of the user's own blocks (no built-in step: the generic propagator, one module
+    call and one vjp per interval) gives autograd's gradients at convergence."""
+    (tmp_path / "net.py").write_text(NET)
+    spec = ('model "net.py:build"(depth=13)\ndata levelsets(batch=8)\noptimizer sgd(lr=0.1)\n'
+            'train(steps=1, seed=0, dtype=float64, kernels="torch.optim")\n')
+    grads = []
+    for extra in ("", 'mgrit "2" { levels = 2; coarsening = 3; forward_iters = 20; backward_iters = 20 }\n'):
+        path = tmp_path / "u.mrs"
+        path.write_text(spec + extra)
+        c = compile_spec(path)
+        plan = lower(c, 1)
+        d = c.bound.data
+        idx = d.batch_indices(0)[0]
+        plan.step(0, d.train_x[idx].double(), d.train_y[idx])
+        grads.append({n: p.grad.clone() for n, p in c.bound.graph_module.named_parameters()})
+        if extra:
+            assert c.graph.stacks["2"].kind == "generic"
+    for name, g in grads[0].items():
+        assert torch.allclose(grads[1][name], g, rtol=0, atol=1e-10), name

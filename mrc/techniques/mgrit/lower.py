@@ -113,7 +113,7 @@ class StackSolve:
         if worst > 1.0:
             self.ctx.warnings.append(
                 f"step {self.step}: the {which} MGRIT solve of `{self.path}` diverges (convergence factor "
-                f"{worst:.3g} > 1); its {'output' if which == 'forward' else 'gradients'} are not to be trusted")
+                f"{worst:.3g} > 1); {'its output is' if which == 'forward' else 'its gradients are'} not to be trusted")
 
 
 class Runner:
@@ -265,7 +265,8 @@ def _solved_model(ctx: Lowering, r: str) -> tuple[fx.GraphModule, dict[str, Solv
         module: fx.GraphModule = model
         modules: dict[str, SolveModule] = {}
         for path, info in ctx.graph.stacks.items():
-            solve = _solve_of(ctx, r, path, info, stack_view(model, path, info))
+            original = ctx.bound.model if not r else None
+            solve = _solve_of(ctx, r, path, info, stack_view(model, path, info, original))
             modules[path] = SolveModule(solve)
             module = rewrite(module, path, path, modules[path])
         ctx.cache[key] = (module, modules)
@@ -284,11 +285,19 @@ class StackView(nn.Module):
         self.h = h
 
 
-def stack_view(model: nn.Module, path: str, info: StackInfo) -> StackView:
+def stack_view(model: nn.Module, path: str, info: StackInfo, original: nn.Module | None = None) -> StackView:
+    """The stack's layers in `model` (a replica's traced model). A layer the tracer went into
+    (not a leaf) is only a skeleton there: it is taken from `original`, the user's model, which
+    shares its parameters (the model itself; brains have no such model and refuse)."""
     try:
         layers = [model.get_submodule(f"{path}.layers.{n}") for n in range(info.steps)]
     except AttributeError:
         raise LoweringError(f"the model has no layers `{path}.layers.0 … {info.steps - 1}`") from None
+    if any(type(layer).forward is nn.Module.forward for layer in layers):
+        if original is None:
+            raise LoweringError(f"the layers of `{path}` were traced through, and brains cannot run them "
+                                "one by one: mark the layer class `mrc_leaf = True`")
+        layers = [original.get_submodule(f"{path}.layers.{n}") for n in range(info.steps)]
     return StackView(layers, info.h)
 
 

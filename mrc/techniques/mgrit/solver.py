@@ -286,7 +286,7 @@ class MGRIT:
     def _correct(self, l: int) -> None:
         lv, co = self._levels[l], self._levels[l + 1]
         pts = lv.c_points
-        lv.u[pts] += co.u[1:] - lv.u_c[1:]
+        fas_correct(lv.u, co.u[1:], lv.u_c[1:], pts)
         lv.u_c = torch.empty(0)
         co.u, co.g = torch.empty(0), torch.empty(0)
         self._f_relax(lv)
@@ -343,6 +343,20 @@ class MGRIT:
         for prev, cur in zip(self.residuals, self.residuals[1:], strict=False):
             out.append(cur / prev if prev > 0 else (0.0 if cur == 0 else float("inf")))
         return out
+
+
+def fas_correct(u: torch.Tensor, v: torch.Tensor, u_c: torch.Tensor, points: torch.Tensor) -> None:
+    """The FAS correction u[points] += v − u_c in place: one fused Triton launch for float32
+    CUDA states (kernels/mgrit.py), else its torch reference."""
+    if u.is_cuda and u.dtype == torch.float32 and u.is_contiguous():
+        from mrc.kernels import triton_available
+
+        if triton_available():
+            from mrc.kernels.mgrit import fas_correct_triton
+
+            fas_correct_triton(u, v.contiguous(), u_c.contiguous(), points)
+            return
+    u.index_add_(0, points, v - u_c)  # = kernels.mgrit.fas_correct_torch (which imports Triton)
 
 
 class Adjoint:
