@@ -235,6 +235,40 @@ class Mgrit:
 
 
 @dataclass(frozen=True, slots=True)
+class SweepSpace:
+    """One searched setting: `key` (a `--set` key) and its space — `kind` choice (the values'
+    source texts, `choices`; a plain list is a choice, and a grid's axis), uniform, loguniform
+    (floats in [lo, hi]) or int (lo … hi by `step`)."""
+
+    key: str
+    kind: str
+    span: Span
+    choices: tuple[str, ...] = ()
+    lo: float = 0.0
+    hi: float = 0.0
+    step: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """A hyper-parameter search over `spaces`: `method` grid | random | bayes (optuna's
+    GridSampler, RandomSampler, TPESampler), `trials` (None: the whole grid, or `mrc sweep
+    --trials`), `seed`, the `metric` to optimise in `direction`, and `pruning` none | median |
+    hyperband with its arguments. `sites`: where the spec writes each key's value (for best.mrs)."""
+
+    method: str
+    span: Span
+    spaces: tuple[SweepSpace, ...]
+    trials: int | None = None
+    seed: int = 0
+    metric: str = "val_acc"
+    direction: str = "maximize"
+    pruning: str = "none"
+    pruning_args: Mapping[str, Any] = field(default_factory=dict)
+    sites: Mapping[str, tuple[str, Span]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class TrainSettings:
     """The `train(…)` settings. kernels: how update groups run — `auto` (Triton where it runs,
     else torch), `torch`, `triton` or `torch.optim` (it replaces the `MRC_KERNELS` environment
@@ -322,6 +356,7 @@ class Program:
     merge: Merge | None = None
     modules: Modules | None = None
     mgrit: tuple[Mgrit, ...] = ()
+    sweep: Sweep | None = None
     first_fast_gradient: str = "shared"
     """Multirate gradient point: `shared` (one backward per step) or `after_slow` (the seed's
     literal loop: fast gradients taken after the slow partitions moved)."""

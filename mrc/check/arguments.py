@@ -70,6 +70,10 @@ class Arguments(Expressions):
             self.store(param, v, given, spans, name)
         for param in params:
             key = f"{prefix}{param.name}"
+            if prefix:
+                self.settable.add(key)
+                if param.name not in first and args:  # written after the statement's last argument
+                    self.sites.setdefault(key, ("after", args[-1].span))
             if param.name not in first and key in self.overrides:  # not given in the spec
                 try:
                     v = self.value(self.override(key, None))

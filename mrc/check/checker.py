@@ -30,7 +30,7 @@ from mrc.diagnostics import CompileError, Note, Span
 from mrc.program import Program, Selector
 from mrc.techniques.multirate.check import evaluate_selector
 
-TECHNIQUES = ("core", "multirate", "random_subsets", "langevin", "brains", "modules", "mgrit", "planned")
+TECHNIQUES = ("core", "multirate", "random_subsets", "langevin", "brains", "modules", "mgrit", "sweep")
 """The techniques whose checks register, in the order their statements are listed and their
 deferred and whole-spec checks run. A new technique adds `mrc/techniques/NAME/check.py` and its
 name here."""
@@ -58,6 +58,9 @@ class Checker(Arguments):
         self.facts: dict[str, Any] = {}
         self._seen: dict[str, Span] = {}
         self._selector_depth = 0
+        self.spec: ast.Spec | None = None
+        self.in_sweep = False
+        """A check of one sweep value (mrc/techniques/sweep/check.py): the sweep itself is skipped."""
 
     def form(self, st: ast.Statement) -> bool:
         """Check `st` has the parts its keyword takes (see `check_form`)."""
@@ -85,6 +88,7 @@ class Checker(Arguments):
     def check(self, spec: ast.Spec, base_dir: Path) -> Program:
         """Check every statement; raise CompileError with all problems, or return the Program."""
         self.file, self.base_dir = spec.file, base_dir
+        self.spec = spec
         found: dict[str, ast.Statement] = {}
         misspelt: set[str] = set()
         for st in spec.statements:

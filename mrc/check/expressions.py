@@ -72,6 +72,10 @@ class Expressions:
         self.let_spans: dict[str, Span] = {}
         self.overrides = dict(overrides or {})
         self.used_overrides: set[str] = set()
+        self.settable: set[str] = set()
+        self.sites: dict[str, tuple[str, Span]] = {}
+        """Per `--set` key, where its value is in the spec: ("replace", the value's span) or
+        ("after", the span of the argument to write it after)."""
         self._depth = 0
 
     def value(self, expr: ast.Expr) -> Value:
@@ -160,7 +164,12 @@ class Expressions:
                      f"{name} = …`")
 
     def override(self, key: str, expr: ast.Expr | None) -> ast.Expr:
-        """The `--set key=…` expression when there is one (marking it used), else `expr`."""
+        """The `--set key=…` expression when there is one (marking it used), else `expr`. Every
+        key asked for is settable; where the spec writes its value is recorded (`sites`), so a
+        sweep can write its best values into the spec."""
+        self.settable.add(key)
+        if expr is not None:
+            self.sites.setdefault(key, ("replace", expr.span))
         if key in self.overrides:
             self.used_overrides.add(key)
             return self.overrides[key]

@@ -421,16 +421,6 @@ def test_partition_errors() -> None:
 # ---- statements that are not supported yet --------------------------------------------------
 
 
-@pytest.mark.parametrize(("text", "keyword"), [
-    ("sweep random(trials=3) { optimizer.lr = loguniform(1e-4, 1e-1) }", "sweep"),
-])
-def test_statements_not_supported_yet(text: str, keyword: str) -> None:
-    d = one_error(BASE + text + "\n")
-    assert d.message.startswith(f"`{keyword}` (") and d.message.endswith("is not supported yet")
-    assert d.span == Span("c.mrs", 4, 1, 4, 1 + len(keyword))
-    assert d.hint is not None and "docs/language.md" in d.hint
-
-
 # ---- required and duplicate statements ------------------------------------------------------
 
 

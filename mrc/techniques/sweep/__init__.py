@@ -1,0 +1,1 @@
+"""Hyper-parameter search (seeds/training-essentials.md, "Hyperparameter Tuning") on optuna."""
