@@ -22,7 +22,7 @@ whole step, and the optimizer's update measured in the hand loop.
 (specs/mgrit_levelsets.mrs), trained by `mrc train` serially and with one-shot MGRIT, seeds 0–2
 (`--seeds`): validation accuracy per seed and the mean.
 
-    python bench/mgrit.py                 # the full benchmark (CPU: ≈ 3 min)
+    python bench/mgrit.py                 # the full benchmark (2-core CPU: ≈ 1.5 min)
     python bench/mgrit.py --quick         # fewer configurations, repeats and seeds (< 1 min)
     python bench/mgrit.py --device cuda   # on a GPU (synchronised around every timed region)
 
