@@ -88,14 +88,15 @@ def _check_start(start: torch.Tensor, m: int, depth: int) -> None:
         raise IndexError(f"start indices must lie in [0, {depth}), got {start.tolist()}")
 
 
-def _accumulate(param: nn.Parameter, grad: torch.Tensor) -> None:
-    """param.grad += grad, creating it when absent (as autograd accumulates)."""
+def _accumulate(param: nn.Parameter, grad: torch.Tensor, fresh: bool = False) -> None:
+    """param.grad += grad, creating it when absent (as autograd accumulates). `fresh`: grad is
+    a new tensor of the parameter's shape that nothing else holds, so it becomes .grad as is."""
     if not param.requires_grad:
         return
     if param.grad is None:
-        param.grad = grad.detach().clone().reshape(param.shape)
+        param.grad = grad if fresh else grad.detach().clone().reshape(param.shape)
     else:
-        param.grad.add_(grad.reshape(param.shape))
+        param.grad.add_(grad if fresh else grad.reshape(param.shape))
 
 
 class StackPropagator:
@@ -273,9 +274,11 @@ class StackPropagator:
                                                        groups=n_layers)
                 d_weight = d_weight.reshape(self.weight.shape)
                 d_bias = g.sum(dim=(0, 2, 3)).reshape(self.bias.shape)
-            for n, layer in enumerate(self.layers):
-                _accumulate(layer.weight, d_weight[n])
-                _accumulate(layer.bias, d_bias[n])
+            # unbind: one call for all N views (each already the parameter's shape and owned by
+            # nobody else, so a missing .grad takes the view itself, not a clone)
+            for layer, dw, db in zip(self.layers, d_weight.unbind(0), d_bias.unbind(0), strict=True):
+                _accumulate(layer.weight, dw, fresh=True)
+                _accumulate(layer.bias, db, fresh=True)
 
 
 class GenericPropagator:

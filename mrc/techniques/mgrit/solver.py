@@ -166,6 +166,14 @@ class _Level:
         n_coarse = n // cf if cf > 1 else 0
         self.c_points = idx(1, n_coarse + 1) * cf if cf > 1 else idx(0)
         self.c_starts = (self.c_points - 1) * span
+        # the same point sets as strided slices (views: no gather/scatter of the states): F-points
+        # at position j and their predecessors, the C-points ≥ 1 and theirs, and the injection
+        self.f_slices = [(slice(j, n + 1, cf), slice(j - 1, n, cf)) for j in range(1, cf)] if cf > 1 else []
+        # (the coarsest level, cf = 0, has none: it is swept serially)
+        top, step = n_coarse * cf, max(cf, 1)
+        self.c_slice = slice(cf, top + 1, step) if cf > 1 else slice(0, 0)
+        self.c_prev = slice(cf - 1, top, step) if cf > 1 else slice(0, 0)
+        self.inject = slice(0, top + 1, step) if cf > 1 else slice(0, 0)
         self.all_starts = idx(0, n) * span  # start of the step into point n + 1, n = 0..N_l − 1
         self.u: torch.Tensor = torch.empty(0)
         self.g: torch.Tensor = torch.empty(0)
@@ -249,13 +257,13 @@ class MGRIT:
 
     def _f_relax(self, lv: _Level) -> None:
         u, g = lv.u, lv.g
-        for pts, starts in zip(lv.f_points, lv.f_starts, strict=True):
-            if pts.numel():
-                u[pts] = self._phi(lv, starts, u[pts - 1]) + g[pts]
+        for (pts, prev), starts in zip(lv.f_slices, lv.f_starts, strict=True):
+            if starts.numel():
+                u[pts] = self._phi(lv, starts, u[prev]) + g[pts]
 
     def _c_relax(self, lv: _Level) -> None:
-        u, g, pts = lv.u, lv.g, lv.c_points
-        u[pts] = self._phi(lv, lv.c_starts, u[pts - 1]) + g[pts]
+        u, g, pts = lv.u, lv.g, lv.c_slice
+        u[pts] = self._phi(lv, lv.c_starts, u[lv.c_prev]) + g[pts]
 
     def _relax(self, l: int) -> None:
         lv = self._levels[l]
@@ -266,11 +274,11 @@ class MGRIT:
 
     def _restrict(self, l: int) -> None:
         lv, co = self._levels[l], self._levels[l + 1]
-        u, g, pts = lv.u, lv.g, lv.c_points
-        r = g[pts] - (u[pts] - self._phi(lv, lv.c_starts, u[pts - 1]))  # residual at C-points ≥ 1
+        u, g, pts = lv.u, lv.g, lv.c_slice
+        r = g[pts] - (u[pts] - self._phi(lv, lv.c_starts, u[lv.c_prev]))  # residual at C-points ≥ 1
         if l == 0:
             self._residual = float(torch.linalg.vector_norm(r.detach().double()))
-        u_c = torch.cat([u[:1], u[pts]])  # inject: level l's C-points are level l + 1's points
+        u_c = u[lv.inject].clone()  # inject: level l's C-points are level l + 1's points
         lv.u_c = u_c
         g_c = torch.empty_like(u_c)
         g_c[0] = g[0]  # A(u_c)_0 + r_0 = u_c[0] + (g_0 − u_0) = g_0
@@ -285,8 +293,8 @@ class MGRIT:
 
     def _correct(self, l: int) -> None:
         lv, co = self._levels[l], self._levels[l + 1]
-        pts = lv.c_points
-        fas_correct(lv.u, co.u[1:], lv.u_c[1:], pts)
+        if not fas_correct_fused(lv.u, co.u[1:], lv.u_c[1:], lv.c_points):
+            lv.u[lv.c_slice] += co.u[1:] - lv.u_c[1:]
         lv.u_c = torch.empty(0)
         co.u, co.g = torch.empty(0), torch.empty(0)
         self._f_relax(lv)
@@ -345,18 +353,19 @@ class MGRIT:
         return out
 
 
-def fas_correct(u: torch.Tensor, v: torch.Tensor, u_c: torch.Tensor, points: torch.Tensor) -> None:
-    """The FAS correction u[points] += v − u_c in place: one fused Triton launch for float32
-    CUDA states (kernels/mgrit.py), else its torch reference."""
-    if u.is_cuda and u.dtype == torch.float32 and u.is_contiguous():
-        from mrc.kernels import triton_available
+def fas_correct_fused(u: torch.Tensor, v: torch.Tensor, u_c: torch.Tensor, points: torch.Tensor) -> bool:
+    """The FAS correction u[points] += v − u_c as one fused Triton launch (kernels/mgrit.py) for
+    float32 CUDA states; False where it does not apply (the caller then adds on a strided view)."""
+    if not (u.is_cuda and u.dtype == torch.float32 and u.is_contiguous()):
+        return False
+    from mrc.kernels import triton_available
 
-        if triton_available():
-            from mrc.kernels.mgrit import fas_correct_triton
+    if not triton_available():
+        return False
+    from mrc.kernels.mgrit import fas_correct_triton
 
-            fas_correct_triton(u, v.contiguous(), u_c.contiguous(), points)
-            return
-    u.index_add_(0, points, v - u_c)  # = kernels.mgrit.fas_correct_torch (which imports Triton)
+    fas_correct_triton(u, v.contiguous(), u_c.contiguous(), points)
+    return True
 
 
 class Adjoint:
