@@ -18,7 +18,7 @@ For one configuration (depth 1024, width 8) a breakdown of the MGRIT step: its f
 adjoint solve, fine-level parameter gradients and weight re-stacking (`refresh`), against the
 whole step, and the optimizer's update measured in the hand loop.
 
-(2) Accuracy. `ode_resnet(width=8, depth=64, h=0.1)`, adam(lr=0.01), 10 epochs of levelsets
+(2) Accuracy. `ode_resnet(width=8, depth=64, h=0.05)`, adam(lr=0.01), 10 epochs of levelsets
 (specs/mgrit_levelsets.mrs), trained by `mrc train` serially and with one-shot MGRIT, seeds 0–2
 (`--seeds`): validation accuracy per seed and the mean.
 
@@ -57,7 +57,7 @@ train(steps=10, seed=0, device={device})
 """
 
 ACCURACY = """
-model ode_resnet(width=8, depth=64, h=0.1, activation=tanh)
+model ode_resnet(width=8, depth=64, h=0.05, activation=tanh)
 data levelsets(batch=64)
 optimizer adam(lr=0.01)
 train(epochs={epochs}, seed={seed}, device={device}, log_every=1000000, threads={threads})
@@ -258,7 +258,7 @@ def main() -> None:
           "refresh and param_grads):")
     for name, ms in parts.items():
         print(f"  {name:<42}{ms:>9.2f}")
-    print(f"accuracy: ode_resnet(width=8, depth=64, h=0.1), adam(0.01), {args.epochs} epochs of "
+    print(f"accuracy: ode_resnet(width=8, depth=64, h=0.05), adam(0.01), {args.epochs} epochs of "
           f"levelsets, seeds {list(range(n_seeds))}")
     for name, accs in acc.items():
         print(f"  {name:<8} mean {statistics.mean(accs):.4f}  per seed "
