@@ -402,10 +402,6 @@ _JS = r"""
     });
     table.appendChild(tbody);
     document.getElementById("timeline").appendChild(table);
-    if (T.columns.length < T.total) {
-      document.getElementById("timeline-note").textContent = "The period has " + T.total +
-        " steps; the first " + T.columns.length + " are shown.";
-    }
   }
 
   function buildLegend() {
@@ -477,6 +473,8 @@ def to_html(graph: ScheduleGraph, title: str = "schedule", max_columns: int = MA
                             f'<div class="scroll">{svg}</div></section>')
     kinds = "".join(f'<span class="chip"><i style="background:{PALETTE[g]}"></i>{html.escape(label)}</span>'
                     for g, label in GROUP_LABELS.items())
+    shown, total = len(line["columns"]), line["total"]
+    note = f"The period has {total} steps; the first {shown} are shown." if shown < total else ""
     laps = f"<p>The stages run {graph.laps} times in order.</p>" if graph.laps > 1 else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -492,7 +490,7 @@ def to_html(graph: ScheduleGraph, title: str = "schedule", max_columns: int = MA
 {laps}<p>Each row is a partition{' of a brain' if graph.replicas else ''}{' or an MGRIT level' if graph.stacks else ''};
 each column a step. Hover a mark for the ops behind it; click a step for its pattern's graph.</p>
 <div class="legend" id="mark-legend"></div>
-<p class="note" id="timeline-note"></p>
+<p class="note" id="timeline-note">{note}</p>
 <div class="scroll" id="timeline"></div>
 <h2>Step patterns</h2>
 <p>Each distinct step pattern once. Hover an op for its text and inputs; click it for its details.</p>
