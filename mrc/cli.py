@@ -50,10 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("spec", metavar="SPEC")
     g.add_argument("--after", metavar="PASS", default=None,
                    help="show the graph after this pass (`build` for the graph before any pass)")
-    g.add_argument("--format", choices=("text", "dot", "json"), default="text")
+    g.add_argument("--format", choices=("text", "dot", "json", "svg", "png", "html"), default="text",
+                   help="svg/png: laid out by Graphviz `dot`; html: one self-contained page with the "
+                   "period's timeline and each step pattern's dependency graph")
     g.add_argument("--compact", action="store_true",
                    help="text: each distinct step pattern once, with the steps that run it")
-    g.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    g.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout (png: required)")
     g.add_argument("--passes", metavar="P1,P2", help="run this pipeline instead of the default")
     g.add_argument("--print-after", metavar="PASS|all", action="append", default=[],
                    help="also print the graph (to stderr) after these passes")
@@ -123,6 +125,9 @@ def _cmd_graph(args: argparse.Namespace) -> int:
     from mrc.passes import DEFAULT_PIPELINE
     from mrc.passmanager import PassError, parse_pipeline
 
+    if args.format == "png" and not args.output:
+        print("mrc graph: --format png writes a binary image: give it a file with -o FILE.png", file=sys.stderr)
+        return EXIT_ERROR
     try:
         pipeline = parse_pipeline(args.passes) if args.passes else list(DEFAULT_PIPELINE)
         for name in [args.after, *args.print_after]:
@@ -136,17 +141,37 @@ def _cmd_graph(args: argparse.Namespace) -> int:
         print(f"mrc graph: {err}", file=sys.stderr)
         return EXIT_ERROR
     graph = compiled.initial_graph if args.after == "build" else compiled.graph
-    text = graph.to_text(compact=args.compact) if args.format == "text" else \
-        {"dot": graph.to_dot, "json": graph.to_json}[args.format]()
+    from mrc.ir.draw import DotMissing
+
+    try:
+        data = _render_graph(graph, args.format, args.compact, title=str(args.spec))
+    except DotMissing as err:
+        print(f"mrc graph: {err}", file=sys.stderr)
+        return EXIT_ERROR
     if args.output:
         try:
-            Path(args.output).write_text(text)
+            Path(args.output).write_bytes(data)
         except OSError as err:
             print(f"mrc graph: cannot write {args.output}: {err.strerror}", file=sys.stderr)
             return EXIT_ERROR
     else:
-        sys.stdout.write(text)
+        sys.stdout.write(data.decode())  # every format but png (which needs -o) is text
     return EXIT_OK
+
+
+def _render_graph(graph: Any, fmt: str, compact: bool, title: str) -> bytes:
+    """The graph in `fmt` as bytes (text, dot, json and html as UTF-8; svg and png by `dot`)."""
+    if fmt == "text":
+        return graph.to_text(compact=compact).encode()
+    if fmt in ("dot", "json"):
+        return {"dot": graph.to_dot, "json": graph.to_json}[fmt]().encode()
+    if fmt == "html":
+        from mrc.ir.html import to_html
+
+        return to_html(graph, title=title).encode()
+    from mrc.ir.draw import render
+
+    return render(graph, fmt)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
