@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="compile a spec and train",
                        description="Compile a spec and run it. DIR receives metrics.jsonl, "
-                       "summary.json, final.pt and a resumable checkpoint.")
+                       "summary.json, final.pt, a resumable checkpoint and TensorBoard events (tb/).")
     t.add_argument("spec", metavar="SPEC")
     length = t.add_mutually_exclusive_group()
     length.add_argument("--steps", type=_positive, metavar="N", help="train for N optimizer steps")
@@ -81,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="torch intra-op threads (0: chosen for the model's size)")
     t.add_argument("--trace", metavar="FILE", help="write one line per executed op: step, op id, kind, scope")
     t.add_argument("--no-progress", action="store_true", help="plain log lines, no progress bar")
+    t.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard events (DIR/tb/)")
     overrides(t)
     return p
 
@@ -234,7 +235,7 @@ def run_train(args: argparse.Namespace) -> int:
         result = train(args.spec, out=args.out, steps=args.steps, epochs=args.epochs,
                        device=args.device, resume=args.resume, overrides=overrides,
                        progress=progress, trace=args.trace, interrupt=interrupt,
-                       change_length=args.change_length)
+                       change_length=args.change_length, tensorboard=not args.no_tensorboard)
     except CompileError as err:
         for made in fresh:  # leave no empty run directory behind (innermost first)
             with contextlib.suppress(OSError):
