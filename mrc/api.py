@@ -137,7 +137,7 @@ def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: 
           overrides: Mapping[str, str] | Sequence[str] | None = None, progress: bool = False,
           save: bool = True, stop_at: int | None = None, trace: str | Path | None = None,
           observe: Callable[[int, dict[str, Any]], bool | None] | None = None, interrupt: Any = None,
-          change_length: bool = False):  # -> mrc.runtime.trainer.TrainResult
+          change_length: bool = False, tensorboard: bool = True):  # -> mrc.runtime.trainer.TrainResult
     """Compile (unless given a Compiled) and train.
 
     out: the run directory (default `runs/<spec name>` when `save`; with `resume` and no `out`,
@@ -153,6 +153,8 @@ def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: 
     and, with brains, each brain's); returning True stops the run (status `stopped`).
     interrupt: an `mrc.runtime.callbacks.Interrupt`; setting its `requested` (from a signal
     handler, say) ends the run after the current step with a checkpoint (status `interrupted`).
+    tensorboard: a run with a directory also writes TensorBoard events to `DIR/tb/` (the README's
+    "Seeing a run" lists the tags); False turns that off.
     """
     from mrc.runtime.trainer import Trainer
 
@@ -190,7 +192,7 @@ def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: 
         trainer = Trainer(compiled, out_dir, steps=steps, epochs=epochs, device=device,
                           resume=Path(resume) if resume is not None else None, progress=progress,
                           stop_at=stop_at, trace=sink, observe=observe, interrupt=interrupt,
-                          overrides=items, change_length=change_length)
+                          overrides=items, change_length=change_length, tensorboard=tensorboard)
         return trainer.run()
     finally:
         if sink is not None:

@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
         "layer-parallel training) into a PyTorch training loop and runs it.",
         epilog="Examples:\n  mrc check specs/*.mrs\n  mrc graph specs/quickstart.mrs --format dot"
         " -o g.dot\n  mrc train specs/quickstart.mrs --out runs/quick\n\n"
-        "The language is documented in docs/language.md.",
+        "  mrc plot runs/quick runs/other\n\nThe language is documented in docs/language.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"mrc {__version__}")
@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="compile a spec and train",
                        description="Compile a spec and run it. DIR receives metrics.jsonl, "
-                       "summary.json, final.pt and a resumable checkpoint.")
+                       "summary.json, final.pt, a resumable checkpoint and TensorBoard events (tb/).")
     t.add_argument("spec", metavar="SPEC")
     length = t.add_mutually_exclusive_group()
     length.add_argument("--steps", type=_positive, metavar="N", help="train for N optimizer steps")
@@ -83,7 +83,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="torch intra-op threads (0: chosen for the model's size)")
     t.add_argument("--trace", metavar="FILE", help="write one line per executed op: step, op id, kind, scope")
     t.add_argument("--no-progress", action="store_true", help="plain log lines, no progress bar")
+    t.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard events (DIR/tb/)")
     overrides(t)
+
+    pl = sub.add_parser("plot", help="draw one or several runs' metrics into a PNG",
+                        description="Plot run directories (their metrics.jsonl) side by side: loss and "
+                        "validation accuracy against steps and wall time, learning rate per partition, and "
+                        "brains, modules and MGRIT panels where the runs have them.")
+    pl.add_argument("runs", nargs="+", metavar="RUN", help="a run directory (mrc train --out DIR)")
+    pl.add_argument("--metric", action="append", default=[], metavar="M",
+                    help="only these panels: loss, val_acc, time, lr, brains, modules, mgrit, … "
+                    "(repeatable or comma-separated)")
+    pl.add_argument("-o", "--output", metavar="FILE.png", help="where to write (default: RUN/plot.png of the "
+                    "first run)")
     return p
 
 
@@ -178,6 +190,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return run_train(args)
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from mrc.plot import PlotError, plot
+
+    metrics = [m.strip() for item in args.metric for m in item.split(",") if m.strip()]
+    try:
+        target = plot([Path(r) for r in args.runs], metrics or None,
+                      Path(args.output) if args.output else None)
+    except PlotError as err:
+        print(f"mrc plot: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"mrc: wrote {target}")
+    return EXIT_OK
+
+
 class _ClosedPipeSafe:
     """A text stream that survives its reader going away: after the first `BrokenPipeError` it
     points the file descriptor at /dev/null and drops further output, so the command still
@@ -259,7 +285,7 @@ def run_train(args: argparse.Namespace) -> int:
         result = train(args.spec, out=args.out, steps=args.steps, epochs=args.epochs,
                        device=args.device, resume=args.resume, overrides=overrides,
                        progress=progress, trace=args.trace, interrupt=interrupt,
-                       change_length=args.change_length)
+                       change_length=args.change_length, tensorboard=not args.no_tensorboard)
     except CompileError as err:
         for made in fresh:  # leave no empty run directory behind (innermost first)
             with contextlib.suppress(OSError):
@@ -285,6 +311,7 @@ def run_train(args: argparse.Namespace) -> int:
                    if e.get("acc") is not None)
     mem = s.get("activation_memory")
     val += f"  activations {mem['mib']:.2f} MiB" if mem else ""
+    tb = ",tb/" if result.out_dir and (Path(result.out_dir) / "tb").is_dir() and not args.no_tensorboard else ""
     mods = s.get("modules")
     if mods:
         shown = [f"{n}:{m['val_acc']:.3f}" for n, m in mods.items()]
@@ -293,7 +320,7 @@ def run_train(args: argparse.Namespace) -> int:
         val += "  modules " + " ".join(shown)
     print(f"mrc: {s['status']}: {s['steps']} steps in {s['wall_time_s']:.1f} s "
           f"({s['steps_per_s']:.1f} steps/s)  train_acc {s['train_acc']:.4f}  {val}"
-          + (f"\nmrc: wrote {Path(result.out_dir)}/{{final.pt,metrics.jsonl,summary.json,checkpoint.pt}}"
+          + (f"\nmrc: wrote {Path(result.out_dir)}/{{final.pt,metrics.jsonl,summary.json,checkpoint.pt{tb}}}"
              if result.out_dir else ""))
     return 130 if result.status == "interrupted" else 0
 
@@ -319,7 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _ClosedPipeSafe(sys.stdout), _ClosedPipeSafe(sys.stderr)  # type: ignore[assignment]
     try:
-        return {"check": _cmd_check, "graph": _cmd_graph, "train": _cmd_train}[args.command](args)
+        return {"check": _cmd_check, "graph": _cmd_graph, "train": _cmd_train,
+                "plot": _cmd_plot}[args.command](args)
     except CompileError as err:
         print(render_all(err.diagnostics), file=sys.stderr)
         return EXIT_ERROR

@@ -67,6 +67,7 @@ class Run:
     last_good: int = 0
     records: list[dict[str, Any]] = field(default_factory=list)
     sink: Any = None  # the metrics file (MetricsLog) or None
+    listeners: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)  # told of each record
     sync: int = 1
     wake_at: int = -1
     pending: list[tuple[int, int, torch.Tensor]] = field(default_factory=list)
@@ -80,9 +81,13 @@ class Run:
             self.status, self.message = status, message
 
     def record(self, rec: dict[str, Any]) -> None:
+        """Keep a metrics record, write it to the metrics file and tell each listener (the
+        TensorBoard writer), so every view of the run sees the same records."""
         self.records.append(rec)
         if self.sink is not None:
             self.sink.write(rec)
+        for listener in self.listeners:
+            listener(rec)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start

@@ -112,7 +112,7 @@ class Trainer:
                  stop_at: int | None = None, trace: Any = None,
                  observe: Callable[[int, dict[str, Any]], bool | None] | None = None,
                  interrupt: Interrupt | None = None, overrides: list[str] | None = None,
-                 change_length: bool = False) -> None:
+                 change_length: bool = False, tensorboard: bool = True) -> None:
         self.c = compiled
         self.program = compiled.program
         settings = self.program.train
@@ -142,7 +142,9 @@ class Trainer:
         self.overrides = list(overrides or [])
         self.change_length = change_length
         self.fingerprint = fingerprint(compiled.graph)
+        self.tensorboard = tensorboard
         self._sink: Any = None
+        self._tb: Any = None  # mrc.runtime.tensorboard.TensorBoard of a run with an out dir
         self.activation: Any = None  # mrc.runtime.memory.StepMemory of the measured steps
         self._cuda_peak = 0
 
@@ -171,6 +173,8 @@ class Trainer:
         if self.out is not None:
             if self._sink is not None:  # the metrics up to the checkpoint are on disk before it
                 self._sink.flush()
+            if self._tb is not None:
+                self._tb.flush()
             atomic_write_bytes(self.out / CHECKPOINT, lambda f: f.write(data))
 
     def _restore(self, run: Run, early: EarlyStopping | None) -> None:
@@ -260,6 +264,9 @@ class Trainer:
         if self.out:
             run.sink = MetricsFile(self.out / METRICS, run.step if self.resume else None)
         self._sink = run.sink
+        self._tb = self._tensorboard() if self.out else None
+        if self._tb is not None:
+            callbacks.append(self._tb)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         start_step = run.step
@@ -337,6 +344,25 @@ class Trainer:
                          "params": info.params, "activation_bytes_estimate": info.bytes,
                          "residuals": info.residuals, "tau": info.tau}
         return out
+
+    def _tensorboard(self) -> Callback | None:
+        """The TensorBoard writer of a run with an out dir (None when turned off, or, with a
+        note, when the `tensorboard` package cannot be imported)."""
+        if not self.tensorboard or self.out is None:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (needs `tensorboard`)
+
+            from mrc.runtime.tensorboard import TensorBoard, graph_text
+        except ImportError as err:
+            self.echo(f"mrc: note: no TensorBoard events ({err}); pip install tensorboard")
+            return None
+        try:
+            spec_text = Path(self.program.file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError, TypeError):
+            spec_text = ""
+        return TensorBoard(self.out, resumed=self.resume is not None, spec_text=spec_text,
+                           graph_text=graph_text(self.c.graph))
 
     def _relower(self, run: Run) -> Plan:
         """A resume that changes the run's length: the schedule spans the new length."""

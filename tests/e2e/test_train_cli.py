@@ -335,8 +335,10 @@ def test_run_files_get_the_umask_mode(tmp_path: Path) -> None:
         result = train(ROOT / "specs" / "quickstart.mrs", out=tmp_path / "run", steps=2)
     finally:
         os.umask(old)
-    modes = {p.name: p.stat().st_mode & 0o777 for p in Path(result.out_dir).iterdir()}
+    out = Path(result.out_dir)
+    modes = {str(p.relative_to(out)): p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()}
     assert set(modes) >= {"final.pt", "metrics.jsonl", "summary.json", "checkpoint.pt"}
+    assert any(name.startswith("tb/events.out.tfevents.") for name in modes)  # TensorBoard's too
     assert set(modes.values()) == {0o640}, {k: oct(v) for k, v in modes.items()}
 
 

@@ -1,0 +1,153 @@
+"""TensorBoard event files for a run: every metrics record mirrored as scalars under `DIR/tb/`.
+
+The callback does not compute anything: it observes the records the trainer writes to
+`metrics.jsonl` (`Run.record` tells it of each, see `Run.listeners`) and turns each into
+scalars, so the two views of a run never disagree. Tags (documented in the README, "Seeing a
+run"):
+
+    train/loss                       the step's training loss (MetricsLog records)
+    lr/PARTITION                     each partition's learning rate as it ran
+    val/loss, val/acc                the validation split (Evaluation records)
+    eval/NAME/loss, eval/NAME/acc    each `eval NAME = …` set
+    brains/NAME/loss                 each brain's latest training loss
+    brains/NAME/val_loss|val_acc     each brain's validation metrics; NAME `merged`: the merged model
+    modules/MODULE/loss|transport|tau|lambda     module-wise training (MODULE `m0`, `m1`, … or
+                                     `REGION.mK`)
+    mgrit/STACK/forward_residual, …/adjoint_residual    the last iteration's residual norm
+    mgrit/STACK/forward_factor, …/adjoint_factor        the last convergence factor
+    spec, graph                      text summaries at step 0: the spec and its compiled graph
+
+Characters TensorBoard does not allow in a tag (anything but letters, digits, `_`, `-`, `.`,
+`/`) become `_` (a partition `all@m0` is `lr/all_m0`).
+
+Resume: the writer is opened with `purge_step = step + 1`, the first step the resumed run logs.
+TensorBoard then discards whatever the interrupted run logged after its checkpoint, so every
+step appears once, exactly as `metrics.jsonl` keeps only the lines up to the checkpoint.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from mrc.runtime.callbacks import Callback, Run
+
+TB = "tb"
+"""The run directory's subdirectory that holds the event files."""
+
+GRAPH_TEXT_LIMIT = 200_000
+"""A compiled graph's full text longer than this is summarised by its compact form instead."""
+
+_BAD = re.compile(r"[^-/\w.]")
+
+
+def tag(*parts: str) -> str:
+    """A TensorBoard tag from its parts, with disallowed characters replaced by `_`."""
+    return _BAD.sub("_", "/".join(parts))
+
+
+def scalars(rec: dict[str, Any]) -> dict[str, float]:
+    """The scalars (tag → value) of one metrics record, a MetricsLog or an Evaluation record.
+
+    A pure function of the record so the mapping can be tested, and documented, on its own.
+    Missing and non-numeric values (a diverged run's None) are left out."""
+    out: dict[str, float] = {}
+
+    def put(name: str, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return
+        out[name] = float(value)
+
+    if "loss" in rec or "lr" in rec:  # a training record
+        put("train/loss", rec.get("loss"))
+        for part, lr in (rec.get("lr") or {}).items():
+            put(tag("lr", part), lr)
+        for brain, value in (rec.get("brains") or {}).items():
+            if isinstance(value, dict):
+                continue
+            put(tag("brains", brain, "loss"), value)
+        for module, row in (rec.get("modules") or {}).items():
+            for key, value in row.items():
+                put(tag("modules", module, key), value)
+        for stack, solve in (rec.get("mgrit") or {}).items():
+            for key in ("forward", "adjoint"):
+                if solve.get(key):
+                    put(tag("mgrit", stack, f"{key}_residual"), solve[key][-1])
+                if solve.get(f"{key}_factor"):
+                    put(tag("mgrit", stack, f"{key}_factor"), solve[f"{key}_factor"][-1])
+    if "val_loss" in rec or "val_acc" in rec:  # an evaluation record
+        put("val/loss", rec.get("val_loss"))
+        put("val/acc", rec.get("val_acc"))
+        for name, ev in (rec.get("evals") or {}).items():
+            for key, value in ev.items():
+                put(tag("eval", name, key), value)
+        brains = rec.get("brains") or {}
+        for brain, ev in brains.items():
+            if isinstance(ev, dict):
+                for key, value in ev.items():
+                    put(tag("brains", brain, key), value)
+        if any(isinstance(ev, dict) for ev in brains.values()):
+            put("brains/merged/val_loss", rec.get("val_loss"))
+            put("brains/merged/val_acc", rec.get("val_acc"))
+    return out
+
+
+class TensorBoard(Callback):
+    """Writes the run's metrics records, the spec and the compiled graph as TensorBoard events.
+
+    `spec_text` and `graph_text` are written once, at the start of a fresh run (a resumed run
+    already has them). `resumed` opens the writer so the steps after the checkpoint that the
+    interrupted run had logged are discarded (see the module's docstring)."""
+
+    def __init__(self, out_dir: Path, *, resumed: bool, spec_text: str = "", graph_text: str = "") -> None:
+        self.dir = out_dir / TB
+        self.resumed = resumed
+        self.spec_text = spec_text
+        self.graph_text = graph_text
+        self.writer: Any = None
+
+    def on_start(self, run: Run) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        if not self.resumed and self.dir.is_dir():  # a fresh run in an old directory starts over
+            for old in self.dir.glob("events.out.tfevents.*"):
+                old.unlink()
+        self.writer = SummaryWriter(str(self.dir), purge_step=run.step + 1 if self.resumed else None)
+        if not self.resumed:
+            if self.spec_text:
+                self.writer.add_text("spec", _code(self.spec_text), 0)
+            if self.graph_text:
+                self.writer.add_text("graph", _code(self.graph_text), 0)
+        run.listeners.append(self.write)
+
+    def write(self, rec: dict[str, Any]) -> None:
+        """Mirror one metrics record (called by `Run.record` as the record is written)."""
+        if self.writer is None:
+            return
+        step = int(rec["step"])
+        for name, value in scalars(rec).items():
+            self.writer.add_scalar(name, value, step)
+
+    def flush(self) -> None:
+        """Put what was written on disk (at each checkpoint, so a resume finds it there)."""
+        if self.writer is not None:
+            self.writer.flush()
+
+    def on_end(self, run: Run) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        if self.write in run.listeners:
+            run.listeners.remove(self.write)
+
+
+def _code(text: str) -> str:
+    """`text` as a Markdown code block (TensorBoard renders text summaries as Markdown)."""
+    return "\n".join("    " + line for line in text.splitlines())
+
+
+def graph_text(graph: Any) -> str:
+    """The compiled graph as the `graph` text summary shows it: in full, or compact when long."""
+    text = graph.to_text()
+    return text if len(text) <= GRAPH_TEXT_LIMIT else graph.to_text(compact=True)
