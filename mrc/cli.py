@@ -103,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--out", metavar="DIR", help="output directory (default: runs/SPEC_NAME-sweep)")
     w.add_argument("--timeout", type=float, metavar="S", help="start no trial after S seconds")
     w.add_argument("--no-progress", action="store_true", help="plain lines, no live table")
+    w.add_argument("--no-plots", action="store_true", help="skip the plots (they take a few seconds)")
     w.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     w.add_argument("--parent", type=int, help=argparse.SUPPRESS)
     w.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
@@ -189,7 +190,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         from mrc.sweep.driver import SweepOptions, run_sweep
 
         return run_sweep(SweepOptions(args.spec, args.trials, args.jobs, args.storage, args.study, args.out,
-                                      args.timeout, not args.no_progress))
+                                      args.timeout, not args.no_progress, not args.no_plots))
     except SweepError as err:
         print(f"mrc sweep: {err}", file=sys.stderr)
         return EXIT_ERROR

@@ -16,6 +16,7 @@ continues the study.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -53,6 +54,7 @@ class SweepOptions:
     out: str | None = None
     timeout: float | None = None
     progress: bool = True
+    plots: bool = True
 
 
 @dataclass
@@ -66,6 +68,7 @@ class Plan:
     storage: str
     trials: int
     notes: list[str]
+    fresh: list[Path]  # the directories `prepare` made (removed again if the study cannot open)
 
 
 def say(text: str) -> None:
@@ -97,12 +100,13 @@ def prepare(opts: SweepOptions) -> Plan:
                      f"running {grid_size(sweep)}")
         trials = grid_size(sweep)
     out = Path(opts.out) if opts.out is not None else Path("runs") / f"{program.name}-sweep"
+    fresh = [p for p in (out, *out.parents) if not p.exists()]
     try:
         prepare_out_dir(out)
     except CheckpointError as err:
         raise SweepError(str(err)) from None
     storage = resolve_storage(opts.storage, out)
-    return Plan(sweep, opts.spec, opts.study or program.name, out, storage, trials, notes)
+    return Plan(sweep, opts.spec, opts.study or program.name, out, storage, trials, notes, fresh)
 
 
 def _worker_command(plan: Plan, k: int, deadline: float | None) -> list[str]:
@@ -122,12 +126,20 @@ def run_sweep(opts: SweepOptions) -> int:
     plan = prepare(opts)
     for note in plan.notes:
         say(note)
-    study = open_study(plan.sweep, plan.storage, plan.name, create=True)
+    try:
+        study = open_study(plan.sweep, plan.storage, plan.name, create=True)
+    except SweepError:
+        for made in plan.fresh:  # leave no empty output directory behind (innermost first)
+            with contextlib.suppress(OSError):
+                made.rmdir()
+        raise
     with study_lock(lock_path(plan.storage)):
         for number in reclaim_stale(study, is_journal_file(plan.storage)):
             say(f"trial {number} was interrupted (its worker died); its values run again")
     have = count_trials(study)
-    where = plan.storage if not is_journal_file(plan.storage) else os.path.relpath(plan.storage)
+    where = plan.storage
+    if is_journal_file(where) and not os.path.relpath(where).startswith(".."):
+        where = os.path.relpath(where)
     say(f"study {plan.name!r} in {where}: {min(have, plan.trials)} of {plan.trials} trials already there; "
         f"{plan.sweep.method} search, {plan.sweep.direction} {plan.sweep.metric}, pruning {plan.sweep.pruning}")
     jobs = max(0, min(opts.jobs, plan.trials - have))
@@ -173,7 +185,7 @@ def run_sweep(opts: SweepOptions) -> int:
             status = EXIT_FAILED
     trials = study.get_trials(deepcopy=False)
     finished = sum(1 for t in trials if t.state.is_finished() and results.state_name(t) != "interrupted")
-    status = _report(study, plan) or status
+    status = _report(study, plan, opts.plots) or status
     if stops[0]:
         say(f"interrupted with {finished} of {plan.trials} trials done; run the same command to continue")
         return EXIT_INTERRUPTED
@@ -210,7 +222,7 @@ def _watch(study: Any, plan: Plan, workers: list[subprocess.Popen[bytes]], live:
                 view.update(results.table(plan.sweep, trials, plan.trials, results.best_trial(study)))
                 if done:
                     return
-                time.sleep(0.5)
+                time.sleep(0.2)
     while True:
         done = all(w.poll() is not None for w in workers)
         for t in poll():
@@ -219,11 +231,12 @@ def _watch(study: Any, plan: Plan, workers: list[subprocess.Popen[bytes]], live:
                 print(results.trial_line(plan.sweep, t), flush=True)
         if done:
             return
-        time.sleep(0.5)
+        time.sleep(0.2)
 
 
-def _report(study: Any, plan: Plan) -> int:
-    """The best trial, best.mrs, trials.csv and the plots; returns 1 when no trial completed."""
+def _report(study: Any, plan: Plan, plots: bool = True) -> int:
+    """The best trial, best.mrs, trials.csv and (with `plots`) the plots; returns 1 when no
+    trial completed."""
     from mrc.api import check_spec
     from mrc.diagnostics import CompileError, render_all
     from mrc.sweep import results
@@ -250,8 +263,8 @@ def _report(study: Any, plan: Plan) -> int:
         except CompileError as err:  # a bug, not the user's: say so, keep the file
             say(f"best.mrs does not check: {render_all(err.diagnostics).splitlines()[0]}")
             status = EXIT_FAILED
-    plots, notes = results.write_plots(study, plan.sweep, out)
-    written += plots
+    pictures, notes = results.write_plots(study, plan.sweep, out) if plots else ([], [])
+    written += pictures
     for note in notes:
         say(note)
     shown = ", ".join(os.path.relpath(p, out) for p in written)
