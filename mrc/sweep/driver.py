@@ -119,6 +119,7 @@ def _worker_command(plan: Plan, k: int, deadline: float | None) -> list[str]:
 def run_sweep(opts: SweepOptions) -> int:
     """The `mrc sweep` command; returns its exit status."""
     import optuna
+    from optuna.trial import TrialState
 
     from mrc.sweep import results
 
@@ -140,8 +141,10 @@ def run_sweep(opts: SweepOptions) -> int:
     where = plan.storage
     if is_journal_file(where) and not os.path.relpath(where).startswith(".."):
         where = os.path.relpath(where)
-    say(f"study {plan.name!r} in {where}: {min(have, plan.trials)} of {plan.trials} trials already there; "
-        f"{plan.sweep.method} search, {plan.sweep.direction} {plan.sweep.metric}, pruning {plan.sweep.pruning}")
+    queued = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)))
+    say(f"study {plan.name!r} in {where}: {min(have - queued, plan.trials)} of {plan.trials} trials done"
+        + (f", {queued} running or queued" if queued else "")
+        + f"; {plan.sweep.method} search, {plan.sweep.direction} {plan.sweep.metric}, pruning {plan.sweep.pruning}")
     jobs = max(0, min(opts.jobs, plan.trials - have))
     deadline = time.time() + opts.timeout if opts.timeout is not None else None
     env = dict(os.environ)
