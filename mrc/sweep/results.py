@@ -89,9 +89,10 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 # --- best.mrs --------------------------------------------------------------------------------
 
 def _offsets(text: str) -> list[int]:
+    """Where each line starts — lines split at "\n" only, as the parser counts them."""
     starts, pos = [0], 0
-    for line in text.splitlines(keepends=True):
-        pos += len(line)
+    for line in text.split("\n"):
+        pos += len(line) + 1
         starts.append(pos)
     return starts
 

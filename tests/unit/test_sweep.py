@@ -153,3 +153,22 @@ def test_every_grid_worker_maps_a_trial_number_to_the_same_point(tmp_path: Path)
                         .replace("loguniform(1e-3, 0.3)", "[0.01, 0.1]").replace("uniform(0, 0.01)", "[0, 0.001]"))
     a, b = study.make_sampler(sweep), study.make_sampler(sweep)
     assert a._all_grids == b._all_grids and len(a._all_grids) == study.grid_size(sweep) == 8
+
+
+def test_a_value_written_over_two_lines_is_a_diagnostic_not_a_crash() -> None:
+    from mrc.check.checker import check
+    from mrc.diagnostics import CompileError
+    from mrc.parser import parse
+
+    text = SPEC.replace("[16, 64]", "[16,\n 64 +\n 0]")
+    with pytest.raises(CompileError) as err:
+        check(parse(text, "two-lines.mrs"), Path("."))
+    assert any("one line" in d.message for d in err.value.diagnostics)
+
+
+def test_choices_are_read_from_the_text_that_was_parsed_not_the_disk() -> None:
+    from mrc.check.checker import check
+    from mrc.parser import parse
+
+    program = check(parse(SPEC, "not-on-disk.mrs"), Path("."))
+    assert program.sweep is not None and program.sweep.spaces[1].choices == ("16", "64")
