@@ -1,4 +1,4 @@
-"""The `mrc` command: check, graph and train .mrs specs."""
+"""The `mrc` command: check, graph, train and sweep .mrs specs."""
 
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ def _parser() -> argparse.ArgumentParser:
         description="mrc compiles .mrs training-schedule specs (multirate, module-wise and "
         "layer-parallel training) into a PyTorch training loop and runs it.",
         epilog="Examples:\n  mrc check specs/*.mrs\n  mrc graph specs/quickstart.mrs --format dot"
-        " -o g.dot\n  mrc train specs/quickstart.mrs --out runs/quick\n\n"
-        "  mrc plot runs/quick runs/other\n\nThe language is documented in docs/language.md.",
+        " -o g.dot\n  mrc train specs/quickstart.mrs --out runs/quick\n"
+        "  mrc plot runs/quick runs/other\n  mrc sweep specs/sweep_digits.mrs --jobs 2\n\n"
+        "The language is documented in docs/language.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"mrc {__version__}")
@@ -96,6 +97,29 @@ def _parser() -> argparse.ArgumentParser:
                     "(repeatable or comma-separated)")
     pl.add_argument("-o", "--output", metavar="FILE.png", help="where to write (default: RUN/plot.png of the "
                     "first run)")
+    w = sub.add_parser("sweep", help="run the spec's `sweep`: a hyper-parameter search (optuna)",
+                       description="Run the spec's `sweep` statement as an optuna study: each trial "
+                       "is a run directory DIR/trial-NNNN. At the end DIR holds best.mrs (the spec "
+                       "with the best values, runnable as it is), trials.csv and plots/*.png. The "
+                       "study lives in a journal file (DIR/study.log) unless --storage says "
+                       "otherwise; run the same command again to continue it (after Ctrl-C or a "
+                       "kill), or run it on several machines with one --storage to share it.")
+    w.add_argument("spec", metavar="SPEC")
+    w.add_argument("--trials", type=int, metavar="N",
+                   help="trials the study should have in all (default: the grid's size, or the "
+                   "statement's `trials`)")
+    w.add_argument("--jobs", type=int, default=1, metavar="J", help="worker processes on this machine")
+    w.add_argument("--storage", metavar="URL",
+                   help="an optuna storage URL (postgresql://…, mysql://…, sqlite:///…, redis://…) "
+                   "or a journal file path (default: DIR/study.log)")
+    w.add_argument("--study", metavar="NAME", help="the study's name (default: the spec's name)")
+    w.add_argument("--out", metavar="DIR", help="output directory (default: runs/SPEC_NAME-sweep)")
+    w.add_argument("--timeout", type=float, metavar="S", help="start no trial after S seconds")
+    w.add_argument("--no-progress", action="store_true", help="plain lines, no live table")
+    w.add_argument("--no-plots", action="store_true", help="skip the plots (they take a few seconds)")
+    w.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    w.add_argument("--parent", type=int, help=argparse.SUPPRESS)
+    w.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     return p
 
 
@@ -202,6 +226,23 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     print(f"mrc: wrote {target}")
     return EXIT_OK
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from mrc.sweep.study import SweepError
+
+    try:
+        if args.worker is not None:  # one of the processes `mrc sweep --jobs J` starts
+            from mrc.sweep.worker import run_worker
+
+            return run_worker(args.spec, args.storage, args.study, Path(args.out), args.trials,
+                              args.worker, args.deadline, args.parent)
+        from mrc.sweep.driver import SweepOptions, run_sweep
+
+        return run_sweep(SweepOptions(args.spec, args.trials, args.jobs, args.storage, args.study, args.out,
+                                      args.timeout, not args.no_progress, not args.no_plots))
+    except SweepError as err:
+        print(f"mrc sweep: {err}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 class _ClosedPipeSafe:
@@ -347,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout, sys.stderr = _ClosedPipeSafe(sys.stdout), _ClosedPipeSafe(sys.stderr)  # type: ignore[assignment]
     try:
         return {"check": _cmd_check, "graph": _cmd_graph, "train": _cmd_train,
-                "plot": _cmd_plot}[args.command](args)
+                "plot": _cmd_plot, "sweep": _cmd_sweep}[args.command](args)
     except CompileError as err:
         print(render_all(err.diagnostics), file=sys.stderr)
         return EXIT_ERROR

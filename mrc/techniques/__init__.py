@@ -10,8 +10,8 @@ A technique brings, in one place, what the spec language needs of it:
 `core` is plain training (model, data, optimizer, schedule, train settings); `multirate` is
 partitions with rates and linear drift; `random_subsets` and `langevin` are the seed's
 regularisation and integrator; `brains` is multirate across networks (a replica scope);
-`modules` is module-wise training (a module scope, and stages for its regimes). The planned
-techniques (`mgrit`, `sweep`) are added the same way.
+`modules` is module-wise training (a module scope, and stages for its regimes); `mgrit` is
+layer-parallel training; `sweep` checks the hyper-parameter search that `mrc.sweep` runs.
 """
 
 

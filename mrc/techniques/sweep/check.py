@@ -164,7 +164,12 @@ def _space(ck: Checker, key: str, expr: ast.Expr, method: str) -> SweepSpace | N
     if not items:
         ck.r.error(f"the space of `{key}` is empty", expr.span)
         return None
-    return SweepSpace(key, "choice", expr.span, tuple(_slice(text, i.span) for i in items))
+    choices = [_slice(text, i.span) for i in items]
+    for item, choice in zip(items, choices, strict=True):
+        if choice is None:
+            ck.r.error("a sweep value must be written on one line", item.span)
+            return None
+    return SweepSpace(key, "choice", expr.span, tuple(c for c in choices if c is not None))
 
 
 def _range(ck: Checker, key: str, call: ast.Call) -> SweepSpace | None:
@@ -201,22 +206,29 @@ def _range(ck: Checker, key: str, call: ast.Call) -> SweepSpace | None:
 
 
 def ck_source(ck: Checker) -> list[str]:
-    """The spec's lines (for the source text of each choice)."""
+    """The spec's lines (for the source text of each choice): the text the parser read (the
+    diagnostics' source registry), else the file; split at "\n" only, as the parser counts lines."""
     cached = ck.facts.get("source_lines")
     if cached is None:
         from pathlib import Path
 
-        try:
-            cached = Path(ck.file).read_text(encoding="utf-8").splitlines()
-        except OSError:
-            cached = []
+        from mrc.diagnostics import SOURCES
+
+        text = SOURCES.texts.get(ck.file)
+        if text is None:
+            try:
+                text = Path(ck.file).read_text(encoding="utf-8")
+            except OSError:
+                text = ""
+        cached = [line.rstrip("\r") for line in text.split("\n")] if text else []
         ck.facts["source_lines"] = cached
     return cached
 
 
-def _slice(lines: list[str], span: Span) -> str:
-    if not lines or span.line != span.end_line:
-        raise ValueError("a sweep value must be written on one line")
+def _slice(lines: list[str], span: Span) -> str | None:
+    """The source text at `span`, or None when it spans lines (or the text is unknown)."""
+    if not lines or span.line != span.end_line or span.line > len(lines):
+        return None
     return lines[span.line - 1][span.col - 1:span.end_col - 1]
 
 
