@@ -356,6 +356,7 @@ class Progress(Callback):
         self.echo = echo
         self._bar: Any = None
         self._loss: float | None = None
+        self._pending: dict[str, Any] | None = None
 
     def on_start(self, run: Run) -> None:
         if not self.enabled:
@@ -373,18 +374,28 @@ class Progress(Callback):
         if self._bar is not None:
             self._update(run)
         elif every(run.step, self.plain_every) or run.step >= self.total:
-            parts = [f"step {rec['step']}/{self.total}", f"epoch {rec['epoch']:.2f}"]
-            if rec["loss"] is not None:
-                parts.append(f"loss {rec['loss']:.4f}")
-            if run.last_eval:
-                parts.append(f"val_loss {run.last_eval['val_loss']:.4f} val_acc {run.last_eval['val_acc']:.4f}")
-                parts.extend(f"{k} {v:.4f}" for k, v in run.last_eval.items() if "." in k)
-            extra = run.plan.technique_progress()
-            if extra:
-                parts.append(extra)
-            if self.busy:
-                parts.append("(machine busy)")
-            self.echo("  ".join(parts))
+            # printed in on_step, after this step's evaluation (Evaluation runs after MetricsLog),
+            # so the line shows the validation metrics of this very step when it has them
+            self._pending = rec
+
+    def on_step(self, run: Run) -> None:
+        if self._pending is not None:
+            self._print(run, self._pending)
+            self._pending = None
+
+    def _print(self, run: Run, rec: dict[str, Any]) -> None:
+        parts = [f"step {rec['step']}/{self.total}", f"epoch {rec['epoch']:.2f}"]
+        if rec["loss"] is not None:
+            parts.append(f"loss {rec['loss']:.4f}")
+        if run.last_eval:
+            parts.append(f"val_loss {run.last_eval['val_loss']:.4f} val_acc {run.last_eval['val_acc']:.4f}")
+            parts.extend(f"{k} {v:.4f}" for k, v in run.last_eval.items() if "." in k)
+        extra = run.plan.technique_progress()
+        if extra:
+            parts.append(extra)
+        if self.busy:
+            parts.append("(machine busy)")
+        self.echo("  ".join(parts))
 
     def on_eval(self, run: Run, metrics: dict[str, Any]) -> None:
         if self._bar is not None:
@@ -403,5 +414,8 @@ class Progress(Callback):
         self._bar.update(self._task, completed=run.step, info=info)
 
     def on_end(self, run: Run) -> None:
+        if self._pending is not None:
+            self._print(run, self._pending)
+            self._pending = None
         if self._bar is not None:
             self._bar.stop()

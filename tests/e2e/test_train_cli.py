@@ -368,3 +368,13 @@ def test_the_python_api_refuses_a_file_as_its_run_directory(tmp_path: Path) -> N
     with pytest.raises(CheckpointError, match="it is a file, not a directory"):
         train(ROOT / "specs" / "quickstart.mrs", out=tmp_path / "precious.txt", steps=2)
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_the_last_progress_line_shows_the_last_evaluation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The final log line is printed after the final step's evaluation, not before it: its
+    val_acc is the summary's."""
+    assert main(["train", str(ROOT / "specs" / "quickstart.mrs"), "--steps", "30", "--out", str(tmp_path),
+                 "--no-progress"]) == 0
+    last = [line for line in capsys.readouterr().err.splitlines() if line.startswith("step 30/30")][-1]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert f"val_acc {summary['val_acc']:.4f}" in last
