@@ -3,7 +3,9 @@
 Requires: a verified graph whose backward ops may list partitions that no update after them uses.
 Ensures: each backward differentiates exactly the partitions that the updates it feeds move, and
 each forward and loss track exactly what the backwards below them (same scope and phase) need, in
-partition order; a forward, loss or backward that feeds no update is removed, and so is a batch
+partition order; a forward, loss or backward that feeds no update is removed (a forward that
+feeds the next module's forward is kept, without autograd), and so is a pure op (Op.pure: an
+auxiliary head) whose value nothing reads any more, and a batch
 that no op reads any more (a step that updates nothing keeps none of them).
 
 Example (head every step, backbone every 2 steps), step 1:
@@ -40,7 +42,7 @@ def _prune(p: Pattern, order: list[str]) -> None:
             below = set().union(*(needs[d.id] for d in p.descendants(op) if d.id in needs
                                   and d.scope == op.scope and d.phase == op.phase))
             needed = tuple(n for n in order if n in below)
-        elif _pure(op):
+        elif op.pure:
             if not any(v.kind != "order" for _, v in p.outputs(op)):
                 p.remove(op)
             continue
@@ -59,11 +61,6 @@ def _prune(p: Pattern, order: list[str]) -> None:
     for op in list(p.ops()):
         if isinstance(op, Batch) and not p.succs(op):
             p.remove(op)
-
-
-def _pure(op: object) -> bool:
-    """Ops that only compute a value (an auxiliary head): removed when nothing reads it."""
-    return getattr(op, "kind", "") == "aux_head"
 
 
 def _feeds_forward(p: Pattern, op: Forward) -> bool:

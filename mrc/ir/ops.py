@@ -156,6 +156,9 @@ class Op:
 
     kind: ClassVar[str] = "op"
     rank: ClassVar[int] = 0
+    pure: ClassVar[bool] = False
+    """An op that only computes a value for its successors (no side effect): passes may drop it
+    when nothing reads its value."""
     scope: Scope = EMPTY
 
     @property

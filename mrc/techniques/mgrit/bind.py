@@ -72,10 +72,11 @@ def bind_stacks(program: Program, model: nn.Module, gm: fx.GraphModule, example:
                     "y ← y + h·F_n(y) in order", at,
                     hint="the built-in ode_resnet's `stack` is one; see docs/language.md (mgrit)")
             return None
-        stretch = _stretch(gm, spec.stack)
+        stretch = stack_stretch(gm, spec.stack)
         if isinstance(stretch, str):
             r.error(f"`{spec.stack}`: {stretch}", at)
             return None
+        nodes = list(gm.graph.nodes)
         why = _serial_check(model, stack, example)
         if why:
             r.error(f"`{spec.stack}` does not compute y ← y + h·F_n(y) layer after layer: {why}", at)
@@ -89,12 +90,14 @@ def bind_stacks(program: Program, model: nn.Module, gm: fx.GraphModule, example:
             r.error(f"`{spec.stack}` has {len(layers)} layers: {why}", spec.spans.get("levels", at))
             return None
         names = tuple(f"{spec.stack}.layers.{i}" for i in range(len(layers)))
-        out.append(BoundStack(spec, spec.stack, names, float(h), block_kind(layers), *stretch))
+        out.append(BoundStack(spec, spec.stack, names, float(h), block_kind(layers), nodes[stretch[0]].name,
+                              nodes[stretch[1]].name))
     return tuple(out)
 
 
-def _stretch(gm: fx.GraphModule, path: str) -> tuple[str, str] | str:
-    """The first and last traced node of the stack (its scope), or why it cannot be replaced."""
+def stack_stretch(gm: fx.GraphModule, path: str) -> tuple[int, int, fx.Node] | str:
+    """Where the stack at `path` lies in `gm` (its nodes are those of its scope): the positions
+    of its first and last node and the one value it takes; or why it cannot be replaced."""
     nodes = list(gm.graph.nodes)
     inside = [i for i, n in enumerate(nodes)
               if (n.meta.get("mrc", {}).get("scope", "") + ".").startswith(path + ".")]
@@ -109,7 +112,7 @@ def _stretch(gm: fx.GraphModule, path: str) -> tuple[str, str] | str:
     leaving = [n for n in nodes[lo:hi + 1] if any(u not in members for u in n.users)]
     if len(entering) != 1 or leaving != [nodes[hi]]:
         return f"it takes {len(entering)} values and gives {len(leaving)}: a stack takes one and gives one"
-    return nodes[lo].name, nodes[hi].name
+    return lo, hi, next(iter(entering))
 
 
 def _serial_check(model: nn.Module, stack: nn.Module, example: torch.Tensor) -> str:

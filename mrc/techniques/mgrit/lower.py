@@ -30,6 +30,7 @@ from mrc.ir.graph import Pattern, StackInfo
 from mrc.ir.ops import Forward
 from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
 from mrc.techniques.core.lower import forward_callable, replica
+from mrc.techniques.mgrit.bind import stack_stretch
 from mrc.techniques.mgrit.expand import covers
 from mrc.techniques.mgrit.ops import PHASES, SolvePhase
 
@@ -189,17 +190,11 @@ class SolveModule(nn.Module):
 def rewrite(gm: fx.GraphModule, path: str, name: str, module: nn.Module) -> fx.GraphModule:
     """A copy of `gm` whose nodes of the stack at `path` (one contiguous stretch, one value in and
     one out) are one call of `module` (as submodule `name`)."""
+    got = stack_stretch(gm, path)
+    if isinstance(got, str):
+        raise LoweringError(f"the stack `{path}` cannot be replaced in this segment: {got}")
+    lo, hi, source = got
     nodes = list(gm.graph.nodes)
-    inside = [i for i, n in enumerate(nodes)
-              if (n.meta.get("mrc", {}).get("scope", "") + ".").startswith(path + ".")]
-    if not inside:
-        raise LoweringError(f"the segment has no node of the stack `{path}`")
-    lo, hi = inside[0], inside[-1]
-    members = set(nodes[lo:hi + 1])
-    entering = {a for n in nodes[lo:hi + 1] for a in n.all_input_nodes if a not in members and a.op != "get_attr"}
-    if len(entering) != 1 or hi - lo + 1 != len(inside):
-        raise LoweringError(f"the stack `{path}` is not one stretch of one input in this segment")
-    (source,) = entering
     g = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     root: dict[str, Any] = {name: module}

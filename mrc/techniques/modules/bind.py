@@ -72,6 +72,7 @@ def bind_modules(program: Program, model: nn.Module, gm: fx.GraphModule, example
     spec = program.modules
     assert spec is not None
     span = spec.split_span or spec.span
+    costs = node_costs(gm, example, batch, spec.transport != "none")  # the split's and the table's
     if spec.split == "at":
         cuts = []
         for path, pspan in zip(spec.at, spec.at_spans, strict=True):
@@ -86,7 +87,6 @@ def bind_modules(program: Program, model: nn.Module, gm: fx.GraphModule, example
                     hint="order: " + ", ".join(f'"{c.path}"' for c in order))
             return None
     else:
-        costs = node_costs(gm, example, batch, spec.transport != "none")
         head = head_cost(spec, gm, classes, batch, example.dtype)
         got = (fxsplit.equal_split(gm, spec.count) if spec.split == "equal"
                else fxsplit.balanced_split(gm, spec.count, batch, costs, head, input_cost(gm, batch)))
@@ -114,7 +114,7 @@ def bind_modules(program: Program, model: nn.Module, gm: fx.GraphModule, example
                     spec.transport_span or spec.span,
                     hint="cut elsewhere, or use `transport = none` (VanGL)")
             return None
-    shapes = _output_shapes(pieces, example)
+    shapes = [fxsplit.crossing_shape(gm, c) for c in cuts]  # each module's output (traced meta)
     heads = nn.ModuleList()
     with torch.random.fork_rng():
         torch.manual_seed((program.train.seed * 1_000_003 + 17) % 2**63)
@@ -140,7 +140,6 @@ def bind_modules(program: Program, model: nn.Module, gm: fx.GraphModule, example
     for i, head in enumerate(heads):
         for n, _ in head.named_parameters():
             owner[f"{AUX}.{i}.{n}"] = names[i]
-    costs = node_costs(gm, example, batch, spec.transport != "none")
     edges = [0, *(c.index for c in cuts), len(costs)]
     sizes = [sum(costs[a:b]) for a, b in itertools.pairwise(edges)]
     for i, h in enumerate(heads):
@@ -226,28 +225,6 @@ def _module_at(position: int, bounds: list[int]) -> int:
     import bisect
 
     return bisect.bisect_right(bounds, position)
-
-
-def _output_shapes(pieces: list[fx.GraphModule], example: torch.Tensor) -> list[tuple[int, ...]]:
-    """The shape of one example's output of each module (a forward of the example batch).
-
-    Run in eval mode and without autograd, as tracing is (mrc.models.trace.trace_model): the
-    pieces share the model's submodules, so a training-mode pass would update every batch norm's
-    running statistics and draw dropout randomness before training starts."""
-    modes = [(m, m.training) for piece in pieces for m in piece.modules()]
-    shapes = []
-    x = example
-    try:
-        for piece in pieces:
-            piece.eval()
-        with torch.no_grad():
-            for piece in pieces:
-                x, _ = piece(x)
-                shapes.append(tuple(x.shape[1:]))
-    finally:
-        for m, training in modes:
-            m.train(training)
-    return shapes
 
 
 def split_partitions(parts: tuple[BoundPartition, ...], mods: BoundModules, model: nn.Module,

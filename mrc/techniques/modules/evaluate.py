@@ -1,5 +1,5 @@
-"""Each module's classifier F_k ∘ G_k as a model of its own, to evaluate how much each module knows
-(the seed's per-module accuracy; the last module's classifier is the model itself)."""
+"""How much each module knows: the accuracy of every module's classifier F_k ∘ G_k (the seed's
+per-module accuracy; the last module's classifier is the model itself), in one pass."""
 
 from __future__ import annotations
 
@@ -7,21 +7,6 @@ import torch
 from torch import fx, nn
 
 from mrc.ir.graph import ScheduleGraph
-
-
-class ModuleClassifier(nn.Module):
-    """Modules 0…k of the model followed by module k's classifier (`head`; None: the last
-    module's segment ends in the model's own head)."""
-
-    def __init__(self, segments: list[nn.Module], head: nn.Module | None) -> None:
-        super().__init__()
-        self.segments = nn.ModuleList(segments)
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for seg in self.segments:
-            x = seg(x)[0]
-        return x if self.head is None else self.head(x)
 
 
 def module_segments(gm: fx.GraphModule, graph: ScheduleGraph, taps: bool = False) -> list[fx.GraphModule]:
@@ -64,17 +49,3 @@ def evaluate_modules(model: nn.Module, graph: ScheduleGraph, x: torch.Tensor, y:
                 correct[k] += (out.argmax(1) == target).sum().item()
     model.train(was_training)
     return {n: {"loss": loss[k] / len(x), "acc": correct[k] / len(x)} for k, n in enumerate(names)}
-
-
-def module_classifiers(model: nn.Module, graph: ScheduleGraph) -> dict[str, nn.Module]:
-    """F_k ∘ G_k for every module k of `model` (a traced model holding the auxiliary heads)."""
-    if not isinstance(model, fx.GraphModule):
-        raise TypeError("module classifiers are cut from the traced model")
-    segments = module_segments(model, graph)
-    names = list(graph.modules)
-    out: dict[str, nn.Module] = {}
-    for i, name in enumerate(names):
-        info = graph.modules[name]
-        head = model.get_submodule(info.head) if i < len(names) - 1 else None
-        out[name] = ModuleClassifier(segments[:i + 1], head)
-    return out

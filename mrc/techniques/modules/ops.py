@@ -28,6 +28,7 @@ class AuxHead(Op):
 
     kind: ClassVar[str] = "aux_head"
     rank: ClassVar[int] = 2
+    pure: ClassVar[bool] = True
     path: str = ""
     head: str = ""
 

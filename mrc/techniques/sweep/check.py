@@ -102,18 +102,12 @@ def _metric(ck: Checker, arg: ast.Arg | None) -> str | None:
     if arg is None:
         return "val_acc"
     v = arg.value
-    text = v.value if isinstance(v, ast.Str) else ".".join(_dotted(v)) if _dotted(v) else None
+    # a string, or a name (the parser reads a dotted name such as `clean.acc` as one Name)
+    text = v.value if isinstance(v, ast.Str) else v.id if isinstance(v, ast.Name) else None
     if not text or not (text in ("val_acc", "val_loss") or text.rpartition(".")[2] in ("acc", "loss")):
         ck.r.error("`metric` is val_acc, val_loss, or an evaluation set's NAME.acc / NAME.loss", v.span)
         return None
     return text
-
-
-def _dotted(e: ast.Expr) -> list[str]:
-    if isinstance(e, ast.Name):
-        return [e.id]
-    parts = getattr(e, "parts", None)
-    return [p.id for p in parts] if parts else []
 
 
 def _pruner(ck: Checker, arg: ast.Arg | None) -> tuple[str, dict[str, Any]] | None:
