@@ -82,14 +82,17 @@ def check_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] | 
 
 
 def bind_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] | None = None,
-              *, training: bool = False) -> Bound:
+              *, training: bool = False, world: int | None = None) -> Bound:
     """Check a spec, then build its data and model, trace it and resolve partitions.
-    With `training`, initial weights that do not exist yet are an error, not a warning."""
+    With `training`, initial weights that do not exist yet are an error, not a warning.
+    world: the number of processes the run is placed on (default: the launcher's WORLD_SIZE,
+    1 without one)."""
     from mrc.binding import bind
+    from mrc.runtime.world import size_from_env
 
     program = check_spec(path, overrides)
     r = Reporter()
-    bound = bind(program, r, training)
+    bound = bind(program, r, training, world if world is not None else size_from_env())
     r.raise_if_failed()
     assert bound is not None
     for d in r.diagnostics:  # warnings
@@ -104,13 +107,14 @@ def bind_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] | N
 def compile_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] | None = None, *,
                  pipeline: Sequence[str] | None = None, stop_after: str | None = None,
                  print_after: Sequence[str] = (), time_passes: bool = False,
-                 training: bool = False) -> Compiled:
-    """Spec → checked program → bound model → schedule graph → passes."""
+                 training: bool = False, world: int | None = None) -> Compiled:
+    """Spec → checked program → bound model → schedule graph → passes. world: the processes
+    the run is placed on (default: the launcher's WORLD_SIZE, else 1)."""
     from mrc.passes import DEFAULT_PIPELINE
     from mrc.passmanager import PassManager
     from mrc.schedule import build_graph
 
-    bound = bind_spec(path, overrides, training=training)
+    bound = bind_spec(path, overrides, training=training, world=world)
     initial = build_graph(bound)
     manager = PassManager(list(pipeline or DEFAULT_PIPELINE), print_after, time_passes)
     graph = manager.run(initial, stop_after=stop_after)

@@ -36,6 +36,8 @@ class Bound:
     """mrc.techniques.modules.bind.BoundModules, for module-wise training."""
     stacks: tuple[Any, ...] = ()
     """mrc.techniques.mgrit.bind.BoundStack of each stack solved by MGRIT."""
+    placement: Any = None
+    """mrc.ir.graph.PlacementInfo of a run of several processes (None: one process)."""
 
     def partition_of(self) -> dict[str, str]:
         """Parameter name → the (first) partition that holds it (or some of its elements)."""
@@ -218,8 +220,9 @@ def layer_order(gm: fx.GraphModule, model: nn.Module) -> tuple[str, ...]:
     return tuple(order)
 
 
-def bind(program: Program, r: Reporter, training: bool = True) -> Bound | None:
-    """Build data and model, load initial weights, trace, resolve partitions."""
+def bind(program: Program, r: Reporter, training: bool = True, world: int = 1) -> Bound | None:
+    """Build data and model, load initial weights, trace, resolve partitions; with a `world`
+    of several processes, place the work on them (mrc/techniques/distributed/bind.py)."""
     data = build_data(program, r)
     if data is None:
         return None
@@ -257,7 +260,14 @@ def bind(program: Program, r: Reporter, training: bool = True) -> Bound | None:
         partitions = split_partitions(partitions, modules, model, r)
     if r.failed:
         return None
-    return Bound(program, data, model, gm, partitions, layers, modules, stacks)
+    bound = Bound(program, data, model, gm, partitions, layers, modules, stacks)
+    if world > 1:
+        from mrc.techniques.distributed.bind import bind_placement
+
+        bound.placement = bind_placement(program, world, bound, r)
+        if r.failed:
+            return None
+    return bound
 
 
 def span_of(comp: Component | None) -> Span | None:

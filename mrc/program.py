@@ -213,6 +213,22 @@ class Modules:
 
 
 @dataclass(frozen=True, slots=True)
+class Distributed:
+    """How a run of several processes shares the work (mrc/techniques/distributed): `mode`
+    (data | brains | layers | pipeline), the backend and the collective timeout in seconds; a
+    pipeline's micro-batches per batch and its buffers (sync | stale)."""
+
+    mode: str
+    span: Span
+    mode_span: Span
+    backend: str = "auto"
+    timeout: float = 300.0
+    micro_batches: int = 1
+    buffers: str = "sync"
+    spans: Mapping[str, Span] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Mgrit:
     """Layer-parallel training of the residual stack at module path `stack` by multigrid in
     time (seeds/layer-parallel-mgrit.md): `levels`, the coarsening factor and relaxation per
@@ -357,6 +373,7 @@ class Program:
     modules: Modules | None = None
     mgrit: tuple[Mgrit, ...] = ()
     sweep: Sweep | None = None
+    distributed: Distributed | None = None
     first_fast_gradient: str = "shared"
     """Multirate gradient point: `shared` (one backward per step) or `after_slow` (the seed's
     literal loop: fast gradients taken after the slow partitions moved)."""

@@ -30,7 +30,7 @@ from mrc.diagnostics import CompileError, Note, Span
 from mrc.program import Program, Selector
 from mrc.techniques.multirate.check import evaluate_selector
 
-TECHNIQUES = ("core", "multirate", "random_subsets", "langevin", "brains", "modules", "mgrit", "sweep")
+TECHNIQUES = ("core", "multirate", "random_subsets", "langevin", "brains", "modules", "mgrit", "sweep", "distributed")
 """The techniques whose checks register, in the order their statements are listed and their
 deferred and whole-spec checks run. A new technique adds `mrc/techniques/NAME/check.py` and its
 name here."""

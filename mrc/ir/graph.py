@@ -271,6 +271,42 @@ class StackInfo:
                 f"{'warm_start' if self.warm_start else 'fresh_start'}")
 
 
+@dataclass(frozen=True, slots=True)
+class PlacementInfo:
+    """How the run's `world` processes share the work (mrc/techniques/distributed): `mode`
+    (data | brains | layers | pipeline), the backend and collective timeout, and `ranks`: what
+    each rank holds, as (name, rank) pairs (a brain, a module, or a stack's block of layers
+    `STACK[a:b]`; empty for data parallelism, where every rank holds everything). A pipeline's
+    micro-batches and buffers (sync | stale)."""
+
+    mode: str
+    world: int
+    backend: str = "auto"
+    timeout: float = 300.0
+    ranks: tuple[tuple[str, int], ...] = ()
+    micro_batches: int = 1
+    buffers: str = "sync"
+
+    def rank_of(self, name: str) -> int:
+        """The rank that holds `name` (-1: every rank)."""
+        for n, r in self.ranks:
+            if n == name:
+                return r
+        return -1
+
+    def text(self) -> str:
+        extra = f" micro_batches={self.micro_batches} buffers={self.buffers}" if self.mode == "pipeline" else ""
+        return f"mode={self.mode} world={self.world} backend={self.backend} timeout={self.timeout:g}s{extra}"
+
+    def held(self) -> list[str]:
+        """One line per rank: what it holds."""
+        out = []
+        for r in range(self.world):
+            mine = [n for n, rank in self.ranks if rank == r]
+            out.append(f"rank {r}: {', '.join(mine) if mine else 'everything (a replica)'}")
+        return out
+
+
 def _bytes(n: int) -> str:
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= size:
@@ -297,6 +333,8 @@ class ScheduleGraph:
     """The stages run in order `laps` times (multi-lap module-wise training)."""
     stacks: dict[str, StackInfo] = field(default_factory=dict)
     """Residual stacks solved by MGRIT, by module path."""
+    placement: PlacementInfo | None = None
+    """The processes of a run of several, and what each holds (None: one process)."""
 
     # ---- shortcuts --------------------------------------------------------------------------
 
@@ -326,7 +364,7 @@ class ScheduleGraph:
         return ScheduleGraph([s.copy() for s in self.stages], dict(self.partitions), dict(self.replicas),
                              self.layers, self.device, self.kernels, self.final_merge, self.lr_schedule,
                              self.stack_obstacle,
-                             list(self.notes), dict(self.modules), self.laps, dict(self.stacks))
+                             list(self.notes), dict(self.modules), self.laps, dict(self.stacks), self.placement)
 
     def reindex(self) -> None:
         for s in self.stages:
@@ -384,6 +422,9 @@ class ScheduleGraph:
             lines.append(f"  mgrit {name}: {info.text()}")
         for name, info in self.partitions.items():
             lines.append(f"  partition {name}: {info.text()}")
+        if self.placement is not None:
+            lines.append(f"  placement: {self.placement.text()}")
+            lines += [f"    {line}" for line in self.placement.held()]
         return lines
 
     @staticmethod
@@ -468,6 +509,8 @@ class ScheduleGraph:
         if self.stacks:
             data["stacks"] = {n: {**asdict(i), "coarsening": list(i.coarsening), "relax": list(i.relax)}
                               for n, i in self.stacks.items()}
+        if self.placement is not None:
+            data["placement"] = {**asdict(self.placement), "ranks": [list(x) for x in self.placement.ranks]}
         return json.dumps(data, indent=1) + "\n"
 
     @classmethod
@@ -501,7 +544,14 @@ class ScheduleGraph:
                    {n: ModuleInfo(**{**i, "layers": tuple(i["layers"])}) for n, i in data.get("modules", {}).items()},
                    data.get("laps", 1),
                    {n: StackInfo(**{**i, "coarsening": tuple(i["coarsening"]), "relax": tuple(i["relax"])})
-                    for n, i in data.get("stacks", {}).items()})
+                    for n, i in data.get("stacks", {}).items()},
+                   _placement(data.get("placement")))
+
+
+def _placement(data: dict[str, Any] | None) -> PlacementInfo | None:
+    if data is None:
+        return None
+    return PlacementInfo(**{**data, "ranks": tuple((str(n), int(r)) for n, r in data["ranks"])})
 
 
 def _partition_json(info: dict[str, Any]) -> dict[str, Any]:

@@ -31,12 +31,14 @@ class GraphError(Exception):
 @dataclass(frozen=True, slots=True, order=True)
 class Scope:
     """Where an op belongs. replica: the brain(s) it runs for (several for a batched op);
-    module: a module-wise stage of the network; level/iteration: an MGRIT hierarchy."""
+    module: a module-wise stage of the network; level/iteration: an MGRIT hierarchy; rank: the
+    process that runs it in a run of several (-1: every process runs it)."""
 
     replica: tuple[str, ...] = ()
     module: str = ""
     level: int = -1
     iteration: int = -1
+    rank: int = -1
 
     @property
     def empty(self) -> bool:
@@ -51,6 +53,8 @@ class Scope:
             out += f"@{self.module}"
         if self.level >= 0:
             out += f"@L{self.level}" + (f".i{self.iteration}" if self.iteration >= 0 else "")
+        if self.rank >= 0:
+            out += f"@r{self.rank}"
         return out
 
     def text(self) -> str:
@@ -63,16 +67,21 @@ class Scope:
             parts.append(f"level={self.level}")
         if self.iteration >= 0:
             parts.append(f"iteration={self.iteration}")
+        if self.rank >= 0:
+            parts.append(f"rank={self.rank}")
         return " ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
-        return {"replica": list(self.replica), "module": self.module, "level": self.level,
-                "iteration": self.iteration}
+        out: dict[str, Any] = {"replica": list(self.replica), "module": self.module, "level": self.level,
+                               "iteration": self.iteration}
+        if self.rank >= 0:  # placed ops only (one-process graphs read as before)
+            out["rank"] = self.rank
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Scope:
         return cls(tuple(data.get("replica", ())), data.get("module", ""), data.get("level", -1),
-                   data.get("iteration", -1))
+                   data.get("iteration", -1), data.get("rank", -1))
 
 
 EMPTY = Scope()

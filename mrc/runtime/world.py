@@ -1,0 +1,165 @@
+"""The processes of a run: torch.distributed's process group, as mrc sees it.
+
+A run is one process (`World()`, rank 0 of 1) or several started by `torchrun` (or
+`mrc train --nproc N`, which starts torchrun), which sets RANK, WORLD_SIZE, LOCAL_RANK and
+MASTER_ADDR/PORT in each process's environment. `join()` reads them and initialises the default
+process group: gloo on the CPU, NCCL on CUDA (a spec's `distributed … (backend=…)` picks
+otherwise), with a timeout, so a rank that waits on a collective no other rank will reach ends
+with an error instead of hanging.
+
+Every collective of mrc goes through `World`'s methods, so a one-process run needs no process
+group at all and pays nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+
+DEFAULT_TIMEOUT_S = 300.0
+"""How long a rank waits on a collective before giving up (torch.distributed's own default is
+30 minutes, too long for a rank that died)."""
+
+
+class WorldError(RuntimeError):
+    """The processes of a run cannot be set up or disagree (a one-line reason)."""
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the run's processes."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    backend: str = ""
+
+    @property
+    def active(self) -> bool:
+        """More than one process: collectives are real."""
+        return self.size > 1
+
+    @property
+    def leader(self) -> bool:
+        """Rank 0: the process that writes the run directory, metrics and checkpoints."""
+        return self.rank == 0
+
+    # ---- collectives (no-ops in a one-process world) ------------------------------------
+
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """Reduce `tensor` in place over every rank (`sum`, `max` or `min`); returns it."""
+        if self.active:
+            import torch.distributed as dist
+
+            dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX,
+                                        "min": dist.ReduceOp.MIN}[op])
+        return tensor
+
+    def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+        if self.active:
+            import torch.distributed as dist
+
+            dist.broadcast(tensor, src)
+        return tensor
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's `obj`, in rank order."""
+        if not self.active:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.active:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def agree(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on any (a stop request, say)."""
+        if not self.active:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0])
+        self.all_reduce(t, "max")
+        return bool(t.item())
+
+
+SOLO = World()
+
+
+def launched() -> bool:
+    """This process was started by torchrun (or another launcher that sets WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def size_from_env() -> int:
+    """The world size a launcher set (1 when none did)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    except ValueError:
+        raise WorldError(f"WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} is not a number") from None
+
+
+_current = SOLO
+
+
+def current() -> World:
+    """The world this process joined (SOLO before `join`, or in a one-process run)."""
+    return _current
+
+
+def join(backend: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S, device: str = "cpu") -> World:
+    """Join the process group the launcher's environment describes (idempotent); a
+    one-process environment gives SOLO and starts nothing."""
+    global _current
+    if _current.active:
+        return _current
+    size = size_from_env()
+    if size == 1:
+        return SOLO
+    import torch.distributed as dist
+
+    try:
+        rank = int(os.environ["RANK"])
+        local = int(os.environ.get("LOCAL_RANK", rank))
+    except (KeyError, ValueError):
+        raise WorldError("WORLD_SIZE is set but RANK is not: start the processes with torchrun") from None
+    if backend == "auto":
+        backend = "nccl" if device == "cuda" and torch.cuda.is_available() else "gloo"
+    if backend == "nccl" and device == "cuda":
+        torch.cuda.set_device(local % max(1, torch.cuda.device_count()))
+    if not dist.is_available():
+        raise WorldError("this build of torch has no torch.distributed")
+    if not dist.is_initialized():
+        try:
+            dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        except (RuntimeError, ValueError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise WorldError(f"rank {rank} cannot join the process group ({backend}): {first}") from None
+    _current = World(rank, size, local, backend)
+    return _current
+
+
+def leave() -> None:
+    """Tear the process group down (end of a run)."""
+    global _current
+    if _current.active:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    _current = SOLO
+
+
+def use(world: World) -> World:
+    """Set the current world (tests that run ranks as threads or spawned processes)."""
+    global _current
+    previous, _current = _current, world
+    return previous

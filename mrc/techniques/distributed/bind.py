@@ -1,0 +1,72 @@
+"""The placement of a run of several processes: what each rank holds.
+
+Known once the world's size is (the launcher's WORLD_SIZE, or `mrc graph --nproc N`): a
+one-process run has no placement, and several processes without a `distributed` statement are
+data-parallel. A mode that cannot give every rank its share (fewer brains, modules or coarse
+intervals than ranks, a batch smaller than the world) is a diagnostic at the statement.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mrc.diagnostics import Reporter, Span
+from mrc.ir.graph import PlacementInfo
+from mrc.program import Program
+
+
+def blocks(n: int, world: int) -> list[tuple[int, int]]:
+    """`n` items in `world` contiguous blocks, as even as can be (the first blocks one longer)."""
+    base, extra = divmod(n, world)
+    out, start = [], 0
+    for r in range(world):
+        size = base + (1 if r < extra else 0)
+        out.append((start, start + size))
+        start += size
+    return out
+
+
+def bind_placement(program: Program, world: int, bound: Any, r: Reporter) -> PlacementInfo | None:
+    """The placement of `world` processes (None for one process); problems go to `r`."""
+    if world <= 1:
+        return None
+    d = program.distributed
+    mode = d.mode if d is not None else "data"
+    span: Span | None = d.mode_span if d is not None else None
+    backend, timeout = (d.backend, d.timeout) if d is not None else ("auto", 300.0)
+    ranks: list[tuple[str, int]] = []
+    if mode == "data":
+        batch = bound.data.batch_size
+        if batch < world:
+            r.error(f"a batch of {batch} cannot be split across {world} processes", span or program.data.span,
+                    hint="use a batch at least as large as the number of processes")
+            return None
+    elif mode == "brains":
+        names = [b.name for b in program.brains]
+        if len(names) < world:
+            r.error(f"{len(names)} brains cannot fill {world} ranks (each rank holds one or more)", span)
+            return None
+        for rank, (a, b) in enumerate(blocks(len(names), world)):
+            ranks += [(n, rank) for n in names[a:b]]
+    elif mode == "pipeline":
+        names = list(bound.modules.names)
+        if len(names) < world:
+            r.error(f"{len(names)} modules cannot fill {world} ranks (each rank runs one or more)", span)
+            return None
+        for rank, (a, b) in enumerate(blocks(len(names), world)):
+            ranks += [(n, rank) for n in names[a:b]]
+    elif mode == "layers":
+        for st in bound.stacks:
+            coarse = 1
+            for c in (st.spec.coarsening * st.spec.levels)[:max(0, st.spec.levels - 1)]:
+                coarse *= c
+            intervals = -(-st.steps // coarse)  # the coarsest level's intervals
+            if intervals < world:
+                r.error(f"the stack `{st.path}` has {intervals} coarsest-level intervals of {coarse} layers: "
+                        f"too few for {world} ranks (each rank holds whole coarse intervals)", span)
+                return None
+            for rank, (a, b) in enumerate(blocks(intervals, world)):
+                ranks.append((f"{st.path}[{a * coarse}:{min(st.steps, b * coarse)}]", rank))
+    if d is not None and mode == "pipeline":
+        return PlacementInfo(mode, world, backend, timeout, tuple(ranks), d.micro_batches, d.buffers)
+    return PlacementInfo(mode, world, backend, timeout, tuple(ranks))
