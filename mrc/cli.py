@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--print-after", metavar="PASS|all", action="append", default=[],
                    help="also print the graph (to stderr) after these passes")
     g.add_argument("--time-passes", action="store_true", help="report how long each pass took")
+    g.add_argument("--nproc", type=_positive, metavar="N",
+                   help="show the schedule placed on N processes (default: WORLD_SIZE, or 1)")
     overrides(g)
 
     t = sub.add_parser("train", help="compile a spec and train",
@@ -172,7 +174,7 @@ def _cmd_graph(args: argparse.Namespace) -> int:
                                 f"({', '.join(['build', *pipeline])})")
         compiled = compile_spec(args.spec, args.overrides, pipeline=pipeline,
                                 stop_after=args.after, print_after=args.print_after,
-                                time_passes=args.time_passes)
+                                time_passes=args.time_passes, world=args.nproc)
     except PassError as err:
         print(f"mrc graph: {err}", file=sys.stderr)
         return EXIT_ERROR

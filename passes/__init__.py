@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from mrc.passes.base import Pass
 from mrc.passes.batch_brains import BatchBrains
+from mrc.passes.distribute import Distribute
 from mrc.passes.freeze_prefix import FreezePrefix
 from mrc.passes.fuse_drift import FuseDrift
 from mrc.passes.group_updates import GroupUpdates
@@ -18,10 +19,13 @@ from mrc.passes.prune_gradients import PruneGradients
 from mrc.passes.select_kernels import SelectKernels
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (PruneGradients, FreezePrefix, GroupUpdates,
-                                                     SelectKernels, FuseDrift, BatchBrains, MgritRegions)}
+                                                     SelectKernels, FuseDrift, BatchBrains, MgritRegions,
+                                                     Distribute)}
 DEFAULT_PIPELINE: tuple[str, ...] = ("prune-gradients", "freeze-prefix", "group-updates",
-                                     "select-kernels", "fuse-drift", "batch-brains", "mgrit-regions")
+                                     "select-kernels", "fuse-drift", "batch-brains", "mgrit-regions",
+                                     "distribute")
 
-__all__ = ["DEFAULT_PIPELINE", "PASSES", "BatchBrains", "FreezePrefix", "FuseDrift", "GroupUpdates", "MgritRegions",
+__all__ = ["DEFAULT_PIPELINE", "PASSES", "BatchBrains", "Distribute",
+           "FreezePrefix", "FuseDrift", "GroupUpdates", "MgritRegions",
            "Pass",
            "PruneGradients", "SelectKernels"]

@@ -8,10 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 
-def lower(graph: Any, bound: Any, total_steps: int, device: Any = "cpu") -> Any:  # -> mrc.lower.plan.Plan
-    """The Plan of a schedule graph, with every technique's lowerings registered."""
+def lower(graph: Any, bound: Any, total_steps: int, device: Any = "cpu", world: Any = None) -> Any:
+    """The Plan of a schedule graph (mrc.lower.plan.Plan), with every technique's lowerings
+    registered; `world`: this process among the run's (default: the one it joined)."""
     from mrc.lower.plan import lower as lower_plan
     from mrc.techniques import load_all
 
     load_all()
-    return lower_plan(graph, bound, total_steps, device)
+    return lower_plan(graph, bound, total_steps, device, world)

@@ -43,9 +43,12 @@ class Env:
     multiplier, the batch, each op's output value (by op id) and the losses of the step
     (replica, tensor)."""
 
-    __slots__ = ("clock", "losses", "mult", "t", "values", "x", "y")
+    __slots__ = ("clock", "losses", "mult", "t", "values", "weight", "x", "y")
 
     def __init__(self) -> None:
+        self.weight = 1.0
+        """This rank's share of the step's reported loss in a run of several processes (a data
+        shard's fraction of the batch, say): the run's loss is Σ_ranks weight·loss / Σ weight."""
         self.t = 0
         self.clock = 0
         self.mult = 1.0
@@ -117,6 +120,11 @@ class Lowering:
     """Providers of a technique's part of the progress line."""
     warnings: list[str] = field(default_factory=list)
     """Warnings a technique's ops raised as they ran (shown, then cleared, at the next log)."""
+    world: Any = None
+    """mrc.runtime.world.World: this process among the run's (set by `lower`)."""
+    syncs: list[Callable[[], None]] = field(default_factory=list)
+    """What makes every rank's copy of the state whole before it is read (evaluation, saving,
+    checkpoints): brains fetched from the ranks that train them, buffers from rank 0."""
 
     def masks_of(self, replica: str, partition: str) -> list[torch.Tensor | None]:
         """Per tensor of `partition` (as `replicas.params` lists them) the boolean mask of the
@@ -243,6 +251,7 @@ class Plan:
             self._locate(t)
         clock = t + self._clock
         env.t, env.clock, env.x, env.y = t, clock, x, y
+        env.weight = 1.0
         env.mult = self.schedule(clock)
         env.losses.clear()
         program = self.programs[self.pattern_of[clock % self.period]]
@@ -260,6 +269,7 @@ class Plan:
         for r, loss in env.losses:
             first.setdefault(r, loss)
         self.last_losses = first
+        env.weight = float(len(first))  # the run's loss is the mean over every brain that stepped
         return torch.stack(list(first.values())).mean() if first else None
 
     def learning_rates(self, t: int) -> dict[str, float]:
@@ -297,6 +307,11 @@ class Plan:
         for subset in self.ctx.subsets.values():
             stack.enter_context(subset.restored())
         return stack
+
+    def synchronize(self) -> None:
+        """Make this rank's copy of the state whole (before evaluating or saving it)."""
+        for sync in self.ctx.syncs:
+            sync()
 
     def finish(self) -> None:
         """End of training: random subsets held at zero get their values back for good."""
@@ -385,13 +400,23 @@ def _pattern_rates(pattern: Pattern) -> dict[str, float]:
     return out
 
 
-def lower(graph: ScheduleGraph, bound: Any, total_steps: int, device: torch.device | str = "cpu") -> Plan:
+def lower(graph: ScheduleGraph, bound: Any, total_steps: int, device: torch.device | str = "cpu",
+          world: Any = None) -> Plan:
     """Build the Plan of `graph` for a run of `total_steps` steps on `device`, with the
-    lowerings registered so far (`mrc.lower.lower` registers every technique's first)."""
+    lowerings registered so far (`mrc.lower.lower` registers every technique's first).
+
+    world: this process among the run's (default: the one it joined, `mrc.runtime.world`). An
+    op placed on another rank (scope rank ≥ 0, not this one) is not lowered here: its rank
+    runs it."""
     from mrc.lower.replicas import Replicas
     from mrc.optim import build_schedule
+    from mrc.runtime import world as worlds
 
     ctx = Lowering(graph, bound, total_steps, torch.device(device))
+    ctx.world = world if world is not None else worlds.current()
+    if graph.placement is not None and graph.placement.world != ctx.world.size:
+        raise LoweringError(f"the schedule is placed on {graph.placement.world} processes, but this run has "
+                            f"{ctx.world.size}")
     ctx.replicas = Replicas.build(graph, bound, ctx.device)
     programs = []
     for stage in graph.stages:
@@ -399,6 +424,8 @@ def lower(graph: ScheduleGraph, bound: Any, total_steps: int, device: torch.devi
         for pattern in stage.patterns:
             fns, ops = [], []
             for op in pattern.ops():
+                if op.scope.rank >= 0 and op.scope.rank != ctx.world.rank:
+                    continue  # another process runs it
                 fn = lowering_of(op, ctx)(op, pattern, ctx)
                 if fn is None:  # an op that another op's callable runs (an MGRIT solve's phases)
                     continue

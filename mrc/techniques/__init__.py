@@ -11,7 +11,8 @@ A technique brings, in one place, what the spec language needs of it:
 partitions with rates and linear drift; `random_subsets` and `langevin` are the seed's
 regularisation and integrator; `brains` is multirate across networks (a replica scope);
 `modules` is module-wise training (a module scope, and stages for its regimes); `mgrit` is
-layer-parallel training; `sweep` checks the hyper-parameter search that `mrc.sweep` runs.
+layer-parallel training; `distributed` places a run on several processes; `sweep`
+checks the hyper-parameter search that `mrc.sweep` runs.
 """
 
 
@@ -20,6 +21,7 @@ def load_all() -> None:
     import mrc.ir.ops
     import mrc.techniques.brains.lower
     import mrc.techniques.core.lower
+    import mrc.techniques.distributed.lower
     import mrc.techniques.mgrit.lower
     import mrc.techniques.modules.lower
     import mrc.techniques.multirate.lower

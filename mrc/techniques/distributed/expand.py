@@ -1,0 +1,79 @@
+"""Expanding the schedule graph for a run of several processes (the `distribute` pass).
+
+Each mode has a placer, `graph → graph`, registered with `@placer(MODE)` by the technique it
+places: `data` here; `brains`, `layers` and `pipeline` in their techniques. A placer scopes the
+ops it places on a rank (`Scope.rank`) and adds the collectives the placement needs, so the
+graph says what every process runs and when they talk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from mrc.ir.graph import Pattern, ScheduleGraph
+from mrc.ir.ops import Op, Value
+from mrc.techniques.distributed.ops import AllReduce, Shard
+
+Placer = Callable[[ScheduleGraph], ScheduleGraph]
+PLACERS: dict[str, Placer] = {}
+
+
+def placer(mode: str) -> Callable[[Placer], Placer]:
+    """Register the placer of a `distributed` mode."""
+    def register(fn: Placer) -> Placer:
+        PLACERS[mode] = fn
+        return fn
+    return register
+
+
+def shard_batches(p: Pattern, world: int) -> None:
+    """Put a `shard` between every batch op and what reads it."""
+    for batch in [op for op in p.ops() if op.kind == "batch"]:
+        readers = [(s, v) for s, v in p.outputs(batch)]
+        shard = p.add(Shard(batch.scope, world), [(batch, Value("batch"))])
+        for reader, value in readers:
+            p.g.remove_edge(batch.id, reader.id)
+            p.connect(shard, reader, value)
+
+
+def reduce_gradients(p: Pattern, world: int, where: Callable[[Op], bool] = lambda op: True,
+                     how: str = "mean", only: Callable[[str], bool] = lambda name: True) -> None:
+    """Put an `all_reduce` (`how`: mean or sum) of exactly the partitions read downstream
+    (those `only` accepts) between every backward (that `where` accepts) and the ops that read
+    its gradients."""
+    for back in [op for op in p.ops() if op.kind == "backward" and where(op)]:
+        readers = [(s, v) for s, v in p.outputs(back) if v.kind == "grads"]
+        if not readers:
+            continue
+        parts = tuple(n for n in back.wrt if any(n in v.partitions for _, v in readers) and only(n))
+        if not parts:
+            continue
+        clip = getattr(back, "clip", 0.0)
+        if clip:  # clipping sees the reduced gradient
+            p.replace(back, dataclasses.replace(back, clip=0.0))
+            back = p.op(back.id)
+        reduce = p.add(AllReduce(back.scope, parts, world, how, getattr(back, "phase", 0), clip),
+                       [(back, Value("grads", parts))])
+        for reader, value in readers:
+            p.g.remove_edge(back.id, reader.id)
+            p.connect(reduce, reader, value)
+
+
+@placer("data")
+def place_data(graph: ScheduleGraph) -> ScheduleGraph:
+    """Data parallelism: every rank runs every op on its shard of the batch; gradients are
+    averaged where they are read."""
+    assert graph.placement is not None
+    world = graph.placement.world
+    out = graph.copy()
+    for p in out.patterns():
+        shard_batches(p, world)
+        reduce_gradients(p, world)
+    out.reindex()
+    return out
+
+
+def scoped(op: Op, rank: int) -> Op:
+    """`op` placed on `rank`."""
+    return dataclasses.replace(op, scope=dataclasses.replace(op.scope, rank=rank))

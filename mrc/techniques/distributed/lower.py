@@ -1,0 +1,121 @@
+"""Lowerings of `shard` and `all_reduce` onto the run's world (mrc.runtime.world).
+
+A shard is a slice of the batch (no copy). An all-reduce runs over flat buckets prepared once:
+partitions of a fused rule already keep their gradients in one flat buffer (mrc/runtime/fused.py),
+so each contiguous run of their spans is reduced in place, with no copy; the gradients of the
+other partitions are packed into one flat buffer made once, reduced, and unpacked. Before a
+`mean` each rank scales its bucket by its shard's share of the batch (n_r / N), so unequal
+shards (the last batch of an epoch) still give the global batch's gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mrc.ir.graph import Pattern
+from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
+from mrc.techniques.core.lower import FUSED, fused_integrator, replica
+from mrc.techniques.distributed.bind import blocks
+from mrc.techniques.distributed.ops import AllReduce, Shard
+
+
+@lowers("shard")
+def lower_shard(op: Shard, pattern: Pattern, ctx: Lowering) -> StepFn:
+    src = next((s.id for s, v in pattern.inputs(op) if v.kind == "batch"), None)
+    if src is None:
+        raise LoweringError(f"{op.id}: no batch input")
+    if op.world != ctx.world.size:
+        raise LoweringError(f"{op.id}: sharded for {op.world} ranks, the run has {ctx.world.size}")
+    key, rank, world = op.id, ctx.world.rank, op.world
+    cuts: dict[int, tuple[int, int]] = {}
+
+    def shard(env: Env) -> None:
+        x, y = env.values[src][0], env.values[src][1]
+        n = len(x)
+        cut = cuts.get(n)
+        if cut is None:
+            if n < world:
+                raise LoweringError(f"a batch of {n} cannot be split across {world} processes")
+            cut = cuts[n] = blocks(n, world)[rank]
+        a, b = cut
+        env.values[key] = (x[a:b], y[a:b], (b - a) / n)
+        env.weight = (b - a) / n
+    return shard
+
+
+def _shard_of(pattern: Pattern, op: AllReduce) -> str | None:
+    """The shard whose share scales this reduce (the one of its scope's batch)."""
+    found = [a for a in pattern.ancestors(op) if isinstance(a, Shard)]
+    same = [a for a in found if a.scope.replica == op.scope.replica] or found
+    return same[0].id if same else None
+
+
+@lowers("all_reduce")
+def lower_all_reduce(op: AllReduce, pattern: Pattern, ctx: Lowering) -> StepFn | None:
+    world = ctx.world
+    if not world.active:
+        return None  # one process: nothing to reduce
+    r = replica(op)
+    graph = ctx.graph
+    spans: dict[int, tuple[Any, list[tuple[int, int]]]] = {}
+    loose: list[torch.Tensor] = []
+    for n in op.grads:
+        owner = ctx.owners.get((r, n))
+        if owner is not None and owner.kernel in FUSED and not graph.partitions[n].partial:
+            integ = fused_integrator(owner, ctx)
+            spans.setdefault(id(integ), (integ, []))[1].append(integ.spans[n])
+        else:
+            loose += ctx.replicas.params(graph, r, n)
+    loose = list({id(p): p for p in loose}.values())
+    runs: list[tuple[Any, int, int]] = []  # (integrator, a, b): contiguous spans merged
+    for integ, ss in spans.values():
+        ss.sort()
+        a, b = ss[0]
+        for c, d in ss[1:]:
+            if c == b:
+                b = d
+            else:
+                runs.append((integ, a, b))
+                a, b = c, d
+        runs.append((integ, a, b))
+    sizes = [p.numel() for p in loose]
+    flat = torch.zeros(sum(sizes), dtype=loose[0].dtype, device=loose[0].device) if loose else None
+    shard = _shard_of(pattern, op) if op.how == "mean" else None
+    if op.how == "mean" and shard is None:
+        raise LoweringError(f"{op.id}: a mean over ranks needs the shard of the batch before it")
+
+    clip = op.clip
+    clipped = [p for n in op.grads for p in ctx.replicas.params(graph, r, n)] if clip else []
+    clipped = list({id(p): p for p in clipped}.values())
+
+    def all_reduce(env: Env) -> None:
+        w = env.values[shard][2] if shard is not None else 1.0
+        for integ, a, b in runs:
+            g = integ.flat.grad()[a:b]
+            if w != 1.0:
+                g.mul_(w)
+            world.all_reduce(g)
+        if flat is not None:
+            off = 0
+            for p, size in zip(loose, sizes, strict=True):
+                part = flat[off:off + size]
+                if p.grad is None:
+                    part.zero_()
+                else:
+                    part.copy_(p.grad.reshape(-1))
+                off += size
+            if w != 1.0:
+                flat.mul_(w)
+            world.all_reduce(flat)
+            off = 0
+            for p, size in zip(loose, sizes, strict=True):
+                if p.grad is None:
+                    p.grad = flat[off:off + size].view_as(p).clone()
+                else:
+                    p.grad.copy_(flat[off:off + size].view_as(p))
+                off += size
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(clipped, clip)
+    return all_reduce

@@ -1,0 +1,41 @@
+"""distribute: place the schedule on the run's processes.
+
+Requires: a verified graph whose `placement` table says the mode and the world (set at binding
+from the launcher's WORLD_SIZE or `mrc graph --nproc N`); with no placement (one process) the
+pass changes nothing.
+Ensures: the placer of the mode (mrc/techniques/distributed/expand.py and the techniques it
+places) has scoped the ops it places on a rank and added the collectives: for `data`, a `shard`
+after each batch and an `all_reduce` of exactly the partitions that update between each backward
+and its updates; so the collectives of each step pattern are those of the steps that run it.
+
+Example, transfer learning (head every step, backbone every 5th) on 2 processes:
+    before (step 1):  batch; forward; loss; backward wrt {head}; update_group head
+    after  (step 1):  batch; shard batch 1/2 per rank; forward; loss; backward wrt {head};
+                      all_reduce grads {head} mean over 2 ranks; update_group head
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from mrc.passes.base import Pass
+
+from mrc.ir.graph import ScheduleGraph
+
+
+@dataclass(frozen=True)
+class Distribute(Pass):
+    name: ClassVar[str] = "distribute"
+
+    def apply(self, graph: ScheduleGraph) -> ScheduleGraph:
+        if graph.placement is None:
+            return graph
+        from mrc.techniques import load_all
+        from mrc.techniques.distributed.expand import PLACERS
+
+        load_all()  # every technique registers its placer with its lowerings
+        place = PLACERS.get(graph.placement.mode)
+        if place is None:
+            raise ValueError(f"distributed mode `{graph.placement.mode}` has no placer yet")
+        return place(graph)
