@@ -112,3 +112,47 @@ def test_resume_needs_the_same_world_and_continues_exactly(tmp_path: Path) -> No
 
     with pytest.raises(CheckpointError, match="2 processes; resume it with the same number"):
         mrc.train(str(spec), resume=out, tensorboard=False)
+
+
+COMPOSED = {
+    "modules": """
+model ode_resnet(width=8, depth=6, h=0.2)
+data levelsets(batch=40)
+optimizer sgd(lr=0.05, momentum=0.9)
+train(steps=8, seed=2, log_every=4, eval_every=0, checkpoint_every=0, dtype="float64")
+partition heads = module("aux") | module("head")
+partition body = rest { every = 2 }
+modules {
+  split = equal(2)
+  aux = linear
+  transport = multipliers(lambda0=1, h=0.1, every=2)
+}
+""",
+    "mgrit": """
+model ode_resnet(width=8, depth=16, h=0.05)
+data levelsets(batch=40)
+optimizer sgd(lr=0.05, momentum=0.9)
+train(steps=6, seed=2, log_every=3, eval_every=0, checkpoint_every=0, dtype="float64")
+mgrit "stack" { levels = 2; coarsening = 4; forward_iters = 1; backward_iters = 1 }
+""",
+    "brains": """
+model mlp(hidden=[16])
+data digits(batch=30, val=0.2)
+optimizer sgd(lr=0.05, momentum=0.9)
+brain fast { every = 1 }
+brain slow { every = 2 }
+merge mean
+train(steps=8, seed=2, log_every=4, eval_every=4, checkpoint_every=0, dtype="float64")
+""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(COMPOSED))
+def test_data_parallel_composes(tmp_path: Path, name: str) -> None:
+    """Module-wise multipliers (λ follows the global CE), MGRIT solves per shard and brains each
+    reduce like plain training: one process's parameters on 2 ranks."""
+    spec = tmp_path / f"{name}.mrs"
+    spec.write_text(COMPOSED[name])
+    one = train_here(str(spec), None)
+    for r in run_ranks(train_here, 2, str(spec), None):
+        close(r["params"], one["params"])
