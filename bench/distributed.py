@@ -26,8 +26,9 @@ global batch:
       Every contender of (b) uses two torch.optim.SGD (head lr h, backbone lr k·h), so all of
       them solve the same equations as mrc.
 
-Bytes are counted, not estimated, on separate probe copies run for one period of 5 steps
-before the timing (so no counting code is in a timed step): mrc's by wrapping
+Bytes are counted, not estimated, on separate probe copies before the timing (so no counting
+code is in a timed step), over their second period of 5 steps (DDP rebuilds its buckets after
+its first iteration): mrc's by wrapping
 `mrc.runtime.world.World.all_reduce` / `broadcast` (every collective of mrc goes through the
 World), DDP's by a comm hook (`ddp.register_comm_hook`) that counts each bucket and then
 all-reduces it as the default hook does, the hand-written all-reduce by itself. A figure is
@@ -425,10 +426,10 @@ def report(args: argparse.Namespace, world: int, device: torch.device,
         ("transfer", "all", f"(b) DDP-all, backbone stepped every {K}th"),
         ("transfer", "nosync", "(b) DDP-sync, no_sync + hand all-reduce"),
     )
-    print(f"{'':<44}{'bytes/step':>12}{'calls/step':>11}{'ms/step':>24}")
+    print(f"{'':<44}{'bytes/step':>12}{'calls/step':>11}{'ms/step':>26}")
     for case, kind, label in rows:
         print(f"{label:<44}{per_step[case, kind]:>12,.0f}{calls[case, kind]:>11.1f}"
-              f"{spread[f'{case}/{kind}'].fmt(1e3, 3):>24}")
+              f"{spread[f'{case}/{kind}'].fmt(1e3, 3):>26}")
 
     def t_ratio(case: str, kind: str) -> Spread:
         return ratios(times[f"{case}/mrc"], times[f"{case}/{kind}"])
