@@ -177,6 +177,9 @@ def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: 
         items = _resumed_overrides(Path(resume), items)
     if device is not None and not isinstance(spec, Compiled) and f"train.device={device}" not in items:
         items = [*items, f"train.device={device}"]
+    from mrc.runtime.world import join, launched  # TEMP-HACK
+    if launched():  # TEMP-HACK
+        join()  # TEMP-HACK
     compiled = spec if isinstance(spec, Compiled) else compile_spec(spec, items, training=True)
     out_dir: Path | None
     if out is not None:

@@ -48,11 +48,12 @@ reporting of their failure to it."""
 ERROR_FILE = "TORCHELASTIC_ERROR_FILE"
 """Where torchelastic's agent expects a rank's failure (set by it for each rank)."""
 
-SHUTDOWN_TIMEOUT_S = 5
-"""How long the agent waits for a terminated rank before it kills it."""
+SHUTDOWN_TIMEOUT_S = 30
+"""How long the ranks have to stop once the launcher passed them a Ctrl-C (a step and a
+checkpoint) or a SIGTERM, before the agent kills them. (Ranks the agent terminates after a
+failure get SIGTERM, which ends a Python process at once: this is no delay there.)"""
 
 _LOGGERS = ("torch.distributed.elastic", "torch.distributed.launcher")
-_AGENT_SIGNALS = "SIGTERM,SIGHUP,SIGQUIT"  # not SIGINT: Ctrl-C reaches the ranks themselves
 
 
 # ---- the rank's side ----------------------------------------------------------------------
@@ -190,22 +191,27 @@ def _first_line(text: str) -> str:
 def launch(nproc: int, argv: Sequence[str]) -> int:
     """Run `python -m mrc <argv>` as `nproc` ranks on this machine through torch's elastic
     agent; wait for them. Returns 0 when every rank succeeded, 130 when the run was
-    interrupted (Ctrl-C: the ranks stop after a step with a checkpoint), else 1 after one
-    line per failing rank on stderr. Torch's launcher stays quiet (LOGLEVEL=INFO shows its log)."""
+    interrupted, else 1 after one line per failing rank on stderr. Torch's launcher stays
+    quiet (LOGLEVEL=INFO shows its log).
+
+    Ctrl-C: the ranks run in sessions of their own (torch starts them so), so the terminal's
+    SIGINT reaches the launcher alone; the agent passes it on to each rank, which stops after
+    its step with a checkpoint as in one process, and waits for them (SHUTDOWN_TIMEOUT_S). A
+    second Ctrl-C terminates them."""
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     logs = tempfile.mkdtemp(prefix="mrc-launch-")
-    env = {MARKER: str(os.getpid()), "TORCHELASTIC_SIGNALS_TO_HANDLE": _AGENT_SIGNALS}
+    env = {MARKER: str(os.getpid())}
     if "OMP_NUM_THREADS" not in os.environ:  # torchrun's 1, but a share of the cores
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
                           monitor_interval=0.1, logs_specs=DefaultLogsSpecs(log_dir=logs),
-                          signals_to_handle=_AGENT_SIGNALS, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+                          shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     try:
-        with _environment(env), _quiet(), _signals(), _ctrl_c():
+        with _environment(env, also=("TORCHELASTIC_SIGNALS_TO_HANDLE",)), _quiet(), _signals():
             elastic_launch(config, sys.executable)("-m", "mrc", *argv)
         return 0
     except ChildFailedError as err:
@@ -216,18 +222,21 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
         for line in report(failures):
             print(f"mrc train: error: {line}", file=sys.stderr)
         return 1
-    except SignalException as err:
-        name = signal.Signals(err.sigval).name
-        print(f"mrc train: error: the launcher got {name}; its {nproc} ranks were stopped", file=sys.stderr)
+    except SignalException as err:  # the agent passed it to the ranks and waited for them
+        if err.sigval == signal.SIGINT:
+            return 130  # Ctrl-C: each rank stopped after its step with a checkpoint (rank 0 said so)
+        print(f"mrc train: error: stopped by {signal.Signals(err.sigval).name}: the {nproc} ranks were "
+              "ended", file=sys.stderr)
         return 128 + int(err.sigval)
     finally:
         shutil.rmtree(logs, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def _environment(values: Mapping[str, str]) -> Iterator[None]:
-    """os.environ with `values` (the ranks inherit it), restored afterwards."""
-    saved = {k: os.environ.get(k) for k in values}
+def _environment(values: Mapping[str, str], also: Sequence[str] = ()) -> Iterator[None]:
+    """os.environ with `values` (the ranks inherit it), restored afterwards with the
+    variables in `also` (which torch's launcher sets)."""
+    saved = {k: os.environ.get(k) for k in (*values, *also)}
     os.environ.update(values)
     try:
         yield
@@ -262,8 +271,8 @@ def _quiet() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _signals() -> Iterator[None]:
-    """The agent installs handlers for SIGTERM, SIGHUP and SIGQUIT; put back the ones before
-    (mrc's CLI can be called in-process, by tests)."""
+    """The agent installs handlers for SIGTERM, SIGINT, SIGHUP and SIGQUIT; put back the ones
+    before (mrc's CLI can be called in-process, by tests)."""
     names = ("SIGTERM", "SIGHUP", "SIGQUIT", "SIGINT")
     saved = {n: signal.getsignal(getattr(signal, n)) for n in names if hasattr(signal, n)}
     try:
@@ -273,28 +282,3 @@ def _signals() -> Iterator[None]:
             if handler is not None:
                 with contextlib.suppress(ValueError, OSError):
                     signal.signal(getattr(signal, name), handler)
-
-
-@contextlib.contextmanager
-def _ctrl_c() -> Iterator[None]:
-    """Ctrl-C reaches every rank (one process group): the first asks each to stop after its
-    step with a checkpoint, the second makes them give up. The launcher waits for them; a
-    third Ctrl-C stops waiting (the agent then terminates the ranks)."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    count = 0
-
-    def handler(signum: int, frame: Any) -> None:
-        nonlocal count
-        count += 1
-        if count >= 3:
-            raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
