@@ -119,7 +119,10 @@ def explain(err: BaseException) -> tuple[str, bool]:
         return text, False
     if text.startswith("[") and "] " in text:  # `[…/gloo/transport/tcp/pair.cc:553] Connection …`
         text = text.split("] ", 1)[1]
-    return f"lost contact with the other ranks ({text.split('. ')[0].rstrip('.')})", True
+    text = text.split(". ")[0].rstrip(".")
+    if "timed out" in text.lower():
+        return f"gave up waiting for the other ranks ({text})", True
+    return f"lost contact with the other ranks ({text})", True
 
 
 def record_unexpected(err: BaseException) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from mrc.cli import main
-from mrc.launch import RankFailure, describe, report
+from mrc.launch import RankFailure, describe, explain, report
 
 SPEC = """model {model}
 data digits(batch=32, val=0.2, normalize=true, limit=256)
@@ -210,3 +210,16 @@ def test_report_joins_ranks_that_failed_alike() -> None:
                 describe(2, 7, {"message": "<NONE>"}, 5)]
     assert report(failures) == ["ranks 0, 1 failed: s.mrs:1:1: bad", "rank 2 exited with status 7"]
     assert describe(0, 130, None, 1) == RankFailure(0, "was interrupted", 1, interrupted=True)
+
+
+def test_a_lost_peer_is_told_from_a_rank_s_own_error() -> None:
+    closed = RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by "
+                          "peer [127.0.0.1]:39338. This is typically caused by a remote worker crashing. GLHF!")
+    assert explain(closed) == ("lost contact with the other ranks (Connection closed by peer "
+                               "[127.0.0.1]:39338)", True)
+    waited = RuntimeError("[../gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 2000ms for recv "
+                          "operation to complete")
+    assert explain(waited) == ("gave up waiting for the other ranks (Timed out waiting 2000ms for recv "
+                               "operation to complete)", True)
+    assert explain(RuntimeError("loss is nan\nmore")) == ("loss is nan", False)
+    assert explain(ValueError()) == ("ValueError", False)
