@@ -54,11 +54,6 @@ def hangs(in_shape, classes):
     time.sleep(120)
 '''
 
-NEEDS_TRAINER = pytest.mark.xfail(
-    strict=False, reason="needs the multi-process trainer on main (ranks join the world, rank 0 "
-    "writes the run directory; issue 15, the lead's part)")
-
-
 def spec(tmp_path: Path, model: str = "mlp(hidden=[8])", steps: int = 4) -> Path:
     (tmp_path / "model.py").write_text(MODEL)
     path = tmp_path / "s.mrs"
@@ -97,8 +92,7 @@ def wait_for(path: Path, proc: subprocess.Popen[str]) -> None:
 
 # ---- mrc train --nproc ----------------------------------------------------------------------
 
-@NEEDS_TRAINER
-def test_nproc_2_trains_and_rank_0_writes_the_run(tmp_path: Path) -> None:
+def test_nproc_2_trains_rank_0_writes_the_run_and_it_resumes_on_2(tmp_path: Path) -> None:
     status, out, err = finish(start(tmp_path, spec(tmp_path).name, "--nproc", "2", "--out", "run"))
     assert status == 0, err
     run = tmp_path / "run"
@@ -106,6 +100,12 @@ def test_nproc_2_trains_and_rank_0_writes_the_run(tmp_path: Path) -> None:
     assert json.loads((run / "summary.json").read_text())["steps"] == 4
     assert out.count("mrc: completed: 4 steps") == 1, out  # rank 0 alone prints the summary
     assert "torch.distributed" not in err and "OMP_NUM_THREADS" not in err, err  # the launcher is quiet
+    more = ("--resume", "run", "--steps", "6", "--change-length")
+    status, out, err = finish(start(tmp_path, spec(tmp_path).name, *more, "--nproc", "2"))
+    assert status == 0, err
+    assert json.loads((run / "summary.json").read_text())["steps"] == 6
+    status, _, err = finish(start(tmp_path, spec(tmp_path).name, *more))  # one process: refused
+    assert status == 2 and "resume it with the same number" in err, err
 
 
 def test_a_failing_rank_ends_the_run_with_its_one_line(tmp_path: Path) -> None:
@@ -130,7 +130,6 @@ def test_a_killed_rank_ends_the_run_and_is_named(tmp_path: Path) -> None:
     assert not Path(f"/proc/{(tmp_path / 'pid0').read_text()}").exists()  # rank 0 was ended too
 
 
-@NEEDS_TRAINER
 def test_a_rank_killed_while_training_ends_the_run(tmp_path: Path) -> None:
     """Rank 0 is in the step's all-reduce when its peer dies: it fails at once (a lost peer,
     listed after the root cause) or is terminated by the agent."""
@@ -169,7 +168,6 @@ def test_nproc_under_torchrun_is_refused(tmp_path: Path, monkeypatch: pytest.Mon
 
 # ---- torchrun -m mrc --------------------------------------------------------------------------
 
-@NEEDS_TRAINER
 def test_torchrun_runs_mrc_as_a_module(tmp_path: Path) -> None:
     status, out, err = finish(start(tmp_path, spec(tmp_path).name, "--out", "run", torchrun=True))
     assert status == 0, err
