@@ -126,6 +126,10 @@ class Trainer:
             steps, epochs = settings.steps, settings.epochs
         self.total = steps if steps is not None else (epochs or 1) * self.spe
         self.echo = echo or (lambda s: print(s, file=sys.stderr))
+        import os
+
+        if int(os.environ.get("RANK", "0") or 0) > 0:  # a run of several processes: rank 0 speaks
+            self.echo = lambda s: None
         staged = staged_total(compiled.graph, self.spe)
         if staged is not None:
             # the stages fix the run's length; a shorter length asked for ends the run early
@@ -236,7 +240,11 @@ class Trainer:
         if self.world.active:
             self._join_run()
         try:
-            return self._threads_and_run()
+            result = self._threads_and_run()
+            # no rank ends (and exits) before rank 0 has written the run: a launcher that sees
+            # one process end may end the others
+            self.world.barrier()
+            return result
         finally:
             if joined:
                 worlds.leave()
