@@ -43,6 +43,11 @@ class Replicas:
             raise RuntimeError("the graph has brains, but no replica layout is registered (mrc.techniques.load_all)")
         return Replicas(bound, device)
 
+    def prepare(self, ctx: Any) -> None:
+        """Called once the lowering context (mrc.lower.plan.Lowering) holds these replicas,
+        before any op is lowered: a layout registers what it needs there (brains on ranks add
+        the sync that fetches each brain from its rank)."""
+
     def module_of(self, replica: str) -> nn.Module:
         return self.module
 

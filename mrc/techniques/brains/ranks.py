@@ -1,0 +1,264 @@
+"""Brains on ranks (`distributed brains`): each process trains the brains it holds; merges
+over brains of several processes are collectives.
+
+Placement (the graph's placement table, mrc/techniques/distributed/bind.py): brain → rank in
+contiguous blocks, one or more brains per rank. The `brains` placer scopes every op of a brain
+(its batch, forward, loss, backward, updates; a stacked op of the brains of one rank — the
+batch-brains pass stacks per rank) to the rank that holds it; the other ranks never lower
+them, so a brain is stepped only where it lives. Ops of no brain run on every rank. A merge:
+
+    all its brains on one rank r (mean, weighted, best)  the one-process merge, on rank r
+    brains of several ranks, mean / weighted / ema       every rank sums w_i·θ_i over its own
+                                                         brains of the merge (zeros if none),
+                                                         one all_reduce SUM per dtype; every
+                                                         rank sets every brain of the merge to
+                                                         the result (ema: every rank advances
+                                                         the same running average)
+    brains of several ranks, best                        each rank scores its own brains on the
+                                                         validation data, all_gather of the
+                                                         scores, the winner's state broadcast
+                                                         from its rank
+    (an ema merge is always a collective: the running average is one for the whole run)
+
+Integer buffers take the first brain's value, as in one process; optimizer state: `keep`, `reset`
+(each rank clears its own brains'), `average` (the states summed over the ranks like the
+parameters, with the layout agreed by an all_gather of each brain's state shapes first).
+
+Between merges a rank's copies of other ranks' brains are stale; `Plan.synchronize()` (before
+evaluation, the summary, the final merge and saving) broadcasts each rank's brains (parameters
+and buffers, packed flat per dtype: one broadcast per rank and dtype) to every rank, and skips
+when no step ran since the last sync.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from mrc.ir.graph import Pattern, ScheduleGraph
+from mrc.ir.ops import GraphError, Op
+from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
+from mrc.techniques.brains.ops import Merge, MergeRule
+from mrc.techniques.distributed.expand import placer, scoped
+
+if TYPE_CHECKING:
+    from mrc.techniques.brains.lower import BrainReplicas
+
+State = dict[str, torch.Tensor]
+
+
+# ---- placement ------------------------------------------------------------------------------
+
+
+@placer("brains")
+def place_brains(graph: ScheduleGraph) -> ScheduleGraph:
+    """Each brain's ops on the rank that holds it; merges local to a rank, or collectives."""
+    assert graph.placement is not None
+    world = graph.placement.world
+    owner = dict(graph.placement.ranks)
+    out = graph.copy()
+    for p in out.patterns():
+        for op in list(p.ops()):
+            p.replace(op, _placed(op, owner, world))
+    out.notes.append(f"brains on {world} ranks: each rank steps its own; merges across ranks are collectives")
+    out.reindex()
+    return out
+
+
+def _placed(op: Op, owner: dict[str, int], world: int) -> Op:
+    if op.scope.replica:
+        ranks = sorted({owner[b] for b in op.scope.replica})
+        if len(ranks) > 1:
+            raise GraphError(f"{op.id}: one op for brains of ranks {ranks} (batch-brains stacks per rank)")
+        return scoped(op, ranks[0])
+    if isinstance(op, Merge):
+        ranks = sorted({owner[b] for b in op.brains})
+        if len(ranks) == 1 and op.merge.rule != "ema":
+            return scoped(op, ranks[0])
+        collective = "all_gather" if op.merge.rule == "best" else "all_reduce"
+        return dataclasses.replace(op, collective=collective, world=world)
+    return op
+
+
+# ---- the runtime: merges as collectives, and the sync ------------------------------------------
+
+
+def pack(states: list[State]) -> dict[torch.dtype, torch.Tensor]:
+    """The tensors of `states`, flattened and concatenated, one flat tensor per dtype."""
+    parts: dict[torch.dtype, list[torch.Tensor]] = {}
+    for state in states:
+        for v in state.values():
+            parts.setdefault(v.dtype, []).append(v.detach().reshape(-1))
+    return {d: torch.cat(ts) for d, ts in parts.items()}
+
+
+def unpack(flat: dict[torch.dtype, torch.Tensor], like: list[State]) -> list[State]:
+    """`pack`'s inverse: views of `flat` shaped as the tensors of `like`."""
+    offset = dict.fromkeys(flat, 0)
+    out = []
+    for state in like:
+        one = {}
+        for k, v in state.items():
+            a = offset[v.dtype]
+            one[k] = flat[v.dtype][a:a + v.numel()].view(v.shape)
+            offset[v.dtype] = a + v.numel()
+        out.append(one)
+    return out
+
+
+class RankedBrains:
+    """The brains of a run with brains on ranks, as this rank sees them (see the module docstring)."""
+
+    def __init__(self, reps: BrainReplicas, ctx: Lowering) -> None:
+        placement = ctx.graph.placement
+        assert placement is not None
+        self.reps, self.world, self.device = reps, ctx.world, ctx.device
+        self.owner = {n: placement.rank_of(n) for n in reps.order}
+        missing = [n for n, r in self.owner.items() if r < 0]
+        if missing:
+            raise LoweringError(f"brain `{missing[0]}` is placed on no rank")
+        self.held = [[n for n in reps.order if self.owner[n] == r] for r in range(self.world.size)]
+        self._synced = -1
+
+    def mine(self, group: tuple[str, ...]) -> list[str]:
+        return [n for n in group if self.owner[n] == self.world.rank]
+
+    # ---- the sync ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        """Every brain's parameters and buffers from the rank that trains it, to every rank."""
+        plan = self.reps.plan
+        if plan is not None and plan.steps_run == self._synced:
+            return  # nothing moved since the last sync
+        for r, brains in enumerate(self.held):
+            states = [self.reps.state_of(n) for n in brains]
+            flat = pack(states)
+            for buf in flat.values():
+                self.world.broadcast(buf, r)
+            if r != self.world.rank:
+                for n, state in zip(brains, unpack(flat, states), strict=True):
+                    self.reps.set_state(n, state)
+        self._synced = plan.steps_run if plan is not None else -1
+
+    # ---- merges --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def merge(self, group: tuple[str, ...], rule: MergeRule) -> None:
+        """A merge over brains of several ranks (every rank takes part)."""
+        state = self._best(group, rule) if rule.rule == "best" else self._mean(group, rule)
+        self.reps.settle(group, rule, state, self.average_momentum)
+
+    def _mean(self, group: tuple[str, ...], rule: MergeRule) -> State:
+        reps = self.reps
+        w = dict(zip(group, reps._weights(group, rule), strict=True))
+        like = reps.state_of(group[0])  # every rank holds a copy: the layout
+        local = {n: reps.state_of(n) for n in self.mine(group)}
+        out: State = {}
+        for key, first in like.items():
+            if first.is_floating_point():
+                acc = torch.zeros_like(first)
+                for n, s in local.items():
+                    acc += w[n] * s[key]
+            else:  # the first brain's value, as in one process
+                acc = local[group[0]][key].clone() if group[0] in local else torch.zeros_like(first)
+            out[key] = acc
+        flat = pack([out])
+        for buf in flat.values():
+            self.world.all_reduce(buf)
+        merged = {k: v.clone() for k, v in unpack(flat, [out])[0].items()}
+        return reps.ema_of(merged, rule, update_ema=True)
+
+    def _best(self, group: tuple[str, ...], rule: MergeRule) -> State:
+        reps = self.reps
+        scores: dict[str, float] = {}
+        for part in self.world.all_gather_object({n: reps.score(n, rule) for n in self.mine(group)}):
+            scores.update(part)
+        winner = reps.best_of(group, rule, scores)
+        state = {k: v.clone() for k, v in reps.state_of(winner).items()}
+        flat = pack([state])
+        for buf in flat.values():
+            self.world.broadcast(buf, self.owner[winner])
+        return {k: v.clone() for k, v in unpack(flat, [state])[0].items()}
+
+    def average_momentum(self, group: tuple[str, ...]) -> None:
+        """momentum = average over brains of several ranks."""
+        if self.reps.stack is not None:
+            self._average_stacked(group)
+        else:
+            self._average_torch(group)
+
+    def _average_stacked(self, group: tuple[str, ...]) -> None:
+        reps = self.reps
+        sgd = reps.plan.ctx.integrators.get(("", "stacked"))
+        if sgd is None or not sgd.bufs:
+            return
+        acc = [torch.zeros_like(b[0]) for b in sgd.bufs]
+        for n in self.mine(group):
+            for a, t in zip(acc, sgd.brain_state(reps.index[n]), strict=True):
+                a += t
+        flat = pack([dict(enumerate(acc))])  # type: ignore[arg-type]
+        for buf in flat.values():
+            self.world.all_reduce(buf)
+        mean = [v / len(group) for v in unpack(flat, [dict(enumerate(acc))])[0].values()]  # type: ignore[arg-type]
+        for n in group:
+            sgd.set_brain_state(reps.index[n], mean)
+
+    def _average_torch(self, group: tuple[str, ...]) -> None:
+        """Each brain's torch.optim state, entry by entry (the keys every brain of the merge
+        holds as tensors), averaged in float64 as in one process."""
+        from mrc.lower.integrators import TorchRule
+
+        entries: dict[str, list[dict[str, Any]]] = {}
+        for n in self.mine(group):
+            integs = list(self.reps.plan.integrators(n))
+            if any(not isinstance(i, TorchRule) for i in integs):
+                raise LoweringError("`momentum = average` needs torch.optim integrators (kernel=torch.optim)")
+            entries[n] = [i.optimizer.state.setdefault(p, {}) for i in integs
+                          for g in i.optimizer.param_groups for p in g["params"]]
+        shapes = {n: [{k: tuple(v.shape) for k, v in e.items() if isinstance(v, torch.Tensor)} for e in es]
+                  for n, es in entries.items()}
+        known: dict[str, list[dict[str, tuple[int, ...]]]] = {}
+        for part in self.world.all_gather_object(shapes):
+            known.update(part)
+        count = len(known[group[0]])
+        layout = [(i, k, known[group[0]][i][k]) for i in range(count)
+                  for k in sorted(set.intersection(*(set(known[n][i]) for n in group)))]
+        sizes = [int(torch.Size(s).numel()) for _, _, s in layout]
+        flat = torch.zeros(sum(sizes), dtype=torch.float64, device=self.device)
+        for es in entries.values():
+            a = 0
+            for (i, k, _), size in zip(layout, sizes, strict=True):
+                flat[a:a + size] += es[i][k].detach().to(self.device, torch.float64).reshape(-1)
+                a += size
+        self.world.all_reduce(flat)
+        flat /= len(group)
+        for es in entries.values():
+            a = 0
+            for (i, k, shape), size in zip(layout, sizes, strict=True):
+                old = es[i][k]
+                es[i][k] = flat[a:a + size].view(shape).to(old.device, old.dtype).clone()
+                a += size
+
+
+def ranked(ctx: Lowering) -> RankedBrains:
+    """This rank's RankedBrains (made by the brains' replicas when the graph places brains)."""
+    out = getattr(ctx.replicas, "ranked", None)
+    if out is None:
+        raise LoweringError("a collective merge needs brains placed on ranks (`distributed brains`)")
+    return out
+
+
+@lowers("merge", when=lambda op, ctx: bool(op.collective))
+def lower_collective_merge(op: Merge, pattern: Pattern, ctx: Lowering) -> StepFn:
+    """A merge over brains of several ranks: every rank takes part (see the module docstring)."""
+    if op.world != ctx.world.size:
+        raise LoweringError(f"{op.id}: a collective over {op.world} ranks, the run has {ctx.world.size}")
+    brains = ranked(ctx)
+    group, rule = op.brains, op.merge
+
+    def merge(env: Env) -> None:
+        brains.merge(group, rule)
+    return merge

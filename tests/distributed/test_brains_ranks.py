@@ -1,0 +1,164 @@
+"""Brains on ranks (`distributed brains`, mrc/techniques/brains/ranks.py) against one process.
+
+Each case compiles a spec for W processes, steps its Plan over the same batches on W gloo ranks
+(each rank steps only its own brains; merges across ranks are collectives), synchronises, and
+compares every brain's parameters and buffers, on every rank, with the one-process Plan of the
+same spec (float64, 1e-12). The run's loss as the trainer reduces it — Σ_ranks weight·loss /
+Σ weight, weight being the number of brains that stepped on the rank — equals the one-process
+step loss (the mean over every brain that stepped).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from gloo_ranks import run_ranks
+
+from mrc.api import compile_spec
+from mrc.lower import lower
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = ROOT / "specs" / "distributed_brains.mrs"
+SMALL = ["model.hidden=[8]", "train.dtype=float64", "data.batch=16"]
+
+TEMPLATE = """
+model mlp(hidden=[8], activation=tanh)
+data spirals(samples=200, batch=10)
+optimizer {optimizer}
+{brains}
+{merge}
+distributed brains
+train(steps=12, seed=3, dtype=float64)
+"""
+
+
+def write(path: Path, brains: dict[str, str], merge: str, optimizer: str = "sgd(lr=0.05, momentum=0.9)") -> Path:
+    text = "\n".join(f"brain {n} {{ {body} }}" for n, body in brains.items())
+    path.write_text(TEMPLATE.format(optimizer=optimizer, brains=text, merge=merge))
+    return path
+
+
+def steps_of(spec: str, overrides: list[str], world: int, steps: int, syncs: int = 1) -> dict[str, Any]:
+    """Run `steps` steps of the spec's Plan compiled for `world` processes (in this process when
+    world is 1, else as one rank of `world`); every brain's state after a sync, and each step's
+    run loss as the trainer reduces it (Σ weight·loss / Σ weight over the ranks)."""
+    from mrc.runtime import world as worlds
+
+    w = worlds.current()
+    compiled = compile_spec(spec, overrides, world=world)
+    plan = lower(compiled.graph, compiled.bound, steps)
+    data = compiled.bound.data
+    dtype = next(compiled.bound.model.parameters()).dtype
+    plan.attach(data.train_x.to(dtype), data.train_y, data.val_x.to(dtype), data.val_y)
+    ranked = plan.ctx.replicas.ranked
+    counted = {"broadcasts": 0}
+    if ranked is not None:  # count the sync's broadcasts
+        real = ranked.world
+
+        class Counting:
+            rank, size, active = real.rank, real.size, real.active
+
+            def broadcast(self, t: torch.Tensor, src: int = 0) -> torch.Tensor:
+                counted["broadcasts"] += 1
+                return real.broadcast(t, src)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+        ranked.world = Counting()
+    losses = []
+    t, epoch, spe = 0, 0, data.steps_per_epoch()
+    while t < steps:
+        for i in range(spe):
+            if t == steps:
+                break
+            x, y = data.batch(epoch, i)
+            loss = plan.step(t, x.to(dtype), y)
+            weight = plan.env.weight if loss is not None else 0.0
+            both = torch.tensor([0.0 if loss is None else float(loss) * weight, weight], dtype=torch.float64)
+            w.all_reduce(both)
+            losses.append(float(both[0] / both[1]))
+            t += 1
+        epoch += 1
+    for _ in range(syncs):
+        before = counted["broadcasts"]
+        plan.synchronize()
+        counted.setdefault("per_sync", []).append(counted["broadcasts"] - before)
+    return {"brains": plan.brain_states(), "losses": losses, "final": plan.final_model().state_dict(),
+            "per_sync": counted.get("per_sync", []), "rank": w.rank}
+
+
+def assert_same(got: dict[str, Any], want: dict[str, Any], tol: float = 1e-12) -> None:
+    assert set(got["brains"]) == set(want["brains"])
+    for name, state in want["brains"].items():
+        for key, value in state.items():
+            torch.testing.assert_close(got["brains"][name][key], value, rtol=0, atol=tol, msg=f"{name}.{key}")
+    for key, value in want["final"].items():
+        torch.testing.assert_close(got["final"][key], value, rtol=0, atol=tol, msg=f"final {key}")
+    assert got["losses"] == pytest.approx(want["losses"], rel=1e-12, abs=1e-12)
+
+
+def check(spec: str | Path, overrides: list[str], world: int, steps: int) -> list[dict[str, Any]]:
+    want = steps_of(str(spec), overrides, 1, steps)
+    ranks = run_ranks(steps_of, world, str(spec), overrides, world, steps, 2)
+    for got in ranks:
+        assert_same(got, want)
+    return ranks
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_the_example_spec_equals_one_process(world: int) -> None:
+    """Four brains (every 1, 1 with its own batches, 2, 4), mean merges local to a rank and
+    across ranks, stacked per rank; 2 and 4 processes."""
+    ranks = check(SPEC, SMALL, world, 10)
+    # the sync: one broadcast per rank (one dtype), and none when no step ran since the last
+    assert all(r["per_sync"] == [world, 0] for r in ranks)
+
+
+def test_weighted_merges_of_unstacked_brains_average_torch_optim_state(tmp_path: Path) -> None:
+    """Adam brains (no stacked form: each its own module and torch.optim), a weighted merge
+    with averaged optimizer state over 2 ranks."""
+    path = write(tmp_path / "adam.mrs", {"a": "every = 1", "b": "every = 2", "c": "every = 1", "d": "every = 4"},
+                 "merge weighted(weights=[0.4, 0.1, 0.3, 0.2], momentum=average)",
+                 "adam(lr=0.01)")
+    check(path, [], 2, 9)
+
+
+def test_best_merges_gather_the_metrics_and_broadcast_the_winner(tmp_path: Path) -> None:
+    path = write(tmp_path / "best.mrs", {"a": "every = 1", "b": "every = 2; lr = 0.4", "c": "every = 2",
+                                         "d": "every = 1; lr = 0.001"},
+                 "merge best(metric=val_loss, momentum=reset)")
+    check(path, [], 2, 8)
+
+
+def test_ema_merges_keep_one_running_average_on_every_rank(tmp_path: Path) -> None:
+    path = write(tmp_path / "ema.mrs", {"a": "every = 1", "b": "every = 1", "c": "every = 3"},
+                 "merge ema(decay=0.6, momentum=average)")
+    check(path, [], 2, 9)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_the_graph_places_each_brain_on_its_rank(world: int) -> None:
+    compiled = compile_spec(SPEC, world=world)
+    graph = compiled.graph
+    owner = dict(graph.placement.ranks)
+    merges = 0
+    for op in graph.ops():
+        if op.scope.replica:
+            assert {owner[b] for b in op.scope.replica} == {op.scope.rank}, op.id
+        elif op.kind == "merge":
+            merges += 1
+            local = len({owner[b] for b in op.brains}) == 1
+            assert (op.scope.rank >= 0) == local and (op.collective == "") == local, op.id
+    assert merges
+    text = graph.to_text()
+    assert f"all_reduce sum over {world} ranks" in text
+    assert f"placement: mode=brains world={world}" in text
+
+
+def test_a_best_merge_across_ranks_reads_as_an_all_gather(tmp_path: Path) -> None:
+    path = write(tmp_path / "best.mrs", {"a": "every = 1", "b": "every = 2"}, "merge best(metric=val_acc)")
+    text = compile_spec(path, world=2).graph.to_text()
+    assert "merge {a, b} best(metric=val_acc) all_gather val_acc + broadcast winner over 2 ranks" in text
