@@ -342,7 +342,8 @@ class Plan:
 
     def state_dict(self) -> dict[str, Any]:
         ctx = self.ctx
-        return {"integrators": {repr(k): v.state_dict() for k, v in ctx.integrators.items()},
+        return {"integrators": {**ctx.replicas.other_integrators(),
+                                **{repr(k): v.state_dict() for k, v in ctx.integrators.items()}},
                 "drift": {repr(k): [d.clone() for d in ds] for k, ds in ctx.drift.items()},
                 "subsets": {repr(k): s.state_dict() for k, s in ctx.subsets.items()},
                 "replicas": ctx.replicas.state_dict(),

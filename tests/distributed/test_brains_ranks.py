@@ -41,18 +41,26 @@ def write(path: Path, brains: dict[str, str], merge: str, optimizer: str = "sgd(
     return path
 
 
-def steps_of(spec: str, overrides: list[str], world: int, steps: int, syncs: int = 1) -> dict[str, Any]:
+def steps_of(spec: str, overrides: list[str], world: int, steps: int, syncs: int = 1,
+             resume_at: int | None = None) -> dict[str, Any]:
     """Run `steps` steps of the spec's Plan compiled for `world` processes (in this process when
     world is 1, else as one rank of `world`); every brain's state after a sync, and each step's
-    run loss as the trainer reduces it (Σ weight·loss / Σ weight over the ranks)."""
+    run loss as the trainer reduces it (Σ weight·loss / Σ weight over the ranks). resume_at:
+    after that many steps, sync, and go on with a fresh Plan that loads rank 0's state (what
+    every rank does when a run resumes from the checkpoint rank 0 wrote)."""
     from mrc.runtime import world as worlds
 
     w = worlds.current()
     compiled = compile_spec(spec, overrides, world=world)
-    plan = lower(compiled.graph, compiled.bound, steps)
     data = compiled.bound.data
     dtype = next(compiled.bound.model.parameters()).dtype
-    plan.attach(data.train_x.to(dtype), data.train_y, data.val_x.to(dtype), data.val_y)
+
+    def fresh() -> Any:
+        plan = lower(compiled.graph, compiled.bound, steps)
+        plan.attach(data.train_x.to(dtype), data.train_y, data.val_x.to(dtype), data.val_y)
+        return plan
+
+    plan = fresh()
     ranked = plan.ctx.replicas.ranked
     counted = {"broadcasts": 0}
     if ranked is not None:  # count the sync's broadcasts
@@ -69,19 +77,20 @@ def steps_of(spec: str, overrides: list[str], world: int, steps: int, syncs: int
                 return getattr(real, name)
         ranked.world = Counting()
     losses = []
-    t, epoch, spe = 0, 0, data.steps_per_epoch()
+    t, spe = 0, data.steps_per_epoch()
     while t < steps:
-        for i in range(spe):
-            if t == steps:
-                break
-            x, y = data.batch(epoch, i)
-            loss = plan.step(t, x.to(dtype), y)
-            weight = plan.env.weight if loss is not None else 0.0
-            both = torch.tensor([0.0 if loss is None else float(loss) * weight, weight], dtype=torch.float64)
-            w.all_reduce(both)
-            losses.append(float(both[0] / both[1]))
-            t += 1
-        epoch += 1
+        if t == resume_at:
+            plan.synchronize()
+            state = w.all_gather_object(plan.state_dict() if w.rank == 0 else None)[0]
+            plan = fresh()
+            plan.load_state_dict(state)
+        x, y = data.batch(t // spe, t % spe)
+        loss = plan.step(t, x.to(dtype), y)
+        weight = plan.env.weight if loss is not None else 0.0
+        both = torch.tensor([0.0 if loss is None else float(loss) * weight, weight], dtype=torch.float64)
+        w.all_reduce(both)
+        losses.append(float(both[0] / both[1]))
+        t += 1
     for _ in range(syncs):
         before = counted["broadcasts"]
         plan.synchronize()
@@ -100,21 +109,29 @@ def assert_same(got: dict[str, Any], want: dict[str, Any], tol: float = 1e-12) -
     assert got["losses"] == pytest.approx(want["losses"], rel=1e-12, abs=1e-12)
 
 
-def check(spec: str | Path, overrides: list[str], world: int, steps: int) -> list[dict[str, Any]]:
+def check(spec: str | Path, overrides: list[str], world: int, steps: int,
+          resume_at: int | None = None) -> list[dict[str, Any]]:
     want = steps_of(str(spec), overrides, 1, steps)
-    ranks = run_ranks(steps_of, world, str(spec), overrides, world, steps, 2)
+    ranks = run_ranks(steps_of, world, str(spec), overrides, world, steps, 2, resume_at)
     for got in ranks:
         assert_same(got, want)
     return ranks
 
 
-@pytest.mark.parametrize("world", [2, 4])
-def test_the_example_spec_equals_one_process(world: int) -> None:
-    """Four brains (every 1, 1 with its own batches, 2, 4), mean merges local to a rank and
-    across ranks, stacked per rank; 2 and 4 processes."""
-    ranks = check(SPEC, SMALL, world, 10)
+def test_the_example_spec_equals_one_process() -> None:
+    """Four brains (every 1, 1 with its own batches, 2, 4) on 2 ranks, stacked per rank; mean
+    merges local to rank 0 and across the ranks."""
+    ranks = check(SPEC, SMALL, 2, 10)
     # the sync: one broadcast per rank (one dtype), and none when no step ran since the last
-    assert all(r["per_sync"] == [world, 0] for r in ranks)
+    assert all(r["per_sync"] == [2, 0] for r in ranks)
+
+
+def test_five_brains_on_four_ranks_equal_one_process(tmp_path: Path) -> None:
+    """Uneven blocks (rank 0 holds two brains, the others one each), own batches, mean merges."""
+    path = write(tmp_path / "five.mrs", {"a": "every = 1", "b": "every = 1; data = own", "c": "every = 2",
+                                         "d": "every = 4", "e": "every = 2; lr = 0.02"}, "merge mean")
+    ranks = check(path, [], 4, 9)
+    assert all(r["per_sync"] == [4, 0] for r in ranks)
 
 
 def test_weighted_merges_of_unstacked_brains_average_torch_optim_state(tmp_path: Path) -> None:
@@ -124,6 +141,17 @@ def test_weighted_merges_of_unstacked_brains_average_torch_optim_state(tmp_path:
                  "merge weighted(weights=[0.4, 0.1, 0.3, 0.2], momentum=average)",
                  "adam(lr=0.01)")
     check(path, [], 2, 9)
+
+
+def test_a_resume_from_rank_0s_state_continues_every_ranks_brains(tmp_path: Path) -> None:
+    """Every rank loads the state rank 0 saved after a sync (brains and their optimizer
+    state): unstacked (Adam) and stacked (SGD-momentum) brains go on exactly."""
+    path = write(tmp_path / "adam.mrs", {"a": "every = 1", "b": "every = 2", "c": "every = 1", "d": "every = 4"},
+                 "merge mean", "adam(lr=0.01)")
+    check(path, [], 2, 9, resume_at=5)
+    path = write(tmp_path / "sgd.mrs", {"a": "every = 1", "b": "every = 2", "c": "every = 1", "d": "every = 4"},
+                 "merge mean")
+    check(path, [], 2, 9, resume_at=5)
 
 
 def test_best_merges_gather_the_metrics_and_broadcast_the_winner(tmp_path: Path) -> None:

@@ -26,8 +26,9 @@ parameters, with the layout agreed by an all_gather of each brain's state shapes
 
 Between merges a rank's copies of other ranks' brains are stale; `Plan.synchronize()` (before
 evaluation, the summary, the final merge and saving) broadcasts each rank's brains (parameters
-and buffers, packed flat per dtype: one broadcast per rank and dtype) to every rank, and skips
-when no step ran since the last sync.
+and buffers, packed flat per dtype: one broadcast per rank and dtype) to every rank, and their
+optimizer state (one all_gather of objects: a checkpoint that rank 0 writes resumes every
+rank's brains), and skips when no step ran since the last sync.
 """
 
 from __future__ import annotations
@@ -121,6 +122,9 @@ class RankedBrains:
             raise LoweringError(f"brain `{missing[0]}` is placed on no rank")
         self.held = [[n for n in reps.order if self.owner[n] == r] for r in range(self.world.size)]
         self._synced = -1
+        self.others: dict[str, Any] = {}
+        """The saved integrator states of other ranks' brains (unstacked brains: this rank has
+        no integrator of theirs), as of the last sync: what this rank's checkpoint holds of them."""
 
     def mine(self, group: tuple[str, ...]) -> list[str]:
         return [n for n in group if self.owner[n] == self.world.rank]
@@ -141,7 +145,33 @@ class RankedBrains:
             if r != self.world.rank:
                 for n, state in zip(brains, unpack(flat, states), strict=True):
                     self.reps.set_state(n, state)
+        self._sync_integrators()
         self._synced = plan.steps_run if plan is not None else -1
+
+    def _sync_integrators(self) -> None:
+        """Every brain's optimizer state to every rank (one all_gather of objects), so that a
+        checkpoint written by one rank resumes every rank's brains exactly: stacked brains'
+        rows of the stacked SGD state are set; unstacked brains' torch.optim states are kept
+        in `others` for `Plan.state_dict`."""
+        reps = self.reps
+        integrators = reps.plan.ctx.integrators if reps.plan is not None else {}
+        sgd = integrators.get(("", "stacked")) if reps.stack is not None else None
+        mine: dict[str, Any] = {}
+        for n in self.held[self.world.rank]:
+            if sgd is not None:
+                i = reps.index[n]
+                mine[n] = (_cpu(sgd.brain_state(i)), bool(sgd.started[i]))
+            elif reps.stack is None:
+                mine.update({repr(k): _cpu(v.state_dict()) for k, v in integrators.items() if k[0] == n})
+        for r, part in enumerate(self.world.all_gather_object(mine)):
+            if r == self.world.rank:
+                continue
+            if sgd is not None:
+                for n, (bufs, started) in part.items():
+                    sgd.set_brain_state(reps.index[n], bufs)
+                    sgd.started[reps.index[n]] = started
+            else:
+                self.others.update(part)
 
     # ---- merges --------------------------------------------------------------------------
 
@@ -241,6 +271,17 @@ class RankedBrains:
                 old = es[i][k]
                 es[i][k] = flat[a:a + size].view(shape).to(old.device, old.dtype).clone()
                 a += size
+
+
+def _cpu(obj: Any) -> Any:
+    """`obj` with its tensors copied to the CPU (objects sent between ranks)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
 
 
 def ranked(ctx: Lowering) -> RankedBrains:
