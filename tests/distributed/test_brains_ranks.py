@@ -18,6 +18,7 @@ import torch
 from gloo_ranks import run_ranks
 
 from mrc.api import compile_spec
+from mrc.ir.graph import ScheduleGraph
 from mrc.lower import lower
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -184,6 +185,9 @@ def test_the_graph_places_each_brain_on_its_rank(world: int) -> None:
     text = graph.to_text()
     assert f"all_reduce sum over {world} ranks" in text
     assert f"placement: mode=brains world={world}" in text
+    again = ScheduleGraph.from_json(graph.to_json())  # the placement and collectives survive JSON
+    again.verify()
+    assert again.to_text() == text
 
 
 def test_a_best_merge_across_ranks_reads_as_an_all_gather(tmp_path: Path) -> None:

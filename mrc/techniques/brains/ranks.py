@@ -229,10 +229,11 @@ class RankedBrains:
         for n in self.mine(group):
             for a, t in zip(acc, sgd.brain_state(reps.index[n]), strict=True):
                 a += t
-        flat = pack([dict(enumerate(acc))])  # type: ignore[arg-type]
+        like = {str(j): a for j, a in enumerate(acc)}
+        flat = pack([like])
         for buf in flat.values():
             self.world.all_reduce(buf)
-        mean = [v / len(group) for v in unpack(flat, [dict(enumerate(acc))])[0].values()]  # type: ignore[arg-type]
+        mean = [v / len(group) for v in unpack(flat, [like])[0].values()]
         for n in group:
             sgd.set_brain_state(reps.index[n], mean)
 
