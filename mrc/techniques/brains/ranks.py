@@ -1,11 +1,8 @@
-"""Brains on ranks (`distributed brains`): each process trains the brains it holds; merges
-over brains of several processes are collectives.
+"""Brains on ranks (`distributed brains`) at run time: each process trains the brains it holds;
+merges over brains of several processes are collectives.
 
-Placement (the graph's placement table, mrc/techniques/distributed/bind.py): brain → rank in
-contiguous blocks, one or more brains per rank. The `brains` placer scopes every op of a brain
-(its batch, forward, loss, backward, updates; a stacked op of the brains of one rank — the
-batch-brains pass stacks per rank) to the rank that holds it; the other ranks never lower
-them, so a brain is stepped only where it lives. Ops of no brain run on every rank. A merge:
+The `brains` placer (mrc/techniques/brains/place.py) scoped every op of a brain to the rank that
+holds it, so the other ranks never lower them and a brain is stepped only where it lives. A merge:
 
     all its brains on one rank r (mean, weighted, best)  the one-process merge, on rank r
     brains of several ranks, mean / weighted / ema       every rank sums w_i·θ_i over its own
@@ -33,54 +30,18 @@ rank's brains), and skips when no step ran since the last sync.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mrc.ir.graph import Pattern, ScheduleGraph
-from mrc.ir.ops import GraphError, Op
+from mrc.ir.graph import Pattern
 from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
 from mrc.techniques.brains.ops import Merge, MergeRule
-from mrc.techniques.distributed.expand import placer, scoped
 
 if TYPE_CHECKING:
     from mrc.techniques.brains.lower import BrainReplicas
 
 State = dict[str, torch.Tensor]
-
-
-# ---- placement ------------------------------------------------------------------------------
-
-
-@placer("brains")
-def place_brains(graph: ScheduleGraph) -> ScheduleGraph:
-    """Each brain's ops on the rank that holds it; merges local to a rank, or collectives."""
-    assert graph.placement is not None
-    world = graph.placement.world
-    owner = dict(graph.placement.ranks)
-    out = graph.copy()
-    for p in out.patterns():
-        for op in list(p.ops()):
-            p.replace(op, _placed(op, owner, world))
-    out.notes.append(f"brains on {world} ranks: each rank steps its own; merges across ranks are collectives")
-    out.reindex()
-    return out
-
-
-def _placed(op: Op, owner: dict[str, int], world: int) -> Op:
-    if op.scope.replica:
-        ranks = sorted({owner[b] for b in op.scope.replica})
-        if len(ranks) > 1:
-            raise GraphError(f"{op.id}: one op for brains of ranks {ranks} (batch-brains stacks per rank)")
-        return scoped(op, ranks[0])
-    if isinstance(op, Merge):
-        ranks = sorted({owner[b] for b in op.brains})
-        if len(ranks) == 1 and op.merge.rule != "ema":
-            return scoped(op, ranks[0])
-        collective = "all_gather" if op.merge.rule == "best" else "all_reduce"
-        return dataclasses.replace(op, collective=collective, world=world)
-    return op
 
 
 # ---- the runtime: merges as collectives, and the sync ------------------------------------------
