@@ -87,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--trace", metavar="FILE", help="write one line per executed op: step, op id, kind, scope")
     t.add_argument("--no-progress", action="store_true", help="plain log lines, no progress bar")
     t.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard events (DIR/tb/)")
+    t.add_argument("--nproc", type=_positive, metavar="N",
+                   help="run N processes on this machine, as `torchrun --nproc-per-node N -m mrc train …` "
+                   "would (rank 0 writes DIR; resume with the same N)")
     overrides(t)
 
     pl = sub.add_parser("plot", help="draw one or several runs' metrics into a PNG",
@@ -213,7 +216,94 @@ def _render_graph(graph: Any, fmt: str, compact: bool, title: str) -> bytes:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    return run_train(args)
+    from mrc import launch
+
+    if args.nproc is not None and args.nproc > 1 and launch.MARKER not in os.environ:
+        return _launch_train(args)
+    try:
+        return run_train(args)
+    except Exception as err:  # not mrc's: its traceback prints; the launcher gets its line
+        if launch.rank() is not None:
+            launch.record_unexpected(err)
+        raise
+
+
+def _launch_train(args: argparse.Namespace) -> int:
+    """`mrc train --nproc N`: check what can be checked once, then start N ranks of the same
+    command through torch's launcher (mrc.launch), which reports how they ended."""
+    from mrc.api import check_spec
+    from mrc.launch import launch
+    from mrc.runtime.checkpoint import CheckpointError, prepare_out_dir
+
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        print("mrc train: --nproc starts the processes itself: under torchrun leave it out", file=sys.stderr)
+        return EXIT_ERROR
+    if args.change_length and args.resume is None:
+        print("mrc train: --change-length goes with --resume", file=sys.stderr)
+        return EXIT_ERROR
+    out_dir = out_dir_of(args)
+    fresh = [p for p in (out_dir, *out_dir.parents) if not os.path.exists(p)] if out_dir else []
+    try:
+        check_spec(args.spec, _train_overrides(args))  # parse and check: no user code, no torch
+        if args.resume is not None and not Path(args.resume).is_dir():
+            raise CheckpointError(f"cannot resume: {args.resume} is not a directory")
+        if out_dir is not None:
+            prepare_out_dir(out_dir)
+    except CompileError as err:
+        print(render_all(err.diagnostics), file=sys.stderr)
+        return EXIT_ERROR
+    except CheckpointError as err:
+        print(f"mrc train: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    status = launch(args.nproc, args.argv)
+    if status != 0:
+        for made in fresh:  # a run that never started leaves no empty directory (innermost first)
+            with contextlib.suppress(OSError):
+                made.rmdir()
+    return status
+
+
+def _train_overrides(args: argparse.Namespace) -> list[str]:
+    """The `--set` items plus the flags the compiler reads (seed, device, threads, kernels)."""
+    overrides = list(args.overrides)
+    for key, value in (("seed", args.seed), ("device", args.device), ("threads", args.threads)):
+        if value is not None:  # the compiler reads them (it picks kernels for the device)
+            overrides.append(f"train.{key}={value}")
+    if args.kernels is not None:  # quoted: `torch.optim` is not a name
+        overrides.append(f'train.kernels="{args.kernels}"')
+    return overrides
+
+
+def _train_error(text: str, status: int, *, lost_peer: bool = False, full: str | None = None) -> int:
+    """Say `mrc train: TEXT` on stderr and return `status`. In a run of several processes the
+    line names the rank (`mrc train: rank 1: error: …`) and goes to the launcher's error file;
+    under `mrc train --nproc` the launcher prints it, so the rank stays silent. lost_peer: the
+    rank failed because another did (the launcher lists it last). full: a longer form (a
+    compile error's rendered diagnostics) that rank 0 prints instead."""
+    from mrc import launch
+
+    r = launch.rank()
+    if r is None:
+        print(full if full is not None else f"mrc train: {text}", file=sys.stderr)
+        return status
+    launch.record_failure(text.removeprefix("error: "), lost_peer=lost_peer)
+    if full is not None and r == 0:
+        print(full, file=sys.stderr)
+    elif not launch.under_launcher():
+        print(f"mrc train: rank {r}: {text}", file=sys.stderr)
+    return status
+
+
+def _one_line(err: CompileError) -> str:
+    """A compile error as one line: its first error's place and message (and how many more)."""
+    errors = [d for d in err.diagnostics if d.severity == "error"] or list(err.diagnostics)
+    if not errors:
+        return "the spec does not compile"
+    first = errors[0]
+    where = f"{first.span}: " if first.span and first.span.line > 0 else (
+        f"{first.span.file}: " if first.span else "")
+    more = f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return f"{where}{first.message}{more}"
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -297,6 +387,7 @@ def out_dir_of(args: argparse.Namespace) -> Path | None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from mrc import launch
     from mrc.api import train
     from mrc.runtime.callbacks import Interrupt
     from mrc.runtime.checkpoint import CheckpointError, prepare_out_dir
@@ -310,18 +401,12 @@ def run_train(args: argparse.Namespace) -> int:
         if out_dir is not None:
             prepare_out_dir(out_dir)
     except CheckpointError as err:
-        print(f"mrc train: {err}", file=sys.stderr)
-        return 2
-    overrides = list(args.overrides)
-    for key, value in (("seed", args.seed), ("device", args.device), ("threads", args.threads)):
-        if value is not None:  # the compiler reads them (it picks kernels for the device)
-            overrides.append(f"train.{key}={value}")
-    if args.kernels is not None:  # quoted: `torch.optim` is not a name
-        overrides.append(f'train.kernels="{args.kernels}"')
+        return _train_error(str(err), 2)
+    overrides = _train_overrides(args)
     if args.change_length and args.resume is None:
-        print("mrc train: --change-length goes with --resume", file=sys.stderr)
-        return 2
-    progress = not args.no_progress and sys.stderr.isatty()
+        return _train_error("--change-length goes with --resume", 2)
+    leader = launch.leader()  # with several processes, rank 0 alone shows progress and the summary
+    progress = not args.no_progress and sys.stderr.isatty() and leader
     interrupt = Interrupt()
     previous = _catch_sigint(interrupt)
     try:
@@ -333,21 +418,20 @@ def run_train(args: argparse.Namespace) -> int:
         for made in fresh:  # leave no empty run directory behind (innermost first)
             with contextlib.suppress(OSError):
                 made.rmdir()
-        print(render_all(err.diagnostics), file=sys.stderr)
-        return 2
+        return _train_error(f"error: {_one_line(err)}", 2, full=render_all(err.diagnostics))
     except CheckpointError as err:
-        print(f"mrc train: {err}", file=sys.stderr)
-        return 2
+        return _train_error(str(err), 2)
     except TrainingStopped as err:
-        print(f"mrc train: error: {err.message}", file=sys.stderr)
-        return 1
+        return _train_error(f"error: {err.message}", 1)
     except (RuntimeError, ValueError, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"mrc train: error: {first}", file=sys.stderr)
-        return 1 if isinstance(err, RuntimeError) else 2
+        text, peer = launch.explain(err)
+        return _train_error(f"error: {text}", 1 if isinstance(err, RuntimeError) else 2, lost_peer=peer)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+    status = 130 if result.status == "interrupted" else 0
+    if not leader:
+        return status
     s = result.summary
     val = f"val_acc {s['val_acc']:.4f}  val_loss {s['val_loss']:.4f}" if s.get("val_acc") is not None else ""
     val += "".join(f"  {n}.acc {e['acc']:.4f}" for n, e in s.get("evals", {}).items()
@@ -365,7 +449,7 @@ def run_train(args: argparse.Namespace) -> int:
           f"({s['steps_per_s']:.1f} steps/s)  train_acc {s['train_acc']:.4f}  {val}"
           + (f"\nmrc: wrote {Path(result.out_dir)}/{{final.pt,metrics.jsonl,summary.json,checkpoint.pt{tb}}}"
              if result.out_dir else ""))
-    return 130 if result.status == "interrupted" else 0
+    return status
 
 
 def _catch_sigint(interrupt: Any) -> Any:
@@ -386,6 +470,7 @@ def _catch_sigint(interrupt: Any) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `mrc train --nproc` hands them to its ranks
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _ClosedPipeSafe(sys.stdout), _ClosedPipeSafe(sys.stderr)  # type: ignore[assignment]
     try:
