@@ -214,6 +214,8 @@ class Plan:
         self.trace: TextIO | None = None
         self.brains = tuple(graph.replicas)
         self.last_losses: dict[str, torch.Tensor] = {}
+        self.steps_run = 0
+        """Steps this Plan has run (a sync that finds no step since the last one skips)."""
         self._rates = [[{**ctx.lrs, **_pattern_rates(p)} for p in stage.patterns] for stage in graph.stages]
         self._locate(0)
 
@@ -263,6 +265,7 @@ class Plan:
                 self.trace.write(f"{t} {op.id} {op.kind} {op.scope.text() or '-'}\n")
                 fn(env)
         env.values.clear()
+        self.steps_run += 1
         if not self.brains:
             return env.losses[0][1] if env.losses else None
         first: dict[str, torch.Tensor] = {}
@@ -339,7 +342,8 @@ class Plan:
 
     def state_dict(self) -> dict[str, Any]:
         ctx = self.ctx
-        return {"integrators": {repr(k): v.state_dict() for k, v in ctx.integrators.items()},
+        return {"integrators": {**ctx.replicas.other_integrators(),
+                                **{repr(k): v.state_dict() for k, v in ctx.integrators.items()}},
                 "drift": {repr(k): [d.clone() for d in ds] for k, ds in ctx.drift.items()},
                 "subsets": {repr(k): s.state_dict() for k, s in ctx.subsets.items()},
                 "replicas": ctx.replicas.state_dict(),
@@ -418,6 +422,7 @@ def lower(graph: ScheduleGraph, bound: Any, total_steps: int, device: torch.devi
         raise LoweringError(f"the schedule is placed on {graph.placement.world} processes, but this run has "
                             f"{ctx.world.size}")
     ctx.replicas = Replicas.build(graph, bound, ctx.device)
+    ctx.replicas.prepare(ctx)
     programs = []
     for stage in graph.stages:
         per_stage = []

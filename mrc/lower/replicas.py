@@ -43,6 +43,11 @@ class Replicas:
             raise RuntimeError("the graph has brains, but no replica layout is registered (mrc.techniques.load_all)")
         return Replicas(bound, device)
 
+    def prepare(self, ctx: Any) -> None:
+        """Called once the lowering context (mrc.lower.plan.Lowering) holds these replicas,
+        before any op is lowered: a layout registers what it needs there (brains on ranks add
+        the sync that fetches each brain from its rank)."""
+
     def module_of(self, replica: str) -> nn.Module:
         return self.module
 
@@ -67,6 +72,12 @@ class Replicas:
         return self.module
 
     def brain_states(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {}
+
+    def other_integrators(self) -> dict[str, Any]:
+        """The saved states of integrators other processes run (brains on ranks: a brain's
+        optimizer state lives on its rank), by key as `Plan.state_dict` writes them: a
+        checkpoint written by one rank then holds every rank's."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from mrc.ir.graph import Pattern, ScheduleGraph
 from mrc.ir.ops import Backward, Batch, Forward, Loss, UpdateGroup
 from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
 from mrc.lower.replicas import LAYOUTS, Replicas
+from mrc.techniques.brains import ranks
 from mrc.techniques.brains.ops import Merge, MergeRule
 
 
@@ -54,6 +55,16 @@ class BrainReplicas(Replicas):
         else:
             self.modules = {n: copy.deepcopy(bound.graph_module).to(device) for n in self.order}
             self._named = {n: dict(m.named_parameters()) for n, m in self.modules.items()}
+
+        self.ranked: ranks.RankedBrains | None = None
+
+    def prepare(self, ctx: Lowering) -> None:
+        """Brains on ranks: the collective merges' view of the ranks, and the sync that brings
+        every brain from its rank before evaluation and saving (mrc/techniques/brains/ranks.py)."""
+        placement = ctx.graph.placement
+        if placement is not None and placement.mode == "brains" and ctx.world.active:
+            self.ranked = ranks.RankedBrains(self, ctx)
+            ctx.syncs.append(self.ranked.sync)
 
     # ---- parameters ---------------------------------------------------------------------
 
@@ -97,13 +108,20 @@ class BrainReplicas(Replicas):
         return [1 / len(group)] * len(group)
 
     def _pick_best(self, group: tuple[str, ...], rule: MergeRule) -> str:
+        return self.best_of(group, rule, {n: self.score(n, rule) for n in group})
+
+    def score(self, name: str, rule: MergeRule) -> float:
+        """Brain `name`'s validation metric (`rule.metric`) for a `best` merge."""
         from mrc.runtime.evaluation import evaluate
 
         if self.val_x is None:
             raise LoweringError("a `best` merge needs the validation data (Plan.attach)")
-        metric = rule.metric
-        scores = {n: evaluate(self.brain_module(n), self.val_x, self.val_y)[metric.split("_")[1]] for n in group}
-        return (max if metric == "val_acc" else min)(group, key=lambda n: scores[n])
+        return float(evaluate(self.brain_module(name), self.val_x, self.val_y)[rule.metric.split("_")[1]])
+
+    @staticmethod
+    def best_of(group: tuple[str, ...], rule: MergeRule, scores: dict[str, float]) -> str:
+        """The brain of `group` with the best score (the first of equals, in the group's order)."""
+        return (max if rule.metric == "val_acc" else min)(group, key=lambda n: scores[n])
 
     @torch.no_grad()
     def combined(self, group: tuple[str, ...], rule: MergeRule, *, update_ema: bool) -> dict[str, torch.Tensor]:
@@ -118,42 +136,60 @@ class BrainReplicas(Replicas):
                 out[key] = first.clone()
                 continue
             out[key] = sum(wi * s[key] for wi, s in zip(w, states, strict=True))
-        if rule.rule == "ema":
-            if self.ema is None:
-                ema = {k: v.clone() for k, v in out.items()}
-            else:
-                ema = {k: (rule.decay * self.ema[k] + (1 - rule.decay) * v) if v.is_floating_point() else v
-                       for k, v in out.items()}
-            if update_ema:
-                self.ema = ema
-            out = {k: v.clone() for k, v in ema.items()}
-        return out
+        return self.ema_of(out, rule, update_ema=update_ema)
+
+    def ema_of(self, mean: dict[str, torch.Tensor], rule: MergeRule, *, update_ema: bool) -> dict[str, torch.Tensor]:
+        """An `ema` merge's point from the group's `mean` (the running average, advanced when
+        `update_ema`); other rules' merged point is the mean itself."""
+        if rule.rule != "ema":
+            return mean
+        if self.ema is None:
+            ema = {k: v.clone() for k, v in mean.items()}
+        else:
+            ema = {k: (rule.decay * self.ema[k] + (1 - rule.decay) * v) if v.is_floating_point() else v
+                   for k, v in mean.items()}
+        if update_ema:
+            self.ema = ema
+        return {k: v.clone() for k, v in ema.items()}
 
     @torch.no_grad()
     def merge(self, group: tuple[str, ...], rule: MergeRule) -> None:
         """Merge the brains of `group` and set each to the merged point."""
-        state = self.combined(group, rule, update_ema=True)
+        self.settle(group, rule, self.combined(group, rule, update_ema=True), self.average_momentum)
+
+    def settle(self, group: tuple[str, ...], rule: MergeRule, state: dict[str, torch.Tensor],
+               average: Any) -> None:
+        """Every brain of `group` goes on from `state`; their optimizer state as `rule.momentum`
+        says (`average(group)` averages it)."""
         for n in group:
             self.set_state(n, state)
-        if rule.momentum == "keep":
-            return
-        if self.stack is not None:
-            sgd = self.plan.ctx.integrators[("", "stacked")]
-            if rule.momentum == "reset":
-                for n in group:
-                    sgd.set_brain_state(self.index[n], None)
-            elif sgd.bufs:
-                bufs = [sgd.brain_state(self.index[n]) for n in group]
-                mean = [sum(b[j] for b in bufs) / len(bufs) for j in range(len(bufs[0]))]
-                for n in group:
-                    sgd.set_brain_state(self.index[n], mean)
-            return
         if rule.momentum == "reset":
-            for n in group:
-                for integ in self.plan.integrators(n):
-                    integ.reset_state()
+            self.reset_momentum(group)
+        elif rule.momentum == "average":
+            average(group)
+
+    def reset_momentum(self, group: tuple[str, ...]) -> None:
+        """momentum = reset: the brains' next steps start their integrators afresh."""
+        if self.stack is not None:
+            sgd = self.plan.ctx.integrators.get(("", "stacked"))
+            for n in group if sgd is not None else ():
+                sgd.set_brain_state(self.index[n], None)
             return
-        self._average_state(group)
+        for n in group:
+            for integ in self.plan.integrators(n):
+                integ.reset_state()
+
+    def average_momentum(self, group: tuple[str, ...]) -> None:
+        """momentum = average, in one process."""
+        if self.stack is None:
+            self._average_state(group)
+            return
+        sgd = self.plan.ctx.integrators[("", "stacked")]
+        if sgd.bufs:
+            bufs = [sgd.brain_state(self.index[n]) for n in group]
+            mean = [sum(b[j] for b in bufs) / len(bufs) for j in range(len(bufs[0]))]
+            for n in group:
+                sgd.set_brain_state(self.index[n], mean)
 
     def _average_state(self, group: tuple[str, ...]) -> None:
         """momentum = average: each brain's torch.optim state, parameter by parameter."""
@@ -193,6 +229,9 @@ class BrainReplicas(Replicas):
 
     def brain_states(self) -> dict[str, dict[str, torch.Tensor]]:
         return {n: {k: v.detach().cpu().clone() for k, v in self.state_of(n).items()} for n in self.order}
+
+    def other_integrators(self) -> dict[str, Any]:
+        return dict(self.ranked.others) if self.ranked is not None else {}
 
     def state_dict(self) -> dict[str, Any]:
         return {"brains": {n: self.state_of(n) for n in self.order}, "ema": self.ema}

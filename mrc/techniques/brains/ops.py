@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from mrc.ir.ops import Op, names, op_kind, record
+from mrc.ir.ops import GraphError, Op, names, op_kind, record
+
+if TYPE_CHECKING:
+    from mrc.ir.graph import Pattern
 
 
 @record
@@ -44,15 +47,40 @@ class MergeRule:
 @dataclass(frozen=True, slots=True)
 class Merge(Op):
     """Brains that reach the same time are merged by `merge` (their parameters, and their
-    optimizer state as its `momentum` says) and go on from the merged point."""
+    optimizer state as its `momentum` says) and go on from the merged point.
+
+    collective: "" — the merge runs in one process (every brain it merges is there); in a run
+    with brains on ranks (mrc/techniques/brains/ranks.py), a merge over brains of several ranks
+    is a collective of all `world` ranks: `all_reduce` (mean, weighted, ema: each rank sums its
+    brains' weighted states, one SUM over the ranks) or `all_gather` (best: the validation
+    metrics gathered, the winner's state broadcast from its rank)."""
 
     kind: ClassVar[str] = "merge"
     rank: ClassVar[int] = 8
     brains: tuple[str, ...] = ()
     merge: MergeRule = MergeRule()
+    collective: str = ""
+    world: int = 1
+
+    COLLECTIVES: ClassVar[tuple[str, ...]] = ("", "all_reduce", "all_gather")
 
     def key(self) -> str:
         return f".{'+'.join(self.brains)}"
 
     def text(self) -> str:
-        return f"merge {names(self.brains)} {self.merge.text()}"
+        out = f"merge {names(self.brains)} {self.merge.text()}"
+        if self.collective == "all_reduce":
+            out += f" all_reduce sum over {self.world} ranks"
+        elif self.collective == "all_gather":
+            out += f" all_gather {self.merge.metric} + broadcast winner over {self.world} ranks"
+        return out
+
+    def verify(self, pattern: Pattern) -> None:
+        if self.collective not in self.COLLECTIVES:
+            raise GraphError(f"{self.id}: unknown collective `{self.collective}`")
+        if self.collective and self.world < 2:
+            raise GraphError(f"{self.id}: a collective merge over a world of {self.world}")
+        if self.collective and (self.collective == "all_gather") != (self.merge.rule == "best"):
+            raise GraphError(f"{self.id}: a `{self.merge.rule}` merge cannot be an {self.collective}")
+        if self.collective and self.scope.rank >= 0:
+            raise GraphError(f"{self.id}: a collective merge runs on every rank, not on rank {self.scope.rank}")
