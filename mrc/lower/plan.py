@@ -275,6 +275,18 @@ class Plan:
         env.weight = float(len(first))  # the run's loss is the mean over every brain that stepped
         return torch.stack(list(first.values())).mean() if first else None
 
+    def brain_losses(self) -> dict[str, float]:
+        """Each brain's loss on the last step it ran (the brains that stepped); with brains on
+        ranks, gathered from every rank (a collective: every rank calls it at the same step)."""
+        local = {n: v.item() for n, v in self.last_losses.items()}
+        world, placed = self.ctx.world, self.graph.placement
+        if not (world.active and placed is not None and placed.mode == "brains"):
+            return local
+        merged: dict[str, float] = {}
+        for part in world.all_gather_object(local):
+            merged.update(part)
+        return {n: merged[n] for n in self.graph.replicas if n in merged}
+
     def learning_rates(self, t: int) -> dict[str, float]:
         """Each partition's (each brain's partition's) learning rate at step t, as it runs: the
         rate of its update on that step (or on its last step with one) times the schedule."""

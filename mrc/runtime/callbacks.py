@@ -166,7 +166,7 @@ class MetricsLog(Callback):
                                "loss": None if run.loss is None else run.loss.item(),
                                "lr": run.plan.learning_rates(run.step - 1), "time": run.elapsed()}
         if run.plan.brains:
-            rec["brains"] = {n: v.item() for n, v in run.plan.last_losses.items()}
+            rec["brains"] = run.plan.brain_losses()
         rec.update(run.plan.technique_metrics())
         run.record(rec)
         for warning in run.plan.drain_warnings():

@@ -218,6 +218,7 @@ def train_here(spec: str, out: str | None, resume: str | None = None, stop_at: i
         brains = {p.stem: torch.load(p, weights_only=True) for p in sorted(Path(out, "brains").glob("*.pt"))}
     return {"rank": current().rank, "model": {k: v.clone() for k, v in result.model.state_dict().items()},
             "losses": [(m["step"], m["loss"]) for m in result.metrics if "loss" in m],
+            "brain_losses": [(m["step"], m["brains"]) for m in result.metrics if "brains" in m and "loss" in m],
             "val": result.summary["val_loss"], "brains": brains}
 
 
@@ -236,6 +237,11 @@ def test_training_on_ranks_equals_one_process_and_resumes_exactly(tmp_path: Path
         assert [s for s, _ in got["losses"]] == [s for s, _ in want["losses"]]
         assert [v for _, v in got["losses"]] == pytest.approx([v for _, v in want["losses"]], rel=1e-12)
         assert got["val"] == pytest.approx(want["val"], rel=1e-12)
+    # each brain's logged loss, gathered from the rank that trains it
+    assert [s for s, _ in whole[0]["brain_losses"]] == [s for s, _ in want["brain_losses"]]
+    for (_, got_b), (_, want_b) in zip(whole[0]["brain_losses"], want["brain_losses"], strict=True):
+        assert got_b.keys() == want_b.keys()
+        assert list(got_b.values()) == pytest.approx(list(want_b.values()), rel=1e-12)
     assert set(whole[0]["brains"]) == {"a", "b", "c", "d"}
     for name, state in want["brains"].items():
         for key, value in state.items():
