@@ -18,6 +18,8 @@ from gloo_ranks import run_ranks
 
 ROOT = Path(__file__).resolve().parents[2]
 TOL = 1e-14
+SPEC = ROOT / "specs" / "distributed_layers.mrs"
+STEPS = 4
 
 # (variant, depth, levels, coarsening, relax, forward iterations, backward iterations)
 CASES_2 = [
@@ -159,6 +161,36 @@ def test_blocks_and_the_adjoints_shift() -> None:
     assert "too few" in layer_blocks(12, s, 4)
 
 
+def test_the_graph_shows_the_blocks_and_sums_the_stacks_gradients() -> None:
+    """`mrc graph --nproc 4`: every phase op names its solve's blocks, a `mgrit_sum_grads` stands between the
+    backward and the update, the placed graph round-trips through JSON; too many ranks is a diagnostic."""
+    import pytest
+
+    from mrc.api import compile_spec
+    from mrc.diagnostics import CompileError
+    from mrc.ir.graph import ScheduleGraph
+    from mrc.techniques.mgrit.ops import SolvePhase, SumStackGrads
+
+    graph = compile_spec(SPEC, ["train.device=cpu"], world=4).graph
+    p = graph.stage.patterns[0]
+    phases = p.of_kind(SolvePhase)
+    fwd, adj = ((0, 8), (8, 16), (16, 24), (24, 30)), ((0, 6), (6, 14), (14, 22), (22, 30))
+    assert phases and all(o.blocks == (fwd if o.solve == "forward" else adj) for o in phases)
+    (total,) = p.of_kind(SumStackGrads)
+    assert (total.stack, total.grads, total.world) == ("stack", ("all",), 4)
+    back = next(o for o in p.ops() if o.kind == "backward")
+    update = next(o for o in p.ops() if o.kind == "update_group")
+    assert [v.kind for s, v in p.inputs(total) if s == back] == ["grads"]
+    assert [v.kind for s, v in p.inputs(update) if s == total] == ["grads"]
+    assert not any(v.kind == "grads" for s, v in p.inputs(update) if s == back)
+    text = graph.to_text()
+    assert "(adjoint) on ranks 0..3 blocks [0:6] [6:14] [14:22] [22:30]" in text
+    assert "mgrit_sum_grads stack layers of {all} over 4 ranks" in text
+    assert ScheduleGraph.from_json(graph.to_json()).to_text() == text
+    with pytest.raises(CompileError, match="too few for 9 ranks"):
+        compile_spec(SPEC, ["train.device=cpu"], world=9)
+
+
 def test_one_rank_is_the_one_process_solver() -> None:
     """On a world of one the block is the whole stack: the iterates are the one-process solver's, bit for bit."""
     from mrc.runtime.world import SOLO
@@ -183,3 +215,65 @@ def test_two_ranks_give_the_one_process_iterates() -> None:
 
 def test_four_ranks_give_the_one_process_iterates() -> None:
     _check(run_ranks(compare_cases, 4, CASES_4), CASES_4)
+
+
+def train_spec(steps: int, at: int, resume: bool) -> dict[str, Any]:
+    """`steps` steps of specs/distributed_layers.mrs at the Plan level on this process's world. After `at`
+    steps the plan is synchronized and its state kept (as a checkpoint is); with `resume`, a fresh plan loaded
+    from that state and the model's parameters runs the rest (as a resumed run does). Returns the initial and
+    final parameters, the losses, the MGRIT metrics, the kept warm starts and the last step's trace lines of
+    the MGRIT ops."""
+    import io
+
+    from mrc.api import compile_spec
+    from mrc.lower import lower
+    from mrc.runtime.world import current
+
+    world = current()
+    compiled = compile_spec(SPEC, ["train.device=cpu"], world=world.size)
+    initial = {n: p.detach().clone() for n, p in compiled.bound.graph_module.named_parameters()}
+    plan = lower(compiled.graph, compiled.bound, steps)
+    data = compiled.bound.data
+    batches = data.batch_indices(0)
+    losses, saved = [], {}
+    for t in range(steps):
+        if t == at:
+            plan.synchronize()
+            state, model = plan.state_dict(), compiled.bound.model.state_dict()  # what a checkpoint holds
+            saved = {k: v.clone() for k, v in state["state"].items()}
+            if resume:
+                compiled = compile_spec(SPEC, ["train.device=cpu"], world=world.size)
+                plan = lower(compiled.graph, compiled.bound, steps)
+                compiled.bound.model.load_state_dict(model)
+                plan.load_state_dict(state)
+        if t == steps - 1:
+            plan.trace = io.StringIO()
+        idx = batches[t]
+        losses.append(float(plan.step(t, data.train_x[idx].to(torch.float64), data.train_y[idx])))
+    trace = plan.trace.getvalue() if plan.trace is not None else ""
+    return {"initial": initial, "losses": losses, "mgrit": plan.technique_metrics()["mgrit"], "saved": saved,
+            "params": {n: p.detach().clone() for n, p in compiled.bound.graph_module.named_parameters()},
+            "trace": [line for line in trace.splitlines() if "mgrit_" in line]}
+
+
+def test_training_on_two_ranks_equals_one_process() -> None:
+    """Four steps of specs/distributed_layers.mrs (30 layers: uneven, so the adjoint's blocks shift) on 2 ranks,
+    resumed after two from a synchronized state, give one process's parameters, losses and residuals; the state
+    a checkpoint keeps holds one process's whole warm starts."""
+    one = train_spec(STEPS, 2, resume=False)
+    params0 = one["params"]
+    assert any(n.startswith("stack.") for n in params0) and any(not n.startswith("stack.") for n in params0)
+    # the run moved: a test of equal parameters is not a test of nothing
+    assert max((params0[n] - one["initial"][n]).abs().max().item() for n in params0) > 1e-4
+    for rank, run in enumerate(run_ranks(train_spec, 2, STEPS, 2, True)):
+        for name, p in run["params"].items():
+            assert (p - params0[name]).abs().max().item() <= 1e-12, (rank, name)
+        assert max(abs(a - b) for a, b in zip(run["losses"], one["losses"], strict=True)) <= 1e-12
+        for which in ("forward", "adjoint"):
+            assert _rel(run["mgrit"]["stack"][which], one["mgrit"]["stack"][which]) <= 1e-12
+        assert run["saved"].keys() == one["saved"].keys() and run["saved"]
+        for key, value in run["saved"].items():
+            assert (value - one["saved"][key]).abs().max().item() <= 1e-12, key
+        # the phase ops trace as they run, as in one process; the sum of the stack's gradients follows them
+        assert [line for line in run["trace"] if "mgrit_sum_grads" not in line] == one["trace"] != []
+        assert run["trace"][-1].startswith(f"{STEPS - 1} mgrit_sum_grads.stack.all mgrit_sum_grads")
