@@ -60,14 +60,18 @@ def layer_blocks(n_steps: int, settings: Settings, world: int) -> Blocks | str:
     """The forward solve's layer block [a, b) of each rank: whole coarsest intervals, as even as can be (the
     first blocks one interval longer), the uneven tail in the last block; or why `world` ranks cannot share
     N = `n_steps` steps (fewer coarsest intervals than ranks)."""
-    from mrc.techniques.distributed.bind import blocks
-
     span = coarsest_span(settings)
     intervals = -(-n_steps // span)
     if intervals < world:
         return (f"{intervals} coarsest-level intervals of {span} layers are too few for {world} ranks "
                 "(each rank holds whole coarse intervals)")
-    return tuple((a * span, min(n_steps, b * span)) for a, b in blocks(intervals, world))
+    base, extra = divmod(intervals, world)
+    out, a = [], 0
+    for rank in range(world):
+        b = a + base + (1 if rank < extra else 0)
+        out.append((a * span, min(n_steps, b * span)))
+        a = b
+    return tuple(out)
 
 
 def adjoint_blocks(n_steps: int, settings: Settings, forward: Blocks) -> Blocks:
