@@ -33,7 +33,6 @@ from mrc.techniques.core.lower import forward_callable, replica
 from mrc.techniques.mgrit.bind import stack_stretch
 from mrc.techniques.mgrit.expand import covers
 from mrc.techniques.mgrit.ops import PHASES, SolvePhase, SumStackGrads
-from mrc.techniques.mgrit.place import place_layers  # noqa: F401  (registers the `layers` placer)
 from mrc.techniques.mgrit.ranks import Blocks
 
 KIND_PHASE = {cls.kind: name for name, cls in PHASES.items()}
