@@ -277,3 +277,32 @@ def test_training_on_two_ranks_equals_one_process() -> None:
         # the phase ops trace as they run, as in one process; the sum of the stack's gradients follows them
         assert [line for line in run["trace"] if "mgrit_sum_grads" not in line] == one["trace"] != []
         assert run["trace"][-1].startswith(f"{STEPS - 1} mgrit_sum_grads.stack.all mgrit_sum_grads")
+
+
+def train_and_resume(out: str) -> dict[str, Any]:
+    """Through mrc.api.train: 6 steps of the spec (evaluations on the way, a checkpoint at the pause), then a
+    resumed run to step 9 from that checkpoint."""
+    import mrc.api as mrc
+
+    settings = ["train.eval_every=3", "train.log_every=1"]
+    first = mrc.train(SPEC, out=out, stop_at=6, overrides=settings, tensorboard=False)
+    last = mrc.train(SPEC, out=out, resume=out, stop_at=9, overrides=settings, tensorboard=False)
+    return {"params": {k: v.detach().clone() for k, v in last.model.state_dict().items()},
+            "paused": first.status,
+            "losses": [(m["step"], m["loss"]) for m in first.metrics if "loss" in m]
+            + [(m["step"], m["loss"]) for m in last.metrics if "loss" in m and m["step"] > 6],
+            "val_acc": last.summary["val_acc"]}
+
+
+def test_a_run_paused_and_resumed_on_two_ranks_equals_one_process(tmp_path: Path) -> None:
+    """The trainer on 2 ranks (rank 0 writes; evaluations and the checkpoint after a synchronize) gives one
+    process's parameters, logged losses and accuracy, across a pause and a resume."""
+    one = train_and_resume(str(tmp_path / "one"))
+    ranks = run_ranks(train_and_resume, 2, str(tmp_path / "two"))
+    assert one["paused"] == "paused" and [s for s, _ in one["losses"]] == list(range(1, 10))
+    for run in ranks:
+        for name, p in run["params"].items():
+            assert (p - one["params"][name]).abs().max().item() <= 1e-12, name
+        assert [s for s, _ in run["losses"]] == [s for s, _ in one["losses"]]
+        assert max(abs(a - b) for (_, a), (_, b) in zip(run["losses"], one["losses"], strict=True)) <= 1e-12
+        assert run["val_acc"] == one["val_acc"]
