@@ -12,6 +12,14 @@ fine-level gradients (∂Φ_n/∂θ_n)ᵀ λ_{n+1}, so the layers around the sta
 autograd and the stack's partitions by whatever rule the graph gives them. The phase ops
 themselves lower to nothing: their forward's callable runs them (and traces them as they run).
 
+Across ranks (`distributed layers`: the phase ops carry each rank's layer block, written by the
+`layers` placer, mrc/techniques/mgrit/place.py) the solves are `mrc.techniques.mgrit.ranks`'s:
+each rank solves its block, y_N and λ_0 are broadcast so every rank runs the layers around the
+stack identically, the backward returns the gradients of the rank's own adjoint block only, and
+the `mgrit_sum_grads` op after the backward sums them over the ranks. Warm starts stay per block;
+`Plan.synchronize()` gathers them whole into the lowering's state, so a checkpoint holds what one
+process's does and a resumed rank starts from its block of it.
+
 Each solve starts from the previous step's states when `warm_start` (one-shot training; kept in
 the lowering's state, so checkpointed), else from u_n = y_0 (forward) and λ_n = g (adjoint).
 Evaluation and the saved model run the stack serially (the traced model is left as it is).
