@@ -56,17 +56,17 @@ def bind_placement(program: Program, world: int, bound: Any, r: Reporter) -> Pla
         for rank, (a, b) in enumerate(blocks(len(names), world)):
             ranks += [(n, rank) for n in names[a:b]]
     elif mode == "layers":
+        from mrc.techniques.mgrit.ranks import layer_blocks
+        from mrc.techniques.mgrit.solver import Settings
+
         for st in bound.stacks:
-            coarse = 1
-            for c in (st.spec.coarsening * st.spec.levels)[:max(0, st.spec.levels - 1)]:
-                coarse *= c
-            intervals = -(-st.steps // coarse)  # the coarsest level's intervals
-            if intervals < world:
-                r.error(f"the stack `{st.path}` has {intervals} coarsest-level intervals of {coarse} layers: "
-                        f"too few for {world} ranks (each rank holds whole coarse intervals)", span)
+            spec = st.spec
+            split = layer_blocks(st.steps, Settings(spec.levels, tuple(spec.coarsening), tuple(spec.relax)),
+                                 world)
+            if isinstance(split, str):
+                r.error(f"the stack `{st.path}` cannot be split across {world} ranks: {split}", span)
                 return None
-            for rank, (a, b) in enumerate(blocks(intervals, world)):
-                ranks.append((f"{st.path}[{a * coarse}:{min(st.steps, b * coarse)}]", rank))
+            ranks += [(f"{st.path}[{a}:{b}]", rank) for rank, (a, b) in enumerate(split)]
     if d is not None and mode == "pipeline":
         return PlacementInfo(mode, world, backend, timeout, tuple(ranks), d.micro_batches, d.buffers)
     return PlacementInfo(mode, world, backend, timeout, tuple(ranks))

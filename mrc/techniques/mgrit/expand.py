@@ -56,7 +56,7 @@ def solve_ops(path: str, info: StackInfo, fwd: Op, solve: str) -> list[SolvePhas
         for phase, level in iteration_phases(info.levels):
             scope = replace(fwd.scope, level=level, iteration=i)
             if phase == "relax":
-                out.append(Relax(scope, path, solve, relax[min(level, len(relax) - 1)]))
+                out.append(Relax(scope, path, solve, relax=relax[min(level, len(relax) - 1)]))
             else:
                 out.append(PHASES[phase](scope, path, solve))
     return out

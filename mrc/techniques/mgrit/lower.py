@@ -12,6 +12,14 @@ fine-level gradients (∂Φ_n/∂θ_n)ᵀ λ_{n+1}, so the layers around the sta
 autograd and the stack's partitions by whatever rule the graph gives them. The phase ops
 themselves lower to nothing: their forward's callable runs them (and traces them as they run).
 
+Across ranks (`distributed layers`: the phase ops carry each rank's layer block, written by the
+`layers` placer, mrc/techniques/mgrit/place.py) the solves are `mrc.techniques.mgrit.ranks`'s:
+each rank solves its block, y_N and λ_0 are broadcast so every rank runs the layers around the
+stack identically, the backward returns the gradients of the rank's own adjoint block only, and
+the `mgrit_sum_grads` op after the backward sums them over the ranks. Warm starts stay per block;
+`Plan.synchronize()` gathers them whole into the lowering's state, so a checkpoint holds what one
+process's does and a resumed rank starts from its block of it.
+
 Each solve starts from the previous step's states when `warm_start` (one-shot training; kept in
 the lowering's state, so checkpointed), else from u_n = y_0 (forward) and λ_n = g (adjoint).
 Evaluation and the saved model run the stack serially (the traced model is left as it is).
@@ -32,7 +40,8 @@ from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
 from mrc.techniques.core.lower import forward_callable, replica
 from mrc.techniques.mgrit.bind import stack_stretch
 from mrc.techniques.mgrit.expand import covers
-from mrc.techniques.mgrit.ops import PHASES, SolvePhase
+from mrc.techniques.mgrit.ops import PHASES, SolvePhase, SumStackGrads
+from mrc.techniques.mgrit.ranks import Blocks
 
 KIND_PHASE = {cls.kind: name for name, cls in PHASES.items()}
 
@@ -61,6 +70,11 @@ class StackSolve:
         self.states: torch.Tensor | None = None
         self.last: dict[str, list[float]] = {}
         self.step = 0
+        # across ranks: the forward's blocks, the block warm starts, and which whole states were read
+        self.blocks: Blocks = ()
+        self.local: dict[str, torch.Tensor] = {}
+        self.seen: dict[str, tuple[int, int]] = {}
+        self.synced = False
 
     def _warm(self, which: str, like: torch.Tensor) -> torch.Tensor | None:
         if not self.info.warm_start:
@@ -74,6 +88,9 @@ class StackSolve:
 
         self.prop.refresh()  # this step's weights
         self.step = self.ctx.replicas.plan.env.t if self.ctx.replicas.plan is not None else 0
+        blocks = runner.blocks.get("forward", ())
+        if blocks:
+            return self._forward_ranks(y0, runner, blocks)
         solver = MGRIT(self.prop, self.info.steps, self.forward_settings)
         solver.start(y0, self._warm("forward", y0))
         runner.run(solver, "forward")
@@ -87,6 +104,9 @@ class StackSolve:
         from mrc.techniques.mgrit.solver import MGRIT, Adjoint, lambdas
 
         assert self.states is not None
+        blocks = runner.blocks.get("adjoint", ())
+        if blocks:
+            return self._backward_ranks(g, runner, blocks)
         solver = MGRIT(Adjoint(self.prop, self.states), self.info.steps, self.adjoint_settings)
         warm = self._warm("adjoint", g)
         solver.start(g, None if warm is None else warm.flip(0))
@@ -105,6 +125,110 @@ class StackSolve:
             for p, s in zip(self.params, saved, strict=True):
                 p.grad = s
         return lam[0], grads
+
+    # ---- across ranks (`distributed layers`, mrc/techniques/mgrit/ranks.py) ----------------
+
+    def _forward_ranks(self, y0: torch.Tensor, runner: Runner, blocks: Blocks) -> torch.Tensor:
+        """This rank's block of the forward solve; y_N on every rank."""
+        from mrc.techniques.mgrit.ranks import last_state, rank_forward_solve
+
+        world = self.ctx.world
+        if len(blocks) != world.size:
+            raise LoweringError(f"the MGRIT solve of `{self.path}` is split for {len(blocks)} ranks, the run has "
+                                f"{world.size}")
+        self.blocks = blocks
+        a, b = blocks[world.rank]
+        solver = rank_forward_solve(self.prop, self.info.steps, self.forward_settings, blocks, world, y0,
+                                    self._warm_block("forward", y0, a, b))
+        runner.run(solver, "forward")
+        self.states = solver.states.detach().clone()  # the block's states y_a … y_b
+        if self.info.warm_start:
+            self.local["forward"] = self.states
+            self._add_sync()
+        self._record("forward", solver)
+        return last_state(solver, y0)
+
+    def _backward_ranks(self, g: torch.Tensor, runner: Runner,
+                        blocks: Blocks) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """This rank's block of the adjoint solve: λ_0 on every rank, and the gradients of the block's
+        layers (None for the others: the `mgrit_sum_grads` after the backward adds them up)."""
+        from mrc.techniques.mgrit.ranks import (
+            adjoint_blocks,
+            adjoint_table,
+            block_lambdas,
+            block_param_grads,
+            first_lambda,
+            rank_adjoint_solve,
+        )
+
+        assert self.states is not None
+        world, n = self.ctx.world, self.info.steps
+        want = adjoint_blocks(n, self.forward_settings, self.blocks)
+        if blocks != want:
+            raise LoweringError(f"the adjoint MGRIT solve of `{self.path}` is split as {list(blocks)}, not as its "
+                                f"reversed coarsest intervals {list(want)}")
+        rows, table = adjoint_table(n, self.forward_settings, self.blocks, blocks, world, self.states)
+        a, b = blocks[world.rank]
+        solver = rank_adjoint_solve(self.prop, n, self.adjoint_settings, blocks, world, rows, table, g,
+                                    self._warm_block("adjoint", g, a, b))
+        runner.run(solver, "adjoint")
+        lam = block_lambdas(solver).detach().clone()  # λ_a … λ_b
+        if self.info.warm_start:
+            self.local["adjoint"] = lam
+        self._record("adjoint", solver)
+        saved = [p.grad for p in self.params]
+        for p in self.params:
+            p.grad = None
+        try:
+            block_param_grads(self.prop, n, blocks, world.rank, rows, table, lam)
+            grads = [p.grad for p in self.params]
+        finally:
+            for p, s in zip(self.params, saved, strict=True):
+                p.grad = s
+        return first_lambda(lam, world), grads
+
+    def _warm_block(self, which: str, like: torch.Tensor, a: int, b: int) -> torch.Tensor | None:
+        """The block's warm start: the previous step's block, or the block of whole states that a checkpoint
+        (or the sync before it) put in the lowering's state and this rank has not started from yet."""
+        if not self.info.warm_start:
+            return None
+        key = f"{self.key}/{which}"
+        whole = self.ctx.state.get(key)
+        if (whole is not None and self.seen.get(key) != (id(whole), whole._version)
+                and whole.shape == (self.info.steps + 1, *like.shape)):
+            self.seen[key] = (id(whole), whole._version)
+            return whole[a:b + 1]
+        got = self.local.get(which)
+        return got if got is not None and got.shape == (b - a + 1, *like.shape) else None
+
+    def _add_sync(self) -> None:
+        if not self.synced:
+            self.synced = True
+            self.ctx.syncs.append(self.sync)
+
+    def sync(self) -> None:
+        """Put the whole warm-start states in the lowering's state (every rank's block, summed into one
+        tensor: a collective every rank runs), so that a checkpoint holds what one process would."""
+        world, n = self.ctx.world, self.info.steps
+        for which, local in self.local.items():
+            if which == "forward":
+                a, b = self.blocks[world.rank]
+                own, first = local[1:], a + 1  # points (a, b]; rank 0 also point 0
+                extra = 0 if a == 0 else None
+            else:
+                from mrc.techniques.mgrit.ranks import adjoint_blocks
+
+                a, b = adjoint_blocks(n, self.forward_settings, self.blocks)[world.rank]
+                own, first = local[:b - a], a  # λ_a … λ_{b−1}; the last rank also λ_N
+                extra = b - a if b == n else None
+            whole = torch.zeros(n + 1, *local.shape[1:], dtype=local.dtype, device=local.device)
+            whole[first:first + len(own)] = own
+            if extra is not None:
+                whole[a + extra] = local[extra]
+            world.all_reduce(whole)  # disjoint slots: each owner's states, exactly
+            key = f"{self.key}/{which}"
+            self.ctx.state[key] = whole
+            self.seen[key] = (id(whole), whole._version)
 
     def _record(self, which: str, solver: Any) -> None:
         self.last[which] = list(solver.residuals)
@@ -127,6 +251,8 @@ class Runner:
         self.ctx = ctx
         per = len(iteration_phases(levels))
         self.iterations: dict[str, list[list[SolvePhase]]] = {}
+        self.blocks: dict[str, Blocks] = {}
+        """Each solve's layer block per rank (empty: one process solves it all)."""
         for which, seq in ops.items():
             if len(seq) % per:
                 raise LoweringError(f"the {which} solve's ops are not whole iterations of {per} phases")
@@ -136,6 +262,10 @@ class Runner:
                 if got != iteration_phases(levels):
                     raise LoweringError(f"{chunk[0].id}: an iteration's ops are {got}, not the solver's phases")
             self.iterations[which] = chunks
+            placed = {o.blocks for o in seq}
+            if len(placed) > 1:
+                raise LoweringError(f"{seq[0].id}: the {which} solve's ops are split across ranks in different ways")
+            self.blocks[which] = placed.pop() if placed else ()
 
     def run(self, solver: Any, which: str) -> None:
         chunks = self.iterations.get(which)
@@ -322,6 +452,48 @@ def _nested(op: SolvePhase, pattern: Pattern, ctx: Lowering) -> None:
 
 for _kind in KIND_PHASE:
     lowers(_kind)(_nested)
+
+
+@lowers("mgrit_sum_grads")
+def lower_sum_stack_grads(op: SumStackGrads, pattern: Pattern, ctx: Lowering) -> StepFn | None:
+    """The stack's layers' gradients summed over the ranks in one flat buffer (made once; a missing
+    gradient — a layer outside this rank's block — counts as zero), then the backward's clipping."""
+    world, graph, r = ctx.world, ctx.graph, replica(op)
+    stack: dict[int, torch.Tensor] = {}
+    every: dict[int, torch.Tensor] = {}
+    for n in op.grads:
+        for name, p in zip(graph.partitions[n].params, ctx.replicas.params(graph, r, n), strict=True):
+            every[id(p)] = p
+            if name.startswith(op.stack + "."):
+                stack[id(p)] = p
+    params, clip = list(stack.values()), op.clip
+    clipped = list(every.values())
+    if not world.active and not clip:
+        return None
+    sizes = [p.numel() for p in params]
+    flat = torch.zeros(sum(sizes), dtype=params[0].dtype, device=params[0].device) if params else None
+
+    def sum_grads(env: Env) -> None:
+        if world.active and flat is not None:
+            off = 0
+            for p, size in zip(params, sizes, strict=True):
+                part = flat[off:off + size]
+                if p.grad is None:
+                    part.zero_()
+                else:
+                    part.copy_(p.grad.reshape(-1))
+                off += size
+            world.all_reduce(flat)
+            off = 0
+            for p, size in zip(params, sizes, strict=True):
+                if p.grad is None:
+                    p.grad = flat[off:off + size].view_as(p).clone()
+                else:
+                    p.grad.copy_(flat[off:off + size].view_as(p))
+                off += size
+        if clip > 0:
+            nn.utils.clip_grad_norm_(clipped, clip)
+    return sum_grads
 
 
 def _register_metrics(ctx: Lowering) -> None:

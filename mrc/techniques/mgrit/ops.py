@@ -15,9 +15,12 @@ the listing the order in which they run; `mrc train --trace` shows them as they 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from mrc.ir.ops import Op, op_kind
+from mrc.ir.ops import GraphError, Op, names, op_kind
+
+if TYPE_CHECKING:
+    from mrc.ir.graph import Pattern
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,12 +30,27 @@ class SolvePhase(Op):
 
     stack: str = ""
     solve: str = "forward"
+    blocks: tuple[tuple[int, int], ...] = ()
+    """Across ranks (`distributed layers`): rank r solves the layers [a, b) = blocks[r] of this
+    solve (forward layer indices; the adjoint's are shifted, mrc/techniques/mgrit/ranks.py);
+    empty: one process solves the whole stack."""
 
     def key(self) -> str:
         return f".{self.stack}.{self.solve}"
 
     def text(self) -> str:
-        return f"{self.kind} {self.stack} ({self.solve})"
+        return f"{self.kind} {self.stack} ({self.solve}){self.placed()}"
+
+    def placed(self) -> str:
+        if not self.blocks:
+            return ""
+        return f" on ranks 0..{len(self.blocks) - 1} blocks " + " ".join(f"[{a}:{b}]" for a, b in self.blocks)
+
+    def verify(self, pattern: Pattern) -> None:
+        if self.blocks and (self.blocks[0][0] != 0 or any(
+                b <= a or b != c for (a, b), (c, _) in zip(self.blocks, self.blocks[1:], strict=False))
+                or self.blocks[-1][1] <= self.blocks[-1][0]):
+            raise GraphError(f"{self.id}: its rank blocks {list(self.blocks)} do not tile the stack's layers")
 
 
 @op_kind
@@ -45,7 +63,7 @@ class Relax(SolvePhase):
     relax: str = "FCF"
 
     def text(self) -> str:
-        return f"mgrit_relax {self.relax} {self.stack} ({self.solve})"
+        return f"mgrit_relax {self.relax} {self.stack} ({self.solve}){self.placed()}"
 
 
 @op_kind
@@ -76,6 +94,40 @@ class Correct(SolvePhase):
     rank: ClassVar[int] = 6
 
 
+@op_kind
+@dataclass(frozen=True, slots=True)
+class SumStackGrads(Op):
+    """Across ranks: sum the gradients of the stack's layers (their tensors in the partitions
+    `grads`) over the `world` ranks, after the backward whose adjoint solve gave each rank those
+    of its own block (zero elsewhere); every rank then holds the whole stack's gradient. The
+    other tensors of `grads` are left alone (every rank computed them whole). `clip`: the
+    backward's clipping of all of `grads`, moved after the sum."""
+
+    kind: ClassVar[str] = "mgrit_sum_grads"
+    rank: ClassVar[int] = 4
+    stack: str = ""
+    grads: tuple[str, ...] = ()
+    world: int = 1
+    phase: int = 0
+    clip: float = 0.0
+
+    def key(self) -> str:
+        return f".{self.stack}." + "+".join(self.grads)
+
+    def text(self) -> str:
+        clip = f" clip={self.clip:g}" if self.clip else ""
+        return f"mgrit_sum_grads {self.stack} layers of {names(self.grads)} over {self.world} ranks{clip}"
+
+    def partitions_used(self) -> tuple[str, ...]:
+        return self.grads
+
+    def verify(self, pattern: Pattern) -> None:
+        got = set().union(*(v.partitions for _, v in pattern.inputs(self) if v.kind == "grads"))
+        missing = [p for p in self.grads if p not in got]
+        if missing:
+            raise GraphError(f"{self.id}: sums {missing} but no backward hands it their gradients")
+
+
 PHASES: dict[str, type[SolvePhase]] = {"relax": Relax, "restrict": Restrict, "coarse_solve": CoarseSolve,
                                        "correct": Correct}
 
@@ -89,4 +141,4 @@ def iteration_phases(levels: int) -> list[tuple[str, int]]:
     return [*down, ("coarse_solve", levels - 1), *(("correct", lvl) for lvl in range(levels - 2, -1, -1))]
 
 
-__all__ = ["PHASES", "CoarseSolve", "Correct", "Relax", "Restrict", "SolvePhase", "iteration_phases"]
+__all__ = ["PHASES", "CoarseSolve", "Correct", "Relax", "Restrict", "SolvePhase", "SumStackGrads", "iteration_phases"]

@@ -246,20 +246,23 @@ class StackPropagator:
             back = F.conv_transpose2d(g, k, padding=1, groups=m)
             return lam + scale * self._from_groups(back, m)
 
-    def param_grads(self, states: torch.Tensor, lambdas: torch.Tensor) -> None:
+    def param_grads(self, states: torch.Tensor, lambdas: torch.Tensor, first: int = 0) -> None:
         """Accumulate into each layer's `.weight.grad` / `.bias.grad` the fine-level gradient
-        (∂Φ_n/∂θ_n at y_n)ᵀ λ_{n+1}, all N layers in one batched call.
+        (∂Φ_n/∂θ_n at y_n)ᵀ λ_{n+1}, all layers in one batched call.
 
-        `states[n]` = y_n and `lambdas[n]` = λ_n, both [N+1, *state]: layer n reads y_n and
-        λ_{n+1} (λ_0 and y_N are unused). Dense: with g_n = h·σ'(z_n) ⊙ λ_{n+1},
-        dW_n = g_nᵀ y_n and db_n = Σ_batch g_n; conv: dK_n is the grouped `conv2d_weight`.
-        Existing gradients are added to (created where None), as autograd does.
+        `states[i]` = y_{first+i} and `lambdas[i]` = λ_{first+i}, both [n+1, *state]: layer
+        first+i reads y_{first+i} and λ_{first+i+1} (the last state and the first λ are unused);
+        first = 0 and n = N is the whole stack, a block of it is one rank's share (ranks.py).
+        Dense: with g_n = h·σ'(z_n) ⊙ λ_{n+1}, dW_n = g_nᵀ y_n and db_n = Σ_batch g_n; conv: dK_n
+        is the grouped `conv2d_weight`. Existing gradients are added to (created where None), as
+        autograd does.
         """
-        n_layers = len(self.layers)
-        if states.shape != lambdas.shape or states.shape[0] != n_layers + 1:
-            raise ValueError(f"states and lambdas must both be [N+1 = {n_layers + 1}, *state], got "
-                             f"{tuple(states.shape)} and {tuple(lambdas.shape)}")
-        idx = torch.arange(n_layers, device=self.weight.device)
+        n_layers = states.shape[0] - 1
+        if states.shape != lambdas.shape or not 0 <= first or first + n_layers > len(self.layers):
+            raise ValueError(f"states and lambdas must both be [n+1, *state] for layers first … first+n-1 of "
+                             f"{len(self.layers)}, got {tuple(states.shape)} and {tuple(lambdas.shape)} "
+                             f"from layer {first}")
+        idx = torch.arange(first, first + n_layers, device=self.weight.device)
         with torch.no_grad():
             y, lam = states[:-1].detach(), lambdas[1:].detach()
             if self.kind == "dense":
@@ -272,11 +275,12 @@ class StackPropagator:
                 g = self.h * _act_grad(self.activation, z) * self._to_groups(lam)
                 d_weight = torch.nn.grad.conv2d_weight(x, k.shape, g, padding=1,
                                                        groups=n_layers)
-                d_weight = d_weight.reshape(self.weight.shape)
-                d_bias = g.sum(dim=(0, 2, 3)).reshape(self.bias.shape)
-            # unbind: one call for all N views (each already the parameter's shape and owned by
+                d_weight = d_weight.reshape(n_layers, *self.weight.shape[1:])
+                d_bias = g.sum(dim=(0, 2, 3)).reshape(n_layers, *self.bias.shape[1:])
+            # unbind: one call for all n views (each already the parameter's shape and owned by
             # nobody else, so a missing .grad takes the view itself, not a clone)
-            for layer, dw, db in zip(self.layers, d_weight.unbind(0), d_bias.unbind(0), strict=True):
+            layers = self.layers[first:first + n_layers]
+            for layer, dw, db in zip(layers, d_weight.unbind(0), d_bias.unbind(0), strict=True):
                 _accumulate(layer.weight, dw, fresh=True)
                 _accumulate(layer.bias, db, fresh=True)
 
@@ -323,13 +327,16 @@ class GenericPropagator:
             out.append(lam[i] + scale * g)
         return torch.stack(out) if out else lam.clone()
 
-    def param_grads(self, states: torch.Tensor, lambdas: torch.Tensor) -> None:
+    def param_grads(self, states: torch.Tensor, lambdas: torch.Tensor, first: int = 0) -> None:
         """Accumulate (∂Φ_n/∂θ_n at y_n)ᵀ λ_{n+1} into the parameters' `.grad`, layer by layer
-        (`states[n]` = y_n, `lambdas[n]` = λ_n, both [N+1, *state])."""
-        if states.shape != lambdas.shape or states.shape[0] != len(self.layers) + 1:
-            raise ValueError(f"states and lambdas must both be [N+1 = {len(self.layers) + 1}, "
-                             f"*state], got {tuple(states.shape)} and {tuple(lambdas.shape)}")
-        for n, layer in enumerate(self.layers):
+        (`states[i]` = y_{first+i}, `lambdas[i]` = λ_{first+i}, both [n+1, *state]; see
+        `StackPropagator.param_grads`)."""
+        n_layers = states.shape[0] - 1
+        if states.shape != lambdas.shape or not 0 <= first or first + n_layers > len(self.layers):
+            raise ValueError(f"states and lambdas must both be [n+1, *state] for layers first … first+n-1 of "
+                             f"{len(self.layers)}, got {tuple(states.shape)} and {tuple(lambdas.shape)} "
+                             f"from layer {first}")
+        for n, layer in enumerate(self.layers[first:first + n_layers]):
             params = [p for p in layer.parameters() if p.requires_grad]
             if not params:
                 continue

@@ -156,16 +156,18 @@ class Settings:
 class _Level:
     """Index tensors and state of one level (built once per solve, on the states' device)."""
 
-    def __init__(self, n: int, cf: int, span: int, relax: str, device: torch.device) -> None:
+    def __init__(self, n: int, cf: int, span: int, relax: str, device: torch.device, offset: int = 0) -> None:
+        # offset: the fine index of point 0 (0 for the whole problem; a rank's block starts later,
+        # mrc/techniques/mgrit/ranks.py): every start tensor is shifted by it
         self.n, self.cf, self.span, self.relax = n, cf, span, relax
         idx = lambda *a: torch.arange(*a, device=device, dtype=torch.long)  # noqa: E731
         # F-relaxation, position j in the interval: the points c + j with c a C-point and c + j ≤ n
         self.f_points = [idx(j, n + 1, cf) for j in range(1, cf)] if cf > 1 else []
-        self.f_starts = [(p - 1) * span for p in self.f_points]
+        self.f_starts = [(p - 1) * span + offset for p in self.f_points]
         # C-points ≥ 1 (multiples of cf up to n); for the coarsest level (cf = 0) unused
         n_coarse = n // cf if cf > 1 else 0
         self.c_points = idx(1, n_coarse + 1) * cf if cf > 1 else idx(0)
-        self.c_starts = (self.c_points - 1) * span
+        self.c_starts = (self.c_points - 1) * span + offset
         # the same point sets as strided slices (views: no gather/scatter of the states): F-points
         # at position j and their predecessors, the C-points ≥ 1 and theirs, and the injection
         self.f_slices = [(slice(j, n + 1, cf), slice(j - 1, n, cf)) for j in range(1, cf)] if cf > 1 else []
@@ -174,7 +176,7 @@ class _Level:
         self.c_slice = slice(cf, top + 1, step) if cf > 1 else slice(0, 0)
         self.c_prev = slice(cf - 1, top, step) if cf > 1 else slice(0, 0)
         self.inject = slice(0, top + 1, step) if cf > 1 else slice(0, 0)
-        self.all_starts = idx(0, n) * span  # start of the step into point n + 1, n = 0..N_l − 1
+        self.all_starts = idx(0, n) * span + offset  # start of the step into point n + 1, n = 0..N_l − 1
         self.u: torch.Tensor = torch.empty(0)
         self.g: torch.Tensor = torch.empty(0)
         self.u_c: torch.Tensor = torch.empty(0)  # the injected C-point states saved by restrict
@@ -277,13 +279,17 @@ class MGRIT:
         u, g, pts = lv.u, lv.g, lv.c_slice
         r = g[pts] - (u[pts] - self._phi(lv, lv.c_starts, u[lv.c_prev]))  # residual at C-points ≥ 1
         if l == 0:
-            self._residual = float(torch.linalg.vector_norm(r.detach().double()))
+            self._residual = self._norm(r)
         u_c = u[lv.inject].clone()  # inject: level l's C-points are level l + 1's points
         lv.u_c = u_c
         g_c = torch.empty_like(u_c)
         g_c[0] = g[0]  # A(u_c)_0 + r_0 = u_c[0] + (g_0 − u_0) = g_0
         g_c[1:] = u_c[1:] - self.prop.step(co.all_starts, co.span, u_c[:-1]) + r
         co.u, co.g = u_c.clone(), g_c
+
+    def _norm(self, r: torch.Tensor) -> float:
+        """The global 2-norm of the level-0 residual at the C-points (over ranks, in ranks.py)."""
+        return float(torch.linalg.vector_norm(r.detach().double()))
 
     def _coarse_solve(self, l: int) -> None:
         lv = self._levels[l]

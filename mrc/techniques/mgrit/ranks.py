@@ -1,0 +1,312 @@
+"""MGRIT across ranks: each process holds one contiguous block of a stack's layers and its states.
+
+Layer-parallel training in the seed's sense (seeds/layer-parallel-mgrit.md, `distributed layers`):
+the N fine steps of a problem u_0 = u0, u_n = Φ_{n-1}(u_{n-1}) are split into one block per rank
+at boundaries of whole coarsest-level intervals (multiples of C = Π cf_l, the fine steps of one
+coarsest step; the last block ends at N and holds the uneven tail). A rank owns the points
+(lo, hi] of its block (rank 0 also point 0) on every level and keeps point lo — its
+predecessor's last point, a C-point of every level — as a ghost at local index 0. So a rank's
+share of a level is itself a small MGRIT level whose point 0 is a C-point, and the phases run
+on it exactly as `mrc.techniques.mgrit.solver.MGRIT` runs them on the whole level, with three
+additions that make the iterates those of the one-process solver:
+
+* before every F-relaxation each rank sends its last point of the level to its successor, which
+  receives it into its ghost (one state per block boundary, point-to-point): the F-points after
+  a block's first C-point read it;
+* the level-0 residual norm is the square root of the sum over ranks of each block's Σ r²;
+* the coarsest level is gathered — every rank's g at the points it owns, summed into one
+  buffer (an all-gather by an all-reduce over disjoint slots, exact) — then solved serially on
+  every rank (replicated, each up to its own last point) and each rank keeps its block.
+
+The adjoint λ_N = g, λ_n = (∂Φ_n/∂u at y_n)ᵀ λ_{n+1} is the same solver in reversed time. Its
+coarsest intervals are counted from N, so with N mod C ≠ 0 its blocks are the forward ones
+shifted down by d = (−N) mod C layers (`adjoint_blocks`: rank r keeps as many intervals as in
+the forward solve); before the adjoint each rank receives the d forward states below its
+forward block from its predecessor, and the forward states at the adjoint's coarsest points are
+gathered once (its coarsest level is solved on every rank too). Each rank then computes the
+parameter gradients of the layers of its adjoint block; summing them over ranks gives every
+rank the whole stack's gradient (the `mgrit_sum_grads` op, mrc/techniques/mgrit/place.py).
+
+On a world of one process a block is the whole problem and nothing is communicated: the solver
+is the one-process solver. Point-to-point messages use torch.distributed directly; the
+collectives go through `mrc.runtime.world.World`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mrc.techniques.mgrit.solver import MGRIT, Propagator, Settings, _Level
+
+__all__ = ["Part", "RankAdjoint", "RankMGRIT", "adjoint_blocks", "adjoint_part", "adjoint_table", "block_lambdas",
+           "block_param_grads", "coarsest_span", "first_lambda", "forward_part", "last_state", "layer_blocks",
+           "rank_adjoint_solve", "rank_forward_solve"]
+
+Blocks = tuple[tuple[int, int], ...]
+
+
+def coarsest_span(settings: Settings) -> int:
+    """C: the fine steps of one coarsest-level step (Π cf_l over the level transitions; 1 for one level)."""
+    span = 1
+    for level in range(settings.levels - 1):
+        span *= settings.factor(level)
+    return span
+
+
+def layer_blocks(n_steps: int, settings: Settings, world: int) -> Blocks | str:
+    """The forward solve's layer block [a, b) of each rank: whole coarsest intervals, as even as can be (the
+    first blocks one interval longer), the uneven tail in the last block; or why `world` ranks cannot share
+    N = `n_steps` steps (fewer coarsest intervals than ranks)."""
+    span = coarsest_span(settings)
+    intervals = -(-n_steps // span)
+    if intervals < world:
+        return (f"{intervals} coarsest-level intervals of {span} layers are too few for {world} ranks "
+                "(each rank holds whole coarse intervals)")
+    base, extra = divmod(intervals, world)
+    out, a = [], 0
+    for rank in range(world):
+        b = a + base + (1 if rank < extra else 0)
+        out.append((a * span, min(n_steps, b * span)))
+        a = b
+    return tuple(out)
+
+
+def adjoint_blocks(n_steps: int, settings: Settings, forward: Blocks) -> Blocks:
+    """The adjoint solve's layer blocks (in forward layer indices): its coarsest intervals are counted from N
+    (reversed time), so each forward block boundary moves down by d = (−N) mod C; rank r keeps its count of
+    intervals (rank 0 the shortened first one)."""
+    d = -n_steps % coarsest_span(settings)
+    last = len(forward) - 1
+    return tuple((max(0, a - d), n_steps if r == last else b - d) for r, (a, b) in enumerate(forward))
+
+
+@dataclass(frozen=True)
+class Part:
+    """One rank's share of a problem of N steps (in the problem's own index: reversed for the adjoint): the
+    points (lo, hi] (and 0 when lo = 0), the ghost point lo, and the ranks that hold the points before lo
+    (`prev`) and after hi (`next`), -1 where there are none."""
+
+    lo: int
+    hi: int
+    prev: int = -1
+    next: int = -1
+
+
+def forward_part(blocks: Blocks, rank: int) -> Part:
+    """Rank `rank`'s part of the forward problem: its layer block, ranks in order."""
+    lo, hi = blocks[rank]
+    return Part(lo, hi, rank - 1, rank + 1 if rank + 1 < len(blocks) else -1)
+
+
+def adjoint_part(n_steps: int, blocks: Blocks, rank: int) -> Part:
+    """Rank `rank`'s part of the adjoint problem (reversed time) from its adjoint layer block [a, b): the
+    reversed points (N − b, N − a]; its predecessor is rank + 1, its successor rank − 1."""
+    a, b = blocks[rank]
+    return Part(n_steps - b, n_steps - a, rank + 1 if rank + 1 < len(blocks) else -1, rank - 1)
+
+
+class _Guarded:
+    """A propagator that answers a call over no intervals itself (a rank's block may have no C-point on a
+    level: the last block's uneven tail)."""
+
+    def __init__(self, prop: Any) -> None:
+        self.prop = prop
+
+    def step(self, start: torch.Tensor, span: int, u: torch.Tensor) -> torch.Tensor:
+        return u.clone() if u.shape[0] == 0 else self.prop.step(start, span, u)
+
+    def vjp(self, start: torch.Tensor, span: int, y: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        return lam.clone() if lam.shape[0] == 0 else self.prop.vjp(start, span, y, lam)
+
+
+class RankMGRIT(MGRIT):
+    """The MGRIT solve of one rank's part (see the module docstring): `states` are the part's fine states
+    [hi − lo + 1, *state], the ghost point lo first. The phases, their order, `residuals` and stopping are the
+    one-process solver's; every rank must run the same phases (they exchange states and reduce norms)."""
+
+    def __init__(self, prop: Propagator, n_steps: int, settings: Settings, part: Part, world: Any) -> None:
+        super().__init__(prop, n_steps, settings)
+        span = coarsest_span(settings)
+        if not (0 <= part.lo < part.hi <= n_steps and part.lo % span == 0
+                and (part.hi % span == 0 or part.hi == n_steps)):
+            raise ValueError(f"the part ({part.lo}, {part.hi}] of N = {n_steps} steps is not whole coarsest "
+                             f"intervals of {span} steps")
+        if (part.prev >= 0) != (part.lo > 0) or (part.next >= 0) != (part.hi < n_steps):
+            raise ValueError(f"the part ({part.lo}, {part.hi}] of N = {n_steps} has neighbours {part.prev} "
+                             f"and {part.next}: a part has a predecessor iff lo > 0 and a successor iff hi < N")
+        self.prop = _Guarded(prop)
+        self.part = part
+        self.world = world
+        self._coarse_starts = torch.empty(0, dtype=torch.long)
+
+    def start(self, u0: torch.Tensor, warm: torch.Tensor | None = None) -> None:
+        """Initial condition u0 (every rank has it) and this part's initial guess: `warm` [hi − lo + 1, *state]
+        (a previous solve's `states`, the ghost first), else u0 at every point (the constant guess)."""
+        lo, hi = self.part.lo, self.part.hi
+        if warm is not None:
+            if warm.shape != (hi - lo + 1, *u0.shape):
+                raise ValueError(f"warm has shape {tuple(warm.shape)}, expected {(hi - lo + 1, *u0.shape)}")
+            u = warm.detach().clone().to(dtype=u0.dtype, device=u0.device)
+            if lo == 0:
+                u[0] = u0
+        else:
+            u = u0.unsqueeze(0).expand(hi - lo + 1, *u0.shape).clone()
+        g = torch.zeros_like(u)
+        if lo == 0:
+            g[0] = u0
+        s = self.settings
+        self._levels = []
+        span = 1
+        for level in range(s.levels):
+            coarsest = level == s.levels - 1
+            cf = 0 if coarsest else s.factor(level)
+            n = min(hi, self._sizes[level] * span) // span - lo // span  # this part's points of the level
+            self._levels.append(_Level(n, cf, span, "" if coarsest else s.relaxation(level), u.device, offset=lo))
+            if coarsest:
+                self._coarse_starts = torch.arange(0, self._sizes[level], device=u.device, dtype=torch.long) * span
+            span *= max(cf, 1)
+        self._levels[0].u, self._levels[0].g = u, g
+        self.residuals = []
+        self._pos = 0
+        self._residual = None
+
+    # ---------------------------------------------------------------- what ranks add
+
+    def _exchange(self, u: torch.Tensor) -> None:
+        """Send this part's last point of the level on; receive the predecessor's into the ghost."""
+        if not self.world.active:
+            return
+        import torch.distributed as dist
+
+        sent = dist.isend(u[-1].contiguous(), self.part.next) if self.part.next >= 0 else None
+        if self.part.prev >= 0:
+            ghost = torch.empty_like(u[0])
+            dist.recv(ghost, self.part.prev)
+            u[0].copy_(ghost)
+        if sent is not None:
+            sent.wait()
+
+    def _f_relax(self, lv: _Level) -> None:
+        self._exchange(lv.u)
+        super()._f_relax(lv)
+
+    def _norm(self, r: torch.Tensor) -> float:
+        total = r.detach().double().square().sum().reshape(1)
+        self.world.all_reduce(total)
+        return float(total.sqrt())
+
+    def _coarse_solve(self, l: int) -> None:
+        """Gather g of the coarsest level, sweep it serially up to this part's last point, keep the part."""
+        lv = self._levels[l]
+        first = self.part.lo // lv.span  # the ghost's index on the level
+        whole = torch.zeros(self._sizes[l] + 1, *lv.g.shape[1:], dtype=lv.g.dtype, device=lv.g.device)
+        whole[first + 1:first + 1 + lv.n] = lv.g[1:]
+        if self.part.lo == 0:
+            whole[0] = lv.g[0]
+        self.world.all_reduce(whole)  # disjoint slots: the sum is each owner's value, exactly
+        u, g, starts = whole.clone(), whole, self._coarse_starts  # u_0 = g_0 on every level (start, restrict)
+        for n in range(1, first + lv.n + 1):
+            u[n:n + 1] = self._phi(lv, starts[n - 1:n], u[n - 1:n]) + g[n:n + 1]
+        lv.u.copy_(u[first:first + lv.n + 1])
+
+
+def rank_forward_solve(prop: Propagator, n_steps: int, settings: Settings, blocks: Blocks, world: Any,
+                       u0: torch.Tensor, warm: torch.Tensor | None = None) -> RankMGRIT:
+    """A started forward solve of this rank's block (run its phases, or `solve()` it)."""
+    solver = RankMGRIT(prop, n_steps, settings, forward_part(blocks, world.rank), world)
+    solver.start(u0, warm)
+    return solver
+
+
+def last_state(solver: RankMGRIT, like: torch.Tensor) -> torch.Tensor:
+    """y_N on every rank: the last rank's final state (it holds point N), broadcast from it."""
+    owner = solver.world.size - 1
+    out = solver.states[-1].clone() if solver.world.rank == owner else torch.empty_like(like)
+    return solver.world.broadcast(out, owner)
+
+
+class RankAdjoint:
+    """The adjoint propagator of one rank (as `mrc.techniques.mgrit.solver.Adjoint`): Ψ over reversed
+    [start, start + span) is (∂Φ(N − start − span, span)/∂u)ᵀ about the forward state y_{N−start−span}, read from
+    this rank's `table` of forward states (rows by forward index, `rows`; -1 where it holds none)."""
+
+    def __init__(self, prop: Propagator, n_steps: int, rows: torch.Tensor, table: torch.Tensor) -> None:
+        self.prop, self.n_steps, self.rows, self.table = prop, n_steps, rows, table
+
+    def step(self, start: torch.Tensor, span: int, u: torch.Tensor) -> torch.Tensor:
+        forward = self.n_steps - start - span
+        at = self.rows[forward]
+        if at.device.type == "cpu" and at.numel() and int(at.min()) < 0:
+            raise IndexError(f"this rank holds no forward state at {forward[at < 0].tolist()}")
+        return self.prop.vjp(forward, span, self.table[at], u)
+
+    def vjp(self, start: torch.Tensor, span: int, y: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("RankAdjoint.vjp is not needed by MGRIT and not provided")
+
+
+def adjoint_table(n_steps: int, settings: Settings, forward: Blocks, adjoint: Blocks, world: Any,
+                  states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, table): the forward states this rank's adjoint reads — those of its adjoint layer block (its own,
+    and the d below its forward block, received from its predecessor) and those at the adjoint's coarsest
+    points (gathered from their owners) — from `states`, its forward part's [hi − lo + 1] states."""
+    rank = world.rank
+    lo, hi = forward[rank]
+    a, b = adjoint[rank]
+    d = -n_steps % coarsest_span(settings)
+    below = torch.empty(0, *states.shape[1:], dtype=states.dtype, device=states.device)
+    if world.active and d:
+        import torch.distributed as dist
+
+        sent = None
+        if rank + 1 < len(forward):  # the successor's adjoint block starts d below its forward one
+            sent = dist.isend(states[hi - lo - d:hi - lo].contiguous(), rank + 1)
+        if a < lo:
+            below = torch.empty(lo - a, *states.shape[1:], dtype=states.dtype, device=states.device)
+            dist.recv(below, rank - 1)
+        if sent is not None:
+            sent.wait()
+    block = torch.cat([below, states[max(a, lo) - lo:b - lo]])  # y_a … y_{b-1}
+    span = coarsest_span(settings)
+    points = [n_steps - (k + 1) * span for k in range(settings.sizes(n_steps)[-1])]
+    coarse = torch.zeros(len(points), *states.shape[1:], dtype=states.dtype, device=states.device)
+    for k, f in enumerate(points):
+        if lo < f <= hi or f == lo == 0:
+            coarse[k] = states[f - lo]
+    world.all_reduce(coarse)  # disjoint slots: each owner's state, exactly
+    rows = torch.full((n_steps + 1,), -1, dtype=torch.long, device=states.device)
+    if points:
+        rows[torch.tensor(points, device=states.device)] = torch.arange(len(points), device=states.device) + len(block)
+    rows[a:b] = torch.arange(b - a, device=states.device)
+    return rows, torch.cat([block, coarse])
+
+
+def rank_adjoint_solve(prop: Propagator, n_steps: int, settings: Settings, adjoint: Blocks, world: Any,
+                       rows: torch.Tensor, table: torch.Tensor, g: torch.Tensor,
+                       warm: torch.Tensor | None = None) -> RankMGRIT:
+    """A started adjoint solve of this rank's adjoint block; `warm`: a previous `block_lambdas` (λ_a … λ_b)."""
+    solver = RankMGRIT(RankAdjoint(prop, n_steps, rows, table), n_steps, settings,
+                       adjoint_part(n_steps, adjoint, world.rank), world)
+    solver.start(g, None if warm is None else warm.flip(0))
+    return solver
+
+
+def block_lambdas(solver: RankMGRIT) -> torch.Tensor:
+    """λ_a … λ_b over this rank's adjoint block [a, b) (its λ_b the successor's), in forward order."""
+    return solver.states.flip(0)
+
+
+def first_lambda(lam: torch.Tensor, world: Any) -> torch.Tensor:
+    """λ_0 on every rank (the gradient into the stack's input), broadcast from rank 0, which holds it."""
+    out = lam[0].clone() if world.rank == 0 else torch.empty_like(lam[0])
+    return world.broadcast(out, 0)
+
+
+def block_param_grads(prop: Any, n_steps: int, adjoint: Blocks, rank: int, rows: torch.Tensor, table: torch.Tensor,
+                      lam: torch.Tensor) -> None:
+    """Accumulate the fine-level gradients of this rank's adjoint layers [a, b) into their parameters."""
+    a, b = adjoint[rank]
+    ys = table[rows[a:b]]
+    prop.param_grads(torch.cat([ys, ys[-1:]]), lam, first=a)  # (y_b is not read)
