@@ -548,6 +548,9 @@ class Trainer:
                                         "kind": self.activation.kind}
         if early is not None and early.best is not None:
             out["best"] = {early.spec.metric: early.best, "step": early.best_step}
+        placed = self.c.graph.placement
+        if self.world.active and placed is not None:
+            out["world"] = {"size": self.world.size, "mode": placed.mode, "backend": self.world.backend}
         return out
 
 
@@ -582,7 +585,7 @@ class SharedLosses:
         out = None
         for (step, epoch), total, w in zip(self.steps, both[0], both[1], strict=True):
             if w > 0:
-                out = (total / w).to(last.dtype if last is not None else torch.float32)
+                out = total / w  # float64: a rank that reported none keeps the full precision
                 pending.append((step, epoch, out))
             else:
                 out = None

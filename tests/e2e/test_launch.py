@@ -98,6 +98,7 @@ def test_nproc_2_trains_rank_0_writes_the_run_and_it_resumes_on_2(tmp_path: Path
     run = tmp_path / "run"
     assert {"final.pt", "metrics.jsonl", "summary.json", "checkpoint.pt"} <= {p.name for p in run.iterdir()}
     assert json.loads((run / "summary.json").read_text())["steps"] == 4
+    assert json.loads((run / "summary.json").read_text())["world"] == {"size": 2, "mode": "data", "backend": "gloo"}
     assert out.count("mrc: completed: 4 steps") == 1, out  # rank 0 alone prints the summary
     assert "torch.distributed" not in err and "OMP_NUM_THREADS" not in err, err  # the launcher is quiet
     more = ("--resume", "run", "--steps", "6", "--change-length")
