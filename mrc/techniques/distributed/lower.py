@@ -19,6 +19,7 @@ from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
 from mrc.techniques.core.lower import FUSED, fused_integrator, replica
 from mrc.techniques.distributed.bind import blocks
 from mrc.techniques.distributed.ops import AllReduce, Shard
+from mrc.techniques.distributed.p2p import Recv, Send  # noqa: F401  (registers send and recv)
 
 
 @lowers("shard")

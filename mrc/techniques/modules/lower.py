@@ -21,6 +21,7 @@ from mrc.ir.graph import Pattern
 from mrc.ir.ops import Forward
 from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
 from mrc.techniques.core.lower import replica
+from mrc.techniques.modules import pipeline  # registers the `pipeline` placer and its ops
 from mrc.techniques.modules.ops import AuxHead, LocalLoss
 
 
@@ -46,6 +47,7 @@ def pieces(ctx: Lowering, r: str) -> list[fx.GraphModule]:
             cuts.append(fxsplit.Cut(index[info.start], info.start, info.path))
         got = ctx.cache[key] = fxsplit.split_modules(gm, cuts, taps=True)
         _register_metrics(ctx)
+        pipeline.register_sync(ctx)
     return got
 
 
@@ -126,15 +128,36 @@ def lower_local_loss(op: LocalLoss, pattern: Pattern, ctx: Lowering) -> StepFn:
     rec = records.setdefault((r, m), {})
     # the step's reported loss: the last module this replica trains here (the model's own
     # classifier when every module trains)
-    mine = [module_index(o.scope.module) for o in pattern.of_kind(LocalLoss) if replica(o) == r]
-    reports = module_index(m) == max(mine)
+    losses = [o for o in pattern.of_kind(LocalLoss) if replica(o) == r]
+    last = max(module_index(o.scope.module) for o in losses)
+    reports = module_index(m) == last
+    # a pipeline rank without the last module reports no loss: its share of the run's is 0
+    silent = not any(module_index(o.scope.module) == last and o.scope.rank in (-1, getattr(ctx.world, "rank", 0))
+                     for o in losses)
+    # micro-batch `phase` of `count` (a pipeline): the step's loss and transport are the
+    # share-weighted sums over its micro-batches, recorded (and reported) after the last
+    source = pattern.op(batch)
+    count = getattr(source, "count", 1) if source.kind in ("micro_batch", "recv") else 1
+    micro, final = op.phase, op.phase == count - 1
+    sums: dict[str, torch.Tensor] = ctx.cache.setdefault(("modules.micro", r, m), {})
     lam = None
     if op.multipliers:
+        if count > 1:
+            raise LoweringError(f"{op.id}: the method of multipliers updates λ from the whole batch's loss; "
+                                "it cannot run on micro-batches")
         lambda0, h, _ = op.multipliers
         lam = _lambda(ctx, r, m, lambda0)
         update = op.update_multiplier
     tau = ctx.graph.modules[m].tau if m in ctx.graph.modules else 0.0
     rec["tau" if lam is None else "lambda"] = tau if lam is None else lam
+
+    def record(name: str, value: torch.Tensor, env: Env) -> torch.Tensor:
+        """The step's value of `name` so far (its micro-batches' share-weighted sum)."""
+        if count == 1:
+            return value
+        w = env.values[batch][2]
+        sums[name] = value * w if micro == 0 else sums[name] + value * w
+        return sums[name]
 
     def loss(env: Env) -> None:
         logits = env.values[logits_src][0] if from_forward else env.values[logits_src]
@@ -143,7 +166,9 @@ def lower_local_loss(op: LocalLoss, pattern: Pattern, ctx: Lowering) -> StepFn:
         if taps is not None:
             branches = env.values[taps][1]
             cost = sum(b.pow(2).mean() for b in branches) if branches else ce.new_zeros(())
-            rec["transport"] = cost.detach()
+            cost_so_far = record("transport", cost.detach(), env)
+            if final:
+                rec["transport"] = cost_so_far
             if lam is not None:
                 if update and env.clock > 0:
                     with torch.no_grad():
@@ -151,10 +176,14 @@ def lower_local_loss(op: LocalLoss, pattern: Pattern, ctx: Lowering) -> StepFn:
                 value = lam * ce + cost
             else:
                 value = ce + weight * cost
-        rec["loss"] = ce.detach()
+        ce_so_far = record("loss", ce.detach(), env)
         env.values[key] = value
-        if reports:
-            env.losses.append((r, ce.detach()))
+        if silent:
+            env.weight = 0.0
+        if final:
+            rec["loss"] = ce_so_far
+            if reports:
+                env.losses.append((r, ce_so_far))
     return loss
 
 

@@ -31,6 +31,8 @@ class AuxHead(Op):
     pure: ClassVar[bool] = True
     path: str = ""
     head: str = ""
+    phase: int = 0
+    """The micro-batch it runs on in a module pipeline (mrc/techniques/modules/pipeline.py)."""
 
     def text(self) -> str:
         return f"aux_head {self.path} {self.head}"
