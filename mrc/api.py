@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,7 +149,8 @@ def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: 
     the resumed directory). steps / epochs override the spec's length. Returns a TrainResult with
     the trained model, the metrics and the summary. stop_at pauses the run (with a checkpoint)
     once that global step is reached, keeping its planned length, so it can be resumed. trace:
-    a file that receives one line per executed op (step, op id, kind, scope).
+    a file that receives one line per executed op (step, op id, kind, scope); in a run of
+    several processes rank r > 0 writes its own, `FILE.rank<r>`.
 
     resume: continue the run checkpointed in that directory exactly as it was started — its
     overrides, seed and length come from the checkpoint (a spec or settings whose compiled
@@ -191,6 +193,8 @@ def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: 
         from mrc.runtime.checkpoint import prepare_out_dir
 
         prepare_out_dir(out_dir)  # a file in the way, a read-only place: one line, nothing touched
+    if trace is not None and int(os.environ.get("RANK", "0") or 0) > 0:
+        trace = f"{trace}.rank{os.environ['RANK']}"  # each rank traces what it runs
     sink = open(trace, "w", encoding="utf-8") if trace is not None else None
     try:
         trainer = Trainer(compiled, out_dir, steps=steps, epochs=epochs, device=device,

@@ -31,11 +31,9 @@ class Distribute(Pass):
     def apply(self, graph: ScheduleGraph) -> ScheduleGraph:
         if graph.placement is None:
             return graph
-        from mrc.techniques import load_all
-        from mrc.techniques.distributed.expand import PLACERS
+        from mrc.techniques.distributed.expand import load_placers
 
-        load_all()  # every technique registers its placer with its lowerings
-        place = PLACERS.get(graph.placement.mode)
+        place = load_placers().get(graph.placement.mode)
         if place is None:
             raise ValueError(f"distributed mode `{graph.placement.mode}` has no placer yet")
         return place(graph)

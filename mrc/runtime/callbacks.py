@@ -210,6 +210,7 @@ class Evaluation(Callback):
     def evaluate(self, plan: Any) -> dict[str, Any]:
         from mrc.runtime.evaluation import evaluate
 
+        plan.synchronize()  # a run of several processes: this rank's copy made whole first
         models = plan.eval_models()
         if "" in models:
             with plan.full_weights():

@@ -147,11 +147,16 @@ class Trainer:
         self._tb: Any = None  # mrc.runtime.tensorboard.TensorBoard of a run with an out dir
         self.activation: Any = None  # mrc.runtime.memory.StepMemory of the measured steps
         self._cuda_peak = 0
+        from mrc.runtime.world import current
+
+        self.world = current()
 
     # ---- checkpoints ---------------------------------------------------------------------
 
     def _snapshot(self, run: Run, early: EarlyStopping | None) -> bytes:
-        """The checkpoint of the run's current step, serialised (written once it proves good)."""
+        """The checkpoint of the run's current step, serialised (written once it proves good).
+        Every rank takes part (its copy of the state is made whole first); rank 0 writes."""
+        run.plan.synchronize()
         if self.out is None:
             return b""
         state = {
@@ -164,6 +169,7 @@ class Trainer:
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "early": early.state_dict() if early else None, "last_eval": run.last_eval,
+            "world": self.world.size,
         }
         buffer = io.BytesIO()
         torch.save(state, buffer)
@@ -183,6 +189,11 @@ class Trainer:
         where = f"cannot resume {self.resume}"
         if state.get("format") != FORMAT or "plan" not in state:
             raise CheckpointError(f"{where}: its checkpoint is from another version of mrc or is incomplete")
+        saved_world = int(state.get("world", 1))
+        if saved_world != self.world.size:
+            raise CheckpointError(f"{where}: it was written by a run of {saved_world} process"
+                                  f"{'es' if saved_world > 1 else ''}; resume it with the same number "
+                                  f"(this run has {self.world.size})")
         if state["spec_name"] != self.program.name or state["fingerprint"] != self.fingerprint:
             raise CheckpointError(f"{where}: it was written by spec `{state['spec_name']}` (schedule "
                                   f"{state['fingerprint']}), not by `{self.program.name}` (schedule "
@@ -214,6 +225,35 @@ class Trainer:
     # ---- the loop ------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
+        from mrc.runtime import world as worlds
+
+        joined = not worlds.current().active and worlds.launched()
+        if joined:
+            d = self.program.distributed
+            worlds.join(d.backend if d else "auto", d.timeout if d else worlds.DEFAULT_TIMEOUT_S,
+                        self.device.type)
+        self.world = worlds.current()
+        if self.world.active:
+            self._join_run()
+        try:
+            return self._threads_and_run()
+        finally:
+            if joined:
+                worlds.leave()
+
+    def _join_run(self) -> None:
+        """A run of several processes: rank 0 alone writes the run directory and speaks."""
+        placed = self.c.graph.placement
+        if placed is None or placed.world != self.world.size:
+            have = placed.world if placed is not None else 1
+            raise CheckpointError(f"the schedule was compiled for {have} process{'es' if have > 1 else ''}, "
+                                  f"but this run has {self.world.size} (compile it with world={self.world.size})")
+        if not self.world.leader:
+            self.out = None
+            self.progress = False
+            self.echo = lambda s: None
+
+    def _threads_and_run(self) -> TrainResult:
         previous = torch.get_num_threads()
         threads = choose_threads(self.program.train.threads, self.c.bound.model, self.data.batch_size, self.device)
         if threads != previous:
@@ -235,7 +275,7 @@ class Trainer:
         val_x = data.val_x.to(self.device, dtype)
         val_y = data.val_y.to(self.device)
         evals = {n: (x.to(self.device, dtype), y.to(self.device)) for n, (x, y) in data.evals.items()}
-        plan = lower(self.c.graph, self.c.bound, self.total, self.device)
+        plan = lower(self.c.graph, self.c.bound, self.total, self.device, self.world)
         plan.attach(train_x, train_y, val_x, val_y)
         plan.trace = self.trace
         run = Run(self, plan, self.total, batches=self.spe)
@@ -244,6 +284,8 @@ class Trainer:
             self._restore(run, early)
             if run.total != plan.ctx.total_steps:
                 plan = self._relower(run)
+        if self.world.active:
+            self._broadcast_state(plan)
         eval_batch = settings.eval_batch or data.batch_size
         progress = Progress(self.progress, run.total, settings.log_every, self.echo, oversubscribed())
         if progress.busy:
@@ -285,6 +327,7 @@ class Trainer:
             checkpoints.write(run)
         if run.status != "diverged":
             plan.finish()
+        plan.synchronize()
         final = plan.final_model()
         if run.status == "stopped_early" and early and early.spec.restore_best and early.best_state is not None:
             model.load_state_dict(early.best_state)
@@ -364,10 +407,18 @@ class Trainer:
         return TensorBoard(self.out, resumed=self.resume is not None, spec_text=spec_text,
                            graph_text=graph_text(self.c.graph))
 
+    def _broadcast_state(self, plan: Plan) -> None:
+        """Every rank starts from rank 0's parameters and buffers (as DDP does): the same seed
+        gives the same ones, and this makes sure of it."""
+        world = self.world
+        for module in plan.checkpointed_modules():
+            for t in [*module.parameters(), *module.buffers()]:
+                world.broadcast(t.data)
+
     def _relower(self, run: Run) -> Plan:
         """A resume that changes the run's length: the schedule spans the new length."""
         state = run.plan.state_dict()
-        plan = lower(self.c.graph, self.c.bound, run.total, self.device)
+        plan = lower(self.c.graph, self.c.bound, run.total, self.device, self.world)
         plan.load_state_dict(state)
         plan.attach(*run.plan.ctx.replicas.data())
         plan.trace = self.trace
@@ -386,6 +437,8 @@ class Trainer:
         interrupt = self.interrupt or Interrupt()
         stop_at = self.stop_at if self.stop_at is not None else run.total
         sync = run.sync
+        world = self.world
+        shares = SharedLosses(world, plan.env) if world.active else None
         # only the hooks a callback defines
         after_step = [cb.on_step for cb in callbacks if type(cb).on_step is not Callback.on_step]
         boundary = [cb.on_boundary for cb in callbacks if type(cb).on_boundary is not Callback.on_boundary]
@@ -402,10 +455,18 @@ class Trainer:
                     loss = step_fn(step, train_x[idx], train_y[idx])
                 step += 1
                 batch += 1
-                if loss is not None:
-                    pending.append((step, run.epoch, loss))
-                if step % sync and batch < n and step < last and step != run.wake_at and not interrupt.requested:
-                    continue
+                if shares is not None:  # every rank's share, reduced at the boundary below
+                    shares.add(step, run.epoch, loss)
+                    if step % sync and batch < n and step < last and step != run.wake_at:
+                        continue
+                    loss = shares.reduce_into(pending, loss)
+                    if world.agree(interrupt.requested):  # all ranks stop at the same step
+                        interrupt.requested = True
+                else:
+                    if loss is not None:
+                        pending.append((step, run.epoch, loss))
+                    if step % sync and batch < n and step < last and step != run.wake_at and not interrupt.requested:
+                        continue
                 run.step, run.batch, run.loss = step, batch, loss
                 run.end_of_epoch = batch >= n
                 for hook in after_step:
@@ -479,6 +540,47 @@ class Trainer:
                                         "kind": self.activation.kind}
         if early is not None and early.best is not None:
             out["best"] = {early.spec.metric: early.best, "step": early.best_step}
+        return out
+
+
+class SharedLosses:
+    """The run's loss in a run of several processes: each rank's step loss weighted by its
+    share (`Env.weight`: a data shard's fraction of the batch, the brains that stepped, 0 where
+    a rank reports none), summed over the ranks in one collective per boundary — so every rank
+    logs, checks for divergence and stops on the same numbers."""
+
+    def __init__(self, world: Any, env: Any) -> None:
+        self.world, self.env = world, env
+        self.steps: list[tuple[int, int]] = []
+        self.values: list[torch.Tensor] = []
+        self.weights: list[float] = []
+
+    def add(self, step: int, epoch: int, loss: torch.Tensor | None) -> None:
+        w = self.env.weight if loss is not None else 0.0
+        self.steps.append((step, epoch))
+        self.values.append(loss.detach().double().reshape(()) * w if loss is not None and w
+                           else torch.zeros((), dtype=torch.float64))
+        self.weights.append(w)
+
+    def reduce_into(self, pending: list[tuple[int, int, torch.Tensor]], last: torch.Tensor | None
+                    ) -> torch.Tensor | None:
+        """Append the reduced losses since the last boundary to `pending`; return the last one
+        (None when no rank reported one)."""
+        if not self.steps:
+            return last
+        both = torch.stack([torch.stack([v.cpu() for v in self.values]),
+                            torch.tensor(self.weights, dtype=torch.float64)])
+        self.world.all_reduce(both)
+        out = None
+        for (step, epoch), total, w in zip(self.steps, both[0], both[1], strict=True):
+            if w > 0:
+                out = (total / w).to(last.dtype if last is not None else torch.float32)
+                pending.append((step, epoch, out))
+            else:
+                out = None
+        self.steps.clear()
+        self.values.clear()
+        self.weights.clear()
         return out
 
 

@@ -19,8 +19,10 @@ GOLDEN = Path(__file__).parent / "graphs"
 
 @pytest.fixture(scope="module", params=SPECS, ids=[s.stem for s in SPECS])
 def compiled(request: pytest.FixtureRequest):
-    # the device is fixed so the golden graphs are the same on a GPU machine and a CPU one
-    return compile_spec(request.param, ["train.device=cpu"])
+    # the device is fixed so the golden graphs are the same on a GPU machine and a CPU one; the
+    # specs of several processes are shown placed on 2 (their placement and collectives)
+    world = 2 if request.param.stem.startswith("distributed_") else 1
+    return compile_spec(request.param, ["train.device=cpu"], world=world)
 
 
 def test_text_is_golden(compiled) -> None:

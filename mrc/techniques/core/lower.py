@@ -65,7 +65,7 @@ def forward_callable(op: Forward, pattern: Pattern, module: nn.Module) -> StepFn
     """Run `module` (the forward's segment) on the forward's input edge."""
     key = op.id
     src = _input(pattern, op, "batch", "activation", "detached")
-    from_batch = pattern.op(src).kind == "batch"
+    from_batch = any(v.kind == "batch" for s, v in pattern.inputs(op) if s.id == src)
     whole = (op.start, op.stop) == (0, None) or op.start == 0
     no_grad = not op.grad
 

@@ -1,7 +1,8 @@
 """Expanding the schedule graph for a run of several processes (the `distribute` pass).
 
 Each mode has a placer, `graph → graph`, registered with `@placer(MODE)` by the technique it
-places: `data` here; `brains`, `layers` and `pipeline` in their techniques. A placer scopes the
+places: `data` here; `brains`, `layers` and `pipeline` in their techniques, each in its
+technique's `place.py` (`load_placers` imports them: compiler code, no runtime). A placer scopes the
 ops it places on a rank (`Scope.rank`) and adds the collectives the placement needs, so the
 graph says what every process runs and when they talk.
 """
@@ -17,6 +18,20 @@ from mrc.techniques.distributed.ops import AllReduce, Shard
 
 Placer = Callable[[ScheduleGraph], ScheduleGraph]
 PLACERS: dict[str, Placer] = {}
+
+
+def load_placers() -> dict[str, Placer]:
+    """Every technique's placer (each technique's `place` module, where it has one)."""
+    import importlib
+    import importlib.util
+
+    from mrc.check.checker import TECHNIQUES
+
+    for t in TECHNIQUES:
+        name = f"mrc.techniques.{t}.place"
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name)
+    return PLACERS
 
 
 def placer(mode: str) -> Callable[[Placer], Placer]:

@@ -31,6 +31,9 @@ def lower_shard(op: Shard, pattern: Pattern, ctx: Lowering) -> StepFn:
         raise LoweringError(f"{op.id}: sharded for {op.world} ranks, the run has {ctx.world.size}")
     key, rank, world = op.id, ctx.world.rank, op.world
     cuts: dict[int, tuple[int, int]] = {}
+    if "distributed.buffers" not in ctx.cache:  # batch-norm statistics: rank 0's, as DDP keeps them
+        ctx.cache["distributed.buffers"] = True
+        ctx.syncs.append(lambda: _broadcast_buffers(ctx))
 
     def shard(env: Env) -> None:
         x, y = env.values[src][0], env.values[src][1]
@@ -44,6 +47,14 @@ def lower_shard(op: Shard, pattern: Pattern, ctx: Lowering) -> StepFn:
         env.values[key] = (x[a:b], y[a:b], (b - a) / n)
         env.weight = (b - a) / n
     return shard
+
+
+def _broadcast_buffers(ctx: Lowering) -> None:
+    """Every rank takes rank 0's buffers (running statistics differ per shard), so evaluation
+    and checkpoints agree across the ranks."""
+    for module in ctx.replicas.checkpointed():
+        for b in module.buffers():
+            ctx.world.broadcast(b.data)
 
 
 def _shard_of(pattern: Pattern, op: AllReduce) -> str | None:

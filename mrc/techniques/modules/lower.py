@@ -150,6 +150,11 @@ def lower_local_loss(op: LocalLoss, pattern: Pattern, ctx: Lowering) -> StepFn:
         update = op.update_multiplier
     tau = ctx.graph.modules[m].tau if m in ctx.graph.modules else 0.0
     rec["tau" if lam is None else "lambda"] = tau if lam is None else lam
+    placed = ctx.graph.placement
+    # data parallelism: λ follows the global batch's CE (each rank's shard weighted), so that
+    # every rank keeps the same λ
+    shared_ce = lam is not None and ctx.world.active and placed is not None and placed.mode == "data"
+    world = ctx.world
 
     def record(name: str, value: torch.Tensor, env: Env) -> torch.Tensor:
         """The step's value of `name` so far (its micro-batches' share-weighted sum)."""
@@ -172,7 +177,10 @@ def lower_local_loss(op: LocalLoss, pattern: Pattern, ctx: Lowering) -> StepFn:
             if lam is not None:
                 if update and env.clock > 0:
                     with torch.no_grad():
-                        lam.add_(h * ce.detach())
+                        seen = ce.detach()
+                        if shared_ce:
+                            seen = world.all_reduce(seen * env.values[batch][2])
+                        lam.add_(h * seen)
                 value = lam * ce + cost
             else:
                 value = ce + weight * cost
