@@ -8,6 +8,7 @@ end, makes its copy whole (`Plan.synchronize`); rank 0's model is compared with
 * sync, M = 1: the one-process parallel regime (torch.equal: the ranks run its very ops);
 * sync, M = 2: the same, to 1e-12 in float64 (the micro-batches' share-weighted gradients sum
   to the batch's; the batch of 7 splits 4 + 3, the epoch's last batch of 4 splits 2 + 2);
+* sync, M = 2 with the fused SGD kernel (flat gradient buffers): its one-process run, to 1e-12;
 * stale, M = 1 and 2: a reference written here from the definition — the first module of rank r
   trains at step t on the detached output (and targets) of rank r−1 at step max(t−1, 0), the
   modules of one rank passing their outputs on within the step.
@@ -51,7 +52,8 @@ RESNET_DATA = "synthetic(shape=[3,8,8], classes=4, samples=40, batch=8)"
 STEPS = 6
 TAU = 0.5
 CONFIGS = {"sync1": [], "sync2": ["distributed.micro_batches=2"], "stale1": ["distributed.buffers=stale"],
-           "stale2": ["distributed.buffers=stale", "distributed.micro_batches=2"]}
+           "stale2": ["distributed.buffers=stale", "distributed.micro_batches=2"],
+           "fused2": ["distributed.micro_batches=2", "train.kernels=torch"]}
 
 
 def write(tmp_path: Path, model: str = ODE, data: str = ODE_DATA, kernels: str = "auto") -> Path:
@@ -110,9 +112,9 @@ def run_loss(ranks: list[dict[str, Any]], name: str) -> list[float]:
     return out
 
 
-def one_process(path: Path) -> dict[str, Any]:
+def one_process(path: Path, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     torch.set_num_threads(1)
-    return run_plan(str(path), [], SOLO)
+    return run_plan(str(path), list(overrides), SOLO)
 
 
 # ---- the stale reference, from the definition ----------------------------------------------------
@@ -215,6 +217,8 @@ def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
     # sync, M = 2: the same training, up to rounding
     assert_same(ranks[0]["sync2"]["state"], solo["state"], 1e-12)
     assert run_loss(ranks, "sync2") == pytest.approx([v for v, _ in solo["losses"]], abs=1e-12, rel=0)
+    # the fused SGD kernel's flat gradients accumulate over the micro-batches as well
+    assert_same(ranks[0]["fused2"]["state"], one_process(ode, ("train.kernels=torch",))["state"], 1e-12)
     # stale: the delayed scheme of the definition, with one or two micro-batches
     want, losses = stale_reference(ode, 2)
     for name in ("stale1", "stale2"):

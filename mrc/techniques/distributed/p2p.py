@@ -1,5 +1,6 @@
-"""Point-to-point messages between ranks: `send` and `recv`, and their lowerings over
-torch.distributed's isend / recv (gloo on the CPU, NCCL on GPUs).
+"""Point-to-point messages between ranks: the op kinds `send` and `recv`, and their message.
+Their lowerings (mrc/techniques/distributed/lower.py) run torch.distributed's isend / recv (gloo
+on the CPU, NCCL on GPUs).
 
 A module pipeline (mrc/techniques/modules/pipeline.py) cuts a detached edge that crosses ranks
 into a `send` on the producer's rank and a `recv` on the consumer's. A message is a small header
@@ -27,7 +28,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from mrc.ir.ops import GraphError, Op, op_kind
-from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
 
 if TYPE_CHECKING:
     from mrc.ir.graph import Pattern
@@ -109,87 +109,13 @@ def rows_of(value: tuple[Any, ...]) -> tuple[float, int]:
     return 1.0, len(value[1])
 
 
-def _header(x: torch.Tensor, total: int, labels: torch.Tensor | None) -> torch.Tensor:
+def header(x: torch.Tensor, total: int, labels: torch.Tensor | None) -> torch.Tensor:
+    """The header of a message of `x` (rows of a batch of `total`), with `labels` or without."""
     if x.dim() > MAX_DIMS:
-        raise LoweringError(f"a message of {x.dim()} dimensions (at most {MAX_DIMS})")
+        raise ValueError(f"a message of {x.dim()} dimensions (at most {MAX_DIMS})")
     h = [DTYPES.index(x.dtype), x.dim(), total, -1 if labels is None else DTYPES.index(labels.dtype)]
     h += list(x.shape) + [0] * (MAX_DIMS - x.dim())
     return torch.tensor(h, dtype=torch.int64, device=x.device)
 
 
-@lowers("send")
-def lower_send(op: Send, pattern: Pattern, ctx: Lowering) -> StepFn:
-    world = ctx.world
-    if not world.active:
-        raise LoweringError(f"{op.id}: a send needs a run of several processes")
-    import torch.distributed as dist
-
-    act = next((s.id for s, v in pattern.inputs(op) if v.kind == "activation"), None)
-    batch = next((s.id for s, v in pattern.inputs(op) if v.kind == "batch"), None)
-    if act is None or (op.labels and batch is None):
-        raise LoweringError(f"{op.id}: no activation (or batch) input")
-    to, tag, labels = op.to, op.phase, op.labels
-    # a stale receiver trains on this step's message at the next step: the run's last step has none
-    last = ctx.total_steps - 1 if op.stale else -1
-    pending: list[Any] = []  # the previous message's works, and the tensors they send
-
-    def send(env: Env) -> None:
-        for work in pending[::2]:
-            work.wait()
-        pending.clear()
-        if env.t == last:
-            return
-        value = env.values[act]
-        x = (value[0] if isinstance(value, tuple) else value).detach().contiguous()
-        y = None
-        total = len(x)
-        if labels:
-            src = env.values[batch]
-            y = src[1].contiguous()
-            total = rows_of(src)[1]
-        parts = [_header(x, total, y), x] + ([y] if y is not None else [])
-        for t in parts:
-            pending.extend((dist.isend(t, to, tag=tag), t))
-    return send
-
-
-@lowers("recv")
-def lower_recv(op: Recv, pattern: Pattern, ctx: Lowering) -> StepFn:
-    world = ctx.world
-    if not world.active:
-        raise LoweringError(f"{op.id}: a recv needs a run of several processes")
-    import torch.distributed as dist
-
-    key, source, tag, device = op.id, op.source, op.phase, ctx.device
-
-    def receive() -> tuple[Any, ...]:
-        h = torch.empty(HEADER, dtype=torch.int64, device=device)
-        dist.recv(h, source, tag=tag)
-        code, ndim, total, ycode, *dims = h.tolist()
-        x = torch.empty(dims[:ndim], dtype=DTYPES[code], device=device)
-        dist.recv(x, source, tag=tag)
-        y = None
-        if ycode >= 0:
-            y = torch.empty(len(x), dtype=DTYPES[ycode], device=device)
-            dist.recv(y, source, tag=tag)
-        return (x, y, len(x) / total, total)
-
-    if not op.stale:
-        def recv(env: Env) -> None:
-            env.values[key] = receive()
-        return recv
-
-    calls = [0]
-    held: list[tuple[Any, ...]] = []
-
-    def recv_stale(env: Env) -> None:
-        # call 0 waits for this step's message (the buffer's first fill); call 1 trains on it
-        # again (it is the previous step's message now); call n ≥ 2 takes message n − 1
-        if calls[0] != 1:
-            held[:] = [receive()]
-        calls[0] = min(calls[0] + 1, 2)
-        env.values[key] = held[0]
-    return recv_stale
-
-
-__all__ = ["Recv", "Send", "rows_of"]
+__all__ = ["DTYPES", "HEADER", "Recv", "Send", "header", "rows_of"]
