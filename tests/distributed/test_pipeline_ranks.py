@@ -268,3 +268,16 @@ def test_trainer_runs_a_stale_pipeline(tmp_path: Path) -> None:
     saved = torch.load(tmp_path / "run" / "final.pt")  # the model, without the auxiliary heads
     assert saved and set(saved) < set(want)
     assert_same(saved, {k: want[k] for k in saved}, 1e-12)
+
+
+def test_micro_batches_are_checked(tmp_path: Path) -> None:
+    from mrc.diagnostics import CompileError
+
+    multipliers = write(tmp_path, name="mult").read_text().replace(
+        "transport = fixed(tau=0.5)", "transport = multipliers(lambda0=1.0, h=0.1, every=2)")
+    (tmp_path / "mult.mrs").write_text(multipliers)
+    with pytest.raises(CompileError, match="method of multipliers updates λ from the whole batch's loss"):
+        compile_spec(tmp_path / "mult.mrs", ["distributed.micro_batches=2"], world=2)
+    compile_spec(tmp_path / "mult.mrs", world=2)  # one micro-batch: fine
+    with pytest.raises(CompileError, match="a batch of 7 cannot be split into 8 micro-batches"):
+        compile_spec(write(tmp_path), ["distributed.micro_batches=8"], world=2)
