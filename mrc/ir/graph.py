@@ -435,7 +435,8 @@ class ScheduleGraph:
         for op in ops:
             deps = [f"%{numbering[p.id]}" + (f":{v.kind}" if v.kind != "order" else "")
                     for p, v in pattern.inputs(op)]
-            scope = f" @[{op.scope.text()}]" if not op.scope.empty else ""
+            where = " ".join(t for t in (op.scope.text(), _phase(op)) if t)
+            scope = f" @[{where}]" if where else ""
             after = f"  ← {', '.join(deps)}" if deps else ""
             lines.append(f"  %{numbering[op.id]} = {op.text()}{scope}{after}")
         return lines
@@ -561,6 +562,12 @@ def _partition_json(info: dict[str, Any]) -> dict[str, Any]:
         if not out[key]:
             del out[key]
     return out
+
+
+def _phase(op: Op) -> str:
+    """`phase=j` for an op of a step's phase j > 0 (a pipeline's micro-batch j), else ''."""
+    phase = getattr(op, "phase", 0)
+    return f"phase={phase}" if phase else ""
 
 
 def _ranges(steps: Iterable[int]) -> str:

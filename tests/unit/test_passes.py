@@ -202,10 +202,10 @@ def test_prune_works_per_scope_and_phase() -> None:
         "  %2 = loss cross_entropy  ← %0:batch, %1:logits",
         "  %3 = backward wrt {slow}  ← %2:loss",
         "  %4 = update slow sgd(momentum=0.9) lr=0.2  ← %3:grads",
-        "  %5 = forward model [grad {fast}]  ← %0:batch, %4",
-        "  %6 = loss cross_entropy  ← %0:batch, %5:logits",
-        "  %7 = backward wrt {fast}  ← %6:loss",
-        "  %8 = update fast sgd(momentum=0.9) lr=0.1  ← %7:grads",
+        "  %5 = forward model [grad {fast}] @[phase=1]  ← %0:batch, %4",
+        "  %6 = loss cross_entropy @[phase=1]  ← %0:batch, %5:logits",
+        "  %7 = backward wrt {fast} @[phase=1]  ← %6:loss",
+        "  %8 = update fast sgd(momentum=0.9) lr=0.1 @[phase=1]  ← %7:grads",
     ]
     assert [op.id for op in pruned.at(0)][5:] == ["forward#1", "loss#1", "backward#1", "update.fast#1"]
 

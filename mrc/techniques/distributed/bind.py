@@ -53,6 +53,12 @@ def bind_placement(program: Program, world: int, bound: Any, r: Reporter) -> Pla
         if len(names) < world:
             r.error(f"{len(names)} modules cannot fill {world} ranks (each rank runs one or more)", span)
             return None
+        micro = d.micro_batches if d is not None else 1
+        if bound.data.batch_size < micro:
+            r.error(f"a batch of {bound.data.batch_size} cannot be split into {micro} micro-batches",
+                    d.spans.get("micro_batches", span) if d is not None else span,
+                    hint="use a batch at least as large as the number of micro-batches")
+            return None
         for rank, (a, b) in enumerate(blocks(len(names), world)):
             ranks += [(n, rank) for n in names[a:b]]
     elif mode == "layers":

@@ -73,3 +73,7 @@ def check_distributed_combinations(ck: Checker) -> None:
         if getattr(mods, "regime", "parallel") != "parallel":
             ck.r.error("a module pipeline runs the `parallel` regime (every batch through every module)",
                        d.mode_span, hint="set `regime = parallel` in the `modules` block")
+        elif d.micro_batches > 1 and getattr(mods, "transport", "none") == "multipliers":
+            ck.r.error("the method of multipliers updates λ from the whole batch's loss: it cannot run on "
+                       "micro-batches", d.spans.get("micro_batches", d.mode_span),
+                       hint="use `micro_batches=1`, or a fixed τ")

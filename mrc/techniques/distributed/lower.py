@@ -1,11 +1,13 @@
-"""Lowerings of `shard` and `all_reduce` onto the run's world (mrc.runtime.world).
+"""Lowerings of `shard`, `all_reduce`, `send` and `recv` onto the run's world (mrc.runtime.world).
 
 A shard is a slice of the batch (no copy). An all-reduce runs over flat buckets prepared once:
 partitions of a fused rule already keep their gradients in one flat buffer (mrc/runtime/fused.py),
 so each contiguous run of their spans is reduced in place, with no copy; the gradients of the
 other partitions are packed into one flat buffer made once, reduced, and unpacked. Before a
 `mean` each rank scales its bucket by its shard's share of the batch (n_r / N), so unequal
-shards (the last batch of an epoch) still give the global batch's gradient.
+shards (the last batch of an epoch) still give the global batch's gradient. A send and a recv
+exchange the messages of mrc/techniques/distributed/p2p.py (its docstring says when a stale recv
+waits) point to point, through torch.distributed directly: they are not collectives.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
 from mrc.techniques.core.lower import FUSED, fused_integrator, replica
 from mrc.techniques.distributed.bind import blocks
 from mrc.techniques.distributed.ops import AllReduce, Shard
+from mrc.techniques.distributed.p2p import DTYPES, HEADER, Recv, Send, header, rows_of
 
 
 @lowers("shard")
@@ -130,3 +133,81 @@ def lower_all_reduce(op: AllReduce, pattern: Pattern, ctx: Lowering) -> StepFn |
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(clipped, clip)
     return all_reduce
+
+
+# ---- point-to-point messages (mrc/techniques/distributed/p2p.py) ----------------------------------
+
+
+@lowers("send")
+def lower_send(op: Send, pattern: Pattern, ctx: Lowering) -> StepFn:
+    world = ctx.world
+    if not world.active:
+        raise LoweringError(f"{op.id}: a send needs a run of several processes")
+    import torch.distributed as dist
+
+    act = next((s.id for s, v in pattern.inputs(op) if v.kind == "activation"), None)
+    batch = next((s.id for s, v in pattern.inputs(op) if v.kind == "batch"), None)
+    if act is None or (op.labels and batch is None):
+        raise LoweringError(f"{op.id}: no activation (or batch) input")
+    to, tag, labels = op.to, op.phase, op.labels
+    # a stale receiver trains on this step's message at the next step: the run's last step has none
+    last = ctx.total_steps - 1 if op.stale else -1
+    pending: list[Any] = []  # the previous message's works, and the tensors they send
+
+    def send(env: Env) -> None:
+        for work in pending[::2]:
+            work.wait()
+        pending.clear()
+        if env.t == last:
+            return
+        value = env.values[act]
+        x = (value[0] if isinstance(value, tuple) else value).detach().contiguous()
+        y = None
+        total = len(x)
+        if labels:
+            src = env.values[batch]
+            y = src[1].contiguous()
+            total = rows_of(src)[1]
+        parts = [header(x, total, y), x] + ([y] if y is not None else [])
+        for t in parts:
+            pending.extend((dist.isend(t, to, tag=tag), t))
+    return send
+
+
+@lowers("recv")
+def lower_recv(op: Recv, pattern: Pattern, ctx: Lowering) -> StepFn:
+    world = ctx.world
+    if not world.active:
+        raise LoweringError(f"{op.id}: a recv needs a run of several processes")
+    import torch.distributed as dist
+
+    key, source, tag, device = op.id, op.source, op.phase, ctx.device
+
+    def receive() -> tuple[Any, ...]:
+        h = torch.empty(HEADER, dtype=torch.int64, device=device)
+        dist.recv(h, source, tag=tag)
+        code, ndim, total, ycode, *dims = h.tolist()
+        x = torch.empty(dims[:ndim], dtype=DTYPES[code], device=device)
+        dist.recv(x, source, tag=tag)
+        y = None
+        if ycode >= 0:
+            y = torch.empty(len(x), dtype=DTYPES[ycode], device=device)
+            dist.recv(y, source, tag=tag)
+        return (x, y, len(x) / total, total)
+
+    if not op.stale:
+        def recv(env: Env) -> None:
+            env.values[key] = receive()
+        return recv
+
+    calls = [0]
+    held: list[tuple[Any, ...]] = []
+
+    def recv_stale(env: Env) -> None:
+        # call 0 waits for this step's message (the buffer's first fill); call 1 trains on it
+        # again (it is the previous step's message now); call n ≥ 2 takes message n − 1
+        if calls[0] != 1:
+            held[:] = [receive()]
+        calls[0] = min(calls[0] + 1, 2)
+        env.values[key] = held[0]
+    return recv_stale

@@ -6,7 +6,11 @@ residual branches r_m of its blocks). A module's forward reads its input edge �
 previous module's output, detached on a `detached` edge — and runs without autograd when it
 tracks no partition (a frozen module of a sequential stage). The local loss is
 weight·CE + transport_weight·Σ_m mean(r_m²), or with the method of multipliers λ_k·CE + Σ_m
-mean(r_m²), λ_k kept (and checkpointed) in the lowering's state.
+mean(r_m²), λ_k kept (and checkpointed) in the lowering's state. In a module pipeline
+(mrc/techniques/modules/place.py) a micro-batch is a slice of the batch with its share, a
+micro-batch's backward adds its share-weighted gradients to the step's, a local loss records the
+step's share-weighted sum, and the modules are broadcast from the ranks that train them before
+evaluation and saving.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from torch import fx, nn
 from mrc.ir.graph import Pattern
 from mrc.ir.ops import Forward
 from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
-from mrc.techniques.core.lower import replica
-from mrc.techniques.modules.ops import AuxHead, LocalLoss
+from mrc.techniques.core.lower import FUSED, fused_integrator, replica
+from mrc.techniques.distributed.bind import blocks
+from mrc.techniques.modules.ops import AuxHead, LocalLoss, MicroBackward, MicroBatch
 
 
 def module_index(name: str) -> int:
@@ -46,6 +51,7 @@ def pieces(ctx: Lowering, r: str) -> list[fx.GraphModule]:
             cuts.append(fxsplit.Cut(index[info.start], info.start, info.path))
         got = ctx.cache[key] = fxsplit.split_modules(gm, cuts, taps=True)
         _register_metrics(ctx)
+        register_sync(ctx)
     return got
 
 
@@ -126,10 +132,23 @@ def lower_local_loss(op: LocalLoss, pattern: Pattern, ctx: Lowering) -> StepFn:
     rec = records.setdefault((r, m), {})
     # the step's reported loss: the last module this replica trains here (the model's own
     # classifier when every module trains)
-    mine = [module_index(o.scope.module) for o in pattern.of_kind(LocalLoss) if replica(o) == r]
-    reports = module_index(m) == max(mine)
+    losses = [o for o in pattern.of_kind(LocalLoss) if replica(o) == r]
+    last = max(module_index(o.scope.module) for o in losses)
+    reports = module_index(m) == last
+    # a pipeline rank without the last module reports no loss: its share of the run's is 0
+    silent = not any(module_index(o.scope.module) == last and o.scope.rank in (-1, getattr(ctx.world, "rank", 0))
+                     for o in losses)
+    # micro-batch `phase` of `count` (a pipeline): the step's loss and transport are the
+    # share-weighted sums over its micro-batches, recorded (and reported) after the last
+    source = pattern.op(batch)
+    count = getattr(source, "count", 1) if source.kind in ("micro_batch", "recv") else 1
+    micro, final = op.phase, op.phase == count - 1
+    sums: dict[str, torch.Tensor] = ctx.cache.setdefault(("modules.micro", r, m), {})
     lam = None
     if op.multipliers:
+        if count > 1:
+            raise LoweringError(f"{op.id}: the method of multipliers updates λ from the whole batch's loss; "
+                                "it cannot run on micro-batches")
         lambda0, h, _ = op.multipliers
         lam = _lambda(ctx, r, m, lambda0)
         update = op.update_multiplier
@@ -141,6 +160,14 @@ def lower_local_loss(op: LocalLoss, pattern: Pattern, ctx: Lowering) -> StepFn:
     shared_ce = lam is not None and ctx.world.active and placed is not None and placed.mode == "data"
     world = ctx.world
 
+    def record(name: str, value: torch.Tensor, env: Env) -> torch.Tensor:
+        """The step's value of `name` so far (its micro-batches' share-weighted sum)."""
+        if count == 1:
+            return value
+        w = env.values[batch][2]
+        sums[name] = value * w if micro == 0 else sums[name] + value * w
+        return sums[name]
+
     def loss(env: Env) -> None:
         logits = env.values[logits_src][0] if from_forward else env.values[logits_src]
         ce = F.cross_entropy(logits, env.values[batch][1], label_smoothing=smoothing)
@@ -148,7 +175,9 @@ def lower_local_loss(op: LocalLoss, pattern: Pattern, ctx: Lowering) -> StepFn:
         if taps is not None:
             branches = env.values[taps][1]
             cost = sum(b.pow(2).mean() for b in branches) if branches else ce.new_zeros(())
-            rec["transport"] = cost.detach()
+            cost_so_far = record("transport", cost.detach(), env)
+            if final:
+                rec["transport"] = cost_so_far
             if lam is not None:
                 if update and env.clock > 0:
                     with torch.no_grad():
@@ -159,10 +188,14 @@ def lower_local_loss(op: LocalLoss, pattern: Pattern, ctx: Lowering) -> StepFn:
                 value = lam * ce + cost
             else:
                 value = ce + weight * cost
-        rec["loss"] = ce.detach()
+        ce_so_far = record("loss", ce.detach(), env)
         env.values[key] = value
-        if reports:
-            env.losses.append((r, ce.detach()))
+        if silent:
+            env.weight = 0.0
+        if final:
+            rec["loss"] = ce_so_far
+            if reports:
+                env.losses.append((r, ce_so_far))
     return loss
 
 
@@ -180,3 +213,112 @@ def _register_metrics(ctx: Lowering) -> None:
             out[f"{r}.{m}" if r else m] = row
         return {"modules": out} if out else {}
     ctx.metrics.append(metrics)
+
+
+# ---- module pipelines (mrc/techniques/modules/place.py) ----------------------------------------
+
+
+@lowers("micro_batch")
+def lower_micro_batch(op: MicroBatch, pattern: Pattern, ctx: Lowering) -> StepFn:
+    src = next((s.id for s, v in pattern.inputs(op) if v.kind == "batch"), None)
+    if src is None:
+        raise LoweringError(f"{op.id}: no batch input")
+    key, j, m = op.id, op.phase, op.count
+    cuts: dict[int, tuple[int, int]] = {}
+
+    def micro_batch(env: Env) -> None:
+        x, y = env.values[src][0], env.values[src][1]
+        n = len(x)
+        cut = cuts.get(n)
+        if cut is None:
+            if n < m:
+                raise LoweringError(f"a batch of {n} cannot be split into {m} micro-batches")
+            cut = cuts[n] = blocks(n, m)[j]
+        a, b = cut
+        env.values[key] = (x[a:b], y[a:b], (b - a) / n, n)
+    return micro_batch
+
+
+@lowers("micro_backward")
+def lower_micro_backward(op: MicroBackward, pattern: Pattern, ctx: Lowering) -> StepFn:
+    if op.method != "autograd":
+        raise LoweringError(f"{op.id}: backward by `{op.method}` has no lowering")
+    r = replica(op)
+    loss = next((s for s, v in pattern.inputs(op) if v.kind == "loss"), None)
+    if loss is None:
+        raise LoweringError(f"{op.id}: no loss input")
+    share = next((s.id for s, v in pattern.inputs(loss) if v.kind == "batch"), None)
+    if share is None:
+        raise LoweringError(f"{op.id}: its loss reads no micro-batch")
+    inputs: list[torch.Tensor] = []
+    fresh: list[torch.Tensor] = []
+    spans: dict[int, tuple[Any, list[str]]] = {}
+    for n in op.wrt:
+        params = ctx.replicas.params(ctx.graph, r, n)
+        inputs += params
+        owner = ctx.owners.get((r, n))
+        if owner is not None and owner.kernel in FUSED:
+            integ = fused_integrator(owner, ctx)
+            spans.setdefault(id(integ), (integ, []))[1].append(n)
+        else:
+            fresh += params
+    inputs = list({id(p): p for p in inputs}.values())
+    fresh = list({id(p): p for p in fresh}.values())
+    zero = tuple((integ, tuple(ns)) for integ, ns in spans.values())
+    first, clip, loss_id = op.phase == 0, op.clip, loss.id
+
+    def backward(env: Env) -> None:
+        if first:
+            for p in fresh:
+                p.grad = None
+            for integ, names in zero:
+                integ.zero_spans(names)
+        w = env.values[share][2]
+        torch.autograd.backward(env.values[loss_id] * w, inputs=inputs)
+        if clip > 0:
+            nn.utils.clip_grad_norm_(inputs, clip)
+    return backward
+
+
+def register_sync(ctx: Lowering) -> None:
+    """Before evaluation or saving, broadcast each module's parameters and buffers from the rank
+    that trains it (once per lowering; nothing in one process)."""
+    placement = ctx.graph.placement
+    if placement is None or placement.mode != "pipeline" or not ctx.world.active or ctx.cache.get("pipeline.sync"):
+        return
+    ctx.cache["pipeline.sync"] = True
+    graph, world = ctx.graph, ctx.world
+    model = ctx.bound.model
+    seen: set[int] = set()
+    groups: list[tuple[int, list[torch.Tensor]]] = []  # (owner rank, tensors of one dtype)
+    for name, info in graph.modules.items():
+        owner = placement.rank_of(name)
+        tensors: list[torch.Tensor] = []
+        for part in graph.partitions:
+            if part.rpartition("@")[2] == name:
+                tensors += ctx.replicas.params(graph, "", part)
+        for layer in info.layers:
+            tensors += list(model.get_submodule(layer).buffers())
+        by_dtype: dict[Any, list[torch.Tensor]] = {}
+        for t in tensors:
+            if id(t) not in seen:
+                seen.add(id(t))
+                by_dtype.setdefault((t.dtype, t.device), []).append(t)
+        groups += [(owner, ts) for ts in by_dtype.values()]
+    me = world.rank
+
+    def sync() -> None:
+        with torch.no_grad():
+            for owner, tensors in groups:
+                if owner == me:
+                    flat = torch.cat([t.reshape(-1) for t in tensors])
+                else:
+                    flat = torch.empty(sum(t.numel() for t in tensors), dtype=tensors[0].dtype,
+                                       device=tensors[0].device)
+                world.broadcast(flat, owner)
+                if owner != me:
+                    off = 0
+                    for t in tensors:
+                        t.copy_(flat[off:off + t.numel()].view_as(t))
+                        off += t.numel()
+    ctx.syncs.append(sync)

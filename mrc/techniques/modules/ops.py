@@ -6,7 +6,9 @@ reading the *detached* output of module k−1 (the batch, for the first), its cl
 (cross-entropy, plus with TRGL the transport cost of its residual branches), and the backward
 and updates of the module's own partitions. Module k's backward runs before module k+1's forward
 (an order edge), so each module's activations are freed before the next module makes its own:
-that is where the memory goes.
+that is where the memory goes. In a module pipeline (mrc/techniques/modules/place.py) a
+`micro_batch` cuts the batch and each micro-batch's `micro_backward` adds its share-weighted
+gradients to the step's.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from mrc.ir.ops import GraphError, Loss, Op, op_kind
+from mrc.ir.ops import Backward, GraphError, Loss, Op, names, op_kind
 
 if TYPE_CHECKING:
     from mrc.ir.graph import Pattern
@@ -31,6 +33,8 @@ class AuxHead(Op):
     pure: ClassVar[bool] = True
     path: str = ""
     head: str = ""
+    phase: int = 0
+    """The micro-batch it runs on in a module pipeline (mrc/techniques/modules/pipeline.py)."""
 
     def text(self) -> str:
         return f"aux_head {self.path} {self.head}"
@@ -78,4 +82,45 @@ class LocalLoss(Loss):
             raise GraphError(f"{self.id}: a transport term needs its module's forward (the residual branches)")
 
 
-__all__ = ["AuxHead", "LocalLoss"]
+@op_kind
+@dataclass(frozen=True, slots=True)
+class MicroBatch(Op):
+    """Micro-batch `phase` of `count` of the batch on its input edge: its contiguous rows (the
+    first micro-batches one row longer where the batch does not divide) with their share of the
+    batch. The ops of micro-batch j run in phase j of the step."""
+
+    kind: ClassVar[str] = "micro_batch"
+    rank: ClassVar[int] = 1
+    pure: ClassVar[bool] = True
+    count: int = 1
+    phase: int = 0
+
+    def text(self) -> str:
+        return f"micro_batch {self.phase + 1}/{self.count}"
+
+    def verify(self, pattern: Pattern) -> None:
+        if not any(v.kind == "batch" for _, v in pattern.inputs(self)):
+            raise GraphError(f"{self.id}: a micro-batch needs the batch as input")
+        if not 0 <= self.phase < self.count:
+            raise GraphError(f"{self.id}: micro-batch {self.phase} of {self.count}")
+
+
+@op_kind
+@dataclass(frozen=True, slots=True)
+class MicroBackward(Backward):
+    """The gradients of `wrt` from micro-batch `phase` of `count`: the loss on its input edge
+    weighted by the micro-batch's share of the batch, added to the gradients of the step's
+    micro-batches before it (micro-batch 0 starts them afresh). `clip` (on the last micro-batch
+    only) clips the sum."""
+
+    kind: ClassVar[str] = "micro_backward"
+    count: int = 1
+
+    def text(self) -> str:
+        clip = f" clip={self.clip:g}" if self.clip else ""
+        how = "fresh" if self.phase == 0 else "accumulated"
+        return (f"backward wrt {names(self.wrt)} × share of micro-batch {self.phase + 1}/{self.count}"
+                f" ({how}){clip}")
+
+
+__all__ = ["AuxHead", "LocalLoss", "MicroBackward", "MicroBatch"]
