@@ -122,6 +122,10 @@ class Lowering:
     """Warnings a technique's ops raised as they ran (shown, then cleared, at the next log)."""
     world: Any = None
     """mrc.runtime.world.World: this process among the run's (set by `lower`)."""
+    foreign: dict[str, Any] = field(default_factory=dict)
+    """Saved states of the integrators other processes run (a module pipeline's modules on other
+    ranks), by key as `Plan.state_dict` writes them, gathered by a sync: a checkpoint written
+    by rank 0 holds every rank's."""
     syncs: list[Callable[[], None]] = field(default_factory=list)
     """What makes every rank's copy of the state whole before it is read (evaluation, saving,
     checkpoints): brains fetched from the ranks that train them, buffers from rank 0."""
@@ -158,10 +162,12 @@ class Lowering:
                     for n, lr in zip(op.partitions, op.lrs[i * per:(i + 1) * per], strict=True):
                         self.lrs.setdefault(f"{r}.{n}" if r else n, lr)
 
-    def groups_of(self, replica: str, rule: Any, kernel: str) -> list[str]:
-        """Every partition that an update group of `rule` on `kernel` moves in `replica`, in
-        the partition table's order (the integrator's layout)."""
-        names = {n for (r, n), op in self.owners.items() if r == replica and op.rule == rule and op.kernel == kernel}
+    def groups_of(self, replica: str, rule: Any, kernel: str, rank: int = -1) -> list[str]:
+        """Every partition that an update group of `rule` on `kernel` moves in `replica` (on
+        process `rank`, for updates placed on one: an integrator never spans processes), in the
+        partition table's order (the integrator's layout)."""
+        names = {n for (r, n), op in self.owners.items() if r == replica and op.rule == rule and op.kernel == kernel
+                 and (rank < 0 or op.scope.rank == rank)}
         return [n for n in self.graph.partitions if n in names]
 
     def lr_of(self, replica: str, partition: str) -> float:
@@ -354,7 +360,7 @@ class Plan:
 
     def state_dict(self) -> dict[str, Any]:
         ctx = self.ctx
-        return {"integrators": {**ctx.replicas.other_integrators(),
+        return {"integrators": {**ctx.replicas.other_integrators(), **ctx.foreign,
                                 **{repr(k): v.state_dict() for k, v in ctx.integrators.items()}},
                 "drift": {repr(k): [d.clone() for d in ds] for k, ds in ctx.drift.items()},
                 "subsets": {repr(k): s.state_dict() for k, s in ctx.subsets.items()},
@@ -403,6 +409,17 @@ class Plan:
         for key, integ in self.ctx.integrators.items():
             if key[0] == replica:
                 yield integ
+
+
+def cpu_copy(value: Any) -> Any:
+    """`value` with every tensor in it copied to the CPU (to hand it to another process)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, dict):
+        return {k: cpu_copy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(cpu_copy(v) for v in value)
+    return value
 
 
 def _pattern_rates(pattern: Pattern) -> dict[str, float]:

@@ -263,11 +263,34 @@ def test_trainer_runs_a_stale_pipeline(tmp_path: Path) -> None:
     for r in ranks:
         assert_same(r["state"], want, 1e-12)
     assert [s for s, _ in ranks[0]["losses"]] == list(range(1, STEPS + 1))
-    # the trainer hands a rank that reports no loss itself (rank 0 here) the run's loss in float32
-    assert [v for _, v in ranks[0]["losses"]] == pytest.approx(losses, abs=1e-6, rel=0)
+    # a rank that reports no loss itself (rank 0 here) logs the run's loss all the same
+    assert [v for _, v in ranks[0]["losses"]] == pytest.approx(losses, abs=1e-12, rel=0)
     saved = torch.load(tmp_path / "run" / "final.pt")  # the model, without the auxiliary heads
     assert saved and set(saved) < set(want)
     assert_same(saved, {k: want[k] for k in saved}, 1e-12)
+
+
+def resume_here(spec: str, out: str, buffers: str, stop_at: int | None, resume: bool) -> dict[str, Any]:
+    """A run through mrc.api.train, paused at `stop_at` or resumed from `out`."""
+    import mrc.api as mrc
+
+    result = mrc.train(spec, out=out, resume=out if resume else None, stop_at=stop_at,
+                       overrides=[] if resume else [f"distributed.buffers={buffers}"], tensorboard=False)
+    return {"state": {k: v.detach().clone() for k, v in result.model.state_dict().items()}}
+
+
+@pytest.mark.parametrize("buffers", ["sync", "stale"])
+def test_a_paused_pipeline_resumes_exactly(tmp_path: Path, buffers: str) -> None:
+    """Paused at a checkpoint and resumed on 2 ranks, the run ends where the whole run does: the
+    checkpoint (written by rank 0) holds the momentum of the modules rank 1 trains and, with
+    stale buffers, the message in flight that rank 1 trains on next."""
+    spec = write(tmp_path, extra=", log_every=1, eval_every=0, checkpoint_every=2", name=f"resume_{buffers}")
+    whole = run_ranks(resume_here, 2, str(spec), str(tmp_path / "whole"), buffers, None, False, timeout=240)
+    out = str(tmp_path / "paused")
+    run_ranks(resume_here, 2, str(spec), out, buffers, 3, False, timeout=240)
+    resumed = run_ranks(resume_here, 2, str(spec), out, buffers, None, True, timeout=240)
+    for got, want in zip(resumed, whole, strict=True):
+        assert_same(got["state"], want["state"], 0)
 
 
 def test_micro_batches_are_checked(tmp_path: Path) -> None:

@@ -147,12 +147,12 @@ def fused_integrator(op: UpdateGroup, ctx: Lowering) -> Any:
     from mrc.runtime.fused import FusedAdam, FusedSGD
 
     r = replica(op)
-    key = (r, "fused", op.rule, op.kernel)
+    key = integrator_key(op, "fused")
     integ = ctx.integrators.get(key)
     if integ is not None:
         return integ
     graph = ctx.graph
-    names = ctx.groups_of(r, op.rule, op.kernel)
+    names = ctx.groups_of(r, op.rule, op.kernel, op.scope.rank)
     params = {n: ctx.replicas.params(graph, r, n) for n in names}
     tensors = [p for n in names for p in params[n]]
     if len({(p.dtype, p.device) for p in tensors}) != 1:
@@ -179,12 +179,20 @@ def fused_integrator(op: UpdateGroup, ctx: Lowering) -> Any:
     return integ
 
 
+def integrator_key(op: UpdateGroup, family: str) -> tuple[Any, ...]:
+    """The key of an update group's integrator: one per replica, family, rule and kernel — and
+    per process for updates placed on one (`Scope.rank`), so that each integrator lives on
+    exactly one rank (its state is that rank's to save)."""
+    key: tuple[Any, ...] = (replica(op), family, op.rule, op.kernel)
+    return key if op.scope.rank < 0 else (*key, op.scope.rank)
+
+
 def torch_integrator(op: UpdateGroup, ctx: Lowering) -> TorchRule:
     r = replica(op)
-    key = (r, "torch.optim", op.rule, op.kernel)
+    key = integrator_key(op, "torch.optim")
     integ = ctx.integrators.get(key)
     if integ is None:
-        names = ctx.groups_of(r, op.rule, op.kernel)
+        names = ctx.groups_of(r, op.rule, op.kernel, op.scope.rank)
         integ = TorchRule(op.rule, {n: ctx.replicas.params(ctx.graph, r, n) for n in names},
                           {n: ctx.lr_of(r, n) for n in names}, op.kernel,
                           noise_seed=stable_seed(ctx.bound.program.train.seed, r, *names),

@@ -150,6 +150,9 @@ def lower_send(op: Send, pattern: Pattern, ctx: Lowering) -> StepFn:
     if act is None or (op.labels and batch is None):
         raise LoweringError(f"{op.id}: no activation (or batch) input")
     to, tag, labels = op.to, op.phase, op.labels
+    # a stale pipeline's last message is part of the run's state (a resumed receiver trains on it)
+    outbox = ctx.cache.setdefault("pipeline.outbox", {}) if op.stale else None
+    box = message_key(world.rank, to, tag)
     # a stale receiver trains on this step's message at the next step: the run's last step has none
     last = ctx.total_steps - 1 if op.stale else -1
     pending: list[Any] = []  # the previous message's works, and the tensors they send
@@ -171,7 +174,15 @@ def lower_send(op: Send, pattern: Pattern, ctx: Lowering) -> StepFn:
         parts = [header(x, total, y), x] + ([y] if y is not None else [])
         for t in parts:
             pending.extend((dist.isend(t, to, tag=tag), t))
+        if outbox is not None:
+            outbox[box] = (x, y, total)
     return send
+
+
+def message_key(source: int, to: int, phase: int) -> str:
+    """Where a stale pipeline's last message from `source` to `to` (of one phase) is kept in
+    the plan's state."""
+    return f"pipeline.message.{source}>{to}.p{phase}"
 
 
 @lowers("recv")
@@ -202,8 +213,16 @@ def lower_recv(op: Recv, pattern: Pattern, ctx: Lowering) -> StepFn:
 
     calls = [0]
     held: list[tuple[Any, ...]] = []
+    box = message_key(source, world.rank, tag)
 
     def recv_stale(env: Env) -> None:
+        if calls[0] == 0 and f"{box}.x" in ctx.state:
+            # a resumed run: the buffer holds the message the predecessor sent last before the
+            # checkpoint (it trains on that now, and takes this step's message at the next)
+            x = ctx.state[f"{box}.x"]
+            total = int(ctx.state[f"{box}.total"])
+            held[:] = [(x, ctx.state.get(f"{box}.y"), len(x) / total, total)]
+            calls[0] = 1
         # call 0 waits for this step's message (the buffer's first fill); call 1 trains on it
         # again (it is the previous step's message now); call n ≥ 2 takes message n − 1
         if calls[0] != 1:

@@ -11,9 +11,11 @@ for what it waits for: the n-th message of its phase.
 
 `recv` in sync mode waits for this step's message. In stale mode (the seed's batch buffers) the
 rank trains on the last message its predecessor finished without waiting for this step's: at
-step t it holds the message of step t−1, except on the first step this process runs (step 0, or
-the first after a resume), which waits for that step's own message to fill the buffer — so the
-first two steps train on the same message. A send never waits for its receiver's computation:
+step t it holds the message of step t−1, except on step 0, which waits for that step's own
+message to fill the buffer — so the first two steps train on the same message. The last message
+each rank sent is part of the run's state (gathered into rank 0's checkpoint by the pipeline's
+sync), so a resumed receiver starts from the message the run would have trained on: resume is
+exact. A send never waits for its receiver's computation:
 it is non-blocking, and only waits (at its next call) for its previous message to have been
 taken, so a rank runs at most one message ahead of its successor. A stale send skips the run's
 last step (`Lowering.total_steps`), whose message no step would train on; a run stopped early

@@ -321,4 +321,26 @@ def register_sync(ctx: Lowering) -> None:
                     for t in tensors:
                         t.copy_(flat[off:off + t.numel()].view_as(t))
                         off += t.numel()
+            gather_pipeline_state(ctx)
     ctx.syncs.append(sync)
+
+
+def gather_pipeline_state(ctx: Lowering) -> None:
+    """What a checkpoint written by rank 0 needs of the other ranks: the states of the
+    integrators they run (into `ctx.foreign`) and, in a stale pipeline, the last message each
+    rank sent (into `ctx.state`, so a resumed receiver trains on it first, as the run would
+    have: mrc/techniques/distributed/p2p.py). One all-gather of objects."""
+    from mrc.lower.plan import cpu_copy
+
+    me = ctx.world.rank
+    states = {repr(k): cpu_copy(v.state_dict()) for k, v in ctx.integrators.items()
+              if len(k) > 4 and k[-1] == me}
+    outbox = {k: cpu_copy(v) for k, v in ctx.cache.get("pipeline.outbox", {}).items()}
+    for r, (theirs, messages) in enumerate(ctx.world.all_gather_object((states, outbox))):
+        if r != me:
+            ctx.foreign.update(theirs)
+        for key, (x, y, total) in messages.items():
+            ctx.state[f"{key}.x"] = x.to(ctx.device)
+            ctx.state[f"{key}.total"] = torch.tensor(total)
+            if y is not None:
+                ctx.state[f"{key}.y"] = y.to(ctx.device)

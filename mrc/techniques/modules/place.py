@@ -24,8 +24,8 @@ statistics move M times per step), up to rounding.
 rank does not wait for its predecessor's output of this step; the first module of rank r trains
 at step t on the detached output (and the targets) its predecessor on rank r−1 produced at step
 t−1 — its predecessor's last output; modules on one rank pass their outputs on within the step.
-The first step a process runs (step 0, or the first after a resume) waits for its predecessor's
-output of that step to fill the buffer, so step 0 is synchronous and step 1 trains on step 0's
+Step 0 waits for its predecessor's output of that step to fill the buffer (a resumed run
+starts from the buffer its checkpoint holds), so step 0 is synchronous and step 1 trains on step 0's
 message again: rank r at step t trains on the message its predecessor made at step max(t−1, 0),
 which carries batch max(t−r, 0) (the staleness is one step per rank boundary). After step 0 the
 ranks run concurrently, a rank at most one step ahead of its successor.
