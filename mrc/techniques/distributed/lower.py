@@ -20,6 +20,7 @@ from mrc.ir.graph import Pattern
 from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
 from mrc.techniques.core.lower import FUSED, fused_integrator, replica
 from mrc.techniques.distributed.bind import blocks
+from mrc.techniques.distributed.buckets import GradBucket
 from mrc.techniques.distributed.ops import AllReduce, Shard
 from mrc.techniques.distributed.p2p import DTYPES, HEADER, Recv, Send, header, rows_of
 
@@ -94,8 +95,7 @@ def lower_all_reduce(op: AllReduce, pattern: Pattern, ctx: Lowering) -> StepFn |
                 runs.append((integ, a, b))
                 a, b = c, d
         runs.append((integ, a, b))
-    sizes = [p.numel() for p in loose]
-    flat = torch.zeros(sum(sizes), dtype=loose[0].dtype, device=loose[0].device) if loose else None
+    bucket = GradBucket(loose)
     shard = _shard_of(pattern, op) if op.how == "mean" else None
     if op.how == "mean" and shard is None:
         raise LoweringError(f"{op.id}: a mean over ranks needs the shard of the batch before it")
@@ -111,25 +111,7 @@ def lower_all_reduce(op: AllReduce, pattern: Pattern, ctx: Lowering) -> StepFn |
             if w != 1.0:
                 g.mul_(w)
             world.all_reduce(g)
-        if flat is not None:
-            off = 0
-            for p, size in zip(loose, sizes, strict=True):
-                part = flat[off:off + size]
-                if p.grad is None:
-                    part.zero_()
-                else:
-                    part.copy_(p.grad.reshape(-1))
-                off += size
-            if w != 1.0:
-                flat.mul_(w)
-            world.all_reduce(flat)
-            off = 0
-            for p, size in zip(loose, sizes, strict=True):
-                if p.grad is None:
-                    p.grad = flat[off:off + size].view_as(p).clone()
-                else:
-                    p.grad.copy_(flat[off:off + size].view_as(p))
-                off += size
+        bucket.all_reduce(world, w)
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(clipped, clip)
     return all_reduce

@@ -38,6 +38,7 @@ from mrc.ir.graph import Pattern, StackInfo
 from mrc.ir.ops import Forward
 from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
 from mrc.techniques.core.lower import forward_callable, replica
+from mrc.techniques.distributed.buckets import GradBucket
 from mrc.techniques.mgrit.bind import stack_stretch
 from mrc.techniques.mgrit.expand import covers
 from mrc.techniques.mgrit.ops import PHASES, SolvePhase, SumStackGrads
@@ -470,27 +471,11 @@ def lower_sum_stack_grads(op: SumStackGrads, pattern: Pattern, ctx: Lowering) ->
     clipped = list(every.values())
     if not world.active and not clip:
         return None
-    sizes = [p.numel() for p in params]
-    flat = torch.zeros(sum(sizes), dtype=params[0].dtype, device=params[0].device) if params else None
+    bucket = GradBucket(params)
 
     def sum_grads(env: Env) -> None:
-        if world.active and flat is not None:
-            off = 0
-            for p, size in zip(params, sizes, strict=True):
-                part = flat[off:off + size]
-                if p.grad is None:
-                    part.zero_()
-                else:
-                    part.copy_(p.grad.reshape(-1))
-                off += size
-            world.all_reduce(flat)
-            off = 0
-            for p, size in zip(params, sizes, strict=True):
-                if p.grad is None:
-                    p.grad = flat[off:off + size].view_as(p).clone()
-                else:
-                    p.grad.copy_(flat[off:off + size].view_as(p))
-                off += size
+        if world.active:
+            bucket.all_reduce(world)
         if clip > 0:
             nn.utils.clip_grad_norm_(clipped, clip)
     return sum_grads
