@@ -286,6 +286,9 @@ class PlacementInfo:
     ranks: tuple[tuple[str, int], ...] = ()
     micro_batches: int = 1
     buffers: str = "sync"
+    batchnorm: str = ""
+    """`global`: data parallelism of a model with batch norm, whose layers normalise over the
+    global batch (mrc/techniques/distributed/batchnorm.py); "" otherwise."""
 
     def rank_of(self, name: str) -> int:
         """The rank that holds `name` (-1: every rank)."""
@@ -296,6 +299,7 @@ class PlacementInfo:
 
     def text(self) -> str:
         extra = f" micro_batches={self.micro_batches} buffers={self.buffers}" if self.mode == "pipeline" else ""
+        extra += f" batchnorm={self.batchnorm}" if self.batchnorm else ""
         return f"mode={self.mode} world={self.world} backend={self.backend} timeout={self.timeout:g}s{extra}"
 
     def held(self) -> list[str]:

@@ -115,6 +115,14 @@ def test_resume_needs_the_same_world_and_continues_exactly(tmp_path: Path) -> No
 
 
 COMPOSED = {
+    "batchnorm": """
+model resnet(depth=8, width=4)
+data digits(shape=image, batch=30, val=0.2)
+optimizer sgd(lr=0.05, momentum=0.9)
+partition head = module("head")
+partition backbone = rest { every = 2 }
+train(steps=6, seed=2, log_every=3, eval_every=3, checkpoint_every=0, dtype="float64")
+""",
     "modules": """
 model ode_resnet(width=8, depth=6, h=0.2)
 data levelsets(batch=40)
@@ -149,10 +157,13 @@ train(steps=8, seed=2, log_every=4, eval_every=4, checkpoint_every=0, dtype="flo
 
 @pytest.mark.parametrize("name", sorted(COMPOSED))
 def test_data_parallel_composes(tmp_path: Path, name: str) -> None:
-    """Module-wise multipliers (λ follows the global CE), MGRIT solves per shard and brains each
-    reduce like plain training: one process's parameters on 2 ranks."""
+    """Batch norm over the whole batch (its running statistics included, and on the steps the
+    backbone runs without autograd), module-wise multipliers (λ follows the global CE), MGRIT
+    solves per shard and brains each reduce like plain training: one process's parameters on 2
+    ranks."""
     spec = tmp_path / f"{name}.mrs"
     spec.write_text(COMPOSED[name])
     one = train_here(str(spec), None)
     for r in run_ranks(train_here, 2, str(spec), None):
         close(r["params"], one["params"])
+        assert r["val_acc"] == pytest.approx(one["val_acc"], abs=1e-12)

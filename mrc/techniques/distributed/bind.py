@@ -35,12 +35,17 @@ def bind_placement(program: Program, world: int, bound: Any, r: Reporter) -> Pla
     span: Span | None = d.mode_span if d is not None else None
     backend, timeout = (d.backend, d.timeout) if d is not None else ("auto", 300.0)
     ranks: list[tuple[str, int]] = []
+    batchnorm = ""
     if mode == "data":
         batch = bound.data.batch_size
         if batch < world:
             r.error(f"a batch of {batch} cannot be split across {world} processes", span or program.data.span,
                     hint="use a batch at least as large as the number of processes")
             return None
+        from mrc.techniques.distributed.batchnorm import has_batchnorm
+
+        if has_batchnorm(bound.model) and not program.brains:
+            batchnorm = "global"
     elif mode == "brains":
         names = [b.name for b in program.brains]
         if len(names) < world:
@@ -75,4 +80,4 @@ def bind_placement(program: Program, world: int, bound: Any, r: Reporter) -> Pla
             ranks += [(f"{st.path}[{a}:{b}]", rank) for rank, (a, b) in enumerate(split)]
     if d is not None and mode == "pipeline":
         return PlacementInfo(mode, world, backend, timeout, tuple(ranks), d.micro_batches, d.buffers)
-    return PlacementInfo(mode, world, backend, timeout, tuple(ranks))
+    return PlacementInfo(mode, world, backend, timeout, tuple(ranks), batchnorm=batchnorm)

@@ -42,11 +42,11 @@ def placer(mode: str) -> Callable[[Placer], Placer]:
     return register
 
 
-def shard_batches(p: Pattern, world: int) -> None:
+def shard_batches(p: Pattern, world: int, batchnorm: str = "") -> None:
     """Put a `shard` between every batch op and what reads it."""
     for batch in [op for op in p.ops() if op.kind == "batch"]:
         readers = [(s, v) for s, v in p.outputs(batch)]
-        shard = p.add(Shard(batch.scope, world), [(batch, Value("batch"))])
+        shard = p.add(Shard(batch.scope, world, batchnorm), [(batch, Value("batch"))])
         for reader, value in readers:
             p.g.remove_edge(batch.id, reader.id)
             p.connect(shard, reader, value)
@@ -83,7 +83,7 @@ def place_data(graph: ScheduleGraph) -> ScheduleGraph:
     world = graph.placement.world
     out = graph.copy()
     for p in out.patterns():
-        shard_batches(p, world)
+        shard_batches(p, world, graph.placement.batchnorm)
         reduce_gradients(p, world)
     out.reindex()
     return out

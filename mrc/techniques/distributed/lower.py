@@ -34,9 +34,14 @@ def lower_shard(op: Shard, pattern: Pattern, ctx: Lowering) -> StepFn:
         raise LoweringError(f"{op.id}: sharded for {op.world} ranks, the run has {ctx.world.size}")
     key, rank, world = op.id, ctx.world.rank, op.world
     cuts: dict[int, tuple[int, int]] = {}
-    if "distributed.buffers" not in ctx.cache:  # batch-norm statistics: rank 0's, as DDP keeps them
+    if "distributed.buffers" not in ctx.cache:  # buffers: rank 0's, as DDP keeps them
         ctx.cache["distributed.buffers"] = True
         ctx.syncs.append(lambda: _broadcast_buffers(ctx))
+    share: list[float] = ctx.cache.setdefault("distributed.share", [1.0])
+    if op.batchnorm == "global" and ctx.world.active and not ctx.cache.get("distributed.batchnorm"):
+        from mrc.techniques.distributed.batchnorm import globalise
+
+        ctx.cache["distributed.batchnorm"] = globalise(ctx.replicas.checkpointed(), ctx.world, share)
 
     def shard(env: Env) -> None:
         x, y = env.values[src][0], env.values[src][1]
@@ -48,7 +53,7 @@ def lower_shard(op: Shard, pattern: Pattern, ctx: Lowering) -> StepFn:
             cut = cuts[n] = blocks(n, world)[rank]
         a, b = cut
         env.values[key] = (x[a:b], y[a:b], (b - a) / n)
-        env.weight = (b - a) / n
+        env.weight = share[0] = (b - a) / n
     return shard
 
 

@@ -25,15 +25,19 @@ if TYPE_CHECKING:
 @op_kind
 @dataclass(frozen=True, slots=True)
 class Shard(Op):
-    """This rank's contiguous share of the batch on its input edge, of `world` shares."""
+    """This rank's contiguous share of the batch on its input edge, of `world` shares.
+    `batchnorm`: `global` — the model's batch-norm layers normalise over the whole batch, not
+    the shard (mrc/techniques/distributed/batchnorm.py), so the run is the one-process run."""
 
     kind: ClassVar[str] = "shard"
     rank: ClassVar[int] = 1
     world: int = 1
+    batchnorm: str = ""
     pure: ClassVar[bool] = True
 
     def text(self) -> str:
-        return f"shard batch 1/{self.world} per rank"
+        extra = ", batch norm over the whole batch" if self.batchnorm == "global" else ""
+        return f"shard batch 1/{self.world} per rank{extra}"
 
     def verify(self, pattern: Pattern) -> None:
         if not any(v.kind == "batch" for _, v in pattern.inputs(self)):
