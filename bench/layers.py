@@ -120,7 +120,7 @@ class Clocks:
     def __init__(self) -> None:
         self.secs: dict[str, float] = {}
         self.calls: dict[str, int] = {}
-        self.nbytes = 0
+        self.nbytes = {"solves": 0, "gradient sum": 0}
         self._depth = 0
 
     def add(self, key: str, secs: float, call: bool = True) -> None:
@@ -161,7 +161,7 @@ class Clocks:
                 return out
 
         def timed_isend(tensor: torch.Tensor, *args: Any, **kw: Any) -> Any:
-            clocks.nbytes += tensor.numel() * tensor.element_size()
+            clocks.nbytes["solves"] += tensor.numel() * tensor.element_size()
             start = time.perf_counter()
             work = isend(tensor, *args, **kw)
             clocks.add("p2p", time.perf_counter() - start)
@@ -171,8 +171,7 @@ class Clocks:
             inner = clocked(key, fn, nested=True)
 
             def wrapper(w: Any, tensor: torch.Tensor, *args: Any, **kw: Any) -> Any:
-                if not clocks._depth:
-                    clocks.nbytes += tensor.numel() * tensor.element_size()
+                clocks.nbytes["gradient sum" if clocks._depth else "solves"] += tensor.numel() * tensor.element_size()
                 return inner(w, tensor, *args, **kw)
             return wrapper
 
@@ -251,7 +250,7 @@ def run_config(tmp: Path, world: Any, width: int, depth: int, args: argparse.Nam
         step = time.perf_counter() - start
     parts = {k: v / args.probe for k, v in clocks.secs.items()}
     parts["whole step"] = step / args.probe
-    probe = world.all_gather_object({"parts": parts, "bytes": clocks.nbytes / args.probe,
+    probe = world.all_gather_object({"parts": parts, "bytes": {k: v / args.probe for k, v in clocks.nbytes.items()},
                                      "calls": {k: v / args.probe for k, v in clocks.calls.items()}})
     idle = world.all_gather_object(sum(c.idle_cpu for c in cs.values()))
     alone = [k for k, (_, every, _) in runs.items() if not every]
@@ -349,7 +348,7 @@ def report(args: argparse.Namespace, world: int, out: dict[tuple[int, int], dict
                       "max_abs_diff_data": r["diff"]["data"], "moved": round(r["moved"], 4), "blocks": r["blocks"],
                       "probe_ms": [{k: round(v * 1e3, 3) for k, v in p["parts"].items()} for p in r["probe"]],
                       "probe_calls_per_step": [p["calls"] for p in r["probe"]],
-                      "probe_bytes_per_step": [int(p["bytes"]) for p in r["probe"]],
+                      "probe_bytes_per_step": [{k: int(v) for k, v in p["bytes"].items()} for p in r["probe"]],
                       "idle_rank_cpu_per_s": round(r["idle_cpu_per_s"], 3)}
         print(f"{width:>5} {depth:>5} " + " ".join(f"{sp[n].fmt(1e3, 2):>22}" for n in NAMES))
         lines.append(f"{width:>5} {depth:>5} {up['serial'].fmt(1, 3):>22} {serial:>10} {up['mgrit1'].fmt(1, 3):>22} "
@@ -378,7 +377,8 @@ def report(args: argparse.Namespace, world: int, out: dict[tuple[int, int], dict
                   f"{parts.get('collectives in the solves', 0) * 1e3:.2f} in "
                   f"{calls.get('collectives in the solves', 0):.0f}; compute {(solves - comm) * 1e3:.2f}) + gradient "
                   f"sum {grad_sum * 1e3:.2f} + the rest {rest * 1e3:.2f} (stem, head, update: replicated); "
-                  f"{int(p['bytes']):,} B/step sent")
+                  f"sent per step {int(p['bytes']['solves']):,} B in the solves, "
+                  f"{int(p['bytes']['gradient sum']):,} B in the gradient sum")
     print(f"gloo latency on this machine (median of 50, rank 0's clock): one-way send of a 64×8 state "
           f"{lat['p2p_one_way'] * 1e3:.3f} ms, all-reduce of one number {lat['all_reduce_1'] * 1e3:.3f} ms")
     print(f"wall time {wall:.0f} s")
