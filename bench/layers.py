@@ -9,11 +9,15 @@ h=0.01)` (dense, tanh) on `levelsets(batch=64)`, sgd(lr=0.05, momentum=0.9), one
             rank relaxes its block of the stack's layers, exchanges one state per block boundary
             with its neighbours, solves the gathered coarsest level; stem, head and update are
             replicated on every rank; one intra-op thread per rank. Timed on rank 0.
+  data      for reference, the same MGRIT spec with `distributed data` on the same N ranks (the
+            batch split, each rank solving the whole stack on its share).
   mgrit-1   the same MGRIT spec in one process (compiled with world=1) on rank 0 only, with N
-            intra-op threads; the other ranks wait at a barrier.
+            intra-op threads, and `mgrit-1t` the same with one thread; the other ranks wait at a
+            barrier.
   serial-1  the serial network (the spec without `mgrit`) on rank 0 only with N intra-op threads,
-            and `serial-1t` the same with one thread: the best a careful user does with the same
-            cores is the faster of the two (the baseline; the table says which).
+            and `serial-1t` the same with one thread.
+The baseline of each speed-up is the faster of the N-thread and the 1-thread run (the best a
+careful user does with the same cores; the table says which).
 
 All contenders live in the same N processes; a repeat runs each of them (rotated order) for
 `--steps` whole steps between two barriers (after warm-up steps), on a fixed cycle of 8 batches;
