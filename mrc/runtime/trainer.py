@@ -579,9 +579,11 @@ class SharedLosses:
         (None when no rank reported one)."""
         if not self.steps:
             return last
-        both = torch.stack([torch.stack([v.cpu() for v in self.values]),
-                            torch.tensor(self.weights, dtype=torch.float64)])
+        device = self.world.device
+        both = torch.stack([torch.stack([v.to(device) for v in self.values]),
+                            torch.tensor(self.weights, dtype=torch.float64, device=device)])
         self.world.all_reduce(both)
+        both = both.cpu()
         out = None
         for (step, epoch), total, w in zip(self.steps, both[0], both[1], strict=True):
             if w > 0:

@@ -44,6 +44,14 @@ class World:
         return self.size > 1
 
     @property
+    def device(self) -> torch.device:
+        """Where this world's own small tensors (flags, losses) live: NCCL reduces CUDA tensors
+        only, gloo CPU ones."""
+        if self.backend == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+    @property
     def leader(self) -> bool:
         """Rank 0: the process that writes the run directory, metrics and checkpoints."""
         return self.rank == 0
@@ -86,7 +94,7 @@ class World:
         """True on every rank when `flag` is true on any (a stop request, say)."""
         if not self.active:
             return flag
-        t = torch.tensor([1.0 if flag else 0.0])
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
         self.all_reduce(t, "max")
         return bool(t.item())
 
