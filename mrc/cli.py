@@ -247,6 +247,8 @@ def _launch_train(args: argparse.Namespace) -> int:
         check_spec(args.spec, _train_overrides(args))  # parse and check: no user code, no torch
         if args.resume is not None and not Path(args.resume).is_dir():
             raise CheckpointError(f"cannot resume: {args.resume} is not a directory")
+        if args.resume is not None:
+            _same_world(Path(args.resume), args.nproc)
         if out_dir is not None:
             prepare_out_dir(out_dir)
     except CompileError as err:
@@ -261,6 +263,18 @@ def _launch_train(args: argparse.Namespace) -> int:
             with contextlib.suppress(OSError):
                 made.rmdir()
     return status
+
+
+def _same_world(run: Path, nproc: int) -> None:
+    """A resume on `nproc` processes of a run written by another number fails once, here."""
+    from mrc.runtime.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
+
+    if not (run / CHECKPOINT).is_file():
+        return  # the ranks report a missing or broken checkpoint as for one process
+    saved = int(load_checkpoint(run).get("world", 1))
+    if saved != nproc:
+        raise CheckpointError(f"cannot resume {run}: it was written by a run of {saved} process"
+                              f"{'es' if saved > 1 else ''}; resume it with --nproc {saved}")
 
 
 def _train_overrides(args: argparse.Namespace) -> list[str]:

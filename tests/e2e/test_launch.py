@@ -107,6 +107,9 @@ def test_nproc_2_trains_rank_0_writes_the_run_and_it_resumes_on_2(tmp_path: Path
     assert json.loads((run / "summary.json").read_text())["steps"] == 6
     status, _, err = finish(start(tmp_path, spec(tmp_path).name, *more))  # one process: refused
     assert status == 2 and "resume it with the same number" in err, err
+    status, _, err = finish(start(tmp_path, spec(tmp_path).name, *more, "--nproc", "3"))  # refused once,
+    assert status == 2 and err.strip().splitlines() == [  # before any process starts
+        "mrc train: cannot resume run: it was written by a run of 2 processes; resume it with --nproc 2"], err
 
 
 def test_a_failing_rank_ends_the_run_with_its_one_line(tmp_path: Path) -> None:
