@@ -250,7 +250,8 @@ def train_here(spec: str, out: str) -> dict[str, Any]:
     result = mrc.train(spec, out=out, overrides=["distributed.buffers=stale"], tensorboard=False)
     return {"state": {k: v.detach().clone() for k, v in result.model.state_dict().items()},
             "losses": [(m["step"], m["loss"]) for m in result.metrics if "loss" in m],
-            "modules": sorted(result.summary.get("modules", {}))}
+            "modules": sorted(result.summary.get("modules", {})),
+            "logged": [sorted(m["modules"]) for m in result.metrics if "modules" in m]}
 
 
 def test_trainer_runs_a_stale_pipeline(tmp_path: Path) -> None:
@@ -263,6 +264,8 @@ def test_trainer_runs_a_stale_pipeline(tmp_path: Path) -> None:
     for r in ranks:
         assert_same(r["state"], want, 1e-12)
     assert [s for s, _ in ranks[0]["losses"]] == list(range(1, STEPS + 1))
+    # each module's metrics row, gathered from the rank that trains it
+    assert ranks[0]["logged"] and all(row == ["m0", "m1", "m2", "m3"] for row in ranks[0]["logged"])
     # a rank that reports no loss itself (rank 0 here) logs the run's loss all the same
     assert [v for _, v in ranks[0]["losses"]] == pytest.approx(losses, abs=1e-12, rel=0)
     saved = torch.load(tmp_path / "run" / "final.pt")  # the model, without the auxiliary heads

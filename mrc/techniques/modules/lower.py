@@ -206,11 +206,21 @@ def _register_metrics(ctx: Lowering) -> None:
     ctx.cache["modules.metrics"] = True
     records: dict[tuple[str, str], dict[str, Any]] = ctx.cache.setdefault("modules.records", {})
 
+    placed = ctx.graph.placement
+    gather = ctx.world.active and placed is not None and placed.mode == "pipeline"
+
     def metrics() -> dict[str, Any]:
         out: dict[str, Any] = {}
         for (r, m), rec in sorted(records.items(), key=lambda kv: (kv[0][0], module_index(kv[0][1]))):
+            if not rec:
+                continue  # a module another rank trains
             row = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in rec.items()}
             out[f"{r}.{m}" if r else m] = row
+        if gather:  # a pipeline: every module's row, from the rank that trains it (a collective)
+            merged: dict[str, Any] = {}
+            for part in ctx.world.all_gather_object(out):
+                merged.update(part)
+            out = dict(sorted(merged.items(), key=lambda kv: module_index(kv[0].rpartition(".")[2])))
         return {"modules": out} if out else {}
     ctx.metrics.append(metrics)
 

@@ -34,7 +34,7 @@ The step's reported loss is the last module's (as in one process); with micro-ba
 share-weighted sum over the micro-batches (the batch's mean loss). Ranks that do not hold the last
 module report none and set `Env.weight = 0`, so the run's Σ weight·loss / Σ weight is the last
 rank's loss. Each module's metrics (`modules` in the metrics records) are kept by the rank that
-trains it: a rank's records list its own modules only. Every rank holds the whole model; before
+trains it and gathered from every rank at each log (one all-gather of objects). Every rank holds the whole model; before
 evaluation or saving (`Plan.synchronize`) each module's parameters and buffers are broadcast
 from the rank that trains it, so every rank's copy is the trained model.
 """
