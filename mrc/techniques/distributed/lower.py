@@ -116,7 +116,7 @@ def lower_all_reduce(op: AllReduce, pattern: Pattern, ctx: Lowering) -> StepFn |
             if w != 1.0:
                 g.mul_(w)
             world.all_reduce(g)
-        bucket.all_reduce(world, w)
+        bucket.all_reduce(world, w, fill=False)  # every rank's forward uses the same tensors
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(clipped, clip)
     return all_reduce
