@@ -2,46 +2,52 @@
 
 The time of one whole training step (every module's forward, auxiliary head, local loss,
 backward and update: `plan.step(t, x, y)` of `mrc.lower.lower(compiled.graph, compiled.bound,
-total)`) of parallel TRGL — `resnet(depth=D, width=W)` on the digits as 1×8×8 images, batch 64,
-sgd(lr=0.1, momentum=0.9, weight_decay=5e-4), K = 2·N modules (`split = equal(K)`, `aux =
-conv(width=16)`, `transport = fixed(tau=0.5)`, `regime = parallel`) — of
+total)`) of parallel TRGL on the digits as 1×8×8 images, batch 64, sgd(lr=0.1, momentum=0.9,
+weight_decay=5e-4), K = 2·N modules (`split = equal(K)`, `transport = fixed(tau=0.5)`, `regime =
+parallel`), for `resnet(depth=20, width=16)` with `aux = conv(width=16)` (the family of
+specs/modules_trgl.mrs; the last line's figures), and by default also `resnet(depth=20,
+width=32)` and `ode_resnet(width=32, depth=8, h=0.5, variant=conv)` with `aux = mlp(hidden=32)`
+(no batch norm anywhere: its micro-batched pipeline can be checked against one process), of
 
   pipe-sync-1  `distributed pipeline(micro_batches=1, buffers=sync)` on the world's N ranks: the
                modules in contiguous blocks, 2 per rank; each rank trains its modules and sends
                its last module's detached output on; one intra-op thread per rank. A send does
                not wait for the receiver (only, at its next call, for its previous message to
                have been taken), so rank r already runs step t+1 while rank r+1 runs step t;
-  pipe-sync-M  the same with micro_batches = M (default 4): a batch enters rank r+1 in M pieces,
-               so the pipeline fills and drains in 1/M of a step (the overlap a pipeline is for);
+  pipe-sync-M  the same with micro_batches = M (`--micro`, default 4): a batch enters rank r+1 in
+               M pieces, so the pipeline fills and drains in 1/M of a stage (the overlap a
+               pipeline is for);
   pipe-stale   `buffers=stale`, 1 micro-batch: rank r trains on its predecessor's previous
                message instead of waiting for this step's (the seed's batch buffers; a
                different algorithm, so it is checked for moving only);
   one-N        the same module-wise spec (without `distributed`) in one process, on rank 0 only,
-               with N intra-op threads, and `one-1` the same with one thread; the other ranks
-               wait at a barrier.
+               with N intra-op threads (a block stops after CAP_S seconds, at least one step),
+               and `one-1` the same with one thread; the other ranks wait at a barrier.
 The baseline of each speed-up one/pipe is the faster of one-N and one-1 (the best a careful
 user does with the same cores; the table says which).
 
 All contenders live in the same N processes; a repeat runs each of them (rotated order) for
 `--steps` whole steps between two barriers (after warm-up steps), on a fixed cycle of 8 batches;
-a figure is rank 0's seconds between the barriers over the steps, the median over the repeats
-with [min–max]; the speed-ups are paired per repeat. Each pipeline's messages carry their own
-tags (a thin wrapper around `torch.distributed.isend` / `recv` adds a per-contender offset), so a
-stale pipeline's message still in flight at the end of its block is not taken by another
-contender's receive; the same wrapper clocks, on every rank, the time spent in receives and in
-a send's wait for its previous message (waiting on the other rank, plus the transfer). After the
-timing the script checks equal work: every contender ran the same steps; `pipe-sync-1`, made
-whole (`Plan.synchronize`), holds the same parameters and buffers as `one-1` and `one-N` (float32
-~1e-5; `--dtype float64` ~1e-12); `pipe-sync-M` is reported against them too (batch norm
-normalises each micro-batch by its own statistics, so it is close, not equal); every contender
-moved its parameters.
+a figure is rank 0's seconds between the barriers over the steps (so a pipeline's fill and
+drain, one stage per block, is in it), the median over the repeats with [min–max]; the
+speed-ups are paired per repeat. Each pipeline's messages carry their own tags (a thin wrapper
+around `torch.distributed.isend` / `recv` adds a per-contender offset), so a stale pipeline's
+message still in flight at the end of its block is not taken by another contender's receive;
+the same wrapper clocks, on every rank, the time spent in receives and in a send's wait for its
+previous message (waiting for the other rank, plus the transfer); the rest of a rank's busy time
+is compute. After the timing the script checks equal work: every contender ran the same steps
+(one-N: see CAP_S); `pipe-sync-1`, made whole (`Plan.synchronize`), holds the same parameters
+and buffers as `one-1` (the same ops on one thread: float32 ≤ 1e-5, in practice exactly; `--dtype
+float64` 1e-12); `pipe-sync-M` is reported against it too (equal up to rounding without batch
+norm; batch norm normalises each micro-batch by its own statistics, a different training);
+every contender moved its parameters.
 
-    python bench/pipeline.py --quick        # one model (depth 20, width 16), well under a minute
-    python bench/pipeline.py [--world 2]    # widths 16 and 32: ≤ 3 min on 2 cores
+    python bench/pipeline.py --quick        # the resnet width 16 only, well under a minute
+    python bench/pipeline.py [--world 2]    # the three models: ≤ 3 min on 2 cores
     python bench/pipeline.py --world 4      # 4 processes, K = 8 (oversubscribed on 2 cores)
 
 Last line: {"speedup_sync1": …, "speedup_syncM": …, "speedup_stale": …, "world": …, "device":
-…, …} (one/pipe for the last (largest) configuration; every configuration's follow).
+…, …} (one/pipe for resnet width 16; every configuration's follow).
 """
 
 from __future__ import annotations
@@ -376,8 +382,8 @@ def report(args: argparse.Namespace, world: int, out: dict[str, dict[str, Any]],
               f"{d['pipe-sync-M/one-1']:.1e} ({syncm}); moved by " + ", ".join(f"{n} {v:.2f}" for n, v in mv.items()))
         print("  where a pipeline step goes (ms per step per rank over the timed blocks: busy = from the first "
               "barrier to its last step's end; recv = in receives, waiting for the predecessor; send wait = for "
-              f"its previous message to be taken); the waiting ranks used {r['idle_cpu_per_s']:.3f} CPU-s per s "
-              "during the one-process contenders:")
+              "its previous message to be taken; CPU: this process's CPU-s per busy s); the waiting ranks used "
+              f"{r['idle_cpu_per_s']:.3f} CPU-s per s during the one-process contenders:")
         for p in PIPES:
             parts = []
             for rank, rk in enumerate(r["counters"]):
