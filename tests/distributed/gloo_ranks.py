@@ -44,7 +44,20 @@ def _entry(index: int, fn: Callable[..., Any], world: int, port: int, args: tupl
 
 
 def run_ranks(fn: Callable[..., Any], world: int, *args: Any, timeout: float = 180.0) -> list[Any]:
-    """Every rank's `fn(*args)`, in rank order (see the module docstring)."""
+    """Every rank's `fn(*args)`, in rank order (see the module docstring). A free port is picked
+    for the ranks' rendezvous; should another process take it first, the run starts again on
+    another (twice at most)."""
+    for attempt in range(3):
+        try:
+            return _run_once(fn, world, args, timeout)
+        except Exception as err:  # a rank's failure: re-raised unless the port was taken
+            text = str(err).lower()
+            if attempt == 2 or not ("address already in use" in text or "eaddrinuse" in text):
+                raise
+    raise AssertionError("unreachable")
+
+
+def _run_once(fn: Callable[..., Any], world: int, args: tuple[Any, ...], timeout: float) -> list[Any]:
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as out:
