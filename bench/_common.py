@@ -89,3 +89,54 @@ def interleaved(contenders: dict[str, Callable[[], Any]], repeats: int) -> dict[
 def ratios(numer: Sequence[float], denom: Sequence[float]) -> Spread:
     """Per-repeat ratios numer[i] / denom[i] (paired: measured in the same repeat)."""
     return Spread.of([a / b for a, b in zip(numer, denom, strict=True)])
+
+
+# ---- running a bench on several processes ------------------------------------------------
+
+
+def _rank_entry(index: int, rank_main: Callable[[Any], None], args: Any, port: int, threads: int,
+                backend: str, device: str) -> None:
+    import os
+
+    os.environ.update(RANK=str(index), LOCAL_RANK=str(index), WORLD_SIZE=str(args.world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS=str(threads))
+    _joined(rank_main, args, threads, backend, device)
+
+
+def _joined(rank_main: Callable[[Any], None], args: Any, threads: int, backend: str, device: str) -> None:
+    from mrc.runtime import world as worlds
+
+    torch.set_num_threads(threads)
+    worlds.join(backend, timeout_s=300.0, device=device)
+    try:
+        rank_main(args)
+    finally:
+        worlds.leave()
+
+
+def on_ranks(rank_main: Callable[[Any], None], args: Any, *, threads: int = 1, backend: str = "gloo",
+             device: str = "cpu") -> None:
+    """Run `rank_main(args)` on every rank: in this process when torchrun started it (then
+    `args.world` is set to its WORLD_SIZE), else on `args.world` spawned processes here."""
+    import os
+    import socket
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        args.world = world_of(args.world)
+        _joined(rank_main, args, threads, backend, device)
+        return
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    mp.start_processes(_rank_entry, args=(rank_main, args, port, threads, backend, device), nprocs=args.world,
+                       start_method="spawn")
+
+
+def world_of(asked: int) -> int:
+    """The number of processes: torchrun's WORLD_SIZE when it started this one, else `asked`."""
+    import os
+
+    size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return size if size > 1 else asked

@@ -57,8 +57,6 @@ import argparse
 import copy
 import inspect
 import json
-import os
-import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -69,7 +67,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from _common import Spread, interleaved, ratios, sync
+from _common import Spread, interleaved, on_ranks, ratios, sync, world_of
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -470,23 +468,6 @@ def report(args: argparse.Namespace, world: int, device: torch.device,
 # ---- launching ----------------------------------------------------------------------------
 
 
-def _entry(index: int, args: argparse.Namespace, port: int) -> None:
-    os.environ.update(RANK=str(index), LOCAL_RANK=str(index), WORLD_SIZE=str(args.world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS=str(args.threads))
-    _joined(args)
-
-
-def _joined(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
-    from mrc.runtime import world as worlds
-
-    worlds.join("auto", timeout_s=300.0, device=args.device)
-    try:
-        rank_main(args)
-    finally:
-        worlds.leave()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--world", type=int, default=2, help="processes (ignored under torchrun)")
@@ -506,10 +487,7 @@ def main() -> None:
     args.batch = args.batch or (64 if quick else 128)
     args.repeats = args.repeats or (5 if quick else 9)
     args.periods = args.periods or (2 if quick else 4)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun
-        args.world = int(os.environ["WORLD_SIZE"])
-        _joined(args)
-        return
+    args.world = world_of(args.world)
     if args.world < 2:
         ap.error("--world must be at least 2")
     if args.batch % args.world:
@@ -517,12 +495,7 @@ def main() -> None:
     if args.device == "cuda" and torch.cuda.device_count() < args.world:
         ap.error(f"--device cuda needs one GPU per process: {torch.cuda.device_count()} for "
                  f"--world {args.world}")
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    mp.start_processes(_entry, args=(args, port), nprocs=args.world, start_method="spawn")
+    on_ranks(rank_main, args, threads=args.threads, backend="auto", device=args.device)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -51,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import Spread, interleaved, ratios
+from _common import Spread, interleaved, on_ranks, ratios, world_of
 
 SPEC = """
 model ode_resnet(width={width}, depth={depth}, h=0.01)
@@ -401,23 +400,6 @@ def report(args: argparse.Namespace, world: int, out: dict[tuple[int, int], dict
 # ---- launching ----------------------------------------------------------------------------
 
 
-def _entry(index: int, args: argparse.Namespace, port: int) -> None:
-    os.environ.update(RANK=str(index), LOCAL_RANK=str(index), WORLD_SIZE=str(args.world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-    _joined(args)
-
-
-def _joined(args: argparse.Namespace) -> None:
-    torch.set_num_threads(1)
-    from mrc.runtime import world as worlds
-
-    worlds.join("gloo", timeout_s=300.0)
-    try:
-        rank_main(args)
-    finally:
-        worlds.leave()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--world", type=int, default=2, help="processes (ignored under torchrun)")
@@ -431,19 +413,10 @@ def main() -> None:
     args.steps = args.steps or (4 if args.quick else 8)
     args.warmup = 2 if args.quick else 3
     args.probe = 2 if args.quick else 4
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun
-        args.world = int(os.environ["WORLD_SIZE"])
-        _joined(args)
-        return
+    args.world = world_of(args.world)
     if args.world < 2:
         ap.error("--world must be at least 2")
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    mp.start_processes(_entry, args=(args, port), nprocs=args.world, start_method="spawn")
-
+    on_ranks(rank_main, args)
 
 if __name__ == "__main__":
     main()
