@@ -19,7 +19,7 @@ import torch
 from mrc.ir.graph import Pattern
 from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
 from mrc.techniques.core.lower import FUSED, fused_integrator, replica
-from mrc.techniques.distributed.bind import blocks
+from mrc.techniques.distributed.bind import BlockCuts
 from mrc.techniques.distributed.buckets import GradBucket
 from mrc.techniques.distributed.ops import AllReduce, Shard
 from mrc.techniques.distributed.p2p import DTYPES, HEADER, Recv, Send, header, rows_of
@@ -32,8 +32,8 @@ def lower_shard(op: Shard, pattern: Pattern, ctx: Lowering) -> StepFn:
         raise LoweringError(f"{op.id}: no batch input")
     if op.world != ctx.world.size:
         raise LoweringError(f"{op.id}: sharded for {op.world} ranks, the run has {ctx.world.size}")
-    key, rank, world = op.id, ctx.world.rank, op.world
-    cuts: dict[int, tuple[int, int]] = {}
+    key = op.id
+    cut = BlockCuts(op.world, ctx.world.rank, "a batch of {n} cannot be split across {parts} processes")
     if "distributed.buffers" not in ctx.cache:  # buffers: rank 0's, as DDP keeps them
         ctx.cache["distributed.buffers"] = True
         ctx.syncs.append(lambda: _broadcast_buffers(ctx))
@@ -46,12 +46,7 @@ def lower_shard(op: Shard, pattern: Pattern, ctx: Lowering) -> StepFn:
     def shard(env: Env) -> None:
         x, y = env.values[src][0], env.values[src][1]
         n = len(x)
-        cut = cuts.get(n)
-        if cut is None:
-            if n < world:
-                raise LoweringError(f"a batch of {n} cannot be split across {world} processes")
-            cut = cuts[n] = blocks(n, world)[rank]
-        a, b = cut
+        a, b = cut(n)
         env.values[key] = (x[a:b], y[a:b], (b - a) / n)
         env.weight = share[0] = (b - a) / n
     return shard

@@ -25,7 +25,7 @@ from mrc.ir.graph import Pattern
 from mrc.ir.ops import Forward
 from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
 from mrc.techniques.core.lower import FUSED, fused_integrator, replica
-from mrc.techniques.distributed.bind import blocks
+from mrc.techniques.distributed.bind import BlockCuts
 from mrc.techniques.modules.ops import AuxHead, LocalLoss, MicroBackward, MicroBatch
 
 
@@ -233,18 +233,13 @@ def lower_micro_batch(op: MicroBatch, pattern: Pattern, ctx: Lowering) -> StepFn
     src = next((s.id for s, v in pattern.inputs(op) if v.kind == "batch"), None)
     if src is None:
         raise LoweringError(f"{op.id}: no batch input")
-    key, j, m = op.id, op.phase, op.count
-    cuts: dict[int, tuple[int, int]] = {}
+    key = op.id
+    cut = BlockCuts(op.count, op.phase, "a batch of {n} cannot be split into {parts} micro-batches")
 
     def micro_batch(env: Env) -> None:
         x, y = env.values[src][0], env.values[src][1]
         n = len(x)
-        cut = cuts.get(n)
-        if cut is None:
-            if n < m:
-                raise LoweringError(f"a batch of {n} cannot be split into {m} micro-batches")
-            cut = cuts[n] = blocks(n, m)[j]
-        a, b = cut
+        a, b = cut(n)
         env.values[key] = (x[a:b], y[a:b], (b - a) / n, n)
     return micro_batch
 
