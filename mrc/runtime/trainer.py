@@ -562,15 +562,16 @@ class SharedLosses:
 
     def __init__(self, world: Any, env: Any) -> None:
         self.world, self.env = world, env
+        self._zero = torch.zeros((), dtype=torch.float64)
         self.steps: list[tuple[int, int]] = []
         self.values: list[torch.Tensor] = []
         self.weights: list[float] = []
 
     def add(self, step: int, epoch: int, loss: torch.Tensor | None) -> None:
+        # the hot path keeps references only; the weighting is one vector op at the boundary
         w = self.env.weight if loss is not None else 0.0
         self.steps.append((step, epoch))
-        self.values.append(loss.detach().double().reshape(()) * w if loss is not None and w
-                           else torch.zeros((), dtype=torch.float64))
+        self.values.append(loss.detach().reshape(()) if loss is not None and w else self._zero)
         self.weights.append(w)
 
     def reduce_into(self, pending: list[tuple[int, int, torch.Tensor]], last: torch.Tensor | None
@@ -580,8 +581,9 @@ class SharedLosses:
         if not self.steps:
             return last
         device = self.world.device
-        both = torch.stack([torch.stack([v.to(device) for v in self.values]),
-                            torch.tensor(self.weights, dtype=torch.float64, device=device)])
+        weights = torch.tensor(self.weights, dtype=torch.float64, device=device)
+        values = torch.stack([v.to(device, torch.float64) for v in self.values]) * weights
+        both = torch.stack([values, weights])
         self.world.all_reduce(both)
         both = both.cpu()
         out = None
