@@ -123,9 +123,9 @@ class Lowering:
     world: Any = None
     """mrc.runtime.world.World: this process among the run's (set by `lower`)."""
     foreign: dict[str, Any] = field(default_factory=dict)
-    """Saved states of the integrators other processes run (a module pipeline's modules on other
-    ranks), by key as `Plan.state_dict` writes them, gathered by a sync: a checkpoint written
-    by rank 0 holds every rank's."""
+    """Saved states of the integrators other processes run (a module pipeline's modules, brains
+    on other ranks), by key as `Plan.state_dict` writes them, gathered by a technique's sync: a
+    checkpoint written by rank 0 holds every rank's."""
     syncs: list[Callable[[], None]] = field(default_factory=list)
     """What makes every rank's copy of the state whole before it is read (evaluation, saving,
     checkpoints): brains fetched from the ranks that train them, buffers from rank 0."""
@@ -360,7 +360,7 @@ class Plan:
 
     def state_dict(self) -> dict[str, Any]:
         ctx = self.ctx
-        return {"integrators": {**ctx.replicas.other_integrators(), **ctx.foreign,
+        return {"integrators": {**ctx.foreign,
                                 **{repr(k): v.state_dict() for k, v in ctx.integrators.items()}},
                 "drift": {repr(k): [d.clone() for d in ds] for k, ds in ctx.drift.items()},
                 "subsets": {repr(k): s.state_dict() for k, s in ctx.subsets.items()},

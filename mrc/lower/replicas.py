@@ -74,12 +74,6 @@ class Replicas:
     def brain_states(self) -> dict[str, dict[str, torch.Tensor]]:
         return {}
 
-    def other_integrators(self) -> dict[str, Any]:
-        """The saved states of integrators other processes run (brains on ranks: a brain's
-        optimizer state lives on its rank), by key as `Plan.state_dict` writes them: a
-        checkpoint written by one rank then holds every rank's."""
-        return {}
-
     def state_dict(self) -> dict[str, Any]:
         return {}
 

@@ -230,9 +230,6 @@ class BrainReplicas(Replicas):
     def brain_states(self) -> dict[str, dict[str, torch.Tensor]]:
         return {n: {k: v.detach().cpu().clone() for k, v in self.state_of(n).items()} for n in self.order}
 
-    def other_integrators(self) -> dict[str, Any]:
-        return dict(self.ranked.others) if self.ranked is not None else {}
-
     def state_dict(self) -> dict[str, Any]:
         return {"brains": {n: self.state_of(n) for n in self.order}, "ema": self.ema}
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mrc.ir.graph import Pattern
-from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
+from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, cpu_copy, lowers
 from mrc.techniques.brains.ops import Merge, MergeRule
 
 if TYPE_CHECKING:
@@ -77,15 +77,13 @@ class RankedBrains:
         placement = ctx.graph.placement
         assert placement is not None
         self.reps, self.world, self.device = reps, ctx.world, ctx.device
+        self.foreign = ctx.foreign  # other ranks' integrator states, for this rank's checkpoint
         self.owner = {n: placement.rank_of(n) for n in reps.order}
         missing = [n for n, r in self.owner.items() if r < 0]
         if missing:
             raise LoweringError(f"brain `{missing[0]}` is placed on no rank")
         self.held = [[n for n in reps.order if self.owner[n] == r] for r in range(self.world.size)]
         self._synced = -1
-        self.others: dict[str, Any] = {}
-        """The saved integrator states of other ranks' brains (unstacked brains: this rank has
-        no integrator of theirs), as of the last sync: what this rank's checkpoint holds of them."""
 
     def mine(self, group: tuple[str, ...]) -> list[str]:
         return [n for n in group if self.owner[n] == self.world.rank]
@@ -121,9 +119,9 @@ class RankedBrains:
         for n in self.held[self.world.rank]:
             if sgd is not None:
                 i = reps.index[n]
-                mine[n] = (_cpu(sgd.brain_state(i)), bool(sgd.started[i]))
+                mine[n] = (cpu_copy(sgd.brain_state(i)), bool(sgd.started[i]))
             elif reps.stack is None:
-                mine.update({repr(k): _cpu(v.state_dict()) for k, v in integrators.items() if k[0] == n})
+                mine.update({repr(k): cpu_copy(v.state_dict()) for k, v in integrators.items() if k[0] == n})
         for r, part in enumerate(self.world.all_gather_object(mine)):
             if r == self.world.rank:
                 continue
@@ -132,7 +130,7 @@ class RankedBrains:
                     sgd.set_brain_state(reps.index[n], bufs)
                     sgd.started[reps.index[n]] = started
             else:
-                self.others.update(part)
+                self.foreign.update(part)
 
     # ---- merges --------------------------------------------------------------------------
 
@@ -234,16 +232,6 @@ class RankedBrains:
                 es[i][k] = flat[a:a + size].view(shape).to(old.device, old.dtype).clone()
                 a += size
 
-
-def _cpu(obj: Any) -> Any:
-    """`obj` with its tensors copied to the CPU (objects sent between ranks)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().clone()
-    if isinstance(obj, dict):
-        return {k: _cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(_cpu(v) for v in obj)
-    return obj
 
 
 def ranked(ctx: Lowering) -> RankedBrains:
