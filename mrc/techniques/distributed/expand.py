@@ -52,27 +52,30 @@ def shard_batches(p: Pattern, world: int, batchnorm: str = "") -> None:
             p.connect(shard, reader, value)
 
 
-def reduce_gradients(p: Pattern, world: int, where: Callable[[Op], bool] = lambda op: True,
-                     how: str = "mean", only: Callable[[str], bool] = lambda name: True) -> None:
-    """Put an `all_reduce` (`how`: mean or sum) of exactly the partitions read downstream
-    (those `only` accepts) between every backward (that `where` accepts) and the ops that read
-    its gradients."""
-    for back in [op for op in p.ops() if op.kind == "backward" and where(op)]:
+GradientOp = Callable[[Op, tuple[str, ...], float], tuple[Op, list[tuple[Op, Value]]] | None]
+"""Given a backward, the partitions whose gradients are read after it and its clipping: the op
+to stand between them (and its further inputs), or None for none."""
+
+
+def between_backward_and_readers(p: Pattern, make: GradientOp) -> None:
+    """Put the op `make` gives between every backward and the ops that read its gradients (an
+    all-reduce, a stack's gradient sum): the readers take the gradients from it, and the
+    backward's clipping moves onto it (it clips what it hands on)."""
+    for back in [op for op in p.ops() if op.kind == "backward"]:
         readers = [(s, v) for s, v in p.outputs(back) if v.kind == "grads"]
-        if not readers:
-            continue
-        parts = tuple(n for n in back.wrt if any(n in v.partitions for _, v in readers) and only(n))
-        if not parts:
-            continue
+        parts = tuple(n for n in back.wrt if any(n in v.partitions for _, v in readers))
         clip = getattr(back, "clip", 0.0)
-        if clip:  # clipping sees the reduced gradient
+        made = make(back, parts, clip) if parts else None
+        if made is None:
+            continue
+        op, extra = made
+        if clip:
             p.replace(back, dataclasses.replace(back, clip=0.0))
             back = p.op(back.id)
-        reduce = p.add(AllReduce(back.scope, parts, world, how, getattr(back, "phase", 0), clip),
-                       [(back, Value("grads", parts))])
+        between = p.add(op, [(back, Value("grads", parts)), *extra])
         for reader, value in readers:
             p.g.remove_edge(back.id, reader.id)
-            p.connect(reduce, reader, value)
+            p.connect(between, reader, value)
 
 
 @placer("data")
@@ -84,7 +87,8 @@ def place_data(graph: ScheduleGraph) -> ScheduleGraph:
     out = graph.copy()
     for p in out.patterns():
         shard_batches(p, world, graph.placement.batchnorm)
-        reduce_gradients(p, world)
+        between_backward_and_readers(p, lambda back, parts, clip: (
+            AllReduce(back.scope, parts, world, "mean", getattr(back, "phase", 0), clip), []))
     out.reindex()
     return out
 

@@ -24,7 +24,7 @@ import dataclasses
 
 from mrc.ir.graph import Pattern, ScheduleGraph, StackInfo
 from mrc.ir.ops import ORDER, Backward, GraphError, Op, Value
-from mrc.techniques.distributed.expand import placer
+from mrc.techniques.distributed.expand import between_backward_and_readers, placer
 from mrc.techniques.mgrit.ops import SolvePhase, SumStackGrads
 from mrc.techniques.mgrit.ranks import Blocks, adjoint_blocks, layer_blocks
 
@@ -58,23 +58,15 @@ def _adjoint_end(p: Pattern, back: Backward, path: str) -> SolvePhase | None:
 def sum_stack_grads(graph: ScheduleGraph, p: Pattern, path: str, world: int) -> None:
     """Put a `mgrit_sum_grads` of the stack at `path` between every backward that differentiates its
     layers and the ops that read its gradients (the backward's clipping moves after the sum)."""
-    for back in [op for op in p.of_kind(Backward) if _stack_partitions(graph, path, op.wrt)]:
-        readers = [(s, v) for s, v in p.outputs(back) if v.kind == "grads"]
-        parts = tuple(n for n in back.wrt if any(n in v.partitions for _, v in readers))
-        if not readers or not _stack_partitions(graph, path, parts):
-            continue
-        clip = back.clip
-        if clip:  # clipping sees the whole gradient
-            p.replace(back, dataclasses.replace(back, clip=0.0))
-            back = p.op(back.id)
-        inputs = [(back, Value("grads", parts))]
-        last = _adjoint_end(p, back, path)
-        if last is not None:  # listed (and run) after the adjoint solve that gave the gradients
-            inputs.append((last, ORDER))
-        total = p.add(SumStackGrads(back.scope, path, parts, world, back.phase, clip), inputs)
-        for reader, value in readers:
-            p.g.remove_edge(back.id, reader.id)
-            p.connect(total, reader, value)
+
+    def make(back: Op, parts: tuple[str, ...], clip: float) -> tuple[Op, list[tuple[Op, Value]]] | None:
+        if not _stack_partitions(graph, path, parts):
+            return None
+        last = _adjoint_end(p, back, path)  # listed (and run) after the adjoint solve that gave them
+        return (SumStackGrads(back.scope, path, parts, world, getattr(back, "phase", 0), clip),
+                [(last, ORDER)] if last is not None else [])
+
+    between_backward_and_readers(p, make)
 
 
 @placer("layers")

@@ -45,7 +45,7 @@ import dataclasses
 
 from mrc.ir.graph import Pattern, PlacementInfo, ScheduleGraph
 from mrc.ir.ops import Backward, GraphError, Op, Value
-from mrc.techniques.distributed.expand import placer
+from mrc.techniques.distributed.expand import placer, scoped
 from mrc.techniques.distributed.p2p import Recv, Send
 from mrc.techniques.modules.ops import MicroBackward, MicroBatch
 
@@ -93,7 +93,7 @@ def pipeline_pattern(p: Pattern, placement: PlacementInfo) -> Pattern:
         elif op.kind in PER_MICRO:
             copies[op.id] = [new.add(_micro_copy(op, j, m, rank(op))) for j in range(m)]
         else:
-            copies[op.id] = [new.add(dataclasses.replace(op, scope=dataclasses.replace(op.scope, rank=rank(op))))]
+            copies[op.id] = [new.add(scoped(op, rank(op)))]
 
     # the rank boundaries: each detached edge across ranks becomes a send and a recv per phase
     recvs: dict[int, list[Op]] = {}  # rank → its recv of each phase
@@ -140,9 +140,13 @@ def pipeline_pattern(p: Pattern, placement: PlacementInfo) -> Pattern:
         else:  # once-per-step ops read the last micro-batch (a backward's gradients: the sum)
             new.connect(ca[-1], cb[0], value)
     if m > 1:  # a module's micro-batch j starts after its micro-batch j−1's backward
+        backward_of: dict[str, Op] = {}
+        for op in p.ops():
+            if op.kind == "backward" and op.scope.module:
+                backward_of.setdefault(op.scope.module, op)
         for op in p.ops():
             if op.kind == "forward" and op.scope.module:
-                back = next((c for c in p.ops() if c.kind == "backward" and c.scope.module == op.scope.module), None)
+                back = backward_of.get(op.scope.module)
                 if back is not None:
                     for j in range(1, m):
                         new.connect(copies[back.id][j - 1], copies[op.id][j])
