@@ -76,6 +76,7 @@ class StackSolve:
         self.local: dict[str, torch.Tensor] = {}
         self.seen: dict[str, tuple[int, int]] = {}
         self.synced = False
+        self._adjoint_checked: Blocks | None = None
 
     def _warm(self, which: str, like: torch.Tensor) -> torch.Tensor | None:
         if not self.info.warm_start:
@@ -164,10 +165,12 @@ class StackSolve:
 
         assert self.states is not None
         world, n = self.ctx.world, self.info.steps
-        want = adjoint_blocks(n, self.forward_settings, self.blocks)
-        if blocks != want:
-            raise LoweringError(f"the adjoint MGRIT solve of `{self.path}` is split as {list(blocks)}, not as its "
-                                f"reversed coarsest intervals {list(want)}")
+        if blocks is not self._adjoint_checked:  # the graph's split, checked once
+            want = adjoint_blocks(n, self.forward_settings, self.blocks)
+            if blocks != want:
+                raise LoweringError(f"the adjoint MGRIT solve of `{self.path}` is split as {list(blocks)}, not as "
+                                    f"its reversed coarsest intervals {list(want)}")
+            self._adjoint_checked = blocks
         rows, table = adjoint_table(n, self.forward_settings, self.blocks, blocks, world, self.states)
         a, b = blocks[world.rank]
         solver = rank_adjoint_solve(self.prop, n, self.adjoint_settings, blocks, world, rows, table, g,
