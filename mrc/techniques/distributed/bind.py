@@ -26,26 +26,6 @@ def blocks(n: int, world: int) -> list[tuple[int, int]]:
     return out
 
 
-class BlockCuts:
-    """Block `index` of `parts` (`blocks`) of a batch of n rows, remembered per n: a rank's
-    shard, or a micro-batch. A batch with fewer rows than parts is a LoweringError `too_small`
-    names (formatted with n and parts)."""
-
-    def __init__(self, parts: int, index: int, too_small: str) -> None:
-        self.parts, self.index, self.too_small = parts, index, too_small
-        self._cuts: dict[int, tuple[int, int]] = {}
-
-    def __call__(self, n: int) -> tuple[int, int]:
-        cut = self._cuts.get(n)
-        if cut is None:
-            if n < self.parts:
-                from mrc.lower.plan import LoweringError
-
-                raise LoweringError(self.too_small.format(n=n, parts=self.parts))
-            cut = self._cuts[n] = blocks(n, self.parts)[self.index]
-        return cut
-
-
 def bind_placement(program: Program, world: int, bound: Any, r: Reporter) -> PlacementInfo | None:
     """The placement of `world` processes (None for one process); problems go to `r`."""
     if world <= 1:

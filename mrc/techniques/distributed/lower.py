@@ -19,10 +19,28 @@ import torch
 from mrc.ir.graph import Pattern
 from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
 from mrc.techniques.core.lower import FUSED, fused_integrator, replica
-from mrc.techniques.distributed.bind import BlockCuts
+from mrc.techniques.distributed.bind import blocks
 from mrc.techniques.distributed.buckets import GradBucket
 from mrc.techniques.distributed.ops import AllReduce, Shard
 from mrc.techniques.distributed.p2p import DTYPES, HEADER, Recv, Send, header, rows_of
+
+
+class BlockCuts:
+    """Block `index` of `parts` (`blocks`) of a batch of n rows, remembered per n: a rank's
+    shard, or a micro-batch. A batch with fewer rows than parts is a LoweringError `too_small`
+    names (formatted with n and parts)."""
+
+    def __init__(self, parts: int, index: int, too_small: str) -> None:
+        self.parts, self.index, self.too_small = parts, index, too_small
+        self._cuts: dict[int, tuple[int, int]] = {}
+
+    def __call__(self, n: int) -> tuple[int, int]:
+        cut = self._cuts.get(n)
+        if cut is None:
+            if n < self.parts:
+                raise LoweringError(self.too_small.format(n=n, parts=self.parts))
+            cut = self._cuts[n] = blocks(n, self.parts)[self.index]
+        return cut
 
 
 @lowers("shard")

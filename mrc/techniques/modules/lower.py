@@ -25,7 +25,7 @@ from mrc.ir.graph import Pattern
 from mrc.ir.ops import Forward
 from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
 from mrc.techniques.core.lower import FUSED, fused_integrator, replica
-from mrc.techniques.distributed.bind import BlockCuts
+from mrc.techniques.distributed.lower import BlockCuts
 from mrc.techniques.modules.ops import AuxHead, LocalLoss, MicroBackward, MicroBatch
 
 
