@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,8 +192,10 @@ def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: 
         from mrc.runtime.checkpoint import prepare_out_dir
 
         prepare_out_dir(out_dir)  # a file in the way, a read-only place: one line, nothing touched
-    if trace is not None and int(os.environ.get("RANK", "0") or 0) > 0:
-        trace = f"{trace}.rank{os.environ['RANK']}"  # each rank traces what it runs
+    from mrc.launch import rank
+
+    if trace is not None and (rank() or 0) > 0:
+        trace = f"{trace}.rank{rank()}"  # each rank traces what it runs
     sink = open(trace, "w", encoding="utf-8") if trace is not None else None
     try:
         trainer = Trainer(compiled, out_dir, steps=steps, epochs=epochs, device=device,

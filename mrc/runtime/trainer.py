@@ -126,9 +126,9 @@ class Trainer:
             steps, epochs = settings.steps, settings.epochs
         self.total = steps if steps is not None else (epochs or 1) * self.spe
         self.echo = echo or (lambda s: print(s, file=sys.stderr))
-        import os
+        from mrc.launch import leader
 
-        if int(os.environ.get("RANK", "0") or 0) > 0:  # a run of several processes: rank 0 speaks
+        if not leader():  # a run of several processes: rank 0 speaks
             self.echo = lambda s: None
         staged = staged_total(compiled.graph, self.spe)
         if staged is not None:
