@@ -16,7 +16,7 @@ Example (`train(precision = 16-mixed)`), step 0:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from mrc.passes.base import Pass
@@ -26,10 +26,6 @@ from mrc.ir.ops import Backward
 
 AUTOCAST = {"32": "", "bf16": "bf16", "16-mixed": "fp16"}
 """The autocast dtype of each precision (empty: none)."""
-
-
-def has_field(op: object, name: str) -> bool:
-    return any(f.name == name for f in fields(op))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -46,7 +42,7 @@ class Precision(Pass):
         out = graph.copy()
         for p in out.patterns():
             for op in list(p.ops()):
-                if has_field(op, "autocast") and getattr(op, "autocast") != cast:
+                if getattr(op, "autocast", cast) != cast:  # an op kind that runs the model's layers
                     p.replace(op, replace(op, autocast=cast))  # type: ignore[arg-type]
                 elif scaled and isinstance(op, Backward) and op.method == "autograd" and not op.scaled:
                     p.replace(op, replace(op, scaled=True))
