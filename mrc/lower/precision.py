@@ -199,7 +199,7 @@ def guard(fns: list[Any], ops: list[Op], pattern: Pattern, ctx: Any) -> list[Any
 
 
 def _unless_inf(fn: Any, scaler: LossScaler) -> Any:
-    def update(env: Any) -> None:
+    def unless_inf(env: Any) -> None:
         if not scaler.skip():
             fn(env)
-    return update
+    return unless_inf
