@@ -30,6 +30,7 @@ from torch import nn
 
 from mrc.ir.graph import Pattern, ScheduleGraph
 from mrc.ir.ops import Op, UpdateGroup
+from mrc.lower import precision
 
 
 class LoweringError(ValueError):
@@ -327,9 +328,7 @@ class Plan:
     def evaluation_precision(self) -> contextlib.AbstractContextManager[Any]:
         """The context evaluation runs the models in: the training forwards' autocast
         (`train(precision)`), nothing under `32`."""
-        from mrc.lower.precision import evaluation_context
-
-        return evaluation_context(self.graph.precision, self.ctx.device)
+        return precision.evaluation_context(self.graph.precision, self.ctx.device)
 
     def full_weights(self) -> contextlib.AbstractContextManager[None]:
         """A context in which held-out random subsets are restored (evaluation, saving)."""
@@ -453,7 +452,6 @@ def lower(graph: ScheduleGraph, bound: Any, total_steps: int, device: torch.devi
     world: this process among the run's (default: the one it joined, `mrc.runtime.world`). An
     op placed on another rank (scope rank ≥ 0, not this one) is not lowered here: its rank
     runs it."""
-    from mrc.lower import precision
     from mrc.lower.replicas import Replicas
     from mrc.optim import build_schedule
     from mrc.runtime import world as worlds

@@ -26,12 +26,15 @@ import torch
 
 from mrc.ir.graph import Pattern
 from mrc.ir.ops import Backward, Op
+from mrc.passes.precision import AUTOCAST
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 """The dtype of each `autocast` field value."""
 
-AUTOCAST_OF = {"32": "", "bf16": "bf16", "16-mixed": "fp16"}
-"""The autocast of each `train(precision)` (the precision pass writes the same)."""
+
+class PrecisionError(ValueError):
+    """The graph asks for a precision this run cannot lower (one line, like a LoweringError:
+    `mrc train` shows it without a traceback)."""
 
 
 def autocast(cast: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
@@ -44,7 +47,7 @@ def autocast(cast: str, device: torch.device) -> contextlib.AbstractContextManag
 def evaluation_context(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager[Any]:
     """The context evaluation runs the model in: the training forwards' autocast, so a model
     is scored as it trains (a fresh context per call: they may nest)."""
-    return autocast(AUTOCAST_OF.get(precision, ""), torch.device(device))
+    return autocast(AUTOCAST.get(precision, ""), torch.device(device))
 
 
 def upcast(value: Any) -> Any:
@@ -60,12 +63,10 @@ def upcast(value: Any) -> Any:
 def wrap(fn: Any, op: Op, pattern: Pattern, ctx: Any) -> Any:
     """`fn` (op's callable) run in the precision its op fields ask for; `fn` itself when they
     ask for nothing (the `32` path: no wrapper, no cost)."""
-    from mrc.lower.plan import LoweringError
-
     cast = getattr(op, "autocast", "")
     if cast:
         if cast == "fp16" and ctx.device.type != "cuda":
-            raise LoweringError(f"{op.id}: float16 autocast (`precision = 16-mixed`) needs CUDA, and this "
+            raise PrecisionError(f"{op.id}: float16 autocast (`precision = 16-mixed`) needs CUDA, and this "
                                 "run is on the CPU; use `precision = bf16`")
         region = autocast(cast, ctx.device)
 
@@ -160,10 +161,8 @@ class LossScaler:
 
 def scaler_of(op: Op, ctx: Any) -> LossScaler:
     """The run's loss scaler (made by the first scaled backward lowered)."""
-    from mrc.lower.plan import LoweringError
-
     if ctx.graph.placement is not None or (ctx.world is not None and ctx.world.active):
-        raise LoweringError(f"{op.id}: loss scaling (`precision = 16-mixed`) in a run of several processes "
+        raise PrecisionError(f"{op.id}: loss scaling (`precision = 16-mixed`) in a run of several processes "
                             "has no lowering yet; use `precision = bf16`")
     if ctx.scaler is None:
         ctx.scaler = LossScaler(ctx.device)

@@ -260,10 +260,10 @@ def test_guard_leaves_unscaled_programs_alone(tmp_path: Path) -> None:
 
 
 def test_float16_autocast_on_the_cpu_is_a_lowering_error(tmp_path: Path) -> None:
-    from mrc.lower.plan import LoweringError
+    from mrc.lower.precision import PrecisionError
 
     c = compile_spec(spec(tmp_path), ["train.precision=16-mixed", "train.device=auto"])
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: 16-mixed lowers")
-    with pytest.raises(LoweringError, match="needs CUDA"):
+    with pytest.raises(PrecisionError, match="needs CUDA"):
         lower(c.graph, c.bound, 2)
