@@ -212,10 +212,9 @@ def test_16_mixed_trains_on_cuda_with_a_gradient_scaler(tmp_path: Path) -> None:
     assert abs(half.summary["val_acc"] - full.summary["val_acc"]) < 0.05
     scale = half.summary["loss_scale"]
     assert scale["scale"] > 0 and scale["skipped_steps"] < 5
-    # resume restores the scaler with the rest
+    # a checkpoint holds the scaler's state (plain numbers: it loads with weights_only=True)
     ck = train(path, out=tmp_path / "a", overrides=["train.precision=16-mixed", "train.checkpoint_every=5"],
                stop_at=7)
     assert ck.status == "paused"
     state = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
-    assert "scaler" in str(state.keys()) or any("scaler" in str(v) for v in state.values())
-    assert LossScaler("cuda").state_dict().keys() == scale.keys()
+    assert set(state["plan"]["scaler"]) == set(LossScaler("cuda").state_dict())

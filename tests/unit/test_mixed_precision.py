@@ -250,6 +250,52 @@ def test_a_non_finite_gradient_skips_the_update_and_backs_off(tmp_path: Path) ->
     assert plan.state_dict()["scaler"] == {"scale": 2.0 ** 15, "growth_tracker": 1, "skipped": 1}
 
 
+TECHNIQUES = {
+    "modules": ("specs/modules_trgl.mrs", "train(epochs=10, seed=0)"),
+    "brains": ("specs/brains_two.mrs", "train(epochs=15, seed=0)"),  # stacked
+    "mgrit": ("specs/mgrit_levelsets.mrs", "train(epochs=10, seed=0)"),  # the adjoint solve
+    "multirate": ("specs/multirate_layers.mrs", "train(epochs=15, seed=0)"),  # fused kernels, linear drift
+}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", sorted(TECHNIQUES))
+def test_every_technique_reads_unscaled_gradients(tmp_path: Path, name: str) -> None:
+    """Each technique's spec with its backwards edited to `scaled`: module-wise local losses,
+    stacked brains, the MGRIT adjoint solve and multirate's fused updates all see the unscaled
+    gradients — the run equals the unscaled one bit for bit (a power-of-two scale is exact)."""
+    file, train = TECHNIQUES[name]
+    text = (ROOT / file).read_text()
+    text = text.replace(train, 'train(steps=4, seed=0, kernels="torch")')
+    path = tmp_path / "t.mrs"
+    path.write_text(text)
+    states = []
+    for scaled in (False, True):
+        c = compile_spec(path, ["train.device=cpu"])
+        if scaled:
+            for p in c.graph.patterns():
+                for op in list(p.of_kind(Backward)):
+                    p.replace(op, replace(op, scaled=True))
+        plan = lower(c.graph, c.bound, 4)
+        assert (plan.ctx.scaler is not None) == scaled
+        losses = run(c, plan, 4)
+        states.append((losses, {k: v.clone() for k, v in c.bound.model.state_dict().items()}))
+    (l0, s0), (l1, s1) = states
+    assert l0 == l1
+    for k, v in s0.items():
+        assert torch.equal(v, s1[k]), k
+
+
+def test_a_plan_restores_its_scaler(tmp_path: Path) -> None:
+    _, plan = scaled_plan(tmp_path)
+    plan.ctx.scaler.scale.fill_(512.0)
+    plan.ctx.scaler.skipped = 3
+    state = plan.state_dict()
+    _, again = scaled_plan(tmp_path)
+    again.load_state_dict(state)
+    assert again.ctx.scaler.state_dict() == {"scale": 512.0, "growth_tracker": 0, "skipped": 3}
+
+
 def test_guard_leaves_unscaled_programs_alone(tmp_path: Path) -> None:
     c = compile_spec(spec(tmp_path), ["train.precision=bf16"])
     plan = lower(c.graph, c.bound, 2)
