@@ -62,7 +62,8 @@ def build_graph(bound: Bound) -> ScheduleGraph:
                           bound.layers, device_of(bound), getattr(program.train, "kernels", "auto"),
                           merge if brains else None, rule_of(program.schedule),
                           modules=dict(bound.modules.infos) if bound.modules is not None else {}, laps=laps,
-                          stacks=stack_table(bound), placement=getattr(bound, "placement", None))
+                          stacks=stack_table(bound), placement=getattr(bound, "placement", None),
+                          precision=getattr(program.train, "precision", "32"))
     if brains:
         from mrc.techniques.brains.stack import obstacle
 

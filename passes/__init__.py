@@ -15,17 +15,18 @@ from mrc.passes.freeze_prefix import FreezePrefix
 from mrc.passes.fuse_drift import FuseDrift
 from mrc.passes.group_updates import GroupUpdates
 from mrc.passes.mgrit_regions import MgritRegions
+from mrc.passes.precision import Precision
 from mrc.passes.prune_gradients import PruneGradients
 from mrc.passes.select_kernels import SelectKernels
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (PruneGradients, FreezePrefix, GroupUpdates,
                                                      SelectKernels, FuseDrift, BatchBrains, MgritRegions,
-                                                     Distribute)}
+                                                     Distribute, Precision)}
 DEFAULT_PIPELINE: tuple[str, ...] = ("prune-gradients", "freeze-prefix", "group-updates",
                                      "select-kernels", "fuse-drift", "batch-brains", "mgrit-regions",
-                                     "distribute")
+                                     "distribute", "precision")
 
 __all__ = ["DEFAULT_PIPELINE", "PASSES", "BatchBrains", "Distribute",
            "FreezePrefix", "FuseDrift", "GroupUpdates", "MgritRegions",
-           "Pass",
+           "Pass", "Precision",
            "PruneGradients", "SelectKernels"]

@@ -339,6 +339,9 @@ class ScheduleGraph:
     """Residual stacks solved by MGRIT, by module path."""
     placement: PlacementInfo | None = None
     """The processes of a run of several, and what each holds (None: one process)."""
+    precision: str = "32"
+    """`32`, `bf16` or `16-mixed` (`train(precision)`): the precision pass writes it into the
+    forwards (autocast) and backwards (loss scaling) that lowering reads."""
 
     # ---- shortcuts --------------------------------------------------------------------------
 
@@ -368,7 +371,8 @@ class ScheduleGraph:
         return ScheduleGraph([s.copy() for s in self.stages], dict(self.partitions), dict(self.replicas),
                              self.layers, self.device, self.kernels, self.final_merge, self.lr_schedule,
                              self.stack_obstacle,
-                             list(self.notes), dict(self.modules), self.laps, dict(self.stacks), self.placement)
+                             list(self.notes), dict(self.modules), self.laps, dict(self.stacks), self.placement,
+                             self.precision)
 
     def reindex(self) -> None:
         for s in self.stages:
@@ -426,6 +430,8 @@ class ScheduleGraph:
             lines.append(f"  mgrit {name}: {info.text()}")
         for name, info in self.partitions.items():
             lines.append(f"  partition {name}: {info.text()}")
+        if self.precision != "32":
+            lines.append(f"  precision: {self.precision}")
         if self.placement is not None:
             lines.append(f"  placement: {self.placement.text()}")
             lines += [f"    {line}" for line in self.placement.held()]
@@ -516,6 +522,8 @@ class ScheduleGraph:
                               for n, i in self.stacks.items()}
         if self.placement is not None:
             data["placement"] = {**asdict(self.placement), "ranks": [list(x) for x in self.placement.ranks]}
+        if self.precision != "32":
+            data["precision"] = self.precision
         return json.dumps(data, indent=1) + "\n"
 
     @classmethod
@@ -550,7 +558,7 @@ class ScheduleGraph:
                    data.get("laps", 1),
                    {n: StackInfo(**{**i, "coarsening": tuple(i["coarsening"]), "relax": tuple(i["relax"])})
                     for n, i in data.get("stacks", {}).items()},
-                   _placement(data.get("placement")))
+                   _placement(data.get("placement")), data.get("precision", "32"))
 
 
 def _placement(data: dict[str, Any] | None) -> PlacementInfo | None:

@@ -268,7 +268,8 @@ class Forward(Op):
     """Run layers [start, stop) of the model (stop None: to the end) on its input edge.
     `grad` lists the partitions autograd tracks through it; empty: it runs without autograd
     (no activations kept). `frozen`: the layers run in eval mode (a trained module that a later
-    stage only reads: its batch-norm statistics stay as trained)."""
+    stage only reads: its batch-norm statistics stay as trained). `autocast`: the dtype the
+    layers compute in under torch.autocast (`bf16`, `fp16`; empty: the parameters' own)."""
 
     kind: ClassVar[str] = "forward"
     rank: ClassVar[int] = 2
@@ -277,6 +278,7 @@ class Forward(Op):
     grad: tuple[str, ...] = ()
     phase: int = 0
     frozen: bool = False
+    autocast: str = ""
 
     def key(self) -> str:
         if self.start == 0 and self.stop is None:
@@ -291,7 +293,8 @@ class Forward(Op):
 
     def text(self) -> str:
         mode = f"grad {names(self.grad)}" if self.grad else "no_grad"
-        return f"forward {self.segment} [{mode}{', frozen' if self.frozen else ''}]"
+        cast = f" autocast={self.autocast}" if self.autocast else ""
+        return f"forward {self.segment} [{mode}{', frozen' if self.frozen else ''}]{cast}"
 
     def partitions_used(self) -> tuple[str, ...]:
         return self.grad
@@ -329,7 +332,10 @@ class Loss(Op):
 @dataclass(frozen=True, slots=True)
 class Backward(Op):
     """The gradients of the partitions in `wrt` (fresh, not accumulated) by `method`
-    (`autograd`; a custom adjoint later), with their norm clipped to `clip` when > 0."""
+    (`autograd`; a custom adjoint later), with their norm clipped to `clip` when > 0.
+    `scaled`: the loss is multiplied by the run's loss scale before differentiating, and the
+    gradients are unscaled (and checked for inf/nan) before clipping and before any update reads
+    them; a step whose gradients are not finite skips its updates (float16 mixed precision)."""
 
     kind: ClassVar[str] = "backward"
     rank: ClassVar[int] = 4
@@ -337,10 +343,11 @@ class Backward(Op):
     method: str = "autograd"
     clip: float = 0.0
     phase: int = 0
+    scaled: bool = False
 
     def text(self) -> str:
         clip = f" clip={self.clip:g}" if self.clip else ""
-        return f"backward wrt {names(self.wrt)}{clip}"
+        return f"backward wrt {names(self.wrt)}{clip}{' scaled' if self.scaled else ''}"
 
     def partitions_used(self) -> tuple[str, ...]:
         return self.wrt

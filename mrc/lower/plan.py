@@ -30,6 +30,7 @@ from torch import nn
 
 from mrc.ir.graph import Pattern, ScheduleGraph
 from mrc.ir.ops import Op, UpdateGroup
+from mrc.lower import precision
 
 
 class LoweringError(ValueError):
@@ -129,6 +130,8 @@ class Lowering:
     syncs: list[Callable[[], None]] = field(default_factory=list)
     """What makes every rank's copy of the state whole before it is read (evaluation, saving,
     checkpoints): brains fetched from the ranks that train them, buffers from rank 0."""
+    scaler: Any = None
+    """mrc.lower.precision.LossScaler: the loss scale of `scaled` backwards (None: none)."""
 
     def masks_of(self, replica: str, partition: str) -> list[torch.Tensor | None]:
         """Per tensor of `partition` (as `replicas.params` lists them) the boolean mask of the
@@ -322,6 +325,11 @@ class Plan:
 
     # ---- the runtime's view of the state -----------------------------------------------
 
+    def evaluation_precision(self) -> contextlib.AbstractContextManager[Any]:
+        """The context evaluation runs the models in: the training forwards' autocast
+        (`train(precision)`), nothing under `32`."""
+        return precision.evaluation_context(self.graph.precision, self.ctx.device)
+
     def full_weights(self) -> contextlib.AbstractContextManager[None]:
         """A context in which held-out random subsets are restored (evaluation, saving)."""
         stack = contextlib.ExitStack()
@@ -366,7 +374,8 @@ class Plan:
                 "subsets": {repr(k): s.state_dict() for k, s in ctx.subsets.items()},
                 "replicas": ctx.replicas.state_dict(),
                 "state": {k: v.detach().clone() for k, v in ctx.state.items()},
-                "element_masks": self.mask_digest()}
+                "element_masks": self.mask_digest(),
+                **({"scaler": ctx.scaler.state_dict()} if ctx.scaler is not None else {})}
 
     def mask_digest(self) -> str:
         """A digest of every element-level partition's masks ("" when there are none): a
@@ -397,6 +406,8 @@ class Plan:
                     d.copy_(saved)
         for k, s in ctx.subsets.items():
             s.load_state_dict(state["subsets"][repr(k)])
+        if ctx.scaler is not None and "scaler" in state:
+            ctx.scaler.load_state_dict(state["scaler"])
         with torch.no_grad():
             for k, v in state.get("state", {}).items():
                 if k in ctx.state and ctx.state[k].shape == v.shape:
@@ -463,8 +474,9 @@ def lower(graph: ScheduleGraph, bound: Any, total_steps: int, device: torch.devi
                 fn = lowering_of(op, ctx)(op, pattern, ctx)
                 if fn is None:  # an op that another op's callable runs (an MGRIT solve's phases)
                     continue
-                fns.append(fn)
+                fns.append(precision.wrap(fn, op, pattern, ctx))
                 ops.append(op)
+            fns = precision.guard(fns, ops, pattern, ctx)
             per_stage.append(StepProgram(tuple(fns), tuple(ops)))
         programs.append(per_stage)
     sched = graph.lr_schedule

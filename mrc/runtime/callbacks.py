@@ -199,7 +199,8 @@ class Evaluation(Callback):
         due = run.step % self.eval_every == 0 if self.eval_every else run.end_of_epoch
         if not (due or run.step >= run.total) or run.status != "completed":
             return
-        metrics = self.evaluate(run.plan)
+        with run.plan.evaluation_precision():  # the model is scored in the precision it trains in
+            metrics = self.evaluate(run.plan)
         run.last_eval = {"val_loss": metrics["val_loss"], "val_acc": metrics["val_acc"]}
         for name, ev in metrics.get("evals", {}).items():
             run.last_eval.update({f"{name}.{k}": v for k, v in ev.items()})

@@ -342,22 +342,25 @@ class Trainer:
             final = model
         elif plan.brains:
             model.load_state_dict(final.state_dict())
-        summary = self._summary(final, train_x, train_y, val_x, val_y, run, wall, run.step - start_step,
-                                early, eval_batch)
-        if evals:
-            ok = run.status != "diverged"
-            summary["evals"] = {n: evaluate(final, x, y, eval_batch) if ok else {"loss": None, "acc": None}
-                                for n, (x, y) in evals.items()}
-        if plan.brains and run.status != "diverged":
-            summary["brains"] = {}
-            for n, m in plan.eval_models().items():
-                if n == "merged":
-                    continue
-                tr, va = evaluate(m, train_x, train_y, eval_batch), evaluate(m, val_x, val_y, eval_batch)
-                summary["brains"][n] = {"train_loss": tr["loss"], "train_acc": tr["acc"],
-                                        "val_loss": va["loss"], "val_acc": va["acc"]}
-        if self.c.bound.modules is not None and run.status != "diverged":
-            summary["modules"] = self._module_summary(final, val_x, val_y, train_x, train_y, eval_batch)
+        with plan.evaluation_precision():  # the models are scored in the precision they train in
+            summary = self._summary(final, train_x, train_y, val_x, val_y, run, wall, run.step - start_step,
+                                    early, eval_batch)
+            if evals:
+                ok = run.status != "diverged"
+                summary["evals"] = {n: evaluate(final, x, y, eval_batch) if ok else {"loss": None, "acc": None}
+                                    for n, (x, y) in evals.items()}
+            if plan.brains and run.status != "diverged":
+                summary["brains"] = {}
+                for n, m in plan.eval_models().items():
+                    if n == "merged":
+                        continue
+                    tr, va = evaluate(m, train_x, train_y, eval_batch), evaluate(m, val_x, val_y, eval_batch)
+                    summary["brains"][n] = {"train_loss": tr["loss"], "train_acc": tr["acc"],
+                                            "val_loss": va["loss"], "val_acc": va["acc"]}
+            if self.c.bound.modules is not None and run.status != "diverged":
+                summary["modules"] = self._module_summary(final, val_x, val_y, train_x, train_y, eval_batch)
+        if plan.ctx.scaler is not None:  # float16 loss scaling: where the scale ended, the steps skipped
+            summary["loss_scale"] = plan.ctx.scaler.state_dict()
         if self.out:
             if run.status != "diverged":
                 own = {k: v for k, v in model.state_dict().items() if not k.startswith(AUX + ".")}
@@ -540,6 +543,7 @@ class Trainer:
             "wall_time_s": wall, "steps_per_s": steps_run / wall if wall > 0 else None,
             "peak_memory_mib": peak, "peak_memory_kind": peak_kind, "device": str(self.device),
             "seed": self.program.train.seed, "last_checkpoint_step": run.last_good,
+            "precision": self.c.graph.precision,
         }
         if self.activation is not None:
             # the peak activation memory of a training step (mrc.runtime.memory): on CUDA the

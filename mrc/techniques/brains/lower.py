@@ -336,6 +336,17 @@ def stacked_backward(op: Backward, pattern: Pattern, ctx: Lowering) -> StepFn:
     loss = next(src.id for src, v in pattern.inputs(op) if v.kind == "loss")
     if op.clip:
         raise LoweringError(f"{op.id}: gradient clipping of stacked brains has no lowering")
+    if op.scaled:
+        from mrc.lower.precision import scaler_of
+
+        scaler = scaler_of(op, ctx)
+
+        def scaled(env: Env) -> None:
+            for p in params:
+                p.grad = None
+            scaler.scale_loss(env.values[loss]).backward()
+            scaler.unscale_(params)
+        return scaled
 
     def backward(env: Env) -> None:
         for p in params:

@@ -38,7 +38,14 @@ TRAIN_PARAMS = (
           "torch)", choices=("auto", "torch", "triton", "torch.optim")),
     Param("threads", "int", 0, "torch intra-op threads (0: chosen for the model's size)", lo=0),
     Param("eval_batch", "int", 0, "examples per evaluation batch (0: the training batch size)", lo=0),
+    Param("precision", "choice", "32", "`32` (float32), `bf16` (bfloat16 autocast) or `16-mixed` "
+          "(float16 autocast with a gradient scaler, CUDA only); parameters stay float32",
+          choices=("32", "bf16", "16-mixed")),
 )
+PRECISION_MEANT = {"16": "16-mixed", "fp16": "16-mixed", "float16": "16-mixed", "half": "16-mixed",
+                   "bf16-mixed": "bf16", "bfloat16": "bf16", "float32": "32", "fp32": "32",
+                   "32-true": "32"}
+"""Other libraries' names of the precisions, with the one `precision` takes (for the hint)."""
 EARLY_STOPPING_PARAMS = (
     Param("metric", "str", "val_loss", "metric watched: `val_loss`, `val_acc`, or `NAME.loss` / "
           "`NAME.acc` of an `eval` set"),
@@ -157,15 +164,58 @@ def check_train(ck: Checker, st: ast.Statement | None) -> None:
     """`train(ARGS)`: length and settings of training (all optional; default one epoch)."""
     if st is not None and not ck.form(st):
         st = None
-    values, _ = ck.arguments("`train`", TRAIN_PARAMS, st.args if st else None,
-                             st.span if st else Span(ck.file, 0, 0, 0, 0), "train.")
+    args = st.args if st else None
+    if args:
+        args = tuple(dataclasses.replace(a, value=precision_form(ck, a.value))
+                     if a.name is not None and a.name.id == "precision" else a for a in args)
+    if "train.precision" in ck.overrides:
+        ck.overrides["train.precision"] = precision_form(ck, ck.overrides["train.precision"])
+    values, spans = ck.arguments("`train`", TRAIN_PARAMS, args,
+                                 st.span if st else Span(ck.file, 0, 0, 0, 0), "train.")
     if values.get("epochs") is not None and values.get("steps") is not None:
         ck.r.error("give `epochs` or `steps`, not both", st.span if st else None)
+    _check_precision(ck, values, spans)
     if values.get("epochs") is None and values.get("steps") is None:
         values["epochs"] = 1
     ck.program["train"] = TrainSettings(
         **{k: v for k, v in values.items() if k in TrainSettings.__slots__},
         span=st.span if st else None)
+
+
+def precision_form(ck: Checker, expr: ast.Expr) -> ast.Expr:
+    """`precision`'s value as a string where it is written as a number (`32`) or as `16-mixed`
+    (which the grammar reads as the expression 16 − mixed); any other expression is left for the
+    argument check to judge. Another library's name of a precision (`16`, `bf16-mixed`) is an
+    error here, whose hint names the setting meant (the value becomes the default, `32`)."""
+    if isinstance(expr, ast.Num):
+        expr = ast.Str(expr.text, expr.span)
+    elif isinstance(expr, ast.BinOp) and expr.op == "-" and isinstance(expr.right, ast.Name) \
+            and isinstance(expr.left, ast.Num | ast.Name):
+        left = expr.left.text if isinstance(expr.left, ast.Num) else expr.left.id
+        expr = ast.Str(f"{left}-{expr.right.id}", expr.span)
+    word = expr.value if isinstance(expr, ast.Str) else expr.id if isinstance(expr, ast.Name) else ""
+    meant = PRECISION_MEANT.get(word)
+    if meant is not None:
+        ck.r.error(f"`precision` must be one of `32`, `bf16`, `16-mixed`, not `{word}`", expr.span,
+                   hint=f"did you mean `precision = {meant}`?")
+        return ast.Str("32", expr.span)
+    return expr
+
+
+def _check_precision(ck: Checker, values: dict[str, Any], spans: dict[str, Any]) -> None:
+    """Mixed precision runs over float32 parameters, and float16 with a scaler only on CUDA."""
+    precision = values.get("precision", "32")
+    if precision == "32":
+        return
+    at = spans.get("precision")
+    if values.get("dtype") == "float64":
+        ck.r.error(f"`precision = {precision}` is mixed precision over float32 parameters; it "
+                   "cannot combine with `dtype = float64`", at,
+                   hint="drop `dtype = float64`, or train in `precision = 32`")
+    if precision == "16-mixed" and values.get("device") == "cpu":
+        ck.r.error("`precision = 16-mixed` (float16 autocast with a gradient scaler) needs CUDA, "
+                   "and this run is on the CPU (`device = cpu`)", at,
+                   hint="use `precision = bf16` on the CPU")
 
 
 RESERVED_EVAL_NAMES = ("val", "train")

@@ -17,6 +17,7 @@ from mrc.ir.graph import Pattern
 from mrc.ir.ops import Backward, Batch, Forward, Loss, UpdateGroup
 from mrc.lower.integrators import TorchRule
 from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
+from mrc.lower.precision import scaler_of
 from mrc.lower.segments import segments
 
 FUSED = ("torch", "triton")
@@ -125,6 +126,7 @@ def lower_backward(op: Backward, pattern: Pattern, ctx: Lowering) -> StepFn:
     zero = tuple((integ, tuple(ns)) for integ, ns in by_rule.values())
     everything = set(op.wrt) == set(graph.partitions)
     clip = op.clip
+    scaler = scaler_of(op, ctx) if op.scaled else None
 
     def backward(env: Env) -> None:
         for p in fresh:
@@ -132,10 +134,14 @@ def lower_backward(op: Backward, pattern: Pattern, ctx: Lowering) -> StepFn:
         for integ, names in zero:
             integ.zero_spans(names)
         value = env.values[loss]
+        if scaler is not None:
+            value = scaler.scale_loss(value)
         if everything:
             value.backward()
         else:
             torch.autograd.backward(value, inputs=inputs)
+        if scaler is not None:  # fused kernels, brains, modules and MGRIT all read these gradients
+            scaler.unscale_(inputs)
         if clip > 0:
             nn.utils.clip_grad_norm_(inputs, clip)
     return backward

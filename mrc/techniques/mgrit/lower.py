@@ -296,8 +296,12 @@ class _Solve(torch.autograd.Function):
         runner = module.runner
         if runner is None:
             raise LoweringError(f"the MGRIT solve of `{module.solve.path}` ran outside its step")
-        ctx.solve, ctx.runner = module.solve, runner
-        out = module.solve.forward(y0.detach(), runner)
+        ctx.solve, ctx.runner, ctx.dtype = module.solve, runner, y0.dtype
+        if module.island:  # mixed precision: the solve runs in the parameters' dtype (see SolveModule)
+            with torch.autocast(y0.device.type, enabled=False):
+                out = module.solve.forward(y0.detach().to(module.island), runner)
+        else:
+            out = module.solve.forward(y0.detach(), runner)
         # the fine states the adjoint linearises about are this solve's activations: saved
         # through autograd, so memory meters (saved-tensor hooks) count them
         ctx.save_for_backward(module.solve.states)
@@ -305,8 +309,8 @@ class _Solve(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> Any:
-        lam0, grads = ctx.solve.backward(g.detach(), ctx.runner)
-        return (lam0, None, *grads)
+        lam0, grads = ctx.solve.backward(g.detach().to(ctx.solve.params[0].dtype), ctx.runner)
+        return (lam0.to(ctx.dtype), None, *grads)
 
 
 class SolveModule(nn.Module):
@@ -316,6 +320,11 @@ class SolveModule(nn.Module):
         super().__init__()
         object.__setattr__(self, "solve", solve)  # not a submodule: the parameters stay the stack's
         self.runner: Runner | None = None
+        self.island: torch.dtype | None = None
+        """Under autocast (`train(precision)`), the dtype the solve runs in: the parameters' own
+        (float32), with autocast off inside it — relaxation sweeps, FAS residuals and the adjoint
+        in float32, so the converged solve equals serial float32 propagation of the stack, while
+        the layers around it run in bfloat16/float16. None: the solve runs as it is called."""
 
     def forward(self, y0: torch.Tensor) -> torch.Tensor:
         return _Solve.apply(y0, self, *self.solve.params)
@@ -378,6 +387,8 @@ def lower_forward_with_solve(op: Forward, pattern: Pattern, ctx: Lowering) -> St
     pairs = [(modules[path], Runner(ctx, _region(pattern, op, path), ctx.graph.stacks[path].levels))
              for path, info in ctx.graph.stacks.items() if covers(op, info)]
     inner = forward_callable(op, pattern, module)
+    for m, _ in pairs:  # the forward runs under autocast (mrc/lower/precision.py): the solve does not
+        m.island = m.solve.params[0].dtype if op.autocast else None
 
     def forward(env: Env) -> None:
         for m, run in pairs:

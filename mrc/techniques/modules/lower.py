@@ -248,6 +248,8 @@ def lower_micro_batch(op: MicroBatch, pattern: Pattern, ctx: Lowering) -> StepFn
 def lower_micro_backward(op: MicroBackward, pattern: Pattern, ctx: Lowering) -> StepFn:
     if op.method != "autograd":
         raise LoweringError(f"{op.id}: backward by `{op.method}` has no lowering")
+    if op.scaled:
+        raise LoweringError(f"{op.id}: a loss-scaled backward of micro-batches has no lowering")
     r = replica(op)
     loss = next((s for s, v in pattern.inputs(op) if v.kind == "loss"), None)
     if loss is None:

@@ -35,9 +35,11 @@ class AuxHead(Op):
     head: str = ""
     phase: int = 0
     """The micro-batch it runs on in a module pipeline (mrc/techniques/modules/pipeline.py)."""
+    autocast: str = ""
+    """The dtype it computes in under torch.autocast, as its module's forward (mrc.ir.ops.Forward)."""
 
     def text(self) -> str:
-        return f"aux_head {self.path} {self.head}"
+        return f"aux_head {self.path} {self.head}" + (f" autocast={self.autocast}" if self.autocast else "")
 
     def verify(self, pattern: Pattern) -> None:
         if not any(v.kind == "activation" for _, v in pattern.inputs(self)):

@@ -156,7 +156,7 @@ def pipeline_pattern(p: Pattern, placement: PlacementInfo) -> Pattern:
 def _micro_copy(op: Op, j: int, m: int, rank: int) -> Op:
     scope = dataclasses.replace(op.scope, rank=rank)
     if isinstance(op, Backward) and m > 1:
-        return MicroBackward(scope, op.wrt, op.method, op.clip if j == m - 1 else 0.0, j, m)
+        return MicroBackward(scope, op.wrt, op.method, op.clip if j == m - 1 else 0.0, j, count=m)
     return dataclasses.replace(op, scope=scope, phase=j)
 
 
