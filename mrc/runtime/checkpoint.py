@@ -96,8 +96,9 @@ scalars by exact type: an enum or other subclass would be pickled as its class).
 def plain(obj: Any, where: str = "") -> Any:
     """`obj` as tensors and plain data only, so that torch.load(weights_only=True) reads it back.
 
-    Containers (dict, OrderedDict, list, tuple, set) are rebuilt with plain contents; numpy
-    scalars become Python numbers and numpy arrays tensors. Anything else (a dataclass, an
+    Containers (dict, OrderedDict with its attributes, as a state_dict's `_metadata`, list, tuple,
+    set) are rebuilt with plain contents; numpy scalars become Python numbers and numpy arrays
+    tensors. Anything else (a dataclass, an
     arbitrary object) raises TypeError naming its place, `where` (a key path).
     """
     if type(obj) in _PLAIN_SCALARS or isinstance(obj, _TORCH_LEAVES):  # Size before tuple
@@ -106,9 +107,12 @@ def plain(obj: Any, where: str = "") -> Any:
         return obj.item()
     if isinstance(obj, np.ndarray):
         return torch.from_numpy(np.array(obj))
-    if isinstance(obj, dict) and type(obj) in (dict, OrderedDict):
-        items = ((k, plain(v, f"{where}/{k}")) for k, v in obj.items())
-        return OrderedDict(items) if type(obj) is OrderedDict else dict(items)
+    if type(obj) is dict:
+        return {k: plain(v, f"{where}/{k}") for k, v in obj.items()}
+    if type(obj) is OrderedDict:  # a state_dict: its `_metadata` (module versions) goes along
+        out = OrderedDict((k, plain(v, f"{where}/{k}")) for k, v in obj.items())
+        out.__dict__.update(plain(vars(obj), f"{where}/"))
+        return out
     if type(obj) in (list, tuple, set):
         return type(obj)(plain(v, f"{where}[{i}]") for i, v in enumerate(obj))
     raise TypeError(f"cannot save {where or 'the state'}: a {type(obj).__module__}."

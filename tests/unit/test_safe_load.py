@@ -185,3 +185,5 @@ def test_a_run_writes_files_the_weights_only_loader_reads(tmp_path: Path) -> Non
     assert state["early"] is not None and isinstance(state["last_eval"]["val_loss"], float)
     final = read_weights(tmp_path / "run" / "final.pt")
     assert set(final) == {"layers.0.weight", "layers.0.bias", "head.weight", "head.bias"}
+    # the model's state_dict keeps its module versions, as load_state_dict reads them
+    assert state["model"]._metadata == train(spec, save=False).model.state_dict()._metadata
