@@ -146,15 +146,13 @@ def load_init(program: Program, model: nn.Module, r: Reporter, training: bool = 
         report(f"cannot read initial weights: no file {init.written}", init.span,
                hint="train the run that writes it first (its --out DIR holds final.pt)")
         return
+    from mrc.runtime.checkpoint import CheckpointError, read_weights
+
     try:
-        state = torch.load(init.path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a corrupt or foreign file: any unpickling error is the user's
-        # torch's messages run to many lines (and advise weights_only=False): keep the first
-        # sentence, so the diagnostic stays one line
-        reason = (str(err).strip().splitlines() or [""])[0].split(". ")[0]
-        r.error(f"cannot read initial weights from {init.path}: {type(err).__name__}: {reason}",
-                init.span, hint="give a state_dict written by torch.save, e.g. the final.pt of "
-                "an mrc run")
+        state = read_weights(init.path)  # weights_only: a planted file runs no code
+    except CheckpointError as err:  # a corrupt or foreign file: one line naming it
+        r.error(f"cannot read initial weights from {err}", init.span,
+                hint="give a state_dict written by torch.save, e.g. the final.pt of an mrc run")
         return
     if not isinstance(state, dict):
         r.error(f"{init.path} does not hold a state_dict", init.span)

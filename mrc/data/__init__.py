@@ -1,8 +1,9 @@
 """Data sets that need no download, user data files, and the deterministic batch loader.
 
 `DATASETS` holds the built-ins (`digits`, `mnist1d`, `levelsets`, `peaks`, `spirals`,
-`synthetic`), each `build(seed, **kwargs) -> dict` of arrays `x`, `y` and optionally `x_test`,
-`y_test` (a predefined held-out split) and `classes` (the class count). `DATA_OPTIONS` are the
+`synthetic`, and read from disk `mnist`, `fashion_mnist`, `cifar10`, `cifar100`), each
+`build(seed, **kwargs) -> dict` of arrays `x`, `y` and optionally `x_test`, `y_test` (a
+predefined held-out split) and `classes` (the class count). `DATA_OPTIONS` are the
 keywords every data set takes (batch, val, keep, shuffle, normalize, drop_last, limit, augment).
 `load_data` turns a spec's `data` statement into a `DataBundle`: training and validation
 tensors whose batches are a pure function of (seed, epoch). `AUGMENTS` are the data transforms
@@ -12,6 +13,7 @@ statement's set.
 
 from __future__ import annotations
 
+from mrc.data import disk as _disk  # noqa: F401  (registers the data sets read from disk)
 from mrc.data.augment import AUGMENTS, Patches
 from mrc.data.builtin import DATASETS
 from mrc.data.evalsets import EVAL_SOURCES, load_eval

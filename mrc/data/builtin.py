@@ -4,6 +4,8 @@ Every builder has the signature `build(seed, **kwargs) -> dict` and returns `x` 
 float32 and `y` (N,) int64, plus `x_test` / `y_test` when the set comes with a predefined
 held-out split (only `mnist1d` here). Builders only make examples; splitting into training and
 validation, class subsets, normalisation and batching belong to the loader (`mrc.data.loader`).
+The sets read from files on disk (`mnist`, `fashion_mnist`, `cifar10`, `cifar100`) are registered
+in the same table by `mrc.data.disk`.
 
 The 2-D sets (`levelsets`, `peaks`, `spirals`) follow the layer-parallel training seed: points in
 [-3, 3]², labelled by the level sets of a smooth function, small enough for CPU experiments.

@@ -1,14 +1,21 @@
-"""Readers for user data files: NumPy `.npz` archives and IDX files (the MNIST format).
+"""Readers for user data files: NumPy `.npz` archives, IDX files (the MNIST format) and the
+pickled batches of the CIFAR data sets.
 
-Both return the builder dict (`x`, `y`, optional `x_test`, `y_test`, and for NPZ `classes`)
-as numpy arrays and turn
-every way a file can be wrong — missing, unreadable, corrupt, wrong keys — into a `DataError`
+The NPZ and IDX readers return the builder dict (`x`, `y`, optional `x_test`, `y_test`, and
+for NPZ `classes`) as numpy arrays; `read_pickle` returns the plain containers of a pickle.
+Every way a file can be wrong — missing, unreadable, corrupt, wrong keys — is a `DataError`
 with a one-line message, so the CLI can show it as a diagnostic rather than a traceback.
+
+No reader runs code from a file: `.npz` archives are read with allow_pickle=False and pickles
+by `SafeUnpickler`, which admits only numpy's array reconstruction.
 """
 
 from __future__ import annotations
 
+import codecs
 import gzip
+import io
+import pickle
 import re
 import zipfile
 from pathlib import Path
@@ -151,6 +158,95 @@ def _idx_split(images: Path) -> dict[str, np.ndarray]:
     if scaled.ndim == 3:
         scaled = scaled[:, None]
     return {"x": scaled, "y": y}
+
+
+# ---- pickles (the CIFAR batches) --------------------------------------------------------------
+
+def _latin1(text: Any, encoding: str) -> bytes:
+    """`_codecs.encode(text, "latin1")`, as Python 3 pickles bytes at protocol 2; nothing else."""
+    if not isinstance(text, str) or codecs.lookup(encoding).name != "iso8859-1":
+        raise pickle.UnpicklingError(f"_codecs.encode({type(text).__name__}, {encoding!r})")
+    return text.encode("latin1")
+
+
+def _pickle_globals() -> dict[tuple[str, str], Any]:
+    try:
+        from numpy._core.multiarray import _reconstruct  # numpy >= 2
+    except ImportError:
+        from numpy.core.multiarray import _reconstruct
+
+    return {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,  # numpy 1.x (and Python 2)
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,  # numpy ≥ 2
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1,
+    }
+
+
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickle asked for a Python global that `SafeUnpickler` does not admit."""
+
+    def __init__(self, module: str, name: str) -> None:
+        super().__init__(f"{module}.{name}")
+        self.qualname = f"{module}.{name}"
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """An unpickler that builds plain containers, numbers, strings, bytes and numpy arrays only.
+
+    Dicts, lists, tuples and scalars need no global; the one thing a pickle must import to be
+    a data file is numpy's array reconstruction (`_reconstruct`, `ndarray`, `dtype`), plus
+    `_codecs.encode(…, "latin1")`, which is how Python 3 writes bytes at protocol 2. Every other
+    global — `os.system`, `builtins.eval`, any class — is refused before it is looked up, so a
+    planted file runs no code. Persistent ids are refused by `pickle.Unpickler` itself.
+    """
+
+    def __init__(self, file: io.BufferedIOBase | io.BytesIO, **kwargs: Any) -> None:
+        super().__init__(file, **kwargs)
+        self._admitted = _pickle_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = self._admitted.get((module, name))
+        if found is None:
+            raise RefusedGlobal(module, name)
+        return found
+
+
+def read_pickle(path: Path) -> Any:
+    """The object pickled in `path`, read by `SafeUnpickler` (Python 2 pickles included).
+
+    Python 2's `str` arrives as `bytes` (encoding="bytes"), so dict keys may be bytes: callers
+    use `pickle_key`. A pickle that asks for anything but numpy arrays is refused in one line
+    naming the file and the global it tried to load.
+    """
+    _exists(path)
+    try:
+        with path.open("rb") as f:
+            return SafeUnpickler(f, encoding="bytes").load()
+    except RefusedGlobal as e:
+        raise DataError(f"{path}: refused: the pickle would load the Python global "
+                        f"`{e.qualname}`; a data file may hold only containers, numbers, bytes and "
+                        f"numpy arrays, so nothing in it was run") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({_one_line(e)})") from None
+    except Exception as e:  # a damaged pickle: any error of the unpickler or of numpy's setstate
+        raise DataError(f"{path}: cannot read as a pickle ({_one_line(e)})") from None
+
+
+def pickle_key(record: Any, key: str, path: Path) -> Any:
+    """`record[key]` of an unpickled dict whose keys are str or (Python 2) bytes."""
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: holds a {type(record).__name__}, not a dict of arrays")
+    for k in (key, key.encode("latin1")):
+        if k in record:
+            return record[k]
+    found = ", ".join(f"`{_text(k)}`" for k in record) or "nothing"
+    raise DataError(f"{path}: has no `{key}` (it has {found})")
+
+
+def _text(key: Any) -> str:
+    return key.decode("latin1") if isinstance(key, bytes) else str(key)
 
 
 def _exists(path: Path) -> None:

@@ -233,6 +233,8 @@ def _examples(target: str, own: dict[str, Any], seed: int,
                 raise DataError(f"data set `{entry.name}` has no parameter `{key}`{tip}")
         args = {p.name: _copy(p.default) for p in entry.params if not p.required}
         args.update(own)
+        if isinstance(args.get("root"), str):  # a data set's folder, relative to the spec
+            args["root"] = str(base_dir / Path(args["root"]).expanduser())
         return entry.build(seed, **args), entry.name
     if is_factory_ref(target):
         return _factory(target, own, seed, base_dir), target

@@ -50,6 +50,7 @@ from mrc.runtime.checkpoint import (
     CheckpointError,
     atomic_write_bytes,
     load_checkpoint,
+    plain,
     read_metrics,
     save_json,
     save_torch,
@@ -176,7 +177,7 @@ class Trainer:
             "world": self.world.size,
         }
         buffer = io.BytesIO()
-        torch.save(state, buffer)
+        torch.save(plain(state), buffer)  # read back with weights_only=True: plain data only
         return buffer.getvalue()
 
     def _write(self, data: bytes) -> None:
