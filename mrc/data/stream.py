@@ -321,10 +321,16 @@ class Feed:
     val_batches: Callable[[], Iterable[Batch]]
     train_eval_batches: Callable[[], Iterable[Batch]]
     evals: dict[str, Batch]
+    augment: Augment | None = None
 
     @property
     def in_memory(self) -> bool:
         return self.train_x is not None and self.val_x is not None
+
+    def train_eval_x(self) -> torch.Tensor:
+        """The in-memory training inputs as evaluation sees them (a copy when transformed)."""
+        assert self.train_x is not None
+        return self.augment.evaluate(self.train_x) if self.augment is not None else self.train_x
 
     def close(self) -> None:
         self.train.close()
@@ -385,7 +391,12 @@ def feed(data: DataBundle, device: torch.device, dtype: torch.dtype, eval_batch:
         assert data.loaders is not None
         user_train = data.loaders[0]
         train_eval = lambda: _moved(user_train, device, dtype)  # noqa: E731 (as the user's loader gives it)
-    return Feed(source, train_x, train_y, val_x, val_y, val_batches, train_eval, evals)
+    return Feed(source, train_x, train_y, val_x, val_y, val_batches, train_eval, evals, augment)
+
+
+BatchSource = MemorySource | StreamSource | LoaderSource
+"""What the trainer's loop draws training batches from: `epoch(epoch, start)` iterates the
+batches of `epoch` from batch `start` on."""
 
 
 def length_of(obj: Any, what: str) -> int:
