@@ -72,6 +72,10 @@ class ArraySet(Dataset):
         return self.x[i], self.y[i]
 
 
+class StreamError(DataError, RuntimeError):
+    """Streamed data failed while a run read it (one line; the CLI prints it as an error)."""
+
+
 class SampleError(Exception):
     """Reading one example failed; the message is one line (the user's file:line when the
     failure is in user code). Raised in a worker, it reaches the main process as text."""
@@ -226,13 +230,13 @@ def _moved(batches: Iterable[Any], device: torch.device, dtype: torch.dtype,
                 continue
             x, y = item[0], item[1]
             if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-                raise DataError(f"a DataLoader batch must be a pair of tensors (inputs, labels), "
-                                f"not ({type(x).__name__}, {type(y).__name__})")
+                raise StreamError(f"a DataLoader batch must be a pair of tensors (inputs, labels), "
+                                  f"not ({type(x).__name__}, {type(y).__name__})")
             blocking = not x.is_pinned()
             yield (x.to(device, dtype, non_blocking=not blocking),
                    y.to(device, torch.int64, non_blocking=not blocking))
     except SampleError as err:
-        raise DataError(sample_message(err)) from None
+        raise StreamError(sample_message(err)) from None
     finally:
         del it
 
@@ -397,6 +401,21 @@ def feed(data: DataBundle, device: torch.device, dtype: torch.dtype, eval_batch:
 BatchSource = MemorySource | StreamSource | LoaderSource
 """What the trainer's loop draws training batches from: `epoch(epoch, start)` iterates the
 batches of `epoch` from batch `start` on."""
+
+
+def needs_memory(graph: Any, feed: Feed) -> str:
+    """Why the compiled schedule cannot run on this feed ("" when it can): a brain's own batch
+    order indexes the training split in memory, a `best` merge scores brains on the in-memory
+    validation split."""
+    for op in graph.ops():
+        if feed.train_x is None and getattr(op, "source", None) == "own":
+            return ("a brain with `data = own` draws its own batches from the training split in "
+                    "memory, but these data stream; use `data = shared`, or `stream = false`")
+        merge = getattr(op, "merge", None)
+        if feed.val_x is None and getattr(merge, "rule", None) == "best":
+            return ("a `best` merge scores the brains on the validation split in memory, but "
+                    "these data stream; use `mean` or `weighted`, or `stream = false`")
+    return ""
 
 
 def length_of(obj: Any, what: str) -> int:

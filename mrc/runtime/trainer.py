@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from mrc.data.stream import BatchSource, Feed
+from mrc.data.stream import BatchSource, Feed, StreamError, needs_memory
 from mrc.data.stream import feed as data_feed
 from mrc.lower import lower
 from mrc.lower.plan import Plan, staged_total
@@ -284,6 +284,10 @@ class Trainer:
         # the batch source and evaluation splits (mrc/data/stream.py): device tensors, or a
         # DataLoader for streamed data
         feed = data_feed(data, self.device, dtype, eval_batch)
+        refused = needs_memory(self.c.graph, feed)
+        if refused:
+            feed.close()
+            raise StreamError(refused)
         train_x, train_y, val_x, val_y, evals = feed.train_x, feed.train_y, feed.val_x, feed.val_y, feed.evals
         plan = lower(self.c.graph, self.c.bound, self.total, self.device, self.world)
         plan.attach(train_x, train_y, val_x, val_y)
