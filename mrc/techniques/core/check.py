@@ -89,13 +89,16 @@ def check_model(ck: Checker, st: ast.Statement | None) -> None:
 def check_data(ck: Checker, st: ast.Statement | None) -> None:
     """`data NAME(ARGS)`: a built-in data set, a user factory or a data file, with the options
     every data set takes (batch, val, …); `augment = NAME(…)` names a data transform."""
-    comp = ck.component(st, "data", _registry("data"), _data_options())
-    if comp is not None and comp.kwargs.get("augment") is not None and st is not None:
-        arg = next((a for a in st.args or () if a.name is not None and a.name.id == "augment"),
-                   None)
-        expr = ck.overrides.get("data.augment") or (arg.value if arg else None)
-        spans: dict[str, Span] = {}
-        augment = _augments(ck, expr, spans) if expr is not None else None
+    # `augment` holds transform words (`hflip`) that are not values: it is checked on its own
+    arg = next((a for a in (st.args or () if st is not None else ())
+                if a.name is not None and a.name.id == "augment"), None)
+    rest = st if st is None or arg is None else dataclasses.replace(
+        st, args=tuple(a for a in st.args or () if a is not arg))
+    comp = ck.component(rest, "data", _registry("data"), _data_options())
+    expr = ck.overrides.get("data.augment") or (arg.value if arg else None)
+    if comp is not None and expr is not None:
+        spans: dict[str, Span] = {"augment": expr.span}
+        augment = _augments(ck, expr, spans)
         comp = dataclasses.replace(comp, kwargs={**comp.kwargs, "augment": augment},
                                    arg_spans={**comp.arg_spans, **spans})
     ck.program["data"] = comp
