@@ -104,6 +104,10 @@ def as_label(y: Any) -> torch.Tensor:
 def read_example(data: Any, i: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Example `i` of `data` as (float32 input, int64 label); any failure is a one-line
     `SampleError` naming `name` (and the user's file:line when user code raised it)."""
+    from torch.utils.data import Subset
+
+    while isinstance(data, Subset):  # the user's own index, in messages too
+        data, i = data.dataset, int(data.indices[i])
     try:
         item = data[i]
         if not isinstance(item, tuple | list) or len(item) < 2:
