@@ -230,3 +230,17 @@ def test_a_missing_image_folder_says_where_mrc_looked(tmp_path: Path) -> None:
     assert str(err.value) == (f"image_folder: folder {tmp_path / 'nowhere'} not found (looked in "
                               f"{(tmp_path / 'nowhere').resolve()}); give the folder that holds "
                               f"one subfolder of images per class")
+
+
+def test_persistent_workers_serve_every_epoch_and_a_broken_off_one() -> None:
+    memory = load_data("digits", {"batch": 64, "augment": None}, seed=5)
+    streamed = load_data("digits", {"batch": 64, "stream": True, "workers": 2,
+                                    "persistent_workers": True}, seed=5)
+    mem = MemorySource(memory, memory.train_x, memory.train_y)
+    src = StreamSource(streamed, CPU, torch.float32)
+    first = src.epoch(0)
+    next(first), next(first)  # broken off mid-epoch (a stop, or an epoch's end by steps)
+    for epoch, start in ((1, 0), (2, 9), (3, 0)):
+        a, b = list(mem.epoch(epoch, start)), list(src.epoch(epoch, start))
+        assert len(a) == len(b) and all(torch.equal(xa, xb) for (xa, _), (xb, _) in zip(a, b, strict=True))
+    src.close()
