@@ -214,3 +214,14 @@ def test_the_checker_points_at_the_bad_transform(tmp_path: Path) -> None:
     assert "`p`" in out
     assert check(tmp_path, "digits(shape=image, augment = [random_crop(8, padding=1), hflip])") == ""
     assert check(tmp_path, "digits(shape=image, augment = hflip)") == ""
+
+
+def test_augment_can_be_set_from_the_command_line(tmp_path: Path) -> None:
+    from mrc.api import compile_spec
+
+    path = tmp_path / "s.mrs"
+    path.write_text("model mlp()\ndata digits(shape=image)\noptimizer sgd(lr=0.1)\n")
+    compiled = compile_spec(path, overrides=["data.augment=[hflip(p=1), normalize(mean=0.5, std=2)]"])
+    augment = compiled.bound.data.augment
+    assert [type(t).__name__ for t in augment.steps] == ["HFlip", "Normalize"]
+    assert compile_spec(path).bound.data.augment is None

@@ -94,8 +94,15 @@ def check_data(ck: Checker, st: ast.Statement | None) -> None:
                 if a.name is not None and a.name.id == "augment"), None)
     rest = st if st is None or arg is None else dataclasses.replace(
         st, args=tuple(a for a in st.args or () if a is not arg))
-    comp = ck.component(rest, "data", _registry("data"), _data_options())
-    expr = ck.overrides.get("data.augment") or (arg.value if arg else None)
+    options = tuple(p for p in _data_options() if p.name != "augment")
+    comp = ck.component(rest, "data", _registry("data"), options)
+    expr = None
+    if arg is not None or "data.augment" in ck.overrides:
+        expr = ck.override("data.augment", arg.value if arg else None)
+    else:
+        ck.settable.add("data.augment")
+    if comp is not None:
+        comp = dataclasses.replace(comp, kwargs={**comp.kwargs, "augment": None})
     if comp is not None and expr is not None:
         spans: dict[str, Span] = {"augment": expr.span}
         augment = _augments(ck, expr, spans)
