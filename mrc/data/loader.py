@@ -43,7 +43,7 @@ import torch
 from mrc.data.augment import Augment, Patches, make_augment
 from mrc.data.builtin import DATASETS
 from mrc.data.files import DataError, is_idx_path, read_idx_pair, read_npz
-from mrc.data.stream import ArraySet, StreamOptions, length_of, read_example
+from mrc.data.stream import ArraySet, StreamOptions, length_of, read_example, stream_seed
 from mrc.registry import Param, did_you_mean
 
 DATA_OPTIONS: tuple[Param, ...] = (
@@ -97,14 +97,6 @@ factory's result or the `.npz` archive)."""
 
 _EXACT_FLOAT_LABEL = 2**53
 """Float labels at or above this are not exact integers, and may not fit int64."""
-
-
-def stream_seed(seed: int, stream: int) -> int:
-    """The torch generator seed of one random stream of a run: `seed * 1_000_003 + stream`.
-
-    Streams ≥ 0 are epochs (batch order); negative ones are the validation split and the limit.
-    """
-    return (seed * 1_000_003 + stream) % 2**63
 
 
 @dataclass(eq=False)

@@ -35,6 +35,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from mrc.data.augment import EVAL_EPOCH, Augment
 from mrc.data.files import DataError
 
+
+def stream_seed(seed: int, stream: int) -> int:
+    """The torch generator seed of one random stream of a run: `seed * 1_000_003 + stream`.
+
+    Streams ≥ 0 are epochs (batch order); negative ones are the validation split, the limit and
+    the DataLoader's own generator.
+    """
+    return (seed * 1_000_003 + stream) % 2**63
+
 if TYPE_CHECKING:
     from mrc.data.loader import DataBundle
 
@@ -206,8 +215,6 @@ def make_loader(dataset: Dataset, options: StreamOptions, device: torch.device, 
                 batch_sampler: Sampler | None = None, batch: int = 1) -> DataLoader:
     """A DataLoader with the run's settings; its generator is seeded from the run's seed, so
     starting it never draws from torch's global generator (and the run stays reproducible)."""
-    from mrc.data.loader import stream_seed
-
     workers = options.workers
     pin = options.pin_memory if options.pin_memory is not None else device.type == "cuda"
     extra: dict[str, Any] = {}
@@ -283,10 +290,14 @@ class StreamSource:
         self.device, self.dtype = device, dtype
         self.sampler = EpochBatches(data.batch_indices)
         view = TrainView(data.train_set, data.augment, data.name)
+        self.seed = stream_seed(data.seed, _LOADER_STREAM)
         self.loader = make_loader(view, data.stream, device, data.seed, batch_sampler=self.sampler)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         self.sampler.epoch, self.sampler.start = epoch, start
+        # the workers' base seed (what a user Dataset's own randomness draws from) is the
+        # epoch's, so a resumed run's workers start as the uninterrupted run's did that epoch
+        self.loader.generator.manual_seed(stream_seed(self.seed, epoch))
         return _moved(self.loader, self.device, self.dtype)
 
     def close(self) -> None:
