@@ -140,6 +140,8 @@ class DataBundle:
     val_set: Any = None
     stream: StreamOptions | None = None
     loaders: tuple[Any, Any] | None = None
+    first_x: torch.Tensor | None = None
+    """Streamed data: the first training inputs, read when the data were loaded (for tracing)."""
     _cached: tuple[int, list[torch.Tensor]] | None = field(default=None, init=False, repr=False)
 
     def __repr__(self) -> str:
@@ -232,14 +234,11 @@ class DataBundle:
 
     def example(self, n: int = 2) -> torch.Tensor:
         """The first `n` training inputs as the model sees them in evaluation (for tracing)."""
-        if self.train_x is not None:
-            x = self.train_x[:n]
-        elif self.train_set is not None:
-            x = torch.stack([read_example(self.train_set, i, self.name)[0]
-                             for i in range(min(n, len(self.train_set)))])
-        else:
-            assert self.loaders is not None
-            return _first_batch(self.loaders[0], self.name)[0][:n]  # the user's loader, as given
+        x = self.train_x if self.train_x is not None else self.first_x
+        assert x is not None
+        x = x[:n]
+        if self.loaders is not None:
+            return x  # the user's loader, as given
         return self.augment.evaluate(x) if self.augment is not None else x
 
     def for_eval(self, x: torch.Tensor) -> torch.Tensor:
@@ -533,9 +532,13 @@ def _dataset_bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: in
     from mrc.data.stream import sample_message
 
     try:
-        shape = tuple(int(d) for d in read_example(train, 0, name)[0].shape)
+        first = [read_example(train, i, name)[0] for i in range(min(2, len(train)))]
     except Exception as err:
         raise DataError(sample_message(err)) from None
+    shape = tuple(int(d) for d in first[0].shape)
+    if any(tuple(x.shape) != shape for x in first):
+        raise DataError(f"{name}: the first examples have different shapes ({shape} and "
+                        f"{tuple(first[-1].shape)}); a batch needs one shape")
     patches, augment = make_augment(options.get("augment"), seed, classes, shape)
     if patches is not None:
         raise DataError(f"{name}: `patch` transforms in-memory arrays once; a Dataset streams "
@@ -545,7 +548,7 @@ def _dataset_bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: in
         in_shape=augment.out_shape(shape) if augment is not None else shape, classes=classes,
         batch_size=batch, shuffle=bool(options["shuffle"]), drop_last=bool(options["drop_last"]),
         seed=seed, name=name, augment=augment, train_set=train, val_set=val,
-        stream=_stream_options(options, name, dataset=True))
+        stream=_stream_options(options, name, dataset=True), first_x=torch.stack(first))
 
 
 def _loader_bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: int,
@@ -566,7 +569,7 @@ def _loader_bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: int
         train_x=None, train_y=None, val_x=None, val_y=None,
         in_shape=tuple(int(d) for d in x.shape[1:]), classes=classes, batch_size=int(batch),
         shuffle=False, seed=seed, name=name, loaders=(train, val),
-        stream=_stream_options(options, name, dataset=True))
+        stream=_stream_options(options, name, dataset=True), first_x=x[:2].to(torch.float32))
 
 
 def _first_batch(loader: Any, name: str) -> Batch:

@@ -112,6 +112,10 @@ def broken():
     return Blobs(100, 0, bad=7)
 
 
+def first_bad():
+    return Blobs(100, 0, bad=0), Blobs(10, 1)
+
+
 def loaders():
     return DataLoader(Blobs(100, 0), batch_size=16, shuffle=True), DataLoader(Blobs(30, 1), batch_size=16)
 '''
@@ -167,6 +171,20 @@ def test_an_error_in_a_user_dataset_is_one_line_at_the_users_line(factories: Pat
     assert str(err.value) == (f"sets.py:broken: example 7: {factories / 'sets.py'}:{line}: "
                               f"ValueError: cannot read example 7")
     run.close()
+
+
+def test_a_dataset_that_fails_at_once_is_a_diagnostic_at_the_data_statement(factories: Path) -> None:
+    from mrc.api import CompileError, compile_spec
+
+    spec = factories / "s.mrs"
+    spec.write_text('model mlp()\ndata "sets.py:first_bad"(batch=8)\noptimizer sgd(lr=0.1)\n')
+    with pytest.raises(CompileError) as err:
+        compile_spec(spec)
+    [diag] = err.value.diagnostics
+    assert diag.span.line == 2
+    assert diag.message.startswith("sets.py:first_bad: example 0: ")
+    line = FACTORIES.splitlines().index('            raise ValueError(f"cannot read example {i}")') + 1
+    assert diag.message.endswith(f"sets.py:{line}: ValueError: cannot read example 0")
 
 
 def test_loader_options_that_do_not_fit_are_refused_in_one_line() -> None:
