@@ -201,12 +201,21 @@ def draws(seed: int, epoch: int, index: torch.Tensor, stream: int) -> torch.Tens
     return _mix(h ^ ((index >> 32) & _M32) ^ 0x9E3779B9)
 
 
-def uniform_int(h: torch.Tensor, n: int | torch.Tensor) -> torch.Tensor:
+def draw(seed: int, epoch: int, index: int, stream: int) -> int:
+    """`draws` of one sample index, in Python ints (the per-sample path in a worker)."""
+    key = _mix(seed & _M32)
+    for word in ((seed >> 32) & _M32, epoch & _M32, (epoch >> 32) & _M32, stream & _M32):
+        key = _mix(key ^ word)
+    h = _mix((index & _M32) ^ key)
+    return int(_mix(h ^ ((index >> 32) & _M32) ^ 0x9E3779B9))
+
+
+def uniform_int(h: Any, n: Any) -> Any:
     """Integers in [0, n) from 32-bit draws `h` (multiply-shift: ⌊h·n / 2³²⌋)."""
     return (h * n) >> 32
 
 
-def bernoulli(h: torch.Tensor, p: float) -> torch.Tensor:
+def bernoulli(h: Any, p: float) -> Any:
     """True with probability `p` (to 2⁻³²) from 32-bit draws `h`."""
     return h < round(p * 2**32)
 
@@ -228,11 +237,19 @@ class Transform:
     def train(self, x: torch.Tensor, index: torch.Tensor, epoch: int, seed: int) -> torch.Tensor:
         raise NotImplementedError
 
+    def one(self, x: torch.Tensor, index: int, epoch: int, seed: int) -> torch.Tensor:
+        """`train` of one example (C, H, W), with scalar draws and slices: the same numbers as
+        its row of a batch, at a few torch calls per sample (the streamed path's workers)."""
+        raise NotImplementedError
+
     def evaluate(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
     def _draw(self, seed: int, epoch: int, index: torch.Tensor, j: int) -> torch.Tensor:
         return draws(seed, epoch, index, _SAMPLE_STREAM + 16 * self.stream + j)
+
+    def _draw1(self, seed: int, epoch: int, index: int, j: int) -> int:
+        return draw(seed, epoch, index, _SAMPLE_STREAM + 16 * self.stream + j)
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +276,14 @@ class RandomCrop(Transform):
         cols = (ox[:, None] + span).view(b, 1, 1, s).expand(b, c, s, s)
         return cut.gather(3, cols)
 
+    def one(self, x: torch.Tensor, index: int, epoch: int, seed: int) -> torch.Tensor:
+        p, s = self.padding, self.size
+        padded = F.pad(x, (p, p, p, p)) if p else x
+        h, w = padded.shape[-2:]
+        oy = uniform_int(self._draw1(seed, epoch, index, 0), h - s + 1)
+        ox = uniform_int(self._draw1(seed, epoch, index, 1), w - s + 1)
+        return padded[..., oy:oy + s, ox:ox + s].contiguous()
+
     def evaluate(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         if (h, w) == (self.size, self.size):
@@ -276,6 +301,9 @@ class HFlip(Transform):
     def train(self, x: torch.Tensor, index: torch.Tensor, epoch: int, seed: int) -> torch.Tensor:
         flip = bernoulli(self._draw(seed, epoch, index, 0), self.p)
         return torch.where(flip.view(-1, *([1] * (x.ndim - 1))), x.flip(-1), x)
+
+    def one(self, x: torch.Tensor, index: int, epoch: int, seed: int) -> torch.Tensor:
+        return x.flip(-1) if bernoulli(self._draw1(seed, epoch, index, 0), self.p) else x
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +324,15 @@ class Cutout(Transform):
         hole = in_rows[:, :, None] & in_cols[:, None, :]
         return x.masked_fill(hole[:, None], 0.0)
 
+    def one(self, x: torch.Tensor, index: int, epoch: int, seed: int) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        cy = uniform_int(self._draw1(seed, epoch, index, 0), h)
+        cx = uniform_int(self._draw1(seed, epoch, index, 1), w)
+        top, left = cy - self.size // 2, cx - self.size // 2
+        out = x.clone()
+        out[..., max(top, 0):max(top + self.size, 0), max(left, 0):max(left + self.size, 0)] = 0.0
+        return out
+
 
 @dataclass(frozen=True, slots=True)
 class Normalize(Transform):
@@ -313,6 +350,9 @@ class Normalize(Transform):
 
     def train(self, x: torch.Tensor, index: torch.Tensor, epoch: int, seed: int) -> torch.Tensor:
         return self._apply(x)
+
+    def one(self, x: torch.Tensor, index: int, epoch: int, seed: int) -> torch.Tensor:
+        return self._apply(x[None])[0]
 
     def evaluate(self, x: torch.Tensor) -> torch.Tensor:
         return self._apply(x)
@@ -342,8 +382,11 @@ class Augment:
         return x
 
     def sample(self, x: torch.Tensor, index: int, epoch: int) -> torch.Tensor:
-        """One training example, transformed exactly as in a batch (a batch of one)."""
-        return self.train(x[None], torch.tensor([index]), epoch)[0]
+        """One training example (no batch dimension), transformed exactly as its row of a
+        batch is by `train` (tests/unit/test_augment.py checks the equality)."""
+        for t in self.steps:
+            x = t.one(x, index, epoch, self.seed)
+        return x
 
     def evaluate(self, x: torch.Tensor) -> torch.Tensor:
         """Examples (B, *shape) as evaluation sees them: the deterministic counterparts."""
