@@ -7,13 +7,11 @@ keywords every data set takes (batch, val, keep, shuffle, normalize, drop_last, 
 `load_data` turns a spec's `data` statement into a `DataBundle`: training and validation
 tensors whose batches are a pure function of (seed, epoch). `AUGMENTS` are the data transforms
 (the class patch), `EVAL_SOURCES` the built-in evaluation sets and `load_eval` loads one `eval`
-statement's set. `image_folder` (mrc.data.images) builds Datasets instead of arrays: they
-stream through a DataLoader (`mrc.data.stream`, which also feeds the trainer).
+statement's set.
 """
 
 from __future__ import annotations
 
-from mrc.data import images as _images  # noqa: F401  (registers `image_folder`)
 from mrc.data.augment import AUGMENTS, Patches
 from mrc.data.builtin import DATASETS
 from mrc.data.evalsets import EVAL_SOURCES, load_eval

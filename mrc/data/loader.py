@@ -40,6 +40,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import torch
 
+from mrc.data import images as _images  # noqa: F401  (registers `image_folder`, which streams)
 from mrc.data.augment import Augment, Patches, make_augment
 from mrc.data.builtin import DATASETS
 from mrc.data.files import DataError, is_idx_path, read_idx_pair, read_npz
@@ -302,8 +303,8 @@ def _examples(target: str, own: dict[str, Any], seed: int,
                 raise DataError(f"data set `{entry.name}` has no parameter `{key}`{tip}")
         args = {p.name: _copy(p.default) for p in entry.params if not p.required}
         args.update(own)
-        if isinstance(args.get("root"), str) and not Path(args["root"]).expanduser().is_absolute():
-            args["root"] = str(base_dir / args["root"])  # a data folder beside the spec
+        if isinstance(args.get("root"), str):  # a data set's folder, relative to the spec
+            args["root"] = str(base_dir / Path(args["root"]).expanduser())
         return entry.build(seed, **args), entry.name
     if is_factory_ref(target):
         return _factory(target, own, seed, base_dir), target
