@@ -58,8 +58,9 @@ def build_data(program: Program, r: Reporter) -> Any:
     comp = program.data
     try:
         bundle = load_data(comp.name, dict(comp.kwargs), program.train.seed, program.base_dir)
-    except AugmentError as err:
-        r.error(err.message, comp.arg_spans.get("augment", comp.span))
+    except AugmentError as err:  # at the list item it names, when the checker kept its span
+        at = comp.arg_spans.get(f"augment.{getattr(err, 'index', '')}") or comp.arg_spans.get("augment")
+        r.error(err.message, at or comp.span)
         return None
     except (DataError, UserCodeError) as err:
         r.error(getattr(err, "message", str(err)), comp.span)
@@ -230,7 +231,7 @@ def bind(program: Program, r: Reporter, training: bool = True, world: int = 1) -
     load_init(program, model, r, training)
     dtype = torch.float64 if program.train.dtype == "float64" else torch.float32
     model = model.to(dtype)
-    example = data.train_x[:2].to(dtype)
+    example = data.example(2).to(dtype)  # as the model sees inputs (streamed data: read once)
     gm = trace(program, model, example, r)
     if gm is None:
         return None

@@ -1,4 +1,20 @@
-"""Data transforms a spec asks for with `data …(augment = NAME(…))`; today the class patch.
+"""Data transforms a spec asks for with `data …(augment = [NAME(…), …])`.
+
+Two families, both drawn from the run's seed only:
+
+- a *data-set transform* (`patch`) changes the examples once, when the data are loaded: a fixed
+  per-example transform of the training and validation splits (the clean split is kept as the
+  `clean` evaluation set);
+- *per-sample transforms* (`random_crop`, `hflip`, `cutout`, `normalize`) run on the fly, on every
+  training batch. Their random draws are a pure function of (run seed, epoch, sample index) —
+  a counter-based hash (`draws`) computed with torch integer ops — so the in-memory path applies
+  them to a whole batch at once on the device, the streamed path to one sample at a time in a
+  DataLoader worker, and both give the same numbers whatever the number of workers.
+
+Evaluation sets (the validation split, `eval` sets, the summary's training metrics) see only the
+deterministic counterpart of the pipeline (`Augment.evaluate`): `normalize` applies, a
+`random_crop` smaller than the image becomes a centre crop, flips and cutout do nothing. An `eval`
+set that wants the random transforms too says `augment = true` in its block.
 
 Patch augmentation follows Li, Wei & Ma (NeurIPS 2019), the data of the multirate seed's "latent
 multiple time scales" experiment: every class gets a fixed pattern (its *patch*), and each
@@ -14,17 +30,20 @@ from the run's seed only, so a run is reproducible and the clean and patch-only 
 are the same for every spec with that seed.
 
 `AUGMENTS` lists the transforms; a spec's `augment` value reaches the loader as a plain dict
-(`{"kind": "patch", "size": 3, …}`), which `make_augment` turns into a `Patches`.
+(`{"kind": "patch", "size": 3, …}`) or a list of them, which `make_augment` turns into the
+`Patches` (or None) and the per-sample `Augment` pipeline (or None).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from mrc.data.files import DataError
 from mrc.registry import Param, Registry
@@ -143,16 +162,342 @@ def patch(seed: int, classes: int, in_shape: tuple[int, ...], size: int = 3, mar
     return Patches(class_patterns(seed, classes, channels, size), margin, free, only, seed)
 
 
-def make_augment(spec: Mapping[str, Any] | None, seed: int, classes: int,
-                 in_shape: tuple[int, ...]) -> Patches | None:
-    """The transform a `data` statement's `augment` value describes (None: no augmentation)."""
+# ---- per-sample transforms ---------------------------------------------------------------------
+
+_M32 = 0xFFFFFFFF
+_SAMPLE_STREAM = 9_001
+"""Random streams of the per-sample transforms: transform k of a list draws from streams
+`_SAMPLE_STREAM + 16·k + j` (j: its j-th draw per sample)."""
+
+EVAL_EPOCH = -1
+"""The epoch whose draws an `eval` set asking for `augment = true` sees (the same at every
+evaluation, so its metric is comparable over the run)."""
+
+
+def _mul32(x: Any, c: int) -> Any:
+    """(x · c) mod 2³² for 0 ≤ x, c < 2³², in int64 without overflow (16-bit halves)."""
+    return ((x & 0xFFFF) * c + ((((x >> 16) * c) & 0xFFFF) << 16)) & _M32
+
+
+def _mix(x: Any) -> Any:
+    """A 32-bit integer hash (Wellons' `lowbias32`): a bijection with good avalanche, written
+    with &, ^, >> and `_mul32` so that Python ints and int64 tensors (any device) agree."""
+    x = x & _M32
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def draws(seed: int, epoch: int, index: torch.Tensor, stream: int) -> torch.Tensor:
+    """One uniform 32-bit draw per sample index (int64 in [0, 2³²)), a pure function of
+    (seed, epoch, index, stream): the same on any device, in a batch or one at a time."""
+    key = _mix(seed & _M32)
+    for word in ((seed >> 32) & _M32, epoch & _M32, (epoch >> 32) & _M32, stream & _M32):
+        key = _mix(key ^ word)
+    index = index.to(torch.int64)
+    h = _mix((index & _M32) ^ key)
+    return _mix(h ^ ((index >> 32) & _M32) ^ 0x9E3779B9)
+
+
+def draw(seed: int, epoch: int, index: int, stream: int) -> int:
+    """`draws` of one sample index, in Python ints (the per-sample path in a worker)."""
+    key = _mix(seed & _M32)
+    for word in ((seed >> 32) & _M32, epoch & _M32, (epoch >> 32) & _M32, stream & _M32):
+        key = _mix(key ^ word)
+    h = _mix((index & _M32) ^ key)
+    return int(_mix(h ^ ((index >> 32) & _M32) ^ 0x9E3779B9))
+
+
+def uniform_int(h: Any, n: Any) -> Any:
+    """Integers in [0, n) from 32-bit draws `h` (multiply-shift: ⌊h·n / 2³²⌋)."""
+    return (h * n) >> 32
+
+
+def bernoulli(h: Any, p: float) -> Any:
+    """True with probability `p` (to 2⁻³²) from 32-bit draws `h`."""
+    return h < round(p * 2**32)
+
+
+@dataclass(frozen=True, slots=True)
+class Transform:
+    """A per-sample transform of a batch of examples (B, *shape).
+
+    `train(x, index, epoch, seed)` is the training transform, its draws made from (seed, epoch,
+    index); `evaluate(x)` its deterministic counterpart for evaluation; `out_shape` the example
+    shape it produces. `stream` tells the transforms of one list apart (set by `make_augment`).
+    """
+
+    stream: int = 0
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return shape
+
+    def train(self, x: torch.Tensor, index: torch.Tensor, epoch: int, seed: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def one(self, x: torch.Tensor, index: int, epoch: int, seed: int) -> torch.Tensor:
+        """`train` of one example (C, H, W), with scalar draws and slices: the same numbers as
+        its row of a batch, at a few torch calls per sample (the streamed path's workers)."""
+        raise NotImplementedError
+
+    def evaluate(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _draw(self, seed: int, epoch: int, index: torch.Tensor, j: int) -> torch.Tensor:
+        return draws(seed, epoch, index, _SAMPLE_STREAM + 16 * self.stream + j)
+
+    def _draw1(self, seed: int, epoch: int, index: int, j: int) -> int:
+        return draw(seed, epoch, index, _SAMPLE_STREAM + 16 * self.stream + j)
+
+
+@dataclass(frozen=True, slots=True)
+class RandomCrop(Transform):
+    """Zero-pad by `padding` pixels on every side, then cut a `size`×`size` window at an offset
+    drawn uniformly per sample (torchvision's RandomCrop(size, padding)). Evaluation takes the
+    centre `size`×`size` window (the image itself when `size` is its size)."""
+
+    size: int = 0
+    padding: int = 0
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (*shape[:-2], self.size, self.size)
+
+    def train(self, x: torch.Tensor, index: torch.Tensor, epoch: int, seed: int) -> torch.Tensor:
+        p, s = self.padding, self.size
+        padded = F.pad(x, (p, p, p, p)) if p else x
+        b, c, h, w = padded.shape
+        oy = uniform_int(self._draw(seed, epoch, index, 0), h - s + 1)
+        ox = uniform_int(self._draw(seed, epoch, index, 1), w - s + 1)
+        span = torch.arange(s, device=x.device)
+        rows = (oy[:, None] + span).view(b, 1, s, 1).expand(b, c, s, w)
+        cut = padded.gather(2, rows)
+        cols = (ox[:, None] + span).view(b, 1, 1, s).expand(b, c, s, s)
+        return cut.gather(3, cols)
+
+    def one(self, x: torch.Tensor, index: int, epoch: int, seed: int) -> torch.Tensor:
+        p, s = self.padding, self.size
+        padded = F.pad(x, (p, p, p, p)) if p else x
+        h, w = padded.shape[-2:]
+        oy = uniform_int(self._draw1(seed, epoch, index, 0), h - s + 1)
+        ox = uniform_int(self._draw1(seed, epoch, index, 1), w - s + 1)
+        return padded[..., oy:oy + s, ox:ox + s].contiguous()
+
+    def evaluate(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if (h, w) == (self.size, self.size):
+            return x
+        top, left = (h - self.size) // 2, (w - self.size) // 2
+        return x[..., top:top + self.size, left:left + self.size].contiguous()
+
+
+@dataclass(frozen=True, slots=True)
+class HFlip(Transform):
+    """Mirror the image left–right with probability `p`, drawn per sample."""
+
+    p: float = 0.5
+
+    def train(self, x: torch.Tensor, index: torch.Tensor, epoch: int, seed: int) -> torch.Tensor:
+        flip = bernoulli(self._draw(seed, epoch, index, 0), self.p)
+        return torch.where(flip.view(-1, *([1] * (x.ndim - 1))), x.flip(-1), x)
+
+    def one(self, x: torch.Tensor, index: int, epoch: int, seed: int) -> torch.Tensor:
+        return x.flip(-1) if bernoulli(self._draw1(seed, epoch, index, 0), self.p) else x
+
+
+@dataclass(frozen=True, slots=True)
+class Cutout(Transform):
+    """Zero a `size`×`size` square whose centre is drawn uniformly over the image, clipped at
+    the border (DeVries & Taylor 2017)."""
+
+    size: int = 0
+
+    def train(self, x: torch.Tensor, index: torch.Tensor, epoch: int, seed: int) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        cy = uniform_int(self._draw(seed, epoch, index, 0), h)
+        cx = uniform_int(self._draw(seed, epoch, index, 1), w)
+        top, left = cy - self.size // 2, cx - self.size // 2
+        ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+        in_rows = (ys >= top[:, None]) & (ys < top[:, None] + self.size)  # (B, H)
+        in_cols = (xs >= left[:, None]) & (xs < left[:, None] + self.size)  # (B, W)
+        hole = in_rows[:, :, None] & in_cols[:, None, :]
+        return x.masked_fill(hole[:, None], 0.0)
+
+    def one(self, x: torch.Tensor, index: int, epoch: int, seed: int) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        cy = uniform_int(self._draw1(seed, epoch, index, 0), h)
+        cx = uniform_int(self._draw1(seed, epoch, index, 1), w)
+        top, left = cy - self.size // 2, cx - self.size // 2
+        out = x.clone()
+        out[..., max(top, 0):max(top + self.size, 0), max(left, 0):max(left + self.size, 0)] = 0.0
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Normalize(Transform):
+    """(x − mean) / std per channel (the example's first dimension); one number applies to every
+    channel. Deterministic: it applies to training and to every evaluation set alike."""
+
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def _apply(self, x: torch.Tensor) -> torch.Tensor:
+        view = (-1, *([1] * (x.ndim - 2)))
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(view)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(view)
+        return (x - mean) / std
+
+    def train(self, x: torch.Tensor, index: torch.Tensor, epoch: int, seed: int) -> torch.Tensor:
+        return self._apply(x)
+
+    def one(self, x: torch.Tensor, index: int, epoch: int, seed: int) -> torch.Tensor:
+        return self._apply(x[None])[0]
+
+    def evaluate(self, x: torch.Tensor) -> torch.Tensor:
+        return self._apply(x)
+
+
+@dataclass(frozen=True, slots=True)
+class Augment:
+    """The per-sample transforms of a run, in the spec's order, and the seed they draw from."""
+
+    steps: tuple[Transform, ...]
+    seed: int
+
+    @property
+    def random(self) -> bool:
+        """Whether any transform draws (False: `normalize` alone, applied once at load)."""
+        return any(not isinstance(t, Normalize) for t in self.steps)
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        for t in self.steps:
+            shape = t.out_shape(shape)
+        return shape
+
+    def train(self, x: torch.Tensor, index: torch.Tensor, epoch: int) -> torch.Tensor:
+        """A training batch `x` (B, *shape) of the examples `index` (B,) in `epoch`, transformed."""
+        for t in self.steps:
+            x = t.train(x, index, epoch, self.seed)
+        return x
+
+    def sample(self, x: torch.Tensor, index: int, epoch: int) -> torch.Tensor:
+        """One training example (no batch dimension), transformed exactly as its row of a
+        batch is by `train` (tests/unit/test_augment.py checks the equality)."""
+        for t in self.steps:
+            x = t.one(x, index, epoch, self.seed)
+        return x
+
+    def evaluate(self, x: torch.Tensor) -> torch.Tensor:
+        """Examples (B, *shape) as evaluation sees them: the deterministic counterparts."""
+        for t in self.steps:
+            x = t.evaluate(x)
+        return x
+
+
+def _image(name: str, in_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    if len(in_shape) != 3:
+        raise AugmentError(f"`{name}` needs image data of shape (C, H, W), but examples have shape "
+                           f"{tuple(in_shape)}" + (" (use `shape=image`)" if len(in_shape) == 1 else ""))
+    c, h, w = in_shape
+    return c, h, w
+
+
+@AUGMENTS.register("random_crop",
+                   Param("size", "int", None, doc="side of the square crop (none: the image's "
+                         "height)", lo=1, nullable=True),
+                   Param("padding", "int", 0, doc="zero padding added on every side first", lo=0),
+                   doc="a random size×size crop of the zero-padded image; evaluation takes the "
+                       "centre crop")
+def random_crop(seed: int, classes: int, in_shape: tuple[int, ...], size: int | None = None,
+                padding: int = 0) -> RandomCrop:
+    _, h, w = _image("random_crop", in_shape)
+    size = h if size is None else size
+    if size > min(h, w):
+        raise AugmentError(f"a {size}×{size} crop is larger than the {h}×{w} images (`padding` "
+                           f"only gives the crop room to move; evaluation takes the centre crop)")
+    return RandomCrop(size=size, padding=padding)
+
+
+@AUGMENTS.register("hflip", Param("p", "float", 0.5, doc="probability of a flip", lo=0.0, hi=1.0),
+                   doc="a random left–right flip")
+def hflip(seed: int, classes: int, in_shape: tuple[int, ...], p: float = 0.5) -> HFlip:
+    _image("hflip", in_shape)
+    return HFlip(p=p)
+
+
+@AUGMENTS.register("cutout", Param("size", "int", 8, doc="side of the zeroed square", lo=1),
+                   doc="zero a random size×size square (DeVries & Taylor 2017)")
+def cutout(seed: int, classes: int, in_shape: tuple[int, ...], size: int = 8) -> Cutout:
+    _, h, w = _image("cutout", in_shape)
+    if size > max(h, w):
+        raise AugmentError(f"a {size}×{size} cutout is larger than the {h}×{w} images")
+    return Cutout(size=size)
+
+
+@AUGMENTS.register("normalize",
+                   Param("mean", "floats", [0.0], doc="per-channel mean (one number: every channel)"),
+                   Param("std", "floats", [1.0], doc="per-channel standard deviation", lo=0.0,
+                         lo_open=True),
+                   doc="(x − mean) / std per channel, in training and evaluation alike")
+def normalize(seed: int, classes: int, in_shape: tuple[int, ...], mean: Sequence[float] = (0.0,),
+              std: Sequence[float] = (1.0,)) -> Normalize:
+    channels = int(in_shape[0]) if in_shape else 1
+    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    for key, values in (("mean", mean), ("std", std)):
+        if len(values) not in (1, channels):
+            raise AugmentError(f"`normalize` {key} has {len(values)} values, but the examples have "
+                               f"{channels} channel(s) (shape {tuple(in_shape)}); give one number "
+                               f"or one per channel")
+    return Normalize(mean=mean, std=std)
+
+
+SAMPLE_TRANSFORMS = ("random_crop", "hflip", "cutout", "normalize")
+"""The per-sample transforms (the others, `patch`, transform the data set once at load)."""
+
+
+class AugmentItemError(AugmentError):
+    """An `augment` list item does not fit the data; `index` is its position in the list."""
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+def make_augment(spec: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None, seed: int,
+                 classes: int, in_shape: tuple[int, ...]
+                 ) -> tuple[Patches | None, Augment | None]:
+    """The transforms a `data` statement's `augment` value describes: the data-set transform
+    (the class patch, applied by the loader once) and the per-sample pipeline, each None when
+    absent. `in_shape` is the examples' shape as loaded; each per-sample transform is checked
+    against the shape the transforms before it leave. A problem with the k-th item of a list
+    raises `AugmentItemError` with index k."""
     if not spec:
-        return None
-    settings = dict(spec)
-    kind = settings.pop("kind", None)
-    entry = AUGMENTS.get(str(kind))
-    if entry is None:
-        raise AugmentError(f"unknown data transform `{kind}`; transforms are "
-                        f"{', '.join(AUGMENTS.names())}")
-    args = {**entry.defaults(), **settings}
-    return entry.build(seed, classes, in_shape, **args)
+        return None, None
+    items = [spec] if isinstance(spec, Mapping) else list(spec)
+    patches: Patches | None = None
+    steps: list[Transform] = []
+    shape = tuple(in_shape)
+    for k, item in enumerate(items):
+        settings = dict(item)
+        kind = settings.pop("kind", None)
+        entry = AUGMENTS.get(str(kind))
+        if entry is None:
+            raise AugmentItemError(f"unknown data transform `{kind}`; transforms are "
+                                   f"{', '.join(AUGMENTS.names())}", k)
+        args = {**entry.defaults(), **settings}
+        try:
+            built = entry.build(seed, classes, shape, **args)
+        except AugmentItemError:
+            raise
+        except AugmentError as err:
+            raise AugmentItemError(err.message, k) from None
+        if isinstance(built, Patches):
+            if steps or patches is not None:
+                raise AugmentItemError("`patch` transforms the data set once, when it is loaded; "
+                                       "give it once, first in the list", k)
+            patches = built
+        else:
+            steps.append(dataclasses.replace(built, stream=k))
+            shape = built.out_shape(shape)
+    return patches, (Augment(tuple(steps), seed) if steps else None)

@@ -5,6 +5,13 @@ A source is a built-in transform of the training data's held-out split (`EVAL_SO
 `"file.py:factory"` — loaded by the same readers as the `data` statement. Every set is checked
 against the run's data (example shape, class count), relabelled by `keep` and normalised with
 the training statistics, so a model is evaluated on it exactly as on the validation split.
+
+Augmentation: like the validation split, an evaluation set sees only the deterministic part of
+the `data` statement's per-sample transforms (`normalize`, a centre crop). A set that asks for
+the random ones too — `augment = true` in the block of a data file or factory, e.g.
+`eval shifted = "test.npz" { augment = true }` — gets them drawn from the run's seed at a
+fixed evaluation epoch (`EVAL_EPOCH`): the same draws at every evaluation, so its metric is
+comparable along the run.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from typing import Any
 
 import torch
 
+from mrc.data.augment import EVAL_EPOCH
 from mrc.data.files import DataError
 from mrc.data.loader import Batch, DataBundle, _examples, _features, _keep, _labels, _same_length
 from mrc.registry import Registry
@@ -27,8 +35,15 @@ EVAL_SOURCES = Registry("evaluation source")
                        "patches)")
 def clean(bundle: DataBundle) -> Batch:
     """The validation split as it was before `augment` (the validation split itself without)."""
+    _in_memory(bundle, "clean")
     x = bundle.clean_x if bundle.clean_x is not None else bundle.val_x
     return x, bundle.val_y
+
+
+def _in_memory(bundle: DataBundle, name: str) -> None:
+    if bundle.val_x is None or bundle.val_y is None:
+        raise DataError(f"`{name}` is made from the in-memory validation split, but these data "
+                        f"stream (the validation split itself is evaluated already)")
 
 
 @EVAL_SOURCES.register("patch_only", doc="the held-out split's labels, each example only its "
@@ -38,8 +53,10 @@ def patch_only(bundle: DataBundle) -> Batch:
     if bundle.patches is None:
         raise DataError("`patch_only` needs patch-augmented data: add `augment = patch()` to the "
                         "`data` statement")
-    raw = torch.zeros((bundle.val_size, *bundle.in_shape), dtype=torch.float32)
-    return bundle.normalized(bundle.patches.only_patch(raw, bundle.val_y.cpu())), bundle.val_y
+    _in_memory(bundle, "patch_only")
+    assert bundle.train_x is not None and bundle.val_y is not None
+    raw = torch.zeros((bundle.val_size, *bundle.train_x.shape[1:]), dtype=torch.float32)
+    return bundle.for_eval(bundle.patches.only_patch(raw, bundle.val_y.cpu())), bundle.val_y
 
 
 def load_eval(bundle: DataBundle, source: str, kwargs: Mapping[str, Any] | None, seed: int,
@@ -50,9 +67,16 @@ def load_eval(bundle: DataBundle, source: str, kwargs: Mapping[str, Any] | None,
     held-out `x_test`/`y_test` in it is not used). Raises `DataError` with a one-line message,
     also when the examples' shape or labels do not fit the run's data.
     """
+    kwargs = dict(kwargs or {})
+    random = kwargs.pop("augment", False)
+    if not isinstance(random, bool):
+        raise DataError(f"`augment` of an evaluation set is true or false, not {random!r}")
+    if random and bundle.augment is None:
+        raise DataError("`augment = true` asks for the data's per-sample transforms, but the "
+                        "`data` statement has none")
     entry = EVAL_SOURCES.get(source)
     if entry is not None:
-        if kwargs:
+        if kwargs or random:
             raise DataError(f"`{entry.name}` takes no arguments")
         return entry.build(bundle)
     if source.isidentifier():
@@ -68,13 +92,24 @@ def load_eval(bundle: DataBundle, source: str, kwargs: Mapping[str, Any] | None,
             raise DataError(f"{name}: an evaluation set needs `x` and `y`, but has {found}")
     x, y = _features(raw["x"], "x", name), _labels(raw["y"], "y", name)
     _same_length(x, y, "x", "y", name)
-    if tuple(x.shape[1:]) != tuple(bundle.in_shape):
+    loaded = tuple(bundle.train_x.shape[1:]) if bundle.train_x is not None else None
+    if loaded is not None and tuple(x.shape[1:]) != loaded:
         raise DataError(f"{name}: its examples have shape {tuple(x.shape[1:])}, but the model's "
-                        f"data have {tuple(bundle.in_shape)}")
+                        f"data have {loaded}")
+    x = _drawn(bundle, bundle.normalized(x)) if random else bundle.for_eval(x)
+    if tuple(x.shape[1:]) != tuple(bundle.in_shape):
+        raise DataError(f"{name}: its examples have shape {tuple(x.shape[1:])} (after the "
+                        f"transforms), but the model's data have {tuple(bundle.in_shape)}")
     if bundle.keep is not None:
         x, y, _, _ = _keep(list(bundle.keep), x, y, None, int(y.max()) + 1 if len(y) else 0, name)
     if len(y) and int(y.max()) >= bundle.classes:
         at = int(y.argmax())
         raise DataError(f"{name}: label {int(y.max())} at index {at} is out of range for the "
                         f"model's {bundle.classes} classes (labels must be 0..{bundle.classes - 1})")
-    return bundle.normalized(x.to(bundle.device)).contiguous(), y.to(bundle.device).contiguous()
+    return x.to(bundle.device).contiguous(), y.to(bundle.device).contiguous()
+
+
+def _drawn(bundle: DataBundle, x: torch.Tensor) -> torch.Tensor:
+    """`x` through the training transforms, drawn at the fixed evaluation epoch."""
+    assert bundle.augment is not None
+    return bundle.augment.train(x, torch.arange(len(x)), EVAL_EPOCH)

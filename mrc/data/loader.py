@@ -10,10 +10,18 @@ then applies the options common to every data set (`DATA_OPTIONS`) in a fixed or
    otherwise a seeded random fraction `val` of the examples is held out;
 3. `limit`: keep a seeded random subset of at most `limit` training examples (validation is
    untouched, so limiting never changes what a run is evaluated on);
-4. `augment`: a data transform (`mrc.data.augment`, e.g. the class patch) of the training and
+4. `augment`: the data-set transform (`mrc.data.augment`, the class patch) of the training and
    validation splits; the un-augmented validation split is kept as the `clean` evaluation set;
 5. `normalize`: standardise features with the training split's per-feature mean and std (after
-   augmentation, and applied to every evaluation set too).
+   augmentation, and applied to every evaluation set too);
+6. the per-sample transforms of `augment` (crop, flip, cutout, normalize): the training split
+   keeps its examples and is transformed batch by batch as it is read; every evaluation split is
+   stored through the transforms' deterministic part (`Augment.evaluate`).
+
+Data that come as a `torch.utils.data.Dataset` (an image folder, a user factory's Dataset or
+pair of Datasets) are not loaded: they stream through a DataLoader (`mrc.data.stream`), with the
+same validation split and `limit` rules applied as index subsets. Arrays stay in memory unless
+`stream = true`. A factory may also return its own DataLoaders, which are used as given.
 
 Batches are a pure function of (seed, epoch), so a run resumed at (epoch, step) sees exactly
 the batches an uninterrupted run would have seen.
@@ -32,9 +40,11 @@ from typing import Any, TypeAlias
 import numpy as np
 import torch
 
-from mrc.data.augment import Patches, make_augment
+from mrc.data import images as _images  # noqa: F401  (registers `image_folder`, which streams)
+from mrc.data.augment import Augment, Patches, make_augment
 from mrc.data.builtin import DATASETS
 from mrc.data.files import DataError, is_idx_path, read_idx_pair, read_npz
+from mrc.data.stream import ArraySet, StreamOptions, length_of, read_example, stream_seed
 from mrc.registry import Param, did_you_mean
 
 DATA_OPTIONS: tuple[Param, ...] = (
@@ -53,8 +63,21 @@ DATA_OPTIONS: tuple[Param, ...] = (
     Param("limit", "int", 0, doc="keep at most this many training examples (0 keeps all)",
           lo=0),
     Param("augment", "any", None,
-          doc="a data transform of the training and validation splits, e.g. "
-              "`patch(size=3, margin=1, free=0.2, only=0.16)`; none leaves the data as it is",
+          doc="data transforms, one or a list: `random_crop(size, padding)`, `hflip(p)`, "
+              "`cutout(size)`, `normalize(mean, std)` run per sample on the training batches "
+              "(evaluation sees only `normalize` and a centre crop), `patch(…)` transforms the "
+              "data set once; none leaves the data as they are",
+          nullable=True),
+    Param("stream", "bool", None,
+          doc="read the training data through a torch DataLoader; none (auto): Datasets (image "
+              "folders, user Datasets) stream and arrays stay on the device", nullable=True),
+    Param("workers", "int", 0, doc="DataLoader worker processes of streamed data (0: in the "
+          "main process)", lo=0),
+    Param("pin_memory", "bool", None, doc="pin streamed batches for fast copies to the GPU; none "
+          "(auto): on CUDA", nullable=True),
+    Param("persistent_workers", "bool", False,
+          doc="keep the DataLoader's workers alive between epochs (with workers > 0)"),
+    Param("prefetch", "int", None, doc="batches each worker loads ahead (none: torch's 2)", lo=1,
           nullable=True),
 )
 """Options every data set takes, handled by the loader rather than by the builders."""
@@ -77,31 +100,29 @@ _EXACT_FLOAT_LABEL = 2**53
 """Float labels at or above this are not exact integers, and may not fit int64."""
 
 
-def stream_seed(seed: int, stream: int) -> int:
-    """The torch generator seed of one random stream of a run: `seed * 1_000_003 + stream`.
-
-    Streams ≥ 0 are epochs (batch order); negative ones are the validation split and the limit.
-    """
-    return (seed * 1_000_003 + stream) % 2**63
-
-
 @dataclass(eq=False)
 class DataBundle:
-    """Training and validation tensors with the batching rules of one run.
+    """Training and validation data with the batching rules of one run.
 
-    Tensors are float32 inputs (N, *in_shape) and int64 labels (N,), contiguous, all on one
-    device. `classes` is the number of classes a model must predict (labels are 0..classes-1).
-    `mean`/`std` are the normalisation statistics when `normalize` was on, else None.
-    `clean_x` is the validation split before augmentation (normalised like the others; the
-    validation inputs themselves without `augment`), `patches` the class patches when the data
-    are patch-augmented, `keep` the class subset; `evals` holds the spec's named evaluation sets
-    (`mrc.data.evalsets`), each inputs and labels like the validation split.
+    In memory (arrays): float32 inputs (N, *shape) and int64 labels (N,), contiguous, all on one
+    device. `train_x` holds the examples as loaded; the per-sample transforms (`augment`) run on
+    each batch as it is read. `val_x`, `clean_x` and the `evals` are stored evaluation-ready
+    (through `augment`'s deterministic part). Streamed (a Dataset): `train_x`/`val_x` are None
+    and `train_set`/`val_set` are the Datasets; arrays with `stream = true` have both.
+    `stream` is None on the in-memory path, else the DataLoader's settings; `loaders` are a user
+    factory's own (train, validation or None) DataLoaders, used as given.
+
+    `in_shape` is the example shape the model sees (after the transforms), `classes` the number
+    of classes a model must predict (labels are 0..classes-1). `mean`/`std` are the
+    normalisation statistics when `normalize` was on, else None. `clean_x` is the validation
+    split before the data-set transform (`patch`), `patches` the class patches, `keep` the class
+    subset; `evals` holds the spec's named evaluation sets (`mrc.data.evalsets`).
     """
 
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    val_x: torch.Tensor
-    val_y: torch.Tensor
+    train_x: torch.Tensor | None
+    train_y: torch.Tensor | None
+    val_x: torch.Tensor | None
+    val_y: torch.Tensor | None
     in_shape: tuple[int, ...]
     classes: int
     batch_size: int
@@ -115,27 +136,48 @@ class DataBundle:
     patches: Patches | None = None
     keep: tuple[int, ...] | None = None
     evals: dict[str, Batch] = field(default_factory=dict)
+    augment: Augment | None = None
+    train_set: Any = None
+    val_set: Any = None
+    stream: StreamOptions | None = None
+    loaders: tuple[Any, Any] | None = None
+    first_x: torch.Tensor | None = None
+    """Streamed data: the first training inputs, read when the data were loaded (for tracing)."""
     _cached: tuple[int, list[torch.Tensor]] | None = field(default=None, init=False, repr=False)
 
     def __repr__(self) -> str:
         return (f"DataBundle({self.name!r}, train={self.train_size}, val={self.val_size}, "
                 f"in_shape={self.in_shape}, classes={self.classes}, batch={self.batch_size}, "
-                f"device={self.device})")
+                f"device={self.device}{', streamed' if self.streamed else ''})")
+
+    @property
+    def streamed(self) -> bool:
+        """Whether training reads its batches through a DataLoader."""
+        return self.stream is not None or self.loaders is not None
 
     @property
     def train_size(self) -> int:
-        return int(self.train_y.shape[0])
+        if self.train_y is not None:
+            return int(self.train_y.shape[0])
+        if self.train_set is not None:
+            return len(self.train_set)
+        return 0
 
     @property
     def val_size(self) -> int:
-        return int(self.val_y.shape[0])
+        if self.val_y is not None:
+            return int(self.val_y.shape[0])
+        return len(self.val_set) if self.val_set is not None else 0
 
     @property
     def device(self) -> torch.device:
-        return self.train_x.device
+        return self.train_x.device if self.train_x is not None else torch.device("cpu")
 
     def steps_per_epoch(self) -> int:
-        """Batches per epoch: ⌈N / batch⌉, or ⌊N / batch⌋ with drop_last."""
+        """Batches per epoch: ⌈N / batch⌉, or ⌊N / batch⌋ with drop_last (a user DataLoader:
+        its length)."""
+        if self.loaders is not None:
+            return length_of(self.loaders[0], "the factory's training DataLoader")
         n, b = self.train_size, self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
@@ -160,13 +202,22 @@ class DataBundle:
         return list(batches)
 
     def batch(self, epoch: int, i: int) -> Batch:
-        """Inputs and labels of batch `i` of `epoch`, on the bundle's device."""
+        """Inputs and labels of training batch `i` of `epoch` as a step sees them (transformed)."""
         batches = self.batch_indices(epoch)
         if not 0 <= i < len(batches):
             raise IndexError(f"batch {i} of epoch {epoch} does not exist: an epoch has "
                              f"{len(batches)} batches")
+        if self.train_x is None or self.train_y is None:
+            from mrc.data.stream import TrainView
+
+            view = TrainView(self.train_set, self.augment, self.name)
+            items = [view[(epoch, int(j))] for j in batches[i]]
+            return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
         index = batches[i].to(self.device)
-        return self.train_x.index_select(0, index), self.train_y.index_select(0, index)
+        x = self.train_x.index_select(0, index)
+        if self.augment is not None:
+            x = self.augment.train(x, index, epoch)
+        return x, self.train_y.index_select(0, index)
 
     def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """The batches of `epoch` from step `start` on (resuming mid-epoch starts past 0)."""
@@ -174,10 +225,27 @@ class DataBundle:
             yield self.batch(epoch, i)
 
     def val_batches(self, batch_size: int | None = None) -> Iterator[Batch]:
-        """The validation set in order, in batches of `batch_size` (default: the training batch)."""
+        """The in-memory validation set in order, in batches of `batch_size` (default: the
+        training batch)."""
+        if self.val_x is None or self.val_y is None:
+            raise DataError(f"{self.name}: the validation split is streamed, not in memory")
         b = batch_size or self.batch_size
         for start in range(0, self.val_size, b):
             yield self.val_x[start:start + b], self.val_y[start:start + b]
+
+    def example(self, n: int = 2) -> torch.Tensor:
+        """The first `n` training inputs as the model sees them in evaluation (for tracing)."""
+        x = self.train_x if self.train_x is not None else self.first_x
+        assert x is not None
+        x = x[:n]
+        if self.loaders is not None:
+            return x  # the user's loader, as given
+        return self.augment.evaluate(x) if self.augment is not None else x
+
+    def for_eval(self, x: torch.Tensor) -> torch.Tensor:
+        """Inputs as loaded (before `normalize`) made evaluation-ready like the validation split."""
+        x = self.normalized(x)
+        return self.augment.evaluate(x) if self.augment is not None else x
 
     def to(self, device: torch.device | str) -> DataBundle:
         """A copy with every tensor on `device` (the batch order is unchanged)."""
@@ -211,6 +279,8 @@ def load_data(target: str, kwargs: Mapping[str, Any] | None, seed: int,
     own = dict(kwargs or {})
     options = {p.name: own.pop(p.name, p.default) for p in DATA_OPTIONS}
     raw, name = _examples(str(target), own, seed, Path(base_dir))
+    if "train_set" in raw or "loaders" in raw:
+        return _dataset_bundle(raw, options, seed, name)
     return _bundle(raw, options, seed, name)
 
 
@@ -272,12 +342,45 @@ def _factory(ref: str, own: dict[str, Any], seed: int, base_dir: Path) -> Mappin
         result = call_user(fn, ref, **args)
     except UserCodeError as e:
         raise DataError(e.message) from e
+    sets = _datasets(result, ref)
+    if sets is not None:
+        return sets
     if isinstance(result, Mapping):
         return result
     if isinstance(result, tuple | list) and len(result) in (2, 4):
         return dict(zip(("x", "y", "x_test", "y_test"), result, strict=False))
     raise DataError(f"{ref} returned a {type(result).__name__}; a data factory must return a dict "
-                    f"with `x`, `y` (and optionally `x_test`, `y_test`) or a tuple (x, y)")
+                    f"with `x`, `y` (and optionally `x_test`, `y_test`), a tuple (x, y), a "
+                    f"torch Dataset, a (train, validation) pair of Datasets, or DataLoaders")
+
+
+def _datasets(result: Any, ref: str) -> dict[str, Any] | None:
+    """A factory's Dataset(s) or DataLoader(s) as the loader's raw dict (`train_set`/`val_set`
+    or `loaders`, and `classes` when the factory's dict gives it); None for arrays."""
+    from torch.utils.data import DataLoader, Dataset
+
+    def kind(v: Any) -> str | None:
+        return "loader" if isinstance(v, DataLoader) else "set" if isinstance(v, Dataset) else None
+
+    classes = None
+    if isinstance(result, Mapping) and "train" in result:
+        train, val, classes = result["train"], result.get("val"), result.get("classes")
+    elif isinstance(result, tuple | list) and len(result) == 2 and kind(result[0]) is not None:
+        train, val = result
+    elif kind(result) is not None:
+        train, val = result, None
+    else:
+        return None
+    what = kind(train)
+    if what is None:
+        raise DataError(f"{ref}: `train` is a {type(train).__name__}, not a torch Dataset or "
+                        f"DataLoader")
+    if val is not None and kind(val) != what:
+        raise DataError(f"{ref}: give the training and validation data both as Datasets or both "
+                        f"as DataLoaders, not a {type(train).__name__} and a {type(val).__name__}")
+    if what == "loader":
+        return {"loaders": (train, val), "classes": classes}
+    return {"train_set": train, "val_set": val, "classes": classes}
 
 
 def _takes_seed(fn: Any) -> bool:
@@ -338,8 +441,9 @@ def _bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: int,
                         f"{len(train_y)} training examples")
 
     clean_x = val_x
-    patches = make_augment(options.get("augment"), seed, classes,
-                           tuple(int(d) for d in train_x.shape[1:]))
+    shape = tuple(int(d) for d in train_x.shape[1:])
+    patches, augment = make_augment(options.get("augment"), seed, classes, shape)
+    stream = _stream_options(options, name, dataset=False)
     if patches is not None:
         train_x = patches.apply(train_x, train_y, _TRAIN_PATCH_STREAM)
         val_x = patches.apply(val_x, val_y, _VAL_PATCH_STREAM)
@@ -350,15 +454,184 @@ def _bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: int,
         spread = train_x.std(dim=0, unbiased=False)
         std = torch.where(spread > 0, spread, torch.ones_like(spread))  # constant features stay
         train_x, val_x, clean_x = ((t - mean) / std for t in (train_x, val_x, clean_x))
+    if augment is not None:  # evaluation splits are stored evaluation-ready
+        val_x, clean_x = augment.evaluate(val_x), augment.evaluate(clean_x)
 
+    train_x, train_y = train_x.contiguous(), train_y.contiguous()
     return DataBundle(
-        train_x=train_x.contiguous(), train_y=train_y.contiguous(),
-        val_x=val_x.contiguous(), val_y=val_y.contiguous(),
-        in_shape=tuple(int(d) for d in train_x.shape[1:]), classes=classes, batch_size=batch,
-        shuffle=bool(options["shuffle"]), drop_last=bool(options["drop_last"]), seed=seed,
-        name=name, mean=mean, std=std, clean_x=clean_x.contiguous(), patches=patches,
+        train_x=train_x, train_y=train_y, val_x=val_x.contiguous(), val_y=val_y.contiguous(),
+        in_shape=augment.out_shape(shape) if augment is not None else shape, classes=classes,
+        batch_size=batch, shuffle=bool(options["shuffle"]), drop_last=bool(options["drop_last"]),
+        seed=seed, name=name, mean=mean, std=std, clean_x=clean_x.contiguous(), patches=patches,
         keep=tuple(int(k) for k in keep) if isinstance(keep, list | tuple)
-        else (None if keep is None else (int(keep),)))
+        else (None if keep is None else (int(keep),)),
+        augment=augment, stream=stream,
+        train_set=ArraySet(train_x, train_y) if stream is not None else None)
+
+
+def _stream_options(options: Mapping[str, Any], name: str, dataset: bool) -> StreamOptions | None:
+    """The DataLoader settings when the training data stream (None: in memory). `stream`
+    none (auto) streams Datasets and keeps arrays in memory."""
+    stream = options.get("stream")
+    on = dataset if stream is None else bool(stream)
+    workers = int(options.get("workers") or 0)
+    persistent = bool(options.get("persistent_workers"))
+    prefetch = options.get("prefetch")
+    if not on:
+        for key, given in (("workers", workers), ("persistent_workers", persistent),
+                           ("prefetch", prefetch is not None)):
+            if given:
+                raise DataError(f"{name}: `{key}` sets up a DataLoader, but these data stay in "
+                                f"memory; add `stream = true` to stream them")
+        return None
+    for key, given in (("persistent_workers", persistent), ("prefetch", prefetch is not None)):
+        if given and workers == 0:
+            raise DataError(f"{name}: `{key}` needs worker processes; set `workers` > 0")
+    return StreamOptions(workers=workers, pin_memory=options.get("pin_memory"),
+                         persistent_workers=persistent,
+                         prefetch=None if prefetch is None else int(prefetch))
+
+
+def _dataset_bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: int,
+                    name: str) -> DataBundle:
+    """The bundle of data that come as Datasets (streamed) or as the user's DataLoaders."""
+    for key, why in (("keep", "relabels classes"), ("normalize", "needs the training split's "
+                     "statistics; use `augment = normalize(mean, std)`")):
+        if options.get(key):
+            raise DataError(f"{name}: `{key}` {why} of in-memory arrays; a Dataset streams "
+                            f"(`stream = false` loads it into memory first)")
+    if options.get("stream") is False and "train_set" in raw:  # small enough: load it once
+        return _bundle(_materialised(raw, name), options, seed, name)
+    batch = int(options["batch"])
+    if "loaders" in raw:
+        return _loader_bundle(raw, options, seed, name)
+    train, val = raw["train_set"], raw.get("val_set")
+    n = length_of(train, f"{name}'s training Dataset")
+    if n == 0:
+        raise DataError(f"{name}: the training Dataset is empty")
+    classes = _dataset_classes(raw.get("classes"), train, name)
+    from torch.utils.data import Subset
+
+    if val is None:
+        n_val = round(float(options["val"]) * n)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(
+            stream_seed(seed, _SPLIT_STREAM)))
+        val = Subset(train, order[:n_val].sort().values.tolist())
+        train = Subset(train, order[n_val:].sort().values.tolist())
+    else:
+        length_of(val, f"{name}'s validation Dataset")
+    limit = int(options["limit"] or 0)
+    if 0 < limit < len(train):
+        generator = torch.Generator().manual_seed(stream_seed(seed, _LIMIT_STREAM))
+        chosen = torch.randperm(len(train), generator=generator)[:limit].sort().values
+        train = Subset(train, chosen.tolist())
+    if len(train) == 0:
+        raise DataError(f"{name}: no training examples are left after the validation split")
+    if options["drop_last"] and len(train) < batch:
+        raise DataError(f"{name}: drop_last with batch={batch} leaves no batch: there are only "
+                        f"{len(train)} training examples")
+    from mrc.data.stream import sample_message
+
+    try:
+        first = [read_example(train, i, name)[0] for i in range(min(2, len(train)))]
+    except Exception as err:
+        raise DataError(sample_message(err)) from None
+    shape = tuple(int(d) for d in first[0].shape)
+    if any(tuple(x.shape) != shape for x in first):
+        raise DataError(f"{name}: the first examples have different shapes ({shape} and "
+                        f"{tuple(first[-1].shape)}); a batch needs one shape")
+    patches, augment = make_augment(options.get("augment"), seed, classes, shape)
+    if patches is not None:
+        raise DataError(f"{name}: `patch` transforms in-memory arrays once; a Dataset streams "
+                        f"(`stream = false` loads it into memory first)")
+    return DataBundle(
+        train_x=None, train_y=None, val_x=None, val_y=None,
+        in_shape=augment.out_shape(shape) if augment is not None else shape, classes=classes,
+        batch_size=batch, shuffle=bool(options["shuffle"]), drop_last=bool(options["drop_last"]),
+        seed=seed, name=name, augment=augment, train_set=train, val_set=val,
+        stream=_stream_options(options, name, dataset=True), first_x=torch.stack(first))
+
+
+def _loader_bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: int,
+                   name: str) -> DataBundle:
+    """The bundle of a factory's own DataLoaders: used as given (batches, order, transforms)."""
+    train, val = raw["loaders"]
+    if options.get("augment"):
+        raise DataError(f"{name}: the factory's DataLoaders are used as given; put the "
+                        f"augmentation in their Datasets, or return Datasets instead")
+    if options.get("limit"):
+        raise DataError(f"{name}: `limit` needs a Dataset; the factory's DataLoaders are used "
+                        f"as given")
+    x, _ = _first_batch(train, name)
+    length_of(train, f"{name}'s training DataLoader")
+    classes = _dataset_classes(raw.get("classes"), getattr(train, "dataset", None), name)
+    batch = getattr(train, "batch_size", None) or int(options["batch"])
+    return DataBundle(
+        train_x=None, train_y=None, val_x=None, val_y=None,
+        in_shape=tuple(int(d) for d in x.shape[1:]), classes=classes, batch_size=int(batch),
+        shuffle=False, seed=seed, name=name, loaders=(train, val),
+        stream=_stream_options(options, name, dataset=True), first_x=x[:2].to(torch.float32))
+
+
+def _first_batch(loader: Any, name: str) -> Batch:
+    from mrc.data.stream import SampleError, sample_message, user_error
+
+    try:
+        batch = next(iter(loader))
+    except StopIteration:
+        raise DataError(f"{name}: the training DataLoader yields no batch") from None
+    except SampleError as err:
+        raise DataError(sample_message(err)) from None
+    except Exception as err:
+        raise DataError(f"{name}: reading the first batch: {user_error(err)}") from None
+    if not isinstance(batch, tuple | list) or len(batch) < 2 or not isinstance(batch[0], torch.Tensor):
+        raise DataError(f"{name}: a DataLoader batch must be a pair (inputs, labels) of tensors")
+    return batch[0], batch[1]
+
+
+def _dataset_classes(hint: Any, dataset: Any, name: str) -> int:
+    """The class count of streamed data: the factory's `classes`, else the Dataset's `classes`
+    attribute (a count or torchvision's list of names), else its `targets` (largest + 1)."""
+    if hint is not None:
+        return _count_hint(hint, name)
+    for source in (dataset, getattr(dataset, "dataset", None)):  # a Subset's underlying set
+        if source is None:
+            continue
+        given = getattr(source, "classes", None)
+        if given is not None:
+            return len(given) if isinstance(given, list | tuple) else _count_hint(given, name)
+        targets = getattr(source, "targets", None)
+        if targets is not None and len(targets):
+            return int(torch.as_tensor(np.asarray(targets)).max()) + 1
+    raise DataError(f"{name}: mrc cannot tell the number of classes of this Dataset; give the "
+                    f"Dataset a `classes` attribute, or return {{'train': …, 'val': …, "
+                    f"'classes': N}} from the factory")
+
+
+def _materialised(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """Datasets read into arrays once (`stream = false`), for the in-memory path."""
+    from mrc.data.stream import sample_message
+
+    def read(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            items = [read_example(data, i, name) for i in range(len(data))]
+        except Exception as err:
+            raise DataError(sample_message(err)) from None
+        return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
+
+    out: dict[str, Any] = {}
+    out["x"], out["y"] = read(raw["train_set"])
+    if raw.get("val_set") is not None:
+        out["x_test"], out["y_test"] = read(raw["val_set"])
+    classes = raw.get("classes")
+    if classes is None:
+        try:
+            classes = _dataset_classes(None, raw["train_set"], name)
+        except DataError:
+            classes = None
+    if classes is not None:
+        out["classes"] = classes
+    return out
 
 
 def _keep(keep: list[Any], x: torch.Tensor, y: torch.Tensor, test: Batch | None, classes: int,

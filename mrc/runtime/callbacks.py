@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,13 +185,21 @@ def metric_value(metrics: dict[str, Any], name: str) -> float:
 class Evaluation(Callback):
     """Evaluate every `eval_every` steps (or at each epoch end) and at the last step, on the
     validation split and on each named evaluation set (`evals`), in batches of `batch`; tell
-    every callback (`on_eval`)."""
+    every callback (`on_eval`). `data` is the validation split: its (inputs, labels) tensors,
+    or a function giving a fresh iterable of its batches (a streamed split's DataLoader)."""
 
-    def __init__(self, eval_every: int, batch: int, data: tuple[torch.Tensor, torch.Tensor],
+    def __init__(self, eval_every: int, batch: int,
+                 data: tuple[torch.Tensor, torch.Tensor] | Callable[[], Iterable[Any]],
                  callbacks: list[Callback],
                  evals: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+        from mrc.runtime.evaluation import slices
+
         self.eval_every, self.batch = eval_every, batch
-        self.val_x, self.val_y = data
+        if callable(data):
+            self.val_batches = data
+        else:
+            val_x, val_y = data
+            self.val_batches = lambda: slices(val_x, val_y, batch)
         self.callbacks = callbacks
         self.evals = dict(evals or {})
 
@@ -209,17 +217,17 @@ class Evaluation(Callback):
             cb.on_eval(run, metrics)
 
     def evaluate(self, plan: Any) -> dict[str, Any]:
-        from mrc.runtime.evaluation import evaluate
+        from mrc.runtime.evaluation import evaluate_batches
 
         plan.synchronize()  # a run of several processes: this rank's copy made whole first
         models = plan.eval_models()
         if "" in models:
             with plan.full_weights():
-                ev = evaluate(models[""], self.val_x, self.val_y, self.batch)
+                ev = evaluate_batches(models[""], self.val_batches())
                 out: dict[str, Any] = {"val_loss": ev["loss"], "val_acc": ev["acc"]}
                 out.update(self.named(models[""]))
             return out
-        evs = {n: evaluate(m, self.val_x, self.val_y, self.batch) for n, m in models.items()}
+        evs = {n: evaluate_batches(m, self.val_batches()) for n, m in models.items()}
         merged = evs.pop("merged")
         return {"val_loss": merged["loss"], "val_acc": merged["acc"],
                 "brains": {n: {"val_loss": e["loss"], "val_acc": e["acc"]} for n, e in evs.items()},

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from mrc.data.stream import BatchSource, Feed, StreamError, needs_memory
+from mrc.data.stream import feed as data_feed
 from mrc.lower import lower
 from mrc.lower.plan import Plan, staged_total
 from mrc.runtime.callbacks import (
@@ -56,7 +58,7 @@ from mrc.runtime.checkpoint import (
     save_torch,
 )
 from mrc.runtime.checkpoint import MetricsLog as MetricsFile
-from mrc.runtime.evaluation import evaluate
+from mrc.runtime.evaluation import evaluate, evaluate_batches
 
 if TYPE_CHECKING:
     from mrc.api import Compiled
@@ -279,11 +281,15 @@ class Trainer:
         self.c.bound.graph_module.to(self.device)
         data = self.data
         dtype = next(model.parameters()).dtype
-        train_x = data.train_x.to(self.device, dtype)
-        train_y = data.train_y.to(self.device)
-        val_x = data.val_x.to(self.device, dtype)
-        val_y = data.val_y.to(self.device)
-        evals = {n: (x.to(self.device, dtype), y.to(self.device)) for n, (x, y) in data.evals.items()}
+        eval_batch = settings.eval_batch or data.batch_size
+        # the batch source and evaluation splits (mrc/data/stream.py): device tensors, or a
+        # DataLoader for streamed data
+        feed = data_feed(data, self.device, dtype, eval_batch)
+        refused = needs_memory(self.c.graph, feed)
+        if refused:
+            feed.close()
+            raise StreamError(refused)
+        train_x, train_y, val_x, val_y, evals = feed.train_x, feed.train_y, feed.val_x, feed.val_y, feed.evals
         plan = lower(self.c.graph, self.c.bound, self.total, self.device, self.world)
         plan.attach(train_x, train_y, val_x, val_y)
         plan.trace = self.trace
@@ -295,7 +301,6 @@ class Trainer:
                 plan = self._relower(run)
         if self.world.active:
             self._broadcast_state(plan)
-        eval_batch = settings.eval_batch or data.batch_size
         progress = Progress(self.progress, run.total, settings.log_every, self.echo, oversubscribed())
         if progress.busy:
             self.echo(f"mrc: note: {progress.busy}; steps will be slower than on a quiet machine")
@@ -309,7 +314,7 @@ class Trainer:
             on_eval.append(Observer(self.observe))
         checkpoints = Checkpointing(settings.checkpoint_every, lambda r: self._snapshot(r, early), self._write)
         callbacks: list[Callback] = [divergence, MetricsLog(settings.log_every, progress),
-                                     Evaluation(settings.eval_every, eval_batch, (val_x, val_y), on_eval,
+                                     Evaluation(settings.eval_every, eval_batch, feed.val_batches, on_eval,
                                                 evals),
                                      checkpoints, StopRequests(self.interrupt, self.stop_at), progress]
         if self.out:
@@ -325,8 +330,9 @@ class Trainer:
             cb.on_start(run)
         plan.module.train()
         try:
-            self._loop(run, plan, callbacks, train_x, train_y)
+            self._loop(run, plan, callbacks, feed.train)
         finally:
+            feed.close()
             for cb in callbacks:
                 cb.on_end(run)
         wall = run.elapsed()
@@ -344,8 +350,7 @@ class Trainer:
         elif plan.brains:
             model.load_state_dict(final.state_dict())
         with plan.evaluation_precision():  # the models are scored in the precision they train in
-            summary = self._summary(final, train_x, train_y, val_x, val_y, run, wall, run.step - start_step,
-                                    early, eval_batch)
+            summary = self._summary(final, feed, run, wall, run.step - start_step, early)
             if evals:
                 ok = run.status != "diverged"
                 summary["evals"] = {n: evaluate(final, x, y, eval_batch) if ok else {"loss": None, "acc": None}
@@ -355,11 +360,14 @@ class Trainer:
                 for n, m in plan.eval_models().items():
                     if n == "merged":
                         continue
-                    tr, va = evaluate(m, train_x, train_y, eval_batch), evaluate(m, val_x, val_y, eval_batch)
+                    tr = evaluate_batches(m, feed.train_eval_batches())
+                    va = evaluate_batches(m, feed.val_batches())
                     summary["brains"][n] = {"train_loss": tr["loss"], "train_acc": tr["acc"],
                                             "val_loss": va["loss"], "val_acc": va["acc"]}
-            if self.c.bound.modules is not None and run.status != "diverged":
-                summary["modules"] = self._module_summary(final, val_x, val_y, train_x, train_y, eval_batch)
+            if self.c.bound.modules is not None and run.status != "diverged" and feed.in_memory:
+                assert train_x is not None and train_y is not None and val_x is not None and val_y is not None
+                summary["modules"] = self._module_summary(final, val_x, val_y, feed.train_eval_x(), train_y,
+                                                          eval_batch)
         if plan.ctx.scaler is not None:  # float16 loss scaling: where the scale ended, the steps skipped
             summary["loss_scale"] = plan.ctx.scaler.state_dict()
         if self.out:
@@ -437,12 +445,11 @@ class Trainer:
         run.plan = plan
         return plan
 
-    def _loop(self, run: Run, plan: Plan, callbacks: list[Callback], train_x: torch.Tensor,
-              train_y: torch.Tensor) -> None:
+    def _loop(self, run: Run, plan: Plan, callbacks: list[Callback], source: BatchSource) -> None:
         """Stages × periods × steps. Today's schedules are one stage, its period repeated over
         the data (the Plan maps the global step onto the period). Between events (see
-        mrc/runtime/callbacks.py) a step is the Plan's step and nothing else."""
-        data, device = self.data, self.device
+        mrc/runtime/callbacks.py) a step is the Plan's step and nothing else. The batches come
+        from `source` (mrc/data/stream.py): indexed from device tensors, or a DataLoader."""
         step_fn = plan.step
         measured = self._measured_steps(plan, run)
         pending = run.pending
@@ -454,17 +461,17 @@ class Trainer:
         # only the hooks a callback defines
         after_step = [cb.on_step for cb in callbacks if type(cb).on_step is not Callback.on_step]
         boundary = [cb.on_boundary for cb in callbacks if type(cb).on_boundary is not Callback.on_boundary]
+        n = run.batches = self.spe
         while run.step < run.total and run.running:
-            batches = data.batch_indices(run.epoch)
-            n = run.batches = len(batches)
             step, batch = run.step, run.batch
             last = min(run.total, stop_at)
+            batches = source.epoch(run.epoch, batch)
             while batch < n and step < run.total:
-                idx = batches[batch].to(device)
+                x, y = next(batches)
                 if step in measured:
-                    loss = self._measure(plan, step, train_x[idx], train_y[idx])
+                    loss = self._measure(plan, step, x, y)
                 else:
-                    loss = step_fn(step, train_x[idx], train_y[idx])
+                    loss = step_fn(step, x, y)
                 step += 1
                 batch += 1
                 if shares is not None:  # every rank's share, reduced at the boundary below
@@ -524,12 +531,13 @@ class Trainer:
             self.activation = got
         return loss
 
-    def _summary(self, module: nn.Module, tx: torch.Tensor, ty: torch.Tensor, vx: torch.Tensor,
-                 vy: torch.Tensor, run: Run, wall: float, steps_run: int, early: EarlyStopping | None,
-                 eval_batch: int) -> dict[str, Any]:
+    def _summary(self, module: nn.Module, feed: Feed, run: Run, wall: float, steps_run: int,
+                 early: EarlyStopping | None) -> dict[str, Any]:
+        """The run's summary; its train metrics are over the whole training split as evaluation
+        sees it (no random augmentation; streamed data through the DataLoader)."""
         ok = run.status != "diverged"
-        train = evaluate(module, tx, ty, eval_batch) if ok else {"loss": None, "acc": None}
-        val = evaluate(module, vx, vy, eval_batch) if ok else {"loss": None, "acc": None}
+        train = evaluate_batches(module, feed.train_eval_batches()) if ok else {"loss": None, "acc": None}
+        val = evaluate_batches(module, feed.val_batches()) if ok else {"loss": None, "acc": None}
         if self.device.type == "cuda":
             peak = max(self._cuda_peak, torch.cuda.max_memory_allocated()) / 2**20
             peak_kind = "cuda_allocated_mib"

@@ -56,18 +56,21 @@ def labelled_points(n: int, classes: int) -> dict[str, np.ndarray]:
 # ---- registry and options ---------------------------------------------------------------------
 
 def test_registry_names_and_options_do_not_clash():
-    assert DATASETS.names() == ["cifar10", "cifar100", "digits", "fashion_mnist", "levelsets",
-                                "mnist", "mnist1d", "peaks", "spirals", "synthetic"]
+    assert DATASETS.names() == ["cifar10", "cifar100", "digits", "fashion_mnist", "image_folder",
+                                "levelsets", "mnist", "mnist1d", "peaks", "spirals", "synthetic"]
     options = {p.name for p in DATA_OPTIONS}
     assert options == {"batch", "val", "keep", "shuffle", "normalize", "drop_last", "limit",
-                       "augment"}
+                       "augment", "stream", "workers", "pin_memory", "persistent_workers",
+                       "prefetch"}
     for entry in DATASETS:
         # the checker merges a set's own params with DATA_OPTIONS: a shared name would be ambiguous
         assert not options & {p.name for p in entry.params}, entry.name
         assert entry.doc
         for p in entry.params:
-            assert not p.required and p.doc
-            assert p.validate(p.default)[1] is None, (entry.name, p.name)
+            assert p.doc
+            if entry.name == "image_folder":  # a folder and an image size have no default
+                continue
+            assert not p.required and p.validate(p.default)[1] is None, (entry.name, p.name)
     for p in DATA_OPTIONS:
         assert p.validate(p.default)[1] is None, p.name
 

@@ -264,6 +264,7 @@ def own_batches(op: Batch, pattern: Pattern, ctx: Lowering) -> StepFn:
     stride, key = op.stride, op.id
     reps = _replicas(ctx)
     cache: dict[int, Any] = {}
+    augment = data.augment  # the data's per-sample transforms, drawn as for the shared order
 
     def batch(env: Env) -> None:
         n = env.t // stride
@@ -272,7 +273,8 @@ def own_batches(op: Batch, pattern: Pattern, ctx: Lowering) -> StepFn:
             cache.clear()
             cache[epoch] = own.batch_indices(epoch)
         idx = cache[epoch][n % spe].to(env.x.device)
-        env.values[key] = (reps.train_x[idx], reps.train_y[idx])
+        x = reps.train_x[idx]
+        env.values[key] = (augment.train(x, idx, epoch) if augment is not None else x, reps.train_y[idx])
     return batch
 
 

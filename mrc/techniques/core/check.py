@@ -96,26 +96,66 @@ def check_model(ck: Checker, st: ast.Statement | None) -> None:
 def check_data(ck: Checker, st: ast.Statement | None) -> None:
     """`data NAME(ARGS)`: a built-in data set, a user factory or a data file, with the options
     every data set takes (batch, val, …); `augment = NAME(…)` names a data transform."""
-    comp = ck.component(st, "data", _registry("data"), _data_options())
-    if comp is not None and comp.kwargs.get("augment") is not None and st is not None:
-        arg = next((a for a in st.args or () if a.name is not None and a.name.id == "augment"),
-                   None)
-        expr = ck.overrides.get("data.augment") or (arg.value if arg else None)
-        augment = _augment(ck, expr) if expr is not None else None
-        comp = dataclasses.replace(comp, kwargs={**comp.kwargs, "augment": augment})
+    # `augment` holds transform words (`hflip`) that are not values: it is checked on its own
+    arg = next((a for a in (st.args or () if st is not None else ())
+                if a.name is not None and a.name.id == "augment"), None)
+    rest = st if st is None or arg is None else dataclasses.replace(
+        st, args=tuple(a for a in st.args or () if a is not arg))
+    options = tuple(p for p in _data_options() if p.name != "augment")
+    comp = ck.component(rest, "data", _registry("data"), options)
+    expr = None
+    if arg is not None or "data.augment" in ck.overrides:
+        expr = ck.override("data.augment", arg.value if arg else None)
+    else:
+        ck.settable.add("data.augment")
+    if comp is not None:
+        comp = dataclasses.replace(comp, kwargs={**comp.kwargs, "augment": None})
+    if comp is not None and expr is not None:
+        spans: dict[str, Span] = {"augment": expr.span}
+        augment = _augments(ck, expr, spans)
+        comp = dataclasses.replace(comp, kwargs={**comp.kwargs, "augment": augment},
+                                   arg_spans={**comp.arg_spans, **spans})
     ck.program["data"] = comp
 
 
+def _augments(ck: Checker, expr: ast.Expr, spans: dict[str, Span]
+              ) -> dict[str, Any] | list[dict[str, Any]] | None:
+    """`augment = T` or `augment = [T1, T2, …]`: each transform checked (`_augment`); a list
+    becomes a list of dicts, with each item's span kept as `augment.K` for the errors binding
+    finds once the data's shape is known. `patch` transforms the data set once, so it comes
+    first. None when something is wrong (reported)."""
+    if not isinstance(expr, ast.ListExpr):
+        spans["augment.0"] = expr.span
+        return _augment(ck, expr)
+    if not expr.items:
+        ck.r.error("`augment` lists no transform", expr.span,
+                   hint="leave `augment` out, or write e.g. `augment = [random_crop(28, padding=2), hflip]`")
+        return None
+    out: list[dict[str, Any]] = []
+    for k, item in enumerate(expr.items):
+        spans[f"augment.{k}"] = item.span
+        got = _augment(ck, item)
+        if got is None:
+            continue
+        if got["kind"] == "patch" and k > 0:
+            ck.r.error("`patch` transforms the data set once, when it is loaded, before the "
+                       "per-sample transforms: put it first in the list", item.span)
+            continue
+        out.append(got)
+    return out if len(out) == len(expr.items) else None
+
+
 def _augment(ck: Checker, expr: ast.Expr) -> dict[str, Any] | None:
-    """`augment = patch(size, margin, free, only)` (or a bare `patch`): the transform and its
-    checked settings as a plain dict for the loader; None when it is wrong (reported)."""
+    """One transform, `patch(size, margin, free, only)`, `random_crop(size, padding)`, … (or a
+    bare name): its checked settings as a plain dict for the loader; None when it is wrong
+    (reported at its span)."""
     from mrc.data import AUGMENTS
 
     call = expr if isinstance(expr, ast.Call) else None
     word = call.func if call is not None else expr
     if not isinstance(word, ast.Name):
-        ck.r.error("`augment` names a data transform", expr.span,
-                   hint="write e.g. `augment = patch(margin=1, free=0.2, only=0.16)`")
+        ck.r.error("`augment` names a data transform, or lists some", expr.span,
+                   hint="write e.g. `augment = [random_crop(28, padding=2), hflip]`")
         return None
     entry = AUGMENTS.get(word.id)
     if entry is None:
@@ -127,6 +167,9 @@ def _augment(ck: Checker, expr: ast.Expr) -> dict[str, Any] | None:
     values, _ = ck.arguments(f"`{entry.name}`", entry.params, call.args if call else (),
                              expr.span, "data.augment.")
     if len(values) != len(entry.params):
+        return None
+    if entry.name == "normalize" and values["std"] is not None and not values["std"]:
+        ck.r.error("`normalize` needs at least one `std` value", expr.span)
         return None
     if entry.name == "patch" and values["free"] + values["only"] > 1.0 + 1e-12:
         ck.r.error(f"`free` + `only` = {values['free'] + values['only']:g}: the fractions of "
