@@ -18,7 +18,7 @@ from torch import nn
 from mrc.models import mlp, ode_resnet, resnet, transformer
 from mrc.models.ode_resnet import ResidualStack
 from mrc.models.resnet import ResidualBlock
-from mrc.models.trace import MrcTracer, TraceFailure, trace_model
+from mrc.models.trace import ForwardError, MrcTracer, TraceFailure, check_forward, trace_model
 from mrc.registry import Registry, did_you_mean
 
 MODELS = Registry("model")
@@ -29,11 +29,13 @@ for _module in (mlp, resnet, ode_resnet, transformer):
 
 __all__ = [
     "MODELS",
+    "ForwardError",
     "MrcTracer",
     "ResidualBlock",
     "ResidualStack",
     "TraceFailure",
     "build_model",
+    "check_forward",
     "trace_model",
 ]
 

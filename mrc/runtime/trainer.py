@@ -275,7 +275,7 @@ class Trainer:
     def _run(self) -> TrainResult:
         settings = self.program.train
         model = self.c.bound.model.to(self.device)
-        self.c.bound.graph_module.to(self.device)
+        self.c.bound.runnable.to(self.device)
         data = self.data
         dtype = next(model.parameters()).dtype
         train_x = data.train_x.to(self.device, dtype)

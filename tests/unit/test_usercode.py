@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mrc.usercode import UserCodeError, call_user, load_callable
+from mrc.usercode import UserCodeError, call_user, load_callable, shown_path
 
 
 def _write(path: Path, text: str) -> Path:
@@ -105,6 +105,7 @@ def test_call_user_wraps_exceptions():
 
     with pytest.raises(UserCodeError) as info:
         call_user(factory, "net.py:factory", depth=9)
-    assert info.value.message == "net.py:factory raised ValueError: depth 9 too large"
+    line = factory.__code__.co_firstlineno + 1  # this test file is the user's code here
+    assert info.value.message == f"{shown_path(__file__)}:{line}: ValueError: depth 9 too large"
     assert isinstance(info.value.__cause__, ValueError)
     assert call_user(lambda ref: ref * 2, "x.py:f", ref=3) == 6
