@@ -1,8 +1,9 @@
 """Where the model's parameters live while a Plan runs: the replicas.
 
 Without brains there is one replica (named ""): the bound model itself, run through its traced
-graph (or as it is, for a model torch.fx cannot trace). With brains (mrc/techniques/brains/lower.py) each brain is a copy, or the brains are
-stacked into one batched module when the graph's update groups say `kernel=stacked`.
+graph (or as it is, for a model torch.fx cannot trace). With brains
+(mrc/techniques/brains/lower.py) each brain is a copy, or the brains are stacked into one batched
+module when the graph's update groups say `kernel=stacked`.
 """
 
 from __future__ import annotations
