@@ -233,7 +233,7 @@ def not_user_dirs() -> tuple[tuple[str, ...], tuple[str, ...]]:
 
     paths = sysconfig.get_paths()
     never = [os.path.dirname(os.path.abspath(mrc.__file__)), paths["stdlib"], paths["platstdlib"]]
-    for name in ("torch", "mrc.passes"):
+    for name in ("torch", "mrc.passes", "mrc.kernels"):  # mrc's packages outside mrc/ too
         module = sys.modules.get(name)
         if module is not None and getattr(module, "__file__", None):
             never.append(os.path.dirname(os.path.abspath(module.__file__)))

@@ -79,6 +79,8 @@ class MrcTracer(fx.Tracer):
         self._parameter_names: dict[int, str] | None = None
         self._outer: FrameType | None = None
         self._dirs: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+        self._kinds: dict[str, str] = {}
+        self._paths: dict[str, str] = {}
 
     def trace(self, root: nn.Module | Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         from mrc.usercode import not_user_dirs
@@ -94,23 +96,33 @@ class MrcTracer(fx.Tracer):
 
     def _source(self) -> tuple[str, int] | None:
         """(file, line) of the innermost user frame creating the current node (an installed
-        package's only when there is no other), or None. Walking the frames costs far less than
-        torch.fx's `record_stack_traces`, which formats every node's whole stack."""
-        import os
-
-        never, installed = self._dirs
+        package's only when there is no other), or None. Walking the frames (each file judged
+        once) costs far less than torch.fx's `record_stack_traces`, which formats every node's
+        whole stack."""
         fallback = None
         frame: FrameType | None = sys._getframe(1)
         while frame is not None and frame is not self._outer:
             name = frame.f_code.co_filename
-            if not name.startswith("<"):
-                path = os.path.abspath(name)
-                if not path.startswith(never):
-                    if not path.startswith(installed):
-                        return path, frame.f_lineno
-                    fallback = fallback or (path, frame.f_lineno)
+            kind = self._kinds.get(name)
+            if kind is None:
+                kind = self._kinds[name] = self._kind(name)
+            if kind == "user":
+                return self._paths[name], frame.f_lineno
+            if kind == "installed" and fallback is None:
+                fallback = (self._paths[name], frame.f_lineno)
             frame = frame.f_back
         return fallback
+
+    def _kind(self, name: str) -> str:
+        """Whether file `name` is the user's, an installed package's or neither (torch, mrc,
+        the standard library, generated code)."""
+        import os
+
+        if name.startswith("<"):
+            return "never"
+        path = self._paths[name] = os.path.abspath(name)
+        never, installed = self._dirs
+        return "never" if path.startswith(never) else "installed" if path.startswith(installed) else "user"
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
         """A parameter read inside a traced forward becomes one `get_attr` node per parameter,
