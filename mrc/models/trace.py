@@ -346,10 +346,13 @@ class _QuietCall:
 
 
 def quiet(gm: fx.GraphModule) -> fx.GraphModule:
-    """Call `gm` through `_QuietCall` (each GraphModule has a class of its own, so this touches
-    no other). torch.fx keeps a class's `_wrapped_call` across recompiles."""
-    cls = type(gm)
-    cls._wrapped_call = _QuietCall(cls)  # type: ignore[attr-defined]
+    """Call `gm`, and every GraphModule inside it (split_module's parts), through `_QuietCall`
+    (each GraphModule has a class of its own, so this touches no other). torch.fx keeps a
+    class's `_wrapped_call` across recompiles."""
+    for m in gm.modules():
+        if isinstance(m, fx.GraphModule):
+            cls = type(m)
+            cls._wrapped_call = _QuietCall(cls)  # type: ignore[attr-defined]
     return gm
 
 

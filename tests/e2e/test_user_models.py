@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -182,29 +181,40 @@ def test_a_shape_bug_in_the_users_forward_is_one_diagnostic_at_its_line(tmp_path
     assert not spec.with_name("out").exists()
 
 
-def test_an_error_in_the_users_forward_mid_run_ends_it_in_one_line(tmp_path, capsys):
-    (tmp_path / "odd.py").write_text(textwrap.dedent('''
-        from torch import nn
+ODD = '''
+from torch import nn
 
 
-        class Pairs(nn.Module):
-            def __init__(self, in_shape, classes):
-                super().__init__()
-                self.head = nn.Linear(in_shape[0], classes)
+class Pairs(nn.Module):
+    def __init__(self, in_shape, classes):
+        super().__init__()
+        self.body = nn.Linear(in_shape[0], 16)
+        self.head = nn.Linear(16, classes)
 
-            def forward(self, x):
-                pairs = x.reshape(-1, 2, x.shape[1])  # a batch of odd size has no pairs
-                return self.head((pairs + pairs.flip(1)).reshape(x.shape))
-        '''))
-    spec = tmp_path / "run.mrs"  # 99 examples in batches of 32: the last one holds 3
+    def forward(self, x):
+        x = self.body(x)
+        pairs = x.reshape(-1, 2, x.shape[1])  # a batch of odd size has no pairs
+        return self.head((pairs + pairs.flip(1)).reshape(x.shape))
+'''
+
+
+@pytest.mark.parametrize("extra", [
+    "",  # the traced model runs whole
+    'partition body = module("body") { every = 4 }\npartition head = module("head")\n',  # cut
+], ids=["whole", "segments"])
+def test_an_error_in_the_users_forward_mid_run_ends_it_in_one_line(tmp_path, capsys, extra):
+    (tmp_path / "odd.py").write_text(ODD)
+    spec = tmp_path / "run.mrs"  # 99 examples in batches of 32: the 4th batch holds 3
     spec.write_text('model "odd.py:Pairs"()\ndata digits(batch=32, limit=99, val=0.0)\n'
-                    'optimizer sgd(lr=0.1)\ntrain(log_every=1)\n')
+                    f'optimizer sgd(lr=0.1)\ntrain(log_every=1)\n{extra}')
     status, err = _train(spec, tmp_path / "out", capsys)
     assert status == 1
+    line = ODD.splitlines().index("        pairs = x.reshape(-1, 2, x.shape[1])  # a batch of odd size "
+                                  "has no pairs") + 1
     lines = [x for x in err.splitlines() if x.startswith("mrc train")]
     assert lines == [f"mrc train: error: training stopped by an error in user code: "
-                     f"{tmp_path.name}/odd.py:11: RuntimeError: shape '[-1, 2, 64]' is invalid for "
-                     f"input of size 192".replace(f"{tmp_path.name}/", _shown(tmp_path))], err
+                     f"{_shown(tmp_path)}odd.py:{line}: RuntimeError: shape '[-1, 2, 16]' is invalid "
+                     f"for input of size 48"], err
     assert "Traceback" not in err and "generated forward" not in err
     metrics = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "loss" in m][-1] == 3  # the steps before it
