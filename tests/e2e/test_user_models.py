@@ -155,15 +155,22 @@ def test_a_model_fx_cannot_trace_trains_where_nothing_cuts_it(tmp_path, capsys, 
         assert not torch.equal(final[name], initial[name]), name
 
 
-def test_a_cut_of_an_untraceable_model_is_refused_naming_the_module(tmp_path, capsys):
+@pytest.mark.parametrize(("extra", "where", "what"), [
+    ("modules { split = equal(2) }\n", "4:1", "module-wise training (`modules`) cuts the model"),
+    ('mgrit "gate" { levels = 2 }\n', "4:1", '`mgrit "gate"` finds its stack\'s layers'),
+    ("partition a = depth(0, 1)\npartition b = rest\n", "4:15", "`depth(0, 1)` counts layers"),
+], ids=["modules", "mgrit", "depth"])
+def test_a_cut_of_an_untraceable_model_is_refused_naming_the_module(tmp_path, capsys, extra, where,
+                                                                    what):
     (tmp_path / "branchy.py").write_text(BRANCHY)
-    spec = _spec(tmp_path, 'model "branchy.py:Branchy"()', "modules { split = equal(2) }\n")
+    spec = _spec(tmp_path, 'model "branchy.py:Branchy"()', extra)
     status = main(["check", str(spec)])
     err = capsys.readouterr().err
     assert status == 2
-    assert "run.mrs:4:1: error: module-wise training (`modules`) cuts the model" in err
-    assert "cannot trace module `gate` (Gate)" in err and "control flow" in err
-    assert "mrc_leaf = True" in err and "Traceback" not in err
+    assert f"run.mrs:{where}: error: {what}" in err
+    assert "cannot be traced by torch.fx: cannot trace module `gate` (Gate)" in err
+    assert "control flow" in err and "Traceback" not in err
+    assert err.count("error:") == 1
 
 
 def test_a_shape_bug_in_the_users_forward_is_one_diagnostic_at_its_line(tmp_path):
