@@ -18,7 +18,7 @@ from __future__ import annotations
 import fnmatch
 import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import fx, nn
@@ -26,6 +26,9 @@ from torch import fx, nn
 from mrc.diagnostics import Reporter, Span
 from mrc.program import Component, Program
 from mrc.techniques.multirate.bind import BoundPartition, by_ancestor, resolve_partitions
+
+if TYPE_CHECKING:
+    from mrc.models import TraceFailure
 
 
 @dataclass
@@ -201,7 +204,7 @@ def load_init(program: Program, model: nn.Module, r: Reporter, training: bool = 
 
 
 def trace(program: Program, model: nn.Module, example: torch.Tensor,
-          r: Reporter) -> tuple[fx.GraphModule | None, Any]:
+          r: Reporter) -> tuple[fx.GraphModule | None, TraceFailure | None]:
     """(the traced model, None); (None, the TraceFailure) for a model torch.fx cannot trace but
     whose forward runs on `example`; (None, None) after reporting a forward that raises."""
     from mrc.models import ForwardError, TraceFailure, check_forward, trace_model
@@ -220,9 +223,10 @@ def trace(program: Program, model: nn.Module, example: torch.Tensor,
     return None, None
 
 
-def needs_trace(program: Program, failure: Any, r: Reporter) -> None:
+def needs_trace(program: Program, failure: TraceFailure, r: Reporter) -> None:
     """Report each statement that cuts the model, for a model torch.fx cannot trace: the
-    message says what needed the trace, the note which module could not be traced and why."""
+    message says what needed the trace, which module could not be traced and why; the hint
+    how to make it traceable."""
     why = f"the model cannot be traced by torch.fx: {failure.message}"
     hint = failure.hint or None
     if program.modules is not None:

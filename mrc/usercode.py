@@ -246,44 +246,51 @@ def user_frame(exc: BaseException) -> tuple[str, int] | None:
     """(file, line) of the innermost frame of `exc`'s traceback that is user code, or None.
 
     A frame is the user's unless it is torch's, mrc's or the standard library's; an installed
-    package's frame counts only when no other is found. A frame of a torch.fx generated forward
-    counts through the node it was running: `node.meta["mrc"]["source"]`, where the user's
-    forward created that node when it was traced (mrc.models.trace.MrcTracer).
+    package's frame counts only when no other is found. A frame that runs a torch.fx node — a
+    GraphModule's generated forward, or an interpreter of its graph (ShapeProp, stacked brains)
+    with the node in a local `node` or `n` — counts through the node, at the line of the user's
+    forward that created it when it was traced (`node.meta["mrc"]["source"]`, set by
+    mrc.models.trace.MrcTracer).
     """
     never, installed = not_user_dirs()
     best: tuple[str, int] | None = None
     fallback: tuple[str, int] | None = None
     tb: TracebackType | None = exc.__traceback__
     while tb is not None:
-        code = tb.tb_frame.f_code
-        name, line = code.co_filename, tb.tb_lineno
-        if name.startswith("<eval_with_key>"):
+        name, line = tb.tb_frame.f_code.co_filename, tb.tb_lineno
+        path = os.path.abspath(name) if not name.startswith("<") else name
+        if name.startswith("<") or path.startswith(never):
             found = _fx_source(tb, name, line)
             if found is not None:
                 best = found
-        elif not name.startswith("<"):
-            path = os.path.abspath(name)
-            if not path.startswith(never):
-                if path.startswith(installed):
-                    fallback = (path, line)
-                else:
-                    best = (path, line)
+        elif path.startswith(installed):
+            fallback = (path, line)
+        else:
+            best = (path, line)
         tb = tb.tb_next
     return best if best is not None else fallback
 
 
 def _fx_source(tb: TracebackType, filename: str, line: int) -> tuple[str, int] | None:
-    """The user source line of the fx node that a generated forward ran at `line`, or None."""
-    graph = getattr(tb.tb_frame.f_locals.get("self"), "graph", None)
-    text = linecache.getline(filename, line).strip()
-    target = text.split("=", 1)[0].strip() if "=" in text else ""
-    if graph is None or not target.isidentifier():
-        return None
-    for node in getattr(graph, "nodes", ()):
-        if node.name == target:
-            source = node.meta.get("mrc", {}).get("source")
-            return (source[0], source[1]) if source else None
-    return None
+    """The user source line of the fx node a frame was running, or None."""
+    local = tb.tb_frame.f_locals
+    node = None
+    if filename.startswith("<eval_with_key>"):  # generated code: `name = op(…);  …` per node
+        text = linecache.getline(filename, line).strip()
+        target = text.split("=", 1)[0].strip() if "=" in text else ""
+        graph = getattr(local.get("self"), "graph", None)
+        if graph is not None and target.isidentifier():
+            node = next((n for n in getattr(graph, "nodes", ()) if n.name == target), None)
+    else:
+        node = next((v for k in ("node", "n") if _is_node(v := local.get(k))), None)
+    meta = getattr(node, "meta", None)
+    source = meta.get("mrc", {}).get("source") if isinstance(meta, dict) else None
+    return (source[0], source[1]) if source else None
+
+
+def _is_node(value: Any) -> bool:
+    """Whether `value` is a torch.fx Node (without importing torch here)."""
+    return type(value).__name__ == "Node" and type(value).__module__.startswith("torch.fx")
 
 
 def shown_path(path: str) -> str:

@@ -32,7 +32,7 @@ import io
 import sys
 from collections.abc import Iterable
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import fx, nn
@@ -333,6 +333,9 @@ class _eval_mode:
             m.train(mode)
 
 
+M = TypeVar("M", bound=nn.Module)
+
+
 class _QuietCall:
     """How an mrc GraphModule is called: like torch.fx's own call, but an error is raised with
     its traceback as it is — torch.fx prints the generated code to stderr and drops the
@@ -345,10 +348,11 @@ class _QuietCall:
         return super(self.cls, obj).__call__(*args, **kwargs)
 
 
-def quiet(gm: fx.GraphModule) -> fx.GraphModule:
-    """Call `gm`, and every GraphModule inside it (split_module's parts), through `_QuietCall`
+def quiet(gm: M) -> M:
+    """Call every GraphModule in `gm` (itself, split_module's parts) through `_QuietCall`
     (each GraphModule has a class of its own, so this touches no other). torch.fx keeps a
-    class's `_wrapped_call` across recompiles."""
+    class's `_wrapped_call` across recompiles, but not across `copy.deepcopy`: quiet a copy
+    again."""
     for m in gm.modules():
         if isinstance(m, fx.GraphModule):
             cls = type(m)

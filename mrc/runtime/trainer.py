@@ -328,6 +328,8 @@ class Trainer:
         finally:
             for cb in callbacks:
                 cb.on_end(run)
+            if run.sink is not None:  # a run that raised (user code) keeps its metrics so far
+                run.sink.flush()
         wall = run.elapsed()
         if run.status != "diverged":
             divergence.check(run)  # losses not read back yet

@@ -208,7 +208,8 @@ class Pairs(nn.Module):
 @pytest.mark.parametrize("extra", [
     "",  # the traced model runs whole
     'partition body = module("body") { every = 4 }\npartition head = module("head")\n',  # cut
-], ids=["whole", "segments"])
+    'brain a { every = 1 }\nbrain b { every = 2 }\nmerge mean(momentum=keep)\n',  # copies
+], ids=["whole", "segments", "brains"])
 def test_an_error_in_the_users_forward_mid_run_ends_it_in_one_line(tmp_path, capsys, extra):
     (tmp_path / "odd.py").write_text(ODD)
     spec = tmp_path / "run.mrs"  # 99 examples in batches of 32: the 4th batch holds 3
