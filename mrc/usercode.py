@@ -140,11 +140,13 @@ def _load_module(ref: str, module_part: str, base_dir: Path) -> ModuleType:
                 f"{ref}: `{top}` is both in {folder} and installed ({elsewhere}); rename the "
                 f'local one or name it by file ("{module_part.replace(".", "/")}.py:…")')
         if _LOCAL.get(top, folder) != folder:  # the same name imported from another folder
-            for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
-                del sys.modules[name]
+            _forget(top)
         _LOCAL[top] = folder
         sys.path.insert(0, str(folder))
         importlib.invalidate_caches()  # a file written since the last import is found
+    elif top in _LOCAL:  # imported from beside another spec: not this one's (installed) module
+        _forget(top)
+        del _LOCAL[top]
     try:
         return importlib.import_module(module_part)
     except ModuleNotFoundError as e:
@@ -163,6 +165,12 @@ def _load_module(ref: str, module_part: str, base_dir: Path) -> ModuleType:
                 sys.path.remove(str(folder))
             except ValueError:
                 pass
+
+
+def _forget(top: str) -> None:
+    """Drop module `top` and its submodules from sys.modules (a local one of another folder)."""
+    for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+        del sys.modules[name]
 
 
 def _local_folder(module_part: str, base_dir: Path) -> Path | None:

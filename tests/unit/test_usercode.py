@@ -153,6 +153,8 @@ def test_two_spec_folders_with_one_package_name_each_get_their_own(tmp_path):
         assert load_callable("pkg_mrc_t3.mod:fn", tmp_path / "a")() == "a"
         assert load_callable("pkg_mrc_t3.mod:fn", tmp_path / "b")() == "b"
         assert load_callable("pkg_mrc_t3.mod:fn", tmp_path / "a")() == "a"
+        (tmp_path / "c").mkdir()  # nothing of that name beside this spec: not a's or b's
+        assert "no module named pkg_mrc_t3.mod" in _error("pkg_mrc_t3.mod:fn", tmp_path / "c")
     finally:
         _forget("pkg_mrc_t3")
 
