@@ -500,3 +500,21 @@ def test_an_error_while_the_traced_graph_runs_is_told_at_the_users_line(capfd):
     assert describe_user_error(info.value).endswith(
         f"test_models.py:{line}: RuntimeError: shape '[-1, 2, 4]' is invalid for input of size 12")
     assert capfd.readouterr().err == ""  # torch.fx prints no generated code
+
+
+def test_wide_resnet_is_split_module_wise_at_a_block(tmp_path):
+    import re
+
+    from mrc.api import bind_spec
+
+    spec = tmp_path / "wrn.mrs"
+    spec.write_text("model wide_resnet(depth=10, widen=1)\ndata digits(shape=image, limit=128)\n"
+                    "optimizer sgd(lr=0.05)\nmodules { split = equal(2) }\n")
+    bound = bind_spec(spec)
+    assert bound.modules.names == ("m0", "m1")
+    m0, m1 = (bound.modules.infos[n] for n in bound.modules.names)
+    assert m0.layers[0] == "stem" and m1.layers[-1] == "head"
+    assert re.fullmatch(r"layer[23]\.0\.pre\.0", m1.layers[0]), m1.layers  # a block starts m1
+    assert m0.residuals + m1.residuals == 3  # each WideBlock's branch r_m, once
+    model_params = sum(p.numel() for n, p in bound.model.named_parameters() if not n.startswith("aux."))
+    assert model_params == _wrn_reference_count(10, 1, 1, 10)
