@@ -234,6 +234,8 @@ def trace_model(model: nn.Module, example: torch.Tensor,
         with _eval_mode(gm), torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             prop.propagate(example)
     except Exception as err:
+        from mrc.usercode import shown_path
+
         check_forward(model, example)  # the model itself raises too: the user's own line
         e = err.__cause__ if isinstance(err.__cause__, Exception) else err
         node = prop.current
@@ -241,7 +243,8 @@ def trace_model(model: nn.Module, example: torch.Tensor,
         if node is not None:
             scope = node.meta.get("mrc", {}).get("scope") or ""
             source = node.meta.get("mrc", {}).get("source")
-            where = f" at `{scope or node.name}`" + (f" ({source[0]}:{source[1]})" if source else "")
+            where = f" at `{scope or node.name}`" + (f" ({shown_path(source[0])}:{source[1]})"
+                                                     if source else "")
         shape = tuple(example.shape) if isinstance(example, torch.Tensor) else "?"
         raise ForwardError(
             f"the traced model failed on an example batch of shape {shape}{where}: "
@@ -255,9 +258,9 @@ def check_forward(model: nn.Module, example: torch.Tensor) -> None:
     """Run `model` once on `example` (eval mode, no autograd: no statistics or randomness
     change); if it raises, raise ForwardError at the user's line (mrc.usercode.user_frame).
 
-    The hint blames the data's shape only when no layer with parameters has run yet — the
-    model's first layer rejects the examples; otherwise it names the layer that raised and the
-    shape it was given, which the model's earlier layers made.
+    The hint of a shape error blames the data's shape only when no layer with parameters has
+    run yet — the model's first layer rejects the examples; otherwise it names the layer that
+    raised and the shape it was given, which the model's earlier layers made.
     """
     from mrc.usercode import describe_user_error
 
@@ -283,8 +286,11 @@ def check_forward(model: nn.Module, example: torch.Tensor) -> None:
             model(example)
     except Exception as e:
         where = stack[-1] if stack else ("", model, ())
-        raise ForwardError(describe_user_error(e, "the model's forward"),
-                           _forward_hint(where, ran_layer[0], tuple(example.shape))) from e
+        # a shape error (torch raises RuntimeError or ValueError) gets a hint on where the shape
+        # came from; any other error (a NameError, say) is told by its line and message alone
+        hint = _forward_hint(where, ran_layer[0], tuple(example.shape)) \
+            if isinstance(e, RuntimeError | ValueError | IndexError) else ""
+        raise ForwardError(describe_user_error(e, "the model's forward"), hint) from e
     finally:
         for h in hooks:
             h.remove()

@@ -518,3 +518,25 @@ def test_wide_resnet_is_split_module_wise_at_a_block(tmp_path):
     assert m0.residuals + m1.residuals == 3  # each WideBlock's branch r_m, once
     model_params = sum(p.numel() for n, p in bound.model.named_parameters() if not n.startswith("aux."))
     assert model_params == _wrn_reference_count(10, 1, 1, 10)
+
+
+class _Typo(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fcc(x)  # a typo, not a shape: no hint about the data
+
+
+def test_a_forward_error_that_is_no_shape_error_gets_no_hint_about_the_data():
+    from mrc.models import check_forward
+
+    with pytest.raises(TraceFailure):  # torch.fx fails first; binding then runs the model itself
+        trace_model(_Typo(), torch.randn(2, 4))
+    with pytest.raises(ForwardError) as info:
+        check_forward(_Typo(), torch.randn(2, 4))
+    line = inspect.getsourcelines(_Typo.forward)[1] + 1
+    assert info.value.message.endswith(f"test_models.py:{line}: AttributeError: '_Typo' object has no "
+                                       "attribute 'fcc'")
+    assert info.value.hint == ""
