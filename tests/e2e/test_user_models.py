@@ -173,6 +173,7 @@ def test_a_cut_of_an_untraceable_model_is_refused_naming_the_module(tmp_path, ca
     assert err.count("error:") == 1
 
 
+@pytest.mark.slow  # a fresh interpreter: the real command's stderr and exit status
 def test_a_shape_bug_in_the_users_forward_is_one_diagnostic_at_its_line(tmp_path):
     (tmp_path / "mymodel.py").write_text(BUGGY)
     spec = _spec(tmp_path, 'model "mymodel.py:Net"()')
