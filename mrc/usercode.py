@@ -188,10 +188,8 @@ def _local_folder(module_part: str, base_dir: Path) -> Path | None:
 def _installed_elsewhere(top: str, folder: Path) -> str | None:
     """Where top-level module `top` is imported or installed from other than `folder`; None if
     nowhere else (or from `folder` itself, e.g. an editable install or `.` on sys.path)."""
-    module = sys.modules.get(top)
+    module = sys.modules.get(top) if top not in _LOCAL else None  # ours: replaced if need be
     if module is not None:
-        if _LOCAL.get(top) is not None:
-            return None  # ours, from this folder or another spec's (which is then replaced)
         places = [getattr(module, "__file__", None), *list(getattr(module, "__path__", []))]
     else:
         search = [p for p in sys.path if Path(p or ".").resolve() != folder]
