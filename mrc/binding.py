@@ -4,6 +4,13 @@ Everything that can only be known once user code has run — a missing data file
 raises, a model that does not trace, a selector that matches no parameter, two partitions that
 claim one parameter (or one element) — is reported here as a diagnostic at the spec's span. The
 partitions' selectors are resolved by their technique (mrc/techniques/multirate/bind.py).
+
+A model that torch.fx cannot trace (data-dependent control flow, say) still binds — once its
+forward has run on an example batch — with `graph_module=None`: it trains as it is (plainly, with
+brains, with partitions by parameter name), and every statement that needs the trace to cut the
+model (`modules`, `mgrit`, `depth(…)` selectors) is an error at its own span naming the module
+that cannot be traced. `layers` is then empty, so no pass cuts the model either (freeze-prefix
+leaves the forward whole).
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 import fnmatch
 import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import fx, nn
@@ -19,6 +26,9 @@ from torch import fx, nn
 from mrc.diagnostics import Reporter, Span
 from mrc.program import Component, Program
 from mrc.techniques.multirate.bind import BoundPartition, by_ancestor, resolve_partitions
+
+if TYPE_CHECKING:
+    from mrc.models import TraceFailure
 
 
 @dataclass
@@ -28,16 +38,23 @@ class Bound:
     program: Program
     data: Any  # mrc.data.DataBundle
     model: nn.Module
-    graph_module: fx.GraphModule
+    graph_module: fx.GraphModule | None
+    """The traced model; None for a model torch.fx cannot trace (it then runs as it is)."""
     partitions: tuple[BoundPartition, ...]
     layers: tuple[str, ...]
-    """Paths of the modules that own parameters, in the order the traced graph first uses them."""
+    """Paths of the modules that own parameters, in the order the traced graph first uses them
+    (empty for an untraced model: their order is not known)."""
     modules: Any = None
     """mrc.techniques.modules.bind.BoundModules, for module-wise training."""
     stacks: tuple[Any, ...] = ()
     """mrc.techniques.mgrit.bind.BoundStack of each stack solved by MGRIT."""
     placement: Any = None
     """mrc.ir.graph.PlacementInfo of a run of several processes (None: one process)."""
+
+    @property
+    def runnable(self) -> nn.Module:
+        """What a step runs: the traced graph, or the model itself when it was not traced."""
+        return self.graph_module if self.graph_module is not None else self.model
 
     def partition_of(self) -> dict[str, str]:
         """Parameter name → the (first) partition that holds it (or some of its elements)."""
@@ -91,8 +108,10 @@ def build_evals(program: Program, bundle: Any, r: Reporter) -> bool:
 
 
 def build_model(program: Program, in_shape: tuple[int, ...], classes: int, r: Reporter) -> nn.Module | None:
-    """Build the spec's model with the initialisation seed; user factories get in_shape/classes
-    when their signature asks for them."""
+    """Build the spec's model with the initialisation seed. A user factory is called with the
+    spec's arguments, plus `in_shape` and `classes` where its signature names them explicitly —
+    never through `**kwargs`, so a torchvision-shaped `resnet18(*, weights=None, **kwargs)` is
+    called with `num_classes=10` alone. An exception it raises is told at its file:line."""
     from mrc.models import build_model as build_builtin
     from mrc.usercode import UserCodeError, call_user, load_callable
 
@@ -124,13 +143,13 @@ def build_model(program: Program, in_shape: tuple[int, ...], classes: int, r: Re
 
 
 def _accepted(fn: Any) -> set[str]:
+    """The keyword arguments `fn`'s signature names (not `*args` or `**kwargs`)."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return set()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
-        return {"in_shape", "classes"}
-    return set(sig.parameters)
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {name for name, p in sig.parameters.items() if p.kind in named}
 
 
 def load_init(program: Program, model: nn.Module, r: Reporter, training: bool = True) -> None:
@@ -183,18 +202,53 @@ def load_init(program: Program, model: nn.Module, r: Reporter, training: bool = 
     model.load_state_dict(keep, strict=False)
 
 
-def trace(program: Program, model: nn.Module, example: torch.Tensor, r: Reporter) -> fx.GraphModule | None:
-    from mrc.models import TraceFailure, trace_model
+def trace(program: Program, model: nn.Module, example: torch.Tensor,
+          r: Reporter) -> tuple[fx.GraphModule | None, TraceFailure | None]:
+    """(the traced model, None); (None, the TraceFailure) for a model torch.fx cannot trace but
+    whose forward runs on `example`; (None, None) after reporting a forward that raises."""
+    from mrc.models import ForwardError, TraceFailure, check_forward, trace_model
     from mrc.usercode import STOPS, stopped
 
     try:
-        return trace_model(model, example)
-    except TraceFailure as err:
-        r.error(f"cannot trace the model with torch.fx: {err.message}", program.model.span,
-                hint=err.hint)
+        try:
+            return trace_model(model, example), None
+        except TraceFailure as failure:
+            check_forward(model, example)  # it runs as it is: train it so
+            return None, failure
+    except ForwardError as err:
+        r.error(err.message, program.model.span, hint=err.hint or None)
     except STOPS as err:  # the model's own forward must not end mrc with its exit status
         r.error(f"the model's forward {stopped(err)} while it was traced", program.model.span)
-    return None
+    return None, None
+
+
+def needs_trace(program: Program, failure: TraceFailure, r: Reporter) -> None:
+    """Report each statement that cuts the model, for a model torch.fx cannot trace: the
+    message says what needed the trace, which module could not be traced and why; the hint
+    how to make it traceable."""
+    why = f"the model cannot be traced by torch.fx: {failure.message}"
+    hint = failure.hint or None
+    if program.modules is not None:
+        r.error(f"module-wise training (`modules`) cuts the model into modules at its traced "
+                f"graph, and {why}", program.modules.span, hint=hint)
+    for stack in program.mgrit:
+        r.error(f"`mgrit \"{stack.stack}\"` finds its stack's layers in the traced graph, and "
+                f"{why}", stack.span, hint=hint)
+    for part in program.partitions:
+        for sel in _depth_selectors(part.selector):
+            r.error(f"`{sel.describe()}` counts layers in the order the traced graph uses them, "
+                    f"and {why}", sel.span,
+                    hint='select by name instead: `module("…")`, `params("…")`, `type("…")`')
+
+
+def _depth_selectors(sel: Any) -> list[Any]:
+    from mrc.program import Select, SelectRandom, SelectSample, SelectSet
+
+    if isinstance(sel, SelectSet):
+        return _depth_selectors(sel.left) + _depth_selectors(sel.right)
+    if isinstance(sel, SelectRandom | SelectSample):
+        return _depth_selectors(sel.of)
+    return [sel] if isinstance(sel, Select) and sel.kind == "depth" else []
 
 
 def layer_order(gm: fx.GraphModule, model: nn.Module) -> tuple[str, ...]:
@@ -232,12 +286,16 @@ def bind(program: Program, r: Reporter, training: bool = True, world: int = 1) -
     dtype = torch.float64 if program.train.dtype == "float64" else torch.float32
     model = model.to(dtype)
     example = data.example(2).to(dtype)  # as the model sees inputs (streamed data: read once)
-    gm = trace(program, model, example, r)
+    gm, failure = trace(program, model, example, r)
     if gm is None:
-        return None
-    layers = layer_order(gm, model)
+        if failure is None:
+            return None
+        needs_trace(program, failure, r)
+        if r.failed:
+            return None
+    layers = layer_order(gm, model) if gm is not None else ()
     modules = None
-    if program.modules is not None:
+    if program.modules is not None and gm is not None:
         from mrc.techniques.modules.bind import bind_modules
 
         modules = bind_modules(program, model, gm, example, int(data.classes), data.batch_size, layers, r)
@@ -245,7 +303,7 @@ def bind(program: Program, r: Reporter, training: bool = True, world: int = 1) -
             return None
         layers = layer_order(gm, model)  # the auxiliary heads come last
     stacks: tuple[Any, ...] = ()
-    if program.mgrit:
+    if program.mgrit and gm is not None:
         from mrc.techniques.mgrit.bind import bind_stacks
 
         got = bind_stacks(program, model, gm, example, r)

@@ -437,7 +437,15 @@ def run_train(args: argparse.Namespace) -> int:
         return _train_error(str(err), 2)
     except TrainingStopped as err:
         return _train_error(f"error: {err.message}", 1)
-    except (RuntimeError, ValueError, OSError) as err:
+    except Exception as err:
+        from mrc.usercode import describe_user_error, user_frame
+
+        if user_frame(err) is not None:  # the user's forward, dataset or loss raised mid-run: the
+            # run keeps its last checkpoint and metrics; the line names the user's file:line
+            return _train_error(f"error: training stopped by an error in user code: "
+                                f"{describe_user_error(err)}", 1)
+        if not isinstance(err, RuntimeError | ValueError | OSError):
+            raise
         text, peer = launch.explain(err)
         return _train_error(f"error: {text}", 1 if isinstance(err, RuntimeError) else 2, lost_peer=peer)
     finally:

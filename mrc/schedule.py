@@ -67,7 +67,8 @@ def build_graph(bound: Bound) -> ScheduleGraph:
     if brains:
         from mrc.techniques.brains.stack import obstacle
 
-        graph.stack_obstacle = stack_obstacle(bound) or obstacle(bound.graph_module)
+        graph.stack_obstacle = stack_obstacle(bound) or (
+            obstacle(bound.graph_module) if bound.graph_module is not None else "the model is not traced")
     graph.verify()
     return graph
 

@@ -1,8 +1,9 @@
 """Where the model's parameters live while a Plan runs: the replicas.
 
 Without brains there is one replica (named ""): the bound model itself, run through its traced
-graph. With brains (mrc/techniques/brains/lower.py) each brain is a copy, or the brains are
-stacked into one batched module when the graph's update groups say `kernel=stacked`.
+graph (or as it is, for a model torch.fx cannot trace). With brains
+(mrc/techniques/brains/lower.py) each brain is a copy, or the brains are stacked into one batched
+module when the graph's update groups say `kernel=stacked`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class Replicas:
 
     def __init__(self, bound: Any, device: torch.device) -> None:
         self.bound = bound
-        self.module: nn.Module = bound.graph_module
+        self.module: nn.Module = bound.runnable  # the model itself where it was not traced
         self._named = dict(bound.model.named_parameters())
         self.plan: Any = None
         self.train_x = self.train_y = self.val_x = self.val_y = None

@@ -51,7 +51,9 @@ def split_at(gm: fx.GraphModule, root: nn.Module, layers: tuple[str, ...],
     env = {a: sg.placeholder(f"in{i}") for i, a in enumerate(needed)}
     for node in top[call1:]:
         env[node] = sg.node_copy(node, lambda a: env[a])
-    return fx.GraphModule(split, pg), fx.GraphModule(split, sg)
+    from mrc.models.trace import quiet  # an error in the user's forward keeps its traceback
+
+    return quiet(fx.GraphModule(split, pg)), quiet(fx.GraphModule(split, sg))
 
 
 def segments(ctx: Any, replica: str, module: nn.Module, n: int) -> tuple[nn.Module, nn.Module]:

@@ -5,6 +5,7 @@ Every builder has the signature `build(in_shape, classes, **kwargs) -> nn.Module
 classes; the model maps a batch (B, *in_shape) to logits (B, classes). Naming conventions that
 selectors rely on: the output layer is always `head`; `mlp` has hidden layers `layers.i`;
 `resnet` has `stem`, `layer1..3` of `ResidualBlock`s with residual branch `branch`;
+`wide_resnet` has `stem`, `layer1..3` of `WideBlock`s with residual branch `branch`, `norm`;
 `ode_resnet` has `stem`, `stack` (a `ResidualStack`, layers `stack.layers.n`); `transformer` has
 `embed`, `pos`, `blocks.i`, `norm`.
 """
@@ -15,25 +16,27 @@ from typing import Any
 
 from torch import nn
 
-from mrc.models import mlp, ode_resnet, resnet, transformer
+from mrc.models import mlp, ode_resnet, resnet, transformer, wide_resnet
 from mrc.models.ode_resnet import ResidualStack
 from mrc.models.resnet import ResidualBlock
-from mrc.models.trace import MrcTracer, TraceFailure, trace_model
+from mrc.models.trace import ForwardError, MrcTracer, TraceFailure, check_forward, trace_model
 from mrc.registry import Registry, did_you_mean
 
 MODELS = Registry("model")
 """Built-in models: `model NAME(...)` in a spec names one of these."""
 
-for _module in (mlp, resnet, ode_resnet, transformer):
+for _module in (mlp, resnet, wide_resnet, ode_resnet, transformer):
     MODELS.add(_module.ENTRY)
 
 __all__ = [
     "MODELS",
+    "ForwardError",
     "MrcTracer",
     "ResidualBlock",
     "ResidualStack",
     "TraceFailure",
     "build_model",
+    "check_forward",
     "trace_model",
 ]
 

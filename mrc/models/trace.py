@@ -8,10 +8,16 @@
 - `residual_stack`: the path of the enclosing module marked `is_residual_stack`, or None,
 - `layer`: the index n of the stack layer `…layers.n` the node belongs to (the update
   y + h·F_n(y) counts as part of layer n), or None,
-- `module_type`: for `call_module` nodes, the class name of the (leaf) module called.
+- `module_type`: for `call_module` nodes, the class name of the (leaf) module called,
+- `source`: (file, line) of the user's code that created the node (the innermost frame outside
+  torch, mrc and the standard library while it was traced), or None — how an error raised while
+  the traced graph runs is told at the user's line (mrc.usercode.user_frame).
 
 A model that cannot be traced (data-dependent control flow, unsupported Python) raises
-`TraceFailure` naming the module whose forward failed and how to make it a leaf.
+`TraceFailure` naming the module whose forward failed and how to make it a leaf. A forward that
+raises on the example batch raises `ForwardError`: one line with the user's file:line and the
+original message (found by running the model itself once more, `check_forward`), and a hint that
+blames the data's shape only where the model's first layer rejects it.
 
 Tracing is linear in the size of the model: torch.fx's own `Tracer.getattr` finds a parameter's
 qualified name by scanning `root.named_parameters()` on every access, which makes a model whose
@@ -21,8 +27,12 @@ looks the name up in a map built once per trace instead.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
 from collections.abc import Iterable
-from typing import Any
+from types import FrameType
+from typing import Any, TypeVar
 
 import torch
 from torch import fx, nn
@@ -43,6 +53,16 @@ class TraceFailure(Exception):
         return f"{self.message}\nhint: {self.hint}" if self.hint else self.message
 
 
+class ForwardError(Exception):
+    """The model's forward raised on an example batch: `message` is one line (the user's
+    file:line, the error's type and message), `hint` says where to look."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
 class MrcTracer(fx.Tracer):
     """An fx Tracer that honours mrc leaves and records which module created each node.
 
@@ -57,13 +77,52 @@ class MrcTracer(fx.Tracer):
         self.failed_module: tuple[str, nn.Module] | None = None
         self._last_layer: dict[str, int] = {}
         self._parameter_names: dict[int, str] | None = None
+        self._outer: FrameType | None = None
+        self._dirs: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+        self._kinds: dict[str, str] = {}
+        self._paths: dict[str, str] = {}
 
     def trace(self, root: nn.Module | Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        from mrc.usercode import not_user_dirs
+
         self._parameter_names = None  # built from this root on its first parameter access
+        self._outer = sys._getframe()  # frames above it are mrc's callers: never a node's source
+        self._dirs = not_user_dirs()
         try:
             return super().trace(root, concrete_args)
         finally:
             self._parameter_names = None
+            self._outer = None
+
+    def _source(self) -> tuple[str, int] | None:
+        """(file, line) of the innermost user frame creating the current node (an installed
+        package's only when there is no other), or None. Walking the frames (each file judged
+        once) costs far less than torch.fx's `record_stack_traces`, which formats every node's
+        whole stack."""
+        fallback = None
+        frame: FrameType | None = sys._getframe(1)
+        while frame is not None and frame is not self._outer:
+            name = frame.f_code.co_filename
+            kind = self._kinds.get(name)
+            if kind is None:
+                kind = self._kinds[name] = self._kind(name)
+            if kind == "user":
+                return self._paths[name], frame.f_lineno
+            if kind == "installed" and fallback is None:
+                fallback = (self._paths[name], frame.f_lineno)
+            frame = frame.f_back
+        return fallback
+
+    def _kind(self, name: str) -> str:
+        """Whether file `name` is the user's, an installed package's or neither (torch, mrc,
+        the standard library, generated code)."""
+        import os
+
+        if name.startswith("<"):
+            return "never"
+        path = self._paths[name] = os.path.abspath(name)
+        never, installed = self._dirs
+        return "never" if path.startswith(never) else "installed" if path.startswith(installed) else "user"
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
         """A parameter read inside a traced forward becomes one `get_attr` node per parameter,
@@ -146,6 +205,7 @@ class MrcTracer(fx.Tracer):
             "residual_block": block,
             "residual_stack": stack,
             "layer": layer,
+            "source": self._source() if self._outer is not None else None,
         }
         if kind == "call_module" and self._stack:
             ann["module_type"] = type(self._stack[-1][1]).__name__
@@ -158,6 +218,7 @@ def trace_model(model: nn.Module, example: torch.Tensor,
 
     Shape propagation runs in eval mode without autograd, so it neither updates BatchNorm
     statistics nor draws dropout randomness: tracing leaves training fully deterministic.
+    Raises TraceFailure (the model cannot be traced) or ForwardError (its forward raises).
     """
     tracer = MrcTracer(leaf_modules)
     try:
@@ -165,21 +226,143 @@ def trace_model(model: nn.Module, example: torch.Tensor,
     except Exception as e:
         raise _failure(model, tracer, e) from e
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    modes = {name: m.training for name, m in gm.named_modules()}
+    quiet(gm)
+    prop = _ShapeProp(gm)
     try:
-        gm.eval()
-        with torch.no_grad():
-            ShapeProp(gm).propagate(example)
-    except Exception as e:
+        # ShapeProp prints the traceback of a failing node to stderr before it raises: mrc says
+        # what failed in one line instead
+        with _eval_mode(gm), torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+            prop.propagate(example)
+    except Exception as err:
+        from mrc.usercode import shown_path
+
+        check_forward(model, example)  # the model itself raises too: the user's own line
+        e = err.__cause__ if isinstance(err.__cause__, Exception) else err
+        node = prop.current
+        where = ""
+        if node is not None:
+            scope = node.meta.get("mrc", {}).get("scope") or ""
+            source = node.meta.get("mrc", {}).get("source")
+            where = f" at `{scope or node.name}`" + (f" ({shown_path(source[0])}:{source[1]})"
+                                                     if source else "")
         shape = tuple(example.shape) if isinstance(example, torch.Tensor) else "?"
-        raise TraceFailure(
-            f"the traced model failed on an example batch of shape {shape}: "
+        raise ForwardError(
+            f"the traced model failed on an example batch of shape {shape}{where}: "
             f"{type(e).__name__}: {_one_line(e)}",
-            "check that the data's example shape matches what the model expects "
-            "(e.g. flattened vectors vs (C, H, W) images)") from e
+            "the model itself runs on this batch but its fx trace does not: mark the module "
+            "that differs as a leaf (`mrc_leaf = True`)") from err
+    return gm
+
+
+def check_forward(model: nn.Module, example: torch.Tensor) -> None:
+    """Run `model` once on `example` (eval mode, no autograd: no statistics or randomness
+    change); if it raises, raise ForwardError at the user's line (mrc.usercode.user_frame).
+
+    The hint of a shape error blames the data's shape only when no layer with parameters has
+    run yet — the model's first layer rejects the examples; otherwise it names the layer that
+    raised and the shape it was given, which the model's earlier layers made.
+    """
+    from mrc.usercode import describe_user_error
+
+    stack: list[tuple[str, nn.Module, tuple[Any, ...]]] = []
+    ran_layer = [False]
+    hooks = []
+
+    def enter(path: str) -> Any:
+        def hook(m: nn.Module, args: tuple[Any, ...]) -> None:
+            stack.append((path, m, tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))))
+        return hook
+
+    def leave(m: nn.Module, args: Any, out: Any) -> None:
+        stack.pop()
+        if next(m.parameters(recurse=False), None) is not None:
+            ran_layer[0] = True
+
+    for path, m in model.named_modules():
+        hooks.append(m.register_forward_pre_hook(enter(path)))
+        hooks.append(m.register_forward_hook(leave))
+    try:
+        with _eval_mode(model), torch.no_grad():
+            model(example)
+    except Exception as e:
+        where = stack[-1] if stack else ("", model, ())
+        # a shape error (torch raises RuntimeError or ValueError) gets a hint on where the shape
+        # came from; any other error (a NameError, say) is told by its line and message alone
+        hint = _forward_hint(where, ran_layer[0], tuple(example.shape)) \
+            if isinstance(e, RuntimeError | ValueError | IndexError) else ""
+        raise ForwardError(describe_user_error(e, "the model's forward"), hint) from e
     finally:
-        for name, m in gm.named_modules():
-            m.train(modes.get(name, m.training))
+        for h in hooks:
+            h.remove()
+
+
+def _forward_hint(where: tuple[str, nn.Module, tuple[Any, ...]], ran_layer: bool,
+                  batch: tuple[int, ...]) -> str:
+    path, m, shapes = where
+    got = f"an input of shape {shapes[0]}" if shapes else "its input"
+    if not ran_layer:
+        what = f"the model's first layer `{path}` ({type(m).__name__})" if path else \
+            "the model's forward, before any of its layers ran,"
+        return (f"{what} rejects the data's examples of shape {batch[1:]} (a batch of "
+                f"{batch[0]} was tried): check that the model is built for that shape (a factory "
+                f"that names `in_shape` in its signature is given it), e.g. flattened vectors vs "
+                f"(C, H, W) images")
+    if path:
+        return (f"the model's own layers disagree: `{path}` ({type(m).__name__}) was given {got} "
+                f"by the layers before it")
+    return "the error is in the model's own forward, after its first layers ran"
+
+
+class _ShapeProp(ShapeProp):
+    """ShapeProp that remembers the node it is running, so a failure can name it."""
+
+    current: fx.Node | None = None
+
+    def run_node(self, n: fx.Node) -> Any:
+        self.current = n
+        return super().run_node(n)
+
+
+class _eval_mode:
+    """Every module of `model` in eval mode for the block, each one's own mode restored after."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.modes: list[tuple[nn.Module, bool]] = []
+
+    def __enter__(self) -> None:
+        self.modes = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        for m, mode in self.modes:
+            m.train(mode)
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+class _QuietCall:
+    """How an mrc GraphModule is called: like torch.fx's own call, but an error is raised with
+    its traceback as it is — torch.fx prints the generated code to stderr and drops the
+    traceback, and mrc tells the user's line from it instead (mrc.usercode.user_frame)."""
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+
+    def __call__(self, obj: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        return super(self.cls, obj).__call__(*args, **kwargs)
+
+
+def quiet(gm: M) -> M:
+    """Call every GraphModule in `gm` (itself, split_module's parts) through `_QuietCall`
+    (each GraphModule has a class of its own, so this touches no other). torch.fx keeps a
+    class's `_wrapped_call` across recompiles, but not across `copy.deepcopy`: quiet a copy
+    again."""
+    for m in gm.modules():
+        if isinstance(m, fx.GraphModule):
+            cls = type(m)
+            cls._wrapped_call = _QuietCall(cls)  # type: ignore[attr-defined]
     return gm
 
 

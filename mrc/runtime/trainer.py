@@ -278,7 +278,7 @@ class Trainer:
     def _run(self) -> TrainResult:
         settings = self.program.train
         model = self.c.bound.model.to(self.device)
-        self.c.bound.graph_module.to(self.device)
+        self.c.bound.runnable.to(self.device)
         data = self.data
         dtype = next(model.parameters()).dtype
         eval_batch = settings.eval_batch or data.batch_size
@@ -335,6 +335,8 @@ class Trainer:
             feed.close()
             for cb in callbacks:
                 cb.on_end(run)
+            if run.sink is not None:  # a run that raised (user code) keeps its metrics so far
+                run.sink.flush()
         wall = run.elapsed()
         if run.status != "diverged":
             divergence.check(run)  # losses not read back yet

@@ -201,8 +201,9 @@ def build(in_shape, classes, width=4):
     return Net(in_shape, classes, width)
 
 
-def build_kwargs(width=3, **rest):
-    return Net(rest["in_shape"], rest["classes"], width)
+def build_kwargs(classes, width=3, **rest):  # **rest gets the spec's other arguments only
+    assert "in_shape" not in rest, rest
+    return Net((64,), classes, width)
 
 
 def build_fixed(width=5):
@@ -218,7 +219,7 @@ def test_user_factory_receives_in_shape_and_classes(tmp_path: Path) -> None:
     assert [n for n, _ in bound.model.named_parameters()] == ["body.weight", "body.bias",
                                                               "head.weight", "head.bias"]
     assert bound.layers == ("body", "head")
-    # `keep` relabels the classes: the factory sees 3 of them
+    # `keep` relabels the classes: the factory sees 3 of them; `**rest` is given no in_shape
     bound = bind(tmp_path, 'model "nets.py:build_kwargs"\ndata digits(limit=64, keep=[3, 1, 4])\n'
                  "optimizer sgd(lr=0.1)\n")
     assert bound.model.seen == ((64,), 3, 3)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import fx, nn
 
-from mrc.models import MODELS, TraceFailure, build_model, trace_model
+from mrc.models import MODELS, ForwardError, TraceFailure, build_model, trace_model
 from mrc.models.ode_resnet import ResidualStack
 from mrc.models.resnet import ResidualBlock
 from mrc.models.transformer import auto_tokens
@@ -20,6 +20,8 @@ CASES = [
     ("mlp", (40,), {"hidden": [], "activation": "sigmoid"}),
     ("resnet", (1, 8, 8), {"width": 4}),
     ("resnet", (3, 12, 10), {"depth": 14, "width": 2}),
+    ("wide_resnet", (1, 8, 8), {"depth": 10, "widen": 1}),
+    ("wide_resnet", (3, 12, 10), {"depth": 16, "widen": 2, "dropout": 0.3}),
     ("ode_resnet", (64,), {}),
     ("ode_resnet", (2,), {"depth": 3, "activation": "relu"}),
     ("ode_resnet", (40,), {"width": 5}),
@@ -320,8 +322,11 @@ def test_trace_failure_in_root_forward_and_on_wrong_example():
         trace_model(_Gate(), torch.randn(2, 3))
     assert info.value.module == ""
     assert "torch.where" in info.value.hint
-    with pytest.raises(TraceFailure, match=r"shape \(2, 10\)"):
+    with pytest.raises(ForwardError, match=r"RuntimeError: mat1 and mat2") as error:
         trace_model(_build("mlp", (64,), {}), torch.randn(2, 10))
+    # a built-in model: no user frame, the first layer rejects the examples' shape (10,)
+    assert error.value.message.startswith("the model's forward raised RuntimeError")
+    assert "first layer `layers.0` (Linear)" in error.value.hint and "(10,)" in error.value.hint
 
 
 def _parameters_scanned(model: nn.Module, example: torch.Tensor,
@@ -377,3 +382,161 @@ def test_trace_names_a_shared_parameter_once_by_its_first_name():
     plain = fx.symbolic_trace(model)
     assert [n.target for n in plain.graph.nodes if n.op == "get_attr"] == ["a.w", "b.v"]
     assert torch.equal(gm(x), model(x))
+
+
+def _wrn_reference_count(depth: int, k: int, in_ch: int, classes: int) -> int:
+    """Parameters of WRN-depth-k written from the paper's table 1: a 3×3 conv of 16 channels,
+    three groups of n = (depth − 4)/6 pre-activation blocks (BN, 3×3 conv, BN, 3×3 conv; a 1×1
+    conv shortcut where the width or stride changes), BN, the linear classifier. Convs have no
+    bias; a BN has 2 parameters per channel."""
+    n = (depth - 4) // 6
+    total = 9 * in_ch * 16
+    c = 16
+    for w in (16 * k, 32 * k, 64 * k):
+        for j in range(n):
+            cin = c if j == 0 else w
+            stride = 2 if j == 0 and w != 16 * k else 1  # groups 2 and 3 start with stride 2
+            total += 2 * cin + 9 * cin * w + 2 * w + 9 * w * w
+            if cin != w or stride != 1:
+                total += cin * w
+        c = w
+    return total + 2 * c + c * classes + classes
+
+
+def test_wide_resnet_16_4_has_the_papers_parameter_count():
+    model = _build("wide_resnet", (3, 32, 32), {}, classes=10)  # defaults: WRN-16-4
+    count = sum(p.numel() for p in model.parameters())
+    assert count == _wrn_reference_count(16, 4, 3, 10) == 2_748_890  # "2.7M" in the paper
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    small = _build("wide_resnet", (1, 8, 8), {"depth": 10, "widen": 2})
+    assert sum(p.numel() for p in small.parameters()) == _wrn_reference_count(10, 2, 1, 7)
+
+
+def test_wide_resnet_structure_names_and_block():
+    from mrc.models.wide_resnet import WideBlock
+
+    model = _build("wide_resnet", (3, 8, 8), {"depth": 16, "widen": 2, "dropout": 0.2})
+    names = dict(model.named_parameters())
+    assert names["stem.weight"].shape == (16, 3, 3, 3)
+    assert names["layer1.0.pre.0.weight"].shape == (16,)
+    assert names["layer1.0.shortcut.weight"].shape == (32, 16, 1, 1)  # 16 → 32 channels
+    assert "layer1.1.shortcut.weight" not in names
+    assert names["layer2.0.branch.0.weight"].shape == (64, 32, 3, 3)
+    assert names["layer3.1.branch.4.weight"].shape == (128, 128, 3, 3)  # conv-drop-BN-ReLU-conv
+    assert names["norm.0.weight"].shape == (128,) and names["head.weight"].shape == (7, 128)
+    blocks = [m for m in model.modules() if getattr(m, "is_residual_block", False)]
+    assert len(blocks) == 6 and all(isinstance(b, WideBlock) for b in blocks)
+    assert model.layer2[0].branch[0].stride == (2, 2) and model.layer1[0].branch[0].stride == (1, 1)
+    torch.manual_seed(0)
+    block = WideBlock(3, 6, 2, 0.0).eval()
+    x = torch.randn(2, 3, 8, 8)
+    o = torch.relu(block.pre[0](x))
+    torch.testing.assert_close(block(x), block.shortcut(o) + block.branch(o), rtol=0, atol=0)
+    same = WideBlock(4, 4, 1, 0.0).eval()
+    y = torch.randn(2, 4, 5, 5)
+    torch.testing.assert_close(same(y), y + same.branch(torch.relu(same.pre[0](y))), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="6n"):
+        build_model("wide_resnet", (3, 8, 8), 10, {"depth": 14})
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        build_model("wide_resnet", (64,), 10, {})
+
+
+def test_wide_resnet_residual_branches_are_found():
+    from mrc.techniques.modules.fxsplit import residuals_by_block
+
+    model = _build("wide_resnet", (1, 8, 8), {"depth": 10, "widen": 1}).eval()
+    gm = trace_model(model, torch.randn(2, 1, 8, 8))
+    found = residuals_by_block(gm)
+    assert list(found) == ["layer1.0", "layer2.0", "layer3.0"]
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for block, [res] in found.items():  # the branch operand is the block's last branch conv
+        assert nodes[res.branch].target == f"{block}.branch.3"
+
+
+class _TwoLayers(nn.Module):
+    def __init__(self, inner: int) -> None:
+        super().__init__()
+        self.first = nn.Linear(4, 5)
+        self.second = nn.Linear(inner, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.first(x)
+        return self.second(h)  # the line a shape bug is reported at
+
+
+def test_forward_error_names_the_users_line_and_blames_the_data_only_at_the_first_layer():
+    line = inspect.getsourcelines(_TwoLayers.forward)[1] + 2
+    with pytest.raises(ForwardError) as inner:  # the model disagrees with itself
+        trace_model(_TwoLayers(6), torch.randn(2, 4))
+    assert inner.value.message.endswith(
+        f"test_models.py:{line}: RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x5 and 6x3)")
+    assert "`second` (Linear) was given an input of shape (2, 5)" in inner.value.hint
+    assert "data" not in inner.value.hint and "in_shape" not in inner.value.hint
+    with pytest.raises(ForwardError) as first:  # the data's examples do not fit
+        trace_model(_TwoLayers(5), torch.randn(2, 7))
+    assert f"test_models.py:{line - 1}: RuntimeError" in first.value.message
+    assert "first layer `first` (Linear)" in first.value.hint and "(7,)" in first.value.hint
+    assert "in_shape" in first.value.hint
+
+
+class _Pairs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pairs = x.reshape(-1, 2, 4)  # an odd batch cannot be paired
+        return self.head((pairs + pairs.flip(1)).reshape(x.shape))
+
+
+def test_an_error_while_the_traced_graph_runs_is_told_at_the_users_line(capfd):
+    from mrc.usercode import describe_user_error
+
+    gm = trace_model(_Pairs(), torch.randn(2, 4))
+    line = inspect.getsourcelines(_Pairs.forward)[1] + 1
+    assert next(n.meta["mrc"]["source"][1] for n in gm.graph.nodes if n.op == "call_method") == line
+    with pytest.raises(RuntimeError) as info:
+        gm(torch.randn(3, 4))
+    assert describe_user_error(info.value).endswith(
+        f"test_models.py:{line}: RuntimeError: shape '[-1, 2, 4]' is invalid for input of size 12")
+    assert capfd.readouterr().err == ""  # torch.fx prints no generated code
+
+
+def test_wide_resnet_is_split_module_wise_at_a_block(tmp_path):
+    import re
+
+    from mrc.api import bind_spec
+
+    spec = tmp_path / "wrn.mrs"
+    spec.write_text("model wide_resnet(depth=10, widen=1)\ndata digits(shape=image, limit=128)\n"
+                    "optimizer sgd(lr=0.05)\nmodules { split = equal(2) }\n")
+    bound = bind_spec(spec)
+    assert bound.modules.names == ("m0", "m1")
+    m0, m1 = (bound.modules.infos[n] for n in bound.modules.names)
+    assert m0.layers[0] == "stem" and m1.layers[-1] == "head"
+    assert re.fullmatch(r"layer[23]\.0\.pre\.0", m1.layers[0]), m1.layers  # a block starts m1
+    assert m0.residuals + m1.residuals == 3  # each WideBlock's branch r_m, once
+    model_params = sum(p.numel() for n, p in bound.model.named_parameters() if not n.startswith("aux."))
+    assert model_params == _wrn_reference_count(10, 1, 1, 10)
+
+
+class _Typo(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fcc(x)  # a typo, not a shape: no hint about the data
+
+
+def test_a_forward_error_that_is_no_shape_error_gets_no_hint_about_the_data():
+    from mrc.models import check_forward
+
+    with pytest.raises(TraceFailure):  # torch.fx fails first; binding then runs the model itself
+        trace_model(_Typo(), torch.randn(2, 4))
+    with pytest.raises(ForwardError) as info:
+        check_forward(_Typo(), torch.randn(2, 4))
+    line = inspect.getsourcelines(_Typo.forward)[1] + 1
+    assert info.value.message.endswith(f"test_models.py:{line}: AttributeError: '_Typo' object has no "
+                                       "attribute 'fcc'")
+    assert info.value.hint == ""

@@ -29,6 +29,7 @@ from mrc.ir.graph import Pattern, ScheduleGraph
 from mrc.ir.ops import Backward, Batch, Forward, Loss, UpdateGroup
 from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
 from mrc.lower.replicas import LAYOUTS, Replicas
+from mrc.models.trace import quiet
 from mrc.techniques.brains import ranks
 from mrc.techniques.brains.ops import Merge, MergeRule
 
@@ -50,10 +51,10 @@ class BrainReplicas(Replicas):
         if self.stacked:
             from mrc.techniques.brains.stack import BrainStack
 
-            self.stack = BrainStack(copy.deepcopy(bound.graph_module).to(device),
-                                    [bound.graph_module.state_dict()] * len(self.order)).to(device)
+            self.stack = BrainStack(copy.deepcopy(bound.runnable).to(device),
+                                    [bound.runnable.state_dict()] * len(self.order)).to(device)
         else:
-            self.modules = {n: copy.deepcopy(bound.graph_module).to(device) for n in self.order}
+            self.modules = {n: quiet(copy.deepcopy(bound.runnable)).to(device) for n in self.order}
             self._named = {n: dict(m.named_parameters()) for n, m in self.modules.items()}
 
         self.ranked: ranks.RankedBrains | None = None
@@ -94,7 +95,7 @@ class BrainReplicas(Replicas):
         """Brain `name` as an ordinary module (a copy, when the brains are stacked)."""
         if self.stack is None:
             return self.modules[name]
-        module = copy.deepcopy(self.bound.graph_module).to(next(self.stack.parameters()).device)
+        module = quiet(copy.deepcopy(self.bound.runnable)).to(next(self.stack.parameters()).device)
         module.load_state_dict(self.state_of(name))
         return module
 

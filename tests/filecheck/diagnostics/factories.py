@@ -33,3 +33,19 @@ def many_classes():
     import numpy as np
 
     return {"x": np.zeros((3, 1, 8, 8), dtype="float32"), "y": np.array([0, 1, 12])}
+
+
+def shape_bug(in_shape, classes):
+    """A model whose head expects 32 features where its body gives 16."""
+    import torch
+
+    class ShapeBug(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Linear(in_shape[0], 16)
+            self.head = torch.nn.Linear(32, classes)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.body(x)))
+
+    return ShapeBug()
