@@ -145,10 +145,13 @@ def read_idx_set(folder: Path, name: str) -> Arrays:
     return out
 
 
+def _idx_folder(spec: DiskSet, name: str, root: str | None) -> Path:
+    return locate(spec, name, root, lambda f: idx_file(f, "train", "images-idx3") is not None,
+                  extra=("raw",))
+
+
 def _idx_set(spec: DiskSet, name: str, root: str | None) -> Arrays:
-    folder = locate(spec, name, root,
-                    lambda f: idx_file(f, "train", "images-idx3") is not None, extra=("raw",))
-    return read_idx_set(folder, name)
+    return read_idx_set(_idx_folder(spec, name, root), name)
 
 
 @DATASETS.register(
@@ -225,7 +228,7 @@ CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 )
 def cifar10(seed: int, root: str | None = None) -> Arrays:
     """Krizhevsky's CIFAR-10, the Python version's pickled batches; the seed is unused."""
-    folder = locate(CIFAR10, "cifar10", root, lambda f: (f / CIFAR10_TRAIN[0]).is_file())
+    folder = find("cifar10", root)
     return read_cifar(folder, CIFAR10_TRAIN, "test_batch", "labels", 10)
 
 
@@ -239,6 +242,24 @@ def cifar10(seed: int, root: str | None = None) -> Arrays:
 )
 def cifar100(seed: int, root: str | None = None, labels: str = "fine") -> Arrays:
     """Krizhevsky's CIFAR-100, the Python version's pickles; the seed is unused."""
-    folder = locate(CIFAR100, "cifar100", root, lambda f: (f / "train").is_file())
+    folder = find("cifar100", root)
     return read_cifar(folder, ("train",), "test", f"{labels}_labels",
                       100 if labels == "fine" else 20)
+
+
+# ---- where a set lies, without reading it ------------------------------------------------------
+
+FINDERS: dict[str, Callable[[str | None], Path]] = {
+    "fashion_mnist": lambda root: _idx_folder(FASHION, "fashion_mnist", root),
+    "mnist": lambda root: _idx_folder(MNIST, "mnist", root),
+    "cifar10": lambda root: locate(CIFAR10, "cifar10", root,
+                                   lambda f: (f / CIFAR10_TRAIN[0]).is_file()),
+    "cifar100": lambda root: locate(CIFAR100, "cifar100", root, lambda f: (f / "train").is_file()),
+}
+"""The data sets read from disk, each with how its folder is found."""
+
+
+def find(name: str, root: str | None = None) -> Path:
+    """The folder holding the files of disk data set `name` (cheap: nothing is read), or a
+    DataError naming every folder tried. Tools and tests use it to tell whether a set is here."""
+    return FINDERS[name](root)

@@ -8,13 +8,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from spec_runs import SPECS, data_missing, pretraining
 
 from mrc.api import compile_spec, train
 from mrc.cli import main
 from mrc.ir.graph import ScheduleGraph
 
 ROOT = Path(__file__).resolve().parents[2]
-SPECS = sorted((ROOT / "specs").glob("*.mrs"))
 SMALL = ["train.device=cpu", "data.limit=256"]
 
 
@@ -23,15 +23,20 @@ def expected(graph: ScheduleGraph, steps: int) -> list[str]:
 
 
 def runnable(spec: Path, tmp_path: Path) -> Path:
-    """The spec itself, or — for a fine-tuning spec that loads `../runs/pretrain/final.pt` — a
-    copy next to a short pretraining run made for it."""
-    if "init" not in spec.read_text():
+    """The spec itself, or — for a fine-tuning spec that loads `../runs/NAME/final.pt` — a copy
+    next to a short run of `specs/NAME.mrs` made for it. A spec whose data are not on this
+    machine is skipped, saying why."""
+    missing = data_missing(spec)
+    if missing:
+        pytest.skip(missing)
+    pre = pretraining(spec)
+    if pre is None:
         return spec
     (tmp_path / "specs").mkdir()
     copy = Path(shutil.copy(spec, tmp_path / "specs" / spec.name))
-    train(ROOT / "specs" / "pretrain.mrs", steps=2, device="cpu", out=tmp_path / "runs" / "pretrain",
-          overrides=["data.limit=256"])
-    assert (tmp_path / "runs" / "pretrain" / "final.pt").is_file()
+    out = tmp_path / "runs" / pre.stem
+    train(pre, steps=2, device="cpu", out=out, overrides=["data.limit=256"])
+    assert (out / "final.pt").is_file()
     return copy
 
 
