@@ -57,7 +57,8 @@ def build_data(program: Program, r: Reporter) -> Any:
 
     comp = program.data
     try:
-        bundle = load_data(comp.name, dict(comp.kwargs), program.train.seed, program.base_dir)
+        bundle = load_data(comp.name, dict(comp.kwargs), program.train.seed, program.base_dir,
+                           program.loss.task)
     except AugmentError as err:
         r.error(err.message, comp.arg_spans.get("augment", comp.span))
         return None
@@ -235,6 +236,10 @@ def bind(program: Program, r: Reporter, training: bool = True, world: int = 1) -
     example = data.train_x[:2].to(dtype)
     gm = trace(program, model, example, r)
     if gm is None:
+        return None
+    from mrc.losses import check_binding
+
+    if not check_binding(program, gm, example, data.train_y[:2], int(data.classes), r):
         return None
     layers = layer_order(gm, model)
     modules = None

@@ -79,6 +79,9 @@ def scalars(rec: dict[str, Any]) -> dict[str, float]:
     if "val_loss" in rec or "val_acc" in rec:  # an evaluation record
         put("val/loss", rec.get("val_loss"))
         put("val/acc", rec.get("val_acc"))
+        for key, value in rec.items():  # a multi-label run's exact match, the user's metrics
+            if key.startswith("val_") and key not in ("val_loss", "val_acc"):
+                put(tag("val", key[4:]), value)
         for name, ev in (rec.get("evals") or {}).items():
             for key, value in ev.items():
                 put(tag("eval", name, key), value)

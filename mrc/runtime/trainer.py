@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from mrc.losses import CLASSIFICATION, Scoring, scoring_of
 from mrc.lower import lower
 from mrc.lower.plan import Plan, staged_total
 from mrc.runtime.callbacks import (
@@ -41,6 +42,7 @@ from mrc.runtime.callbacks import (
     Progress,
     Run,
     StopRequests,
+    prefixed,
 )
 from mrc.runtime.checkpoint import (
     CHECKPOINT,
@@ -85,6 +87,11 @@ class TrainResult:
     status: str = "completed"
 
 
+def targets(y: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Targets on the run's device; float targets (regression, multi-label) in the model's dtype."""
+    return y.to(device, dtype) if y.is_floating_point() else y.to(device)
+
+
 def pick_device(name: str) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
@@ -120,6 +127,7 @@ class Trainer:
         self.resume = resume
         self.device = pick_device(device or settings.device)
         self.data = compiled.bound.data
+        self.scoring: Scoring = CLASSIFICATION  # the run's, once it starts (`_run`)
         self.spe = self.data.steps_per_epoch()
         self.asked = steps is not None or epochs is not None  # a length given now, not the spec's
         if steps is None and epochs is None:
@@ -279,12 +287,14 @@ class Trainer:
         data = self.data
         dtype = next(model.parameters()).dtype
         train_x = data.train_x.to(self.device, dtype)
-        train_y = data.train_y.to(self.device)
+        train_y = targets(data.train_y, self.device, dtype)
         val_x = data.val_x.to(self.device, dtype)
-        val_y = data.val_y.to(self.device)
-        evals = {n: (x.to(self.device, dtype), y.to(self.device)) for n, (x, y) in data.evals.items()}
+        val_y = targets(data.val_y, self.device, dtype)
+        evals = {n: (x.to(self.device, dtype), targets(y, self.device, dtype)) for n, (x, y) in data.evals.items()}
         plan = lower(self.c.graph, self.c.bound, self.total, self.device, self.world)
         plan.attach(train_x, train_y, val_x, val_y)
+        # what evaluations measure: the graph's loss, its task's metrics and the user's
+        self.scoring = scoring = scoring_of(self.c.graph, self.program.metrics, self.device, dtype)
         plan.trace = self.trace
         run = Run(self, plan, self.total, batches=self.spe)
         early = EarlyStopping(self.program.early_stopping) if self.program.early_stopping else None
@@ -309,7 +319,7 @@ class Trainer:
         checkpoints = Checkpointing(settings.checkpoint_every, lambda r: self._snapshot(r, early), self._write)
         callbacks: list[Callback] = [divergence, MetricsLog(settings.log_every, progress),
                                      Evaluation(settings.eval_every, eval_batch, (val_x, val_y), on_eval,
-                                                evals),
+                                                evals, scoring),
                                      checkpoints, StopRequests(self.interrupt, self.stop_at), progress]
         if self.out:
             run.sink = MetricsFile(self.out / METRICS, run.step if self.resume else None)
@@ -346,16 +356,16 @@ class Trainer:
                                 early, eval_batch)
         if evals:
             ok = run.status != "diverged"
-            summary["evals"] = {n: evaluate(final, x, y, eval_batch) if ok else {"loss": None, "acc": None}
+            summary["evals"] = {n: evaluate(final, x, y, eval_batch, scoring) if ok else self._none()
                                 for n, (x, y) in evals.items()}
         if plan.brains and run.status != "diverged":
             summary["brains"] = {}
             for n, m in plan.eval_models().items():
                 if n == "merged":
                     continue
-                tr, va = evaluate(m, train_x, train_y, eval_batch), evaluate(m, val_x, val_y, eval_batch)
-                summary["brains"][n] = {"train_loss": tr["loss"], "train_acc": tr["acc"],
-                                        "val_loss": va["loss"], "val_acc": va["acc"]}
+                tr = evaluate(m, train_x, train_y, eval_batch, scoring)
+                va = evaluate(m, val_x, val_y, eval_batch, scoring)
+                summary["brains"][n] = {**prefixed(tr, "train_"), **prefixed(va)}
         if self.c.bound.modules is not None and run.status != "diverged":
             summary["modules"] = self._module_summary(final, val_x, val_y, train_x, train_y, eval_batch)
         if self.out:
@@ -387,11 +397,12 @@ class Trainer:
 
         out = {}
         graph = self.c.graph
-        train = evaluate_modules(final, graph, tx, ty, eval_batch)
-        val = evaluate_modules(final, graph, vx, vy, eval_batch)
+        train = evaluate_modules(final, graph, tx, ty, eval_batch, self.scoring)
+        val = evaluate_modules(final, graph, vx, vy, eval_batch, self.scoring)
         for name, info in graph.modules.items():
             tr, va = train[name], val[name]
-            out[name] = {"train_acc": tr["acc"], "val_acc": va["acc"], "val_loss": va["loss"],
+            acc = {"train_acc": tr["acc"], "val_acc": va["acc"]} if "acc" in tr else {}
+            out[name] = {**acc, "val_loss": va["loss"],
                          "params": info.params, "activation_bytes_estimate": info.bytes,
                          "residuals": info.residuals, "tau": info.tau}
         return out
@@ -520,12 +531,16 @@ class Trainer:
             self.activation = got
         return loss
 
+    def _none(self) -> dict[str, Any]:
+        """An evaluation that did not run (a diverged run): every measure None."""
+        return dict.fromkeys(self.scoring.names)
+
     def _summary(self, module: nn.Module, tx: torch.Tensor, ty: torch.Tensor, vx: torch.Tensor,
                  vy: torch.Tensor, run: Run, wall: float, steps_run: int, early: EarlyStopping | None,
                  eval_batch: int) -> dict[str, Any]:
         ok = run.status != "diverged"
-        train = evaluate(module, tx, ty, eval_batch) if ok else {"loss": None, "acc": None}
-        val = evaluate(module, vx, vy, eval_batch) if ok else {"loss": None, "acc": None}
+        train = evaluate(module, tx, ty, eval_batch, self.scoring) if ok else self._none()
+        val = evaluate(module, vx, vy, eval_batch, self.scoring) if ok else self._none()
         if self.device.type == "cuda":
             peak = max(self._cuda_peak, torch.cuda.max_memory_allocated()) / 2**20
             peak_kind = "cuda_allocated_mib"
@@ -535,8 +550,7 @@ class Trainer:
         out = {
             "spec": self.program.file, "status": run.status, "steps": run.step, "total_steps": run.total,
             "epochs": run.epoch + (run.batch / self.spe if self.spe else 0),
-            "train_loss": train["loss"], "train_acc": train["acc"],
-            "val_loss": val["loss"], "val_acc": val["acc"],
+            **prefixed(train, "train_"), **prefixed(val),
             "wall_time_s": wall, "steps_per_s": steps_run / wall if wall > 0 else None,
             "peak_memory_mib": peak, "peak_memory_kind": peak_kind, "device": str(self.device),
             "seed": self.program.train.seed, "last_checkpoint_step": run.last_good,
