@@ -88,7 +88,7 @@ def prepared_loss(op: Loss, ctx: Lowering) -> PreparedLoss:
     key = ("loss", op.fn, op.label_smoothing, op.args, op.where)
     got = ctx.cache.get(key)
     if got is None:
-        dtype = next(iter(ctx.replicas.module_of(replica(op)).parameters())).dtype
+        dtype = next(iter(ctx.bound.model.parameters())).dtype
         try:
             got = ctx.cache[key] = prepare_op(op, ctx.device, dtype)
         except (UserCodeError, ValueError) as e:
