@@ -33,3 +33,17 @@ def many_classes():
     import numpy as np
 
     return {"x": np.zeros((3, 1, 8, 8), dtype="float32"), "y": np.array([0, 1, 12])}
+
+
+def per_example_loss(output, target):
+    """A loss that forgets to reduce: one value per example, not the batch's mean."""
+    return ((output - target) ** 2).mean(1)
+
+
+def grid_targets():
+    """Regression targets of shape (2, 2) per example, for a model that outputs a flat vector."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return {"x": rng.standard_normal((40, 3)).astype("float32"),
+            "y": rng.standard_normal((40, 2, 2)).astype("float32")}
