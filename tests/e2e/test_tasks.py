@@ -139,3 +139,21 @@ merge best(metric=val_loss)
     falls([m for m in result.metrics if "loss" in m])
     brains = result.summary["brains"]
     assert set(brains) == {"fast", "slow"} and all("val_acc" not in b for b in brains.values())
+
+
+def test_mgrit_with_mse_equals_serial_at_convergence(tmp_path: Path) -> None:
+    """A regression run whose residual stack is solved by MGRIT (enough iterations to converge)
+    follows the serial run: the loss op is the same, only the stack's solve differs."""
+    serial = """
+model ode_resnet(width=6, depth=8, h=0.05, activation=tanh)
+data surface(samples=300, batch=30)
+loss mse
+optimizer adam(lr=0.01)
+train(steps=6, seed=0, dtype=float64, log_every=1)
+"""
+    mgrit = serial + 'mgrit "stack" { levels = 2\n coarsening = 2\n forward_iters = 20\n backward_iters = 20 }\n'
+    a = train(spec(tmp_path, serial, "serial.mrs"), save=False)
+    b = train(spec(tmp_path, mgrit, "mgrit.mrs"), save=False)
+    assert "val_acc" not in b.summary
+    for key, value in a.model.state_dict().items():
+        torch.testing.assert_close(b.model.state_dict()[key], value, rtol=0, atol=1e-8, msg=key)
