@@ -157,3 +157,18 @@ train(steps=6, seed=0, dtype=float64, log_every=1)
     assert "val_acc" not in b.summary
     for key, value in a.model.state_dict().items():
         torch.testing.assert_close(b.model.state_dict()[key], value, rtol=0, atol=1e-8, msg=key)
+
+
+def test_regression_evaluation_sets_report_loss_and_user_metrics(tmp_path: Path) -> None:
+    (tmp_path / "mine.py").write_text(USER_CODE)
+    rng = np.random.default_rng(5)
+    np.savez(tmp_path / "extra.npz", x=rng.standard_normal((40, 6)).astype(np.float32),
+             y=rng.standard_normal((40, 3)).astype(np.float32))
+    np.savez(tmp_path / "wrong.npz", x=rng.standard_normal((40, 6)).astype(np.float32),
+             y=rng.standard_normal((40, 2)).astype(np.float32))
+    path = spec(tmp_path, REGRESSION + 'metric mae = "mine.py:mae" { mode = min }\neval extra = "extra.npz"\n'
+                "early_stopping(metric=extra.mae, patience=50)\n")
+    s = train(path, save=False).summary
+    assert set(s["evals"]["extra"]) == {"loss", "mae"} and s["best"]["extra.mae"] > 0
+    bad = spec(tmp_path, REGRESSION + 'eval extra = "wrong.npz"\n', "bad.mrs")
+    assert main(["check", str(bad)]) == 2
