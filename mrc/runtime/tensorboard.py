@@ -7,7 +7,9 @@ run"):
 
     train/loss                       the step's training loss (MetricsLog records)
     lr/PARTITION                     each partition's learning rate as it ran
-    val/loss, val/acc                the validation split (Evaluation records)
+    val/loss, val/acc                the validation split (Evaluation records; no val/acc for a
+                                     regression loss)
+    val/exact, val/NAME              a multi-label loss's exact match; each user `metric NAME`
     eval/NAME/loss, eval/NAME/acc    each `eval NAME = …` set
     brains/NAME/loss                 each brain's latest training loss
     brains/NAME/val_loss|val_acc     each brain's validation metrics; NAME `merged`: the merged model
