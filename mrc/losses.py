@@ -62,7 +62,7 @@ def _cross_entropy(reduction: str, label_smoothing: float = 0.0) -> Loss:
 
 
 @LOSSES.register("nll", doc="negative log-likelihood of log-probabilities (N, C) against class "
-                 "labels (N,): the model ends in log_softmax", task="classification")
+                 "labels (N,): the model ends in log_softmax", task="classification", output="log_probs")
 def _nll(reduction: str) -> Loss:
     return _reduced(F.nll_loss, reduction)
 
@@ -314,6 +314,16 @@ def check_binding(program: Any, model: torch.nn.Module, x: torch.Tensor, y: torc
                 f"but the model outputs {shape} per example and the targets are "
                 f"{tuple(target.shape[1:])}", span)
         return False
+    entry = None if loss.user else LOSSES.get(loss.name)
+    if entry is not None and entry.extra.get("output") == "log_probs":
+        total = out.double().exp().sum(1)
+        off = ((total - 1).abs() > 1e-4).nonzero()
+        if len(off):
+            i = int(off[0])
+            r.error(f"the loss {name} wants log-probabilities, but the model's outputs are not: their "
+                    f"exponentials sum to {float(total[i]):.4g}, not 1, for example {i}", span,
+                    hint="end the model in log_softmax, or write `loss cross_entropy` (it takes logits)")
+            return False
     try:
         value = prepared.mean(out, target)
     except Exception as e:
