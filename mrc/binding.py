@@ -53,6 +53,7 @@ def build_data(program: Program, r: Reporter) -> Any:
     span of the statement, or the `augment` value, it comes from)."""
     from mrc.data import DataError, load_data
     from mrc.data.augment import AugmentError
+    from mrc.data.loader import FloatLabels
     from mrc.usercode import UserCodeError
 
     comp = program.data
@@ -61,6 +62,10 @@ def build_data(program: Program, r: Reporter) -> Any:
                            program.loss.task)
     except AugmentError as err:
         r.error(err.message, comp.arg_spans.get("augment", comp.span))
+        return None
+    except FloatLabels as err:
+        r.error(err.message, comp.span, hint="float targets need a regression loss, e.g. `loss mse` "
+                "(or `loss bce_with_logits` for 0/1 labels of several classes)")
         return None
     except (DataError, UserCodeError) as err:
         r.error(getattr(err, "message", str(err)), comp.span)

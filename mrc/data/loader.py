@@ -457,6 +457,11 @@ def _features(value: Any, key: str, name: str) -> torch.Tensor:
     return features[:, None] if features.ndim == 1 else features
 
 
+class FloatLabels(DataError):
+    """Float targets where a classification loss wants class labels (the spec's loss may be the
+    wrong one: binding says so in a hint)."""
+
+
 def _labels(value: Any, key: str, name: str, task: str = "classification") -> torch.Tensor:
     """The targets as the loss's task wants them: integer class labels (N,) for classification,
     float32 targets (N, …) for regression (a vector (N,) as (N, 1): one output per example), 0/1
@@ -475,8 +480,8 @@ def _labels(value: Any, key: str, name: str, task: str = "classification") -> to
         bad = ~((t == t.round()) & (t.abs() < _EXACT_FLOAT_LABEL))
         if bool(bad.any()):
             at = int(bad.nonzero()[0])
-            raise DataError(f"{name}: `{key}` must hold integer class labels, but has "
-                            f"{float(t[at])!r} at index {at}")
+            raise FloatLabels(f"{name}: `{key}` must hold integer class labels, but has "
+                              f"{float(t[at])!r} at index {at}")
     elif not _is_integer(t):
         raise DataError(f"{name}: `{key}` must hold integer class labels, not {t.dtype}")
     t = t.to(torch.int64)

@@ -47,3 +47,10 @@ def grid_targets():
     rng = np.random.default_rng(0)
     return {"x": rng.standard_normal((40, 3)).astype("float32"),
             "y": rng.standard_normal((40, 2, 2)).astype("float32")}
+
+
+def float_labels():
+    """Float targets (a regression problem) for a spec that names no loss (cross-entropy)."""
+    import numpy as np
+
+    return {"x": np.zeros((6, 3), dtype="float32"), "y": np.linspace(0, 1, 6).astype("float32")}
