@@ -56,7 +56,8 @@ def labelled_points(n: int, classes: int) -> dict[str, np.ndarray]:
 # ---- registry and options ---------------------------------------------------------------------
 
 def test_registry_names_and_options_do_not_clash():
-    assert DATASETS.names() == ["digits", "levelsets", "mnist1d", "peaks", "spirals", "synthetic"]
+    assert DATASETS.names() == ["digits", "levelsets", "linear", "mnist1d", "peaks", "spirals", "surface",
+                                "synthetic"]
     options = {p.name for p in DATA_OPTIONS}
     assert options == {"batch", "val", "keep", "shuffle", "normalize", "drop_last", "limit",
                        "augment"}
