@@ -259,3 +259,18 @@ def test_regression_classes_are_the_targets_feature_size() -> None:
                "limit": 0, "augment": None}
     bundle = _bundle(raw, options, 0, "d", "regression")
     assert bundle.classes == 5 and bundle.train_y.shape == (8, 5) and bundle.train_y.dtype == torch.float32
+
+
+def test_builtin_regression_sets_are_what_they_say() -> None:
+    from mrc.data.builtin import linear, peaks_function, surface
+
+    d = linear(3, samples=50, features=4, outputs=2, noise=0.0)
+    x, y = d["x"].astype(np.float64), d["y"].astype(np.float64)
+    design = np.hstack([x, np.ones((50, 1))])
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    assert np.abs(design @ coef - y).max() < 1e-5  # exactly affine without noise
+    assert y.dtype == np.float64 and d["y"].dtype == np.float32 and d["y"].shape == (50, 2)
+    s = surface(1, samples=30)
+    np.testing.assert_allclose(s["y"][:, 0], peaks_function(s["x"][:, 0].astype(np.float64),
+                                                           s["x"][:, 1].astype(np.float64)), rtol=1e-5, atol=1e-5)
+    assert np.abs(s["x"]).max() <= 3.0
