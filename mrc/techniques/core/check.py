@@ -169,6 +169,71 @@ def check_train(ck: Checker, st: ast.Statement | None) -> None:
         span=st.span if st else None)
 
 
+RESERVED_EVAL_NAMES = ("val", "train")
+"""Names an evaluation set may not take: the splits every run reports already."""
+
+
+@statement("eval", "a named evaluation set, evaluated beside the validation split",
+           technique="core", bind=True, block=True,
+           usage='eval NAME = SOURCE  (clean, patch_only, "file.npz" or "file.py:factory")')
+def check_eval(ck: Checker, st: ast.Statement | None) -> None:
+    """`eval NAME = SOURCE { factory arguments }`, in source order: a built-in transform of the
+    held-out split (`clean`, `patch_only`), a data file, or user code with its arguments."""
+    from mrc.data import EVAL_SOURCES
+
+    assert st is not None
+    if not ck.form(st):
+        return
+    assert st.name is not None and st.value is not None
+    name, value = st.name.id, st.value
+    seen: dict[str, Span] = ck.facts.setdefault("eval_spans", {})
+    if name in RESERVED_EVAL_NAMES:
+        ck.r.error(f"`{name}` cannot name an evaluation set: every run reports `{name}_loss` and "
+                   f"`{name}_acc` already", st.name.span)
+        return
+    if name in seen:
+        ck.r.error(f"evaluation set `{name}` is defined twice", st.name.span,
+                   notes=[Note("first defined here", seen[name])])
+        return
+    kwargs: dict[str, Any] = {}
+    for item in st.block.items if st.block else ():
+        if not isinstance(item, ast.Assign) or len(item.key) != 1:
+            ck.r.error("an `eval` block holds `name = value` arguments of its factory", item.span)
+            continue
+        try:
+            kwargs[item.key[0].id] = plain(ck.value(item.value).value)
+        except Bad:
+            pass
+    if isinstance(value, ast.Str):
+        source, user = value.value, True
+    elif isinstance(value, ast.Name) or (isinstance(value, ast.Call) and not value.args):
+        word = value if isinstance(value, ast.Name) else value.func
+        source, user = word.id, False
+        if EVAL_SOURCES.get(source) is None:
+            guess = EVAL_SOURCES.suggest(source)
+            ck.r.error(f"unknown evaluation source `{source}`", word.span,
+                       hint=f"did you mean `{guess}`?" if guess else
+                       f"built-ins are {', '.join(f'`{n}`' for n in EVAL_SOURCES.names())}, or "
+                       'give a data file or "file.py:factory" as a string')
+            return
+        if kwargs:
+            ck.r.error(f"`{source}` takes no arguments", st.block.span)  # type: ignore[union-attr]
+            return
+    else:
+        ck.r.error("an evaluation source is a name or a string", value.span,
+                   hint='write `eval clean = clean` or `eval extra = "held_out.npz"`')
+        return
+    seen[name] = st.name.span
+    ck.facts.setdefault("evals", []).append(
+        EvalSet(name, source, st.span, value.span, kwargs, user))
+
+
+@finisher
+def collect_evals(ck: Checker) -> None:
+    """The evaluation sets, in source order, become the program's."""
+    ck.program["evals"] = tuple(ck.facts.get("evals", ()))
+
+
 LOSS_USER_PARAMS = (
     Param("task", "choice", "classification", "what the user loss's targets are: class labels "
           "(classification), float targets (regression) or 0/1 targets (multilabel)",
@@ -246,71 +311,6 @@ def _refuse_class_options(ck: Checker, loss: LossSpec) -> None:
         ck.r.error(f"the `patch` transform plants a patch per class, but {what}",
                    data.arg_spans.get("augment", data.span),
                    notes=[Note("the loss is named here", loss.span)] if loss.span else ())
-
-
-RESERVED_EVAL_NAMES = ("val", "train")
-"""Names an evaluation set may not take: the splits every run reports already."""
-
-
-@statement("eval", "a named evaluation set, evaluated beside the validation split",
-           technique="core", bind=True, block=True,
-           usage='eval NAME = SOURCE  (clean, patch_only, "file.npz" or "file.py:factory")')
-def check_eval(ck: Checker, st: ast.Statement | None) -> None:
-    """`eval NAME = SOURCE { factory arguments }`, in source order: a built-in transform of the
-    held-out split (`clean`, `patch_only`), a data file, or user code with its arguments."""
-    from mrc.data import EVAL_SOURCES
-
-    assert st is not None
-    if not ck.form(st):
-        return
-    assert st.name is not None and st.value is not None
-    name, value = st.name.id, st.value
-    seen: dict[str, Span] = ck.facts.setdefault("eval_spans", {})
-    if name in RESERVED_EVAL_NAMES:
-        ck.r.error(f"`{name}` cannot name an evaluation set: every run reports `{name}_loss` and "
-                   f"`{name}_acc` already", st.name.span)
-        return
-    if name in seen:
-        ck.r.error(f"evaluation set `{name}` is defined twice", st.name.span,
-                   notes=[Note("first defined here", seen[name])])
-        return
-    kwargs: dict[str, Any] = {}
-    for item in st.block.items if st.block else ():
-        if not isinstance(item, ast.Assign) or len(item.key) != 1:
-            ck.r.error("an `eval` block holds `name = value` arguments of its factory", item.span)
-            continue
-        try:
-            kwargs[item.key[0].id] = plain(ck.value(item.value).value)
-        except Bad:
-            pass
-    if isinstance(value, ast.Str):
-        source, user = value.value, True
-    elif isinstance(value, ast.Name) or (isinstance(value, ast.Call) and not value.args):
-        word = value if isinstance(value, ast.Name) else value.func
-        source, user = word.id, False
-        if EVAL_SOURCES.get(source) is None:
-            guess = EVAL_SOURCES.suggest(source)
-            ck.r.error(f"unknown evaluation source `{source}`", word.span,
-                       hint=f"did you mean `{guess}`?" if guess else
-                       f"built-ins are {', '.join(f'`{n}`' for n in EVAL_SOURCES.names())}, or "
-                       'give a data file or "file.py:factory" as a string')
-            return
-        if kwargs:
-            ck.r.error(f"`{source}` takes no arguments", st.block.span)  # type: ignore[union-attr]
-            return
-    else:
-        ck.r.error("an evaluation source is a name or a string", value.span,
-                   hint='write `eval clean = clean` or `eval extra = "held_out.npz"`')
-        return
-    seen[name] = st.name.span
-    ck.facts.setdefault("evals", []).append(
-        EvalSet(name, source, st.span, value.span, kwargs, user))
-
-
-@finisher
-def collect_evals(ck: Checker) -> None:
-    """The evaluation sets, in source order, become the program's."""
-    ck.program["evals"] = tuple(ck.facts.get("evals", ()))
 
 
 RESERVED_METRIC_NAMES = ("loss", "acc", "exact")
