@@ -24,6 +24,7 @@ calls one function and tests no strings. `Scoring` is what evaluation computes f
 from __future__ import annotations
 
 import math
+import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -145,6 +146,23 @@ class PreparedLoss:
         return self.elementwise(out.flatten(0, 1), ys.flatten(0, 1)).reshape(b, -1).mean(1)
 
 
+class UserLossError(RuntimeError):
+    """A user loss or metric raised while training or evaluating: one line naming the reference,
+    the error and the line of the user's file it came from."""
+
+
+def guarded(fn: Callable[..., Any], ref: str) -> Callable[..., Any]:
+    """`fn` whose exceptions become a `UserLossError` (a one-line report, not a traceback)."""
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            frames = traceback.extract_tb(e.__traceback__)
+            where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if len(frames) > 1 else ""
+            raise UserLossError(f"{ref} raised {type(e).__name__}: {_first_line(e)}{where}") from e
+    return call
+
+
 def prepare(fn: str, args: Iterable[tuple[str, Any]] = (), where: str = "", *,
             device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> PreparedLoss:
     """The loss op's choice as callables: a built-in `fn` with its settings `args`, or (with
@@ -156,7 +174,7 @@ def prepare(fn: str, args: Iterable[tuple[str, Any]] = (), where: str = "", *,
         from mrc.usercode import load_callable
 
         user = load_callable(fn, Path(where))
-        return PreparedLoss(partial(user, **kwargs) if kwargs else user)
+        return PreparedLoss(guarded(partial(user, **kwargs) if kwargs else user, fn))
     entry = LOSSES.get(fn)
     if entry is None:
         raise ValueError(f"unknown loss `{fn}`")
@@ -257,7 +275,7 @@ def load_metric(spec: Any) -> Callable[..., Any]:
     from mrc.usercode import load_callable
 
     fn = load_callable(spec.ref, Path(spec.where))
-    return partial(fn, **dict(spec.kwargs)) if spec.kwargs else fn
+    return guarded(partial(fn, **dict(spec.kwargs)) if spec.kwargs else fn, f"metric `{spec.name}` ({spec.ref})")
 
 
 def metric_mode(name: str, user_modes: Mapping[str, str] | None = None) -> str:
@@ -326,6 +344,10 @@ def check_binding(program: Any, model: torch.nn.Module, x: torch.Tensor, y: torc
             return False
     try:
         value = prepared.mean(out, target)
+    except UserLossError as e:
+        r.error(f"the loss fails on the model's output {shape} and the targets {tuple(target.shape[1:])}: "
+                f"{e}", span)
+        return False
     except Exception as e:
         r.error(f"the loss {name} fails on the model's output {shape} and the targets "
                 f"{tuple(target.shape[1:])}: {type(e).__name__}: {_first_line(e)}", span)
@@ -343,8 +365,8 @@ def check_binding(program: Any, model: torch.nn.Module, x: torch.Tensor, y: torc
             r.error(e.message, m.span)
             ok = False
         except Exception as e:
-            r.error(f"metric `{m.name}` fails on the model's output {shape} and the targets "
-                    f"{tuple(target.shape[1:])}: {type(e).__name__}: {_first_line(e)}", m.span)
+            r.error(f"the metric fails on the model's output {shape} and the targets "
+                    f"{tuple(target.shape[1:])}: {_first_line(e)}", m.span)
             ok = False
     return ok
 
@@ -361,6 +383,7 @@ __all__ = [
     "TASK_METRICS",
     "PreparedLoss",
     "Scoring",
+    "UserLossError",
     "check_binding",
     "metric_mode",
     "metric_names",

@@ -172,3 +172,15 @@ def test_regression_evaluation_sets_report_loss_and_user_metrics(tmp_path: Path)
     assert set(s["evals"]["extra"]) == {"loss", "mae"} and s["best"]["extra.mae"] > 0
     bad = spec(tmp_path, REGRESSION + 'eval extra = "wrong.npz"\n', "bad.mrs")
     assert main(["check", str(bad)]) == 2
+
+
+def test_a_user_loss_that_raises_in_training_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bad.py").write_text("def loss(output, target):\n"
+                                     "    if len(output) > 2:  # passes the check at binding (2 examples)\n"
+                                     "        raise ValueError('boom')\n"
+                                     "    return ((output - target) ** 2).mean()\n")
+    path = spec(tmp_path, REGRESSION.replace("loss mse", 'loss "bad.py:loss"(task=regression)'))
+    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f'bad.py:loss raised ValueError: boom (at {tmp_path / "bad.py"}:3)' in err
