@@ -178,6 +178,9 @@ def prepare(fn: str, args: Iterable[tuple[str, Any]] = (), where: str = "", *,
     entry = LOSSES.get(fn)
     if entry is None:
         raise ValueError(f"unknown loss `{fn}`")
+    unknown = sorted(set(kwargs) - {p.name for p in entry.params})
+    if unknown:
+        raise ValueError(f"loss `{fn}` has no setting `{unknown[0]}`")
     if kwargs.get("pos_weight") is not None:
         kwargs["pos_weight"] = torch.tensor(kwargs["pos_weight"], device=device, dtype=dtype)
     return PreparedLoss(entry.build("mean", **kwargs), entry.build("none", **kwargs))
@@ -301,11 +304,10 @@ def check_binding(program: Any, model: torch.nn.Module, x: torch.Tensor, y: torc
 
     loss = program.loss
     span = loss.span or program.data.span
-    fields = op_fields(program)
+    from mrc.ir.ops import Loss as LossOp
+
     try:
-        prepared = prepare(fields["fn"], ((("label_smoothing", fields["label_smoothing"]),) if
-                                          fields["label_smoothing"] else ()) + fields["args"],
-                           fields["where"], dtype=x.dtype)
+        prepared = prepare_op(LossOp(**op_fields(program)), dtype=x.dtype)
     except UserCodeError as e:
         r.error(e.message, span)
         return False

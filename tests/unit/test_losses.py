@@ -274,3 +274,18 @@ def test_builtin_regression_sets_are_what_they_say() -> None:
     np.testing.assert_allclose(s["y"][:, 0], peaks_function(s["x"][:, 0].astype(np.float64),
                                                            s["x"][:, 1].astype(np.float64)), rtol=1e-5, atol=1e-5)
     assert np.abs(s["x"]).max() <= 3.0
+
+
+def test_a_loss_op_with_a_setting_its_loss_lacks_does_not_lower(tmp_path: Path) -> None:
+    from mrc.lower import lower
+    from mrc.lower.plan import LoweringError
+
+    path = tmp_path / "e.mrs"
+    path.write_text("model mlp()\ndata linear(samples=50)\nloss mse\noptimizer sgd(lr=0.1)\ntrain(steps=1)\n")
+    compiled = compile_spec(path)
+    for p in compiled.graph.patterns():
+        for op in list(p.ops()):
+            if isinstance(op, Loss):
+                p.replace(op, replace(op, args=(("beta", 0.5),)))
+    with pytest.raises(LoweringError, match="loss `mse` has no setting `beta`"):
+        lower(compiled.graph, compiled.bound, 1)
