@@ -154,8 +154,9 @@ def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: 
     resume: continue the run checkpointed in that directory exactly as it was started — its
     overrides, seed and length come from the checkpoint (a spec or settings whose compiled
     schedule differs are refused); a different `steps`/`epochs` needs `change_length=True`.
-    observe: called as observe(step, metrics) after each evaluation (metrics: val_loss, val_acc
-    and, with brains, each brain's); returning True stops the run (status `stopped`).
+    observe: called as observe(step, metrics) after each evaluation (metrics: val_loss, the
+    loss's task's metrics such as val_acc, the user's val_NAME, and, with brains, each brain's);
+    returning True stops the run (status `stopped`).
     interrupt: an `mrc.runtime.callbacks.Interrupt`; setting its `requested` (from a signal
     handler, say) ends the run after the current step with a checkpoint (status `interrupted`).
     tensorboard: a run with a directory also writes TensorBoard events to `DIR/tb/` (the README's

@@ -70,14 +70,20 @@ def build_data(program: Program, r: Reporter) -> Any:
     span of the statement, or the `augment` value, it comes from)."""
     from mrc.data import DataError, load_data
     from mrc.data.augment import AugmentError
+    from mrc.data.loader import FloatLabels
     from mrc.usercode import UserCodeError
 
     comp = program.data
     try:
-        bundle = load_data(comp.name, dict(comp.kwargs), program.train.seed, program.base_dir)
+        bundle = load_data(comp.name, dict(comp.kwargs), program.train.seed, program.base_dir,
+                           program.loss.task)
     except AugmentError as err:  # at the list item it names, when the checker kept its span
         at = comp.arg_spans.get(f"augment.{getattr(err, 'index', '')}") or comp.arg_spans.get("augment")
         r.error(err.message, at or comp.span)
+        return None
+    except FloatLabels as err:
+        r.error(err.message, comp.span, hint="float targets need a regression loss, e.g. `loss mse` "
+                "(or `loss bce_with_logits` for 0/1 labels of several classes)")
         return None
     except (DataError, UserCodeError) as err:
         r.error(getattr(err, "message", str(err)), comp.span)
@@ -293,6 +299,12 @@ def bind(program: Program, r: Reporter, training: bool = True, world: int = 1) -
         needs_trace(program, failure, r)
         if r.failed:
             return None
+    from mrc.losses import check_binding
+
+    targets = data.train_y[:2] if data.train_y is not None else None
+    if targets is not None and not check_binding(program, gm if gm is not None else model, example, targets,
+                                                 int(data.classes), r):
+        return None
     layers = layer_order(gm, model) if gm is not None else ()
     modules = None
     if program.modules is not None and gm is not None:

@@ -455,7 +455,8 @@ def run_train(args: argparse.Namespace) -> int:
     if not leader:
         return status
     s = result.summary
-    val = f"val_acc {s['val_acc']:.4f}  val_loss {s['val_loss']:.4f}" if s.get("val_acc") is not None else ""
+    val = f"val_acc {s['val_acc']:.4f}  val_loss {s['val_loss']:.4f}" if s.get("val_acc") is not None else \
+        f"val_loss {s['val_loss']:.4f}" if s.get("val_loss") is not None else ""  # a loss without accuracy
     val += "".join(f"  {n}.acc {e['acc']:.4f}" for n, e in s.get("evals", {}).items()
                    if e.get("acc") is not None)
     mem = s.get("activation_memory")
@@ -463,12 +464,14 @@ def run_train(args: argparse.Namespace) -> int:
     tb = ",tb/" if result.out_dir and (Path(result.out_dir) / "tb").is_dir() and not args.no_tensorboard else ""
     mods = s.get("modules")
     if mods:
-        shown = [f"{n}:{m['val_acc']:.3f}" for n, m in mods.items()]
+        shown = [f"{n}:{m.get('val_acc', m['val_loss']):.3f}" for n, m in mods.items()]
         if len(shown) > 6:
             shown = [*shown[:2], "…", *shown[-2:]]
         val += "  modules " + " ".join(shown)
     print(f"mrc: {s['status']}: {s['steps']} steps in {s['wall_time_s']:.1f} s "
-          f"({s['steps_per_s']:.1f} steps/s)  train_acc {s['train_acc']:.4f}  {val}"
+          f"({s['steps_per_s']:.1f} steps/s)  "
+          + (f"train_acc {s['train_acc']:.4f}" if s.get("train_acc") is not None else
+             f"train_loss {s['train_loss']:.4f}" if s.get("train_loss") is not None else "") + f"  {val}"
           + (f"\nmrc: wrote {Path(result.out_dir)}/{{final.pt,metrics.jsonl,summary.json,checkpoint.pt{tb}}}"
              if result.out_dir else ""))
     return status

@@ -328,19 +328,47 @@ EVAL_METRICS = ("loss", "acc")
 
 
 @dataclass(frozen=True, slots=True)
+class LossSpec:
+    """The `loss` statement: a built-in of `mrc.losses.LOSSES` with every setting (defaults
+    filled) or, when `user` is true, the reference `"file.py:fn"` / `"pkg.mod:fn"` as written
+    with the keyword arguments it is called with; `task` is what it implies of the targets
+    (classification, regression, multilabel). Without a statement: cross-entropy with
+    `train(label_smoothing)`."""
+
+    name: str = "cross_entropy"
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    task: str = "classification"
+    user: bool = False
+    span: Span | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """`metric NAME = "file.py:fn" { mode = min, ARG = … }`: a user metric fn(output, target,
+    **kwargs) → a number (the batch's mean over its examples), reported as `val_NAME` and
+    `SET.NAME`; `mode` says whether larger (`max`) or smaller (`min`) is better. `where`: the
+    folder a file reference is taken from."""
+
+    name: str
+    ref: str
+    span: Span
+    where: str = ""
+    mode: str = "max"
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class EarlyStopping:
-    """metric: `val_loss`, `val_acc` or `NAME.loss` / `NAME.acc` of an evaluation set."""
+    """metric: `val_loss`, `val_acc`, `val_NAME` of a user metric, or `SET.loss` / `SET.acc` /
+    `SET.NAME` of an evaluation set; `mode`: `min` for losses, `max` for accuracies, a user
+    metric's own (see `mrc.losses.metric_mode`)."""
 
     metric: str
     patience: int
     min_delta: float
     restore_best: bool
     span: Span
-
-    @property
-    def mode(self) -> str:
-        """`min` for losses, `max` for accuracies."""
-        return "max" if self.metric.endswith("acc") else "min"
+    mode: str = "min"
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,6 +405,8 @@ class Program:
     mgrit: tuple[Mgrit, ...] = ()
     sweep: Sweep | None = None
     distributed: Distributed | None = None
+    loss: LossSpec = field(default_factory=LossSpec)
+    metrics: tuple[MetricSpec, ...] = ()
     first_fast_gradient: str = "shared"
     """Multirate gradient point: `shared` (one backward per step) or `after_slow` (the seed's
     literal loop: fast gradients taken after the slow partitions moved)."""

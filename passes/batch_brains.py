@@ -18,7 +18,7 @@ Example (brains fast every 1, slow every 4), step 0:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from mrc.passes.base import Pass
@@ -66,7 +66,7 @@ def _stack(p: Pattern, groups: list[UpdateGroup]) -> None:
     batches = [op for op in p.of_kind(Batch) if op.scope.replica and op.scope.replica[0] in brains]
     mine = [op for op in p.ops() if isinstance(op, Forward | Loss | Backward | UpdateGroup)
             and op.scope.replica and op.scope.replica[0] in brains]
-    smoothing = next(op.label_smoothing for op in mine if isinstance(op, Loss))
+    first = next(op for op in mine if isinstance(op, Loss))
     clip = next(op.clip for op in mine if isinstance(op, Backward))
     tails: dict[str, tuple[Op, Value]] = {}
     for op in mine:
@@ -75,7 +75,7 @@ def _stack(p: Pattern, groups: list[UpdateGroup]) -> None:
         p.remove(op)
     parts = groups[0].partitions
     fwd = p.add(Forward(scope, 0, None, parts), [(b, Value("batch")) for b in batches])
-    loss = p.add(Loss(scope, "cross_entropy", smoothing), [(fwd, Value("logits")),
+    loss = p.add(replace(first, scope=scope, phase=0), [(fwd, Value("logits")),
                                                            *[(b, Value("batch")) for b in batches]])
     bwd = p.add(Backward(scope, parts, "autograd", clip), [(loss, Value("loss"))])
     group = p.add(UpdateGroup(scope, "brains", parts, groups[0].rule,

@@ -1,8 +1,9 @@
 """Built-in data sets that need no download: bundled, generated locally, or synthetic.
 
 Every builder has the signature `build(seed, **kwargs) -> dict` and returns `x` (N, *shape)
-float32 and `y` (N,) int64, plus `x_test` / `y_test` when the set comes with a predefined
-held-out split (only `mnist1d` here). Builders only make examples; splitting into training and
+float32 and `y` (N,) int64 (float32 targets for the regression sets `linear` and `surface`),
+plus `x_test` / `y_test` when the set comes with a predefined held-out split (only `mnist1d`
+here). Builders only make examples; splitting into training and
 validation, class subsets, normalisation and batching belong to the loader (`mrc.data.loader`).
 The sets read from files on disk (`mnist`, `fashion_mnist`, `cifar10`, `cifar100`) are registered
 in the same table by `mrc.data.disk`.
@@ -176,6 +177,46 @@ def spirals(seed: int, samples: int = 2000, classes: int = 2, noise: float = 0.1
     order = rng.permutation(samples)
     return {"x": points[order].astype(np.float32), "y": labels[order].astype(np.int64),
             "classes": classes}
+
+
+# ---- regression: float targets (a `loss mse` / `l1` / `smooth_l1` spec) ------------------------
+
+@DATASETS.register(
+    "linear",
+    Param("samples", "int", 2000, doc="examples", lo=1),
+    Param("features", "int", 8, doc="inputs per example", lo=1),
+    Param("outputs", "int", 2, doc="targets per example", lo=1),
+    Param("noise", "float", 0.1, doc="standard deviation of Gaussian noise added to the targets",
+          lo=0.0),
+    doc="regression: standard Gaussian inputs x, float targets y = A x + b + noise (A, b from the seed)",
+)
+def linear(seed: int, samples: int = 2000, features: int = 8, outputs: int = 2,
+           noise: float = 0.1) -> Arrays:
+    """A linear map with Gaussian A (scaled by 1/√features) and b, both drawn from the seed."""
+    rng = _rng(seed)
+    a = rng.standard_normal(size=(features, outputs)) / math.sqrt(features)
+    b = rng.standard_normal(size=outputs)
+    x = rng.standard_normal(size=(samples, features))
+    y = x @ a + b + noise * rng.standard_normal(size=(samples, outputs))
+    return {"x": x.astype(np.float32), "y": y.astype(np.float32)}
+
+
+@DATASETS.register(
+    "surface",
+    Param("samples", "int", 5000, doc="points drawn uniformly in [-3, 3]²", lo=1),
+    Param("function", "choice", "peaks", doc="the surface: MATLAB's peaks or the wavy bowl of "
+          "`levelsets`", choices=("peaks", "wavy_bowl")),
+    Param("noise", "float", 0.0, doc="standard deviation of Gaussian noise added to the heights",
+          lo=0.0),
+    doc="regression: points in [-3, 3]² with the height of a smooth surface as a float target (N, 1)",
+)
+def surface(seed: int, samples: int = 5000, function: str = "peaks", noise: float = 0.0) -> Arrays:
+    """The surfaces whose level sets label `peaks` and `levelsets`, as regression targets."""
+    field = peaks_function if function == "peaks" else wavy_bowl
+    rng = _rng(seed)
+    points = rng.uniform(-BOX, BOX, size=(samples, 2))
+    heights = field(points[:, 0], points[:, 1]) + noise * rng.standard_normal(size=samples)
+    return {"x": points.astype(np.float32), "y": heights[:, None].astype(np.float32)}
 
 
 # ---- synthetic tensors for timing -------------------------------------------------------------

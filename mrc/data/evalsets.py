@@ -90,7 +90,7 @@ def load_eval(bundle: DataBundle, source: str, kwargs: Mapping[str, Any] | None,
         if key not in raw:
             found = ", ".join(f"`{k}`" for k in raw) or "nothing"
             raise DataError(f"{name}: an evaluation set needs `x` and `y`, but has {found}")
-    x, y = _features(raw["x"], "x", name), _labels(raw["y"], "y", name)
+    x, y = _features(raw["x"], "x", name), _labels(raw["y"], "y", name, bundle.task)
     _same_length(x, y, "x", "y", name)
     loaded = tuple(bundle.train_x.shape[1:]) if bundle.train_x is not None else None
     if loaded is not None and tuple(x.shape[1:]) != loaded:
@@ -100,6 +100,11 @@ def load_eval(bundle: DataBundle, source: str, kwargs: Mapping[str, Any] | None,
     if tuple(x.shape[1:]) != tuple(bundle.in_shape):
         raise DataError(f"{name}: its examples have shape {tuple(x.shape[1:])} (after the "
                         f"transforms), but the model's data have {tuple(bundle.in_shape)}")
+    if bundle.task != "classification":  # float targets: the training targets' shape, no classes
+        if bundle.train_y is not None and y.shape[1:] != bundle.train_y.shape[1:]:
+            raise DataError(f"{name}: its targets have shape {tuple(y.shape[1:])}, but the model's "
+                            f"data have {tuple(bundle.train_y.shape[1:])}")
+        return x.to(bundle.device).contiguous(), y.to(bundle.device).contiguous()
     if bundle.keep is not None:
         x, y, _, _ = _keep(list(bundle.keep), x, y, None, int(y.max()) + 1 if len(y) else 0, name)
     if len(y) and int(y.max()) >= bundle.classes:

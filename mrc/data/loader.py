@@ -143,6 +143,8 @@ class DataBundle:
     loaders: tuple[Any, Any] | None = None
     first_x: torch.Tensor | None = None
     """Streamed data: the first training inputs, read when the data were loaded (for tracing)."""
+    task: str = "classification"
+    """What the targets are (`mrc.losses.TASKS`): class labels, float targets or 0/1 labels."""
     _cached: tuple[int, list[torch.Tensor]] | None = field(default=None, init=False, repr=False)
 
     def __repr__(self) -> str:
@@ -268,20 +270,26 @@ class DataBundle:
 # ---- loading ----------------------------------------------------------------------------------
 
 def load_data(target: str, kwargs: Mapping[str, Any] | None, seed: int,
-              base_dir: Path | str = ".") -> DataBundle:
+              base_dir: Path | str = ".", task: str = "classification") -> DataBundle:
     """Load the data set `target` with keyword arguments `kwargs` for a run seeded by `seed`.
 
     `target` is a built-in name (`DATASETS`), an `.npz` file, an IDX images file, or user code
     `"file.py:factory"` / `"package.module:factory"`; relative paths are taken from `base_dir`
     (the spec's directory). `kwargs` mixes the data set's own keywords and `DATA_OPTIONS`;
-    missing ones take their defaults. Raises `DataError` with a one-line message.
+    missing ones take their defaults. `task` (the loss's, `mrc.losses.TASKS`) says what the
+    targets must be: integer class labels, float targets, or 0/1 labels (see `_labels`).
+    Raises `DataError` with a one-line message.
     """
     own = dict(kwargs or {})
     options = {p.name: own.pop(p.name, p.default) for p in DATA_OPTIONS}
     raw, name = _examples(str(target), own, seed, Path(base_dir))
     if "train_set" in raw or "loaders" in raw:
+        if task != "classification":
+            raise DataError(f"{name}: a Dataset or DataLoader streams class labels; a {task} loss needs its "
+                            f"targets as arrays (`x`, `y`) for now")
         return _dataset_bundle(raw, options, seed, name)
-    return _bundle(raw, options, seed, name)
+    bundle = _bundle(raw, options, seed, name, task)
+    return dataclasses.replace(bundle, task=task) if task != bundle.task else bundle
 
 
 def is_factory_ref(target: str) -> bool:
@@ -391,7 +399,7 @@ def _takes_seed(fn: Any) -> bool:
 
 
 def _bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: int,
-            name: str) -> DataBundle:
+            name: str, task: str = "classification") -> DataBundle:
     """Apply the data options, in the order of the module docstring, and build the bundle."""
     for key in ("x", "y"):
         if key not in raw:
@@ -399,17 +407,17 @@ def _bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: int,
             raise DataError(f"{name}: the data needs `x` and `y`, but has {found}")
     if ("x_test" in raw) != ("y_test" in raw):
         raise DataError(f"{name}: the data has only one of `x_test` and `y_test`; give both")
-    x, y = _features(raw["x"], "x", name), _labels(raw["y"], "y", name)
+    x, y = _features(raw["x"], "x", name), _labels(raw["y"], "y", name, task)
     _same_length(x, y, "x", "y", name)
     test: Batch | None = None
     if "x_test" in raw:
-        tx, ty = _features(raw["x_test"], "x_test", name), _labels(raw["y_test"], "y_test", name)
+        tx, ty = _features(raw["x_test"], "x_test", name), _labels(raw["y_test"], "y_test", name, task)
         _same_length(tx, ty, "x_test", "y_test", name)
         if tx.shape[1:] != x.shape[1:]:
             raise DataError(f"{name}: `x_test` examples have shape {tuple(tx.shape[1:])} but `x` "
                             f"examples have {tuple(x.shape[1:])}")
         test = (tx, ty)
-    classes = _class_count(raw.get("classes"), y, test, name)
+    classes = _class_count(raw.get("classes"), y, test, name, task)
 
     keep = options.get("keep")
     if keep is not None:
@@ -666,12 +674,18 @@ def _keep(keep: list[Any], x: torch.Tensor, y: torch.Tensor, test: Batch | None,
 
 
 def _class_count(hint: Any, y: torch.Tensor, test: Batch | None,
-                 name: str) -> int:
+                 name: str, task: str = "classification") -> int:
     """Classes a model must predict: the builder's count if given, else the largest label + 1.
 
     An inferred count may not exceed `MAX_INFERRED_CLASSES`; every label must be below a given
-    count. Errors name the label's array and its first index.
+    count. Errors name the label's array and its first index. For float targets (regression,
+    multi-label) it is the targets' feature size, what the model must output per example.
     """
+    if task != "classification":
+        if test is not None and test[1].shape[1:] != y.shape[1:]:
+            raise DataError(f"{name}: `y_test` targets have shape {tuple(test[1].shape[1:])} but `y` "
+                            f"targets have {tuple(y.shape[1:])}")
+        return math.prod(y.shape[1:])
     splits = [("y", y)] + ([("y_test", test[1])] if test is not None else [])
     key, top, where = max(((k, int(t.max()), int(t.argmax())) for k, t in splits if len(t)),
                           key=lambda e: e[1], default=("y", -1, -1))
@@ -721,8 +735,20 @@ def _features(value: Any, key: str, name: str) -> torch.Tensor:
     return features[:, None] if features.ndim == 1 else features
 
 
-def _labels(value: Any, key: str, name: str) -> torch.Tensor:
+class FloatLabels(DataError):
+    """Float targets where a classification loss wants class labels (the spec's loss may be the
+    wrong one: binding says so in a hint)."""
+
+
+def _labels(value: Any, key: str, name: str, task: str = "classification") -> torch.Tensor:
+    """The targets as the loss's task wants them: integer class labels (N,) for classification,
+    float32 targets (N, …) for regression (a vector (N,) as (N, 1): one output per example), 0/1
+    float32 labels (N, C) for multi-label."""
     t = _tensor(value, key, name).to("cpu")
+    if task == "regression":
+        return _float_targets(t, key, name)
+    if task == "multilabel":
+        return _multilabels(t, key, name)
     if t.ndim == 2 and t.shape[1] == 1:
         t = t[:, 0]
     if t.ndim != 1:
@@ -732,8 +758,8 @@ def _labels(value: Any, key: str, name: str) -> torch.Tensor:
         bad = ~((t == t.round()) & (t.abs() < _EXACT_FLOAT_LABEL))
         if bool(bad.any()):
             at = int(bad.nonzero()[0])
-            raise DataError(f"{name}: `{key}` must hold integer class labels, but has "
-                            f"{float(t[at])!r} at index {at}")
+            raise FloatLabels(f"{name}: `{key}` must hold integer class labels, but has "
+                              f"{float(t[at])!r} at index {at}")
     elif not _is_integer(t):
         raise DataError(f"{name}: `{key}` must hold integer class labels, not {t.dtype}")
     t = t.to(torch.int64)
@@ -742,6 +768,38 @@ def _labels(value: Any, key: str, name: str) -> torch.Tensor:
         raise DataError(f"{name}: `{key}` has a negative label {int(t[at])} at index {at}; "
                         f"labels must be 0, 1, 2, …")
     return t
+
+
+def _float_targets(t: torch.Tensor, key: str, name: str) -> torch.Tensor:
+    """Regression targets: finite float numbers, one row per example."""
+    if not t.is_floating_point():
+        raise DataError(f"{name}: `{key}` holds integer labels ({t.dtype}), but the loss is a "
+                        f"regression loss that wants float targets: store them as floats, or "
+                        f"name a classification loss (`loss cross_entropy`)")
+    if t.ndim == 0:
+        raise DataError(f"{name}: `{key}` must have one row per example, not be a scalar")
+    out = t.to(torch.float32)
+    bad = ~torch.isfinite(out)
+    if bool(bad.any()):
+        first = int(bad.flatten().nonzero()[0])
+        index = ", ".join(str(int(i)) for i in np.unravel_index(first, tuple(out.shape)))
+        raise DataError(f"{name}: `{key}` has a non-finite target ({float(t.flatten()[first])}) at "
+                        f"index [{index}]; targets must be finite float32 numbers")
+    return out[:, None] if out.ndim == 1 else out
+
+
+def _multilabels(t: torch.Tensor, key: str, name: str) -> torch.Tensor:
+    """Multi-label targets: (N, C) numbers in [0, 1] (0/1 labels, or soft labels)."""
+    if t.ndim != 2:
+        raise DataError(f"{name}: `{key}` must be one row of 0/1 labels per example, shape (N, C), "
+                        f"not {tuple(t.shape)}")
+    out = t.to(torch.float32)
+    bad = ~((out >= 0) & (out <= 1))
+    if bool(bad.any()):
+        i, j = (int(v) for v in bad.nonzero()[0])
+        raise DataError(f"{name}: `{key}` has {float(t[i, j])!r} at index [{i}, {j}]; multi-label "
+                        f"targets are 0 or 1 (or a probability between)")
+    return out
 
 
 def _tensor(value: Any, key: str, name: str) -> torch.Tensor:

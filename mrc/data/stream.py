@@ -362,16 +362,21 @@ def _slices(x: torch.Tensor, y: torch.Tensor, batch: int,
         yield (transform(xs) if transform is not None else xs), y[i:i + batch]
 
 
+def targets(y: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Targets on the device; float targets (regression, multi-label) in the inputs' dtype."""
+    return y.to(device, dtype) if y.is_floating_point() else y.to(device)
+
+
 def feed(data: DataBundle, device: torch.device, dtype: torch.dtype, eval_batch: int) -> Feed:
     """The run's feed on `device`, inputs in `dtype` (see the module docstring)."""
     augment = data.augment
     options = data.stream or StreamOptions()
     train_x = train_y = val_x = val_y = None
     if data.train_x is not None:
-        train_x, train_y = data.train_x.to(device, dtype), data.train_y.to(device)
+        train_x, train_y = data.train_x.to(device, dtype), targets(data.train_y, device, dtype)
     if data.val_x is not None:
-        val_x, val_y = data.val_x.to(device, dtype), data.val_y.to(device)
-    evals = {n: (x.to(device, dtype), y.to(device)) for n, (x, y) in data.evals.items()}
+        val_x, val_y = data.val_x.to(device, dtype), targets(data.val_y, device, dtype)
+    evals = {n: (x.to(device, dtype), targets(y, device, dtype)) for n, (x, y) in data.evals.items()}
 
     source: MemorySource | StreamSource | LoaderSource
     if data.loaders is not None:

@@ -308,8 +308,14 @@ class Forward(Op):
 @op_kind
 @dataclass(frozen=True, slots=True)
 class Loss(Op):
-    """Score the logits on its input edge against the batch's targets: `fn` with its settings;
-    `terms` names further terms added to it (auxiliary and transport losses, later)."""
+    """Score the logits on its input edge against the batch's targets: the loss `fn` with its
+    settings, the mean over the batch; `terms` names further terms added to it (auxiliary and
+    transport losses, later).
+
+    `fn` is a built-in of `mrc.losses.LOSSES` (`label_smoothing` and `args` its settings) or,
+    when `where` is set, a user function `"file.py:fn"` / `"pkg.mod:fn"` (resolved from the
+    folder `where`) called with `args` as keyword arguments. `task` (classification, regression,
+    multilabel) is what the loss implies about the targets and which metrics evaluation reports."""
 
     kind: ClassVar[str] = "loss"
     rank: ClassVar[int] = 3
@@ -317,10 +323,22 @@ class Loss(Op):
     label_smoothing: float = 0.0
     terms: tuple[str, ...] = ()
     phase: int = 0
+    args: tuple[tuple[str, Any], ...] = ()
+    task: str = "classification"
+    where: str = ""
+
+    def describe(self) -> str:
+        """The loss with the settings that differ from the default: `cross_entropy(label_smoothing=0.1)`,
+        `smooth_l1(beta=0.5)`, `"my_loss.py:fn"(scale=2)`."""
+        from mrc.program import _fmt
+
+        shown = ([("label_smoothing", self.label_smoothing)] if self.label_smoothing else []) + [
+            (k, v) for k, v in self.args if v is not None]
+        name = f'"{self.fn}"' if self.where else self.fn
+        return name + (f"({', '.join(f'{k}={_fmt(v)}' for k, v in shown)})" if shown else "")
 
     def text(self) -> str:
-        extra = f"(label_smoothing={self.label_smoothing:g})" if self.label_smoothing else ""
-        return f"loss {self.fn}{extra}" + (f" + {' + '.join(self.terms)}" if self.terms else "")
+        return f"loss {self.describe()}" + (f" + {' + '.join(self.terms)}" if self.terms else "")
 
     def verify(self, pattern: Pattern) -> None:
         ins = {v.kind for _, v in pattern.inputs(self)}

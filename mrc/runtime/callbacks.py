@@ -38,6 +38,8 @@ from typing import Any
 
 import torch
 
+from mrc.losses import CLASSIFICATION, Scoring
+
 
 @dataclass
 class Interrupt:
@@ -175,23 +177,31 @@ class MetricsLog(Callback):
 
 
 def metric_value(metrics: dict[str, Any], name: str) -> float:
-    """A metric by the name a spec gives it: `val_loss`, `val_acc` or `SET.loss` / `SET.acc`."""
+    """A metric by the name a spec gives it: `val_loss`, `val_acc`, `val_NAME` or `SET.loss` /
+    `SET.acc` / `SET.NAME`."""
     if "." in name:
         split, _, measure = name.partition(".")
         return metrics["evals"][split][measure]
     return metrics[name]
 
 
+def prefixed(ev: dict[str, Any], prefix: str = "val_") -> dict[str, Any]:
+    """An evaluation's measures named for their split: {"loss": …} → {"val_loss": …}."""
+    return {f"{prefix}{k}": v for k, v in ev.items()}
+
+
 class Evaluation(Callback):
     """Evaluate every `eval_every` steps (or at each epoch end) and at the last step, on the
-    validation split and on each named evaluation set (`evals`), in batches of `batch`; tell
-    every callback (`on_eval`). `data` is the validation split: its (inputs, labels) tensors,
-    or a function giving a fresh iterable of its batches (a streamed split's DataLoader)."""
+    validation split and on each named evaluation set (`evals`), in batches of `batch`, measuring
+    what `scoring` says (the run's loss, its task's metrics and the user's); tell every callback
+    (`on_eval`). `data` is the validation split: its (inputs, labels) tensors, or a function
+    giving a fresh iterable of its batches (a streamed split's DataLoader)."""
 
     def __init__(self, eval_every: int, batch: int,
                  data: tuple[torch.Tensor, torch.Tensor] | Callable[[], Iterable[Any]],
                  callbacks: list[Callback],
-                 evals: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+                 evals: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 scoring: Scoring = CLASSIFICATION) -> None:
         from mrc.runtime.evaluation import slices
 
         self.eval_every, self.batch = eval_every, batch
@@ -202,6 +212,7 @@ class Evaluation(Callback):
             self.val_batches = lambda: slices(val_x, val_y, batch)
         self.callbacks = callbacks
         self.evals = dict(evals or {})
+        self.scoring = scoring
 
     def on_step(self, run: Run) -> None:
         due = run.step % self.eval_every == 0 if self.eval_every else run.end_of_epoch
@@ -209,7 +220,7 @@ class Evaluation(Callback):
             return
         with run.plan.evaluation_precision():  # the model is scored in the precision it trains in
             metrics = self.evaluate(run.plan)
-        run.last_eval = {"val_loss": metrics["val_loss"], "val_acc": metrics["val_acc"]}
+        run.last_eval = {k: v for k, v in metrics.items() if k.startswith("val_")}
         for name, ev in metrics.get("evals", {}).items():
             run.last_eval.update({f"{name}.{k}": v for k, v in ev.items()})
         run.record({"step": run.step, "epoch": run.position(), **metrics, "time": run.elapsed()})
@@ -223,23 +234,21 @@ class Evaluation(Callback):
         models = plan.eval_models()
         if "" in models:
             with plan.full_weights():
-                ev = evaluate_batches(models[""], self.val_batches())
-                out: dict[str, Any] = {"val_loss": ev["loss"], "val_acc": ev["acc"]}
+                out: dict[str, Any] = prefixed(evaluate_batches(models[""], self.val_batches(), self.scoring))
                 out.update(self.named(models[""]))
             return out
-        evs = {n: evaluate_batches(m, self.val_batches()) for n, m in models.items()}
+        evs = {n: evaluate_batches(m, self.val_batches(), self.scoring) for n, m in models.items()}
         merged = evs.pop("merged")
-        return {"val_loss": merged["loss"], "val_acc": merged["acc"],
-                "brains": {n: {"val_loss": e["loss"], "val_acc": e["acc"]} for n, e in evs.items()},
+        return {**prefixed(merged), "brains": {n: prefixed(e) for n, e in evs.items()},
                 **self.named(models["merged"])}
 
     def named(self, model: Any) -> dict[str, Any]:
-        """`{"evals": {NAME: {"loss", "acc"}}}` of `model` on each named set ({} without any)."""
+        """`{"evals": {NAME: {"loss", "acc", …}}}` of `model` on each named set ({} without any)."""
         from mrc.runtime.evaluation import evaluate
 
         if not self.evals:
             return {}
-        return {"evals": {n: evaluate(model, x, y, self.batch) for n, (x, y) in self.evals.items()}}
+        return {"evals": {n: evaluate(model, x, y, self.batch, self.scoring) for n, (x, y) in self.evals.items()}}
 
 
 class EarlyStopping(Callback):
@@ -398,7 +407,7 @@ class Progress(Callback):
         if rec["loss"] is not None:
             parts.append(f"loss {rec['loss']:.4f}")
         if run.last_eval:
-            parts.append(f"val_loss {run.last_eval['val_loss']:.4f} val_acc {run.last_eval['val_acc']:.4f}")
+            parts.extend(f"{k} {v:.4f}" for k, v in run.last_eval.items() if "." not in k)
             parts.extend(f"{k} {v:.4f}" for k, v in run.last_eval.items() if "." in k)
         extra = run.plan.technique_progress()
         if extra:
@@ -413,8 +422,10 @@ class Progress(Callback):
 
     def _update(self, run: Run) -> None:
         info = f"loss {self._loss:.4f}" if self._loss is not None else ""
-        if run.last_eval and not math.isnan(run.last_eval["val_acc"]):
+        if run.last_eval and not math.isnan(run.last_eval.get("val_acc", math.nan)):
             info += f"  val_acc {run.last_eval['val_acc']:.3f}"
+        elif run.last_eval and "val_acc" not in run.last_eval:  # a loss without accuracy
+            info += f"  val_loss {run.last_eval['val_loss']:.4f}"
         info += "".join(f"  {k} {v:.3f}" for k, v in run.last_eval.items() if k.endswith(".acc"))
         extra = run.plan.technique_progress()
         if extra:

@@ -7,7 +7,9 @@ run"):
 
     train/loss                       the step's training loss (MetricsLog records)
     lr/PARTITION                     each partition's learning rate as it ran
-    val/loss, val/acc                the validation split (Evaluation records)
+    val/loss, val/acc                the validation split (Evaluation records; no val/acc for a
+                                     regression loss)
+    val/exact, val/NAME              a multi-label loss's exact match; each user `metric NAME`
     eval/NAME/loss, eval/NAME/acc    each `eval NAME = …` set
     brains/NAME/loss                 each brain's latest training loss
     brains/NAME/val_loss|val_acc     each brain's validation metrics; NAME `merged`: the merged model
@@ -79,6 +81,9 @@ def scalars(rec: dict[str, Any]) -> dict[str, float]:
     if "val_loss" in rec or "val_acc" in rec:  # an evaluation record
         put("val/loss", rec.get("val_loss"))
         put("val/acc", rec.get("val_acc"))
+        for key, value in rec.items():  # a multi-label run's exact match, the user's metrics
+            if key.startswith("val_") and key not in ("val_loss", "val_acc"):
+                put(tag("val", key[4:]), value)
         for name, ev in (rec.get("evals") or {}).items():
             for key, value in ev.items():
                 put(tag("eval", name, key), value)

@@ -29,6 +29,7 @@ from torch import nn
 
 from mrc.data.stream import BatchSource, Feed, StreamError, needs_memory
 from mrc.data.stream import feed as data_feed
+from mrc.losses import CLASSIFICATION, Scoring, scoring_of
 from mrc.lower import lower
 from mrc.lower.plan import Plan, staged_total
 from mrc.runtime.callbacks import (
@@ -43,6 +44,7 @@ from mrc.runtime.callbacks import (
     Progress,
     Run,
     StopRequests,
+    prefixed,
 )
 from mrc.runtime.checkpoint import (
     CHECKPOINT,
@@ -123,6 +125,7 @@ class Trainer:
         self.resume = resume
         self.device = pick_device(device or settings.device)
         self.data = compiled.bound.data
+        self.scoring: Scoring = CLASSIFICATION  # the run's, once it starts (`_run`)
         self.spe = self.data.steps_per_epoch()
         self.asked = steps is not None or epochs is not None  # a length given now, not the spec's
         if steps is None and epochs is None:
@@ -292,6 +295,8 @@ class Trainer:
         train_x, train_y, val_x, val_y, evals = feed.train_x, feed.train_y, feed.val_x, feed.val_y, feed.evals
         plan = lower(self.c.graph, self.c.bound, self.total, self.device, self.world)
         plan.attach(train_x, train_y, val_x, val_y)
+        # what evaluations measure: the graph's loss, its task's metrics and the user's
+        self.scoring = scoring = scoring_of(self.c.graph, self.program.metrics, self.device, dtype)
         plan.trace = self.trace
         run = Run(self, plan, self.total, batches=self.spe)
         early = EarlyStopping(self.program.early_stopping) if self.program.early_stopping else None
@@ -315,7 +320,7 @@ class Trainer:
         checkpoints = Checkpointing(settings.checkpoint_every, lambda r: self._snapshot(r, early), self._write)
         callbacks: list[Callback] = [divergence, MetricsLog(settings.log_every, progress),
                                      Evaluation(settings.eval_every, eval_batch, feed.val_batches, on_eval,
-                                                evals),
+                                                evals, scoring),
                                      checkpoints, StopRequests(self.interrupt, self.stop_at), progress]
         if self.out:
             run.sink = MetricsFile(self.out / METRICS, run.step if self.resume else None)
@@ -355,17 +360,16 @@ class Trainer:
             summary = self._summary(final, feed, run, wall, run.step - start_step, early)
             if evals:
                 ok = run.status != "diverged"
-                summary["evals"] = {n: evaluate(final, x, y, eval_batch) if ok else {"loss": None, "acc": None}
+                summary["evals"] = {n: evaluate(final, x, y, eval_batch, scoring) if ok else self._none()
                                     for n, (x, y) in evals.items()}
             if plan.brains and run.status != "diverged":
                 summary["brains"] = {}
                 for n, m in plan.eval_models().items():
                     if n == "merged":
                         continue
-                    tr = evaluate_batches(m, feed.train_eval_batches())
-                    va = evaluate_batches(m, feed.val_batches())
-                    summary["brains"][n] = {"train_loss": tr["loss"], "train_acc": tr["acc"],
-                                            "val_loss": va["loss"], "val_acc": va["acc"]}
+                    tr = evaluate_batches(m, feed.train_eval_batches(), scoring)
+                    va = evaluate_batches(m, feed.val_batches(), scoring)
+                    summary["brains"][n] = {**prefixed(tr, "train_"), **prefixed(va)}
             if self.c.bound.modules is not None and run.status != "diverged" and feed.in_memory:
                 assert train_x is not None and train_y is not None and val_x is not None and val_y is not None
                 summary["modules"] = self._module_summary(final, val_x, val_y, feed.train_eval_x(), train_y,
@@ -401,11 +405,12 @@ class Trainer:
 
         out = {}
         graph = self.c.graph
-        train = evaluate_modules(final, graph, tx, ty, eval_batch)
-        val = evaluate_modules(final, graph, vx, vy, eval_batch)
+        train = evaluate_modules(final, graph, tx, ty, eval_batch, self.scoring)
+        val = evaluate_modules(final, graph, vx, vy, eval_batch, self.scoring)
         for name, info in graph.modules.items():
             tr, va = train[name], val[name]
-            out[name] = {"train_acc": tr["acc"], "val_acc": va["acc"], "val_loss": va["loss"],
+            acc = {"train_acc": tr["acc"], "val_acc": va["acc"]} if "acc" in tr else {}
+            out[name] = {**acc, "val_loss": va["loss"],
                          "params": info.params, "activation_bytes_estimate": info.bytes,
                          "residuals": info.residuals, "tau": info.tau}
         return out
@@ -533,13 +538,17 @@ class Trainer:
             self.activation = got
         return loss
 
+    def _none(self) -> dict[str, Any]:
+        """An evaluation that did not run (a diverged run): every measure None."""
+        return dict.fromkeys(self.scoring.names)
+
     def _summary(self, module: nn.Module, feed: Feed, run: Run, wall: float, steps_run: int,
                  early: EarlyStopping | None) -> dict[str, Any]:
         """The run's summary; its train metrics are over the whole training split as evaluation
         sees it (no random augmentation; streamed data through the DataLoader)."""
         ok = run.status != "diverged"
-        train = evaluate_batches(module, feed.train_eval_batches()) if ok else {"loss": None, "acc": None}
-        val = evaluate_batches(module, feed.val_batches()) if ok else {"loss": None, "acc": None}
+        train = evaluate_batches(module, feed.train_eval_batches(), self.scoring) if ok else self._none()
+        val = evaluate_batches(module, feed.val_batches(), self.scoring) if ok else self._none()
         if self.device.type == "cuda":
             peak = max(self._cuda_peak, torch.cuda.max_memory_allocated()) / 2**20
             peak_kind = "cuda_allocated_mib"
@@ -549,8 +558,7 @@ class Trainer:
         out = {
             "spec": self.program.file, "status": run.status, "steps": run.step, "total_steps": run.total,
             "epochs": run.epoch + (run.batch / self.spe if self.spe else 0),
-            "train_loss": train["loss"], "train_acc": train["acc"],
-            "val_loss": val["loss"], "val_acc": val["acc"],
+            **prefixed(train, "train_"), **prefixed(val),
             "wall_time_s": wall, "steps_per_s": steps_run / wall if wall > 0 else None,
             "peak_memory_mib": peak, "peak_memory_kind": peak_kind, "device": str(self.device),
             "seed": self.program.train.seed, "last_checkpoint_step": run.last_good,

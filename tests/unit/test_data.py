@@ -57,7 +57,8 @@ def labelled_points(n: int, classes: int) -> dict[str, np.ndarray]:
 
 def test_registry_names_and_options_do_not_clash():
     assert DATASETS.names() == ["cifar10", "cifar100", "digits", "fashion_mnist", "image_folder",
-                                "levelsets", "mnist", "mnist1d", "peaks", "spirals", "synthetic"]
+                                "levelsets", "linear", "mnist", "mnist1d", "peaks", "spirals", "surface",
+                                "synthetic"]
     options = {p.name for p in DATA_OPTIONS}
     assert options == {"batch", "val", "keep", "shuffle", "normalize", "drop_last", "limit",
                        "augment", "stream", "workers", "pin_memory", "persistent_workers",

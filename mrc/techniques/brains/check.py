@@ -100,6 +100,10 @@ def check_merge(ck: Checker, st: ast.Statement | None) -> None:
                    spans.get("weights", st.span))
     if rule == "weighted" and "weights" in values and sum(values["weights"]) <= 0:
         ck.r.error("`weights` must not all be zero", spans.get("weights", st.span))
+    loss = ck.program.get("loss")
+    if values.get("metric") == "val_acc" and loss is not None and loss.task == "regression":
+        ck.r.error(f"a regression loss (`{loss.name}`) has no accuracy to pick the best brain by",
+                   spans.get("metric", st.span), hint="pick by `metric = val_loss`")
     ck.program["merge"] = Merge(rule, st.span, tuple(values.get("weights", ())),
                                 values.get("metric", "val_loss"), values.get("decay", 0.9),
                                 values.get("momentum", "keep"))

@@ -22,7 +22,6 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mrc.ir.graph import Pattern, ScheduleGraph
@@ -40,6 +39,7 @@ class BrainReplicas(Replicas):
     def __init__(self, graph: ScheduleGraph, bound: Any, device: torch.device) -> None:
         super().__init__(bound, device)
         self.graph = graph
+        self.scoring: Any = None  # mrc.losses.Scoring of a `best` merge, made at its first use
         self.order = list(graph.replicas)
         self.index = {n: i for i, n in enumerate(self.order)}
         self.stacked = any(op.kernel == "stacked" for op in graph.ops() if isinstance(op, UpdateGroup))
@@ -113,16 +113,22 @@ class BrainReplicas(Replicas):
 
     def score(self, name: str, rule: MergeRule) -> float:
         """Brain `name`'s validation metric (`rule.metric`) for a `best` merge."""
+        from mrc.losses import scoring_of
         from mrc.runtime.evaluation import evaluate
 
         if self.val_x is None:
             raise LoweringError("a `best` merge needs the validation data (Plan.attach)")
-        return float(evaluate(self.brain_module(name), self.val_x, self.val_y)[rule.metric.split("_")[1]])
+        if self.scoring is None:  # the run's loss (and its task's metrics), prepared once
+            self.scoring = scoring_of(self.graph, (), self.val_x.device, self.val_x.dtype)
+        ev = evaluate(self.brain_module(name), self.val_x, self.val_y, scoring=self.scoring)
+        return float(ev[rule.metric.removeprefix("val_")])
 
     @staticmethod
     def best_of(group: tuple[str, ...], rule: MergeRule, scores: dict[str, float]) -> str:
         """The brain of `group` with the best score (the first of equals, in the group's order)."""
-        return (max if rule.metric == "val_acc" else min)(group, key=lambda n: scores[n])
+        from mrc.losses import metric_mode
+
+        return (max if metric_mode(rule.metric) == "max" else min)(group, key=lambda n: scores[n])
 
     @torch.no_grad()
     def combined(self, group: tuple[str, ...], rule: MergeRule, *, update_ema: bool) -> dict[str, torch.Tensor]:
@@ -320,14 +326,18 @@ def stacked_forward(op: Forward, pattern: Pattern, ctx: Lowering) -> StepFn:
 
 @lowers("loss", when=_stacked)
 def stacked_loss(op: Loss, pattern: Pattern, ctx: Lowering) -> StepFn:
-    batches, key, smoothing, brains = _batches(pattern, op), op.id, op.label_smoothing, op.scope.replica
+    from mrc.techniques.core.lower import prepared_loss
+
+    batches, key, brains = _batches(pattern, op), op.id, op.scope.replica
+    # each brain's mean over its own batch: a built-in's per-element losses over the flattened
+    # (brains×batch, …) tensor, then a mean over each brain's elements; user code per brain
+    per_replica = prepared_loss(op, ctx).per_replica
     logits = next(src.id for src, v in pattern.inputs(op) if v.kind == "logits")
 
     def loss(env: Env) -> None:
         out = env.values[logits]
         ys = torch.stack([env.values[b][1] for b in batches])
-        per_brain = F.cross_entropy(out.flatten(0, 1), ys.flatten(), label_smoothing=smoothing,
-                                    reduction="none").view(len(brains), -1).mean(1)
+        per_brain = per_replica(out, ys)
         env.values[key] = per_brain.sum()
         env.losses.extend(zip(brains, per_brain.detach(), strict=True))
     return loss

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mrc import ast
+from mrc.check.arguments import is_user_ref
 from mrc.check.expressions import Bad, check_let, plain
 from mrc.check.registry import finisher, statement
 from mrc.diagnostics import Note, Span
-from mrc.program import EVAL_METRICS, Component, EarlyStopping, EvalSet, Init, TrainSettings
+from mrc.program import EVAL_METRICS, Component, EarlyStopping, EvalSet, Init, LossSpec, MetricSpec, TrainSettings
 from mrc.registry import Param, Registry, did_you_mean
 
 if TYPE_CHECKING:
@@ -47,8 +48,8 @@ PRECISION_MEANT = {"16": "16-mixed", "fp16": "16-mixed", "float16": "16-mixed", 
                    "32-true": "32"}
 """Other libraries' names of the precisions, with the one `precision` takes (for the hint)."""
 EARLY_STOPPING_PARAMS = (
-    Param("metric", "str", "val_loss", "metric watched: `val_loss`, `val_acc`, or `NAME.loss` / "
-          "`NAME.acc` of an `eval` set"),
+    Param("metric", "str", "val_loss", "metric watched: `val_loss`, `val_acc` (a classification "
+          "loss), `val_NAME` of a user `metric`, or `SET.loss` / `SET.acc` / `SET.NAME` of an `eval` set"),
     Param("patience", "int", 5, "evaluations without improvement before stopping", lo=1),
     Param("min_delta", "float", 0.0, "smallest change that counts as improvement", lo=0),
     Param("restore_best", "bool", True, "end with the best weights seen"),
@@ -326,9 +327,159 @@ def collect_evals(ck: Checker) -> None:
     ck.program["evals"] = tuple(ck.facts.get("evals", ()))
 
 
-def metric_names(evals: list[EvalSet] | tuple[EvalSet, ...]) -> list[str]:
-    """The metrics a spec may watch: the validation split's and each evaluation set's."""
-    return ["val_loss", "val_acc", *(f"{e.name}.{m}" for e in evals for m in EVAL_METRICS)]
+LOSS_USER_PARAMS = (
+    Param("task", "choice", "classification", "what the user loss's targets are: class labels "
+          "(classification), float targets (regression) or 0/1 targets (multilabel)",
+          choices=("classification", "regression", "multilabel")),
+)
+"""What a user loss takes besides its own keyword arguments."""
+
+
+def _train_arg(ck: Checker, name: str) -> ast.Arg | None:
+    """The `train(NAME = …)` argument as written (None when not given)."""
+    for st in ck.spec.statements:
+        if st.keyword.id == "train":
+            return next((a for a in st.args or () if a.name is not None and a.name.id == name), None)
+    return None
+
+
+@statement("loss", "what training minimises", technique="core", target=True, args=True, once=True,
+           deferred=True, usage='loss NAME(args…)  or  loss "file.py:fn"(task=…, args…)',
+           targets=lambda: _losses())
+def check_loss(ck: Checker, st: ast.Statement | None) -> None:
+    """`loss NAME(ARGS)`: a built-in loss (`mrc.losses.LOSSES`) or a user function with its task
+    (default `classification`). Without it: cross-entropy with `train(label_smoothing)`."""
+    losses = _losses()
+    train = ck.program.get("train")
+    smoothing = train.label_smoothing if train is not None else 0.0
+    if st is None:
+        ck.program["loss"] = LossSpec("cross_entropy", {"label_smoothing": smoothing})
+        return
+    given = _train_arg(ck, "label_smoothing")
+    if given is not None:
+        ck.r.error("label smoothing is given twice: `train(label_smoothing)` sets the default "
+                   "cross-entropy's, and this spec names its loss", given.span,
+                   hint="write `loss cross_entropy(label_smoothing=…)` and drop it from `train`",
+                   notes=[Note("the loss is named here", st.span)])
+    user = isinstance(st.target, ast.Str) or (st.target is not None and is_user_ref(st.target.id))
+    comp = ck.component(st, "loss", losses, LOSS_USER_PARAMS if user else ())
+    if comp is None:
+        return
+    kwargs = dict(comp.kwargs)
+    if user:
+        task = kwargs.pop("task", "classification")
+        if ":" not in comp.name:
+            ck.r.error(f'"{comp.name}" is not a user function', comp.span,
+                       hint='write `loss "file.py:fn"` or `loss "package.module:fn"`')
+            return
+    else:
+        entry = losses.get(comp.name)
+        assert entry is not None
+        task = str(entry.extra["task"])
+    spec = LossSpec(comp.name, kwargs, task, user, st.span)
+    if task != "classification":
+        _refuse_class_options(ck, spec)
+    ck.program["loss"] = spec
+
+
+def _losses() -> Registry:
+    from mrc.losses import LOSSES
+
+    return LOSSES
+
+
+def _refuse_class_options(ck: Checker, loss: LossSpec) -> None:
+    """Data options that need class labels (`keep`, a `patch` transform) refused for a loss of
+    another task, at the option's span."""
+    data = ck.program.get("data")
+    if data is None:
+        return
+    what = f"the loss `{loss.name}` is a {loss.task} loss (float targets, no classes)"
+    if data.kwargs.get("keep") is not None:
+        ck.r.error(f"`keep` selects classes, but {what}", data.arg_spans.get("keep", data.span),
+                   notes=[Note("the loss is named here", loss.span)] if loss.span else ())
+    augments = data.kwargs.get("augment")
+    augments = augments if isinstance(augments, list | tuple) else [augments]
+    if any(isinstance(a, dict) and a.get("kind") == "patch" for a in augments):
+        ck.r.error(f"the `patch` transform plants a patch per class, but {what}",
+                   data.arg_spans.get("augment", data.span),
+                   notes=[Note("the loss is named here", loss.span)] if loss.span else ())
+
+
+RESERVED_METRIC_NAMES = ("loss", "acc", "exact")
+"""Names a user metric may not take: the built-in measures."""
+
+
+@statement("metric", "a user metric, reported at every evaluation", technique="core", bind=True,
+           block=True, usage='metric NAME = "file.py:fn" { mode = max }')
+def check_metric(ck: Checker, st: ast.Statement | None) -> None:
+    """`metric NAME = "file.py:fn" { mode = min|max, ARG = value … }`, in source order: a user
+    function fn(output, target, **ARGS) → the batch's mean, reported as `val_NAME` and
+    `SET.NAME`; `mode` (default `max`) says which way is better, for early stopping and sweeps."""
+    assert st is not None
+    if not ck.form(st):
+        return
+    assert st.name is not None and st.value is not None
+    name, value = st.name.id, st.value
+    seen: dict[str, Span] = ck.facts.setdefault("metric_spans", {})
+    if name in RESERVED_METRIC_NAMES:
+        ck.r.error(f"`{name}` cannot name a user metric: it is a built-in measure", st.name.span)
+        return
+    if name in seen:
+        ck.r.error(f"metric `{name}` is defined twice", st.name.span,
+                   notes=[Note("first defined here", seen[name])])
+        return
+    if not isinstance(value, ast.Str) or ":" not in value.value:
+        ck.r.error("a metric is a user function given as a string", value.span,
+                   hint='write `metric mae = "metrics.py:mae"` (fn(output, target) → a number)')
+        return
+    mode, kwargs = "max", {}
+    for item in st.block.items if st.block else ():
+        if not isinstance(item, ast.Assign) or len(item.key) != 1:
+            ck.r.error("a `metric` block holds `mode = min|max` and `name = value` arguments of "
+                       "its function", item.span)
+            continue
+        key = item.key[0].id
+        if key == "mode":
+            word = item.value.id if isinstance(item.value, ast.Name) else \
+                item.value.value if isinstance(item.value, ast.Str) else None
+            if word not in ("min", "max"):
+                ck.r.error("`mode` is `min` (smaller is better) or `max` (larger is better)",
+                           item.value.span)
+                continue
+            mode = word
+            continue
+        try:
+            kwargs[key] = plain(ck.value(item.value).value)
+        except Bad:
+            pass
+    seen[name] = st.name.span
+    ck.facts.setdefault("metrics", []).append(
+        MetricSpec(name, value.value, st.span, str(ck.base_dir), mode, kwargs))
+
+
+@finisher
+def collect_metrics(ck: Checker) -> None:
+    """The user metrics, in source order, become the program's."""
+    ck.program["metrics"] = tuple(ck.facts.get("metrics", ()))
+
+
+def watchable(ck: Checker) -> list[str]:
+    """The metrics this spec may watch (early stopping, sweeps), from what it has checked: the
+    loss's task, its user metrics and evaluation sets."""
+    from mrc.losses import TASK_METRICS
+
+    loss = ck.program.get("loss") or LossSpec()
+    user = tuple(m.name for m in ck.facts.get("metrics", ()))
+    return metric_names(ck.facts.get("evals", ()), (*TASK_METRICS[loss.task], *user))
+
+
+def metric_names(evals: list[EvalSet] | tuple[EvalSet, ...],
+                 measures: tuple[str, ...] = EVAL_METRICS[1:]) -> list[str]:
+    """The metrics a spec may watch: the validation split's and each evaluation set's `loss`
+    and `measures` (the loss's task's metrics and the user's; default: accuracy)."""
+    every = ("loss", *measures)
+    return [*(f"val_{m}" for m in every), *(f"{e.name}.{m}" for e in evals for m in every)]
 
 
 @statement("early_stopping", "stop when a validation metric stops improving", technique="core",
@@ -343,7 +494,7 @@ def check_early_stopping(ck: Checker, st: ast.Statement | None) -> None:
                                  "early_stopping.")
     if len(values) != len(EARLY_STOPPING_PARAMS):
         return
-    known = metric_names(ck.facts.get("evals", ()))
+    known = watchable(ck)
     metric = values["metric"]
     if metric not in known:
         guess = did_you_mean(metric, known)
@@ -351,7 +502,10 @@ def check_early_stopping(ck: Checker, st: ast.Statement | None) -> None:
                    hint=f"did you mean `{guess}`?" if guess else
                    f"metrics are {', '.join(f'`{m}`' for m in known)}")
         return
-    ck.program["early_stopping"] = EarlyStopping(span=st.span, **values)
+    from mrc.losses import metric_mode
+
+    modes = {m.name: m.mode for m in ck.facts.get("metrics", ())}
+    ck.program["early_stopping"] = EarlyStopping(span=st.span, mode=metric_mode(metric, modes), **values)
 
 
 @statement("init", "initial weights from a state_dict file", technique="core", target=True,

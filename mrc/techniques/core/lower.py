@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mrc.ir.graph import Pattern
 from mrc.ir.ops import Backward, Batch, Forward, Loss, UpdateGroup
+from mrc.losses import PreparedLoss, prepare_op
 from mrc.lower.integrators import TorchRule
 from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
 from mrc.lower.precision import scaler_of
@@ -81,18 +81,32 @@ def forward_callable(op: Forward, pattern: Pattern, module: nn.Module) -> StepFn
     return forward
 
 
+def prepared_loss(op: Loss, ctx: Lowering) -> PreparedLoss:
+    """The op's loss (`fn` with its settings, or the user's function) as callables, prepared once
+    per distinct loss of the run (a pos_weight tensor on the run's device and dtype)."""
+    from mrc.usercode import UserCodeError
+
+    key = ("loss", op.fn, op.label_smoothing, op.args, op.where)
+    got = ctx.cache.get(key)
+    if got is None:
+        dtype = next(iter(ctx.bound.model.parameters())).dtype
+        try:
+            got = ctx.cache[key] = prepare_op(op, ctx.device, dtype)
+        except (UserCodeError, ValueError) as e:
+            raise LoweringError(f"{op.id}: {getattr(e, 'message', e)}") from None
+    return got
+
+
 @lowers("loss")
 def lower_loss(op: Loss, pattern: Pattern, ctx: Lowering) -> StepFn:
-    if op.fn != "cross_entropy":
-        raise LoweringError(f"{op.id}: loss `{op.fn}` has no lowering")
     if op.terms:
         raise LoweringError(f"{op.id}: loss terms {list(op.terms)} have no lowering yet")
-    key, r, smoothing = op.id, replica(op), op.label_smoothing
+    key, r, fn = op.id, replica(op), prepared_loss(op, ctx).mean
     logits = _input(pattern, op, "logits")
     batch = _input(pattern, op, "batch")
 
     def loss(env: Env) -> None:
-        value = F.cross_entropy(env.values[logits], env.values[batch][1], label_smoothing=smoothing)
+        value = fn(env.values[logits], env.values[batch][1])
         env.values[key] = value
         env.losses.append((r, value.detach()))
     return loss

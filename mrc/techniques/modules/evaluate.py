@@ -1,4 +1,4 @@
-"""How much each module knows: the accuracy of every module's classifier F_k ∘ G_k (the seed's
+"""How much each module knows: the loss and accuracy of every module's classifier F_k ∘ G_k (the seed's
 per-module accuracy; the last module's classifier is the model itself), in one pass."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import torch
 from torch import fx, nn
 
 from mrc.ir.graph import ScheduleGraph
+from mrc.losses import CLASSIFICATION, Scoring
 
 
 def module_segments(gm: fx.GraphModule, graph: ScheduleGraph, taps: bool = False) -> list[fx.GraphModule]:
@@ -19,24 +20,21 @@ def module_segments(gm: fx.GraphModule, graph: ScheduleGraph, taps: bool = False
 
 
 def evaluate_modules(model: nn.Module, graph: ScheduleGraph, x: torch.Tensor, y: torch.Tensor,
-                     batch: int = 1024) -> dict[str, dict[str, float]]:
-    """Mean cross-entropy and accuracy of every module's classifier F_k ∘ G_k over a split, in one
-    pass: each batch runs through the modules once, each module's head on the way (linear in K,
-    where evaluating the K classifiers one by one would be quadratic)."""
-    import math
-
-    import torch.nn.functional as F
-
+                     batch: int = 1024, scoring: Scoring = CLASSIFICATION) -> dict[str, dict[str, float]]:
+    """The mean loss and metrics (`scoring`: the run's loss and its task's metrics, cross-entropy
+    and accuracy by default) of every module's classifier F_k ∘ G_k over a split, in one pass:
+    each batch runs through the modules once, each module's head on the way (linear in K, where
+    evaluating the K classifiers one by one would be quadratic)."""
     if not isinstance(model, fx.GraphModule):
         raise TypeError("module classifiers are cut from the traced model")
     names = list(graph.modules)
     if len(x) == 0:
-        return {n: {"loss": math.nan, "acc": math.nan} for n in names}
+        return {n: scoring.empty() for n in names}
     segments = module_segments(model, graph)
     heads = [model.get_submodule(graph.modules[n].head) if i < len(names) - 1 else None
              for i, n in enumerate(names)]
-    loss = [0.0] * len(names)
-    correct = [0] * len(names)
+    sums = scoring.sums
+    totals = [[0.0] * len(sums) for _ in names]
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -45,7 +43,7 @@ def evaluate_modules(model: nn.Module, graph: ScheduleGraph, x: torch.Tensor, y:
             for k, (seg, head) in enumerate(zip(segments, heads, strict=True)):
                 h = seg(h)[0]
                 out = h if head is None else head(h)
-                loss[k] += F.cross_entropy(out, target, reduction="sum").item()
-                correct[k] += (out.argmax(1) == target).sum().item()
+                for j, (_, fn) in enumerate(sums):
+                    totals[k][j] += float(fn(out, target))
     model.train(was_training)
-    return {n: {"loss": loss[k] / len(x), "acc": correct[k] / len(x)} for k, n in enumerate(names)}
+    return {n: {m: totals[k][j] / len(x) for j, (m, _) in enumerate(sums)} for k, n in enumerate(names)}

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from mrc.binding import Bound
 from mrc.ir.graph import Pattern
 from mrc.ir.ops import Backward, Batch, Forward, Op, Rule, Scope, Update, Value
+from mrc.losses import op_fields
 from mrc.techniques.modules.ops import AuxHead, LocalLoss
 from mrc.techniques.multirate.bind import BoundPartition
 from mrc.techniques.multirate.expand import drifts, updating
@@ -97,7 +98,7 @@ def expand_modules_step(pattern: Pattern, bound: Bound, scope: Scope, n: int, ba
     program = bound.program
     parts = module_parts(bound)
     k_last = len(mods.names) - 1
-    smoothing = program.train.label_smoothing
+    loss_fields = op_fields(program)
     every = multiplier_every(bound)
     batch_op = pattern.add(batch)
     prev: Op = batch_op
@@ -126,8 +127,9 @@ def expand_modules_step(pattern: Pattern, bound: Bound, scope: Scope, n: int, ba
         loss_ins = [(logits, Value("logits")), (batch_op, Value("batch"))]
         if (weight or multipliers) and logits is not fwd:  # one edge per pair: the logits edge
             loss_ins.append((fwd, Value("activation")))  # of the last module brings its taps too
-        loss = pattern.add(LocalLoss(ms, "cross_entropy", smoothing, (), 0, weight if not multipliers else 0.0,
-                                     multipliers, bool(multipliers) and n % every == 0), loss_ins)
+        loss = pattern.add(LocalLoss(ms, transport_weight=weight if not multipliers else 0.0,
+                                     multipliers=multipliers,
+                                     update_multiplier=bool(multipliers) and n % every == 0, **loss_fields), loss_ins)
         if not grad:
             continue
         bwd = pattern.add(Backward(ms, grad, "autograd", program.train.grad_clip), [(loss, Value("loss"))])

@@ -18,13 +18,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
 from mrc.ir.graph import Pattern
 from mrc.ir.ops import Forward
 from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
-from mrc.techniques.core.lower import FUSED, fused_integrator, replica
+from mrc.techniques.core.lower import FUSED, fused_integrator, prepared_loss, replica
 from mrc.techniques.distributed.lower import BlockCuts
 from mrc.techniques.modules.ops import AuxHead, LocalLoss, MicroBackward, MicroBatch
 
@@ -118,16 +117,15 @@ def _lambda(ctx: Lowering, r: str, module: str, lambda0: float) -> torch.Tensor:
 
 @lowers("local_loss")
 def lower_local_loss(op: LocalLoss, pattern: Pattern, ctx: Lowering) -> StepFn:
-    if op.fn != "cross_entropy":
-        raise LoweringError(f"{op.id}: loss `{op.fn}` has no lowering")
     r, m = replica(op), op.scope.module
+    fn = prepared_loss(op, ctx).mean
     logits_src, _ = _input(pattern, op, "logits")
     from_forward = pattern.op(logits_src).kind == "forward"
     batch, _ = _input(pattern, op, "batch")
     taps = None
     if op.transported:  # the module's forward: on an activation edge, or the logits' own
         taps = next((src.id for src, v in pattern.inputs(op) if v.kind == "activation"), logits_src)
-    key, smoothing, weight = op.id, op.label_smoothing, op.transport_weight
+    key, weight = op.id, op.transport_weight
     records: dict[str, Any] = ctx.cache.setdefault("modules.records", {})
     rec = records.setdefault((r, m), {})
     # the step's reported loss: the last module this replica trains here (the model's own
@@ -170,7 +168,7 @@ def lower_local_loss(op: LocalLoss, pattern: Pattern, ctx: Lowering) -> StepFn:
 
     def loss(env: Env) -> None:
         logits = env.values[logits_src][0] if from_forward else env.values[logits_src]
-        ce = F.cross_entropy(logits, env.values[batch][1], label_smoothing=smoothing)
+        ce = fn(logits, env.values[batch][1])  # the run's loss (the seed's CE by default)
         value = ce
         if taps is not None:
             branches = env.values[taps][1]

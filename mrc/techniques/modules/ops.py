@@ -49,8 +49,9 @@ class AuxHead(Op):
 @op_kind
 @dataclass(frozen=True, slots=True)
 class LocalLoss(Loss):
-    """A module's loss: weight·CE(logits, targets) + transport_weight·Σ_m mean(r_m²) over the
-    residual branches r_m its forward taps (TRGL; transport_weight 0 is VanGL).
+    """A module's loss: weight·L(logits, targets) + transport_weight·Σ_m mean(r_m²) over the
+    residual branches r_m its forward taps (TRGL; transport_weight 0 is VanGL). L is the run's
+    loss (`fn` and its settings, as on `Loss`; the seed's CE by default); the text calls it CE.
 
     Fixed τ: weight 1, transport_weight 1/(2τ). Method of multipliers (`multipliers` =
     (λ0, h, every)): weight λ_k (state, starting at λ0), transport_weight 1; with
@@ -64,14 +65,14 @@ class LocalLoss(Loss):
     update_multiplier: bool = False
 
     def text(self) -> str:
-        smooth = f"(label_smoothing={self.label_smoothing:g})" if self.label_smoothing else ""
+        fn = self.describe()
         if self.multipliers:
             lam0, h, every = self.multipliers
-            out = f"local_loss λ·{self.fn}{smooth} + transport (λ0={lam0:g}, h={h:g}, every={every:g})"
+            out = f"local_loss λ·{fn} + transport (λ0={lam0:g}, h={h:g}, every={every:g})"
             return out + (" then λ += h·CE" if self.update_multiplier else "")
         if self.transport_weight:
-            return f"local_loss {self.fn}{smooth} + {self.transport_weight:g}·transport"
-        return f"local_loss {self.fn}{smooth}"
+            return f"local_loss {fn} + {self.transport_weight:g}·transport"
+        return f"local_loss {fn}"
 
     @property
     def transported(self) -> bool:

@@ -23,6 +23,7 @@ from typing import Any
 from mrc.binding import Bound
 from mrc.ir.graph import PartitionInfo, Pattern
 from mrc.ir.ops import Backward, Batch, Forward, Loss, Op, Rule, Scope, Update, Value
+from mrc.losses import op_fields
 from mrc.program import Component, SelectSample
 from mrc.techniques.multirate.bind import BoundPartition
 from mrc.techniques.multirate.ops import Drift
@@ -89,7 +90,7 @@ def expand_step(pattern: Pattern, bound: Bound, scope: Scope, n: int, batch: Bat
     program = bound.program
     parts = list(bound.partitions)
     names = tuple(p.name for p in parts)
-    smoothing = program.train.label_smoothing
+    loss_fields = op_fields(program)
     literal = program.first_fast_gradient == "after_slow"
     moving = updating(parts, n)
     slow_first = [p for p in moving if p.spec.every > 1 and not drifts(p) and not is_random(p)]
@@ -99,7 +100,7 @@ def expand_step(pattern: Pattern, bound: Bound, scope: Scope, n: int, batch: Bat
     last: list[Op] = add_restores(pattern, parts, scope, n)
     for phase, members in enumerate(phases):
         fwd = pattern.add(Forward(scope, 0, None, names, phase), [(batch, Value("batch")), *pattern.after(last)])
-        loss = pattern.add(Loss(scope, "cross_entropy", smoothing, (), phase),
+        loss = pattern.add(Loss(scope, phase=phase, **loss_fields),
                            [(fwd, Value("logits")), (batch, Value("batch"))])
         bwd = pattern.add(Backward(scope, names, "autograd", program.train.grad_clip, phase), [(loss, Value("loss"))])
         last = []

@@ -72,7 +72,7 @@ def check_sweep(ck: Checker, st: ast.Statement | None) -> None:
     pruner = _pruner(ck, pruning_arg)
     if metric is None or pruner is None:
         return
-    direction = values.get("direction") or ("maximize" if metric.endswith("acc") else "minimize")
+    direction = values.get("direction") or _direction(ck, metric)
     spaces: list[SweepSpace] = []
     seen: dict[str, Span] = {}
     for item in st.block.items if st.block else ():
@@ -99,15 +99,31 @@ def check_sweep(ck: Checker, st: ast.Statement | None) -> None:
 
 
 def _metric(ck: Checker, arg: ast.Arg | None) -> str | None:
+    """The metric the sweep optimises (default: `val_acc`, or `val_loss` for a loss without
+    accuracy), one the spec reports (`mrc.techniques.core.check.watchable`)."""
+    from mrc.techniques.core.check import watchable
+
+    known = watchable(ck)
     if arg is None:
-        return "val_acc"
+        return "val_acc" if "val_acc" in known else "val_loss"
     v = arg.value
     # a string, or a name (the parser reads a dotted name such as `clean.acc` as one Name)
     text = v.value if isinstance(v, ast.Str) else v.id if isinstance(v, ast.Name) else None
-    if not text or not (text in ("val_acc", "val_loss") or text.rpartition(".")[2] in ("acc", "loss")):
-        ck.r.error("`metric` is val_acc, val_loss, or an evaluation set's NAME.acc / NAME.loss", v.span)
+    if not text or not (text in known or ("." in text and text.rpartition(".")[2] in
+                                          {m.partition(".")[2] or m.removeprefix("val_") for m in known})):
+        guess = did_you_mean(text or "", known)
+        ck.r.error(f"`metric` is one of {', '.join(f'`{m}`' for m in known if '.' not in m)}, or an "
+                   "evaluation set's NAME.loss / NAME.acc / NAME.METRIC", v.span,
+                   hint=f"did you mean `{guess}`?" if guess else None)
         return None
     return text
+
+
+def _direction(ck: Checker, metric: str) -> str:
+    from mrc.losses import metric_mode
+
+    modes = {m.name: m.mode for m in ck.facts.get("metrics", ())}
+    return "maximize" if metric_mode(metric, modes) == "max" else "minimize"
 
 
 def _pruner(ck: Checker, arg: ast.Arg | None) -> tuple[str, dict[str, Any]] | None:
@@ -297,7 +313,7 @@ def _key_span(st: ast.Statement, key: str) -> Span:
 def check_sweep_metric(ck: Checker) -> None:
     """The sweep's metric names an evaluation set the spec has."""
     sweep: Sweep | None = ck.program.get("sweep")
-    if sweep is None or sweep.metric in ("val_acc", "val_loss"):
+    if sweep is None or "." not in sweep.metric:
         return
     names_ = {e.name for e in ck.program.get("evals", ())}
     name = sweep.metric.rpartition(".")[0]

@@ -49,3 +49,24 @@ def shape_bug(in_shape, classes):
             return self.head(torch.relu(self.body(x)))
 
     return ShapeBug()
+
+
+def per_example_loss(output, target):
+    """A loss that forgets to reduce: one value per example, not the batch's mean."""
+    return ((output - target) ** 2).mean(1)
+
+
+def grid_targets():
+    """Regression targets of shape (2, 2) per example, for a model that outputs a flat vector."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return {"x": rng.standard_normal((40, 3)).astype("float32"),
+            "y": rng.standard_normal((40, 2, 2)).astype("float32")}
+
+
+def float_labels():
+    """Float targets (a regression problem) for a spec that names no loss (cross-entropy)."""
+    import numpy as np
+
+    return {"x": np.zeros((6, 3), dtype="float32"), "y": np.linspace(0, 1, 6).astype("float32")}
