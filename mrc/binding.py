@@ -172,11 +172,11 @@ def load_init(program: Program, model: nn.Module, r: Reporter, training: bool = 
         report(f"cannot read initial weights: no file {init.written}", init.span,
                hint="train the run that writes it first (its --out DIR holds final.pt)")
         return
-    from mrc.runtime.checkpoint import CheckpointError, read_weights
+    from mrc.safeload import WeightsError, read_weights
 
     try:
         state = read_weights(init.path)  # weights_only: a planted file runs no code
-    except CheckpointError as err:  # a corrupt or foreign file: one line naming it
+    except WeightsError as err:  # a corrupt or foreign file: one line naming it
         r.error(f"cannot read initial weights from {err}", init.span,
                 hint="give a state_dict written by torch.save, e.g. the final.pt of an mrc run")
         return

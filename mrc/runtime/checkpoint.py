@@ -8,7 +8,7 @@ write never leaves a broken file behind; they get the mode a plain `open` would 
 (0666 less the umask). `prepare_out_dir` checks a run directory before anything is compiled.
 
 No file mrc reads back runs code: checkpoints, `init` weights and every other torch file are
-read by `read_weights`, torch.load with weights_only=True, which builds tensors and plain data
+read by `mrc.safeload.read_weights`, torch.load with weights_only=True, which builds tensors and plain data
 (dicts, lists, tuples, strings, numbers) and refuses any other Python global in one line. So
 what mrc saves is made plain first (`plain`): numpy values become Python numbers or tensors,
 and anything else is a bug caught when the file is written, not when it is read back.
@@ -19,16 +19,14 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import tempfile
 import time
-import warnings
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+
+from mrc.safeload import WeightsError, plain, read_weights
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -87,68 +85,6 @@ def save_torch(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, lambda f: torch.save(data, f))
 
 
-_PLAIN_SCALARS = (str, bytes, int, float, bool, complex, type(None))
-_TORCH_LEAVES = (torch.Tensor, torch.dtype, torch.device, torch.Size)
-"""What torch.load(weights_only=True) rebuilds as it was saved, besides the containers (the
-scalars by exact type: an enum or other subclass would be pickled as its class)."""
-
-
-def plain(obj: Any, where: str = "") -> Any:
-    """`obj` as tensors and plain data only, so that torch.load(weights_only=True) reads it back.
-
-    Containers (dict, OrderedDict with its attributes, as a state_dict's `_metadata`, list, tuple,
-    set) are rebuilt with plain contents; numpy scalars become Python numbers and numpy arrays
-    tensors. Anything else (a dataclass, an
-    arbitrary object) raises TypeError naming its place, `where` (a key path).
-    """
-    if type(obj) in _PLAIN_SCALARS or isinstance(obj, _TORCH_LEAVES):  # Size before tuple
-        return obj
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return torch.from_numpy(np.array(obj))
-    if type(obj) is dict:
-        return {k: plain(v, f"{where}/{k}") for k, v in obj.items()}
-    if type(obj) is OrderedDict:  # a state_dict: its `_metadata` (module versions) goes along
-        out = OrderedDict((k, plain(v, f"{where}/{k}")) for k, v in obj.items())
-        out.__dict__.update(plain(vars(obj), f"{where}/"))
-        return out
-    if type(obj) in (list, tuple, set):
-        return type(obj)(plain(v, f"{where}[{i}]") for i, v in enumerate(obj))
-    raise TypeError(f"cannot save {where or 'the state'}: a {type(obj).__module__}."
-                    f"{type(obj).__qualname__} is not tensors or plain data, so a weights-only "
-                    f"load could not read it back")
-
-
-def read_weights(path: Path) -> Any:
-    """What a torch file holds, read with weights_only=True: tensors and plain data only.
-
-    A file that would load anything else is refused before any of it runs; every failure is a
-    CheckpointError of one line that names the file (torch's own messages run to many lines).
-    """
-    try:
-        with warnings.catch_warnings():  # e.g. a note on the pickle protocol of a foreign file
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # any unpickling failure means a damaged or foreign file
-        raise CheckpointError(f"{path}: {_load_failure(err)}") from None
-
-
-def _load_failure(err: Exception) -> str:
-    """One line for a failed weights-only load: which global it refused, or what broke."""
-    text = str(err)
-    refused = re.search(r"GLOBAL ([\w.]+)", text)
-    if refused:
-        return (f"refused: it would load the Python global `{refused.group(1)}`, but a file "
-                f"mrc reads back may hold only tensors and plain data (nothing in it was run)")
-    opcode = re.search(r"Unsupported operand (\d+)", text)
-    if opcode:
-        return (f"{type(err).__name__}: not a torch file of tensors and plain data (pickle "
-                f"opcode {opcode.group(1)} is not read)")
-    first = (text.strip().splitlines() or [""])[0].split(". ")[0]
-    return f"{type(err).__name__}: {first}" if first else type(err).__name__
-
-
 def save_json(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
@@ -199,7 +135,7 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot resume: {run_dir} holds no {CHECKPOINT}")
     try:
         state = read_weights(path)
-    except CheckpointError as err:
+    except WeightsError as err:
         raise CheckpointError(f"cannot resume: {err}") from None
     if not isinstance(state, dict) or not str(state.get("format", "")).startswith("mrc-checkpoint-"):
         raise CheckpointError(f"cannot resume: {path} is not an mrc checkpoint")

@@ -22,7 +22,8 @@ from mrc.cli import main
 from mrc.data import DATASETS, DataError
 from mrc.data.files import SafeUnpickler
 from mrc.diagnostics import CompileError
-from mrc.runtime.checkpoint import CheckpointError, load_checkpoint, plain, read_weights
+from mrc.runtime.checkpoint import CheckpointError, load_checkpoint
+from mrc.safeload import plain, read_weights
 
 SPEC = ("model mlp(hidden=[16])\ndata digits(batch=64, limit=256)\noptimizer sgd(lr=0.1)\n"
         "train(steps=4, seed=3)\n")
