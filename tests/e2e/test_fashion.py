@@ -41,14 +41,14 @@ def params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_a_short_resnet_run_reaches_85_percent_test_accuracy(tmp_path: Path) -> None:
-    """One pass over 24,000 training images with a ResNet-8; the validation split is the
-    10,000-image test set."""
-    path = spec(tmp_path, "fashion", f"""
+    """One pass over the 60,000 training images with a ResNet-8 (about half a minute on 2 CPU
+    cores): the 10,000-image test set, which is the validation split, at ≥ 85 % (0.87 measured)."""
+    path = spec(tmp_path, "fashion", """
 model resnet(depth=8, width=16)
-data fashion_mnist(batch=128, limit=24000, {AUGMENT}, normalize=true)
-optimizer sgd(lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=true)
-schedule onecycle()
-train(epochs=1, seed=0, eval_every=0)
+data fashion_mnist(batch=128)
+optimizer adam(lr=0.003)
+schedule cosine(warmup=20)
+train(epochs=1, seed=0, log_every=100)
 """)
     result = train(path, save=False)
     assert result.summary["status"] == "completed"
