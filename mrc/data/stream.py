@@ -21,11 +21,8 @@ tensors, or a DataLoader in order, always through the deterministic part of the 
 
 from __future__ import annotations
 
-import sysconfig
-import traceback
 from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mrc.data.augment import EVAL_EPOCH, Augment
 from mrc.data.files import DataError
+from mrc.usercode import describe_user_error
 
 
 def stream_seed(seed: int, stream: int) -> int:
@@ -125,27 +123,7 @@ def read_example(data: Any, i: int, name: str) -> tuple[torch.Tensor, torch.Tens
     except SampleError:
         raise
     except Exception as err:  # the user's __getitem__: its error, in one line, where it happened
-        raise SampleError(f"{name}: example {i}: {user_error(err)}") from None
-
-
-_LIBRARY_DIRS = tuple(str(Path(p)) for p in {sysconfig.get_paths()["stdlib"],
-                                             sysconfig.get_paths()["purelib"],
-                                             sysconfig.get_paths()["platlib"],
-                                             str(Path(__file__).resolve().parents[1])})
-
-
-def user_error(err: BaseException) -> str:
-    """`file:line: Type: message` of an exception, at the deepest frame outside mrc, torch and
-    the standard library (the user's code); `Type: message` when there is none.
-
-    A small local helper: mrc.usercode has no formatter of a user exception's file:line yet."""
-    where = ""
-    for frame in traceback.extract_tb(err.__traceback__):
-        path = str(Path(frame.filename).resolve()) if frame.filename else ""
-        if path and not path.startswith(_LIBRARY_DIRS) and not frame.filename.startswith("<"):
-            where = f"{frame.filename}:{frame.lineno}: "
-    lines = str(err).strip().splitlines()
-    return f"{where}{type(err).__name__}" + (f": {lines[0]}" if lines else "")
+        raise SampleError(f"{name}: example {i}: {describe_user_error(err)}") from None
 
 
 def sample_message(err: BaseException) -> str:
