@@ -212,7 +212,7 @@ class DataBundle:
         if self.train_x is None or self.train_y is None:
             from mrc.data.stream import TrainView
 
-            view = TrainView(self.train_set, self.augment, self.name)
+            view = TrainView(self.train_set, self.augment, self.name, self.task)
             items = [view[(epoch, int(j))] for j in batches[i]]
             return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
         index = batches[i].to(self.device)
@@ -284,10 +284,7 @@ def load_data(target: str, kwargs: Mapping[str, Any] | None, seed: int,
     options = {p.name: own.pop(p.name, p.default) for p in DATA_OPTIONS}
     raw, name = _examples(str(target), own, seed, Path(base_dir))
     if "train_set" in raw or "loaders" in raw:
-        if task != "classification":
-            raise DataError(f"{name}: a Dataset or DataLoader streams class labels; a {task} loss needs its "
-                            f"targets as arrays (`x`, `y`) for now")
-        return _dataset_bundle(raw, options, seed, name)
+        return _dataset_bundle(raw, options, seed, name, task)
     bundle = _bundle(raw, options, seed, name, task)
     return dataclasses.replace(bundle, task=task) if task != bundle.task else bundle
 
@@ -501,23 +498,24 @@ def _stream_options(options: Mapping[str, Any], name: str, dataset: bool) -> Str
 
 
 def _dataset_bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: int,
-                    name: str) -> DataBundle:
-    """The bundle of data that come as Datasets (streamed) or as the user's DataLoaders."""
+                    name: str, task: str = "classification") -> DataBundle:
+    """The bundle of data that come as Datasets (streamed) or as the user's DataLoaders, whose
+    targets `task` reads (class labels, or float targets for regression and multi-label)."""
     for key, why in (("keep", "relabels classes"), ("normalize", "needs the training split's "
                      "statistics; use `augment = normalize(mean, std)`")):
         if options.get(key):
             raise DataError(f"{name}: `{key}` {why} of in-memory arrays; a Dataset streams "
                             f"(`stream = false` loads it into memory first)")
     if options.get("stream") is False and "train_set" in raw:  # small enough: load it once
-        return _bundle(_materialised(raw, name), options, seed, name)
+        return dataclasses.replace(_bundle(_materialised(raw, name, task), options, seed, name, task),
+                                   task=task)
     batch = int(options["batch"])
     if "loaders" in raw:
-        return _loader_bundle(raw, options, seed, name)
+        return _loader_bundle(raw, options, seed, name, task)
     train, val = raw["train_set"], raw.get("val_set")
     n = length_of(train, f"{name}'s training Dataset")
     if n == 0:
         raise DataError(f"{name}: the training Dataset is empty")
-    classes = _dataset_classes(raw.get("classes"), train, name)
     from torch.utils.data import Subset
 
     if val is None:
@@ -541,9 +539,13 @@ def _dataset_bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: in
     from mrc.data.stream import sample_message
 
     try:
-        first = [read_example(train, i, name)[0] for i in range(min(2, len(train)))]
+        examples = [read_example(train, i, name, task) for i in range(min(2, len(train)))]
     except Exception as err:
         raise DataError(sample_message(err)) from None
+    first = [x for x, _ in examples]
+    # a classification Dataset states its class count; a float target's size is the output's
+    classes = (_dataset_classes(raw.get("classes"), train, name) if task == "classification"
+               else int(examples[0][1].numel()))
     shape = tuple(int(d) for d in first[0].shape)
     if any(tuple(x.shape) != shape for x in first):
         raise DataError(f"{name}: the first examples have different shapes ({shape} and "
@@ -557,11 +559,11 @@ def _dataset_bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: in
         in_shape=augment.out_shape(shape) if augment is not None else shape, classes=classes,
         batch_size=batch, shuffle=bool(options["shuffle"]), drop_last=bool(options["drop_last"]),
         seed=seed, name=name, augment=augment, train_set=train, val_set=val,
-        stream=_stream_options(options, name, dataset=True), first_x=torch.stack(first))
+        stream=_stream_options(options, name, dataset=True), first_x=torch.stack(first), task=task)
 
 
 def _loader_bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: int,
-                   name: str) -> DataBundle:
+                   name: str, task: str = "classification") -> DataBundle:
     """The bundle of a factory's own DataLoaders: used as given (batches, order, transforms)."""
     train, val = raw["loaders"]
     if options.get("augment"):
@@ -570,19 +572,22 @@ def _loader_bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: int
     if options.get("limit"):
         raise DataError(f"{name}: `limit` needs a Dataset; the factory's DataLoaders are used "
                         f"as given")
-    x, _ = _first_batch(train, name)
+    x, y = _first_batch(train, name)
     length_of(train, f"{name}'s training DataLoader")
-    classes = _dataset_classes(raw.get("classes"), getattr(train, "dataset", None), name)
+    classes = (_dataset_classes(raw.get("classes"), getattr(train, "dataset", None), name)
+               if task == "classification" else int(y[0].numel()))
     batch = getattr(train, "batch_size", None) or int(options["batch"])
     return DataBundle(
         train_x=None, train_y=None, val_x=None, val_y=None,
         in_shape=tuple(int(d) for d in x.shape[1:]), classes=classes, batch_size=int(batch),
         shuffle=False, seed=seed, name=name, loaders=(train, val),
-        stream=_stream_options(options, name, dataset=True), first_x=x[:2].to(torch.float32))
+        stream=_stream_options(options, name, dataset=True), first_x=x[:2].to(torch.float32),
+        task=task)
 
 
 def _first_batch(loader: Any, name: str) -> Batch:
-    from mrc.data.stream import SampleError, sample_message, user_error
+    from mrc.data.stream import SampleError, sample_message
+    from mrc.usercode import describe_user_error
 
     try:
         batch = next(iter(loader))
@@ -591,7 +596,7 @@ def _first_batch(loader: Any, name: str) -> Batch:
     except SampleError as err:
         raise DataError(sample_message(err)) from None
     except Exception as err:
-        raise DataError(f"{name}: reading the first batch: {user_error(err)}") from None
+        raise DataError(f"{name}: reading the first batch: {describe_user_error(err)}") from None
     if not isinstance(batch, tuple | list) or len(batch) < 2 or not isinstance(batch[0], torch.Tensor):
         raise DataError(f"{name}: a DataLoader batch must be a pair (inputs, labels) of tensors")
     return batch[0], batch[1]
@@ -616,13 +621,13 @@ def _dataset_classes(hint: Any, dataset: Any, name: str) -> int:
                     f"'classes': N}} from the factory")
 
 
-def _materialised(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
+def _materialised(raw: Mapping[str, Any], name: str, task: str = "classification") -> dict[str, Any]:
     """Datasets read into arrays once (`stream = false`), for the in-memory path."""
     from mrc.data.stream import sample_message
 
     def read(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
         try:
-            items = [read_example(data, i, name) for i in range(len(data))]
+            items = [read_example(data, i, name, task) for i in range(len(data))]
         except Exception as err:
             raise DataError(sample_message(err)) from None
         return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
@@ -632,7 +637,7 @@ def _materialised(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
     if raw.get("val_set") is not None:
         out["x_test"], out["y_test"] = read(raw["val_set"])
     classes = raw.get("classes")
-    if classes is None:
+    if classes is None and task == "classification":
         try:
             classes = _dataset_classes(None, raw["train_set"], name)
         except DataError:

@@ -108,9 +108,19 @@ def as_label(y: Any) -> torch.Tensor:
     return torch.tensor(int(value), dtype=torch.int64)
 
 
-def read_example(data: Any, i: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Example `i` of `data` as (float32 input, int64 label); any failure is a one-line
-    `SampleError` naming `name` (and the user's file:line when user code raised it)."""
+def as_target(y: Any) -> torch.Tensor:
+    """One float target (regression, multi-label) as a float32 tensor of at least one element
+    axis: a number is read as (1,), as an array target (N,) is read as (N, 1)."""
+    t = torch.as_tensor(np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y),
+                        dtype=torch.float32)
+    return t.reshape(1) if t.ndim == 0 else t
+
+
+def read_example(data: Any, i: int, name: str,
+                 task: str = "classification") -> tuple[torch.Tensor, torch.Tensor]:
+    """Example `i` of `data` as (float32 input, target): an int64 class label, or for a
+    regression or multi-label `task` a float32 target; any failure is a one-line `SampleError`
+    naming `name` (and the user's file:line when user code raised it)."""
     from torch.utils.data import Subset
 
     while isinstance(data, Subset):  # the user's own index, in messages too
@@ -119,7 +129,8 @@ def read_example(data: Any, i: int, name: str) -> tuple[torch.Tensor, torch.Tens
         item = data[i]
         if not isinstance(item, tuple | list) or len(item) < 2:
             raise TypeError(f"an example must be a pair (input, label), not {type(item).__name__}")
-        return as_example(item[0]), as_label(item[1])
+        target = as_label(item[1]) if task == "classification" else as_target(item[1])
+        return as_example(item[0]), target
     except SampleError:
         raise
     except Exception as err:  # the user's __getitem__: its error, in one line, where it happened
@@ -140,15 +151,16 @@ class TrainView(Dataset):
     """The training examples as the streamed path reads them: key (epoch, index) → the example,
     transformed by the random per-sample pipeline from (seed, epoch, index) alone."""
 
-    def __init__(self, data: Any, augment: Augment | None, name: str) -> None:
-        self.data, self.augment, self.name = data, augment, name
+    def __init__(self, data: Any, augment: Augment | None, name: str,
+                 task: str = "classification") -> None:
+        self.data, self.augment, self.name, self.task = data, augment, name, task
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, key: tuple[int, int]) -> Batch:
         epoch, i = key
-        x, y = read_example(self.data, i, self.name)
+        x, y = read_example(self.data, i, self.name, self.task)
         if self.augment is not None:
             x = self.augment.sample(x, i, epoch)
         return x, y
@@ -158,14 +170,15 @@ class EvalView(Dataset):
     """Examples as evaluation reads them: the deterministic part of the pipeline, or with
     `random` the training transforms drawn at the fixed evaluation epoch."""
 
-    def __init__(self, data: Any, augment: Augment | None, name: str, random: bool = False) -> None:
-        self.data, self.augment, self.name, self.random = data, augment, name, random
+    def __init__(self, data: Any, augment: Augment | None, name: str, random: bool = False,
+                 task: str = "classification") -> None:
+        self.data, self.augment, self.name, self.random, self.task = data, augment, name, random, task
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, i: int) -> Batch:
-        x, y = read_example(self.data, i, self.name)
+        x, y = read_example(self.data, i, self.name, self.task)
         if self.augment is not None:
             x = (self.augment.sample(x, i, EVAL_EPOCH) if self.random
                  else self.augment.evaluate(x[None])[0])
@@ -209,9 +222,11 @@ def make_loader(dataset: Dataset, options: StreamOptions, device: torch.device, 
 
 
 def _moved(batches: Iterable[Any], device: torch.device, dtype: torch.dtype,
-           skip: int = 0) -> Iterator[Batch]:
-    """Batches of a DataLoader on the device (non-blocking from pinned memory); a failure in a
+           skip: int = 0, float_targets: bool = False) -> Iterator[Batch]:
+    """Batches of a DataLoader on the device (non-blocking from pinned memory): inputs in
+    `dtype`, targets int64 class labels or, with `float_targets`, in `dtype`; a failure in a
     user Dataset becomes one `DataError` line."""
+    target = dtype if float_targets else torch.int64
     it = iter(batches)
     try:
         for k, item in enumerate(it):
@@ -223,7 +238,7 @@ def _moved(batches: Iterable[Any], device: torch.device, dtype: torch.dtype,
                                   f"not ({type(x).__name__}, {type(y).__name__})")
             blocking = not x.is_pinned()
             yield (x.to(device, dtype, non_blocking=not blocking),
-                   y.to(device, torch.int64, non_blocking=not blocking))
+                   y.to(device, target, non_blocking=not blocking))
     except SampleError as err:
         raise StreamError(sample_message(err)) from None
     finally:
@@ -267,7 +282,8 @@ class StreamSource:
         assert data.train_set is not None and data.stream is not None
         self.device, self.dtype = device, dtype
         self.sampler = EpochBatches(data.batch_indices)
-        view = TrainView(data.train_set, data.augment, data.name)
+        view = TrainView(data.train_set, data.augment, data.name, data.task)
+        self.float_targets = data.task != "classification"
         self.seed = stream_seed(data.seed, _LOADER_STREAM)
         self.loader = make_loader(view, data.stream, device, data.seed, batch_sampler=self.sampler)
 
@@ -276,7 +292,7 @@ class StreamSource:
         # the workers' base seed (what a user Dataset's own randomness draws from) is the
         # epoch's, so a resumed run's workers start as the uninterrupted run's did that epoch
         self.loader.generator.manual_seed(stream_seed(self.seed, epoch))
-        return _moved(self.loader, self.device, self.dtype)
+        return _moved(self.loader, self.device, self.dtype, float_targets=self.float_targets)
 
     def close(self) -> None:
         iterator = getattr(self.loader, "_iterator", None)  # persistent workers end with the run
@@ -289,14 +305,17 @@ class LoaderSource:
 
     streamed = True
 
-    def __init__(self, loader: Any, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, loader: Any, device: torch.device, dtype: torch.dtype,
+                 float_targets: bool = False) -> None:
         self.loader, self.device, self.dtype = loader, device, dtype
+        self.float_targets = float_targets
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         sampler = getattr(self.loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):  # a DistributedSampler-like sampler reshuffles by epoch
             sampler.set_epoch(epoch)
-        return _moved(self.loader, self.device, self.dtype, skip=start)
+        return _moved(self.loader, self.device, self.dtype, skip=start,
+                      float_targets=self.float_targets)
 
     def close(self) -> None:
         pass
@@ -356,9 +375,10 @@ def feed(data: DataBundle, device: torch.device, dtype: torch.dtype, eval_batch:
         val_x, val_y = data.val_x.to(device, dtype), targets(data.val_y, device, dtype)
     evals = {n: (x.to(device, dtype), targets(y, device, dtype)) for n, (x, y) in data.evals.items()}
 
+    floats = data.task != "classification"
     source: MemorySource | StreamSource | LoaderSource
     if data.loaders is not None:
-        source = LoaderSource(data.loaders[0], device, dtype)
+        source = LoaderSource(data.loaders[0], device, dtype, floats)
     elif data.stream is not None and data.train_set is not None:
         source = StreamSource(data, device, dtype)
     else:
@@ -366,9 +386,9 @@ def feed(data: DataBundle, device: torch.device, dtype: torch.dtype, eval_batch:
         source = MemorySource(data, train_x, train_y)
 
     def streamed(dataset: Any, name: str) -> Callable[[], Iterable[Batch]]:
-        view = EvalView(dataset, augment, name)
+        view = EvalView(dataset, augment, name, task=data.task)
         loader = make_loader(view, options, device, data.seed, batch=eval_batch)
-        return lambda: _moved(loader, device, dtype)
+        return lambda: _moved(loader, device, dtype, float_targets=floats)
 
     val_batches: Callable[[], Iterable[Batch]]
     if val_x is not None:
@@ -376,7 +396,7 @@ def feed(data: DataBundle, device: torch.device, dtype: torch.dtype, eval_batch:
         val_batches = lambda: _slices(vx, vy, eval_batch)  # noqa: E731 (already evaluation-ready)
     elif data.loaders is not None and data.loaders[1] is not None:
         user_val = data.loaders[1]
-        val_batches = lambda: _moved(user_val, device, dtype)  # noqa: E731
+        val_batches = lambda: _moved(user_val, device, dtype, float_targets=floats)  # noqa: E731
     elif data.val_set is not None:
         val_batches = streamed(data.val_set, data.name)
     else:
@@ -392,7 +412,8 @@ def feed(data: DataBundle, device: torch.device, dtype: torch.dtype, eval_batch:
     else:
         assert data.loaders is not None
         user_train = data.loaders[0]
-        train_eval = lambda: _moved(user_train, device, dtype)  # noqa: E731 (as the user's loader gives it)
+        train_eval = lambda: _moved(user_train, device, dtype,  # noqa: E731 (as the user's loader gives it)
+                                    float_targets=floats)
     return Feed(source, train_x, train_y, val_x, val_y, val_batches, train_eval, evals, augment)
 
 

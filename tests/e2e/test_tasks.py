@@ -184,3 +184,53 @@ def test_a_user_loss_that_raises_in_training_is_one_line(tmp_path: Path, capsys:
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert f'bad.py:loss raised ValueError: boom (at {tmp_path / "bad.py"}:3)' in err
+
+
+STREAMED_REGRESSION = '''
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+class Pairs(Dataset):
+    """Inputs (6,) and float targets (3,) of y = x A + noise, one pair per index."""
+
+    def __init__(self, n, seed):
+        rng = np.random.default_rng(seed)
+        self.x = rng.standard_normal((n, 6)).astype(np.float32)
+        a = np.random.default_rng(0).standard_normal((6, 3))
+        self.y = (self.x @ a + 0.05 * rng.standard_normal((n, 3))).astype(np.float32)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return torch.from_numpy(self.x[i]), self.y[i]
+
+
+def make():
+    return Pairs(480, 1), Pairs(120, 2)
+'''
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_streamed_regression_dataset_trains_as_the_same_data_in_memory(tmp_path: Path, workers: int) -> None:
+    """Float targets through a DataLoader: a Dataset of (x, y) pairs with y ∈ R³ trains with
+    `loss mse`, its loss falls, and it ends with the parameters of the same Dataset loaded into
+    memory once (`stream = false`)."""
+    (tmp_path / "pairs.py").write_text(STREAMED_REGRESSION)
+    body = '''
+model mlp(hidden=[16])
+data "pairs.py:make"(batch=32, STREAM)
+loss mse
+optimizer sgd(lr=0.05, momentum=0.9)
+train(epochs=4, seed=0, log_every=5)
+'''
+    streamed = train(spec(tmp_path, body.replace("STREAM", f"stream=true, workers={workers}"), "s.mrs"),
+                     save=False)
+    memory = train(spec(tmp_path, body.replace("STREAM", "stream=false"), "m.mrs"), save=False)
+    falls(streamed.metrics)
+    assert "val_acc" not in streamed.summary or streamed.summary["val_acc"] is None
+    assert streamed.summary["val_loss"] == pytest.approx(memory.summary["val_loss"], rel=1e-6)
+    a, b = streamed.model.state_dict(), memory.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
