@@ -32,6 +32,7 @@ import torch
 from torch import fx
 from torch.fx.passes.shape_prop import TensorMetadata
 
+from mrc.models.trace import quiet
 from mrc.registry import did_you_mean
 
 SEARCH_LIMIT = 64
@@ -564,5 +565,6 @@ def split_modules(gm: fx.GraphModule, cuts: list[Cut], taps: bool = True) -> lis
         if k < len(ordered):
             result = lookup(crossing[k])
         graph.output((result, tuple(tapped)))
-        out.append(fx.GraphModule(gm, graph, f"{type(gm).__name__}Module{k}"))
+        # quiet: a user error inside a module is told at the user's line, with no fx code dump
+        out.append(quiet(fx.GraphModule(gm, graph, f"{type(gm).__name__}Module{k}")))
     return out
