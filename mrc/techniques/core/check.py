@@ -182,8 +182,9 @@ def _augment(ck: Checker, expr: ast.Expr) -> dict[str, Any] | None:
         misplaced = patch_knobs_misplaced(values["style"], values)
         if misplaced:
             ck.r.error(f"`{misplaced[0]}` is not a knob of the `{values['style']}` patch",
-                       arg_spans.get(misplaced[0], expr.span), hint="`margin` places the `square` variant; `z`, `v` and "
-                       "`only_scale` shape the paper's patch (`style = paper`, the default)")
+                       arg_spans.get(misplaced[0], expr.span),
+                       hint="`margin` places the `square` variant; `z`, `v` and `only_scale` "
+                       "shape the paper's patch (`style = paper`, the default)")
             return None
     return {"kind": entry.name, **values}
 
