@@ -10,10 +10,12 @@ then applies the options common to every data set (`DATA_OPTIONS`) in a fixed or
    otherwise a seeded random fraction `val` of the examples is held out;
 3. `limit`: keep a seeded random subset of at most `limit` training examples (validation is
    untouched, so limiting never changes what a run is evaluated on);
-4. `augment`: the data-set transform (`mrc.data.augment`, the class patch) of the training and
-   validation splits; the un-augmented validation split is kept as the `clean` evaluation set;
+4. `augment`: the data-set transform (`mrc.data.augment`, the patch) of the training and
+   validation splits — here for the `square` variant, after step 5 for the paper's patch, which
+   is pasted on normalised images; the un-patched validation split is kept as the `clean`
+   evaluation set;
 5. `normalize`: standardise features with the training split's per-feature mean and std (after
-   augmentation, and applied to every evaluation set too);
+   the square patch, before the paper's, and applied to every evaluation set too);
 6. the per-sample transforms of `augment` (crop, flip, cutout, normalize): the training split
    keeps its examples and is transformed batch by batch as it is read; every evaluation split is
    stored through the transforms' deterministic part (`Augment.evaluate`).
