@@ -14,7 +14,7 @@ statement's set.
 from __future__ import annotations
 
 from mrc.data import disk as _disk  # noqa: F401  (registers the data sets read from disk)
-from mrc.data.augment import AUGMENTS, Patches
+from mrc.data.augment import AUGMENTS, PaperPatches, Patches
 from mrc.data.builtin import DATASETS
 from mrc.data.evalsets import EVAL_SOURCES, load_eval
 from mrc.data.files import DataError, read_idx, read_idx_pair, read_npz
@@ -27,6 +27,7 @@ __all__ = [
     "EVAL_SOURCES",
     "DataBundle",
     "DataError",
+    "PaperPatches",
     "Patches",
     "is_factory_ref",
     "load_data",

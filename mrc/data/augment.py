@@ -16,22 +16,36 @@ deterministic counterpart of the pipeline (`Augment.evaluate`): `normalize` appl
 `random_crop` smaller than the image becomes a centre crop, flips and cutout do nothing. An `eval`
 set that wants the random transforms too says `augment = true` in its block.
 
-Patch augmentation follows Li, Wei & Ma (NeurIPS 2019), the data of the multirate seed's "latent
-multiple time scales" experiment: every class gets a fixed pattern (its *patch*), and each
-example of a split is one of three kinds, in fixed proportions —
+Patch augmentation follows Li, Wei & Ma (NeurIPS 2019, "Towards explaining the regularization
+effect of initial large learning rate"; their code: cwein3/large-lr-code), the data of the
+multirate seed's "latent multiple time scales" experiment. Each example of a split is one of three
+kinds, in fixed proportions —
 
 - *free*: the image alone (no patch), a fraction `free` of the examples (default 20 %);
-- *only*: the class patch on a blank image (zeros elsewhere), a fraction `only` (default 16 %);
-- *both*: the image with the class patch pasted over it, the rest (default 64 %).
+- *only*: a patch on a blank image (zeros elsewhere), a fraction `only` (default 16 %);
+- *both*: the image with the patch pasted over it, the rest (default 64 %).
 
-The patch is a `size`×`size` square of 0/1 values on every channel, pasted `margin` pixels from
-the top and left border. Patterns are distinct and not all zero; they and the kinds are drawn
-from the run's seed only, so a run is reproducible and the clean and patch-only evaluation sets
-are the same for every spec with that seed.
+The default, `style = paper`, is the paper's patch (`PaperPatches`): a `size`×`size` (7×7) square
+at the centre of the image, on every channel, of value z + s·v_y — z one pattern shared by every
+class (entries `z`·N(0, 1), `z` = 1.25), v_y a pattern of class y (entries U(−`v`, `v`),
+`v` = 0.1) and s = ±1 drawn per example. The class shows only in a small, sign-symmetric
+perturbation of a large shared pattern: hard to fit, which is why a small learning rate (that
+memorises it) and a large one (that learns the images) differ. A patch-only example is
+z + s·`only_scale`·u·v_y with u ~ U(0, 1) drawn per example (`only_scale` = 1.75). The paper
+normalises the images first, so this patch is pasted *after* the loader's `normalize` (its
+values are in normalised units, and the training statistics are the unpatched images').
+
+`style = square` is a variant that is not the paper's (`Patches`): every class gets a distinct
+`size`×`size` square of 0/1 values (`size` = 3), pasted `margin` pixels (1) from the top and left
+border before `normalize`. It is linearly separable, and every learning rate learns it at once.
+
+Every draw (patterns, kinds, signs and scales) comes from the run's seed only, so a run is
+reproducible and the clean and patch-only evaluation sets are the same for every spec with that
+seed.
 
 `AUGMENTS` lists the transforms; a spec's `augment` value reaches the loader as a plain dict
-(`{"kind": "patch", "size": 3, …}`) or a list of them, which `make_augment` turns into the
-`Patches` (or None) and the per-sample `Augment` pipeline (or None).
+(`{"kind": "patch", "style": "paper", …}`) or a list of them, which `make_augment` turns into the
+`Patches` / `PaperPatches` (or None) and the per-sample `Augment` pipeline (or None).
 """
 
 from __future__ import annotations
@@ -39,7 +53,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -56,6 +70,14 @@ KIND_FREE, KIND_ONLY, KIND_BOTH = 0, 1, 2
 
 _PATTERN_STREAM = 7_001
 """Random streams of the patch transform (beside the loader's split and limit streams)."""
+
+_PAPER_STREAM = 7_101
+"""Random streams of the paper's patch: z, the class patterns v_y, then the per-example signs and
+scales of split `stream` (`_PAPER_STREAM + 8 + stream`)."""
+
+PATCH_ONLY_STREAM = 5
+"""The split number of the `patch_only` evaluation set's per-example draws (0 and 1 are the
+training and validation splits)."""
 
 _MAX_REDRAWS = 1000
 
@@ -82,6 +104,9 @@ class Patches:
     only: float
     seed: int
 
+    after_normalize: ClassVar[bool] = False
+    """Pasted before the loader's `normalize` (the statistics are the patched split's)."""
+
     @property
     def size(self) -> int:
         return int(self.patterns.shape[-1])
@@ -89,12 +114,7 @@ class Patches:
     def kinds(self, n: int, stream: int) -> torch.Tensor:
         """The kind of each of `n` examples: exactly round(free·n) free, round(only·n) only,
         the rest both, in a seeded random order (`stream` tells the splits apart)."""
-        n_free = round(self.free * n)
-        n_only = min(n - n_free, round(self.only * n))
-        kinds = np.full(n, KIND_BOTH, dtype=np.int64)
-        kinds[:n_free] = KIND_FREE
-        kinds[n_free:n_free + n_only] = KIND_ONLY
-        return torch.from_numpy(_stream(self.seed, _PATTERN_STREAM + 1 + stream).permutation(kinds))
+        return _kinds(self.free, self.only, n, self.seed, stream)
 
     def paste(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """`x` with each example's class patch pasted over it (a copy)."""
@@ -103,8 +123,10 @@ class Patches:
         out[:, :, m:m + s, m:m + s] = self.patterns[y]
         return out
 
-    def only_patch(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Blank images of `x`'s shape carrying only each example's class patch."""
+    def only_patch(self, x: torch.Tensor, y: torch.Tensor,
+                   stream: int = PATCH_ONLY_STREAM) -> torch.Tensor:
+        """Blank images of `x`'s shape carrying only each example's class patch (`stream` is
+        unused: the square has no per-example draws)."""
         return self.paste(torch.zeros_like(x), y)
 
     def apply(self, x: torch.Tensor, y: torch.Tensor, stream: int) -> torch.Tensor:
@@ -115,6 +137,98 @@ class Patches:
         out[both] = self.paste(x[both], y[both])
         out[only] = self.only_patch(x[only], y[only])
         return out
+
+
+def _kinds(free: float, only: float, n: int, seed: int, stream: int) -> torch.Tensor:
+    n_free = round(free * n)
+    n_only = min(n - n_free, round(only * n))
+    kinds = np.full(n, KIND_BOTH, dtype=np.int64)
+    kinds[:n_free] = KIND_FREE
+    kinds[n_free:n_free + n_only] = KIND_ONLY
+    return torch.from_numpy(_stream(seed, _PATTERN_STREAM + 1 + stream).permutation(kinds))
+
+
+@dataclass(frozen=True, slots=True)
+class PaperPatches:
+    """Li, Wei & Ma's patch (see the module docstring): z + s·v_y at the centre of the image.
+
+    z: (C, size, size) float32, shared by every class; v: (classes, C, size, size), the class
+    patterns; only_scale: the factor of v_y in a patch-only example (times u ~ U(0, 1));
+    free / only: the fractions of patch-free and patch-only examples (the rest has both).
+    """
+
+    z: torch.Tensor
+    v: torch.Tensor
+    only_scale: float
+    free: float
+    only: float
+    seed: int
+
+    after_normalize: ClassVar[bool] = True
+    """Pasted after the loader's `normalize`, as the paper normalises the images first."""
+
+    @property
+    def size(self) -> int:
+        return int(self.z.shape[-1])
+
+    def kinds(self, n: int, stream: int) -> torch.Tensor:
+        """The kind of each of `n` examples, as `Patches.kinds` (the same draws)."""
+        return _kinds(self.free, self.only, n, self.seed, stream)
+
+    def draws(self, n: int, stream: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sign s = ±1 (equally likely) and the scale u ~ U(0, 1) of each of `n` examples of
+        split `stream` (every example gets both; only patch-only examples use u)."""
+        rng = _stream(self.seed, _PAPER_STREAM + 8 + stream)
+        signs = rng.integers(0, 2, size=n) * 2 - 1
+        scales = rng.random(n)
+        return (torch.from_numpy(signs).to(torch.float32),
+                torch.from_numpy(scales).to(torch.float32))
+
+    def window(self, shape: torch.Size | tuple[int, ...]) -> tuple[slice, slice]:
+        """The rows and columns of the centre `size`×`size` window of images of `shape`."""
+        h, w = shape[-2:]
+        top, left = (h - self.size) // 2, (w - self.size) // 2
+        return slice(top, top + self.size), slice(left, left + self.size)
+
+    def values(self, y: torch.Tensor, signs: torch.Tensor, factor: torch.Tensor | float = 1.0
+               ) -> torch.Tensor:
+        """The patches z + s·factor·v_y of labels `y` (B, C, size, size)."""
+        coef = (signs * factor).view(-1, 1, 1, 1)
+        return self.z + coef * self.v[y]
+
+    def apply(self, x: torch.Tensor, y: torch.Tensor, stream: int) -> torch.Tensor:
+        """A split augmented in the fixed proportions: `both` examples get z + s·v_y over the
+        centre, `only` examples are zeroed and get z + s·only_scale·u·v_y."""
+        kinds = self.kinds(len(y), stream)
+        signs, scales = self.draws(len(y), stream)
+        rows, cols = self.window(x.shape)
+        out = x.clone()
+        both, only = kinds == KIND_BOTH, kinds == KIND_ONLY
+        out[only] = 0.0
+        factor = torch.where(only, self.only_scale * scales, torch.ones_like(scales))
+        patched = both | only
+        out[patched, :, rows, cols] = self.values(y[patched], signs[patched], factor[patched])
+        return out
+
+    def only_patch(self, x: torch.Tensor, y: torch.Tensor,
+                   stream: int = PATCH_ONLY_STREAM) -> torch.Tensor:
+        """Blank images of `x`'s shape carrying z + s·only_scale·u·v_y of each label, s and u
+        drawn per example from the seed (split `stream`): the class patch alone."""
+        signs, scales = self.draws(len(y), stream)
+        rows, cols = self.window(x.shape)
+        out = torch.zeros_like(x)
+        out[:, :, rows, cols] = self.values(y, signs, self.only_scale * scales)
+        return out
+
+
+def paper_patterns(seed: int, classes: int, channels: int, size: int, z: float, v: float
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shared pattern z (channels, size, size), entries z·N(0, 1), and the class patterns
+    (classes, channels, size, size), entries U(−v, v), from `seed`."""
+    shared = _stream(seed, _PAPER_STREAM).standard_normal((channels, size, size)) * z
+    per_class = _stream(seed, _PAPER_STREAM + 1).uniform(-v, v, (classes, channels, size, size))
+    return (torch.from_numpy(shared).to(torch.float32),
+            torch.from_numpy(per_class).to(torch.float32))
 
 
 def class_patterns(seed: int, classes: int, channels: int, size: int) -> torch.Tensor:
@@ -136,30 +250,76 @@ def class_patterns(seed: int, classes: int, channels: int, size: int) -> torch.T
     return torch.tensor(rows, dtype=torch.float32).reshape(classes, channels, size, size)
 
 
+PATCH_STYLES = ("paper", "square")
+"""`paper`: Li, Wei & Ma's z + s·v_y at the centre; `square`: a distinct 0/1 square per class
+(not the paper's)."""
+
+PAPER_DEFAULTS = {"size": 7, "z": 1.25, "v": 0.1, "only_scale": 1.75}
+SQUARE_DEFAULTS = {"size": 3, "margin": 1}
+"""The knobs left none take their style's default."""
+
 PATCH_PARAMS = (
-    Param("size", "int", 3, doc="side of the square patch, in pixels", lo=1),
-    Param("margin", "int", 1, doc="pixels between the patch and the top and left border", lo=0),
+    Param("size", "int", None, doc="side of the square patch, in pixels (none: 7 for `paper`, 3 "
+          "for `square`)", lo=1, nullable=True),
+    Param("margin", "int", None, doc="`square` only: pixels between the patch and the top and left "
+          "border (none: 1)", lo=0, nullable=True),
     Param("free", "float", 0.2, doc="fraction of examples without the patch", lo=0.0, hi=1.0),
     Param("only", "float", 0.16, doc="fraction of examples with the patch and no image content",
           lo=0.0, hi=1.0),
+    Param("style", "choice", "paper", doc="`paper`: Li, Wei & Ma's z + s·v_y at the centre; "
+          "`square`: a distinct 0/1 square per class (a variant, not the paper's)",
+          choices=PATCH_STYLES),
+    Param("z", "float", None, doc="`paper` only: z's entries are z·N(0, 1) (none: 1.25)", lo=0.0,
+          nullable=True),
+    Param("v", "float", None, doc="`paper` only: v_y's entries are U(−v, v) (none: 0.1)", lo=0.0,
+          nullable=True),
+    Param("only_scale", "float", None, doc="`paper` only: a patch-only example is "
+          "z + s·only_scale·u·v_y, u ~ U(0, 1) (none: 1.75)", lo=0.0, nullable=True),
 )
 
 
+def patch_knobs_misplaced(style: str, settings: Mapping[str, Any]) -> list[str]:
+    """The knobs given (not none) that the `style` does not have."""
+    other = SQUARE_DEFAULTS.keys() - {"size"} if style == "paper" else PAPER_DEFAULTS.keys() - {"size"}
+    return [k for k in sorted(other) if settings.get(k) is not None]
+
+
 @AUGMENTS.register("patch", *PATCH_PARAMS,
-                   doc="a class-dependent patch (Li, Wei & Ma 2019): free / only / both examples")
-def patch(seed: int, classes: int, in_shape: tuple[int, ...], size: int = 3, margin: int = 1,
-          free: float = 0.2, only: float = 0.16) -> Patches:
-    """The class patches of a run: checks that the data are images and that the patch fits."""
+                   doc="a patch (Li, Wei & Ma 2019) in free / only / both examples; "
+                       "`style = square` is a separable 0/1 variant")
+def patch(seed: int, classes: int, in_shape: tuple[int, ...], size: int | None = None,
+          margin: int | None = None, free: float = 0.2, only: float = 0.16, style: str = "paper",
+          z: float | None = None, v: float | None = None, only_scale: float | None = None
+          ) -> Patches | PaperPatches:
+    """The patches of a run: checks that the data are images and that the patch fits."""
     if len(in_shape) != 3:
         raise AugmentError(f"`patch` needs image data of shape (C, H, W), but examples have shape "
                         f"{tuple(in_shape)}" + (" (use `shape=image`)" if len(in_shape) == 1 else ""))
-    channels, height, width = in_shape
-    if margin + size > min(height, width):
-        raise AugmentError(f"a {size}×{size} patch {margin} pixel(s) from the border does not fit in "
-                        f"{height}×{width} images")
+    if style not in PATCH_STYLES:
+        raise AugmentError(f"unknown patch style `{style}`; styles are {', '.join(PATCH_STYLES)}")
+    misplaced = patch_knobs_misplaced(style, {"margin": margin, "z": z, "v": v,
+                                              "only_scale": only_scale})
+    if misplaced:
+        raise AugmentError(f"`{misplaced[0]}` is not a knob of the `{style}` patch")
     if free + only > 1.0 + 1e-12:
         raise AugmentError(f"`free` + `only` = {free + only:g} is more than 1")
-    return Patches(class_patterns(seed, classes, channels, size), margin, free, only, seed)
+    channels, height, width = in_shape
+    if style == "square":
+        size = SQUARE_DEFAULTS["size"] if size is None else size
+        margin = SQUARE_DEFAULTS["margin"] if margin is None else margin
+        if margin + size > min(height, width):
+            raise AugmentError(f"a {size}×{size} patch {margin} pixel(s) from the border does not "
+                               f"fit in {height}×{width} images")
+        return Patches(class_patterns(seed, classes, channels, size), margin, free, only, seed)
+    size = int(PAPER_DEFAULTS["size"] if size is None else size)
+    if size > min(height, width):
+        raise AugmentError(f"a {size}×{size} patch is larger than the {height}×{width} images; "
+                           f"make `size` at most {min(height, width)}")
+    shared, per_class = paper_patterns(
+        seed, classes, channels, size, PAPER_DEFAULTS["z"] if z is None else z,
+        PAPER_DEFAULTS["v"] if v is None else v)
+    return PaperPatches(shared, per_class, PAPER_DEFAULTS["only_scale"] if only_scale is None
+                        else only_scale, free, only, seed)
 
 
 # ---- per-sample transforms ---------------------------------------------------------------------
@@ -466,7 +626,7 @@ class AugmentItemError(AugmentError):
 
 def make_augment(spec: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None, seed: int,
                  classes: int, in_shape: tuple[int, ...]
-                 ) -> tuple[Patches | None, Augment | None]:
+                 ) -> tuple[Patches | PaperPatches | None, Augment | None]:
     """The transforms a `data` statement's `augment` value describes: the data-set transform
     (the class patch, applied by the loader once) and the per-sample pipeline, each None when
     absent. `in_shape` is the examples' shape as loaded; each per-sample transform is checked
@@ -475,7 +635,7 @@ def make_augment(spec: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None, s
     if not spec:
         return None, None
     items = [spec] if isinstance(spec, Mapping) else list(spec)
-    patches: Patches | None = None
+    patches: Patches | PaperPatches | None = None
     steps: list[Transform] = []
     shape = tuple(in_shape)
     for k, item in enumerate(items):
@@ -492,7 +652,7 @@ def make_augment(spec: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None, s
             raise
         except AugmentError as err:
             raise AugmentItemError(err.message, k) from None
-        if isinstance(built, Patches):
+        if isinstance(built, Patches | PaperPatches):
             if steps or patches is not None:
                 raise AugmentItemError("`patch` transforms the data set once, when it is loaded; "
                                        "give it once, first in the list", k)

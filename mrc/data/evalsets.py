@@ -49,14 +49,20 @@ def _in_memory(bundle: DataBundle, name: str) -> None:
 @EVAL_SOURCES.register("patch_only", doc="the held-out split's labels, each example only its "
                        "class patch (needs `augment = patch(…)`)")
 def patch_only(bundle: DataBundle) -> Batch:
-    """Blank images carrying only the class patch of each held-out label."""
+    """Blank images carrying only the class patch of each held-out label: the paper's patch
+    z + s·only_scale·u·v_y (s, u drawn per example from the seed), on a blank image in
+    normalised units as in training; the square variant's 0/1 square, normalised like the
+    validation split."""
     if bundle.patches is None:
         raise DataError("`patch_only` needs patch-augmented data: add `augment = patch()` to the "
                         "`data` statement")
     _in_memory(bundle, "patch_only")
     assert bundle.train_x is not None and bundle.val_y is not None
     raw = torch.zeros((bundle.val_size, *bundle.train_x.shape[1:]), dtype=torch.float32)
-    return bundle.for_eval(bundle.patches.only_patch(raw, bundle.val_y.cpu())), bundle.val_y
+    x = bundle.patches.only_patch(raw, bundle.val_y.cpu())
+    if bundle.patches.after_normalize:  # pasted on normalised images: not normalised again
+        return (bundle.augment.evaluate(x) if bundle.augment is not None else x), bundle.val_y
+    return bundle.for_eval(x), bundle.val_y
 
 
 def load_eval(bundle: DataBundle, source: str, kwargs: Mapping[str, Any] | None, seed: int,

@@ -10,10 +10,12 @@ then applies the options common to every data set (`DATA_OPTIONS`) in a fixed or
    otherwise a seeded random fraction `val` of the examples is held out;
 3. `limit`: keep a seeded random subset of at most `limit` training examples (validation is
    untouched, so limiting never changes what a run is evaluated on);
-4. `augment`: the data-set transform (`mrc.data.augment`, the class patch) of the training and
-   validation splits; the un-augmented validation split is kept as the `clean` evaluation set;
+4. `augment`: the data-set transform (`mrc.data.augment`, the patch) of the training and
+   validation splits — here for the `square` variant, after step 5 for the paper's patch, which
+   is pasted on normalised images; the un-patched validation split is kept as the `clean`
+   evaluation set;
 5. `normalize`: standardise features with the training split's per-feature mean and std (after
-   augmentation, and applied to every evaluation set too);
+   the square patch, before the paper's, and applied to every evaluation set too);
 6. the per-sample transforms of `augment` (crop, flip, cutout, normalize): the training split
    keeps its examples and is transformed batch by batch as it is read; every evaluation split is
    stored through the transforms' deterministic part (`Augment.evaluate`).
@@ -41,7 +43,7 @@ import numpy as np
 import torch
 
 from mrc.data import images as _images  # noqa: F401  (registers `image_folder`, which streams)
-from mrc.data.augment import Augment, Patches, make_augment
+from mrc.data.augment import Augment, PaperPatches, Patches, make_augment
 from mrc.data.builtin import DATASETS
 from mrc.data.files import DataError, is_idx_path, read_idx_pair, read_npz
 from mrc.data.stream import ArraySet, StreamOptions, length_of, read_example, stream_seed
@@ -133,7 +135,7 @@ class DataBundle:
     mean: torch.Tensor | None = None
     std: torch.Tensor | None = None
     clean_x: torch.Tensor | None = None
-    patches: Patches | None = None
+    patches: Patches | PaperPatches | None = None
     keep: tuple[int, ...] | None = None
     evals: dict[str, Batch] = field(default_factory=dict)
     augment: Augment | None = None
@@ -449,7 +451,7 @@ def _bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: int,
     shape = tuple(int(d) for d in train_x.shape[1:])
     patches, augment = make_augment(options.get("augment"), seed, classes, shape)
     stream = _stream_options(options, name, dataset=False)
-    if patches is not None:
+    if patches is not None and not patches.after_normalize:
         train_x = patches.apply(train_x, train_y, _TRAIN_PATCH_STREAM)
         val_x = patches.apply(val_x, val_y, _VAL_PATCH_STREAM)
 
@@ -459,6 +461,9 @@ def _bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: int,
         spread = train_x.std(dim=0, unbiased=False)
         std = torch.where(spread > 0, spread, torch.ones_like(spread))  # constant features stay
         train_x, val_x, clean_x = ((t - mean) / std for t in (train_x, val_x, clean_x))
+    if patches is not None and patches.after_normalize:  # the paper's: on normalised images
+        train_x = patches.apply(train_x, train_y, _TRAIN_PATCH_STREAM)
+        val_x = patches.apply(val_x, val_y, _VAL_PATCH_STREAM)
     if augment is not None:  # evaluation splits are stored evaluation-ready
         val_x, clean_x = augment.evaluate(val_x), augment.evaluate(clean_x)
 

@@ -153,14 +153,14 @@ def test_bad_transforms_name_their_list_item() -> None:
     with pytest.raises(AugmentItemError, match="needs image data"):
         make_augment({"kind": "hflip", "p": 0.5}, 0, 3, (64,))
     with pytest.raises(AugmentItemError, match="first in the list"):
-        make_augment([{"kind": "hflip", "p": 0.5}, {"kind": "patch", "size": 3, "margin": 1,
+        make_augment([{"kind": "hflip", "p": 0.5}, {"kind": "patch", "style": "square", "size": 3, "margin": 1,
                                                     "free": 0.2, "only": 0.2}], 0, 3, (1, 8, 8))
 
 
 # ---- through the loader and the evaluation sets ----------------------------------------------
 
 def test_the_loader_keeps_training_inputs_and_stores_evaluation_ready_splits() -> None:
-    augment = [{"kind": "patch", "size": 2, "margin": 1, "free": 0.2, "only": 0.16},
+    augment = [{"kind": "patch", "style": "square", "size": 2, "margin": 1, "free": 0.2, "only": 0.16},
                {"kind": "random_crop", "size": 6, "padding": 1}, {"kind": "hflip", "p": 0.5},
                {"kind": "normalize", "mean": [0.5], "std": [0.25]}]
     plain = load_data("digits", {"shape": "image"}, seed=2)

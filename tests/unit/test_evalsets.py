@@ -16,7 +16,7 @@ from mrc.data import DataBundle, DataError, load_data, load_eval
 from mrc.data.augment import KIND_BOTH, KIND_FREE, KIND_ONLY
 from mrc.models import build_model
 
-PATCH = {"kind": "patch", "size": 3, "margin": 1, "free": 0.2, "only": 0.16}
+PATCH = {"kind": "patch", "style": "square", "size": 3, "margin": 1, "free": 0.2, "only": 0.16}
 
 
 def digits(seed: int = 0, **options) -> DataBundle:
@@ -131,7 +131,7 @@ def test_file_eval_sets_are_checked_against_the_data(tmp_path: Path) -> None:
 
 SPEC = """
 model resnet(depth=8, width=8)
-data digits(shape=image, batch=64, augment = patch(margin=1))
+data digits(shape=image, batch=64, augment = patch(style=square, margin=1))
 eval clean = clean
 eval patch_only = patch_only
 eval extra = "extra.npz"

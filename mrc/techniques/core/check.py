@@ -147,7 +147,7 @@ def _augments(ck: Checker, expr: ast.Expr, spans: dict[str, Span]
 
 
 def _augment(ck: Checker, expr: ast.Expr) -> dict[str, Any] | None:
-    """One transform, `patch(size, margin, free, only)`, `random_crop(size, padding)`, … (or a
+    """One transform, `patch(size, free, only, style, …)`, `random_crop(size, padding)`, … (or a
     bare name): its checked settings as a plain dict for the loader; None when it is wrong
     (reported at its span)."""
     from mrc.data import AUGMENTS
@@ -165,8 +165,8 @@ def _augment(ck: Checker, expr: ast.Expr) -> dict[str, Any] | None:
                    hint=f"did you mean `{guess}`?" if guess else
                    f"transforms are {', '.join(f'`{n}`' for n in AUGMENTS.names())}")
         return None
-    values, _ = ck.arguments(f"`{entry.name}`", entry.params, call.args if call else (),
-                             expr.span, "data.augment.")
+    values, arg_spans = ck.arguments(f"`{entry.name}`", entry.params, call.args if call else (),
+                                     expr.span, "data.augment.")
     if len(values) != len(entry.params):
         return None
     if entry.name == "normalize" and values["std"] is not None and not values["std"]:
@@ -176,6 +176,16 @@ def _augment(ck: Checker, expr: ast.Expr) -> dict[str, Any] | None:
         ck.r.error(f"`free` + `only` = {values['free'] + values['only']:g}: the fractions of "
                    "patch-free and patch-only examples add up to more than 1", expr.span)
         return None
+    if entry.name == "patch":
+        from mrc.data.augment import patch_knobs_misplaced
+
+        misplaced = patch_knobs_misplaced(values["style"], values)
+        if misplaced:
+            ck.r.error(f"`{misplaced[0]}` is not a knob of the `{values['style']}` patch",
+                       arg_spans.get(misplaced[0], expr.span),
+                       hint="`margin` places the `square` variant; `z`, `v` and `only_scale` "
+                       "shape the paper's patch (`style = paper`, the default)")
+            return None
     return {"kind": entry.name, **values}
 
 
