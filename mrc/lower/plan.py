@@ -226,6 +226,7 @@ class Plan:
         self.steps_run = 0
         """Steps this Plan has run (a sync that finds no step since the last one skips)."""
         self._rates = [[{**ctx.lrs, **_pattern_rates(p)} for p in stage.patterns] for stage in graph.stages]
+        self._eval_cast = precision.training_autocast(graph)
         self._locate(0)
 
     def _locate(self, t: int) -> None:
@@ -326,9 +327,9 @@ class Plan:
     # ---- the runtime's view of the state -----------------------------------------------
 
     def evaluation_precision(self) -> contextlib.AbstractContextManager[Any]:
-        """The context evaluation runs the models in: the training forwards' autocast
-        (`train(precision)`), nothing under `32`."""
-        return precision.evaluation_context(self.graph.precision, self.ctx.device)
+        """The context evaluation runs the models in: the autocast the graph's forwards train in
+        (read from the ops, as the precision pass wrote it), nothing where they have none."""
+        return precision.evaluation_context(self._eval_cast, self.ctx.device)
 
     def full_weights(self) -> contextlib.AbstractContextManager[None]:
         """A context in which held-out random subsets are restored (evaluation, saving)."""

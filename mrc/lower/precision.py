@@ -26,7 +26,6 @@ import torch
 
 from mrc.ir.graph import Pattern
 from mrc.ir.ops import Backward, Op
-from mrc.passes.precision import AUTOCAST
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 """The dtype of each `autocast` field value."""
@@ -44,10 +43,16 @@ def autocast(cast: str, device: torch.device) -> contextlib.AbstractContextManag
     return torch.autocast(device.type, dtype=DTYPES[cast])
 
 
-def evaluation_context(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager[Any]:
-    """The context evaluation runs the model in: the training forwards' autocast, so a model
-    is scored as it trains (a fresh context per call: they may nest)."""
-    return autocast(AUTOCAST.get(precision, ""), torch.device(device))
+def training_autocast(graph: Any) -> str:
+    """The `autocast` the graph's forwards run in ("" when none has one), as the precision pass
+    wrote it: what evaluation follows, so a model is scored as its forwards train."""
+    return next((op.autocast for op in graph.ops() if getattr(op, "autocast", "")), "")
+
+
+def evaluation_context(cast: str, device: torch.device | str) -> contextlib.AbstractContextManager[Any]:
+    """The context evaluation runs the model in: `cast`, the training forwards' autocast
+    (`training_autocast`; a fresh context per call: they may nest)."""
+    return autocast(cast, torch.device(device))
 
 
 def upcast(value: Any) -> Any:

@@ -109,6 +109,23 @@ def test_the_graph_shows_the_precision(tmp_path: Path) -> None:
     assert again.precision == "bf16" and again.to_text() == text
 
 
+def test_evaluation_follows_the_forwards_autocast_not_the_setting(tmp_path: Path) -> None:
+    """Evaluation runs in the autocast the graph's forwards train in: a pipeline without the
+    precision pass trains in float32, and so evaluates, whatever `train(precision)` says."""
+    from mrc.passes import DEFAULT_PIPELINE
+
+    path = spec(tmp_path)
+    with_pass = compile_spec(path, ["train.precision=bf16"], training=True)
+    without = compile_spec(path, ["train.precision=bf16"], training=True,
+                           pipeline=[p for p in DEFAULT_PIPELINE if p != "precision"])
+    x = torch.randn(4, 64)
+    layer = torch.nn.Linear(64, 8)
+    for compiled, dtype in ((with_pass, torch.bfloat16), (without, torch.float32)):
+        plan = lower(compiled.graph, compiled.bound, 4)
+        with plan.evaluation_precision():
+            assert layer(x).dtype == dtype
+
+
 def test_the_pass_covers_the_forwards_other_passes_make(tmp_path: Path) -> None:
     """freeze-prefix cuts a step's forward in two; both halves run under autocast."""
     path = spec(tmp_path, extra='partition head = module("head") { every = 1 }\n'
