@@ -301,9 +301,8 @@ def bind(program: Program, r: Reporter, training: bool = True, world: int = 1) -
             return None
     from mrc.losses import check_binding
 
-    targets = data.train_y[:2] if data.train_y is not None else None
-    if targets is not None and not check_binding(program, gm if gm is not None else model, example, targets,
-                                                 int(data.classes), r):
+    targets = data.example_targets(2)  # streamed data: the examples read when they were loaded
+    if not check_binding(program, gm if gm is not None else model, example, targets, int(data.classes), r):
         return None
     layers = layer_order(gm, model) if gm is not None else ()
     modules = None

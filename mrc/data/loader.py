@@ -145,6 +145,8 @@ class DataBundle:
     loaders: tuple[Any, Any] | None = None
     first_x: torch.Tensor | None = None
     """Streamed data: the first training inputs, read when the data were loaded (for tracing)."""
+    first_y: torch.Tensor | None = None
+    """Streamed data: their targets (for the loss's check before training)."""
     task: str = "classification"
     """What the targets are (`mrc.losses.TASKS`): class labels, float targets or 0/1 labels."""
     _cached: tuple[int, list[torch.Tensor]] | None = field(default=None, init=False, repr=False)
@@ -236,6 +238,12 @@ class DataBundle:
         b = batch_size or self.batch_size
         for start in range(0, self.val_size, b):
             yield self.val_x[start:start + b], self.val_y[start:start + b]
+
+    def example_targets(self, n: int = 2) -> torch.Tensor:
+        """The targets of `example(n)`'s inputs."""
+        y = self.train_y if self.train_y is not None else self.first_y
+        assert y is not None
+        return y[:n]
 
     def example(self, n: int = 2) -> torch.Tensor:
         """The first `n` training inputs as the model sees them in evaluation (for tracing)."""
@@ -564,7 +572,8 @@ def _dataset_bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: in
         in_shape=augment.out_shape(shape) if augment is not None else shape, classes=classes,
         batch_size=batch, shuffle=bool(options["shuffle"]), drop_last=bool(options["drop_last"]),
         seed=seed, name=name, augment=augment, train_set=train, val_set=val,
-        stream=_stream_options(options, name, dataset=True), first_x=torch.stack(first), task=task)
+        stream=_stream_options(options, name, dataset=True), first_x=torch.stack(first),
+        first_y=torch.stack([y for _, y in examples]), task=task)
 
 
 def _loader_bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: int,
@@ -587,6 +596,7 @@ def _loader_bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: int
         in_shape=tuple(int(d) for d in x.shape[1:]), classes=classes, batch_size=int(batch),
         shuffle=False, seed=seed, name=name, loaders=(train, val),
         stream=_stream_options(options, name, dataset=True), first_x=x[:2].to(torch.float32),
+        first_y=y[:2].to(torch.int64 if task == "classification" else torch.float32),
         task=task)
 
 

@@ -234,3 +234,24 @@ train(epochs=4, seed=0, log_every=5)
     assert streamed.summary["val_loss"] == pytest.approx(memory.summary["val_loss"], rel=1e-6)
     a, b = streamed.model.state_dict(), memory.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_streamed_target_of_the_wrong_shape_is_refused_before_training(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The loss's check before training reads a streamed Dataset's first targets too: targets
+    (3,) against a model that outputs 2 values is one error at the `loss` statement (mse would
+    otherwise broadcast them silently)."""
+    (tmp_path / "pairs.py").write_text(STREAMED_REGRESSION)
+    (tmp_path / "two.py").write_text("from torch import nn\n\n\ndef net():\n    return nn.Linear(6, 2)\n")
+    path = spec(tmp_path, '''
+model "two.py:net"()
+data "pairs.py:make"(batch=32, stream=true)
+loss mse
+optimizer sgd(lr=0.05)
+train(steps=2)
+''')
+    status = main(["train", str(path), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert "the model outputs (2,) per example and the targets are (3,)" in err, err
+    assert "Traceback" not in err
