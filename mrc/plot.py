@@ -285,3 +285,55 @@ def draw(runs: list[RunData], panels: list[tuple[Panel, list[list[Series]]]]) ->
             ax.legend(fontsize=7, loc="best")
     fig.suptitle("  vs  ".join(r.label for r in runs), fontsize=11)
     return fig
+
+
+Band = tuple[list[float], list[float]]
+"""One seed's curve: x values, y values."""
+
+
+def bands(path: Path, panels: Sequence[tuple[str, str, str, Any]], title: str = "") -> Path:
+    """Draw curves repeated over seeds as their median with a min–max band, one colour per label.
+
+    `panels` holds (title, xlabel, ylabel, {label: [curve per seed]}); each seed's curve is a
+    Band. The seeds' curves are put on the first seed's x values (they are logged at the same
+    steps; a shorter curve ends the band where it ends). Used by the reproductions (bench/repro.py),
+    which compare contenders over several seeds. Returns `path`."""
+    import statistics
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(4.6 * cols, 3.4 * rows), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    for i, (name, xlabel, ylabel, lines) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        for c, (label, seeds) in enumerate(lines.items()):
+            seeds = [s for s in seeds if s[0]]
+            if not seeds:
+                continue
+            n = min(len(s[0]) for s in seeds)
+            xs = seeds[0][0][:n]
+            columns = [[s[1][j] for s in seeds] for j in range(n)]
+            med = [statistics.median(col) for col in columns]
+            colour = f"C{c % 10}"
+            style = STYLES[(c // 10) % len(STYLES)]
+            marker = "o" if n == 1 else None  # a one-point series is a dot, not an invisible line
+            ax.plot(xs, med, style, color=colour, marker=marker, linewidth=1.5,
+                    label=f"{label} (n={len(seeds)})" if len(seeds) > 1 else label)
+            if len(seeds) > 1:
+                ax.fill_between(xs, [min(col) for col in columns], [max(col) for col in columns],
+                                color=colour, alpha=0.18, linewidth=0)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+        if lines:
+            ax.legend(fontsize=7, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=fig.dpi)
+    return path
