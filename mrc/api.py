@@ -87,10 +87,10 @@ def bind_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] | N
     With `training`, initial weights that do not exist yet are an error, not a warning.
     world: the number of processes the run is placed on (default: the launcher's WORLD_SIZE,
     1 without one)."""
+    program = check_spec(path, overrides)  # first: a spec with errors imports no torch
     from mrc.binding import bind
     from mrc.runtime.world import size_from_env
 
-    program = check_spec(path, overrides)
     r = Reporter()
     bound = bind(program, r, training, world if world is not None else size_from_env())
     r.raise_if_failed()

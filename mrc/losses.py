@@ -19,6 +19,9 @@ and return a number: the batch's mean over its examples.
 The loss op carries the choice (`fn`, its settings, the task, and for user code where it is
 resolved from); `prepare` turns those fields into a `PreparedLoss` once, at lowering, so a step
 calls one function and tests no strings. `Scoring` is what evaluation computes from them.
+
+The module imports torch only when a loss is built or scored: the checker reads `LOSSES`, and
+`mrc check` of a spec with errors must not pay for importing torch.
 """
 
 from __future__ import annotations
@@ -29,12 +32,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Any
 
 from mrc.registry import Param, Registry
+
+if TYPE_CHECKING:
+    import torch
 
 TASKS = ("classification", "regression", "multilabel")
 """What a loss implies about the targets (see the module docstring)."""
@@ -48,7 +51,14 @@ TASK_METRICS: Mapping[str, tuple[str, ...]] = {
 
 LOSSES = Registry("loss")
 
-Loss = Callable[..., torch.Tensor]
+Loss = Callable[..., Any]
+"""A loss function: (output, target) → a tensor (the batch mean, or per element)."""
+
+
+def _functional() -> Any:
+    import torch.nn.functional as F
+
+    return F
 
 
 def _reduced(fn: Loss, reduction: str, **kwargs: Any) -> Loss:
@@ -59,25 +69,25 @@ def _reduced(fn: Loss, reduction: str, **kwargs: Any) -> Loss:
                                         hi=1, hi_open=True),
                  doc="cross-entropy of logits (N, C) against class labels (N,)", task="classification")
 def _cross_entropy(reduction: str, label_smoothing: float = 0.0) -> Loss:
-    return _reduced(F.cross_entropy, reduction, label_smoothing=label_smoothing)
+    return _reduced(_functional().cross_entropy, reduction, label_smoothing=label_smoothing)
 
 
 @LOSSES.register("nll", doc="negative log-likelihood of log-probabilities (N, C) against class "
                  "labels (N,): the model ends in log_softmax", task="classification", output="log_probs")
 def _nll(reduction: str) -> Loss:
-    return _reduced(F.nll_loss, reduction)
+    return _reduced(_functional().nll_loss, reduction)
 
 
 @LOSSES.register("mse", doc="mean squared error against float targets of the output's shape",
                  task="regression")
 def _mse(reduction: str) -> Loss:
-    return _reduced(F.mse_loss, reduction)
+    return _reduced(_functional().mse_loss, reduction)
 
 
 @LOSSES.register("l1", doc="mean absolute error against float targets of the output's shape",
                  task="regression")
 def _l1(reduction: str) -> Loss:
-    return _reduced(F.l1_loss, reduction)
+    return _reduced(_functional().l1_loss, reduction)
 
 
 @LOSSES.register("smooth_l1", Param("beta", "float", 1.0, "where the loss turns from quadratic to "
@@ -85,7 +95,7 @@ def _l1(reduction: str) -> Loss:
                  doc="Huber-like smooth L1 against float targets of the output's shape",
                  task="regression")
 def _smooth_l1(reduction: str, beta: float = 1.0) -> Loss:
-    return _reduced(F.smooth_l1_loss, reduction, beta=beta)
+    return _reduced(_functional().smooth_l1_loss, reduction, beta=beta)
 
 
 @LOSSES.register("bce_with_logits",
@@ -94,7 +104,7 @@ def _smooth_l1(reduction: str, beta: float = 1.0) -> Loss:
                  doc="binary cross-entropy of logits (N, C) against 0/1 targets (N, C) (multi-label)",
                  task="multilabel")
 def _bce_with_logits(reduction: str, pos_weight: torch.Tensor | None = None) -> Loss:
-    return _reduced(F.binary_cross_entropy_with_logits, reduction, pos_weight=pos_weight)
+    return _reduced(_functional().binary_cross_entropy_with_logits, reduction, pos_weight=pos_weight)
 
 
 def task_of(name: str) -> str:
@@ -140,6 +150,8 @@ class PreparedLoss:
     elementwise: Loss | None = None
 
     def per_replica(self, out: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        import torch
+
         if self.elementwise is None:
             return torch.stack([self.mean(o, y) for o, y in zip(out, ys, strict=True)])
         b = out.shape[0]
@@ -164,7 +176,7 @@ def guarded(fn: Callable[..., Any], ref: str) -> Callable[..., Any]:
 
 
 def prepare(fn: str, args: Iterable[tuple[str, Any]] = (), where: str = "", *,
-            device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> PreparedLoss:
+            device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> PreparedLoss:
     """The loss op's choice as callables: a built-in `fn` with its settings `args`, or (with
     `where`, the folder a file reference is taken from) the user function `fn` called with
     `args` as keyword arguments. Raises `mrc.usercode.UserCodeError` for user code that cannot
@@ -182,11 +194,13 @@ def prepare(fn: str, args: Iterable[tuple[str, Any]] = (), where: str = "", *,
     if unknown:
         raise ValueError(f"loss `{fn}` has no setting `{unknown[0]}`")
     if kwargs.get("pos_weight") is not None:
-        kwargs["pos_weight"] = torch.tensor(kwargs["pos_weight"], device=device, dtype=dtype)
+        import torch
+
+        kwargs["pos_weight"] = torch.tensor(kwargs["pos_weight"], device=device, dtype=dtype or torch.float32)
     return PreparedLoss(entry.build("mean", **kwargs), entry.build("none", **kwargs))
 
 
-def prepare_op(op: Any, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> PreparedLoss:
+def prepare_op(op: Any, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> PreparedLoss:
     """`prepare` from a loss op's fields (`fn`, `label_smoothing`, `args`, `where`)."""
     args = tuple(op.args)
     if op.label_smoothing:
@@ -237,7 +251,7 @@ class Scoring:
 
 
 def _number(value: Any) -> float:
-    return float(value.item() if isinstance(value, torch.Tensor) else value)
+    return float(value.item() if hasattr(value, "item") else value)
 
 
 def _batch_sum(fn: Callable[..., Any]) -> Callable[[torch.Tensor, torch.Tensor], Any]:
@@ -256,19 +270,24 @@ def scoring(loss: PreparedLoss | None = None, task: str = "classification",
     return Scoring(task, tuple(sums))
 
 
-CLASSIFICATION = scoring()
-"""Cross-entropy and accuracy: the scoring of a run that states no loss."""
+def __getattr__(name: str) -> Any:
+    """`CLASSIFICATION`, cross-entropy and accuracy (the scoring of a run that states no loss),
+    made on first use: building it imports torch (PEP 562)."""
+    if name == "CLASSIFICATION":
+        value = globals()["CLASSIFICATION"] = scoring()
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def scoring_of(graph: Any, metrics: Iterable[Any] = (), device: torch.device | str = "cpu",
-               dtype: torch.dtype = torch.float32) -> Scoring:
+               dtype: torch.dtype | None = None) -> Scoring:
     """The scoring of a run: its graph's loss (the first loss op: every loss op of a run names
     the same loss) and the program's user metrics (`mrc.program.MetricSpec`)."""
     from mrc.ir.ops import Loss as LossOp
 
     op = next((o for o in graph.ops() if isinstance(o, LossOp)), None)
     if op is None:
-        return CLASSIFICATION
+        return scoring()
     user = [(m.name, load_metric(m)) for m in metrics]
     return scoring(prepare_op(op, device, dtype), op.task, user)
 
@@ -300,6 +319,8 @@ def check_binding(program: Any, model: torch.nn.Module, x: torch.Tensor, y: torc
     (the same shape for regression and multi-label; a score per class for classification) and
     the loss is a scalar tensor. Each problem is one line at the `loss` (or `metric`) statement,
     or the `data` statement when the spec names no loss; whether all is well."""
+    import torch
+
     from mrc.usercode import UserCodeError
 
     loss = program.loss
@@ -378,8 +399,7 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else ""
 
 
-__all__ = [
-    "CLASSIFICATION",
+__all__ = [  # and CLASSIFICATION, made on first use (see __getattr__)
     "LOSSES",
     "TASKS",
     "TASK_METRICS",

@@ -13,12 +13,27 @@ statement's set.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from mrc.data import disk as _disk  # noqa: F401  (registers the data sets read from disk)
 from mrc.data.augment import AUGMENTS, PaperPatches, Patches
 from mrc.data.builtin import DATASETS
 from mrc.data.evalsets import EVAL_SOURCES, load_eval
 from mrc.data.files import DataError, read_idx, read_idx_pair, read_npz
-from mrc.data.loader import DATA_OPTIONS, DataBundle, is_factory_ref, load_data
+from mrc.data.options import DATA_OPTIONS
+
+if TYPE_CHECKING:
+    from mrc.data.loader import DataBundle, is_factory_ref, load_data
+
+
+def __getattr__(name: str) -> Any:
+    """The loader's names, imported on first use (PEP 562): the tables above are read by the
+    checker, which must not import torch."""
+    if name in ("DataBundle", "is_factory_ref", "load_data"):
+        from mrc.data import loader
+
+        return getattr(loader, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "AUGMENTS",

@@ -56,11 +56,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
+from mrc import lazy
 from mrc.data.files import DataError
 from mrc.registry import Param, Registry
+
+torch = lazy.module("torch")  # imported on first use: the checker reads AUGMENTS without torch
+F = lazy.module("torch.nn.functional")
 
 AUGMENTS = Registry("data transform")
 """Built-in data transforms: `augment = NAME(…)` in a `data` statement names one of these."""

@@ -13,6 +13,9 @@ Every builder returns the builder dict of `mrc.data.builtin`: `x` float32 (N, C,
 [0, 1], `y` int64, the predefined test split as `x_test`/`y_test` (the loader makes it the
 validation set) and `classes`. The IDX files are read with numpy in one piece; the CIFAR
 pickles by `mrc.data.files.read_pickle`, which admits numpy arrays and nothing else.
+
+`image_folder` (images in one folder per class, streamed) is declared here too; its builder is
+in `mrc.data.images`, imported when it is built (it needs torch, the table does not).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import numpy as np
 
 from mrc.data.builtin import DATASETS, Arrays
 from mrc.data.files import DataError, pickle_key, read_idx, read_pickle
-from mrc.registry import Param
+from mrc.lazy import Lazy
+from mrc.registry import Entry, Param
 
 ENV_VAR = "MRC_DATA"
 """An environment variable naming folders (os.pathsep-separated) searched before the others."""
@@ -263,3 +267,15 @@ def find(name: str, root: str | None = None) -> Path:
     """The folder holding the files of disk data set `name` (cheap: nothing is read), or a
     DataError naming every folder tried. Tools and tests use it to tell whether a set is here."""
     return FINDERS[name](root)
+
+
+DATASETS.add(Entry(
+    "image_folder", Lazy("mrc.data.images:image_folder"),
+    (Param("root", "str", doc="the folder with one subfolder of images per class (a relative "
+           "path is taken from the spec's folder)"),
+     Param("size", "ints", doc="the side of the square images (or [height, width]) after resizing "
+           "the shorter side and cutting the centre", lo=1),
+     Param("mode", "choice", "rgb", doc="`rgb` gives 3 channels, `gray` 1", choices=("rgb", "gray"))),
+    "images in one folder per class (sorted names are the labels), decoded with Pillow; "
+    "a `val/` or `test/` folder beside `train/` is the held-out split",
+))

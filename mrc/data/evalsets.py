@@ -18,14 +18,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from mrc import lazy
 from mrc.data.augment import EVAL_EPOCH
 from mrc.data.files import DataError
-from mrc.data.loader import Batch, DataBundle, _examples, _features, _keep, _labels, _same_length
 from mrc.registry import Registry
+
+if TYPE_CHECKING:
+    from mrc.data.loader import Batch, DataBundle
+
+torch = lazy.module("torch")  # imported on first use: the checker reads EVAL_SOURCES without torch
 
 EVAL_SOURCES = Registry("evaluation source")
 """Built-in evaluation sets made from the held-out split of the training data."""
@@ -73,6 +76,8 @@ def load_eval(bundle: DataBundle, source: str, kwargs: Mapping[str, Any] | None,
     held-out `x_test`/`y_test` in it is not used). Raises `DataError` with a one-line message,
     also when the examples' shape or labels do not fit the run's data.
     """
+    from mrc.data.loader import _examples, _features, _keep, _labels, _same_length
+
     kwargs = dict(kwargs or {})
     random = kwargs.pop("augment", False)
     if not isinstance(random, bool):

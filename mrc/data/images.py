@@ -24,9 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mrc.data.builtin import DATASETS
 from mrc.data.files import DataError
-from mrc.registry import Param
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
                   ".pgm")
@@ -97,16 +95,6 @@ def _split_folders(root: Path) -> tuple[Path, Path | None]:
     return root, None
 
 
-@DATASETS.register(
-    "image_folder",
-    Param("root", "str", doc="the folder with one subfolder of images per class (a relative "
-          "path is taken from the spec's folder)"),
-    Param("size", "ints", doc="the side of the square images (or [height, width]) after resizing "
-          "the shorter side and cutting the centre", lo=1),
-    Param("mode", "choice", "rgb", doc="`rgb` gives 3 channels, `gray` 1", choices=("rgb", "gray")),
-    doc="images in one folder per class (sorted names are the labels), decoded with Pillow; "
-        "a `val/` or `test/` folder beside `train/` is the held-out split",
-)
 def image_folder(seed: int, root: str, size: Any, mode: str = "rgb") -> dict[str, Any]:
     """The folder's training and validation Datasets (the loader streams them)."""
     sides = [int(s) for s in (size if isinstance(size, list | tuple) else [size])]

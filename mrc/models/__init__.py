@@ -12,21 +12,30 @@ selectors rely on: the output layer is always `head`; `mlp` has hidden layers `l
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+from mrc.models.catalog import MODELS
+from mrc.registry import did_you_mean
 
-from mrc.models import mlp, ode_resnet, resnet, transformer, wide_resnet
-from mrc.models.ode_resnet import ResidualStack
-from mrc.models.resnet import ResidualBlock
-from mrc.models.trace import ForwardError, MrcTracer, TraceFailure, check_forward, trace_model
-from mrc.registry import Registry, did_you_mean
+if TYPE_CHECKING:
+    from torch import nn
 
-MODELS = Registry("model")
-"""Built-in models: `model NAME(...)` in a spec names one of these."""
+    from mrc.models.ode_resnet import ResidualStack
+    from mrc.models.resnet import ResidualBlock
+    from mrc.models.trace import ForwardError, MrcTracer, TraceFailure, check_forward, trace_model
 
-for _module in (mlp, resnet, wide_resnet, ode_resnet, transformer):
-    MODELS.add(_module.ENTRY)
+_LAZY = {"ResidualStack": "mrc.models.ode_resnet", "ResidualBlock": "mrc.models.resnet",
+         **dict.fromkeys(("ForwardError", "MrcTracer", "TraceFailure", "check_forward", "trace_model"),
+                         "mrc.models.trace")}
+
+
+def __getattr__(name: str) -> Any:
+    """The torch-side names, imported on first use (PEP 562): `MODELS` is read by the checker,
+    which must not import torch."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "MODELS",

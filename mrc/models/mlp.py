@@ -8,10 +8,6 @@ import math
 import torch
 from torch import nn
 
-from mrc.registry import Entry, Param
-
-ACTIVATIONS = ("relu", "tanh", "gelu", "sigmoid")
-
 
 def activation_module(name: str) -> nn.Module:
     """The activation module for an activation name."""
@@ -46,17 +42,3 @@ def build_mlp(in_shape: tuple[int, ...], classes: int, hidden: list[int] | int =
     """Build an MLP for inputs of any shape (each example is flattened)."""
     widths = [hidden] if isinstance(hidden, int) else list(hidden)
     return MLP(math.prod(in_shape), classes, widths, activation, dropout)
-
-
-ENTRY = Entry(
-    "mlp",
-    build_mlp,
-    (
-        Param("hidden", "ints", [128], doc="widths of the hidden layers", lo=1),
-        Param("activation", "choice", "relu", doc="activation after each hidden layer",
-              choices=ACTIVATIONS),
-        Param("dropout", "float", 0.0, doc="dropout probability after each hidden layer",
-              lo=0.0, hi=1.0, hi_open=True),
-    ),
-    "Multi-layer perceptron on the flattened input: hidden layers `layers.i`, output `head`.",
-)

@@ -14,9 +14,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from mrc.models.resnet import require_image
-from mrc.registry import Entry, Param
-
-ACTIVATIONS = ("tanh", "relu")
 
 
 def _act(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -107,21 +104,3 @@ def build_ode_resnet(in_shape: tuple[int, ...], classes: int, width: int = 8, de
                      dropout: float = 0.0) -> nn.Module:
     """Build an ODE-ResNet: dense (any input, flattened) or conv ((C, H, W) input)."""
     return ODEResNet(tuple(in_shape), classes, width, depth, h, activation, variant, dropout)
-
-
-ENTRY = Entry(
-    "ode_resnet",
-    build_ode_resnet,
-    (
-        Param("width", "int", 8, doc="state width (features, or channels for conv)", lo=1),
-        Param("depth", "int", 16, doc="number of residual layers (time steps) in the stack", lo=1),
-        Param("h", "float", 0.1, doc="Euler step size of the residual stack", lo=0.0,
-              lo_open=True),
-        Param("activation", "choice", "tanh", doc="σ in F(y) = σ(W y + b)", choices=ACTIVATIONS),
-        Param("variant", "choice", "dense", doc="dense layers or 3×3 convolutions",
-              choices=("dense", "conv")),
-        Param("dropout", "float", 0.0, doc="dropout probability before the head",
-              lo=0.0, hi=1.0, hi_open=True),
-    ),
-    "ODE-style residual stack y ← y + h σ(W_n y + b_n): `stem`, `stack.layers.n`, `head`.",
-)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mrc.registry import Entry, Param
-
 
 def require_image(model: str, in_shape: tuple[int, ...]) -> tuple[int, int, int]:
     """Return (C, H, W) from `in_shape`, or raise a ValueError saying the model needs images."""
@@ -95,16 +93,3 @@ def build_resnet(in_shape: tuple[int, ...], classes: int, depth: int = 8, width:
             f"try depth = {lower} or {lower + 6}")
     c, _, _ = require_image("resnet", in_shape)
     return ResNet(c, classes, (depth - 2) // 6, width, dropout)
-
-
-ENTRY = Entry(
-    "resnet",
-    build_resnet,
-    (
-        Param("depth", "int", 8, doc="number of layers, 6n + 2 (n blocks per stage)", lo=8),
-        Param("width", "int", 16, doc="channels of the first stage (then 2w, 4w)", lo=1),
-        Param("dropout", "float", 0.0, doc="dropout probability before the head",
-              lo=0.0, hi=1.0, hi_open=True),
-    ),
-    "CIFAR-style ResNet for (C, H, W) images: `stem`, `layer1..3` of ResidualBlocks, `head`.",
-)

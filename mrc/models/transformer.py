@@ -14,8 +14,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mrc.registry import Entry, Param
-
 
 def auto_tokens(n_features: int) -> int:
     """The divisor of `n_features` closest to its square root (ties go to more tokens)."""
@@ -118,22 +116,3 @@ def build_transformer(in_shape: tuple[int, ...], classes: int, dim: int = 32, de
         raise ValueError(f"transformer tokens ({tokens}) must divide the {n_features} input "
                          f"features of each example; e.g. tokens = {near}, or 0 to choose")
     return Transformer(n_features, classes, dim, depth, heads, mlp_ratio, tokens, dropout)
-
-
-ENTRY = Entry(
-    "transformer",
-    build_transformer,
-    (
-        Param("dim", "int", 32, doc="embedding width", lo=1),
-        Param("depth", "int", 2, doc="number of encoder blocks", lo=1),
-        Param("heads", "int", 4, doc="attention heads (must divide dim)", lo=1),
-        Param("mlp_ratio", "float", 2.0, doc="MLP hidden width as a multiple of dim", lo=0.0,
-              lo_open=True),
-        Param("tokens", "int", 0, doc="tokens per example (must divide the features); 0 = auto",
-              lo=0),
-        Param("dropout", "float", 0.0, doc="dropout probability in blocks and before the head",
-              lo=0.0, hi=1.0, hi_open=True),
-    ),
-    "Small pre-norm transformer encoder over chunks of the flattened input: `embed`, `blocks.i`, "
-    "`head`.",
-)

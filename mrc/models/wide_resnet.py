@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from mrc.models.resnet import require_image
-from mrc.registry import Entry, Param
 
 
 class WideBlock(nn.Module):
@@ -85,17 +84,3 @@ def build_wide_resnet(in_shape: tuple[int, ...], classes: int, depth: int = 16, 
             f"try depth = {lower} or {lower + 6}")
     c, _, _ = require_image("wide_resnet", in_shape)
     return WideResNet(c, classes, (depth - 4) // 6, widen, dropout)
-
-
-ENTRY = Entry(
-    "wide_resnet",
-    build_wide_resnet,
-    (
-        Param("depth", "int", 16, doc="number of layers, 6n + 4 (n blocks per group)", lo=10),
-        Param("widen", "int", 4, doc="widening factor k: groups of 16k, 32k, 64k channels", lo=1),
-        Param("dropout", "float", 0.0, doc="dropout probability between a block's two convolutions",
-              lo=0.0, hi=1.0, hi_open=True),
-    ),
-    "Wide ResNet (WRN-depth-widen) for (C, H, W) images: `stem`, `layer1..3` of pre-activation "
-    "WideBlocks, `norm`, `head`.",
-)

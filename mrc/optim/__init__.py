@@ -11,15 +11,17 @@ the Python API rejects what the spec checker rejects.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from mrc.optim.lamb import LAMB
-from mrc.optim.lars import LARS
 from mrc.optim.optimizers import OPTIMIZERS
 from mrc.optim.schedules import SCHEDULES, Schedule, apply_lr, base_lrs, with_warmup
 from mrc.registry import Entry, Registry, did_you_mean
+
+if TYPE_CHECKING:
+    import torch
+
+    from mrc.optim.lamb import LAMB
+    from mrc.optim.lars import LARS
 
 __all__ = [
     "LAMB",
@@ -34,6 +36,20 @@ __all__ = [
     "resolve_kwargs",
     "with_warmup",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """LAMB and LARS are imported on first use: the registries here import no torch, so the
+    checker can read them without paying for torch (PEP 562)."""
+    if name == "LAMB":
+        from mrc.optim.lamb import LAMB
+
+        return LAMB
+    if name == "LARS":
+        from mrc.optim.lars import LARS
+
+        return LARS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _entry(registry: Registry, name: str) -> Entry:

@@ -27,11 +27,12 @@ import bisect
 import inspect
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from mrc.registry import REQUIRED, Entry, Param, Registry
+
+if TYPE_CHECKING:
+    import torch
 
 Schedule = Callable[[int], float]
 """A learning-rate multiplier as a function of the optimizer step (0-based)."""
@@ -250,7 +251,7 @@ def apply_lr(optimizer: torch.optim.Optimizer, base_lrs: Sequence[float],
     """Set each param group's lr to base · multiplier (runs every step, so kept minimal)."""
     for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
         lr = group["lr"]
-        if isinstance(lr, torch.Tensor):
+        if not isinstance(lr, float | int):  # a tensor lr (fused and capturable optimizers)
             lr.fill_(base * multiplier)
         else:
             group["lr"] = base * multiplier
