@@ -60,12 +60,14 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as err:
+        # asked before the temp file goes: deleting it frees the space that ran out
+        full = isinstance(err, RuntimeError) and _full(path.parent)
         Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError | RuntimeError):  # torch.save reports a full disk as a RuntimeError
             kept = f"; the previous {path.name} is intact" if path.exists() else ""
             if isinstance(err, OSError) and err.errno != errno.ENOSPC:
                 raise CheckpointError(f"cannot write {path}: {_reason(err)}{kept}") from None
-            if isinstance(err, OSError) or _full(path.parent):
+            if isinstance(err, OSError) or full:
                 raise CheckpointError(f"cannot write {path}: the disk is full{kept}") from None
         raise
 

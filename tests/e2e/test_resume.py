@@ -106,22 +106,40 @@ def test_the_checkpoint_a_diverged_run_keeps_still_trains(tmp_path: Path) -> Non
     assert torch.isfinite(loss)
 
 
-def test_a_full_disk_is_named_and_the_previous_checkpoint_is_intact(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from mrc.runtime import checkpoint
+FULL_DISK = """
+import json, sys
+from pathlib import Path
+import torch
+from mrc.runtime.checkpoint import CheckpointError, save_torch
+out = Path(sys.argv[1]) / "run"
+save_torch({"w": torch.zeros(1000)}, out / "checkpoint.pt")  # 4 KB: fits
+before = (out / "checkpoint.pt").read_bytes()
+try:
+    save_torch({"w": torch.zeros(1_000_000)}, out / "checkpoint.pt")  # 4 MB: does not
+    message = None
+except CheckpointError as err:
+    message = str(err)
+print(json.dumps({"message": message, "intact": (out / "checkpoint.pt").read_bytes() == before,
+                  "left": sorted(p.name for p in out.iterdir())}))
+"""
 
-    path = write(tmp_path, ckpt=5)
-    out = tmp_path / "run"
-    train(path, out=out, steps=6)
-    before = (out / "checkpoint.pt").read_bytes()
 
-    def full(f, data=None):  # what torch.save says when the device fills up mid-write
-        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 105152 vs 105104")
+def test_a_full_disk_is_named_and_the_previous_checkpoint_is_intact(tmp_path: Path) -> None:
+    """A real full disk: a 2 MB tmpfs mounted in a private mount namespace (`unshare`), where a
+    checkpoint of 4 MB cannot be written after one of 4 KB was."""
+    import json
 
-    monkeypatch.setattr(checkpoint, "_full", lambda folder: True)
-    with pytest.raises(CheckpointError) as err:
-        checkpoint.atomic_write_bytes(out / "checkpoint.pt", full)
-    want = f"cannot write {out / 'checkpoint.pt'}: the disk is full; the previous checkpoint.pt is intact"
-    assert str(err.value) == want
-    assert (out / "checkpoint.pt").read_bytes() == before
-    assert not [p for p in out.iterdir() if p.name.startswith(".checkpoint.pt.")]  # no temp file left
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = f"mount -t tmpfs -o size=2m tmpfs {disk}"
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"{mount} && findmnt -n -o FSTYPE {disk}"],
+                           capture_output=True, text=True)
+    if probe.stdout.strip() != "tmpfs":
+        pytest.skip(f"cannot mount a small tmpfs here (unshare -rm; mount -t tmpfs): {probe.stderr.strip()}")
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", f'{mount} && exec "$0" -c "$1" {disk}',
+                           sys.executable, FULL_DISK], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["message"] == (f"cannot write {disk}/run/checkpoint.pt: the disk is full; the previous "
+                              f"checkpoint.pt is intact")
+    assert got["intact"] and got["left"] == ["checkpoint.pt"]  # no temp file left

@@ -4,9 +4,9 @@ that the DOT and JSON forms describe the same graph."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+import golden as golden_file
 import pytest
 from spec_runs import SPECS, data_missing
 
@@ -31,9 +31,7 @@ def compiled(request: pytest.FixtureRequest):
 def test_text_is_golden(compiled) -> None:
     golden = GOLDEN / f"{compiled.program.name}.txt"
     text = compiled.graph.to_text()
-    if os.environ.get("MRC_UPDATE_GOLDEN"):
-        golden.write_text(text)
-    assert text == golden.read_text()
+    golden_file.check(golden, text)
 
 
 def test_json_round_trips(compiled) -> None:

@@ -110,7 +110,7 @@ def test_svg_of_a_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 def test_without_dot_one_line_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(DotMissing):
+    with pytest.raises(DotMissing, match="apt-get install graphviz"):
         render(small(), "svg")
     assert main(["graph", str(ROOT / "specs" / "partitions.mrs"), "--format", "svg"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -140,7 +140,7 @@ def test_bad_betas_are_rejected(bad) -> None:
             build_optimizer("adam", [torch.nn.Parameter(torch.zeros(2))], {"betas": bad})
     else:
         assert p.validate(bad)[1] is not None
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="`betas`"):
             build_optimizer("adam", [torch.nn.Parameter(torch.zeros(2))], {"betas": bad})
 
 
@@ -184,12 +184,14 @@ def test_int_is_accepted_for_float() -> None:
 
 def test_classes_validate_their_own_arguments() -> None:
     ps = [torch.nn.Parameter(torch.zeros(2))]
-    for kw in ({"lr": -1.0}, {"lr": 0.1, "momentum": 1.0}, {"lr": 0.1, "weight_decay": -1.0},
-               {"lr": 0.1, "trust_coefficient": 0.0}):
-        with pytest.raises(ValueError):
+    for kw, word in (({"lr": -1.0}, "learning rate"), ({"lr": 0.1, "momentum": 1.0}, "momentum"),
+                     ({"lr": 0.1, "weight_decay": -1.0}, "weight_decay"),
+                     ({"lr": 0.1, "trust_coefficient": 0.0}, "trust_coefficient")):
+        with pytest.raises(ValueError, match=f"invalid {word} "):
             LARS(ps, **kw)
-    for kw in ({"lr": -1.0}, {"betas": (0.9, 1.0)}, {"eps": 0.0}, {"weight_decay": -0.1}):
-        with pytest.raises(ValueError):
+    for kw, word in (({"lr": -1.0}, "learning rate"), ({"betas": (0.9, 1.0)}, "betas"), ({"eps": 0.0}, "eps"),
+                     ({"weight_decay": -0.1}, "weight_decay")):
+        with pytest.raises(ValueError, match=f"invalid {word} "):
             LAMB(ps, **kw)
 
 
@@ -306,7 +308,7 @@ def test_apply_lr_scales_every_group() -> None:
     assert [g["lr"] for g in opt.param_groups] == [0.1, 0.025]
     apply_lr(opt, bases, 1.0)
     assert [g["lr"] for g in opt.param_groups] == bases
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="shorter"):  # one base rate per group, or refused
         apply_lr(opt, [0.1], 1.0)
 
 

@@ -329,7 +329,7 @@ def test_parse_expr_syntax_error_points_into_the_override() -> None:
 
 @pytest.mark.parametrize("text", ["", "   ", "a = 1", "model mlp", "1,2"])
 def test_parse_expr_takes_exactly_one_expression(text: str) -> None:
-    with pytest.raises(CompileError):
+    with pytest.raises(CompileError, match=r"<x>:1:\d+: error: unexpected"):
         parse_expr(text, "<x>")
 
 

@@ -69,7 +69,7 @@ def test_a_lazy_builder_resolves_and_shows_its_signature() -> None:
     assert list(inspect.signature(build).parameters)[:2] == ["in_shape", "classes"]
     model = build((8,), 3, hidden=[4])
     assert model.head.out_features == 3
-    with pytest.raises(ValueError, match="package.module:function"):
+    with pytest.raises(ValueError, match=r"package\.module:function"):
         Lazy("no_colon")
 
 
