@@ -384,3 +384,23 @@ def test_validate_accepts_fitting_hierarchies() -> None:
     assert Settings(levels=1).validate(1) is None
     assert Settings(levels=3, coarsening=[2, 4], relax="F").validate(8) is None  # lists and bare strings coerce
     assert Settings(levels=3, coarsening=[2, 4]).coarsening == (2, 4)
+
+
+@pytest.mark.parametrize("kernel", ["torch", "triton"])
+def test_the_fas_correction_fuses_only_where_the_stack_chose_triton(kernel: str, monkeypatch) -> None:
+    """`kernels = torch` holds for the FAS correction too: the fused correction is asked for only
+    when the propagator's kernel is Triton (for the forward solve and for its adjoint)."""
+    from mrc.techniques.mgrit import solver as solver_module
+
+    asked: list[int] = []
+    monkeypatch.setattr(solver_module, "fas_correct_fused", lambda *a: asked.append(1) or False)
+    n = 16
+    prop = ScalarLinear(n)
+    prop.kernel = kernel
+    states = torch.full((n + 1,), 1.5, dtype=DT)
+    for problem in (prop, Adjoint(prop, states)):
+        asked.clear()
+        solver = MGRIT(problem, n, Settings(levels=3, coarsening=(2,), iters=2))
+        solver.start(u0_for(prop))
+        solver.solve()
+        assert bool(asked) == (kernel == "triton"), type(problem).__name__

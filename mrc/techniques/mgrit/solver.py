@@ -299,7 +299,8 @@ class MGRIT:
 
     def _correct(self, l: int) -> None:
         lv, co = self._levels[l], self._levels[l + 1]
-        if not fas_correct_fused(lv.u, co.u[1:], lv.u_c[1:], lv.c_points):
+        fuse = getattr(self.prop, "kernel", "torch") == "triton"  # the stack's kernel choice, as the step's
+        if not (fuse and fas_correct_fused(lv.u, co.u[1:], lv.u_c[1:], lv.c_points)):
             lv.u[lv.c_slice] += co.u[1:] - lv.u_c[1:]
         lv.u_c = torch.empty(0)
         co.u, co.g = torch.empty(0), torch.empty(0)
@@ -385,6 +386,7 @@ class Adjoint:
 
     def __init__(self, prop: Propagator, states: torch.Tensor) -> None:
         self.prop = prop
+        self.kernel = getattr(prop, "kernel", "torch")  # the forward's choice holds for its adjoint
         self.states = states
         self.n_steps = states.shape[0] - 1
 
