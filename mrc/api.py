@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,11 +142,17 @@ def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: 
           overrides: Mapping[str, str] | Sequence[str] | None = None, progress: bool = False,
           save: bool = True, stop_at: int | None = None, trace: str | Path | None = None,
           observe: Callable[[int, dict[str, Any]], bool | None] | None = None, interrupt: Any = None,
-          change_length: bool = False, tensorboard: bool = True):  # -> mrc.runtime.trainer.TrainResult
+          change_length: bool = False, tensorboard: bool = True,
+          overwrite: bool = False):  # -> mrc.runtime.trainer.TrainResult
     """Compile (unless given a Compiled) and train.
 
-    out: the run directory (default `runs/<spec name>` when `save`; with `resume` and no `out`,
-    the resumed directory). steps / epochs override the spec's length. Returns a TrainResult with
+    out: the run directory (default, when `save`: a fresh versioned folder
+    `runs/<spec name>/<date-time>` with a `latest` link beside it; with `resume` and no `out`,
+    the resumed directory). An `out` that holds a run already is refused (`RunExists`, a
+    CheckpointError) unless `overwrite` (its run files are removed first) — a run never replaces
+    another silently. A fresh run writes `config.mrs` (the spec it ran, overrides written in)
+    and `run.json` (command, overrides, versions, git commit, host, start, world) into it.
+    steps / epochs override the spec's length. Returns a TrainResult with
     the trained model, the metrics and the summary. stop_at pauses the run (with a checkpoint)
     once that global step is reached, keeping its planned length, so it can be resumed. trace:
     a file that receives one line per executed op (step, op id, kind, scope); in a run of
@@ -180,20 +187,37 @@ def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: 
     if device is not None and not isinstance(spec, Compiled) and f"train.device={device}" not in items:
         items = [*items, f"train.device={device}"]
     compiled = spec if isinstance(spec, Compiled) else compile_spec(spec, items, training=True)
-    out_dir: Path | None
-    if out is not None:
-        out_dir = Path(out)
-    elif resume is not None:
-        out_dir = Path(resume)
-    elif save:
-        out_dir = Path("runs") / compiled.program.name
-    else:
-        out_dir = None
-    if out_dir is not None:
-        from mrc.runtime.checkpoint import prepare_out_dir
-
-        prepare_out_dir(out_dir)  # a file in the way, a read-only place: one line, nothing touched
     from mrc.launch import rank
+    from mrc.runtime import rundir
+    from mrc.runtime.checkpoint import CheckpointError, prepare_out_dir
+
+    leader = (rank() or 0) == 0
+    if resume is not None and steps is None and epochs is None:
+        from mrc.runtime.trainer import fingerprint
+
+        done = rundir.finished(Path(resume), compiled.program.name, fingerprint(compiled.graph))
+        if done is not None:  # nothing to resume: say so and change nothing
+            return _finished_run(compiled, Path(resume), done)
+    run_id = None
+    if out is None and resume is None and save and rank() is not None:  # every process must agree
+        run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+        if run_id in ("", "none"):
+            raise CheckpointError("several processes and no --out: give --out DIR so that they write one run")
+    fresh_version = out is None and resume is None and save
+    if not leader and out is not None:  # the leader checked (or cleared) it; its files may be there now
+        out_dir: Path | None = Path(out)
+    else:
+        out_dir = rundir.choose(compiled.program.name, out, resume, save=save, overwrite=overwrite, run_id=run_id)
+    if out_dir is not None:
+        prepare_out_dir(out_dir)  # a file in the way, a read-only place: one line, nothing touched
+        if fresh_version and leader:
+            rundir.link_latest(out_dir)
+        if leader:
+            source = Path(spec) if isinstance(spec, str | Path) else Path(compiled.program.file)
+            rundir.write_record(out_dir, source if source.is_file() else None, items,
+                                world=int(os.environ.get("WORLD_SIZE", "1") or 1), resumed=resume is not None,
+                                device=device or "", length=f"--steps {steps}" if steps else
+                                f"--epochs {epochs}" if epochs else "")
 
     if trace is not None and (rank() or 0) > 0:
         trace = f"{trace}.rank{rank()}"  # each rank traces what it runs
@@ -207,6 +231,23 @@ def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: 
     finally:
         if sink is not None:
             sink.close()
+
+
+def _finished_run(compiled: Compiled, run_dir: Path, summary: dict[str, Any]):  # -> TrainResult
+    """A resume of a run that already ran to its end: its final model, metrics and summary as
+    they are, with a note on stderr; no file is written."""
+    import sys
+
+    from mrc.runtime.checkpoint import FINAL, read_metrics
+    from mrc.runtime.trainer import TrainResult
+    from mrc.safeload import read_weights
+
+    model = compiled.bound.model
+    if (run_dir / FINAL).is_file():
+        model.load_state_dict(read_weights(run_dir / FINAL), strict=False)
+    print(f"mrc: {run_dir} is finished ({summary.get('steps')} of {summary.get('total_steps')} steps): nothing "
+          "to resume, nothing changed (--resume DIR --steps N --change-length makes it longer)", file=sys.stderr)
+    return TrainResult(model, read_metrics(run_dir), summary, run_dir, "completed")
 
 
 def _resumed_overrides(run_dir: Path, given: list[str]) -> list[str]:

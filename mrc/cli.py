@@ -74,7 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     length.add_argument("--epochs", type=_positive, metavar="E", help="train for E epochs")
     t.add_argument("--seed", type=_natural, metavar="S", help="override the spec's seed")
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train")
-    t.add_argument("--out", metavar="DIR", help="output directory (default: runs/SPEC_NAME)")
+    t.add_argument("--out", metavar="DIR", help="output directory (default: a new runs/SPEC_NAME/DATE-TIME, "
+                   "linked as runs/SPEC_NAME/latest); a DIR that holds a run is refused without --overwrite")
+    t.add_argument("--overwrite", action="store_true", help="replace the run in --out DIR (its run files are "
+                   "removed first)")
     t.add_argument("--resume", metavar="DIR", help="continue the run checkpointed in DIR, exactly as it "
                    "was started (its settings and length)")
     t.add_argument("--change-length", action="store_true",
@@ -244,12 +247,22 @@ def _launch_train(args: argparse.Namespace) -> int:
     out_dir = out_dir_of(args)
     fresh = [p for p in (out_dir, *out_dir.parents) if not os.path.exists(p)] if out_dir else []
     try:
-        check_spec(args.spec, _train_overrides(args))  # parse and check: no user code, no torch
+        program = check_spec(args.spec, _train_overrides(args))  # parse and check: no user code, no torch
         if args.resume is not None and not Path(args.resume).is_dir():
             raise CheckpointError(f"cannot resume: {args.resume} is not a directory")
         if args.resume is not None:
             _same_world(Path(args.resume), args.nproc)
-        if out_dir is not None:
+        _refuse_existing_run(args)
+        if out_dir is None:  # the default: one versioned folder, named here so every rank writes it
+            from mrc.runtime import rundir
+
+            out_dir = rundir.choose(program.name, None, None)
+            assert out_dir is not None
+            fresh = [p for p in (out_dir, *out_dir.parents) if not os.path.exists(p)]
+            args.argv = [*args.argv, "--out", str(out_dir)]
+            prepare_out_dir(out_dir)
+            rundir.link_latest(out_dir)
+        else:
             prepare_out_dir(out_dir)
     except CompileError as err:
         print(render_all(err.diagnostics), file=sys.stderr)
@@ -389,15 +402,22 @@ class _ClosedPipeSafe:
 
 
 def out_dir_of(args: argparse.Namespace) -> Path | None:
-    """The run directory `mrc train` will write: `--out`, else `--resume`, else
-    `runs/<spec stem>` (as `mrc.api.train` picks it); None while the spec is not a file, so the
-    compiler reports that first."""
+    """The run directory `mrc train` names: `--out`, else `--resume`; None for the default (a
+    fresh versioned folder that `mrc.api.train` makes after compiling)."""
     if args.out is not None:
         return Path(args.out)
     if args.resume is not None:
         return Path(args.resume)
-    spec = Path(args.spec)
-    return Path("runs") / spec.stem if spec.is_file() else None
+    return None
+
+
+def _refuse_existing_run(args: argparse.Namespace) -> None:
+    """`--out DIR` on a directory that holds a run, without --resume or --overwrite: refused
+    before anything runs."""
+    from mrc.runtime import rundir
+
+    if args.out is not None and args.resume is None and not args.overwrite and rundir.is_run(Path(args.out)):
+        rundir.choose("", args.out, None)  # raises RunExists with the message
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -412,6 +432,8 @@ def run_train(args: argparse.Namespace) -> int:
     try:  # before compiling: a bad directory costs nothing and says so in one line
         if args.resume is not None and not Path(args.resume).is_dir():
             raise CheckpointError(f"cannot resume: {args.resume} is not a directory")
+        if launch.rank() is None or launch.rank() == 0:
+            _refuse_existing_run(args)
         if out_dir is not None:
             prepare_out_dir(out_dir)
     except CheckpointError as err:
@@ -427,7 +449,8 @@ def run_train(args: argparse.Namespace) -> int:
         result = train(args.spec, out=args.out, steps=args.steps, epochs=args.epochs,
                        device=args.device, resume=args.resume, overrides=overrides,
                        progress=progress, trace=args.trace, interrupt=interrupt,
-                       change_length=args.change_length, tensorboard=not args.no_tensorboard)
+                       change_length=args.change_length, tensorboard=not args.no_tensorboard,
+                       overwrite=args.overwrite)
     except CompileError as err:
         for made in fresh:  # leave no empty run directory behind (innermost first)
             with contextlib.suppress(OSError):
@@ -454,6 +477,13 @@ def run_train(args: argparse.Namespace) -> int:
     status = 130 if result.status == "interrupted" else 0
     if not leader:
         return status
+    if result.status == "interrupted" and result.out_dir is not None:
+        import shlex
+
+        again = ["mrc", "train", args.spec, "--resume", str(result.out_dir)]
+        if args.nproc:
+            again += ["--nproc", str(args.nproc)]
+        print(f"mrc: to continue: {shlex.join(again)}", file=sys.stderr)
     s = result.summary
     val = f"val_acc {s['val_acc']:.4f}  val_loss {s['val_loss']:.4f}" if s.get("val_acc") is not None else \
         f"val_loss {s['val_loss']:.4f}" if s.get("val_loss") is not None else ""  # a loss without accuracy

@@ -4,8 +4,8 @@ Two kinds of spec need more than the spec itself:
 - a spec whose data lie on disk (`fashion_mnist`, `cifar10`, …) can only compile where the files
   are: `data_missing` gives the reason to skip it elsewhere (CI installs Fashion-MNIST; CIFAR-10
   is never downloaded, so `specs/cifar10_wrn.mrs` runs where a user has it);
-- a fine-tuning spec loads `../runs/NAME/final.pt`: `pretraining` names the spec
-  (`specs/NAME.mrs`) whose run makes that file.
+- a fine-tuning spec loads `../runs/NAME/latest/final.pt`: `pretraining` names the spec
+  (`specs/NAME.mrs`) whose run makes that file (a test writes that run to `runs/NAME/latest`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from mrc.data.files import DataError
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.mrs"))
 
-_INIT = re.compile(r'^init\s+"\.\./runs/(\w+)/final\.pt"', re.MULTILINE)
+_INIT = re.compile(r'^init\s+"\.\./runs/(\w+)/latest/final\.pt"', re.MULTILINE)
 
 
 def data_missing(spec: Path) -> str | None:

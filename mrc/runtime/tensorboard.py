@@ -17,7 +17,10 @@ run"):
                                      `REGION.mK`)
     mgrit/STACK/forward_residual, …/adjoint_residual    the last iteration's residual norm
     mgrit/STACK/forward_factor, …/adjoint_factor        the last convergence factor
-    spec, graph                      text summaries at step 0: the spec and its compiled graph
+    spec, graph                      text summaries at step 0: the spec as it ran (config.mrs,
+                                     `--set` values written in) and its compiled graph
+    hparams                          the run's `--set` overrides (from run.json) with val/loss and
+                                     val/acc, for TensorBoard's HParams tab
 
 Characters TensorBoard does not allow in a tag (anything but letters, digits, `_`, `-`, `.`,
 `/`) become `_` (a partition `all@m0` is `lr/all_m0`).
@@ -105,11 +108,13 @@ class TensorBoard(Callback):
     already has them). `resumed` opens the writer so the steps after the checkpoint that the
     interrupted run had logged are discarded (see the module's docstring)."""
 
-    def __init__(self, out_dir: Path, *, resumed: bool, spec_text: str = "", graph_text: str = "") -> None:
+    def __init__(self, out_dir: Path, *, resumed: bool, spec_text: str = "", graph_text: str = "",
+                 hparams: dict[str, Any] | None = None) -> None:
         self.dir = out_dir / TB
         self.resumed = resumed
         self.spec_text = spec_text
         self.graph_text = graph_text
+        self.hparams = hparams or {}
         self.writer: Any = None
 
     def on_start(self, run: Run) -> None:
@@ -124,6 +129,11 @@ class TensorBoard(Callback):
                 self.writer.add_text("spec", _code(self.spec_text), 0)
             if self.graph_text:
                 self.writer.add_text("graph", _code(self.graph_text), 0)
+            if self.hparams:  # in this run's own event file (add_hparams would make another run)
+                from torch.utils.tensorboard.summary import hparams
+
+                for summary in hparams(self.hparams, {"val/loss": 0.0, "val/acc": 0.0}):
+                    self.writer.file_writer.add_summary(summary)
         run.listeners.append(self.write)
 
     def write(self, rec: dict[str, Any]) -> None:
@@ -156,3 +166,22 @@ def graph_text(graph: Any) -> str:
     """The compiled graph as the `graph` text summary shows it: in full, or compact when long."""
     text = graph.to_text()
     return text if len(text) <= GRAPH_TEXT_LIMIT else graph.to_text(compact=True)
+
+
+def hparams_of(run_dir: Path) -> dict[str, Any]:
+    """The run's `--set` overrides as hyper-parameters (numbers as numbers, anything else as
+    its text), read from run.json; {} without one."""
+    import json
+
+    try:
+        record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    out: dict[str, Any] = {}
+    for item in record.get("overrides") or []:
+        key, _, value = str(item).partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            out[key.strip()] = value.strip().strip('"')
+    return out

@@ -19,7 +19,7 @@ import io
 import math
 import resource
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,6 +96,36 @@ def pick_device(name: str) -> torch.device:
             raise RuntimeError("--device cuda was asked for, but no CUDA device is available")
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def differences(saved: Sequence[str], overrides: Sequence[str], saved_schedule: str | None, graph: Any) -> str:
+    """What makes a resumed run's compiled schedule differ from its checkpoint's, in words: the
+    `--set` keys given now with a value other than the run's (or that the run did not set),
+    else the first lines where the schedules differ (`mrc graph --compact` text), else that the
+    spec changed. `overrides` are the run's own (`saved`) followed by those given now."""
+    def pairs(items: Sequence[str]) -> list[tuple[str, str]]:
+        return [(k.strip(), v.strip()) for k, _, v in (str(i).partition("=") for i in items)]
+
+    run = dict(pairs(saved))
+    found: list[str] = []
+    for key, value in pairs(overrides[len(saved):] if list(overrides[:len(saved)]) == list(saved) else overrides):
+        if key not in run:
+            found.append(f"`{key}` is {value} now and not set in the run")
+        elif run[key] != value:
+            found.append(f"`{key}` is {run[key]} in the run, {value} now")
+    if found:
+        return "; ".join(found)
+    if saved_schedule:
+        import difflib
+
+        now = graph.to_text(compact=True).splitlines()
+        changed = [line[1:].strip() for line in difflib.unified_diff(saved_schedule.splitlines(), now, n=0,
+                                                                       lineterm="")
+                   if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+        if changed:
+            shown = "; ".join(f"`{c}`" for c in changed[:4])
+            return f"the schedule changed ({shown}{'; …' if len(changed) > 4 else ''}): was the spec edited?"
+    return "the compiled schedule differs (was the spec edited?)"
 
 
 def fingerprint(graph: Any) -> str:
@@ -180,6 +210,8 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "early": early.state_dict() if early else None, "last_eval": run.last_eval,
             "world": self.world.size,
+            "elapsed": run.elapsed(),  # the run's wall time so far: a resume continues the clock
+            "schedule": self.c.graph.to_text(compact=True),  # to name what differs when a resume is refused
         }
         buffer = io.BytesIO()
         torch.save(plain(state), buffer)  # read back with weights_only=True: plain data only
@@ -204,10 +236,12 @@ class Trainer:
             raise CheckpointError(f"{where}: it was written by a run of {saved_world} process"
                                   f"{'es' if saved_world > 1 else ''}; resume it with the same number "
                                   f"(this run has {self.world.size})")
-        if state["spec_name"] != self.program.name or state["fingerprint"] != self.fingerprint:
-            raise CheckpointError(f"{where}: it was written by spec `{state['spec_name']}` (schedule "
-                                  f"{state['fingerprint']}), not by `{self.program.name}` (schedule "
-                                  f"{self.fingerprint}) with these settings")
+        if state["spec_name"] != self.program.name:
+            raise CheckpointError(f"{where}: it was written by spec `{state['spec_name']}`, not by "
+                                  f"`{self.program.name}`")
+        if state["fingerprint"] != self.fingerprint:
+            what = differences(state.get("overrides") or [], self.overrides, state.get("schedule"), self.c.graph)
+            raise CheckpointError(f"{where}: this run's settings differ from the run's: {what}")
         if state["total"] != run.total:
             if self.asked and not self.change_length:
                 raise CheckpointError(f"{where}: the run is planned for {state['total']} steps; to make it "
@@ -225,6 +259,7 @@ class Trainer:
             raise CheckpointError(f"{where}: its state does not fit this run ({first})") from None
         run.step, run.epoch, run.batch = state["step"], state["epoch"], state["batch"]
         run.last_good = run.step
+        run.start -= float(state.get("elapsed", 0.0))  # wall time continues across resumes
         torch.set_rng_state(state["rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -423,16 +458,17 @@ class Trainer:
         try:
             from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (needs `tensorboard`)
 
-            from mrc.runtime.tensorboard import TensorBoard, graph_text
+            from mrc.runtime.tensorboard import TensorBoard, graph_text, hparams_of
         except ImportError as err:
             self.echo(f"mrc: note: no TensorBoard events ({err}); pip install tensorboard")
             return None
+        effective = self.out / "config.mrs"  # the spec as it ran, `--set` values written in
         try:
-            spec_text = Path(self.program.file).read_text(encoding="utf-8")
+            spec_text = (effective if effective.is_file() else Path(self.program.file)).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError, TypeError):
             spec_text = ""
         return TensorBoard(self.out, resumed=self.resume is not None, spec_text=spec_text,
-                           graph_text=graph_text(self.c.graph))
+                           graph_text=graph_text(self.c.graph), hparams=hparams_of(self.out))
 
     def _broadcast_state(self, plan: Plan) -> None:
         """Every rank starts from rank 0's parameters and buffers (as DDP does): the same seed
@@ -559,9 +595,11 @@ class Trainer:
             "spec": self.program.file, "status": run.status, "steps": run.step, "total_steps": run.total,
             "epochs": run.epoch + (run.batch / self.spe if self.spe else 0),
             **prefixed(train, "train_"), **prefixed(val),
-            "wall_time_s": wall, "steps_per_s": steps_run / wall if wall > 0 else None,
+            "wall_time_s": wall, "steps_per_s": run.step / wall if wall > 0 else None,
             "peak_memory_mib": peak, "peak_memory_kind": peak_kind, "device": str(self.device),
-            "seed": self.program.train.seed, "last_checkpoint_step": run.last_good,
+            "seed": self.program.train.seed,
+            # the step of the checkpoint on disk, or None where the run wrote none (it stopped first)
+            "last_checkpoint_step": run.last_good if self.out and (self.out / CHECKPOINT).is_file() else None,
             "precision": self.c.graph.precision,
         }
         if self.activation is not None:

@@ -10,7 +10,6 @@ absolute, since best.mrs lives in another directory than the spec.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import datetime as _dt
 import json
 import math
@@ -21,8 +20,6 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from mrc import ast
-from mrc.diagnostics import Span
 from mrc.program import Sweep
 from mrc.sweep.study import first_line, override_text
 
@@ -88,87 +85,21 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 
 # --- best.mrs --------------------------------------------------------------------------------
 
-def _offsets(text: str) -> list[int]:
-    """Where each line starts — lines split at "\n" only, as the parser counts them."""
-    starts, pos = [0], 0
-    for line in text.split("\n"):
-        pos += len(line) + 1
-        starts.append(pos)
-    return starts
-
-
-def _strings(node: Any) -> list[ast.Str]:
-    """Every string literal under an AST node."""
-    if isinstance(node, ast.Str):
-        return [node]
-    if isinstance(node, tuple | list):
-        return [s for item in node for s in _strings(item)]
-    if dataclasses.is_dataclass(node) and not isinstance(node, Span | type):
-        return [s for f in dataclasses.fields(node) for s in _strings(getattr(node, f.name))]
-    return []
-
-
-def _absolute(value: str, base: Path) -> str | None:
-    """A relative file name (or `file.py:factory`) that names a file next to the spec, made
-    absolute; None for anything else."""
-    path, colon, rest = value.partition(":")
-    if not path or Path(path).is_absolute() or not (base / path).is_file():
-        return None
-    return str((base / path).resolve()) + colon + rest
-
-
 def best_spec_text(spec: str | Path, sweep: Sweep, trial: FrozenTrial, study_name: str) -> tuple[str, list[str]]:
     """The spec's text with `trial`'s values written in and its `sweep` removed. Returns the
     text and the keys that had no place in the spec to write them (they need `--set`)."""
-    from mrc.parser import parse
+    from mrc.spectext import with_values
 
-    spec = Path(spec)
-    text = spec.read_text(encoding="utf-8")
-    tree = parse(text, str(spec))
-    starts = _offsets(text)
-
-    def at(line: int, col: int) -> int:
-        return starts[line - 1] + col - 1
-
-    edits: list[tuple[int, int, str]] = []
     values = value_texts(sweep, trial)
-    unplaced: list[str] = []
-    for key, value in values.items():
-        site = sweep.sites.get(key)
-        if site is None:
-            unplaced.append(key)
-            continue
-        how, span = site
-        if how == "replace":
-            edits.append((at(span.line, span.col), at(span.end_line, span.end_col), value))
-        else:
-            end = at(span.end_line, span.end_col)
-            edits.append((end, end, f", {key.rpartition('.')[2]}={value}"))
-    base = spec.resolve().parent
-    for st in tree.statements:
-        if st.keyword.id == "sweep":
-            start, end = at(st.span.line, st.span.col), at(st.span.end_line, st.span.end_col)
-            if not text[starts[st.span.line - 1]:start].strip():
-                start = starts[st.span.line - 1]
-            line_end = starts[st.span.end_line] if st.span.end_line < len(starts) else len(text)
-            if not text[end:line_end].strip():
-                end = line_end
-            edits.append((start, end, ""))
-            continue
-        for s in _strings(st):
-            absolute = _absolute(s.value, base)
-            if absolute is not None:
-                edits.append((at(s.span.line, s.span.col), at(s.span.end_line, s.span.end_col), json.dumps(absolute)))
-    for start, end, new in sorted(edits, key=lambda e: (e[0], e[1]), reverse=True):
-        text = text[:start] + new + text[end:]
     value = f"{sweep.metric} {trial.value:.4f}" if trial.value is not None else ""
-    header = [f"# best.mrs: written by `mrc sweep` from {spec.name} — trial {trial.number} of study "
+    header = [f"# best.mrs: written by `mrc sweep` from {Path(spec).name} — trial {trial.number} of study "
               f"{study_name!r} ({value})",
               "# its values: " + ", ".join(f"{k}={v}" for k, v in values.items())]
+    unplaced = [k for k in values if k not in sweep.sites]
     if unplaced:
         header.append("# not written here (the spec has no place for them; train with --set): "
                       + " ".join(f"{k}={values[k]}" for k in unplaced))
-    return "\n".join(header) + "\n" + text, unplaced
+    return with_values(spec, values, sweep.sites, drop=("sweep",), header=header)
 
 
 # --- trials.csv ------------------------------------------------------------------------------

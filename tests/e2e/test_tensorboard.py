@@ -46,6 +46,20 @@ def test_a_run_writes_its_metrics_spec_and_graph(tmp_path: Path) -> None:
     assert all(abs(e.value - v) < 1e-5 for e, v in zip(ea.Scalars("train/loss"), logged, strict=True))
     text = ea.Tensors("spec/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "model mlp(hidden=[128, 64])" in text
+    assert "log_every=2" in text and "eval_every=4" in text  # the spec as it ran: `--set` written in
+
+
+def test_the_overrides_are_the_runs_hparams(tmp_path: Path) -> None:
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    train(ROOT / "specs/quickstart.mrs", out=tmp_path / "run", steps=2,
+          overrides=["optimizer.lr=0.2", "train.log_every=1"])
+    ea = events(tmp_path / "run")
+    content = ea.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in content
+    data = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    got = {k: v.number_value for k, v in data.session_start_info.hparams.items()}
+    assert got == {"optimizer.lr": 0.2, "train.log_every": 1.0}
     graph = ea.Tensors("graph/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "step 0:" in graph
 

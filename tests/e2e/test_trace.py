@@ -23,7 +23,7 @@ def expected(graph: ScheduleGraph, steps: int) -> list[str]:
 
 
 def runnable(spec: Path, tmp_path: Path) -> Path:
-    """The spec itself, or — for a fine-tuning spec that loads `../runs/NAME/final.pt` — a copy
+    """The spec itself, or — for a fine-tuning spec that loads `../runs/NAME/latest/final.pt` — a copy
     next to a short run of `specs/NAME.mrs` made for it. A spec whose data are not on this
     machine is skipped, saying why."""
     missing = data_missing(spec)
@@ -34,7 +34,7 @@ def runnable(spec: Path, tmp_path: Path) -> Path:
         return spec
     (tmp_path / "specs").mkdir()
     copy = Path(shutil.copy(spec, tmp_path / "specs" / spec.name))
-    out = tmp_path / "runs" / pre.stem
+    out = tmp_path / "runs" / pre.stem / "latest"
     train(pre, steps=2, device="cpu", out=out, overrides=["data.limit=256"])
     assert (out / "final.pt").is_file()
     return copy

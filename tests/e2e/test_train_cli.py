@@ -38,7 +38,7 @@ def test_every_spec_trains_a_few_steps(spec: Path, tmp_path: Path,
 
         (tmp_path / "specs").mkdir()
         spec = Path(shutil.copy(spec, tmp_path / "specs" / spec.name))
-        assert main(["train", str(pre), "--steps", "3", "--out", str(tmp_path / "runs" / pre.stem),
+        assert main(["train", str(pre), "--steps", "3", "--out", str(tmp_path / "runs" / pre.stem / "latest"),
                      "--set", "data.limit=256"]) == 0
         tmp_path = tmp_path / "run"
         tmp_path.mkdir()
@@ -142,6 +142,7 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_continues(tmp_path: Path) -> None
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted at step" in err and "Traceback" not in err
+    assert f"mrc: to continue: mrc train {ROOT / 'specs' / 'quickstart.mrs'} --resume {out}" in err
     state = load_checkpoint(out)
     assert 0 < state["step"] < 200000
     assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"

@@ -14,6 +14,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from mrc import spectext
 from mrc.api import check_spec
 from mrc.sweep import results, study
 from mrc.sweep.study import SweepError
@@ -61,9 +62,9 @@ def test_best_spec_writes_each_value_at_its_site_and_drops_the_sweep(tmp_path: P
 
 def test_relative_file_names_are_made_absolute_for_best_mrs(tmp_path: Path) -> None:
     (tmp_path / "net.py").write_text("")
-    assert results._absolute("net.py:make", tmp_path) == f"{(tmp_path / 'net.py').resolve()}:make"
-    assert results._absolute("digits", tmp_path) is None
-    assert results._absolute("/abs/file.npz", tmp_path) is None
+    assert spectext._absolute("net.py:make", tmp_path) == f"{(tmp_path / 'net.py').resolve()}:make"
+    assert spectext._absolute("digits", tmp_path) is None
+    assert spectext._absolute("/abs/file.npz", tmp_path) is None
 
 
 def test_interrupted_trials_do_not_count_and_everything_else_does() -> None:
