@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from mrc import ast
 from mrc.check.checker import check
-from mrc.diagnostics import CompileError, Diagnostic, Reporter, Span
+from mrc.diagnostics import SOURCES, CompileError, Diagnostic, Reporter, Span
 from mrc.parser import parse, parse_expr
 from mrc.program import Program
 
@@ -60,10 +60,12 @@ def parse_overrides(overrides: Mapping[str, str] | Sequence[str] | None) -> dict
             errors.append(Diagnostic(f"`--set {key}={value}`: the key must be a name such as "
                                      "`optimizer.lr` or a `let` name", None))
             continue
-        try:
-            out[key] = parse_expr(str(value), name)
+        text = str(value)
+        try:  # parsed in place after `KEY=`, so a caret falls under the key or the value as typed
+            out[key] = parse_expr(" " * (len(key) + 1) + text, name)
         except CompileError as err:
             errors.extend(err.diagnostics)
+        SOURCES.add(name, f"{key}={text}")
     if errors:
         raise CompileError(errors)
     return out

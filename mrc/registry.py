@@ -179,7 +179,15 @@ class Registry:
 
 
 def did_you_mean(name: str, candidates: list[str] | tuple[str, ...]) -> str | None:
-    """The closest candidate to a misspelt name, or None if nothing is close."""
+    """The closest candidate to a misspelt name, or None if nothing is close: a candidate that
+    is the name's initials (`learning_rate` → `lr`, `weight_decay` → `wd`) first, then the
+    closest by edit similarity."""
+    words = [w for w in name.lower().replace("-", "_").split("_") if w]
+    if len(words) > 1:
+        initials = "".join(w[0] for w in words)
+        found = [c for c in candidates if c.lower() == initials]
+        if found:
+            return found[0]
     matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     if matches:
         return matches[0]

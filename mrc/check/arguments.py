@@ -172,12 +172,30 @@ class Arguments(Expressions):
         return Component(name, kwargs, target.span, True, spans)
 
     def report_unused_overrides(self) -> None:
-        """A `--set` key that no statement read is an error at its value."""
+        """A `--set` key that no statement read is an error at the key, with the closest key
+        this spec has (same statement first: `optimizer.learning_rate` → `optimizer.lr`)."""
+        from mrc.diagnostics import Span
+
         for key in sorted(set(self.overrides) - self.used_overrides):
             expr = self.overrides[key]
-            self.r.error(f"`--set {key}` matches no setting of this spec", expr.span,
-                         hint="keys are `let` names or statement.argument, e.g. `optimizer.lr`, "
+            at = Span(expr.span.file, 1, 1, 1, len(key) + 1) if expr.span.file.startswith("<--set") else expr.span
+            guess = suggest_key(key, sorted(self.settable | set(self.lets)))
+            self.r.error(f"`--set {key}` matches no setting of this spec", at,
+                         hint=f"did you mean `{guess}`?" if guess else
+                         "keys are `let` names or statement.argument, e.g. `optimizer.lr`, "
                          "`train.epochs`, `data.batch`, `partition.NAME.every`")
+
+
+def suggest_key(key: str, keys: list[str]) -> str | None:
+    """The settable key closest to a misspelt `--set` key: among the keys of the same statement
+    (`optimizer.…`), the closest argument name; else the closest key overall."""
+    head, dot, last = key.rpartition(".")
+    if dot:
+        same = [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == head]
+        guess = did_you_mean(last, same)
+        if guess:
+            return f"{head}.{guess}"
+    return did_you_mean(key, keys)
 
 
 def is_user_ref(text: str) -> bool:

@@ -85,9 +85,35 @@ class Checker(Arguments):
         finally:
             self._selector_depth -= 1
 
+    def whole_statements(self, spec: ast.Spec) -> ast.Spec:
+        """`--set optimizer=adam(lr=1e-3)`, `--set model=resnet(depth=32)`, `--set data="x.npz"`:
+        an override keyed by a statement's keyword replaces what the statement names and its
+        arguments (its block, if any, stays); the statement is then checked as if so written,
+        and where it was written is recorded (`sites`) for config.mrs."""
+        import dataclasses
+
+        statements = []
+        for st in spec.statements:
+            expr = self.overrides.get(st.keyword.id)
+            call = expr if isinstance(expr, ast.Call) else None
+            target = call.func if call else expr if isinstance(expr, ast.Name | ast.Str) else None
+            if target is not None and st.name is None and st.value is None and st.block is None:
+                key = st.keyword.id
+                self.used_overrides.add(key)
+                self.settable.add(key)
+                start = st.target.span if st.target is not None else st.keyword.span
+                self.sites.setdefault(key, ("replace", Span(st.span.file, start.line, start.col, st.span.end_line,
+                                                            st.span.end_col) if st.target is not None else
+                                            Span(st.span.file, st.span.end_line, st.span.end_col,
+                                                 st.span.end_line, st.span.end_col)))
+                st = dataclasses.replace(st, target=target, args=call.args if call else None)
+            statements.append(st)
+        return dataclasses.replace(spec, statements=tuple(statements))
+
     def check(self, spec: ast.Spec, base_dir: Path) -> Program:
         """Check every statement; raise CompileError with all problems, or return the Program."""
         self.file, self.base_dir = spec.file, base_dir
+        spec = self.whole_statements(spec)
         self.spec = spec
         found: dict[str, ast.Statement] = {}
         misspelt: set[str] = set()

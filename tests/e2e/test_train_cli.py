@@ -153,10 +153,10 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_continues(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--set", "optimizer.lr=-1"], "<--set optimizer.lr>:1:1: error: `lr` = -1 is out of range"),
+    (["--set", "optimizer.lr=-1"], "<--set optimizer.lr>:1:14: error: `lr` = -1 is out of range"),
     (["--set", "optimizer.lrr=0.1"], "`--set optimizer.lrr` matches no setting of this spec"),
     (["--set", "optimizer.lr"], "`--set optimizer.lr` needs the form key=value"),
-    (["--set", "optimizer.lr=(0.1"], "<--set optimizer.lr>:1:5: error: unexpected end of file"),
+    (["--set", "optimizer.lr=(0.1"], "<--set optimizer.lr>:1:18: error: unexpected end of file"),
     (["--set", "train.epochs=2.5"], "`epochs` must be an integer, not 2.5"),
 ])
 def test_set_errors(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

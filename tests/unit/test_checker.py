@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mrc.api import check_spec
+from mrc.api import check_spec, parse_overrides
 from mrc.check.checker import check
 from mrc.diagnostics import CompileError, Diagnostic, Span, render
 from mrc.parser import parse
@@ -224,27 +224,37 @@ def _override_error(path: Path, overrides: list[str]) -> Diagnostic:
 def test_unknown_override_key_points_into_the_override(full: Path) -> None:
     d = _override_error(full, ["optimizer.lrr=0.1"])
     assert d.message == "`--set optimizer.lrr` matches no setting of this spec"
-    assert d.span == Span("<--set optimizer.lrr>", 1, 1, 1, 4)
-    assert render(d).splitlines()[1:3] == [" 1 | 0.1", "   | ^^^"]
+    assert d.span == Span("<--set optimizer.lrr>", 1, 1, 1, 14)  # the caret under the key
+    assert render(d).splitlines()[1:4] == [" 1 | optimizer.lrr=0.1", "   | ^^^^^^^^^^^^^",
+                                           "hint: did you mean `optimizer.lr`?"]
+
+
+@pytest.mark.parametrize(("key", "guess"), [("optimizer.learning_rate", "optimizer.lr"),
+                                            ("optimizer.weight_decy", "optimizer.weight_decay"),
+                                            ("optimzer.lr", "optimizer.lr"), ("data.batch_size", "data.batch")])
+def test_an_unknown_override_key_gets_the_closest_key_of_its_statement(full: Path, key: str, guess: str) -> None:
+    d = _override_error(full, [f"{key}=1"])
+    assert d.hint == f"did you mean `{guess}`?"
 
 
 def test_bad_override_value_points_into_the_override(full: Path) -> None:
     d = _override_error(full, ["optimizer.lr=-1"])
     assert d.message.startswith("`lr` = -1 is out of range")
-    assert d.span == Span("<--set optimizer.lr>", 1, 1, 1, 3)
+    assert d.span == Span("<--set optimizer.lr>", 1, 14, 1, 16)  # the value, after `optimizer.lr=`
+    assert render(d).splitlines()[1:3] == [" 1 | optimizer.lr=-1", "   |              ^^"]
     d = _override_error(full, ["train.epochs=2.5"])
     assert d.message == "`epochs` must be an integer, not 2.5"
     assert d.span is not None and d.span.file == "<--set train.epochs>"
     d = _override_error(full, ["h=nope"])
-    assert d.message == "unknown name `nope`" and d.span == Span("<--set h>", 1, 1, 1, 5)
+    assert d.message == "unknown name `nope`" and d.span == Span("<--set h>", 1, 3, 1, 7)
 
 
 def test_unparsable_override_points_into_the_override(full: Path) -> None:
     d = _override_error(full, ["optimizer.lr=(0.1"])
-    assert d.span == Span("<--set optimizer.lr>", 1, 5, 1, 6)
+    assert d.span == Span("<--set optimizer.lr>", 1, 18, 1, 19)
     assert d.message.startswith("unexpected end of file")
     d = _override_error(full, ["optimizer.lr=0.1 0.2"])
-    assert d.span == Span("<--set optimizer.lr>", 1, 5, 1, 8)
+    assert d.span == Span("<--set optimizer.lr>", 1, 18, 1, 21)
     d = _override_error(full, ["optimizer.lr="])
     assert d.span is not None and d.span.file == "<--set optimizer.lr>"
 
@@ -581,3 +591,14 @@ def test_param_validation_refuses_non_finite_numbers() -> None:
     assert Param("x", "floats").validate([1.0, math.inf])[1] == "`x` must be a finite number, not inf"
     assert Param("x", "int").validate(math.inf)[1] == "`x` must be an integer, not inf"
     assert Param("x", "float").validate(1e308) == (1e308, None)
+
+
+def test_a_whole_statement_can_be_overridden(full: Path) -> None:
+    p = check(parse(full.read_text(), str(full)), full.parent,
+              parse_overrides(["optimizer=adam(lr=1e-3)", "model=mlp(hidden=[8, 4])"]))
+    assert p.optimizer.name == "adam" and p.optimizer.kwargs["lr"] == 1e-3
+    assert "momentum" not in p.optimizer.kwargs  # the statement's own arguments went with it
+    assert p.model.name == "mlp" and p.model.kwargs["hidden"] == [8, 4]
+    d = _override_error(full, ["optimizer=adamm(lr=1e-3)"])
+    assert d.message == "unknown optimizer `adamm`" and d.hint == "did you mean `adam`?"
+    assert d.span == Span("<--set optimizer>", 1, 11, 1, 16)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mrc import ast
+from mrc.check.arguments import suggest_key
 from mrc.check.expressions import Bad
 from mrc.check.registry import finisher, statement
 from mrc.diagnostics import CompileError, Note, Span
@@ -275,7 +276,7 @@ def _check_values(ck: Checker, spaces: list[SweepSpace], st: ast.Statement) -> d
                 for d in mine:
                     ok = False
                     if "matches no setting" in d.message:
-                        guess = did_you_mean(space.key, sorted(inner.settable | set(inner.lets)))
+                        guess = suggest_key(space.key, sorted(inner.settable | set(inner.lets)))
                         ck.r.error(f"`{space.key}` is not a setting of this spec", _key_span(st, space.key),
                                    hint=f"did you mean `{guess}`?" if guess else
                                    "keys are `--set` keys: statement.argument (e.g. `optimizer.lr`) or a `let` name")
