@@ -105,6 +105,11 @@ def _parser() -> argparse.ArgumentParser:
                     "(repeatable or comma-separated)")
     pl.add_argument("-o", "--output", metavar="FILE.png", help="where to write (default: RUN/plot.png of the "
                     "first run)")
+    pl.add_argument("--x", choices=("step", "epoch", "time"), default="step",
+                    help="the horizontal axis of the panels drawn against the step (default: step)")
+    pl.add_argument("--smooth", type=float, default=0.0, metavar="W",
+                    help="smooth dense lines with an exponential moving average of weight W in [0, 1) "
+                    "(TensorBoard's slider; the raw line stays, faint)")
     w = sub.add_parser("sweep", help="run the spec's `sweep`: a hyper-parameter search (optuna)",
                        description="Run the spec's `sweep` statement as an optuna study: each trial "
                        "is a run directory DIR/trial-NNNN. At the end DIR holds best.mrs (the spec "
@@ -339,7 +344,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     metrics = [m.strip() for item in args.metric for m in item.split(",") if m.strip()]
     try:
         target = plot([Path(r) for r in args.runs], metrics or None,
-                      Path(args.output) if args.output else None)
+                      Path(args.output) if args.output else None, x=args.x, smooth=args.smooth)
     except PlotError as err:
         print(f"mrc plot: {err}", file=sys.stderr)
         return EXIT_ERROR

@@ -18,6 +18,7 @@ Drawn with matplotlib's Agg backend (no display needed) into a PNG.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -199,6 +200,7 @@ METRIC_PANELS: dict[str, list[str]] = {
 """What `--metric NAME` selects (panel names are accepted too)."""
 
 STYLES = ["-", "--", ":", "-."]
+MARKERS = ["o", "s", "^", "D", "v"]
 
 
 def labels(paths: Sequence[Path]) -> list[str]:
@@ -233,17 +235,36 @@ def choose(runs: list[RunData], metrics: Sequence[str] | None) -> list[tuple[Pan
     return out
 
 
-def plot(paths: Sequence[Path], metrics: Sequence[str] | None = None, out: Path | None = None) -> Path:
+X_AXES = {"step": "step", "epoch": "epoch", "time": "wall time (s)"}
+"""What `--x` may put on the horizontal axis of the step panels, with its label."""
+
+
+def plot(paths: Sequence[Path], metrics: Sequence[str] | None = None, out: Path | None = None, *,
+         x: str = "step", smooth: float = 0.0) -> Path:
     """Draw the runs in `paths` into a PNG (default `plot.png` in the first run's directory) and
-    return where it was written. Raises PlotError with a one-line reason."""
+    return where it was written. x: `step`, `epoch` or `time` on the horizontal axis of the
+    panels drawn against the step. smooth: in [0, 1), an exponential moving average of the
+    dense lines (TensorBoard's smoothing), drawn over the faint raw line. Raises PlotError
+    with a one-line reason."""
     if not paths:
         raise PlotError("give at least one run directory")
+    if x not in X_AXES:
+        raise PlotError(f"--x {x}: choose one of {', '.join(X_AXES)}")
+    if not 0.0 <= smooth < 1.0:
+        raise PlotError(f"--smooth {smooth}: give a weight in [0, 1), e.g. 0.6")
     runs = [read_run(Path(p), name) for p, name in zip(paths, labels([Path(p) for p in paths]), strict=True)]
+    if x != "step":
+        for r in runs:  # the step panels read `step`: give them the chosen axis instead
+            r.train = [{**rec, "step": rec.get(x)} for rec in r.train]
+            r.evals = [{**rec, "step": rec.get(x)} for rec in r.evals]
     panels = choose(runs, metrics)
+    if x != "step":
+        panels = [(dataclasses.replace(p, xlabel=X_AXES[x]) if p.xlabel == "step" else p, lines)
+                  for p, lines in panels if not (x == "time" and p.xlabel.startswith("wall time"))]
     if not panels:
         raise PlotError("the runs have nothing to plot")
     target = Path(out) if out is not None else runs[0].path / "plot.png"
-    figure = draw(runs, panels)
+    figure = draw(runs, panels, smooth)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(target, dpi=figure.dpi)
@@ -252,9 +273,25 @@ def plot(paths: Sequence[Path], metrics: Sequence[str] | None = None, out: Path 
     return target
 
 
-def draw(runs: list[RunData], panels: list[tuple[Panel, list[list[Series]]]]) -> Any:
+SPARSE = 20
+"""A series with at most this many points is drawn with a marker at each (one point is visible)."""
+
+
+def ema(ys: list[float], weight: float) -> list[float]:
+    """TensorBoard's smoothing: s_t = w·s_{t−1} + (1 − w)·y_t, debiased for the first points."""
+    out, last, norm = [], 0.0, 0.0
+    for y in ys:
+        last = weight * last + (1 - weight) * y
+        norm = weight * norm + (1 - weight)
+        out.append(last / norm)
+    return out
+
+
+def draw(runs: list[RunData], panels: list[tuple[Panel, list[list[Series]]]], smooth: float = 0.0) -> Any:
     """The figure (a matplotlib Figure on the Agg canvas): a grid of panels, a colour per run
-    (with one run: a colour per line), a line style per line."""
+    (with one run: a colour per line), a line style and a marker per line, so equal lines stay
+    visible; sparse series get a marker at each point; `smooth` > 0 draws dense lines as their
+    moving average over the faint raw line."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -269,9 +306,15 @@ def draw(runs: list[RunData], panels: list[tuple[Panel, list[list[Series]]]]) ->
         for r, (run, series) in enumerate(zip(runs, lines, strict=True)):
             for s, (label, xs, ys) in enumerate(series):
                 colour = f"C{r % 10}" if several else f"C{s % 10}"
-                style = STYLES[s % len(STYLES)] if several or panel.name.startswith("loss") else "-"
+                style = STYLES[s % len(STYLES)]
                 width = 2.0 if label == "merged" else 1.3
-                ax.plot(xs, ys, style, color=colour, linewidth=width,
+                sparse = len(xs) <= SPARSE
+                marker = MARKERS[s % len(MARKERS)] if sparse else None
+                shown = ys
+                if smooth > 0 and not sparse:
+                    ax.plot(xs, ys, "-", color=colour, linewidth=0.8, alpha=0.25)
+                    shown = ema(ys, smooth)
+                ax.plot(xs, shown, style, color=colour, linewidth=width, marker=marker, markersize=4,
                         label=f"{run.label}: {label}" if several else label)
                 values.extend(ys)
         if panel.log and values and min(values) > 0 and max(values) > 10 * min(values):

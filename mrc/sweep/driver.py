@@ -253,7 +253,7 @@ def _report(study: Any, plan: Plan, plots: bool = True) -> int:
         say("no trial completed: no best.mrs")
         status = EXIT_FAILED
     else:
-        values = " ".join(f"{k}={v}" for k, v in results.value_texts(plan.sweep, best).items())
+        values = " ".join(f"{k}={v}" for k, v in results.shown_values(plan.sweep, best).items())
         say(f"best: trial {best.number}  {plan.sweep.metric} {best.value:.4f}  {values}  "
             f"(run {best.user_attrs.get('run_dir', '?')})")
         text, unplaced = results.best_spec_text(plan.spec, plan.sweep, best, plan.name)

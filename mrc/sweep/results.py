@@ -35,8 +35,23 @@ def state_name(t: FrozenTrial) -> str:
 
 
 def value_texts(sweep: Sweep, t: FrozenTrial) -> dict[str, str]:
-    """The trial's parameters as spec text (what it was trained with)."""
+    """The trial's parameters as spec text (what it was trained with, exactly)."""
     return {s.key: override_text(s, t.params[s.key]) for s in sweep.spaces if s.key in t.params}
+
+
+def shown(text: str) -> str:
+    """A value as tables and comments show it: a float at 4 significant digits (the exact value
+    stays in the study and in the spec text written); anything else as it is."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return text if text.lstrip("-").isdigit() else f"{number:.4g}"
+
+
+def shown_values(sweep: Sweep, t: FrozenTrial) -> dict[str, str]:
+    """The trial's parameters as tables show them (`shown`)."""
+    return {k: shown(v) for k, v in value_texts(sweep, t).items()}
 
 
 def _number(x: float | None) -> str:
@@ -45,7 +60,7 @@ def _number(x: float | None) -> str:
 
 def trial_line(sweep: Sweep, t: FrozenTrial) -> str:
     """One finished trial as a plain line (the table off a terminal)."""
-    values = " ".join(f"{k}={v}" for k, v in value_texts(sweep, t).items())
+    values = " ".join(f"{k}={v}" for k, v in shown_values(sweep, t).items())
     metric = f"{sweep.metric} {_number(t.value)}" if t.value is not None else ""
     reason = t.user_attrs.get("reason") if t.state != TrialState.COMPLETE else None
     return "  ".join(p for p in (f"trial {t.number:4d}", f"{state_name(t):11s}", metric, values,
@@ -67,7 +82,7 @@ def table(sweep: Sweep, trials: list[FrozenTrial], wanted: int, best: FrozenTria
         tab.add_column(s.key)
     tab.add_column("note", overflow="fold")
     for t in trials[-last:]:
-        values = value_texts(sweep, t)
+        values = shown_values(sweep, t)
         mark = " *" if best is not None and t.number == best.number else ""
         note = t.user_attrs.get("reason", "") if t.state != TrialState.COMPLETE else ""
         tab.add_row(f"{t.number}{mark}", state_name(t), _number(t.value) if t.value is not None else "",
@@ -94,7 +109,7 @@ def best_spec_text(spec: str | Path, sweep: Sweep, trial: FrozenTrial, study_nam
     value = f"{sweep.metric} {trial.value:.4f}" if trial.value is not None else ""
     header = [f"# best.mrs: written by `mrc sweep` from {Path(spec).name} — trial {trial.number} of study "
               f"{study_name!r} ({value})",
-              "# its values: " + ", ".join(f"{k}={v}" for k, v in values.items())]
+              "# its values: " + ", ".join(f"{k}={shown(v)}" for k, v in values.items())]
     unplaced = [k for k in values if k not in sweep.sites]
     if unplaced:
         header.append("# not written here (the spec has no place for them; train with --set): "

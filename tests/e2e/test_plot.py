@@ -88,3 +88,54 @@ def test_not_a_run_and_unknown_metric_are_one_line_exit_2(runs: dict[str, Path],
     with pytest.raises(PlotError, match="no run has `mgrit` metrics"):
         plot([runs["quick"]], ["mgrit"], tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def _lines(fig, title: str):
+    [ax] = [a for a in fig.axes if a.get_title() == title]
+    return ax, ax.get_lines()
+
+
+def test_sparse_series_get_markers_and_equal_lines_stay_apart(tmp_path: Path) -> None:
+    """One evaluation (after one epoch) is a dot, not an invisible line; two partitions at the
+    same rate draw in two styles and markers, so the second does not hide the first."""
+    from mrc.plot import draw
+
+    run = tmp_path / "r"
+    run.mkdir()
+    rows = [{"step": s, "epoch": s / 10, "loss": 2.0 - s / 10, "lr": {"a": 0.1, "b": 0.1}, "time": s / 100}
+            for s in range(1, 11)] + [{"step": 10, "epoch": 1.0, "val_loss": 1.5, "val_acc": 0.6, "time": 0.1}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runs = [read_run(run)]
+    fig = draw(runs, choose(runs, None))
+    _, [val] = _lines(fig, "validation accuracy")
+    assert val.get_marker() == "o" and len(val.get_xdata()) == 1
+    _, (a, b) = _lines(fig, "learning rate per partition")
+    assert (a.get_linestyle(), a.get_marker()) != (b.get_linestyle(), b.get_marker())
+
+
+def test_the_x_axis_and_smoothing(runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mrc import plot as plotting
+
+    seen = {}
+    real = plotting.draw
+
+    def keep(runs_, panels, smooth=0.0):
+        seen["fig"] = real(runs_, panels, smooth)
+        return seen["fig"]
+
+    monkeypatch.setattr(plotting, "draw", keep)
+    run = tmp_path / "dense"
+    run.mkdir()
+    rows = [{"step": s, "epoch": s / 20, "loss": 2.0 / s + (s % 3) / 10, "time": s / 100} for s in range(1, 61)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plot([run], ["loss"], tmp_path / "e.png", x="epoch", smooth=0.6)
+    ax, lines = _lines(seen["fig"], "loss")
+    assert ax.get_xlabel() == "epoch"
+    raw = [ln for ln in lines if ln.get_alpha() == 0.25]
+    assert raw, "smoothing keeps the raw line, faint"
+    smooth = next(ln for ln in lines if ln.get_label().endswith("train loss"))
+    assert list(smooth.get_ydata()) == plotting.ema(list(raw[0].get_ydata()), 0.6)
+    assert max(smooth.get_xdata()) <= 3.0  # epochs, not steps
+    assert plotting.ema([1.0, 3.0], 0.5) == pytest.approx([1.0, 1.0 * 0.25 / 0.75 + 3.0 * 0.5 / 0.75])
+    with pytest.raises(PlotError, match=r"--smooth 1\.5"):
+        plot([runs["quick"]], ["loss"], tmp_path / "x.png", smooth=1.5)
