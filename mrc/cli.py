@@ -253,6 +253,10 @@ def _launch_train(args: argparse.Namespace) -> int:
     fresh = [p for p in (out_dir, *out_dir.parents) if not os.path.exists(p)] if out_dir else []
     try:
         program = check_spec(args.spec, _train_overrides(args))  # parse and check: no user code, no torch
+        if args.resume is None:  # placed on N ranks here, once: a bad placement is one message, before any rank
+            from mrc.api import bind_spec
+
+            bind_spec(args.spec, _train_overrides(args), world=args.nproc)
         if args.resume is not None and not Path(args.resume).is_dir():
             raise CheckpointError(f"cannot resume: {args.resume} is not a directory")
         if args.resume is not None:

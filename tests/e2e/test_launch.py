@@ -227,3 +227,14 @@ def test_a_lost_peer_is_told_from_a_rank_s_own_error() -> None:
                                "operation to complete)", True)
     assert explain(RuntimeError("loss is nan\nmore")) == ("loss is nan", False)
     assert explain(ValueError()) == ("ValueError", False)
+
+
+def test_a_placement_that_cannot_be_made_is_one_message_before_any_rank_starts(tmp_path: Path) -> None:
+    """4 modules cannot fill 5 ranks: `--nproc 5` says so once, from the launcher, and starts nothing."""
+    spec = Path(__file__).resolve().parents[2] / "specs" / "distributed_pipeline.mrs"
+    done = subprocess.run([sys.executable, "-m", "mrc.cli", "train", str(spec), "--nproc", "5", "--steps", "2",
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("4 modules cannot fill 5 ranks") == 1, done.stderr
+    assert "failed" not in done.stderr and "rank 0" not in done.stderr, done.stderr  # no rank ran
+    assert not (tmp_path / "run").exists()  # and no run directory was left
