@@ -27,7 +27,7 @@ from typing import Any
 
 import networkx as nx
 
-from mrc.ir.ops import OP_KINDS, ORDER, GraphError, Op, Value, decode
+from mrc.ir.ops import OP_KINDS, ORDER, Forward, GraphError, Op, Value, decode
 
 
 class Pattern:
@@ -437,8 +437,7 @@ class ScheduleGraph:
             lines += [f"    {line}" for line in self.placement.held()]
         return lines
 
-    @staticmethod
-    def _listing(pattern: Pattern) -> list[str]:
+    def _listing(self, pattern: Pattern) -> list[str]:
         ops = pattern.ops()
         numbering = {op.id: i for i, op in enumerate(ops)}
         lines = []
@@ -448,7 +447,8 @@ class ScheduleGraph:
             where = " ".join(t for t in (op.scope.text(), _phase(op)) if t)
             scope = f" @[{where}]" if where else ""
             after = f"  ← {', '.join(deps)}" if deps else ""
-            lines.append(f"  %{numbering[op.id]} = {op.text()}{scope}{after}")
+            text = op.named(self.layers) if isinstance(op, Forward) else op.text()
+            lines.append(f"  %{numbering[op.id]} = {text}{scope}{after}")
         return lines
 
     def to_text(self, compact: bool = False) -> str:

@@ -16,6 +16,7 @@ restore and resample (random_subsets), merge (brains).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -262,6 +263,23 @@ class Batch(Op):
         return f"batch own(stream={self.stream}, every={self.stride})"
 
 
+def covering(layers: tuple[str, ...], start: int, stop: int) -> list[str]:
+    """The fewest module paths whose layers are exactly layers[start:stop], in order: each layer
+    is named by its shortest ancestor all of whose layers lie in the range."""
+    def prefixes(name: str) -> list[str]:
+        parts = name.split(".")
+        return [".".join(parts[:n]) for n in range(1, len(parts) + 1)]
+
+    total = Counter(p for name in layers for p in prefixes(name))  # layers under each path
+    inside = Counter(p for name in layers[start:stop] for p in prefixes(name))
+    out: list[str] = []
+    for name in layers[start:stop]:
+        prefix = next(p for p in prefixes(name) if inside[p] == total[p])
+        if not out or out[-1] != prefix:
+            out.append(prefix)
+    return out
+
+
 @op_kind
 @dataclass(frozen=True, slots=True)
 class Forward(Op):
@@ -290,6 +308,17 @@ class Forward(Op):
         if self.start == 0 and self.stop is None:
             return "model"
         return f"model[{self.start or ''}:{'' if self.stop is None else self.stop}]"
+
+    def named(self, layers: tuple[str, ...]) -> str:
+        """`text()` with the layer range named by module path where the graph knows its layers'
+        names: `forward model[stem, layer1.0]`, `forward model[layer2, layer3.0]` (the fewest
+        whole submodules that make up the range; `a … b` when that takes more than three)."""
+        stop = len(layers) if self.stop is None else self.stop
+        if not layers or (self.start == 0 and self.stop is None) or not 0 <= self.start < stop <= len(layers):
+            return self.text()
+        groups = covering(layers, self.start, stop)
+        span = ", ".join(groups) if len(groups) <= 3 else f"{groups[0]} … {groups[-1]}"
+        return self.text().replace(f"forward {self.segment} ", f"forward model[{span}] ", 1)
 
     def text(self) -> str:
         mode = f"grad {names(self.grad)}" if self.grad else "no_grad"

@@ -589,3 +589,16 @@ def test_lcm() -> None:
     assert lcm([2, 3, 4]) == 12
     assert lcm([5]) == 5
     assert lcm(range(1, 9)) == 840
+
+
+def test_a_forward_range_is_named_by_the_fewest_whole_submodules() -> None:
+    from mrc.ir.ops import Forward, covering
+
+    layers = ("stem.0", "stem.1", "layer1.0.a", "layer1.0.b", "layer1.1.a", "layer1.1.b", "layer2.0.a", "head")
+    assert covering(layers, 0, 4) == ["stem", "layer1.0"]
+    assert covering(layers, 4, 8) == ["layer1.1", "layer2", "head"]
+    assert covering(layers, 3, 5) == ["layer1.0.b", "layer1.1.a"]
+    assert Forward(start=0, stop=4).named(layers) == "forward model[stem, layer1.0] [no_grad]"
+    assert Forward(start=2, stop=None).named(layers) == "forward model[layer1, layer2, head] [no_grad]"
+    assert Forward().named(layers) == "forward model [no_grad]"  # the whole model
+    assert Forward(start=0, stop=4).named(()) == "forward model[:4] [no_grad]"  # no names known

@@ -321,8 +321,8 @@ def test_freeze_prefix_runs_leading_frozen_layers_without_autograd() -> None:
     assert listing(frozen)[7:] == [
         "step 1:",
         "  %0 = batch",
-        "  %1 = forward model[:1] [no_grad]  ← %0:batch",
-        "  %2 = forward model[1:] [grad {head}]  ← %1:activation",
+        "  %1 = forward model[body] [no_grad]  ← %0:batch",
+        "  %2 = forward model[head] [grad {head}]  ← %1:activation",
         "  %3 = loss cross_entropy  ← %0:batch, %2:logits",
         "  %4 = backward wrt {head}  ← %3:loss",
         "  %5 = update head sgd(momentum=0.9) lr=0.1  ← %4:grads",
