@@ -43,7 +43,17 @@ def _parser() -> argparse.ArgumentParser:
                        "model and traces it). Diagnostics go to stderr; exit 2 if any spec has "
                        "errors.")
     c.add_argument("specs", nargs="+", metavar="SPEC")
+    c.add_argument("--show", action="store_true", help="also list what each spec bound (as `mrc show`)")
     overrides(c)
+
+    sh = sub.add_parser("show", help="list what a spec binds: partitions, modules, brains, MGRIT stacks",
+                        description="Compile a spec and list each partition with the parameters it holds "
+                        "(grouped), its element count and the rule, learning rate and period of its updates; "
+                        "then its modules, brains and MGRIT stacks. Read from the compiled graph: what it "
+                        "lists is what runs.")
+    sh.add_argument("spec", metavar="SPEC")
+    sh.add_argument("--nproc", type=_positive, metavar="N", help="placed on N processes")
+    overrides(sh)
 
     g = sub.add_parser("graph", help="print the schedule graph a spec compiles to",
                        description="Compile a spec and print its schedule graph (one period of "
@@ -157,16 +167,29 @@ def _natural(text: str) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from mrc.api import bind_spec
+    from mrc.api import bind_spec, compile_spec
 
     status = EXIT_OK
     for spec in args.specs:
         try:
-            bind_spec(spec, args.overrides)
+            if args.show:
+                from mrc.show import show
+
+                print(show(compile_spec(spec, args.overrides).graph, str(spec)))
+            else:
+                bind_spec(spec, args.overrides)
         except CompileError as err:
             print(render_all(err.diagnostics), file=sys.stderr)
             status = EXIT_ERROR
     return status
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from mrc.api import compile_spec
+    from mrc.show import show
+
+    print(show(compile_spec(args.spec, args.overrides, world=args.nproc).graph, str(args.spec)))
+    return EXIT_OK
 
 
 def _cmd_graph(args: argparse.Namespace) -> int:
@@ -538,7 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _ClosedPipeSafe(sys.stdout), _ClosedPipeSafe(sys.stderr)  # type: ignore[assignment]
     try:
-        return {"check": _cmd_check, "graph": _cmd_graph, "train": _cmd_train,
+        return {"check": _cmd_check, "show": _cmd_show, "graph": _cmd_graph, "train": _cmd_train,
                 "plot": _cmd_plot, "sweep": _cmd_sweep}[args.command](args)
     except CompileError as err:
         print(render_all(err.diagnostics), file=sys.stderr)
