@@ -78,10 +78,32 @@ def _split(item: str) -> tuple[str, str]:
     return key, value
 
 
-def check_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] | None = None) -> Program:
-    """Parse and check a spec (no user code is run). Raises CompileError with every problem."""
-    text, name = read_spec(path)
-    return check(parse(text, name), Path(path).resolve().parent, parse_overrides(overrides))
+@dataclass(frozen=True)
+class SpecText:
+    """A spec given as text (from Python) rather than as a file: `name` is what diagnostics call
+    it, `base_dir` where its relative file names are taken from (default: the working folder)."""
+
+    text: str
+    name: str = "<spec>"
+    base_dir: Path | None = None
+
+
+def source_of(spec: str | Path | SpecText) -> tuple[str, str, Path]:
+    """A spec's text, the name diagnostics use for it and the folder its relative names start
+    from. A string holding a newline is spec text; any other string is a path."""
+    if isinstance(spec, str) and "\n" in spec:
+        spec = SpecText(spec)
+    if isinstance(spec, SpecText):
+        return spec.text, spec.name, Path(spec.base_dir or Path.cwd()).resolve()
+    text, name = read_spec(spec)
+    return text, name, Path(spec).resolve().parent
+
+
+def check_spec(path: str | Path | SpecText, overrides: Mapping[str, str] | Sequence[str] | None = None) -> Program:
+    """Parse and check a spec (a path, or spec text: see `source_of`); no user code is run.
+    Raises CompileError with every problem."""
+    text, name, base = source_of(path)
+    return check(parse(text, name), base, parse_overrides(overrides))
 
 
 def bind_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] | None = None,
@@ -139,14 +161,117 @@ def _positive(name: str, value: object, allow_none: bool = False) -> None:
         raise ValueError(f"`{name}` must be a whole number ≥ 1, not {value!r}")
 
 
-def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: int | None = None,
+def train(spec: str | Path | SpecText | Compiled, *, model: Any = None, data: Any = None, loss: Any = None,
+          quiet: bool = False, **kwargs: Any):  # -> mrc.runtime.trainer.TrainResult
+    """Train a spec — a path, spec text (a string with a newline, or a SpecText) or a Compiled
+    one — optionally with objects of your own code in place of its statements:
+
+    model: an `nn.Module` instance (the spec's `model` statement, if any, is replaced);
+    data: a Dataset, a (train, validation) pair of Datasets or of DataLoaders, or anything a
+        data factory may return (the `data` statement's target is replaced; its options such as
+        `batch`, `val`, `augment` stay);
+    loss: a function `loss(output, target) -> scalar tensor` (a `task=` on the spec's `loss`
+        statement stays);
+    quiet: print nothing (no header, progress or notes).
+
+    The other keywords are those of `run` below (out, steps, epochs, device, resume, overrides,
+    …). A spec that lacks a statement you provide an object for gets one; one that names none of
+    them trains as written. Returns a TrainResult (model, metrics, summary, out_dir, status)."""
+    if isinstance(spec, Compiled):
+        if model is not None or data is not None or loss is not None:
+            raise ValueError("`model`, `data` and `loss` go with a spec, not with a Compiled one")
+        return run(spec, quiet=quiet, **kwargs)
+    if isinstance(spec, str) and "\n" in spec:
+        spec = SpecText(spec)
+    if model is not None or data is not None or loss is not None:
+        spec = with_objects(spec, model=model is not None, data=data is not None, loss=loss is not None)
+    from mrc import provided
+
+    with provided.hold(model=model, data=data, loss=loss):
+        return run(spec, quiet=quiet, **kwargs)
+
+
+def with_objects(spec: str | Path | SpecText, *, model: bool = False, data: bool = False,
+                 loss: bool = False) -> SpecText:
+    """The spec's text with its `model` / `data` / `loss` statements naming the objects given to
+    `train` (`"mrc.provided:KIND"`), added where the spec has none. The data statement keeps its
+    options (`DATA_OPTIONS`), the loss statement its `task`."""
+    from mrc.data.options import DATA_OPTIONS
+    from mrc.spectext import offsets
+
+    text, name, base = source_of(spec)
+    tree = parse(text, name)
+    starts = offsets(text)
+
+    def at(line: int, col: int) -> int:
+        return starts[line - 1] + col - 1
+
+    keep_names = {"data": {p.name for p in DATA_OPTIONS}, "loss": {"task"}, "model": set()}
+    present = {st.keyword.id: st for st in tree.statements}
+    edits: list[tuple[int, int, str]] = []
+    added: list[str] = []
+    for kind, wanted in (("model", model), ("data", data), ("loss", loss)):
+        if not wanted:
+            continue
+        ref = f'"mrc.provided:{kind}"'
+        st = present.get(kind)
+        if st is None:
+            added.append(f"{kind} {ref}")
+            continue
+        kept = [text[at(a.span.line, a.span.col):at(a.span.end_line, a.span.end_col)] for a in st.args or ()
+                if a.name is not None and a.name.id in keep_names[kind]]
+        start = st.target.span if st.target is not None else st.keyword.span
+        begin = at(start.line, start.col) if st.target is not None else at(start.end_line, start.end_col)
+        edits.append((begin, at(st.span.end_line, st.span.end_col),
+                      (" " if st.target is None else "") + ref + (f"({', '.join(kept)})" if kept else "")))
+    for begin, end, new in sorted(edits, reverse=True):
+        text = text[:begin] + new + text[end:]
+    if added:
+        text = text.rstrip("\n") + "\n" + "\n".join(added) + "\n"
+    return SpecText(text, name, base)
+
+
+def load(run_dir: str | Path, *, model: Any = None, brains: bool = False):  # -> nn.Module | dict
+    """The trained model of a run directory: rebuilt from the run's `config.mrs` (or, with
+    `model`, that instance) and loaded with its `final.pt` (weights only). With `brains`, a
+    dict of each brain's model (`DIR/brains/NAME.pt`). The aux heads of a module-wise run are
+    in `DIR/aux.pt` (a state dict)."""
+    from mrc.runtime.checkpoint import FINAL
+    from mrc.safeload import read_weights
+
+    run_dir = Path(run_dir)
+    if not (run_dir / FINAL).is_file():
+        raise FileNotFoundError(f"{run_dir} holds no {FINAL}: not a finished run directory")
+    if model is None:
+        config = run_dir / "config.mrs"
+        if not config.is_file():
+            raise FileNotFoundError(f"{run_dir} holds no config.mrs to rebuild its model from; pass model=")
+        if "mrc.provided:model" in config.read_text(encoding="utf-8"):
+            raise ValueError(f"{run_dir} was trained with a model object from Python: pass it as model=")
+        model = bind_spec(config).model
+    names = ("brains",) if brains else ()
+    if names:
+        out = {}
+        for file in sorted((run_dir / "brains").glob("*.pt")):
+            import copy
+
+            each = copy.deepcopy(model)
+            each.load_state_dict(read_weights(file))
+            out[file.stem] = each
+        return out
+    model.load_state_dict(read_weights(run_dir / FINAL), strict=False)
+    return model
+
+
+def run(spec: str | Path | SpecText | Compiled, *, out: str | Path | None = None, steps: int | None = None,
           epochs: int | None = None, device: str | None = None, resume: str | Path | None = None,
           overrides: Mapping[str, str] | Sequence[str] | None = None, progress: bool = False,
           save: bool = True, stop_at: int | None = None, trace: str | Path | None = None,
           observe: Callable[[int, dict[str, Any]], bool | None] | None = None, interrupt: Any = None,
           change_length: bool = False, tensorboard: bool = True,
-          overwrite: bool = False):  # -> mrc.runtime.trainer.TrainResult
-    """Compile (unless given a Compiled) and train.
+          overwrite: bool = False, quiet: bool = False):  # -> mrc.runtime.trainer.TrainResult
+    """Compile (unless given a Compiled) and train (`train` is the front door: it also takes
+    objects of your own code). quiet: print nothing.
 
     out: the run directory (default, when `save`: a fresh versioned folder
     `runs/<spec name>/<date-time>` with a `latest` link beside it; with `resume` and no `out`,
@@ -180,11 +305,11 @@ def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: 
         raise ValueError("give `steps` or `epochs`, not both")
     if device not in (None, "auto", "cpu", "cuda"):
         raise ValueError(f"`device` must be auto, cpu or cuda, not {device!r}")
-    if not isinstance(spec, str | Path | Compiled):
-        raise ValueError(f"`spec` must be a path or a Compiled spec, not {type(spec).__name__}")
+    if not isinstance(spec, str | Path | SpecText | Compiled):
+        raise ValueError(f"`spec` must be a path, spec text or a Compiled spec, not {type(spec).__name__}")
 
     items = _as_items(overrides)
-    if resume is not None and not isinstance(spec, Compiled):
+    if resume is not None and isinstance(spec, str | Path):
         items = _resumed_overrides(Path(resume), items)
     if device is not None and not isinstance(spec, Compiled) and f"train.device={device}" not in items:
         items = [*items, f"train.device={device}"]
@@ -217,6 +342,7 @@ def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: 
         if leader:
             source = Path(spec) if isinstance(spec, str | Path) else Path(compiled.program.file)
             rundir.write_record(out_dir, source if source.is_file() else None, items,
+                                text=spec.text if isinstance(spec, SpecText) else None,
                                 world=int(os.environ.get("WORLD_SIZE", "1") or 1), resumed=resume is not None,
                                 device=device or "", length=f"--steps {steps}" if steps else
                                 f"--epochs {epochs}" if epochs else "")
@@ -228,11 +354,16 @@ def train(spec: str | Path | Compiled, *, out: str | Path | None = None, steps: 
         trainer = Trainer(compiled, out_dir, steps=steps, epochs=epochs, device=device,
                           resume=Path(resume) if resume is not None else None, progress=progress,
                           stop_at=stop_at, trace=sink, observe=observe, interrupt=interrupt,
-                          overrides=items, change_length=change_length, tensorboard=tensorboard)
+                          overrides=items, change_length=change_length, tensorboard=tensorboard,
+                          **({"echo": _silent} if quiet else {}))
         return trainer.run()
     finally:
         if sink is not None:
             sink.close()
+
+
+def _silent(line: str) -> None:
+    """`quiet=True`: the trainer's lines go nowhere."""
 
 
 def _finished_run(compiled: Compiled, run_dir: Path, summary: dict[str, Any]):  # -> TrainResult

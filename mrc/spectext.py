@@ -30,7 +30,7 @@ def with_values(spec: str | Path, values: Mapping[str, str], sites: Mapping[str,
     spec = Path(spec)
     text = spec.read_text(encoding="utf-8")
     tree = parse(text, str(spec))
-    starts = _offsets(text)
+    starts = offsets(text)
 
     def at(line: int, col: int) -> int:
         return starts[line - 1] + col - 1
@@ -93,7 +93,7 @@ def effective(spec: str | Path, overrides: Sequence[str]) -> tuple[str, list[str
     return text, unplaced
 
 
-def _offsets(text: str) -> list[int]:
+def offsets(text: str) -> list[int]:
     """Where each line starts — lines split at "\n" only, as the parser counts them."""
     starts, pos = [0], 0
     for line in text.split("\n"):

@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -56,7 +57,7 @@ def choose(name: str, out: str | Path | None, resume: str | Path | None, *, save
         return Path(resume)
     if not save:
         return None
-    base = root / name
+    base = root / (re.sub(r"[^\w.-]", "", name) or "spec")  # spec text from Python is named `<spec>`
     stamp = run_id or dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     path, n = base / stamp, 1
     while run_id is None and path.exists():
@@ -88,7 +89,7 @@ def link_latest(run_dir: Path) -> None:
 
 
 def write_record(run_dir: Path, spec: Path | None, overrides: Sequence[str], *, world: int = 1,
-                 resumed: bool = False, device: str = "", length: str = "") -> None:
+                 resumed: bool = False, device: str = "", length: str = "", text: str | None = None) -> None:
     """config.mrs and run.json for a fresh run; a resume adds an entry to run.json's `resumes`.
     length: the command's `--steps N` / `--epochs E`, which is not a value of the spec's text
     (config.mrs says it in its header)."""
@@ -107,13 +108,18 @@ def write_record(run_dir: Path, spec: Path | None, overrides: Sequence[str], *, 
         record = {"command": command, "overrides": list(overrides), "spec": str(spec.resolve()) if spec else None,
                   "git": _git(spec), "versions": _versions(), "host": platform.node(), "started": now,
                   "world": world, "device": device or "auto", "length": length or None}
-        if spec is not None and spec.is_file():
+        if text is not None:  # spec text given from Python: kept as given, the overrides named
+            text = ("# config.mrs: the spec text given to mrc.api.train"
+                    + (f", run with --set {' '.join(overrides)}" if overrides else "") + "\n" + text)
+        elif spec is not None and spec.is_file():
             from mrc.spectext import effective
 
             text, _ = effective(spec, list(overrides))
+        if text is not None:
             if length:
                 text = f"# trained with {length} (the command's length; the text keeps the spec's own)\n" + text
-            atomic_write_bytes(run_dir / "config.mrs", lambda f: f.write(text.encode()))
+            data = text.encode()
+            atomic_write_bytes(run_dir / "config.mrs", lambda f: f.write(data))
     atomic_write_bytes(record_file, lambda f: f.write((json.dumps(record, indent=1) + "\n").encode()))
 
 

@@ -191,6 +191,18 @@ class Trainer:
 
         self.world = current()
 
+    def header(self, run: Run) -> str:
+        """The start-of-run line: where and how it trains, how big, how long."""
+        params = sum(p.numel() for p in self.c.bound.model.parameters())
+        data = self.data
+        where = f" → {self.out}" if self.out else ""
+        start = f", resumed at step {run.step}" if self.resume is not None else ""
+        world = f", {self.world.size} processes" if self.world.size > 1 else ""
+        return (f"mrc: {self.program.name}: {params:,} parameters on {self.device}"
+                f"{'' if self.c.graph.precision == '32' else f' ({self.c.graph.precision})'}{world}; "
+                f"{data.train_size:,} training / {data.val_size:,} validation examples, "
+                f"{self.spe} steps per epoch, {run.total} steps{start}{where}")
+
     # ---- checkpoints ---------------------------------------------------------------------
 
     def _snapshot(self, run: Run, early: EarlyStopping | None) -> bytes:
@@ -341,6 +353,7 @@ class Trainer:
                 plan = self._relower(run)
         if self.world.active:
             self._broadcast_state(plan)
+        self.echo(self.header(run))
         progress = Progress(self.progress, run.total, settings.log_every, self.echo, oversubscribed())
         if progress.busy:
             self.echo(f"mrc: note: {progress.busy}; steps will be slower than on a quiet machine")
