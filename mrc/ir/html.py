@@ -207,10 +207,6 @@ NODE_H, LAYER_GAP, NODE_GAP, CHAR_W, PAD = 34, 34, 22, 6.6, 12
 MAX_LABEL = 44
 
 
-def _short(text: str, n: int = MAX_LABEL) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
 def layers_of(pattern: Pattern) -> list[list[Op]]:
     """The ops in topological layers (an op's layer: the longest path to it from an op without
     inputs), each layer ordered to keep edges short (barycentres of the layer above)."""
@@ -232,21 +228,40 @@ def layers_of(pattern: Pattern) -> list[list[Op]]:
     return layers
 
 
+def _wrap(text: str, n: int = MAX_LABEL) -> list[str]:
+    """A label in full, broken at spaces into lines of about `n` characters (never cut)."""
+    import textwrap
+
+    return textwrap.wrap(text, n, break_long_words=False, break_on_hyphens=False) or [""]
+
+
+LINE_H = 13.0
+
+
 def pattern_svg(pattern: Pattern, prefix: str) -> tuple[str, dict[str, dict[str, Any]]]:
     """An inline SVG of the pattern's dependency graph, and the details of each op by its
-    element id (`prefix/op id`)."""
+    element id (`prefix/op id`). Labels are drawn in full (wrapped, never cut: learning rates
+    and periods included); an edge that skips layers is routed beside the nodes between."""
     layers = layers_of(pattern)
     box: dict[str, tuple[float, float, float]] = {}  # op id → (x, y, width)
-    widths = [[max(60.0, CHAR_W * max(len(_short(op.text())), len(_short(op.scope.text()))) + 2 * PAD)
-               for op in layer] for layer in layers]
+    lines = {op.id: _wrap(op.text()) + (_wrap(op.scope.text()) if op.scope.text() else []) for op in pattern.ops()}
+    height_of = {i: NODE_H + LINE_H * (max(len(lines[op.id]) for op in layer) - (2 if any(
+        op.scope.text() for op in layer) else 1)) for i, layer in enumerate(layers)}
+    level = {op.id: i for i, layer in enumerate(layers) for op in layer}
+    widths = [[max(60.0, CHAR_W * max(len(line) for line in lines[op.id]) + 2 * PAD) for op in layer]
+              for layer in layers]
     total = max((sum(w) + NODE_GAP * (len(w) - 1) for w in widths), default=0.0)
+    y = PAD
+    tops = []
     for li, layer in enumerate(layers):
         row = sum(widths[li]) + NODE_GAP * (len(layer) - 1)
         x = PAD + (total - row) / 2
+        tops.append(y)
         for op, w in zip(layer, widths[li], strict=True):
-            box[op.id] = (x, PAD + li * (NODE_H + LAYER_GAP), w)
+            box[op.id] = (x, y, w)
             x += w + NODE_GAP
-    width, height = total + 2 * PAD, PAD * 2 + len(layers) * (NODE_H + LAYER_GAP) - LAYER_GAP
+        y += height_of[li] + LAYER_GAP
+    width, height = total + 2 * PAD, y - LAYER_GAP + PAD
     marker = f"arrow-{prefix}"
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="pattern-graph" width="{width:.0f}" '
            f'height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}">',
@@ -257,16 +272,26 @@ def pattern_svg(pattern: Pattern, prefix: str) -> tuple[str, dict[str, dict[str,
     for a, b, d in sorted(pattern.g.edges(data=True), key=lambda e: (pattern.rank(pattern.op(e[0])),
                                                                    pattern.rank(pattern.op(e[1])))):
         (xa, ya, wa), (xb, yb, wb) = box[a], box[b]
-        x1, y1, x2, y2 = xa + wa / 2, ya + NODE_H, xb + wb / 2, yb
-        bend = max(LAYER_GAP, (y2 - y1) / 2)
+        x1, y1, x2, y2 = xa + wa / 2, ya + height_of[level[a]], xb + wb / 2, yb
         value = d["value"]
         dash = ' stroke-dasharray="4 3"' if value.kind == "order" else ""
-        edges.append(f'<path class="edge value-{value.kind}" d="M{x1:.1f},{y1:.1f} C{x1:.1f},{y1 + bend:.1f} '
-                     f'{x2:.1f},{y2 - bend:.1f} {x2:.1f},{y2:.1f}" fill="none" stroke="#555"{dash} '
+        between = [box[op.id] for li in range(level[a] + 1, level[b]) for op in layers[li]]
+        if between:  # a skip edge: around the nodes of the layers it crosses, on the nearer side
+            left = min(bx for bx, _, _ in between) - NODE_GAP / 2
+            right = max(bx + bw for bx, _, bw in between) + NODE_GAP / 2
+            side = left if abs((x1 + x2) / 2 - left) <= abs(right - (x1 + x2) / 2) else right
+            top, bottom = tops[level[a] + 1], tops[level[b] - 1] + height_of[level[b] - 1]
+            path = (f"M{x1:.1f},{y1:.1f} C{x1:.1f},{top:.1f} {side:.1f},{y1:.1f} {side:.1f},{top:.1f} "
+                    f"L{side:.1f},{bottom:.1f} C{side:.1f},{y2:.1f} {x2:.1f},{bottom:.1f} {x2:.1f},{y2:.1f}")
+            lx, ly = side + 4, (top + bottom) / 2
+        else:
+            bend = max(LAYER_GAP, (y2 - y1) / 2)
+            path = f"M{x1:.1f},{y1:.1f} C{x1:.1f},{y1 + bend:.1f} {x2:.1f},{y2 - bend:.1f} {x2:.1f},{y2:.1f}"
+            lx, ly = (x1 + x2) / 2 + 4, (y1 + y2) / 2 + 3
+        edges.append(f'<path class="edge value-{value.kind}" d="{path}" fill="none" stroke="#555"{dash} '
                      f'marker-end="url(#{marker})"><title>{html.escape(f"{a} → {b}: {value.text()}")}</title></path>')
         if value.kind != "order":
-            labels.append(f'<text class="edge-label" x="{(x1 + x2) / 2 + 4:.1f}" y="{(y1 + y2) / 2 + 3:.1f}">'
-                          f'{html.escape(value.text())}</text>')
+            labels.append(f'<text class="edge-label" x="{lx:.1f}" y="{ly:.1f}">{html.escape(value.text())}</text>')
     out += edges + labels
     for op in pattern.ops():
         x, y, w = box[op.id]
@@ -278,15 +303,19 @@ def pattern_svg(pattern: Pattern, prefix: str) -> tuple[str, dict[str, dict[str,
                         "inputs": ins, "outputs": outs}
         tip = "\n".join([op.text(), *([f"scope: {scope}"] if scope else []),
                          *([f"inputs: {', '.join(ins)}"] if ins else [])])
-        text_y = y + (NODE_H / 2 + 4 if not scope else 14)
+        h = height_of[level[op.id]]
+        main, rest = _wrap(op.text()), _wrap(scope) if scope else []
+        first_y = y + (h - LINE_H * (len(main) + len(rest))) / 2 + LINE_H - 3
+        spans = "".join(f'<tspan x="{x + w / 2:.1f}" y="{first_y + i * LINE_H:.1f}">{html.escape(t)}</tspan>'
+                        for i, t in enumerate(main))
+        scoped = "".join(f'<tspan x="{x + w / 2:.1f}" y="{first_y + (len(main) + i) * LINE_H:.1f}">'
+                         f'{html.escape(t)}</tspan>' for i, t in enumerate(rest))
         out.append(f'<g class="op kind-{op.kind}" id="{html.escape(dom)}" data-op="{html.escape(dom)}" tabindex="0">'
                    f'<title>{html.escape(tip)}</title>'
-                   f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{NODE_H}" rx="6" '
+                   f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" rx="6" '
                    f'fill="{color_of(op.kind)}" stroke="#333"/>'
-                   f'<text x="{x + w / 2:.1f}" y="{text_y:.1f}" text-anchor="middle" class="op-text">'
-                   f'{html.escape(_short(op.text()))}</text>'
-                   + (f'<text x="{x + w / 2:.1f}" y="{y + 27:.1f}" text-anchor="middle" class="op-scope">'
-                      f'{html.escape(_short(scope))}</text>' if scope else "")
+                   f'<text text-anchor="middle" class="op-text">{spans}</text>'
+                   + (f'<text text-anchor="middle" class="op-scope">{scoped}</text>' if scoped else "")
                    + "</g>")
     out.append("</svg>")
     return "".join(out), details

@@ -108,3 +108,31 @@ def test_a_script_error_shows_in_the_page(tmp_path: Path) -> None:
     page = _page(tmp_path, html)
     assert "notAFunction" in page.errors
     assert page.body.get("data-rendered") == "0"
+
+
+def test_labels_are_whole_and_skip_edges_go_around_the_nodes() -> None:
+    """The page once cut update labels (no learning rates) and drew skip edges through nodes."""
+    import re
+
+    from mrc.api import compile_spec
+    from mrc.ir.html import layers_of, pattern_svg
+
+    graph = compile_spec(Path(__file__).resolve().parents[2] / "specs" / "modules_trgl.mrs").graph
+    pattern = graph.stage.patterns[0]
+    svg, _ = pattern_svg(pattern, "p0")
+    shown = [" ".join(re.findall(r"<tspan[^>]*>([^<]*)</tspan>", g))
+             for g in re.findall(r'<text text-anchor="middle" class="op-text">(.*?)</text>', svg)]
+    import html as html_lib
+
+    shown = [html_lib.unescape(s) for s in shown]
+    for op in pattern.ops():
+        assert op.text() in shown, op.text()  # whole, learning rates included
+    assert any("lr=[0.1]" in s for s in shown)
+    boxes = [tuple(map(float, m)) for m in re.findall(r'<rect x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" '
+                                                       r'height="([\d.]+)"', svg)]
+    skips = re.findall(r'd="M[\d.,]+ C[\d.,]+ [\d.,]+ ([\d.]+),([\d.]+) L[\d.]+,([\d.]+) C', svg)
+    assert skips, "modules_trgl has edges that skip layers (the batch to each module)"
+    assert len(layers_of(pattern)) > 3
+    for side, top, bottom in skips:  # the straight part of a routed edge runs beside the nodes it passes
+        passed = [(x, w) for x, y, w, h in boxes if y < float(bottom) and y + h > float(top)]
+        assert passed and not any(x < float(side) < x + w for x, w in passed), (side, top, bottom)
