@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name} ({args.scale}, seeds {seeds}): {mod.TITLE}", flush=True)
         start = time.perf_counter()
         results = harness.execute(mod, args.scale, seeds, args.runs, fresh=args.fresh and not args.report_only,
-                                  say=_quiet if args.report_only else _say)
+                                  say=_quiet if args.report_only else _say, cached_only=args.report_only)
         finding = mod.report(results)
         path = harness.write_report(mod, results, finding)
         print(f"-> {finding.verdict}: {path.relative_to(harness.ROOT)} "

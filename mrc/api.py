@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mrc import ast
 from mrc.check.checker import check
-from mrc.diagnostics import SOURCES, CompileError, Diagnostic, Reporter, Span
-from mrc.parser import parse, parse_expr
+from mrc.diagnostics import CompileError, Diagnostic, Reporter, Span
+from mrc.parser import parse, parse_overrides
 from mrc.program import Program
 
 if TYPE_CHECKING:  # torch is imported only by the commands that need it
@@ -44,38 +43,6 @@ def read_spec(path: str | Path) -> tuple[str, str]:
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise CompileError([Diagnostic(f"cannot read spec: {reason}", Span(str(path), 0, 0, 0, 0))]) from None
-
-
-def parse_overrides(overrides: Mapping[str, str] | Sequence[str] | None) -> dict[str, ast.Expr]:
-    """`--set key=value` items (or a mapping) → parsed expressions, each with its own span."""
-    if not overrides:
-        return {}
-    items = overrides.items() if isinstance(overrides, Mapping) else [_split(s) for s in overrides]
-    out: dict[str, ast.Expr] = {}
-    errors: list[Diagnostic] = []
-    for key, value in items:
-        key = key.strip()
-        name = f"<--set {key}>"
-        if not key or not all(part.isidentifier() for part in key.split(".")):
-            errors.append(Diagnostic(f"`--set {key}={value}`: the key must be a name such as "
-                                     "`optimizer.lr` or a `let` name", None))
-            continue
-        text = str(value)
-        try:  # parsed in place after `KEY=`, so a caret falls under the key or the value as typed
-            out[key] = parse_expr(" " * (len(key) + 1) + text, name)
-        except CompileError as err:
-            errors.extend(err.diagnostics)
-        SOURCES.add(name, f"{key}={text}")
-    if errors:
-        raise CompileError(errors)
-    return out
-
-
-def _split(item: str) -> tuple[str, str]:
-    if "=" not in item:
-        raise CompileError([Diagnostic(f"`--set {item}` needs the form key=value", None)])
-    key, _, value = item.partition("=")
-    return key, value
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lark import Lark, Token, Transformer_NonRecursive, Tree, v_args
@@ -269,3 +270,35 @@ def _parse(text: str, file: str, start: str) -> Any:
         return _Builder(file).transform(tree)
     except VisitError as err:  # a bug in the builder, not the user's input: surface the cause
         raise err.orig_exc from None
+
+
+def parse_overrides(overrides: Mapping[str, str] | Sequence[str] | None) -> dict[str, ast.Expr]:
+    """`--set key=value` items (or a mapping) → parsed expressions, each with its own span."""
+    if not overrides:
+        return {}
+    items = overrides.items() if isinstance(overrides, Mapping) else [_split(s) for s in overrides]
+    out: dict[str, ast.Expr] = {}
+    errors: list[Diagnostic] = []
+    for key, value in items:
+        key = key.strip()
+        name = f"<--set {key}>"
+        if not key or not all(part.isidentifier() for part in key.split(".")):
+            errors.append(Diagnostic(f"`--set {key}={value}`: the key must be a name such as "
+                                     "`optimizer.lr` or a `let` name", None))
+            continue
+        text = str(value)
+        try:  # parsed in place after `KEY=`, so a caret falls under the key or the value as typed
+            out[key] = parse_expr(" " * (len(key) + 1) + text, name)
+        except CompileError as err:
+            errors.extend(err.diagnostics)
+        SOURCES.add(name, f"{key}={text}")
+    if errors:
+        raise CompileError(errors)
+    return out
+
+
+def _split(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise CompileError([Diagnostic(f"`--set {item}` needs the form key=value", None)])
+    key, _, value = item.partition("=")
+    return key, value

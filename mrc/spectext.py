@@ -74,9 +74,8 @@ def effective(spec: str | Path, overrides: Sequence[str]) -> tuple[str, list[str
     value written where the spec writes that key, headed by a comment naming the source and
     the overrides. Returns the text and the keys with no place in the text (kept in the header;
     they are run with `--set`)."""
-    from mrc.api import parse_overrides
     from mrc.check.checker import Checker
-    from mrc.parser import parse
+    from mrc.parser import parse, parse_overrides
 
     spec = Path(spec)
     parsed = parse_overrides(list(overrides))

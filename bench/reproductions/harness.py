@@ -118,8 +118,9 @@ def train(spec: str | Path, folder: Path, overrides: Mapping[str, Any] | Sequenc
 
 
 def execute(module: Any, scale: str, seeds: list[int], runs_root: Path, fresh: bool = False,
-            say: Callable[[str], None] = print) -> Results:
-    """Run (or read from the cache) every run of `module` at `scale` and return the results."""
+            say: Callable[[str], None] = print, cached_only: bool = False) -> Results:
+    """Run (or read from the cache) every run of `module` at `scale` and return the results.
+    cached_only: train nothing; a run that is not cached is an error naming it."""
     base = runs_root / scale / module.NAME
     todo: list[Run] = module.runs(scale, seeds)
     keys = [r.key for r in todo]
@@ -133,6 +134,9 @@ def execute(module: Any, scale: str, seeds: list[int], runs_root: Path, fresh: b
         if cache.is_file() and not fresh:
             value = json.loads(cache.read_text(encoding="utf-8"))
             say(f"  [{i}/{len(todo)}] {run.key}: cached")
+        elif cached_only:
+            raise SystemExit(f"{module.NAME}: run {run.key} is not in {base} yet: run the experiment "
+                             "without --report-only first")
         else:
             if folder.exists():
                 shutil.rmtree(folder)
