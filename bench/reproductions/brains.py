@@ -15,6 +15,7 @@ experiment; this is a GPU-sized version of the same comparison).
 
 from __future__ import annotations
 
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ CONTENDERS: dict[str, tuple[str, dict[str, Any], tuple[int, ...], str]] = {
     "two_k16_best": ("brains_two_best.mrs", {"brain.slow.every": 16}, (1, 16), "2 brains k=16, best"),
     "three_mean": ("brains_three.mrs", {}, (1, 4, 16), "3 brains 1/4/16, mean"),
     "three_best": ("brains_three_best.mrs", {}, (1, 4, 16), "3 brains 1/4/16, best"),
+    "two_k4_mean_own": ("brains_two.mrs", {"brain.slow.every": 4, "brain.fast.data": "own", "brain.slow.data": "own"},
+                        (1, 4), "2 brains k=4, mean, own data"),
 }
 SINGLE = {1: "single_h", 4: "single_4h", 16: "single_16h"}
 
@@ -67,8 +70,16 @@ def runs(scale: str, seeds: list[int]) -> list[Run]:
 
 def _work(spec: str, settings: dict[str, Any]):
     def work(folder: Path) -> dict[str, Any]:
-        return harness.train(spec, folder, settings)
+        start = _cpu()
+        result = harness.train(spec, folder, settings)
+        return {**result, "cpu_s": _cpu() - start}
     return work
+
+
+def _cpu() -> float:
+    """CPU seconds of this process so far (the runs train in it, on one thread)."""
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return use.ru_utime + use.ru_stime
 
 
 def _final(result: dict[str, Any], what: str) -> float:
@@ -91,7 +102,7 @@ def report(results: Results) -> Finding:
         numbers[key] = {"val_acc": val.json(), "test_acc": test.json()}
 
     # each brains contender against the best single rate among its own rates
-    comparisons, deltas = [], {}
+    comparisons, deltas, vs_h_all = [], {}, []
     for key, (_, _, rates, label) in CONTENDERS.items():
         if len(rates) == 1:
             continue
@@ -101,25 +112,31 @@ def report(results: Results) -> Finding:
         d = harness.spread(per_seed)
         deltas[key] = d
         wins = sum(1 for x in per_seed if x > 0)
+        vs_h = harness.spread(_final(results[f"{key}/seed{s}"], "test") - _final(results[f"single_h/seed{s}"], "test")
+                              for s in seeds)
+        vs_h_all.append(vs_h.median)
         comparisons.append((label, CONTENDERS[best_single][3], f"{d.median * 100:+.2f} "
-                            f"[{d.lo * 100:+.2f} – {d.hi * 100:+.2f}]", f"{wins}/{len(seeds)}"))
+                            f"[{d.lo * 100:+.2f} – {d.hi * 100:+.2f}]", f"{wins}/{len(seeds)}",
+                            f"{vs_h.median * 100:+.2f} [{vs_h.lo * 100:+.2f} – {vs_h.hi * 100:+.2f}]"))
     best_overall_single = max(SINGLE.values(), key=lambda s: spreads[s].median)
     best_brains = max(deltas, key=lambda k: spreads[k].median)
     numbers["best_single"] = best_overall_single
     numbers["best_brains"] = best_brains
     numbers["best_brains_minus_best_own_single_pts"] = round(deltas[best_brains].median * 100, 2)
 
-    # verdict: "reproduced" when some brains contender beats the best of its rates alone on every
-    # seed; "partly" when the best brains contender is within the seeds' range of it (as good, not
-    # better); "not reproduced" when every brains contender is below its best single rate on most seeds
+    # verdict, on the paired (same seed) differences with the best of a contender's own rates alone:
+    # "reproduced" when some brains contender is above it on every seed; "partly" when some is at
+    # least level with it on the median seed (as good, not better); "not reproduced" when every
+    # brains contender is below it on the median seed
     beats_all = [k for k, d in deltas.items() if d.lo > 0]
     noise = max(spreads[s].hi - spreads[s].lo for s in SINGLE.values())
     if beats_all:
         verdict = "reproduced"
-    elif any(d.median >= -noise for d in deltas.values()):
+    elif any(d.median >= 0 for d in deltas.values()):
         verdict = "partly"
     else:
         verdict = "not reproduced"
+    numbers["below_best_own_rate"] = f"{sum(1 for d in deltas.values() if d.median < 0)}/{len(deltas)}"
     numbers["seed_noise_pts"] = round(noise * 100, 2)
 
     # curves: merged (test) accuracy vs epoch for each contender, and each brain's val accuracy
@@ -131,9 +148,9 @@ def report(results: Results) -> Finding:
         ("single rates vs two brains (test acc)", "epoch", "test accuracy",
          {CONTENDERS[k][3]: curves(k, "evals.test.acc") for k in
           ("single_h", "single_4h", "single_16h", "two_k4_mean", "two_k4_best", "two_k16_mean", "two_k16_best")}),
-        ("single rates vs three brains (test acc)", "epoch", "test accuracy",
+        ("single rates vs three brains, own-data brains (test acc)", "epoch", "test accuracy",
          {CONTENDERS[k][3]: curves(k, "evals.test.acc") for k in
-          ("single_h", "single_4h", "single_16h", "three_mean", "three_best")}),
+          ("single_h", "single_4h", "single_16h", "three_mean", "three_best", "two_k4_mean_own")}),
     ], title="Merged model vs each rate alone (median, min–max band over seeds)")
     panels = []
     for key in ("two_k4_mean", "two_k16_mean", "three_mean", "two_k16_best", "three_best"):
@@ -145,6 +162,11 @@ def report(results: Results) -> Finding:
     path, brains_md = results.figure("each_brain")
     harness.bands(path, panels, title="Each brain and the merged model (validation accuracy)")
 
+    cpus = [results[k].get("cpu_s") for k in results.values]
+    cpu_txt = (f"The {len(cpus)} runs took {sum(cpus) / 60:.1f} CPU-minutes of one core (the standalone "
+               f"time; the wall time above is on a shared, busy machine)." if all(cpus) else "")
+    if all(cpus):
+        numbers["cpu_minutes"] = round(sum(cpus) / 60, 1)
     r0 = results[f"two_k4_mean/seed{seeds[0]}"]
     steps, epochs = r0.get("steps"), r0.get("epochs")
     scale_txt = ("an MLP 784-256-10 (ReLU) on a 12,000-image random subset of the Fashion-MNIST "
@@ -166,15 +188,19 @@ def report(results: Results) -> Finding:
   2,000 held-out images at every merge). The final model is the rule applied to all brains.
 - **Contenders:** a single network alone at h, 4h and 16h (same steps, same data order, same
   initial weights); two brains (h, 4h) and (h, 16h); three brains (h, 4h, 16h) merged pairwise
-  every 4 steps and all together every 16 — each with the mean and the best merge.
+  every 4 steps and all together every 16 — each with the mean and the best merge; and two brains
+  (h, 4h, mean) that each draw their own batch order (`data = own`) instead of sharing the batch.
 - **Narrowed vs the seed:** the seed shows the scheme (two brains h_M = k·h_F; three brains
   h_S = k_2·h_M = k_1·h_F) but gives no model, data or numbers for it. The small MLP and the
-  12,000-image subset keep the 27 runs within ≈ 10 min of one CPU core.
+  12,000-image subset keep the 30 runs within ≈ 10 min of one CPU core. The full scale is not
+  the seed's size (it names none) but the same comparison at GPU size; it was not run here.
 - **Seeds:** {", ".join(map(str, seeds))} (each seeds the initial weights, the data order and the subset).
+  {cpu_txt}
 
 ## Results (final model, median [min–max] over {len(seeds)} seeds)
 
-{harness.table(("contender", "rates", "gradients per step", "val acc", "test acc", "wall s (median)"), rows)}
+{harness.table(("contender", "rates", "gradients per step", "val acc", "test acc",
+                "wall s (median, busy machine)"), rows)}
 
 "Gradients per step": gradient evaluations per step of the fastest brain (a brain with step k·h
 takes one per k steps), so the brains get up to 31 % more gradient computation than a single
@@ -182,12 +208,22 @@ network; the `best` merge also evaluates every arriving brain on the 2,000 valid
 every merge (the wall-time column).
 
 Each brains contender against the best (by median test accuracy) of its own rates trained alone,
-per seed (test accuracy, percentage points; wins = seeds where brains are above):
+and against the smallest rate h alone, paired by seed (test accuracy, percentage points; wins =
+seeds where the brains are above the best own rate):
 
-{harness.table(("brains", "best own single rate", "Δ test acc, pts, median [min–max]", "wins"), comparisons)}
+{harness.table(("brains", "best own single rate", "Δ vs it, pts, median [min–max]", "wins",
+                "Δ vs h alone, pts"), comparisons)}
 
 The seeds' spread of the single rates (largest max − min of test accuracy) is
 {noise * 100:.2f} points.
+
+**Why the brains track h alone.** In the seed's scheme a brain with step k·h steps once per k
+steps, so every brain — and the merged model — has advanced the same "time" n·h after n steps of
+the fastest brain: the time of the network trained alone at h. The network trained alone at 4h
+has advanced 4n·h in the same steps. The merged models end at a median {min(vs_h_all) * 100:+.2f} to
+{max(vs_h_all) * 100:+.2f} points from h alone (last column): they follow h alone's curve (first figure), not
+the faster rates'. Comparing at equal steps, the brains pay more gradients than h alone for about
+the same model.
 
 {merged_md}
 
@@ -215,7 +251,8 @@ its rates trained alone.
 - Brains that merge less often (here every k steps — the seed's rule — keeps them within k steps
   of each other, so the mean merge is close to a single trajectory with a mixed step size); a
   merge period of an epoch or more would let the brains find different features.
-- `data = own` (each brain its own batch order) — the brains here see the same batches.
+- More data diversity between the brains: `data = own` was tried for one pair (h, 4h, mean) and
+  is in the table.
 - A larger h grid: with h = {H} the rates straddle the best single rate; at another h the
   ordering of the single rates, and so which rate the brains must beat, changes.
 - Full scale (`--scale full`, not run here: no GPU) and a CNN.
@@ -233,7 +270,9 @@ def _verdict_text(verdict: str, deltas: dict[str, harness.Spread], spreads: dict
             f"its own rates alone. " + {
                 "reproduced": "Some brains contender is above its best single rate on every seed.",
                 "partly": "No brains contender is above its best single rate on every seed; at "
-                          "least one is within the seeds' spread of it (as good, not better).",
+                          "least one is level with it or above on the median seed (as good, not "
+                          "better).",
                 "not reproduced": "Every brains contender is below the best of its rates trained "
-                                  "alone by more than the seeds' spread.",
+                                  "alone on the median seed (paired by seed): merging across time "
+                                  "scales did not give a better model than the best single rate here.",
             }[verdict])
