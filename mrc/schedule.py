@@ -148,7 +148,9 @@ def stack_table(bound: Bound) -> dict[str, StackInfo]:
 
 def stack_obstacle(bound: Bound) -> str:
     """Why the brains' integrators cannot run stacked ("" when they can): one SGD-family rule,
-    the same for every brain up to its step size, and no partitions."""
+    the same for every brain up to its step size, no partitions, and batches of one size (a brain
+    with its own batch order and every > 1 is at another place in its epoch than a brain on the
+    shared order, so an epoch's short last batch would meet a full one)."""
     from mrc.optim.families import sgd_like
 
     program = bound.program
@@ -165,4 +167,14 @@ def stack_obstacle(bound: Bound) -> str:
     rest = {rule_of(c) for c in comps}
     if len(rest) > 1:
         return "the brains' integrators differ in more than their step size"
+    # on step t a brain reads batch t of the shared order, or batch t // every of its own: brains
+    # whose positions in their epochs differ can step together on a short last batch and a full one
+    strides = {b.every if b.data == "own" else 1 for b in program.brains}
+    data = getattr(bound, "data", None)
+    if len(strides) > 1 and data is not None and data.loaders is None and not data.drop_last \
+            and data.batch_size > 0 and data.train_size % data.batch_size:
+        n, size = data.train_size, data.batch_size
+        return (f"brains with their own batch order (`data = own`) and `every` > 1 can step together "
+                f"on batches of different sizes ({n} training examples in batches of {size} end each "
+                f"epoch with {n % size}); `drop_last = true` lets them run batched")
     return ""

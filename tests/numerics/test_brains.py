@@ -264,3 +264,25 @@ def test_brains_with_partitions_match_the_reference(tmp_path: Path) -> None:
         close(torch.load(tmp_path / "run" / "brains" / f"{name}.pt", weights_only=True), models[i].state_dict())
     close(result.model.state_dict(), {k: (models[0].state_dict()[k] + models[1].state_dict()[k]) / 2
                                       for k in models[0].state_dict()})
+
+
+def test_own_data_with_a_short_last_batch_runs_one_after_another(tmp_path: Path) -> None:
+    """240 training examples in batches of 32 end each epoch with 16: a brain with its own order
+    reaches its short batch on a step where the other brain has a full one, so the two cannot be
+    stacked (torch.stack refused the ragged batches with a traceback); with drop_last they can."""
+    spec = ("model mlp(hidden=[12], activation=tanh)\ndata spirals(samples=300, batch=32{extra})\n"
+            "optimizer sgd(lr=0.05, momentum=0.9)\nbrain a {{ every = 1 }}\n"
+            "brain b {{ every = 2; data = own }}\nmerge mean\ntrain(steps=20, seed=4)\n")
+    path = tmp_path / "own.mrs"
+    path.write_text(spec.format(extra=""))
+    compiled = compile_spec(path)
+    assert "note: brains run one after another: brains with their own batch order" in compiled.graph.to_text()
+    assert train(compiled, save=False).summary["status"] == "completed"
+    path.write_text(spec.format(extra="").replace("every = 2; data = own", "every = 1; data = own"))
+    compiled = compile_spec(path)  # both read their batch t: the same place in their epochs
+    assert any(op.kernel == "stacked" for op in compiled.graph.ops() if op.kind == "update_group")
+    assert train(compiled, save=False).summary["status"] == "completed"
+    path.write_text(spec.format(extra=", drop_last=true"))
+    compiled = compile_spec(path)
+    assert any(op.kernel == "stacked" for op in compiled.graph.ops() if op.kind == "update_group")
+    assert train(compiled, save=False).summary["status"] == "completed"
