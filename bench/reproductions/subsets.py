@@ -17,6 +17,7 @@ Every epoch the model is scored on the test set (10,000 images) and on its own t
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +33,22 @@ CLAIM = ("Slow parameters as a randomly selected subset of the weights, held at 
          "plain SGD, compared with dropout.")
 
 DROPOUT = 0.5
-FRACTION, K = 0.1, 5
+FRACTION, K = 0.1, 5  # the primary contender (specs/random_subgroups.mrs's setting)
+VARIANT = 0.5  # a second slow fraction, same k: what was varied
 CONTENDERS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "sgd": ("plain SGD", "subsets_sgd.mrs", {}),
     "dropout": (f"dropout p = {DROPOUT}", "subsets_sgd.mrs", {"model.dropout": DROPOUT}),
     "multirate": (f"random-subset multirate (f = {FRACTION}, k = {K})", "subsets_multirate.mrs",
                   {"fraction": FRACTION, "k": K}),
+    "multirate_f05": (f"random-subset multirate (f = {VARIANT}, k = {K})", "subsets_multirate.mrs",
+                      {"fraction": VARIANT, "k": K}),
 }
+MULTIRATE = ("multirate", "multirate_f05")
 
 # Sizes: `small` a 2,000-image subset (200 per class) that a 512-unit SHLP overfits in a few
 # epochs; `full` the seed's scale: the whole training set (60,000), 1,000 hidden units.
 SIZES: dict[str, dict[str, Any]] = {
-    "small": {"model.hidden": "[512]", "size": 2000, "train.epochs": 60},
+    "small": {"model.hidden": "[512]", "size": 2000, "train.epochs": 40},
     "full": {"model.hidden": "[1000]", "size": 60000, "train.epochs": 100,
              "train.device": "auto"},
 }
@@ -57,7 +62,9 @@ def runs(scale: str, seeds: list[int]) -> list[Run]:
 
 def _work(spec: str, overrides: dict[str, Any]) -> Any:
     def work(folder: Path) -> dict[str, Any]:
-        return harness.train(spec, folder, overrides)
+        start = time.process_time()
+        result = harness.train(spec, folder, overrides)
+        return {**result, "cpu_s": time.process_time() - start}  # CPU seconds: a standalone-time estimate
     return work
 
 
@@ -107,23 +114,33 @@ def report(results: Results) -> Finding:
 
 def _verdict(n: dict[str, Any], final: dict[tuple[str, int], tuple[float, float]],
              seeds: list[int]) -> tuple[str, str]:
-    """Reproduced: multirate's final test accuracy beats plain SGD's in every seed and its gap is
-    smaller in every seed. Partly: one of the two holds (in every seed), or both in the median
-    only. Not reproduced otherwise. Dropout is reported beside it, not part of the verdict."""
-    better = [final[("multirate", s)][0] > final[("sgd", s)][0] for s in seeds]
-    gap = {c: {s: final[(c, s)][1] - final[(c, s)][0] for s in seeds} for c in ("sgd", "multirate")}
-    smaller = [gap["multirate"][s] < gap["sgd"][s] for s in seeds]
-    d = n["multirate"]["test_acc_minus_sgd"]["median"]
-    g = n["multirate"]["gap"]["median"] - n["sgd"]["gap"]["median"]
-    vs_drop = n["multirate"]["test_acc"]["median"] - n["dropout"]["test_acc"]["median"]
-    text = (f"multirate vs plain SGD: test accuracy {d * 100:+.2f} points (higher in "
-            f"{sum(better)}/{len(seeds)} seeds), gap {g * 100:+.2f} points (smaller in "
-            f"{sum(smaller)}/{len(seeds)} seeds); vs dropout: test accuracy {vs_drop * 100:+.2f} points")
-    if all(better) and all(smaller):
-        return "reproduced", text
-    if all(better) or all(smaller) or (d > 0 and g < 0):
-        return "partly", text
-    return "not reproduced", text
+    """Per multirate contender against plain SGD: reproduced when its final test accuracy is
+    higher and its gap smaller in every seed; partly when one of the two holds in every seed, or
+    both in the median only; not reproduced otherwise. The verdict is the primary contender's
+    (f = 0.1, the repository's random_subgroups setting); the variant (f = 0.5) can lift it to
+    partly at most, since it is the better of two tries. Dropout is reported beside it."""
+    rank = {"not reproduced": 0, "partly": 1, "reproduced": 2}
+    verdicts, lines = {}, []
+    for c in MULTIRATE:
+        better = [final[(c, s)][0] > final[("sgd", s)][0] for s in seeds]
+        smaller = [final[(c, s)][1] - final[(c, s)][0] < final[("sgd", s)][1] - final[("sgd", s)][0]
+                   for s in seeds]
+        d = n[c]["test_acc_minus_sgd"]["median"]
+        g = n[c]["gap"]["median"] - n["sgd"]["gap"]["median"]
+        vs_drop = n[c]["test_acc"]["median"] - n["dropout"]["test_acc"]["median"]
+        lines.append(f"{CONTENDERS[c][0]} vs plain SGD: test accuracy {d * 100:+.2f} points (higher in "
+                     f"{sum(better)}/{len(seeds)} seeds), gap {g * 100:+.2f} points (smaller in "
+                     f"{sum(smaller)}/{len(seeds)} seeds); vs dropout: test accuracy {vs_drop * 100:+.2f} points")
+        if all(better) and all(smaller):
+            verdicts[c] = "reproduced"
+        elif all(better) or all(smaller) or (d > 0 and g < 0):
+            verdicts[c] = "partly"
+        else:
+            verdicts[c] = "not reproduced"
+    verdict = verdicts["multirate"]
+    if rank[verdicts["multirate_f05"]] > rank[verdict]:
+        verdict = "partly"
+    return verdict, "; ".join(lines)
 
 
 NARROWED = ("- **Narrowed vs the seed:** the seed's SHLP trains on MNIST; here Fashion-MNIST (the "
@@ -147,8 +164,9 @@ def _body(results: Results, table: str, figure: str, why: str) -> str:
   epochs, constant rate; evaluated after every epoch on the test set and on the training subset
   (`eval fit`).
 - **Contenders:** plain SGD; dropout p = {DROPOUT} on the hidden layer; random-subset multirate
-  with a fraction f = {FRACTION} of the hidden weight matrix slow and k = {K} (the seed's
-  algorithm, `partition subset = random({FRACTION}, per=tensor, of=weight - module("head")) {{ every = {K} }}`):
+  with a fraction f = {FRACTION} (and, as a variation, f = {VARIANT}) of the hidden weight matrix
+  slow and k = {K} (the seed's algorithm, in `specs/repro/subsets_multirate.mrs`:
+  `partition subset = random(fraction, per=tensor, of=weight - module("head")) {{ every = k }}`):
   the subset is held at zero for k steps while the other weights take fast steps h, then restored,
   stepped once with k·h and redrawn. Evaluation sees the full weights.
 {NARROWED if small else ''}
@@ -170,10 +188,12 @@ ordering of test accuracy and of the gap hold here?
 
 ## What was varied, what would change the verdict
 
-Varied here: the regulariser (none, dropout, random-subset multirate), over {len(results.seeds)}
-seeds (each seed also draws its own training subset). Fixed: f = {FRACTION}, k = {K}, dropout
+Varied here: the regulariser (none, dropout, random-subset multirate at f = {FRACTION} and
+f = {VARIANT}), over {len(results.seeds)} seeds (each seed also draws its own training subset).
+The verdict is f = {FRACTION}'s (the repository's `specs/random_subgroups.mrs` setting); f =
+{VARIANT} can lift it to "partly" at most. Fixed: k = {K}, dropout
 p = {DROPOUT}, h, epochs, the subset size. A larger slow fraction or a larger k holds more of the
 network at zero for longer (a stronger regulariser, closer to dropout's); a larger training subset
-narrows every contender's gap; a weaker or stronger dropout moves the reference line. A verdict
-from one (f, k) is not a sweep: the seed does not state the fraction or k it used.
+narrows every contender's gap; a weaker or stronger dropout moves the reference line. Two
+fractions at one k are not a sweep: the seed does not state the fraction or k it used.
 """
