@@ -107,9 +107,12 @@ def report(results: Results) -> Finding:
     path, md = results.figure("curves")
     harness.bands(path, panels, title="One-hidden-layer perceptron on a Fashion-MNIST subset")
 
+    cpu = [v.get("cpu_s") for v in results.values.values()]
+    cpu_note = (f"CPU time of all the runs: {sum(cpu) / 60:.1f} min (one torch thread each; on this "
+                f"shared machine it includes the cost of contention)." if all(c is not None for c in cpu) else "")
     verdict, why = _verdict(numbers, final, seeds)
     numbers["verdict_reason"] = why
-    return Finding(verdict, numbers, _body(results, table, md, why))
+    return Finding(verdict, numbers, _body(results, table, md, why) + ("\n" + cpu_note if cpu_note else ""))
 
 
 def _verdict(n: dict[str, Any], final: dict[tuple[str, int], tuple[float, float]],

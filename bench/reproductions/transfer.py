@@ -25,6 +25,7 @@ import itertools
 import math
 import re
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,9 @@ def runs(scale: str, seeds: list[int]) -> list[Run]:
 
 def _pretrain(sizes: dict[str, Any], seed: int) -> Any:
     def work(folder: Path) -> dict[str, Any]:
-        return harness.train("transfer_pretrain.mrs", folder, {**sizes, "train.seed": seed})
+        start = time.process_time()
+        result = harness.train("transfer_pretrain.mrs", folder, {**sizes, "train.seed": seed})
+        return {**result, "cpu_s": time.process_time() - start}
     return work
 
 
@@ -103,9 +106,9 @@ def _spec(folder: Path, seed: int) -> Path:
 
 def _finetune(sizes: dict[str, Any], seed: int, knobs: dict[str, Any]) -> Any:
     def work(folder: Path) -> dict[str, Any]:
+        start = time.process_time()
         result = harness.train(_spec(folder, seed), folder, {**sizes, **knobs, "train.seed": seed})
-        result["k"] = knobs["k"]
-        return result
+        return {**result, "k": knobs["k"], "cpu_s": time.process_time() - start}
     return work
 
 
@@ -116,6 +119,7 @@ def _step_costs(sizes: dict[str, Any], seed: int) -> Any:
     the shared machine moves a few differences, not the median), the result the median over the
     repeats. A cost model built on these is far less noisy here than the runs' own wall times."""
     def work(folder: Path) -> dict[str, Any]:
+        start = time.process_time()
         spec = _spec(folder, seed)
         over = {**sizes, "data.limit": 128 * COST_STEPS, "train.epochs": 1, "train.log_every": 1,
                 "train.eval_every": 0, "train.seed": seed}
@@ -130,7 +134,7 @@ def _step_costs(sizes: dict[str, Any], seed: int) -> Any:
                 diffs = [b[1] - a[1] for a, b in itertools.pairwise(stamps) if a[0] >= COST_WARMUP]
                 out[name].append(statistics.median(diffs))
         return {"full_s": statistics.median(out["full"]), "head_s": statistics.median(out["head"]),
-                "samples": out}
+                "samples": out, "cpu_s": time.process_time() - start}
     return work
 
 
@@ -241,25 +245,33 @@ def report(results: Results) -> Finding:
 
     # curves: accuracy against epoch, and against training time (the x of each evaluation is the
     # median over seeds of the training time at it, so the seeds' curves share their x values)
-    by_epoch, by_time = {}, {}
+    by_epoch, by_time, by_model = {}, {}, {}
     for c, (label, _) in CONTENDERS.items():
         by_epoch[label] = [([e["epoch"] for e in evals[(c, s)]], [e["acc"] for e in evals[(c, s)]]) for s in seeds]
         n = min(len(evals[(c, s)]) for s in seeds)
         xs = [harness.spread(evals[(c, s)][j]["train_s"] for s in seeds).median for j in range(n)]
         by_time[label] = [(xs, [e["acc"] for e in evals[(c, s)][:n]]) for s in seeds]
+        xm = [harness.spread(modelled(int(evals[(c, s)][j]["step"]), k_of[c], cost[s]) for s in seeds).median
+              for j in range(n)]
+        by_model[label] = [(xm, [e["acc"] for e in evals[(c, s)][:n]]) for s in seeds]
     path, md = results.figure("curves")
     harness.bands(path, [("test accuracy vs epoch", "epoch", "test accuracy (classes 5–9)", by_epoch),
                          ("test accuracy vs training time", "training time (s, median over seeds)",
-                          "test accuracy (classes 5–9)", by_time)],
+                          "test accuracy (classes 5–9)", by_time),
+                         ("test accuracy vs modelled time", "modelled time (s, median over seeds)",
+                          "test accuracy (classes 5–9)", by_model)],
                   title="Fine-tuning on Fashion-MNIST 5–9 from a ResNet pretrained on 0–4")
 
+    cpu = [v.get("cpu_s") for v in results.values.values()]
+    cpu_note = (f"CPU time of all the runs: {sum(cpu) / 60:.1f} min (one torch thread each; on this "
+                f"shared machine it includes the cost of contention)." if all(c is not None for c in cpu) else "")
     verdict, why = _verdict(numbers)
     numbers["verdict_reason"] = why
     costs = (f"Measured step costs (mrc's trainer, interleaved short runs, median): full step "
              f"{full_s.format(1)} ms, head-only step {head_s.format(1)} ms, c = "
              f"{harness.spread(cost[s]['head_s'] / cost[s]['full_s'] for s in seeds).format(2)}")
     body = _body(results, pre, table, "\n\n".join(target_tables), md, why + "\n\n" + costs, steps)
-    return Finding(verdict, numbers, body)
+    return Finding(verdict, numbers, body + ("\n" + cpu_note if cpu_note else ""))
 
 
 def _verdict(n: dict[str, Any]) -> tuple[str, str]:
