@@ -42,7 +42,12 @@ CLAIM = ("Iterative multigrid-in-time (MGRIT, F/C relaxation, coarsening) solves
          "MGRIT (2 cycles per optimization iteration) trains the network as accurately as serial "
          "training (level sets N = 1024, hyperspectral N = 512).")
 
-LEVELS = (2, 3)
+LEVELS: tuple[int | str, ...] = (2, 3, "max")
+"""Level counts of the convergence study; "max": as many levels as keep the coarsest grid at
+COARSEST steps or more (XBraid's `max_levels` with `min_coarse`, as the seed's reference code
+runs it), so the coarsest grid stays about the same size as N grows."""
+COARSEST = 8
+CF = 4             # the coarsening factor of the convergence study (mgrit_convergence.mrs)
 ITERS = 8          # iterations of each solve in the convergence study (mgrit_convergence.mrs)
 FLOOR = 1e-11      # relative residual below which float64 round-off decides the ratio
 SLOPE = 0.1        # "independent of N": log ρ grows by at most this per unit of log N (7 % per doubling)
@@ -97,7 +102,17 @@ def _train(spec: str, settings: dict[str, Any]):
     return work
 
 
-def _converge(net: str, levels: int, n: int, seed: int, scale: str):
+def levels_for(levels: int | str, n: int) -> int:
+    """The number of levels a convergence run uses at depth `n` (see LEVELS)."""
+    if levels != "max":
+        return int(levels)
+    count, size = 1, n
+    while size // CF >= COARSEST:
+        count, size = count + 1, size // CF
+    return count
+
+
+def _converge(net: str, levels: int | str, n: int, seed: int, scale: str):
     def work(folder: Path) -> dict[str, Any]:
         text = (harness.SPECS / "mgrit_convergence.mrs").read_text(encoding="utf-8")
         if net == "trained":
@@ -109,7 +124,7 @@ def _converge(net: str, levels: int, n: int, seed: int, scale: str):
             text += '\ninit "weights.pt"(strict = true)\n'
         spec = folder / "convergence.mrs"
         spec.write_text(text, encoding="utf-8")
-        overrides = {"depth": n, "mgrit.stack.levels": levels, "train.seed": seed,
+        overrides = {"depth": n, "mgrit.stack.levels": levels_for(levels, n), "train.seed": seed,
                      "train.device": harness.device(scale)}
         result = harness.train(spec, folder, overrides)
         solves = [rec["mgrit"]["stack"] for rec in result["curves"] if "mgrit" in rec]
