@@ -306,10 +306,10 @@ def report(results: Results) -> Finding:
 
 {harness.table(("claim", "verdict"), sub.items())}
 
-Criteria, fixed before the final 3-seed run (after a one-seed trial run): *independent of N* — the least-squares slope of log ρ
-against log N is at most +{SLOPE} (ρ grows by at most 7 % per doubling of N) for every network,
-level count and solve, and every factor is below 1; *as accurate* — {crit}. The experiment's
-verdict is the common one of the claims, else *partly*.
+Criteria, fixed before the final 3-seed run (after a one-seed trial run): *independent of N* —
+the least-squares slope of log ρ against log N is at most +{SLOPE} (ρ grows by at most 7 % per
+doubling of N) for every network, level count and solve, and every factor is below 1;
+*as accurate* — {crit}. The experiment's verdict is the common one of the claims, else *partly*.
 
 ## Setup
 
