@@ -9,7 +9,10 @@ then applies the options common to every data set (`DATA_OPTIONS`) in a fixed or
 2. validation split: a predefined test split (`x_test`/`y_test`) *is* the validation set;
    otherwise a seeded random fraction `val` of the examples is held out;
 3. `limit`: keep a seeded random subset of at most `limit` training examples (validation is
-   untouched, so limiting never changes what a run is evaluated on);
+   untouched, so limiting never changes what a run is evaluated on); `val_limit`: keep a random
+   subset of at most `val_limit` validation examples, drawn from a fixed stream that is the same
+   for every seed (runs of different seeds are scored on the same examples; evaluation is the
+   cost it cuts);
 4. `augment`: the data-set transform (`mrc.data.augment`, the patch) of the training and
    validation splits — here for the `square` variant, after step 5 for the paper's patch, which
    is pasted on normalised images; the un-patched validation split is kept as the `clean`
@@ -54,6 +57,8 @@ Batch: TypeAlias = tuple[torch.Tensor, torch.Tensor]
 
 _SPLIT_STREAM = -1
 _LIMIT_STREAM = -2
+_VAL_LIMIT_SEED = 0x5EED_7E57
+"""The generator seed of `val_limit`'s subset: one fixed draw, whatever the run's seed."""
 _TRAIN_PATCH_STREAM, _VAL_PATCH_STREAM = 0, 1
 
 MAX_INFERRED_CLASSES = 100_000
@@ -411,6 +416,9 @@ def _bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: int,
         generator = torch.Generator().manual_seed(stream_seed(seed, _LIMIT_STREAM))
         chosen = torch.randperm(len(train_y), generator=generator)[:limit].sort().values
         train_x, train_y = train_x[chosen], train_y[chosen]
+    kept = _val_subset(options, len(val_y))
+    if kept is not None:
+        val_x, val_y = val_x[kept], val_y[kept]
 
     batch = int(options["batch"])
     if len(train_y) == 0:
@@ -509,6 +517,9 @@ def _dataset_bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: in
         generator = torch.Generator().manual_seed(stream_seed(seed, _LIMIT_STREAM))
         chosen = torch.randperm(len(train), generator=generator)[:limit].sort().values
         train = Subset(train, chosen.tolist())
+    kept = _val_subset(options, length_of(val, f"{name}'s validation Dataset"))
+    if kept is not None:
+        val = Subset(val, kept.tolist())
     if len(train) == 0:
         raise DataError(f"{name}: no training examples are left after the validation split")
     if options["drop_last"] and len(train) < batch:
@@ -541,6 +552,16 @@ def _dataset_bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: in
         first_y=torch.stack([y for _, y in examples]), task=task)
 
 
+def _val_subset(options: Mapping[str, Any], n: int) -> torch.Tensor | None:
+    """The sorted indices `val_limit` keeps of `n` validation examples (None: all of them),
+    drawn from a fixed generator so that every seed is evaluated on the same examples."""
+    limit = int(options.get("val_limit") or 0)
+    if not 0 < limit < n:
+        return None
+    generator = torch.Generator().manual_seed(_VAL_LIMIT_SEED)
+    return torch.randperm(n, generator=generator)[:limit].sort().values
+
+
 def _loader_bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: int,
                    name: str, task: str = "classification") -> DataBundle:
     """The bundle of a factory's own DataLoaders: used as given (batches, order, transforms)."""
@@ -548,9 +569,10 @@ def _loader_bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: int
     if options.get("augment"):
         raise DataError(f"{name}: the factory's DataLoaders are used as given; put the "
                         f"augmentation in their Datasets, or return Datasets instead")
-    if options.get("limit"):
-        raise DataError(f"{name}: `limit` needs a Dataset; the factory's DataLoaders are used "
-                        f"as given")
+    for key in ("limit", "val_limit"):
+        if options.get(key):
+            raise DataError(f"{name}: `{key}` needs a Dataset; the factory's DataLoaders are used "
+                            f"as given")
     x, y = _first_batch(train, name)
     length_of(train, f"{name}'s training DataLoader")
     classes = (_dataset_classes(raw.get("classes"), getattr(train, "dataset", None), name)

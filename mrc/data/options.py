@@ -23,6 +23,9 @@ DATA_OPTIONS: tuple[Param, ...] = (
     Param("drop_last", "bool", False, doc="drop the last batch of an epoch if it is short"),
     Param("limit", "int", 0, doc="keep at most this many training examples (0 keeps all)",
           lo=0),
+    Param("val_limit", "int", 0,
+          doc="evaluate on at most this many held-out examples, a random subset that is the same "
+              "for every seed (0 keeps all)", lo=0),
     Param("augment", "any", None,
           doc="data transforms, one or a list: `random_crop(size, padding)`, `hflip(p)`, "
               "`cutout(size)`, `normalize(mean, std)` run per sample on the training batches "

@@ -61,7 +61,7 @@ def test_registry_names_and_options_do_not_clash():
                                 "synthetic"]
     options = {p.name for p in DATA_OPTIONS}
     assert options == {"batch", "val", "keep", "shuffle", "normalize", "drop_last", "limit",
-                       "augment", "stream", "workers", "pin_memory", "persistent_workers",
+                       "val_limit", "augment", "stream", "workers", "pin_memory", "persistent_workers",
                        "prefetch"}
     for entry in DATASETS:
         # the checker merges a set's own params with DATA_OPTIONS: a shared name would be ambiguous
@@ -206,6 +206,20 @@ def test_limit_keeps_a_seeded_subset_and_leaves_validation_alone():
     rows = {tuple(r) for r in full.train_x.tolist()}
     assert all(tuple(r) in rows for r in small.train_x.tolist())
     assert load("levelsets", samples=200, seed=3, limit=10_000).train_size == full.train_size
+
+
+def test_val_limit_keeps_the_same_validation_subset_for_every_seed(tmp_path):
+    rng = np.random.default_rng(0)
+    x, x_test = rng.normal(size=(40, 3)).astype(np.float32), rng.normal(size=(30, 3)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(40) % 3, x_test=x_test, y_test=np.arange(30) % 3)
+    full = load("d.npz", base=tmp_path)
+    a = load("d.npz", base=tmp_path, seed=1, val_limit=12)
+    b = load("d.npz", base=tmp_path, seed=2, val_limit=12)
+    assert a.val_size == 12 and torch.equal(a.val_x, b.val_x) and torch.equal(a.val_y, b.val_y)
+    assert torch.equal(a.train_x, full.train_x)  # training is untouched
+    rows = {tuple(r) for r in full.val_x.tolist()}
+    assert all(tuple(r) in rows for r in a.val_x.tolist())
+    assert load("d.npz", base=tmp_path, val_limit=100).val_size == 30
 
 
 def test_normalize_uses_training_statistics_only(tmp_path):
