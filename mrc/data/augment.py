@@ -32,8 +32,21 @@ class (entries `z`·N(0, 1), `z` = 1.25), v_y a pattern of class y (entries U(�
 perturbation of a large shared pattern: hard to fit, which is why a small learning rate (that
 memorises it) and a large one (that learns the images) differ. A patch-only example is
 z + s·`only_scale`·u·v_y with u ~ U(0, 1) drawn per example (`only_scale` = 1.75). The paper
-normalises the images first, so this patch is pasted *after* the loader's `normalize` (its
-values are in normalised units, and the training statistics are the unpatched images').
+normalises the images first, so this patch is pasted *after* the loader's `normalize` and after
+`normalize(mean, std)` steps that follow it in the `augment` list (its values are in normalised
+units, and the training statistics are the unpatched images'). The `patch_only` evaluation set
+is measured as the authors do: blank images sent through the patch transform, so a fraction
+only / (1 − free) of them (0.2) carry z + s·`only_scale`·u·v_y and the rest z + s·v_y.
+
+Checked against cwein3/large-lr-code (data_util.py `PatchAugmentFixed`, `pm_sym_pattern`,
+`FixedAugmentDataset`, `TransformOnlyDataset`; train_patches.py): the window starts at
+int(16 − size/2) on their 32×32 images, ⌊(H − size)/2⌋ here (the same on 32×32 and 28×28); the
+patch replaces the pixels; the images are normalised first; z = 1.25·N(0, 1) and v_y = U(−v, v)
+per channel; s = ±1 and u ~ U(0, 1) per example. One difference remains: their data set redraws
+an example's kind (both or only, among the fixed 80 % that are patched), its s and its u at
+every access, i.e. every epoch, and draws the 80 % by a per-example coin; here every draw is
+made once, when the data are loaded, with exact counts (`kinds`), so an `only` example never
+shows its image.
 
 `style = square` is a variant that is not the paper's (`Patches`): every class gets a distinct
 `size`×`size` square of 0/1 values (`size` = 3), pasted `margin` pixels (1) from the top and left
@@ -212,12 +225,20 @@ class PaperPatches:
 
     def only_patch(self, x: torch.Tensor, y: torch.Tensor,
                    stream: int = PATCH_ONLY_STREAM) -> torch.Tensor:
-        """Blank images of `x`'s shape carrying z + s·only_scale·u·v_y of each label, s and u
-        drawn per example from the seed (split `stream`): the class patch alone."""
-        signs, scales = self.draws(len(y), stream)
+        """Blank images of `x`'s shape carrying only the class patch of each label, as the
+        authors measure patch accuracy (`TransformOnlyDataset` in cwein3/large-lr-code: blank
+        images sent through the training patch transform): a fraction only / (1 − free) of them
+        (0.2 by default) z + s·only_scale·u·v_y, the others z + s·v_y, with s, u and which is
+        which drawn per example from the seed (split `stream`)."""
+        n = len(y)
+        signs, scales = self.draws(n, stream)
+        patched = 1.0 - self.free
+        share = 1.0 if patched <= 0 else min(1.0, self.only / patched)
+        scaled = _kinds(0.0, share, n, self.seed, _PAPER_STREAM + 8 + stream) == KIND_ONLY
+        factor = torch.where(scaled, self.only_scale * scales, torch.ones_like(scales))
         rows, cols = self.window(x.shape)
         out = torch.zeros_like(x)
-        out[:, :, rows, cols] = self.values(y, signs, self.only_scale * scales)
+        out[:, :, rows, cols] = self.values(y, signs, factor)
         return out
 
 
@@ -658,6 +679,26 @@ def make_augment(spec: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None, s
                                        "give it once, first in the list", k)
             patches = built
         else:
+            if (isinstance(built, Normalize) and isinstance(patches, PaperPatches)
+                    and any(not isinstance(t, Normalize) for t in steps)):
+                raise AugmentItemError("with the paper's patch, `normalize` applies to the images "
+                                       "before the patch is pasted (as the paper does); put it "
+                                       "right after `patch`, before the random transforms", k)
             steps.append(dataclasses.replace(built, stream=k))
             shape = built.out_shape(shape)
     return patches, (Augment(tuple(steps), seed) if steps else None)
+
+
+def leading_normalize(augment: Augment | None) -> tuple[tuple[Normalize, ...], Augment | None]:
+    """The `normalize` steps that open the per-sample pipeline, and the pipeline without them
+    (None when nothing is left). With the paper's patch the loader applies these to the images
+    before pasting the patch, so the patch stays in normalised units (cwein3/large-lr-code
+    normalises, then patches); `make_augment` refuses a `normalize` after a random transform."""
+    if augment is None:
+        return (), None
+    k = 0
+    while k < len(augment.steps) and isinstance(augment.steps[k], Normalize):
+        k += 1
+    lead = tuple(t for t in augment.steps[:k] if isinstance(t, Normalize))
+    rest = augment.steps[k:]
+    return lead, (Augment(rest, augment.seed) if rest else None)
