@@ -55,6 +55,13 @@ OUTSIDE = {0.1: {"small_lr": (0.73, 0.09), "large_lr": (0.86, 0.05), "mr_element
 the patch built by hand, patch-only as z + s·1.75·u·v_y."""
 
 
+CPU_NOTE = ("The whole small-scale command (24 trainings, 3 seeds) used 11.5 min of CPU time on one "
+            "thread, measured on 2026-12-06 while the 2-core machine ran about six jobs at once "
+            "(1,892 s wall): the standalone time is at most about that, a little above the 10 min "
+            "aimed at (the issue allows 20); leaving out the v = 0.5 layer partition (3 runs, about "
+            "1 min) would bring it to about 10 min.")
+
+
 def _sizes(scale: str) -> dict[str, int]:
     return FULL if scale == "full" else SMALL
 
@@ -172,9 +179,13 @@ def report(results: Results) -> Finding:
 
     claims = {f"v{v:g}": parts(v) for v in MARGINS}
     numbers["claims"] = claims
+    # reproduced: every part at the paper's margin; partly: a part that involves the patch
+    # (memorisation, multirate on both) holds at some margin, or two parts at the paper's margin;
+    # not reproduced otherwise (a large rate beating a small one on clean data alone says nothing
+    # about the patch)
     held = sum(claims["v0.1"].values())
-    held_any = sum(max(claims[f"v{v:g}"][k] for v in MARGINS) for k in claims["v0.1"])
-    verdict = "reproduced" if held == 3 else ("partly" if held_any >= 1 else "not reproduced")
+    patchy = any(claims[f"v{v:g}"][k] for v in MARGINS for k in ("small_memorises_patch", "multirate_good_on_both"))
+    verdict = "reproduced" if held == 3 else ("partly" if patchy or held == 2 else "not reproduced")
 
     figures = []
     for v in MARGINS:
@@ -188,7 +199,8 @@ def report(results: Results) -> Finding:
         figures.append(md)
 
     walls = [float(results[k].get("wall_s", 0.0)) for k in results.values]
-    body = _body(results, rows, claims, verdict, figures, sizes, half, walls)
+    seen = _observations(results, vals, at_half, half)
+    body = _body(results, rows, claims, verdict, figures, sizes, half, walls, seen)
     return Finding(verdict, numbers, body)
 
 
@@ -197,7 +209,7 @@ def _yes(b: bool) -> str:
 
 
 def _body(results: Results, rows: list[tuple[str, ...]], claims: dict[str, dict[str, bool]], verdict: str,
-          figures: list[str], sizes: dict[str, int], half: int, walls: list[float]) -> str:
+          figures: list[str], sizes: dict[str, int], half: int, walls: list[float], seen: str) -> str:
     scale = results.scale
     n = sizes["limit"] or TRAIN_SIZE
     model = "WRN-16-10" if scale == "full" else "ResNet-8, width 16 (78 k parameters)"
@@ -258,6 +270,8 @@ multirate {SEED_FIGURES['multirate'][0]:.2f} / {SEED_FIGURES['multirate'][1]:.2f
 
 {_discussion(verdict, claims)}
 
+{seen}
+
 ## The patch, checked against the authors' code
 
 Read in cwein3/large-lr-code (data_util.py: `PatchAugmentFixed`, `pm_sym_pattern`,
@@ -292,11 +306,46 @@ The budget: {steps} steps is about 1 % of the seed's run; the small rate is far 
 (its clean accuracy is still rising at the end, see the curves), and the slow part of multirate
 steps only {steps // 25} times. A run at `--scale full` on a GPU (WRN-16-10, 60 epochs) is the test
 of the claim as stated; at this scale the result says what appears in a short run. The margin
-decides whether any contender fits the patch at all within the budget (compare v = 0.1 and 0.5).
+decides whether any contender fits the patch at all within the budget (compare v = 0.1 and 0.5);
+the budget, which one: outside the repository, with three times the images (12,000, 8 epochs), the
+small rate reached 0.66 on patch-only at v = 0.5 (table above), and the large rate 1.00. Two
+differences from the authors' data remain (see below): their per-epoch redraws of the kind, sign
+and scale of each patched example, and Nesterov momentum.
 
-Runs: {len(walls)} trainings, {sum(walls) / 60:.1f} min of training wall time in all on this machine
-(shared with other jobs; one thread each).
+Cost: {len(walls)} trainings, {sum(walls) / 60:.1f} min of training wall time in all on this machine,
+shared with other jobs (one thread each). {CPU_NOTE}
 """
+
+
+def _observations(results: Results, vals: Any, at_half: Any, half: int) -> str:
+    """What the numbers show, margin by margin, written from the numbers (not by hand)."""
+    lines = []
+    for v in MARGINS:
+        med = {c: (harness.spread(vals(c, v, "clean")).median, harness.spread(vals(c, v, "patch_only")).median)
+               for c in CONTENDERS}
+        best_clean = max(med, key=lambda c: med[c][0])
+        best_patch = max(med, key=lambda c: med[c][1])
+        lp_half = at_half("large_lr", v, "patch_curve")
+        lp_half_m = harness.spread(lp_half).median if lp_half else float("nan")
+        fits = [c for c in CONTENDERS if med[c][1] >= 0.3]
+        text = f"- v = {v:g}: the best on clean is {best_clean} ({med[best_clean][0]:.2f}). "
+        if not fits:
+            text += "No contender fits the patch (every patch-only median below 0.3; chance 0.10). "
+        else:
+            per_seed = ", ".join(f"{x:.2f}" for x in vals(best_patch, v, "patch_only"))
+            text += (f"The best on patch-only is {best_patch} ({med[best_patch][1]:.2f}; seeds {per_seed}); "
+                     f"patch-only median ≥ 0.3: {', '.join(fits)}. ")
+        text += (f"The large rate's patch-only accuracy is {lp_half_m:.2f} at epoch {half}, before its decay, "
+                 f"and {med['large_lr'][1]:.2f} at the end; the small rate ends at {med['small_lr'][1]:.2f} on "
+                 f"patch-only and {med['small_lr'][0]:.2f} on clean; multirate ends at "
+                 f"{med['mr_elements'][0]:.2f} / {med['mr_elements'][1]:.2f} (elements) and "
+                 f"{med['mr_layers'][0]:.2f} / {med['mr_layers'][1]:.2f} (layers), clean / patch-only.")
+        if med["large_lr"][1] > med["small_lr"][1] + 0.05:
+            text += (" On the patch the order is the claim's reverse: the large rate, once decayed to the "
+                     "small rate, fits the patch faster than the small rate does from the start, which "
+                     "spends its steps on the images.")
+        lines.append(text)
+    return "What the runs show (medians over the seeds):\n\n" + "\n".join(lines)
 
 
 def _narrowed(scale: str, steps: int) -> str:
