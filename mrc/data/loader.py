@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from mrc.data import images as _images  # noqa: F401  (registers `image_folder`, which streams)
-from mrc.data.augment import Augment, PaperPatches, Patches, leading_normalize, make_augment
+from mrc.data.augment import Augment, PaperPatches, Patches, leading_normalize, make_augment, redraw_patch
 from mrc.data.builtin import DATASETS
 from mrc.data.files import DataError, is_idx_path, read_idx_pair, read_npz
 from mrc.data.stream import ArraySet, StreamOptions, length_of, read_example, stream_seed
@@ -480,7 +480,11 @@ def _bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: int,
     if mean is not None and std is not None:
         train_x, val_x, clean_x = ((t - mean) / std for t in (train_x, val_x, clean_x))
     if patches is not None and patches.after_normalize:  # the paper's: on normalised images
-        train_x = patches.apply(train_x, train_y, _TRAIN_PATCH_STREAM)
+        if isinstance(patches, PaperPatches) and patches.redraw:  # per epoch, as the authors do
+            step = redraw_patch(patches, train_y, _TRAIN_PATCH_STREAM)
+            augment = Augment((step, *(augment.steps if augment is not None else ())), seed)
+        else:
+            train_x = patches.apply(train_x, train_y, _TRAIN_PATCH_STREAM)
         val_x = patches.apply(val_x, val_y, _VAL_PATCH_STREAM)
     if augment is not None:  # evaluation splits are stored evaluation-ready
         val_x, clean_x = augment.evaluate(val_x), augment.evaluate(clean_x)

@@ -235,3 +235,41 @@ def test_a_normalize_after_a_random_transform_is_refused_with_the_paper_patch() 
     assert err.value.index == 2
     make_augment([{"kind": "patch", "style": "square"}, {"kind": "hflip", "p": 0.5},
                   {"kind": "normalize", "mean": [0.0], "std": [1.0]}], 0, CLASSES, (1, 8, 8))
+
+
+def test_redraw_draws_kind_sign_and_scale_every_epoch_as_the_authors_loader() -> None:
+    # FixedAugmentDataset fixes which examples are patched; PatchAugmentFixed redraws, at every
+    # access, patch-only (probability 0.2) or not, s and u
+    aug = load_data("digits", {"shape": "image", "augment": [
+        {"kind": "patch", "size": 4, "redraw": True}, {"kind": "normalize", "mean": [0.3], "std": [0.5]}]}, 0)
+    plain = load_data("digits", {"shape": "image", "normalize": False}, 0)
+    assert torch.allclose(aug.train_x, (plain.train_x - 0.3) / 0.5)  # stored without the patch
+    p, n = aug.patches, len(aug.train_y)
+    idx = torch.arange(n)
+    kinds = p.kinds(n, 0)
+    seen = []
+    for epoch in (0, 1, 2):
+        x = aug.augment.train(aug.train_x, idx, epoch)
+        assert torch.equal(x[kinds == 0], aug.train_x[kinds == 0])  # the free ones stay free
+        on = kinds != 0
+        c = coefficients(p, x[on], aug.train_y[on], 4)
+        blank = (outside(x[on], 4) == 0).flatten(1).all(1)
+        assert torch.allclose(c[~blank].abs(), torch.ones_like(c[~blank]), atol=1e-4)
+        assert (c[blank].abs() <= 1.75 + 1e-4).all()
+        assert abs(float(blank.double().mean()) - 0.2) < 0.05 and abs(float((c > 0).double().mean()) - 0.5) < 0.06
+        seen.append((blank, c.sign()))
+        rows = torch.stack([aug.augment.sample(aug.train_x[i], i, epoch) for i in range(40)])
+        assert torch.equal(rows, x[:40])  # one sample at a time, as in a batch
+    assert not torch.equal(seen[0][0], seen[1][0]) and not torch.equal(seen[0][1], seen[1][1])
+    val = load_data("digits", {"shape": "image", "augment": [
+        {"kind": "patch", "size": 4}, {"kind": "normalize", "mean": [0.3], "std": [0.5]}]}, 0)
+    assert torch.equal(aug.val_x, val.val_x)  # evaluation splits are patched once, as before
+    with pytest.raises(AugmentError, match="`redraw` is not a knob of the `square` patch"):
+        patch(0, CLASSES, (1, 8, 8), style="square", redraw=True)
+
+
+def test_a_run_with_redraw_trains(tmp_path: Path) -> None:
+    (tmp_path / "run.mrs").write_text(SPEC.replace("augment = patch()", "augment = patch(redraw=true)")
+                                      .replace("steps=30, eval_every=30", "steps=6, eval_every=6"))
+    result = train(tmp_path / "run.mrs", out=tmp_path / "out")
+    assert result.status == "completed" and set(result.summary["evals"]) == {"clean", "patch_only"}
