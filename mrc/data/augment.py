@@ -32,8 +32,22 @@ class (entries `z`·N(0, 1), `z` = 1.25), v_y a pattern of class y (entries U(�
 perturbation of a large shared pattern: hard to fit, which is why a small learning rate (that
 memorises it) and a large one (that learns the images) differ. A patch-only example is
 z + s·`only_scale`·u·v_y with u ~ U(0, 1) drawn per example (`only_scale` = 1.75). The paper
-normalises the images first, so this patch is pasted *after* the loader's `normalize` (its
-values are in normalised units, and the training statistics are the unpatched images').
+normalises the images first, so this patch is pasted *after* the loader's `normalize` and after
+`normalize(mean, std)` steps that follow it in the `augment` list (its values are in normalised
+units, and the training statistics are the unpatched images'). The `patch_only` evaluation set
+is measured as the authors do: blank images sent through the patch transform, so a fraction
+only / (1 − free) of them (0.2) carry z + s·`only_scale`·u·v_y and the rest z + s·v_y.
+
+Checked against cwein3/large-lr-code (data_util.py `PatchAugmentFixed`, `pm_sym_pattern`,
+`FixedAugmentDataset`, `TransformOnlyDataset`; train_patches.py): the window starts at
+int(16 − size/2) on their 32×32 images, ⌊(H − size)/2⌋ here (the same on 32×32 and 28×28); the
+patch replaces the pixels; the images are normalised first; z = 1.25·N(0, 1) and v_y = U(−v, v)
+per channel; s = ±1 and u ~ U(0, 1) per example. Their data set redraws a patched example's
+kind (both or only, among the fixed 80 % that are patched), its s and its u at every access,
+i.e. every epoch: `redraw = true` does the same on the training split (`RedrawPatch`, a
+per-sample transform drawn from (seed, epoch, index)); by default every draw is made once, when
+the data are loaded, so an `only` example never shows its image. They draw the 80 % by a
+per-example coin; here exact counts (`kinds`).
 
 `style = square` is a variant that is not the paper's (`Patches`): every class gets a distinct
 `size`×`size` square of 0/1 values (`size` = 3), pasted `margin` pixels (1) from the top and left
@@ -165,6 +179,7 @@ class PaperPatches:
     free: float
     only: float
     seed: int
+    redraw: bool = False
 
     after_normalize: ClassVar[bool] = True
     """Pasted after the loader's `normalize`, as the paper normalises the images first."""
@@ -214,12 +229,20 @@ class PaperPatches:
 
     def only_patch(self, x: torch.Tensor, y: torch.Tensor,
                    stream: int = PATCH_ONLY_STREAM) -> torch.Tensor:
-        """Blank images of `x`'s shape carrying z + s·only_scale·u·v_y of each label, s and u
-        drawn per example from the seed (split `stream`): the class patch alone."""
-        signs, scales = self.draws(len(y), stream)
+        """Blank images of `x`'s shape carrying only the class patch of each label, as the
+        authors measure patch accuracy (`TransformOnlyDataset` in cwein3/large-lr-code: blank
+        images sent through the training patch transform): a fraction only / (1 − free) of them
+        (0.2 by default) z + s·only_scale·u·v_y, the others z + s·v_y, with s, u and which is
+        which drawn per example from the seed (split `stream`)."""
+        n = len(y)
+        signs, scales = self.draws(n, stream)
+        patched = 1.0 - self.free
+        share = 1.0 if patched <= 0 else min(1.0, self.only / patched)
+        scaled = _kinds(0.0, share, n, self.seed, _PAPER_STREAM + 8 + stream) == KIND_ONLY
+        factor = torch.where(scaled, self.only_scale * scales, torch.ones_like(scales))
         rows, cols = self.window(x.shape)
         out = torch.zeros_like(x)
-        out[:, :, rows, cols] = self.values(y, signs, self.only_scale * scales)
+        out[:, :, rows, cols] = self.values(y, signs, factor)
         return out
 
 
@@ -256,7 +279,7 @@ PATCH_STYLES = ("paper", "square")
 """`paper`: Li, Wei & Ma's z + s·v_y at the centre; `square`: a distinct 0/1 square per class
 (not the paper's)."""
 
-PAPER_DEFAULTS = {"size": 7, "z": 1.25, "v": 0.1, "only_scale": 1.75}
+PAPER_DEFAULTS = {"size": 7, "z": 1.25, "v": 0.1, "only_scale": 1.75, "redraw": False}
 SQUARE_DEFAULTS = {"size": 3, "margin": 1}
 """The knobs left none take their style's default."""
 
@@ -277,6 +300,9 @@ PATCH_PARAMS = (
           nullable=True),
     Param("only_scale", "float", None, doc="`paper` only: a patch-only example is "
           "z + s·only_scale·u·v_y, u ~ U(0, 1) (none: 1.75)", lo=0.0, nullable=True),
+    Param("redraw", "bool", None, doc="`paper` only: redraw each patched training example's kind "
+          "(both or only), s and u every epoch, as the authors' loader does (none: false, every "
+          "draw made once at load)", nullable=True),
 )
 
 
@@ -291,8 +317,8 @@ def patch_knobs_misplaced(style: str, settings: Mapping[str, Any]) -> list[str]:
                        "`style = square` is a separable 0/1 variant")
 def patch(seed: int, classes: int, in_shape: tuple[int, ...], size: int | None = None,
           margin: int | None = None, free: float = 0.2, only: float = 0.16, style: str = "paper",
-          z: float | None = None, v: float | None = None, only_scale: float | None = None
-          ) -> Patches | PaperPatches:
+          z: float | None = None, v: float | None = None, only_scale: float | None = None,
+          redraw: bool | None = None) -> Patches | PaperPatches:
     """The patches of a run: checks that the data are images and that the patch fits."""
     if len(in_shape) != 3:
         raise AugmentError(f"`patch` needs image data of shape (C, H, W), but examples have shape "
@@ -300,7 +326,7 @@ def patch(seed: int, classes: int, in_shape: tuple[int, ...], size: int | None =
     if style not in PATCH_STYLES:
         raise AugmentError(f"unknown patch style `{style}`; styles are {', '.join(PATCH_STYLES)}")
     misplaced = patch_knobs_misplaced(style, {"margin": margin, "z": z, "v": v,
-                                              "only_scale": only_scale})
+                                              "only_scale": only_scale, "redraw": redraw})
     if misplaced:
         raise AugmentError(f"`{misplaced[0]}` is not a knob of the `{style}` patch")
     if free + only > 1.0 + 1e-12:
@@ -321,7 +347,7 @@ def patch(seed: int, classes: int, in_shape: tuple[int, ...], size: int | None =
         seed, classes, channels, size, PAPER_DEFAULTS["z"] if z is None else z,
         PAPER_DEFAULTS["v"] if v is None else v)
     return PaperPatches(shared, per_class, PAPER_DEFAULTS["only_scale"] if only_scale is None
-                        else only_scale, free, only, seed)
+                        else only_scale, free, only, seed, bool(redraw))
 
 
 # ---- per-sample transforms ---------------------------------------------------------------------
@@ -660,6 +686,75 @@ def make_augment(spec: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None, s
                                        "give it once, first in the list", k)
             patches = built
         else:
+            if (isinstance(built, Normalize) and isinstance(patches, PaperPatches)
+                    and any(not isinstance(t, Normalize) for t in steps)):
+                raise AugmentItemError("with the paper's patch, `normalize` applies to the images "
+                                       "before the patch is pasted (as the paper does); put it "
+                                       "right after `patch`, before the random transforms", k)
             steps.append(dataclasses.replace(built, stream=k))
             shape = built.out_shape(shape)
     return patches, (Augment(tuple(steps), seed) if steps else None)
+
+
+@dataclass(frozen=True, slots=True)
+class RedrawPatch(Transform):
+    """The paper's patch on the training split, redrawn every epoch as the authors' loader does
+    (cwein3/large-lr-code `FixedAugmentDataset` + `PatchAugmentFixed`): which examples carry a
+    patch is fixed (`patched`, drawn at load: exact counts, as `PaperPatches.kinds`); at every
+    epoch each patched example is patch-only with probability `share` = only / (1 − free) (its
+    image zeroed, z + s·only_scale·u·v_y) and otherwise image and z + s·v_y, with s = ±1 and
+    u ~ U(0, 1) drawn from (seed, epoch, index). `labels` are the training split's (looked up by
+    the sample index, so every path — in-memory batches, streamed samples, brains — agrees).
+    Evaluation leaves examples as they are (the evaluation splits are patched once, at load)."""
+
+    patches: PaperPatches | None = None
+    labels: torch.Tensor | None = None
+    patched: torch.Tensor | None = None
+    share: float = 0.0
+
+    def _parts(self, device: torch.device) -> tuple[PaperPatches, torch.Tensor, torch.Tensor]:
+        assert self.patches is not None and self.labels is not None and self.patched is not None
+        return self.patches, self.labels.to(device), self.patched.to(device)
+
+    def train(self, x: torch.Tensor, index: torch.Tensor, epoch: int, seed: int) -> torch.Tensor:
+        p, labels, patched = self._parts(x.device)
+        index = index.to(x.device)
+        on = patched[index]
+        only = on & bernoulli(self._draw(seed, epoch, index, 0), self.share)
+        signs = torch.where(bernoulli(self._draw(seed, epoch, index, 1), 0.5), 1.0, -1.0).to(x.dtype)
+        u = self._draw(seed, epoch, index, 2).to(x.dtype) / float(2**32)
+        factor = torch.where(only, p.only_scale * u, torch.ones_like(u))
+        out = torch.where(only.view(-1, *([1] * (x.ndim - 1))), torch.zeros_like(x), x)
+        rows, cols = p.window(x.shape)
+        coef = (signs * factor).view(-1, 1, 1, 1)
+        values = p.z.to(x.device, x.dtype) + coef * p.v.to(x.device, x.dtype)[labels[index]]
+        window = out[:, :, rows, cols]
+        out[:, :, rows, cols] = torch.where(on.view(-1, 1, 1, 1), values, window)
+        return out
+
+    def one(self, x: torch.Tensor, index: int, epoch: int, seed: int) -> torch.Tensor:
+        return self.train(x[None], torch.tensor([index]), epoch, seed)[0]
+
+
+def redraw_patch(patches: PaperPatches, labels: torch.Tensor, stream: int) -> RedrawPatch:
+    """The per-epoch patch of a training split with `labels` (see `RedrawPatch`)."""
+    kinds = patches.kinds(len(labels), stream)
+    patched = 1.0 - patches.free
+    share = 1.0 if patched <= 0 else min(1.0, patches.only / patched)
+    return RedrawPatch(stream=0, patches=patches, labels=labels.detach().cpu().clone(),
+                       patched=(kinds != KIND_FREE), share=share)
+
+
+def leading_normalize(augment: Augment | None) -> tuple[tuple[Normalize, ...], Augment | None]:
+    """The `normalize` steps that open the per-sample pipeline, and the pipeline without them
+    (None when nothing is left). With the paper's patch the loader applies these to the images
+    before pasting the patch, so the patch stays in normalised units (cwein3/large-lr-code
+    normalises, then patches); `make_augment` refuses a `normalize` after a random transform."""
+    if augment is None:
+        return (), None
+    k = 0
+    while k < len(augment.steps) and isinstance(augment.steps[k], Normalize):
+        k += 1
+    lead = tuple(t for t in augment.steps[:k] if isinstance(t, Normalize))
+    rest = augment.steps[k:]
+    return lead, (Augment(rest, augment.seed) if rest else None)

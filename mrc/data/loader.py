@@ -18,7 +18,10 @@ then applies the options common to every data set (`DATA_OPTIONS`) in a fixed or
    is pasted on normalised images; the un-patched validation split is kept as the `clean`
    evaluation set;
 5. `normalize`: standardise features with the training split's per-feature mean and std (after
-   the square patch, before the paper's, and applied to every evaluation set too);
+   the square patch, before the paper's, and applied to every evaluation set too); with the
+   paper's patch, `augment`'s `normalize(mean, std)` steps right after `patch` apply here too,
+   so the patch is pasted on normalised images as in the paper (the bundle's `mean`/`std` then
+   hold both normalisations);
 6. the per-sample transforms of `augment` (crop, flip, cutout, normalize): the training split
    keeps its examples and is transformed batch by batch as it is read; every evaluation split is
    stored through the transforms' deterministic part (`Augment.evaluate`).
@@ -45,7 +48,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import torch
 
-from mrc.data.augment import Augment, PaperPatches, Patches, make_augment
+from mrc.data.augment import Augment, PaperPatches, Patches, leading_normalize, make_augment, redraw_patch
 from mrc.data.builtin import DATASETS
 from mrc.data.files import DataError, is_idx_path, read_idx_pair, read_npz
 from mrc.data.options import DATA_OPTIONS
@@ -441,9 +444,20 @@ def _bundle(raw: Mapping[str, Any], options: Mapping[str, Any], seed: int,
         mean = train_x.mean(dim=0)
         spread = train_x.std(dim=0, unbiased=False)
         std = torch.where(spread > 0, spread, torch.ones_like(spread))  # constant features stay
+    if isinstance(patches, PaperPatches):  # `normalize(…)` first in the pipeline: before the patch
+        lead, augment = leading_normalize(augment)
+        for step in lead:
+            m = torch.tensor(step.mean, dtype=train_x.dtype).view(-1, 1, 1).expand(shape)
+            s = torch.tensor(step.std, dtype=train_x.dtype).view(-1, 1, 1).expand(shape)
+            mean, std = (m.clone(), s.clone()) if mean is None else (mean + std * m, std * s)
+    if mean is not None and std is not None:
         train_x, val_x, clean_x = ((t - mean) / std for t in (train_x, val_x, clean_x))
     if patches is not None and patches.after_normalize:  # the paper's: on normalised images
-        train_x = patches.apply(train_x, train_y, _TRAIN_PATCH_STREAM)
+        if isinstance(patches, PaperPatches) and patches.redraw:  # per epoch, as the authors do
+            step = redraw_patch(patches, train_y, _TRAIN_PATCH_STREAM)
+            augment = Augment((step, *(augment.steps if augment is not None else ())), seed)
+        else:
+            train_x = patches.apply(train_x, train_y, _TRAIN_PATCH_STREAM)
         val_x = patches.apply(val_x, val_y, _VAL_PATCH_STREAM)
     if augment is not None:  # evaluation splits are stored evaluation-ready
         val_x, clean_x = augment.evaluate(val_x), augment.evaluate(clean_x)

@@ -155,7 +155,7 @@ def test_patch_only_is_the_class_patch_alone_and_the_same_for_every_spec() -> No
     assert torch.equal(y, aug.val_y) and (outside(x, 4) == 0).all()
     c = coefficients(aug.patches, x, y, 4)
     assert (c.abs() <= 1.75 + 1e-4).all() and (c > 0).any() and (c < 0).any()
-    other = digits(batch=7, augment={"kind": "patch", "size": 4, "free": 0.5})
+    other = digits(batch=7, augment={"kind": "patch", "size": 4})  # same patch, other options
     x2, y2 = load_eval(other, "patch_only", None, 0)
     assert torch.equal(x, x2) and torch.equal(y, y2)
     assert torch.equal(load_eval(aug, "clean", None, 0)[0], load_eval(other, "clean", None, 0)[0])
@@ -190,3 +190,86 @@ def test_a_run_reports_clean_and_patch_only_as_a_hand_evaluation(tmp_path: Path)
         for where in (summary["evals"][name], result.summary["evals"][name]):
             assert where["loss"] == pytest.approx(loss, rel=1e-5, abs=1e-6), name
             assert where["acc"] == pytest.approx(acc, abs=1e-12), name
+
+
+# ---- against the authors' code (cwein3/large-lr-code) ----------------------------------------
+
+def test_patch_only_mixes_full_and_scaled_patches_as_the_authors_measure() -> None:
+    # their TransformOnlyDataset sends blank images through the training transform: with
+    # probability patch_only_prob (0.2) z + s·1.75·u·v_y, otherwise z + s·v_y
+    aug = digits(augment={"kind": "patch", "size": 4})
+    x, y = load_eval(aug, "patch_only", None, 0)
+    c = coefficients(aug.patches, x, y, 4).abs()
+    full = (c - 1.0).abs() < 1e-4
+    assert int((~full).sum()) == round(0.2 * len(y))  # only / (1 − free) = 0.16 / 0.8
+    assert (c[~full] <= 1.75 + 1e-4).all() and float(c[~full].std()) > 0.2  # 1.75·u varies
+
+
+def test_a_normalize_after_the_paper_patch_applies_before_it() -> None:
+    # the authors normalise (per channel) and then paste the patch: the patch must not be
+    # rescaled by the normalisation, and a blank patch-only image is 0 in normalised units
+    plain = load_data("digits", {"shape": "image"}, 0)
+    aug = load_data("digits", {"shape": "image", "augment": [
+        {"kind": "patch", "size": 4}, {"kind": "normalize", "mean": [0.3], "std": [0.5]}]}, 0)
+    p = aug.patches
+    assert isinstance(p, PaperPatches) and aug.augment is None  # nothing left to do per sample
+    assert torch.allclose(aug.clean_x, (plain.val_x - 0.3) / 0.5)
+    kinds = p.kinds(len(aug.train_y), 0)
+    assert torch.allclose(aug.train_x[kinds == 0], (plain.train_x[kinds == 0] - 0.3) / 0.5)
+    patched = kinds != 0
+    coefficients(p, aug.train_x[patched], aug.train_y[patched], 4)  # exactly z + c·v_y
+    assert (outside(aug.train_x[kinds == 1], 4) == 0).all()
+    x, y = load_eval(aug, "patch_only", None, 0)
+    assert (outside(x, 4) == 0).all()
+    coefficients(p, x, y, 4)
+    both = load_data("digits", {"shape": "image", "normalize": True, "augment": [
+        {"kind": "patch", "size": 4}, {"kind": "normalize", "mean": [0.3], "std": [0.5]}]}, 0)
+    normed = load_data("digits", {"shape": "image", "normalize": True}, 0)
+    assert torch.allclose(both.clean_x, (normed.val_x - 0.3) / 0.5, atol=1e-5)
+
+
+def test_a_normalize_after_a_random_transform_is_refused_with_the_paper_patch() -> None:
+    with pytest.raises(AugmentItemError, match="right after `patch`") as err:
+        make_augment([{"kind": "patch"}, {"kind": "hflip", "p": 0.5},
+                      {"kind": "normalize", "mean": [0.0], "std": [1.0]}], 0, CLASSES, (1, 8, 8))
+    assert err.value.index == 2
+    make_augment([{"kind": "patch", "style": "square"}, {"kind": "hflip", "p": 0.5},
+                  {"kind": "normalize", "mean": [0.0], "std": [1.0]}], 0, CLASSES, (1, 8, 8))
+
+
+def test_redraw_draws_kind_sign_and_scale_every_epoch_as_the_authors_loader() -> None:
+    # FixedAugmentDataset fixes which examples are patched; PatchAugmentFixed redraws, at every
+    # access, patch-only (probability 0.2) or not, s and u
+    aug = load_data("digits", {"shape": "image", "augment": [
+        {"kind": "patch", "size": 4, "redraw": True}, {"kind": "normalize", "mean": [0.3], "std": [0.5]}]}, 0)
+    plain = load_data("digits", {"shape": "image", "normalize": False}, 0)
+    assert torch.allclose(aug.train_x, (plain.train_x - 0.3) / 0.5)  # stored without the patch
+    p, n = aug.patches, len(aug.train_y)
+    idx = torch.arange(n)
+    kinds = p.kinds(n, 0)
+    seen = []
+    for epoch in (0, 1, 2):
+        x = aug.augment.train(aug.train_x, idx, epoch)
+        assert torch.equal(x[kinds == 0], aug.train_x[kinds == 0])  # the free ones stay free
+        on = kinds != 0
+        c = coefficients(p, x[on], aug.train_y[on], 4)
+        blank = (outside(x[on], 4) == 0).flatten(1).all(1)
+        assert torch.allclose(c[~blank].abs(), torch.ones_like(c[~blank]), atol=1e-4)
+        assert (c[blank].abs() <= 1.75 + 1e-4).all()
+        assert abs(float(blank.double().mean()) - 0.2) < 0.05 and abs(float((c > 0).double().mean()) - 0.5) < 0.06
+        seen.append((blank, c.sign()))
+        rows = torch.stack([aug.augment.sample(aug.train_x[i], i, epoch) for i in range(40)])
+        assert torch.equal(rows, x[:40])  # one sample at a time, as in a batch
+    assert not torch.equal(seen[0][0], seen[1][0]) and not torch.equal(seen[0][1], seen[1][1])
+    val = load_data("digits", {"shape": "image", "augment": [
+        {"kind": "patch", "size": 4}, {"kind": "normalize", "mean": [0.3], "std": [0.5]}]}, 0)
+    assert torch.equal(aug.val_x, val.val_x)  # evaluation splits are patched once, as before
+    with pytest.raises(AugmentError, match="`redraw` is not a knob of the `square` patch"):
+        patch(0, CLASSES, (1, 8, 8), style="square", redraw=True)
+
+
+def test_a_run_with_redraw_trains(tmp_path: Path) -> None:
+    (tmp_path / "run.mrs").write_text(SPEC.replace("augment = patch()", "augment = patch(redraw=true)")
+                                      .replace("steps=30, eval_every=30", "steps=6, eval_every=6"))
+    result = train(tmp_path / "run.mrs", out=tmp_path / "out")
+    assert result.status == "completed" and set(result.summary["evals"]) == {"clean", "patch_only"}
