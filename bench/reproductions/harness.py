@@ -265,7 +265,8 @@ def write_summary(order: Sequence[str]) -> Path:
             "report says otherwise) by `python bench/repro.py NAME` (or `--all`). Each report states "
             "its verdict in its first line, the setup, the results over seeds with their spread "
             "(median [min–max]), the curves, and what was varied; negative results are reported as "
-            "such.\n\n"
+            "such. The time is the wall time of the runs as they were made (bench/RESULTS.md gives each "
+            "experiment's standalone time).\n\n"
             + table(("experiment", "what", "verdict", "scale, seeds, time", "date"), rows) + "\n")
     path = DOCS.parent / "reproductions.md"
     path.write_text(text, encoding="utf-8")
