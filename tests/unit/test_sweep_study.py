@@ -173,3 +173,8 @@ def test_choices_are_read_from_the_text_that_was_parsed_not_the_disk() -> None:
 
     program = check(parse(SPEC, "not-on-disk.mrs"), Path("."))
     assert program.sweep is not None and program.sweep.spaces[1].choices == ("16", "64")
+
+
+def test_tables_show_values_at_4_significant_digits_and_the_spec_keeps_them_exact() -> None:
+    assert [results.shown(v) for v in ("0.0012345678912", "128", "relu", "1e-05", "3.0", "-7")] == \
+        ["0.001235", "128", "relu", "1e-05", "3", "-7"]
