@@ -276,7 +276,9 @@ def _launch_train(args: argparse.Namespace) -> int:
     fresh = [p for p in (out_dir, *out_dir.parents) if not os.path.exists(p)] if out_dir else []
     try:
         program = check_spec(args.spec, _train_overrides(args))  # parse and check: no user code, no torch
-        if args.resume is None:  # placed on N ranks here, once: a bad placement is one message, before any rank
+        if args.resume is None and not (program.model.user or program.data.user or program.loss.user):
+            # placed on N ranks here, once: a bad placement is one message, before any rank starts.
+            # Only for built-in models and data: the user's factories run on the ranks alone
             from mrc.api import bind_spec
 
             bind_spec(args.spec, _train_overrides(args), world=args.nproc)
