@@ -93,7 +93,10 @@ def read_run(path: Path, label: str | None = None) -> RunData:
     return run
 
 
-def _line(recs: list[dict[str, Any]], x: str, get: Callable[[dict[str, Any]], Any]) -> tuple[list[float], list[float]]:
+def series_of(recs: list[dict[str, Any]], x: str,
+              get: Callable[[dict[str, Any]], Any]) -> tuple[list[float], list[float]]:
+    """The (x, y) points of the records where `get(record)` is a number (a record without the
+    value, or with a None, is skipped). Also used by the reproductions' curves (bench/repro.py)."""
     xs, ys = [], []
     for rec in recs:
         try:
@@ -111,15 +114,15 @@ def _series(*lines: tuple[str, tuple[list[float], list[float]]]) -> list[Series]
 
 
 def _loss(x: str) -> Callable[[RunData], list[Series]]:
-    return lambda r: _series(("train loss", _line(r.train, x, lambda d: d["loss"])),
-                             ("val loss", _line(r.evals, x, lambda d: d["val_loss"])))
+    return lambda r: _series(("train loss", series_of(r.train, x, lambda d: d["loss"])),
+                             ("val loss", series_of(r.evals, x, lambda d: d["val_loss"])))
 
 
 def _acc(x: str) -> Callable[[RunData], list[Series]]:
     def series(r: RunData) -> list[Series]:
         names = sorted({n for rec in r.evals for n in rec.get("evals") or {}})
-        return _series(("val acc", _line(r.evals, x, lambda d: d["val_acc"])),
-                       *((f"{n} acc", _line(r.evals, x, lambda d, n=n: d["evals"][n]["acc"])) for n in names))
+        return _series(("val acc", series_of(r.evals, x, lambda d: d["val_acc"])),
+                       *((f"{n} acc", series_of(r.evals, x, lambda d, n=n: d["evals"][n]["acc"])) for n in names))
     return series
 
 
@@ -133,7 +136,7 @@ def _keys(recs: list[dict[str, Any]], key: str) -> list[str]:
 
 
 def _lr(r: RunData) -> list[Series]:
-    return _series(*((p, _line(r.train, "step", lambda d, p=p: d["lr"][p])) for p in _keys(r.train, "lr")))
+    return _series(*((p, series_of(r.train, "step", lambda d, p=p: d["lr"][p])) for p in _keys(r.train, "lr")))
 
 
 def _brains(measure: str) -> Callable[[RunData], list[Series]]:
@@ -142,8 +145,8 @@ def _brains(measure: str) -> Callable[[RunData], list[Series]]:
         if not with_brains:
             return []
         names = _keys(with_brains, "brains")
-        return _series(*((n, _line(with_brains, "step", lambda d, n=n: d["brains"][n][measure])) for n in names),
-                       ("merged", _line(with_brains, "step", lambda d: d[measure])))
+        return _series(*((n, series_of(with_brains, "step", lambda d, n=n: d["brains"][n][measure])) for n in names),
+                       ("merged", series_of(with_brains, "step", lambda d: d[measure])))
     return series
 
 
@@ -152,7 +155,7 @@ def _modules(*measures: str) -> Callable[[RunData], list[Series]]:
         out: list[Series] = []
         for m in _keys(r.train, "modules"):
             for measure in measures:
-                xs, ys = _line(r.train, "step", lambda d, m=m, k=measure: d["modules"][m][k])
+                xs, ys = series_of(r.train, "step", lambda d, m=m, k=measure: d["modules"][m][k])
                 if xs:
                     out.append((m if len(measures) == 1 else f"{m} {'τ' if measure == 'tau' else 'λ'}", xs, ys))
         return out
@@ -165,7 +168,7 @@ def _mgrit(kind: str) -> Callable[[RunData], list[Series]]:
         for stack in _keys(r.train, "mgrit"):
             for side in ("forward", "adjoint"):
                 key = side if kind == "residual" else f"{side}_factor"
-                xs, ys = _line(r.train, "step", lambda d, s=stack, k=key: d["mgrit"][s][k][-1])
+                xs, ys = series_of(r.train, "step", lambda d, s=stack, k=key: d["mgrit"][s][k][-1])
                 if xs:
                     out.append((f"{stack} {side}", xs, ys))
         return out

@@ -197,18 +197,11 @@ def curve(result: Mapping[str, Any], key: str | Callable[[dict[str, Any]], Any],
           x: str = "epoch") -> tuple[list[float], list[float]]:
     """One metric's curve from a `train` result's records: `key` is a record field (`val_acc`,
     `loss`, `evals.clean.acc` with dots for nesting) or a function of a record."""
+    from mrc.plot import series_of
+
     parts = [] if callable(key) else key.split(".")
     get = key if callable(key) else (lambda rec: _dig(rec, parts))
-    xs, ys = [], []
-    for rec in result.get("curves", []):
-        try:
-            value = get(rec)
-        except (KeyError, TypeError, IndexError):
-            continue
-        if isinstance(value, int | float) and not isinstance(value, bool) and isinstance(rec.get(x), int | float):
-            xs.append(float(rec[x]))
-            ys.append(float(value))
-    return xs, ys
+    return series_of(result.get("curves", []), x, get)
 
 
 def _dig(rec: Any, parts: list[str]) -> Any:
