@@ -216,12 +216,11 @@ def load(run_dir: str | Path, *, model: Any = None, brains: bool = False):  # ->
         if "mrc.provided:model" in config.read_text(encoding="utf-8"):
             raise ValueError(f"{run_dir} was trained with a model object from Python: pass it as model=")
         model = bind_spec(config).model
-    names = ("brains",) if brains else ()
-    if names:
+    if brains:
+        import copy
+
         out = {}
         for file in sorted((run_dir / "brains").glob("*.pt")):
-            import copy
-
             each = copy.deepcopy(model)
             each.load_state_dict(read_weights(file))
             out[file.stem] = each

@@ -182,6 +182,7 @@ class Trainer:
         self.overrides = list(overrides or [])
         self.change_length = change_length
         self.fingerprint = fingerprint(compiled.graph)
+        self.schedule_text = compiled.graph.to_text(compact=True)  # once: every checkpoint stores it
         self.tensorboard = tensorboard
         self._sink: Any = None
         self._tb: Any = None  # mrc.runtime.tensorboard.TensorBoard of a run with an out dir
@@ -223,7 +224,7 @@ class Trainer:
             "early": early.state_dict() if early else None, "last_eval": run.last_eval,
             "world": self.world.size,
             "elapsed": run.elapsed(),  # the run's wall time so far: a resume continues the clock
-            "schedule": self.c.graph.to_text(compact=True),  # to name what differs when a resume is refused
+            "schedule": self.schedule_text,  # to name what differs when a resume is refused
         }
         buffer = io.BytesIO()
         torch.save(plain(state), buffer)  # read back with weights_only=True: plain data only
@@ -378,7 +379,6 @@ class Trainer:
             callbacks.append(self._tb)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        start_step = run.step
         for cb in callbacks:
             cb.on_start(run)
         plan.module.train()
@@ -405,7 +405,7 @@ class Trainer:
         elif plan.brains:
             model.load_state_dict(final.state_dict())
         with plan.evaluation_precision():  # the models are scored in the precision they train in
-            summary = self._summary(final, feed, run, wall, run.step - start_step, early)
+            summary = self._summary(final, feed, run, wall, early)
             if evals:
                 ok = run.status != "diverged"
                 summary["evals"] = {n: evaluate(final, x, y, eval_batch, scoring) if ok else self._none()
@@ -591,7 +591,7 @@ class Trainer:
         """An evaluation that did not run (a diverged run): every measure None."""
         return dict.fromkeys(self.scoring.names)
 
-    def _summary(self, module: nn.Module, feed: Feed, run: Run, wall: float, steps_run: int,
+    def _summary(self, module: nn.Module, feed: Feed, run: Run, wall: float,
                  early: EarlyStopping | None) -> dict[str, Any]:
         """The run's summary; its train metrics are over the whole training split as evaluation
         sees it (no random augmentation; streamed data through the DataLoader)."""
