@@ -7,8 +7,10 @@ must end with exactly the same parameters before and after a refactoring.
 Each spec trains for `--steps` steps (default 64: several periods of every spec) with the spec's
 own seed, on the CPU, without checkpoints in between. The digest of a run is the SHA-256 of
 every tensor of its final state_dict (and of each brain's, for brains specs), in key order.
-`specs/transfer.mrs` loads `runs/pretrain/final.pt`, so `specs/pretrain.mrs` runs first and
-writes it. Last line: {"specs": N, "identical": N_same, "different": [names]}.
+The specs run from a copy in a temporary folder: each `*pretrain` spec runs first, and the
+fine-tuning specs read its `../runs/NAME/latest/final.pt` there. A spec this machine cannot
+compile (its data set is absent) is skipped and said.
+Last line: {"specs": N, "identical": N_same, "different": [names]}.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -40,16 +43,22 @@ def run_all(steps: int) -> dict[str, str]:
     from mrc.diagnostics import CompileError
 
     torch.set_num_threads(1)
-    specs = sorted((ROOT / "specs").glob("*.mrs"), key=lambda p: (p.stem != "pretrain", p.stem))
     out: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        # the specs run from a copy, so that a fine-tuning spec's `../runs/NAME/latest/final.pt`
+        # reads the pretraining run made here, never one in the repository's runs/
+        specs_dir = Path(tmp) / "specs"
+        shutil.copytree(ROOT / "specs", specs_dir)
+        runs = Path(tmp) / "runs"
+        specs = sorted(specs_dir.glob("*.mrs"), key=lambda p: (not p.stem.endswith("pretrain"), p.stem))
         for spec in specs:
-            run_dir = ROOT / "runs" / "pretrain" if spec.stem == "pretrain" else Path(tmp) / spec.stem
+            run_dir = runs / spec.stem / "identity"
             try:
                 result = train(spec, out=run_dir, steps=steps, device="cpu")
             except CompileError as err:  # e.g. a data set this machine lacks (CIFAR-10)
                 print(f"{spec.stem:<20} skipped: {str(err).splitlines()[0]}", file=sys.stderr)
                 continue
+            (runs / spec.stem / "latest").symlink_to("identity")
             states = {"model": result.model.state_dict()}
             for brain in sorted((run_dir / "brains").glob("*.pt")) if (run_dir / "brains").is_dir() else []:
                 states[f"brain:{brain.stem}"] = torch.load(brain, weights_only=True)
