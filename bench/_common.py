@@ -110,8 +110,10 @@ def _joined(rank_main: Callable[[Any], None], args: Any, threads: int, backend: 
     worlds.join(backend, timeout_s=300.0, device=device)
     try:
         rank_main(args)
-    finally:
-        worlds.leave()
+    except BaseException:
+        worlds.leave(meet=False)
+        raise
+    worlds.leave()
 
 
 def on_ranks(rank_main: Callable[[Any], None], args: Any, *, threads: int = 1, backend: str = "gloo",

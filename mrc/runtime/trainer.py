@@ -298,10 +298,13 @@ class Trainer:
             # no rank ends (and exits) before rank 0 has written the run: a launcher that sees
             # one process end may end the others
             self.world.barrier()
-            return result
-        finally:
+        except BaseException:
             if joined:
-                worlds.leave()
+                worlds.leave(meet=False)
+            raise
+        if joined:
+            worlds.leave(meet=False)  # the barrier above was the meeting
+        return result
 
     def _join_run(self) -> None:
         """A run of several processes: rank 0 alone writes the run directory and speaks."""

@@ -155,13 +155,19 @@ def join(backend: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S, device: st
     return _current
 
 
-def leave() -> None:
-    """Tear the process group down (end of a run)."""
+def leave(meet: bool = True) -> None:
+    """Tear the process group down (end of a run). `meet`: every rank got here without an
+    error, so they meet at a barrier first — no rank destroys its group while another still
+    talks to it (gloo aborts a process whose peer vanished mid-operation). After an error the
+    others may never arrive, so the group is torn down at once (`meet=False`, also for ranks
+    that met already)."""
     global _current
     if _current.active:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if meet:
+                dist.barrier()
             dist.destroy_process_group()
     _current = SOLO
 

@@ -38,8 +38,10 @@ def _entry(index: int, fn: Callable[..., Any], world: int, port: int, args: tupl
     worlds.join("gloo", timeout_s=timeout)
     try:
         result = fn(*args)
-    finally:
-        worlds.leave()
+    except BaseException:
+        worlds.leave(meet=False)
+        raise
+    worlds.leave()
     Path(out, f"rank{index}.pkl").write_bytes(pickle.dumps(result))
 
 
