@@ -13,10 +13,11 @@ import pytest
 
 from mrc.cli import main
 from mrc.ir.draw import PALETTE, DotMissing, color_of, group_of, render, to_graphviz
-from mrc.ir.graph import PartitionInfo, Pattern, ReplicaInfo, ScheduleGraph, Stage
+from mrc.ir.graph import PartitionInfo, Pattern, ScheduleGraph, Stage
 from mrc.ir.html import MARKS, layers_of, timeline, to_html
 from mrc.ir.ops import Backward, Batch, Forward, Loss, Rule, Scope, UpdateGroup, Value
 from mrc.techniques.brains.ops import Merge
+from mrc.techniques.brains.tables import BRAINS, Brains, ReplicaInfo
 from mrc.techniques.multirate.ops import Drift
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +50,8 @@ def small() -> ScheduleGraph:
     p0.steps, p1.steps = (0,), (1,)
     parts = {"body": PartitionInfo(("layers.0.weight",), 10, 2), "head": PartitionInfo(("head.weight",), 5, 1)}
     graph = ScheduleGraph([Stage("train", 2, [p0, p1], (0, 1))], parts,
-                          {"fast": ReplicaInfo(1), "slow": ReplicaInfo(2)}, layers=("layers.0", "head"))
+                          layers=("layers.0", "head"),
+                          tables={BRAINS: Brains({"fast": ReplicaInfo(1), "slow": ReplicaInfo(2)})})
     graph.verify()
     return graph
 
@@ -144,7 +146,7 @@ def test_timeline_caps_the_columns() -> None:
     pattern.steps = tuple(range(1000))
     graph = ScheduleGraph([Stage("train", 1000, [pattern], (0,) * 1000)],
                           {"body": PartitionInfo(("layers.0.weight",), 10), "head": PartitionInfo(("head.weight",), 5)},
-                          {"fast": ReplicaInfo()}, layers=("layers.0", "head"))
+                          layers=("layers.0", "head"), tables={BRAINS: Brains({"fast": ReplicaInfo()})})
     line = timeline(graph)
     assert (len(line["columns"]), line["total"]) == (256, 1000)
     assert "The period has 1000 steps; the first 256 are shown." in to_html(graph)
