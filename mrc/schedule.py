@@ -11,6 +11,7 @@ The builder knows no technique by name: it asks each technique of the registry
 * its *replicas*: how several replicas of the model share the schedule (brains: each at its own
   rate, merged when they land together), which stretches the period and joins their steps;
   otherwise one replica;
+* the ops it adds at the end of each replica's step (`after_step`);
 * its *tables*: what it keeps on the graph for passes and lowering.
 
 The steps that share a signature share one step pattern, expanded once, so building costs
@@ -123,12 +124,16 @@ def build_stage(bound: Bound, period: int, plan: StagePlan, rates: list[int], re
     """One stage: each step of the period expanded once per distinct signature (which of the
     techniques' clocks start on it, for each replica)."""
     expander: StepExpander = plan.step or expand_step
+    tails = [e.after_step for _, e in expansions() if e.after_step is not None]
 
     def step_sig(n: int) -> Hashable:
         return tuple(n % r == 0 for r in rates)
 
     def one(pattern: Pattern, scope: Scope, n: int, batch: Batch, rules: dict[str, tuple[Rule, float]]) -> list[Op]:
-        return expander(pattern, bound, scope, n, batch, rules)
+        ends = expander(pattern, bound, scope, n, batch, rules)
+        for tail in tails:
+            ends = tail(pattern, bound, scope, n, ends)
+        return ends
 
     index: dict[Hashable, int] = {}
     patterns: list[Pattern] = []

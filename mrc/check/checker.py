@@ -64,6 +64,9 @@ class Checker(Arguments):
         self._seen: dict[str, Span] = {}
         self._selector_depth = 0
         self.spec: ast.Spec | None = None
+        self.parts: dict[str, Any] = {}
+        """What a technique's statements checked, where `Program` has no field of its own for it
+        (a plugin's): `Program.parts`, by technique name."""
         self.in_sweep = False
         """A check of one sweep value (mrc/techniques/sweep/check.py): the sweep itself is skipped."""
 
@@ -155,7 +158,7 @@ class Checker(Arguments):
         self.report_unused_overrides()
         self.r.raise_if_failed()
         return Program(file=spec.file, base_dir=base_dir,
-                       lets={k: v.value for k, v in self.lets.items()}, **self.program)
+                       lets={k: v.value for k, v in self.lets.items()}, parts=dict(self.parts), **self.program)
 
 
 def check(spec: ast.Spec, base_dir: Path, overrides: Mapping[str, ast.Expr] | None = None) -> Program:

@@ -2,7 +2,7 @@
 
 The graph's core knows its stages, partitions, layers, device, kernels, learning-rate schedule,
 notes, laps and precision. Everything else a technique decides once for the whole schedule — its
-brains, its modules, its MGRIT stacks, its placement on processes — is a *table*: a frozen value
+replicas, the pieces it cuts the model into, its placement on processes — is a *table*: a frozen value
 of a `TableKind` the technique registers (mrc/techniques). The graph stores each table by kind and
 copies, prints, writes and reads it through the kind, so `ScheduleGraph` names no technique.
 
@@ -28,7 +28,7 @@ class TableKind(Generic[T]):
     `empty`: the value of a graph that has none; `encode`: its top-level JSON keys (an empty
     dict writes none); `decode`: the value back from the whole JSON object (None: not there);
     `header`: its lines in the listing's header, printed at `place` — `top`, before the
-    partitions (what scopes the ops: brains, modules, stacks), or `bottom`, after them and the
+    partitions (what the ops' scopes name), or `bottom`, after them and the
     precision (how the run is placed); `verify`: the graph invariants the table implies."""
 
     name: str

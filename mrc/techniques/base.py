@@ -36,6 +36,10 @@ batch op, its rules) → the ops the step ends with."""
 StepExpander = Callable[["Pattern", "Bound", "Scope", int, "Batch", Rules], list["Op"]]
 """A stage's step expansion: a `ReplicaStep` that also receives the bound program."""
 
+StepTail = Callable[["Pattern", "Bound", "Scope", int, list["Op"]], list["Op"]]
+"""Ops added at the end of one replica's step: (pattern, bound, scope, the replica's own step n,
+the ops the step ends with) → the ops it now ends with."""
+
 
 @dataclass(frozen=True, slots=True)
 class StagePlan:
@@ -66,13 +70,15 @@ class Expansion:
     rates: the rates of its own clocks — the period is the lcm of every technique's rates, and
     the steps on which they start distinguish the step patterns. stages: the stages (and laps)
     it splits the run into (None where the spec does not use it; one technique at most).
-    replicas: its `Replication` (None where unused; one technique at most). tables: the values
-    of its table kinds for this bound program.
+    replicas: its `Replication` (None where unused; one technique at most). after_step: the
+    ops it adds at the end of each replica's step, after those of earlier techniques. tables:
+    the values of its table kinds for this bound program.
     """
 
     rates: Callable[[Bound], Iterable[int]] | None = None
     stages: Callable[[Bound], tuple[list[StagePlan], int] | None] | None = None
     replicas: Callable[[Bound], Replication | None] | None = None
+    after_step: StepTail | None = None
     tables: Callable[[Bound], Mapping[TableKind[Any], Any]] | None = None
 
 
@@ -98,7 +104,8 @@ class Technique:
     on the traced model before the partitions are resolved. split: a function (bound,
     partitions, reporter) → the partitions it splits them into (module-wise training: one per
     module). tables: its `TableKind`s. expand: its `Expansion`. passes: its passes, each at
-    its position. place: distributed mode → the placer of that mode (`graph → graph`). after:
+    its position. place: distributed mode → the placer of that mode (`graph → graph`). draw:
+    its `Drawing` (mrc.ir.draw: how its ops and tables are drawn). after:
     the techniques it must come after in the registry (built-ins are in a fixed order; a
     plugin without `after` comes after them all).
     """
@@ -112,12 +119,13 @@ class Technique:
     expand: str = ""
     passes: tuple[PassAt, ...] = ()
     place: Mapping[str, str] = field(default_factory=dict)
+    draw: str = ""
     after: tuple[str, ...] = ()
 
     def refs(self) -> list[str]:
         """Every reference the record holds (a test resolves them all)."""
         return [r for r in (self.check, *self.ops, self.bind, self.split, *self.tables, self.expand,
-                            *(p.ref for p in self.passes), *self.place.values()) if r]
+                            *(p.ref for p in self.passes), *self.place.values(), self.draw) if r]
 
 
 _RESOLVED: dict[str, Any] = {}
@@ -136,5 +144,5 @@ def resolve(ref: str) -> Any:
     return got
 
 
-__all__ = ["Expansion", "PassAt", "ReplicaStep", "Replication", "Rules", "StagePlan", "StepExpander",
+__all__ = ["Expansion", "PassAt", "ReplicaStep", "Replication", "Rules", "StagePlan", "StepExpander", "StepTail",
            "Technique", "resolve"]

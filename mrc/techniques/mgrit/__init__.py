@@ -13,4 +13,5 @@ TECHNIQUE = Technique(
     expand="mrc.techniques.mgrit.expand:EXPANSION",
     passes=(PassAt("mgrit-regions", "mrc.passes.mgrit_regions:MgritRegions", after="batch-brains"),),
     place={"layers": "mrc.techniques.mgrit.place:place_layers"},
+    draw="mrc.techniques.mgrit.draw:DRAWING",
 )

@@ -14,4 +14,5 @@ TECHNIQUE = Technique(
     tables=("mrc.techniques.modules.tables:MODULES",),
     expand="mrc.techniques.modules.expand:EXPANSION",
     place={"pipeline": "mrc.techniques.modules.place:place_pipeline"},
+    draw="mrc.techniques.modules.draw:DRAWING",
 )

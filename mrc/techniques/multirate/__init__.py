@@ -12,4 +12,5 @@ TECHNIQUE = Technique(
     ops=("mrc.techniques.multirate.ops", "mrc.techniques.multirate.lower"),
     expand="mrc.techniques.multirate.expand:EXPANSION",
     passes=(PassAt("fuse-drift", "mrc.passes.fuse_drift:FuseDrift", after="select-kernels"),),
+    draw="mrc.techniques.multirate.draw:DRAWING",
 )

@@ -10,4 +10,5 @@ TECHNIQUE = Technique(
     "random_subsets",
     check="mrc.techniques.random_subsets.check",
     ops=("mrc.techniques.random_subsets.ops", "mrc.techniques.random_subsets.lower"),
+    draw="mrc.techniques.random_subsets.draw:DRAWING",
 )
