@@ -20,8 +20,8 @@ from mrc.techniques.base import Technique, resolve
 
 def pipeline(registry: tuple[Technique, ...]) -> tuple[dict[str, type[Pass]], tuple[str, ...]]:
     """Every technique's passes by name, and the default pipeline: each pass right after the
-    pass its `after` names (after the passes earlier techniques put there), at the start for
-    "", at the end for None."""
+    pass its `after` names (after the passes earlier techniques put there), first for "", last
+    for None."""
     passes: dict[str, type[Pass]] = {}
     order: list[str] = []
     anchor: dict[str, str | None] = {}
@@ -44,8 +44,10 @@ def pipeline(registry: tuple[Technique, ...]) -> tuple[dict[str, type[Pass]], tu
             passes[p.name] = resolve(p.ref)
             if p.after is None:
                 at = len(order)
+            elif not p.after:
+                at = 0
             else:
-                at = order.index(p.after) + 1 if p.after else 0
+                at = order.index(p.after) + 1
                 while at < len(order) and follows(order[at], p.after):
                     at += 1
             order.insert(at, p.name)
