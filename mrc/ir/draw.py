@@ -120,9 +120,14 @@ def drawings() -> tuple[Drawing, ...]:
     return (CORE, *(resolve(t.draw) for t in techniques() if t.draw))
 
 
+@cache
+def _fills() -> dict[str, str]:
+    return {**{g: c for d in drawings() for g, (c, _) in d.groups.items()}, "other": OTHER[0]}
+
+
 def palette() -> dict[str, str]:
     """Fill colours by kind group (see `group_of`), in legend order (`other` last)."""
-    return {**{g: c for d in drawings() for g, (c, _) in d.groups.items()}, "other": OTHER[0]}
+    return dict(_fills())
 
 
 def group_labels() -> dict[str, str]:
@@ -142,7 +147,7 @@ def group_of(kind: str) -> str:
 
 def color_of(kind: str) -> str:
     """The fill colour of an op kind."""
-    return palette()[group_of(kind)]
+    return _fills()[group_of(kind)]
 
 
 class DotMissing(RuntimeError):

@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from mrc.ir.draw import UNKNOWN_MARK, Cell, View, color_of, drawings, group_labels, palette
+from mrc.ir.draw import UNKNOWN_MARK, Cell, MarkFn, View, color_of, drawings, group_labels, palette
 from mrc.ir.graph import Pattern, ScheduleGraph, _ranges
 from mrc.ir.ops import Op
 
@@ -77,13 +77,8 @@ def _layer_partitions(graph: ScheduleGraph) -> list[list[str]]:
     return out
 
 
-def _cells(op: Op, view: View) -> list[Cell]:
-    """The marks an op puts on the timeline: its technique's mark function, else `?` on each
-    partition it names."""
-    for d in drawings():
-        fn = d.mark.get(op.kind)
-        if fn is not None:
-            return fn(op, view)
+def _unknown(op: Op, view: View) -> list[Cell]:
+    """An op of a kind no drawing marks: `?` on each partition it names."""
     return [Cell(UNKNOWN_MARK[0], ("p", p)) for p in op.partitions_used()]
 
 
@@ -117,6 +112,9 @@ def timeline(graph: ScheduleGraph, max_columns: int = MAX_COLUMNS) -> dict[str, 
                 rows.add((replica, *key), "level", label)
 
     view = View(graph, _layer_partitions(graph))
+    mark_of: dict[str, MarkFn] = {}
+    for d in reversed(drawings()):  # an earlier technique's mark function wins
+        mark_of.update(d.mark)
     order_of_marks = list(marks())
     cells_of: list[list[dict[int, dict[str, list[str]]]]] = []
     for stage in graph.stages:
@@ -129,7 +127,7 @@ def timeline(graph: ScheduleGraph, max_columns: int = MAX_COLUMNS) -> dict[str, 
                 cells.setdefault(row, {}).setdefault(mark, []).append(text)
 
             for op in pattern.ops():
-                for cell in _cells(op, view):
+                for cell in mark_of.get(op.kind, _unknown)(op, view):
                     owners = list(op.scope.replica) or list(cell.replicas or ()) or replicas
                     for replica in owners:
                         key = (replica, *cell.row)

@@ -84,18 +84,18 @@ def lowers(kind: str, when: When | None = None) -> Callable[[LowerFn], LowerFn]:
     return register
 
 
-def order_variants(rank: Callable[[LowerFn], int]) -> None:
-    """Order each kind's variants by `rank` (the registry's order of the techniques that
-    registered them, mrc.techniques.load_all), ties in registration order: an earlier
-    technique's variant is tried first, whatever order the modules were imported in."""
-    for kind, variants in VARIANTS.items():
-        VARIANTS[kind] = sorted(variants, key=lambda wf: rank(wf[1]))
+def variants_of(kind: str) -> list[tuple[When, LowerFn]]:
+    """The variants of op kind `kind` in the order of the techniques that registered them (the
+    registry's, mrc.techniques), ties in registration order: an earlier technique's variant is
+    tried first, whatever order the modules were imported in."""
+    from mrc.techniques import module_rank
+
+    return sorted(VARIANTS.get(kind, ()), key=lambda wf: module_rank(wf[1].__module__))
 
 
 def lowering_of(op: Op, ctx: Lowering) -> LowerFn:
-    """The lowering of one op: the first variant that accepts it (variants in the techniques'
-    order, `order_variants`), else its kind's."""
-    for when, fn in VARIANTS.get(op.kind, ()):
+    """The lowering of one op: the first variant that accepts it (`variants_of`), else its kind's."""
+    for when, fn in variants_of(op.kind):
         if when(op, ctx):
             return fn
     fn = LOWERINGS.get(op.kind)

@@ -113,16 +113,22 @@ def table_kinds() -> list[TableKind[Any]]:
 
 def load_all() -> None:
     """Import every technique's op kinds and lowerings, so the registries know them all (to
-    read JSON, to lower), and order the lowering variants by the techniques' order."""
-    from mrc.lower.plan import order_variants
-
-    owner: dict[str, int] = {}
-    for i, t in enumerate(techniques()):
+    read JSON, to lower)."""
+    for t in techniques():
         for ref in t.ops:
             resolve(ref)
-            owner[ref.partition(":")[0]] = i
-    order_variants(lambda fn: owner.get(fn.__module__, len(owner)))
 
 
-__all__ = ["BUILTIN", "GROUP", "Technique", "TechniqueError", "compose", "load_all", "plugins", "table_kinds",
-           "technique", "techniques"]
+_RANKS: dict[str, int] = {}
+
+
+def module_rank(module: str) -> int:
+    """The registry position of the technique whose `ops` name `module` (after every technique
+    for a module none names): the order in which lowering tries their variants."""
+    if not _RANKS:
+        _RANKS.update({ref.partition(":")[0]: i for i, t in enumerate(techniques()) for ref in t.ops})
+    return _RANKS.get(module, len(techniques()))
+
+
+__all__ = ["BUILTIN", "GROUP", "Technique", "TechniqueError", "compose", "load_all", "module_rank", "plugins",
+           "table_kinds", "technique", "techniques"]

@@ -35,7 +35,7 @@ AUX = "aux"
 @dataclass
 class BoundModules:
     """The modules of a bound spec: their names (m0 …), where they start (cuts, from the
-    split), their table rows (mrc.ir.graph.ModuleInfo), the owner of each parameter, the τ of
+    split), their table rows (mrc.techniques.modules.tables.ModuleInfo), the owner of each parameter, the τ of
     each module and the auxiliary heads (in the model as `aux`)."""
 
     spec: Modules
