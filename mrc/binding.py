@@ -3,21 +3,24 @@
 Everything that can only be known once user code has run — a missing data file, a factory that
 raises, a model that does not trace, a selector that matches no parameter, two partitions that
 claim one parameter (or one element) — is reported here as a diagnostic at the spec's span. The
-partitions' selectors are resolved by their technique (mrc/techniques/multirate/bind.py).
+partitions' selectors are resolved by their technique (mrc/techniques/multirate/bind.py). Each
+technique of the registry (mrc/techniques) that binds something — module-wise training's cuts and
+auxiliary heads, MGRIT's stacks, the placement on processes — does so in its `bind` hook, in the
+registry's order, and its result is `Bound.parts[technique]`.
 
 A model that torch.fx cannot trace (data-dependent control flow, say) still binds — once its
 forward has run on an example batch — with `graph_module=None`: it trains as it is (plainly, with
 brains, with partitions by parameter name), and every statement that needs the trace to cut the
-model (`modules`, `mgrit`, `depth(…)` selectors) is an error at its own span naming the module
-that cannot be traced. `layers` is then empty, so no pass cuts the model either (freeze-prefix
-leaves the forward whole).
+model (a technique's `bind` asks `report_untraced`; `depth(…)` selectors here) is an error at
+its own span naming the module that cannot be traced. `layers` is then empty, so no pass cuts
+the model either (freeze-prefix leaves the forward whole).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -25,6 +28,8 @@ from torch import fx, nn
 
 from mrc.diagnostics import Reporter, Span
 from mrc.program import Component, Program
+from mrc.techniques import techniques
+from mrc.techniques.base import resolve
 from mrc.techniques.multirate.bind import BoundPartition, by_ancestor, resolve_partitions
 
 if TYPE_CHECKING:
@@ -44,17 +49,28 @@ class Bound:
     layers: tuple[str, ...]
     """Paths of the modules that own parameters, in the order the traced graph first uses them
     (empty for an untraced model: their order is not known)."""
-    modules: Any = None
-    """mrc.techniques.modules.bind.BoundModules, for module-wise training."""
-    stacks: tuple[Any, ...] = ()
-    """mrc.techniques.mgrit.bind.BoundStack of each stack solved by MGRIT."""
-    placement: Any = None
-    """mrc.ir.graph.PlacementInfo of a run of several processes (None: one process)."""
+    parts: dict[str, Any] = field(default_factory=dict)
+    """Each technique's part of the binding, by technique name (only the techniques the spec
+    uses): module-wise training's `BoundModules`, MGRIT's stacks, the placement of a run of
+    several processes (mrc/techniques/*/bind.py)."""
+    example: torch.Tensor | None = None
+    """The example batch the model was traced on (as the model sees inputs)."""
+    world: int = 1
+    """The processes the run is bound for."""
+    trace_failure: TraceFailure | None = None
+    """Why torch.fx could not trace the model (None: traced)."""
 
     @property
     def runnable(self) -> nn.Module:
         """What a step runs: the traced graph, or the model itself when it was not traced."""
         return self.graph_module if self.graph_module is not None else self.model
+
+    def report_untraced(self, what: str, span: Span | None, r: Reporter) -> None:
+        """Report that `what` (a statement that cuts the model) needs the trace this model lacks."""
+        failure = self.trace_failure
+        if failure is not None:
+            r.error(f"{what}, and the model cannot be traced by torch.fx: {failure.message}", span,
+                    hint=failure.hint or None)
 
     def partition_of(self) -> dict[str, str]:
         """Parameter name → the (first) partition that holds it (or some of its elements)."""
@@ -228,18 +244,10 @@ def trace(program: Program, model: nn.Module, example: torch.Tensor,
     return None, None
 
 
-def needs_trace(program: Program, failure: TraceFailure, r: Reporter) -> None:
-    """Report each statement that cuts the model, for a model torch.fx cannot trace: the
-    message says what needed the trace, which module could not be traced and why; the hint
-    how to make it traceable."""
+def untraced_selectors(program: Program, failure: TraceFailure, r: Reporter) -> None:
+    """Report each `depth(…)` selector, for a model torch.fx cannot trace (the message says
+    which module could not be traced and why; the hint how to select instead)."""
     why = f"the model cannot be traced by torch.fx: {failure.message}"
-    hint = failure.hint or None
-    if program.modules is not None:
-        r.error(f"module-wise training (`modules`) cuts the model into modules at its traced "
-                f"graph, and {why}", program.modules.span, hint=hint)
-    for stack in program.mgrit:
-        r.error(f"`mgrit \"{stack.stack}\"` finds its stack's layers in the traced graph, and "
-                f"{why}", stack.span, hint=hint)
     for part in program.partitions:
         for sel in _depth_selectors(part.selector):
             r.error(f"`{sel.describe()}` counts layers in the order the traced graph uses them, "
@@ -296,7 +304,7 @@ def bind(program: Program, r: Reporter, training: bool = True, world: int = 1) -
     if gm is None:
         if failure is None:
             return None
-        needs_trace(program, failure, r)
+        untraced_selectors(program, failure, r)
         if r.failed:
             return None
     from mrc.losses import check_binding
@@ -304,37 +312,24 @@ def bind(program: Program, r: Reporter, training: bool = True, world: int = 1) -
     targets = data.example_targets(2)  # streamed data: the examples read when they were loaded
     if not check_binding(program, gm if gm is not None else model, example, targets, int(data.classes), r):
         return None
-    layers = layer_order(gm, model) if gm is not None else ()
-    modules = None
-    if program.modules is not None and gm is not None:
-        from mrc.techniques.modules.bind import bind_modules
-
-        modules = bind_modules(program, model, gm, example, int(data.classes), data.batch_size, layers, r)
-        if modules is None:
-            return None
-        layers = layer_order(gm, model)  # the auxiliary heads come last
-    stacks: tuple[Any, ...] = ()
-    if program.mgrit and gm is not None:
-        from mrc.techniques.mgrit.bind import bind_stacks
-
-        got = bind_stacks(program, model, gm, example, r)
-        if got is None:
-            return None
-        stacks = got
-    partitions = resolve_partitions(program, model, layers, r)
-    if modules is not None and not r.failed:
-        from mrc.techniques.modules.bind import split_partitions
-
-        partitions = split_partitions(partitions, modules, model, r)
+    bound = Bound(program, data, model, gm, (), layer_order(gm, model) if gm is not None else (),
+                  example=example, world=world, trace_failure=failure)
+    for t in techniques():
+        if t.bind:
+            part = resolve(t.bind)(bound, r)
+            if r.failed:
+                return None
+            if part is not None:
+                bound.parts[t.name] = part
+    if gm is not None and bound.parts:
+        bound.layers = layer_order(gm, model)  # a technique's modules (auxiliary heads) come last
+    partitions = resolve_partitions(program, model, bound.layers, r)
+    for t in techniques():
+        if t.split and not r.failed:
+            partitions = resolve(t.split)(bound, partitions, r)
     if r.failed:
         return None
-    bound = Bound(program, data, model, gm, partitions, layers, modules, stacks)
-    if world > 1:
-        from mrc.techniques.distributed.bind import bind_placement
-
-        bound.placement = bind_placement(program, world, bound, r)
-        if r.failed:
-            return None
+    bound.partitions = partitions
     return bound
 
 

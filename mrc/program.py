@@ -410,6 +410,9 @@ class Program:
     first_fast_gradient: str = "shared"
     """Multirate gradient point: `shared` (one backward per step) or `after_slow` (the seed's
     literal loop: fast gradients taken after the slow partitions moved)."""
+    parts: Mapping[str, Any] = field(default_factory=dict)
+    """What the statements of techniques this class has no field for (plugins, mrc/techniques)
+    checked, by technique name (`Checker.parts`)."""
 
     @property
     def name(self) -> str:

@@ -99,20 +99,24 @@ def show(graph: Any, spec: str = "") -> str:
         lines.append(f"    params: {abbreviate(info.params)}")
         for u in ups.get(name, ["never updated"]):
             lines.append(f"    update: {u}" + (f" (drift {info.drift})" if info.drift != "none" else ""))
-    if graph.modules:
+    from mrc.techniques.brains.tables import BRAINS
+    from mrc.techniques.mgrit.tables import STACKS
+    from mrc.techniques.modules.tables import MODULES
+
+    if graph.table(MODULES):
         lines.append("modules:")
         from mrc.ir.ops import covering
 
-        for name, m in graph.modules.items():
+        for name, m in graph.table(MODULES).items():
             named = ", ".join(covering(tuple(graph.layers), *_span(graph.layers, m.layers))) if m.layers else "-"
             lines.append(f"  {name}: {named} — {len(m.layers)} layers, {m.params:,} parameters, head {m.head}")
-    if graph.replicas:
+    if graph.table(BRAINS).replicas:
         lines.append("brains:")
-        for name, b in graph.replicas.items():
+        for name, b in graph.table(BRAINS).replicas.items():
             lines.append(f"  {name}: {b.text()}")
-    if graph.stacks:
+    if graph.table(STACKS):
         lines.append("mgrit stacks:")
-        for name, s in graph.stacks.items():
+        for name, s in graph.table(STACKS).items():
             lines.append(f"  {name}: {s.text()}")
     return "\n".join(lines)
 

@@ -1,6 +1,6 @@
 """batch-brains: brains that step together run as one stacked computation.
 
-Requires: a brains graph (replica-scoped ops), kernels chosen; the graph's `stack_obstacle`
+Requires: a brains graph (replica-scoped ops), kernels chosen; the brains table's `stack_obstacle`
 (set when the schedule was built: "" when the model and integrators have a stacked form).
 Ensures: when there is no obstacle, on every step the forward, loss, backward and update of the
 brains that step become one op each, scoped by all of them: a forward over their stacked
@@ -25,6 +25,8 @@ from mrc.passes.base import Pass
 
 from mrc.ir.graph import Pattern, ScheduleGraph
 from mrc.ir.ops import Backward, Batch, Forward, Loss, Op, Scope, UpdateGroup, Value
+from mrc.techniques.brains.tables import BRAINS
+from mrc.techniques.distributed.tables import PLACEMENT
 
 
 @dataclass(frozen=True)
@@ -32,15 +34,17 @@ class BatchBrains(Pass):
     name: ClassVar[str] = "batch-brains"
 
     def apply(self, graph: ScheduleGraph) -> ScheduleGraph:
-        if not graph.replicas:
+        brains = graph.table(BRAINS)
+        if not brains.replicas:
             return graph
         out = graph.copy()
-        if graph.stack_obstacle:
+        if brains.stack_obstacle:
             out.notes = [n for n in out.notes if not n.startswith("brains ")]
-            out.notes.append(f"brains run one after another: {graph.stack_obstacle}")
+            out.notes.append(f"brains run one after another: {brains.stack_obstacle}")
             return out
-        placed = graph.placement is not None and graph.placement.mode == "brains"
-        rank_of = dict(graph.placement.ranks) if placed and graph.placement else {}
+        placement = graph.table(PLACEMENT)
+        placed = placement is not None and placement.mode == "brains"
+        rank_of = dict(placement.ranks) if placed and placement else {}
         for p in out.patterns():
             groups = [op for op in p.of_kind(UpdateGroup) if op.scope.replica]
             if not groups:

@@ -22,6 +22,7 @@ from mrc.passes.base import Pass
 
 from mrc.ir.graph import ScheduleGraph
 from mrc.ir.ops import Forward, Value
+from mrc.techniques.mgrit.tables import STACKS
 
 
 def frozen_prefix(graph: ScheduleGraph, grad: tuple[str, ...]) -> int:
@@ -48,7 +49,7 @@ class FreezePrefix(Pass):
                         or op.scope.module:  # a module's forward is its own segment already
                     continue
                 n = frozen_prefix(graph, op.grad)
-                for info in graph.stacks.values():  # an MGRIT solve stands in for its whole stack
+                for info in graph.table(STACKS).values():  # an MGRIT solve stands in for its whole stack
                     if info.first < n <= info.last:
                         n = info.first
                 if n == 0 or n >= n_layers:

@@ -22,6 +22,7 @@ from mrc.passes.base import Pass
 
 from mrc.ir.graph import ScheduleGraph
 from mrc.techniques.mgrit.expand import add_regions
+from mrc.techniques.mgrit.tables import STACKS
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,6 @@ class MgritRegions(Pass):
 
     def apply(self, graph: ScheduleGraph) -> ScheduleGraph:
         out = graph.copy()
-        if out.stacks:
+        if out.table(STACKS):
             add_regions(out)
         return out

@@ -2,15 +2,15 @@
 
 It walks the spec's statements and dispatches each by keyword to the check its technique
 registered (`mrc.check.registry`): statements that bind names (`let`, `partition`, `brain`) in
-source order, the others once every statement was seen. Then it runs the techniques' whole-spec
-checks, reports unused `--set` keys, and raises `CompileError` with *every* problem found, in
-source order, or builds the `Program` from the fields the checks set. It never raises anything
-but `CompileError`. docs/language.md is the reference for each statement.
+source order, the others once every statement was seen, in the techniques' order (the registry,
+mrc/techniques). Then it runs the techniques' whole-spec checks, in the same order, reports
+unused `--set` keys, and raises `CompileError` with *every* problem found, in source order, or
+builds the `Program` from the fields the checks set. It never raises anything but `CompileError`.
+docs/language.md is the reference for each statement.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,14 +28,19 @@ from mrc.check.registry import (
 )
 from mrc.diagnostics import CompileError, Note, Span
 from mrc.program import Program, Selector
+from mrc.techniques import techniques
+from mrc.techniques.base import resolve
 from mrc.techniques.multirate.check import evaluate_selector
 
-TECHNIQUES = ("core", "multirate", "random_subsets", "langevin", "brains", "modules", "mgrit", "sweep", "distributed")
-"""The techniques whose checks register, in the order their statements are listed and their
-deferred and whole-spec checks run. A new technique adds `mrc/techniques/NAME/check.py` and its
-name here."""
-for _technique in TECHNIQUES:
-    importlib.import_module(f"mrc.techniques.{_technique}.check")
+_ORDER = {t.name: i for i, t in enumerate(techniques())}
+for _technique in techniques():  # each technique's check module registers its statements
+    if _technique.check:
+        resolve(_technique.check)
+DEFERRED = sorted((k for k in STATEMENTS.values() if k.deferred), key=lambda k: _ORDER.get(k.technique, len(_ORDER)))
+"""The statements checked once every statement was seen, in the techniques' order."""
+_CHECK_OF = {t.check: i for i, t in enumerate(techniques()) if t.check}
+WHOLE_SPEC = sorted(FINISHERS, key=lambda f: _CHECK_OF.get(f.__module__, len(_CHECK_OF)))
+"""The whole-spec checks, in the techniques' order (a technique's own in registration order)."""
 
 KEYWORDS = STATEMENTS
 """Every statement keyword (a read-only view for tools and tests)."""
@@ -59,6 +64,9 @@ class Checker(Arguments):
         self._seen: dict[str, Span] = {}
         self._selector_depth = 0
         self.spec: ast.Spec | None = None
+        self.parts: dict[str, Any] = {}
+        """What a technique's statements checked, where `Program` has no field of its own for it
+        (a plugin's): `Program.parts`, by technique name."""
         self.in_sweep = False
         """A check of one sweep value (mrc/techniques/sweep/check.py): the sweep itself is skipped."""
 
@@ -143,15 +151,14 @@ class Checker(Arguments):
             if kind.required and kind.keyword not in self._seen and kind.keyword not in misspelt:
                 self.r.error(f"the spec has no `{kind.keyword}` statement",
                              Span(spec.file, 1, 1, 1, 2), hint=kind.required_hint)
-        for kind in STATEMENTS.values():
-            if kind.deferred:
-                kind.check(self, found.get(kind.keyword))
-        for finish in FINISHERS:
+        for kind in DEFERRED:
+            kind.check(self, found.get(kind.keyword))
+        for finish in WHOLE_SPEC:
             finish(self)
         self.report_unused_overrides()
         self.r.raise_if_failed()
         return Program(file=spec.file, base_dir=base_dir,
-                       lets={k: v.value for k, v in self.lets.items()}, **self.program)
+                       lets={k: v.value for k, v in self.lets.items()}, parts=dict(self.parts), **self.program)
 
 
 def check(spec: ast.Spec, base_dir: Path, overrides: Mapping[str, ast.Expr] | None = None) -> Program:

@@ -2,15 +2,19 @@
 drawings share (the HTML page of mrc.ir.html uses the same palette).
 
 Each stage's step patterns become one cluster each, labelled with the steps that run it; inside
-it, the ops of each scope (a brain, a module, an MGRIT level and iteration) form a sub-cluster;
-ops are filled by kind and edges are labelled with the value that flows (order edges dashed).
+it, the ops of each scope form a sub-cluster; ops are filled by kind group (each technique's
+`Drawing` names its kinds' groups and colours, and the marks its ops put on the HTML timeline)
+and edges are labelled with the value that flows (order edges dashed).
 The `graphviz` package writes the DOT and calls the `dot` program to lay it out; where `dot` is
 missing, `render` raises `DotMissing` with a one-line message saying how to install it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from mrc.ir.graph import _ranges
 from mrc.ir.ops import Op
@@ -20,33 +24,130 @@ if TYPE_CHECKING:
 
     from mrc.ir.graph import ScheduleGraph
 
-PALETTE: dict[str, str] = {
-    "batch": "#e6e6e6",
-    "forward": "#a6cee3",
-    "loss": "#fdbf6f",
-    "backward": "#fb9a99",
-    "update": "#b2df8a",
-    "drift": "#ffff99",
-    "restore": "#e5c494",
-    "merge": "#80cdc1",
-    "aux_head": "#f4cae4",
-    "mgrit": "#bebada",
-    "other": "#ffffff",
-}
-"""Fill colours by kind group (see `group_of`)."""
+RowKey = tuple[Any, ...]
+"""A timeline row of one replica: `("p", PARTITION)`, or a lane's own key."""
 
-GROUPS: dict[str, str] = {
-    "batch": "batch", "forward": "forward", "loss": "loss", "backward": "backward",
-    "update": "update", "update_group": "update", "drift": "drift",
-    "restore": "restore", "resample": "restore", "merge": "merge",
-    "aux_head": "aux_head", "local_loss": "aux_head",
-}
 
-GROUP_LABELS: dict[str, str] = {
-    "batch": "batch", "forward": "forward", "loss": "loss", "backward": "backward",
-    "update": "update / update_group", "drift": "drift", "restore": "restore / resample",
-    "merge": "merge", "aux_head": "aux_head / local_loss", "mgrit": "mgrit_*", "other": "other",
-}
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """A mark an op puts on a timeline row (`label`: the row's, should the op create it);
+    `replicas`: the replicas whose rows it marks (None: its scope's, or every replica)."""
+
+    mark: str
+    row: RowKey
+    label: str = ""
+    replicas: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """What a mark function may read: the graph, and each layer's partitions (by the graph's
+    layer index)."""
+
+    graph: ScheduleGraph
+    layer_parts: list[list[str]]
+
+
+MarkFn = Callable[[Op, View], list[Cell]]
+
+
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """Rows a technique adds under each replica of the timeline, below one header."""
+
+    header: str
+    rows: tuple[tuple[RowKey, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Drawing:
+    """How a technique's ops and tables are drawn (`Technique.draw`, mrc/techniques); each part
+    optional. groups: palette group → (fill, legend label), in legend order; kinds: op kind →
+    its group (other kinds are `other`); marks: timeline mark → (meaning, colour), in legend
+    order; mark: op kind → the marks its ops put on the timeline (other kinds mark the
+    partitions they name with `?`); replicas: the replicas of a graph, each with its rows'
+    header; groups_of_scope: the module scopes of a graph, in order (each a group of partition
+    rows); lanes: the rows it adds under each replica; words: what its rows add to the page's
+    sentence "Each row is a partition…"."""
+
+    groups: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    kinds: Mapping[str, str] = field(default_factory=dict)
+    marks: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    mark: Mapping[str, MarkFn] = field(default_factory=dict)
+    replicas: Callable[[ScheduleGraph], dict[str, str]] | None = None
+    groups_of_scope: Callable[[ScheduleGraph], list[str]] | None = None
+    lanes: Callable[[ScheduleGraph], list[Lane]] | None = None
+    words: Callable[[ScheduleGraph], str] | None = None
+
+
+def _forward(op: Op, view: View) -> list[Cell]:
+    grad = set(getattr(op, "grad", ()))
+    start, stop = getattr(op, "start", 0), getattr(op, "stop", None)
+    seen = [p for parts in view.layer_parts[start:stop] for p in parts] or list(grad)
+    frozen = getattr(op, "frozen", False)
+    return [Cell("F" if p in grad and not frozen else "f", ("p", p)) for p in dict.fromkeys(seen)]
+
+
+def _none(op: Op, view: View) -> list[Cell]:
+    return []
+
+
+CORE = Drawing(
+    groups={"batch": ("#e6e6e6", "batch"), "forward": ("#a6cee3", "forward"), "loss": ("#fdbf6f", "loss"),
+            "backward": ("#fb9a99", "backward"), "update": ("#b2df8a", "update / update_group")},
+    kinds={"batch": "batch", "forward": "forward", "loss": "loss", "backward": "backward", "update": "update",
+           "update_group": "update"},
+    marks={"F": ("forward (tracking gradients)", "#a6cee3"), "f": ("forward without gradients (or frozen)", "#e3f0f7"),
+           "B": ("backward", "#fb9a99"), "U": ("update", "#b2df8a")},
+    mark={"forward": _forward, "batch": _none, "loss": _none,
+          "backward": lambda op, view: [Cell("B", ("p", p)) for p in getattr(op, "wrt", ())],
+          "update": lambda op, view: [Cell("U", ("p", getattr(op, "partition", "")))],
+          "update_group": lambda op, view: [Cell("U", ("p", p)) for p in getattr(op, "partitions", ())]
+          + [Cell("D", ("p", p)) for p in getattr(op, "drifting", ())]},
+)
+"""How the core's ops are drawn (the other techniques' drawings are in their folders)."""
+
+OTHER = ("#ffffff", "other")
+UNKNOWN_MARK = ("?", ("another op naming the partition", OTHER[0]))
+
+
+@cache
+def drawings() -> tuple[Drawing, ...]:
+    """The core's drawing, then every technique's, in registry order."""
+    from mrc.techniques import techniques
+    from mrc.techniques.base import resolve
+
+    return (CORE, *(resolve(t.draw) for t in techniques() if t.draw))
+
+
+@cache
+def _fills() -> dict[str, str]:
+    return {**{g: c for d in drawings() for g, (c, _) in d.groups.items()}, "other": OTHER[0]}
+
+
+def palette() -> dict[str, str]:
+    """Fill colours by kind group (see `group_of`), in legend order (`other` last)."""
+    return dict(_fills())
+
+
+def group_labels() -> dict[str, str]:
+    """The legend's label of each kind group, in legend order."""
+    return {**{g: label for d in drawings() for g, (_, label) in d.groups.items()}, "other": OTHER[1]}
+
+
+@cache
+def _kinds() -> dict[str, str]:
+    return {k: g for d in drawings() for k, g in d.kinds.items()}
+
+
+def group_of(kind: str) -> str:
+    """The palette group of an op kind (unknown kinds are `other`)."""
+    return _kinds().get(kind, "other")
+
+
+def color_of(kind: str) -> str:
+    """The fill colour of an op kind."""
+    return _fills()[group_of(kind)]
 
 
 class DotMissing(RuntimeError):
@@ -57,18 +158,6 @@ class DotMissing(RuntimeError):
 
     def __init__(self) -> None:
         super().__init__(self.MESSAGE)
-
-
-def group_of(kind: str) -> str:
-    """The palette group of an op kind (`mgrit_*` kinds share one; unknown kinds are `other`)."""
-    if kind.startswith("mgrit_"):
-        return "mgrit"
-    return GROUPS.get(kind, "other")
-
-
-def color_of(kind: str) -> str:
-    """The fill colour of an op kind."""
-    return PALETTE[group_of(kind)]
 
 
 def _label(text: str) -> str:
@@ -128,4 +217,5 @@ def render(graph: ScheduleGraph, fmt: str) -> bytes:
         raise DotMissing() from None
 
 
-__all__ = ["GROUP_LABELS", "PALETTE", "DotMissing", "color_of", "group_of", "render", "to_graphviz"]
+__all__ = ["CORE", "Cell", "DotMissing", "Drawing", "Lane", "View", "color_of", "drawings", "group_labels", "group_of",
+           "palette", "render", "to_graphviz"]

@@ -1,7 +1,8 @@
 """The schedule graph (IR version 2): stages of periods, each period a few distinct step patterns.
 
     ScheduleGraph ── stages: Stage(name, length, period, patterns, pattern_of)
-                  ── partitions / replicas / layers / params / device / notes (typed tables)
+                  ── partitions / layers / device / notes … (the core's typed tables)
+                  ── tables: the techniques' tables, by kind (mrc.ir.tables)
     Pattern       ── one networkx.DiGraph of ops (mrc.ir.ops) with value edges, and the steps of
                      the period that run it
 
@@ -23,11 +24,15 @@ import json
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import networkx as nx
 
 from mrc.ir.ops import OP_KINDS, ORDER, Forward, GraphError, Op, Value, decode
+from mrc.ir.tables import TableKind
+
+T = TypeVar("T")
+_ABSENT = object()
 
 
 class Pattern:
@@ -199,149 +204,38 @@ class PartitionInfo:
         return out
 
 
-@dataclass(frozen=True, slots=True)
-class ReplicaInfo:
-    """A brain: its rate (one step per `every` global steps) and where its batches come from
-    (its learning rates are on its update ops)."""
-
-    every: int = 1
-    data: str = "shared"
-
-    def text(self) -> str:
-        return f"every={self.every} data={self.data}"
-
-
-@dataclass(frozen=True, slots=True)
-class ModuleInfo:
-    """A module of module-wise training: where it starts on the traced graph (`start`, the fx
-    node, and `path`, the module path it is cut at; "" for the first), its parameterised layers,
-    its parameter count (its auxiliary head's included), its estimated activation bytes at the
-    spec's batch size, its residual branches (the transport term's r_m), its classifier (`head`:
-    the auxiliary head's module path and kind, or the model's own head) and its τ (0: none)."""
-
-    start: str
-    path: str
-    layers: tuple[str, ...]
-    params: int
-    bytes: int
-    residuals: int
-    head: str
-    aux: str = ""
-    tau: float = 0.0
-
-    def text(self) -> str:
-        first, last = (self.layers[0], self.layers[-1]) if self.layers else ("-", "-")
-        span = first if first == last else f"{first} … {last}"
-        where = f"from {self.path} " if self.path else ""
-        head = f"{self.head} {self.aux}" if self.aux else self.head
-        tau = f" tau={self.tau:g}" if self.tau else ""
-        return (f"{where}layers={len(self.layers)} ({span}) params={self.params:,} "
-                f"activations={_bytes(self.bytes)} residuals={self.residuals} head={head}{tau}")
-
-
-@dataclass(frozen=True, slots=True)
-class StackInfo:
-    """A residual stack solved by MGRIT: its parameterised layers are `layers[first:last + 1]`
-    of the graph's layer list, N steps of size h with blocks of `kind` (dense | conv | generic),
-    spanning the traced nodes `first_node` … `last_node`; the hierarchy (levels, coarsening
-    and relaxation per level transition) and each solve's iterations and tolerance."""
-
-    first: int
-    last: int
-    steps: int
-    h: float
-    kind: str
-    first_node: str
-    last_node: str
-    levels: int
-    coarsening: tuple[int, ...]
-    relax: tuple[str, ...]
-    forward_iters: int
-    backward_iters: int
-    forward_tol: float = 0.0
-    backward_tol: float = 0.0
-    warm_start: bool = True
-
-    def text(self) -> str:
-        tol = (f" forward_tol={self.forward_tol:g}" if self.forward_tol else "") + \
-              (f" backward_tol={self.backward_tol:g}" if self.backward_tol else "")
-        return (f"N={self.steps} h={self.h:g} {self.kind} levels={self.levels} "
-                f"coarsening=[{', '.join(map(str, self.coarsening))}] relax=[{', '.join(self.relax)}] "
-                f"forward_iters={self.forward_iters} backward_iters={self.backward_iters}{tol} "
-                f"{'warm_start' if self.warm_start else 'fresh_start'}")
-
-
-@dataclass(frozen=True, slots=True)
-class PlacementInfo:
-    """How the run's `world` processes share the work (mrc/techniques/distributed): `mode`
-    (data | brains | layers | pipeline), the backend and collective timeout, and `ranks`: what
-    each rank holds, as (name, rank) pairs (a brain, a module, or a stack's block of layers
-    `STACK[a:b]`; empty for data parallelism, where every rank holds everything). A pipeline's
-    micro-batches and buffers (sync | stale)."""
-
-    mode: str
-    world: int
-    backend: str = "auto"
-    timeout: float = 300.0
-    ranks: tuple[tuple[str, int], ...] = ()
-    micro_batches: int = 1
-    buffers: str = "sync"
-    batchnorm: str = ""
-    """`global`: data parallelism of a model with batch norm, whose layers normalise over the
-    global batch (mrc/techniques/distributed/batchnorm.py); "" otherwise."""
-
-    def rank_of(self, name: str) -> int:
-        """The rank that holds `name` (-1: every rank)."""
-        for n, r in self.ranks:
-            if n == name:
-                return r
-        return -1
-
-    def text(self) -> str:
-        extra = f" micro_batches={self.micro_batches} buffers={self.buffers}" if self.mode == "pipeline" else ""
-        extra += f" batchnorm={self.batchnorm}" if self.batchnorm else ""
-        return f"mode={self.mode} world={self.world} backend={self.backend} timeout={self.timeout:g}s{extra}"
-
-    def held(self) -> list[str]:
-        """One line per rank: what it holds."""
-        out = []
-        for r in range(self.world):
-            mine = [n for n, rank in self.ranks if rank == r]
-            out.append(f"rank {r}: {', '.join(mine) if mine else 'everything (a replica)'}")
-        return out
-
-
-def _bytes(n: int) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
-
-
 @dataclass
 class ScheduleGraph:
-    """The whole schedule: its stages and the typed tables passes and lowering share."""
+    """The whole schedule: its stages, the core tables every technique shares (partitions,
+    layers, device, kernels, learning-rate schedule, notes, laps, precision), and the tables
+    techniques register (`tables`, by kind: mrc.ir.tables)."""
 
     stages: list[Stage]
     partitions: dict[str, PartitionInfo] = field(default_factory=dict)
-    replicas: dict[str, ReplicaInfo] = field(default_factory=dict)
     layers: tuple[str, ...] = ()
     device: str = "cpu"
     kernels: str = "auto"
-    final_merge: Any = None  # MergeRule | None: the rule the final model is merged by (brains)
     lr_schedule: Any = None  # Rule | None: the learning-rate schedule (name and arguments)
-    stack_obstacle: str = ""  # brains: why they cannot run stacked over one batch ("" if they can)
     notes: list[str] = field(default_factory=list)
-    modules: dict[str, ModuleInfo] = field(default_factory=dict)
     laps: int = 1
     """The stages run in order `laps` times (multi-lap module-wise training)."""
-    stacks: dict[str, StackInfo] = field(default_factory=dict)
-    """Residual stacks solved by MGRIT, by module path."""
-    placement: PlacementInfo | None = None
-    """The processes of a run of several, and what each holds (None: one process)."""
     precision: str = "32"
     """`32`, `bf16` or `16-mixed` (`train(precision)`): the precision pass writes it into the
     forwards (autocast) and backwards (loss scaling) that lowering reads."""
+    tables: dict[TableKind[Any], Any] = field(default_factory=dict)
+    """Each technique's tables (frozen values, replaced by `set_table`, never changed in place),
+    in the registry's order (mrc/techniques)."""
+
+    # ---- technique tables -------------------------------------------------------------------
+
+    def table(self, kind: TableKind[T]) -> T:
+        """The graph's table of `kind` (the kind's empty value where it has none)."""
+        got = self.tables.get(kind, _ABSENT)
+        return kind.empty() if got is _ABSENT else got
+
+    def set_table(self, kind: TableKind[T], value: T) -> None:
+        """Set (replace) the graph's table of `kind`."""
+        self.tables[kind] = value
 
     # ---- shortcuts --------------------------------------------------------------------------
 
@@ -368,11 +262,11 @@ class ScheduleGraph:
             yield from p.ops()
 
     def copy(self) -> ScheduleGraph:
-        return ScheduleGraph([s.copy() for s in self.stages], dict(self.partitions), dict(self.replicas),
-                             self.layers, self.device, self.kernels, self.final_merge, self.lr_schedule,
-                             self.stack_obstacle,
-                             list(self.notes), dict(self.modules), self.laps, dict(self.stacks), self.placement,
-                             self.precision)
+        """A copy whose stages and notes can change without touching this graph (the tables,
+        being frozen, are shared)."""
+        return ScheduleGraph([s.copy() for s in self.stages], dict(self.partitions), self.layers, self.device,
+                             self.kernels, self.lr_schedule, list(self.notes), self.laps, self.precision,
+                             dict(self.tables))
 
     def reindex(self) -> None:
         for s in self.stages:
@@ -401,9 +295,6 @@ class ScheduleGraph:
                     unknown = [n for n in op.partitions_used() if n not in self.partitions]
                     if unknown:
                         raise GraphError(f"{op.id}: unknown partition `{unknown[0]}`")
-                    bad = [r for r in op.scope.replica if r not in self.replicas]
-                    if bad:
-                        raise GraphError(f"{op.id}: unknown brain `{bad[0]}`")
                     op.verify(p)
                     parts = getattr(op, "partitions", None) or ((op.partition,) if op.kind == "update" else ())
                     for r in op.scope.replica or ("",):
@@ -412,6 +303,12 @@ class ScheduleGraph:
                 if dup:
                     raise GraphError(f"step {p.steps[0] if p.steps else '?'}: partition "
                                      f"{dup[0].lstrip('.')} is updated twice")
+
+        from mrc.techniques import table_kinds
+
+        for kind in table_kinds():
+            if kind.verify is not None:
+                kind.verify(self, self.table(kind))
 
     # ---- printing -----------------------------------------------------------------------
 
@@ -422,19 +319,16 @@ class ScheduleGraph:
             length = "" if stage.length is None else f" length={stage.length} {stage.unit}"
             lines.append(f"schedule stage={stage.name} period={stage.period} patterns={len(stage.patterns)}{length}")
         lines += [f"  note: {note}" for note in self.notes]
-        for name, info in self.replicas.items():
-            lines.append(f"  brain {name}: {info.text()}")
-        for name, info in self.modules.items():
-            lines.append(f"  module {name}: {info.text()}")
-        for name, info in self.stacks.items():
-            lines.append(f"  mgrit {name}: {info.text()}")
+        for kind, value in self.tables.items():
+            if kind.place == "top":
+                lines += kind.header(value)
         for name, info in self.partitions.items():
             lines.append(f"  partition {name}: {info.text()}")
         if self.precision != "32":
             lines.append(f"  precision: {self.precision}")
-        if self.placement is not None:
-            lines.append(f"  placement: {self.placement.text()}")
-            lines += [f"    {line}" for line in self.placement.held()]
+        for kind, value in self.tables.items():
+            if kind.place == "bottom":
+                lines += kind.header(value)
         return lines
 
     def _listing(self, pattern: Pattern) -> list[str]:
@@ -507,23 +401,16 @@ class ScheduleGraph:
                                                 for a, b, d in sorted(p.g.edges(data=True), key=lambda e: e[:2])]}
                                      for p in s.patterns]} for s in self.stages],
             "partitions": {n: _partition_json(asdict(i)) for n, i in self.partitions.items()},
-            "replicas": {n: asdict(i) for n, i in self.replicas.items()},
             "layers": list(self.layers), "device": self.device, "kernels": self.kernels,
-            "final_merge": None if self.final_merge is None else self.final_merge.to_json(),
             "lr_schedule": None if self.lr_schedule is None else self.lr_schedule.to_json(),
-            "stack_obstacle": self.stack_obstacle, "notes": list(self.notes),
+            "notes": list(self.notes),
         }
-        if self.modules:
-            data["modules"] = {n: {**asdict(i), "layers": list(i.layers)} for n, i in self.modules.items()}
         if self.laps != 1:
             data["laps"] = self.laps
-        if self.stacks:
-            data["stacks"] = {n: {**asdict(i), "coarsening": list(i.coarsening), "relax": list(i.relax)}
-                              for n, i in self.stacks.items()}
-        if self.placement is not None:
-            data["placement"] = {**asdict(self.placement), "ranks": [list(x) for x in self.placement.ranks]}
         if self.precision != "32":
             data["precision"] = self.precision
+        for kind, value in self.tables.items():
+            data.update(kind.encode(value))
         return json.dumps(data, indent=1) + "\n"
 
     @classmethod
@@ -545,26 +432,19 @@ class ScheduleGraph:
                     p.connect(ops[a], ops[b], Value(kind, tuple(parts)))
                 patterns.append(p)
             stages.append(Stage(s["name"], s["period"], patterns, tuple(s["pattern_of"]), s["length"], s["unit"]))
-        fm = data.get("final_merge")
         sched = None if data.get("lr_schedule") is None else decode(data["lr_schedule"])
+        from mrc.techniques import table_kinds
+
+        tables = {}
+        for kind in table_kinds():
+            value = kind.decode(data)
+            if value is not None:
+                tables[kind] = value
         return cls(stages,
                    {n: PartitionInfo(**{**i, "params": tuple(i["params"]), "partial": tuple(i.get("partial", ()))})
                     for n, i in data["partitions"].items()},
-                   {n: ReplicaInfo(**i) for n, i in data["replicas"].items()},
-                   tuple(data["layers"]), data["device"], data["kernels"],
-                   None if fm is None else decode(fm),
-                   sched, data["stack_obstacle"], list(data["notes"]),
-                   {n: ModuleInfo(**{**i, "layers": tuple(i["layers"])}) for n, i in data.get("modules", {}).items()},
-                   data.get("laps", 1),
-                   {n: StackInfo(**{**i, "coarsening": tuple(i["coarsening"]), "relax": tuple(i["relax"])})
-                    for n, i in data.get("stacks", {}).items()},
-                   _placement(data.get("placement")), data.get("precision", "32"))
-
-
-def _placement(data: dict[str, Any] | None) -> PlacementInfo | None:
-    if data is None:
-        return None
-    return PlacementInfo(**{**data, "ranks": tuple((str(n), int(r)) for n, r in data["ranks"])})
+                   tuple(data["layers"]), data["device"], data["kernels"], sched, list(data["notes"]),
+                   data.get("laps", 1), data.get("precision", "32"), tables)
 
 
 def _partition_json(info: dict[str, Any]) -> dict[str, Any]:
@@ -613,4 +493,4 @@ def lcm(values: Iterable[int]) -> int:
     return out
 
 
-__all__ = ["ModuleInfo", "PartitionInfo", "Pattern", "ReplicaInfo", "ScheduleGraph", "StackInfo", "Stage", "lcm"]
+__all__ = ["PartitionInfo", "Pattern", "ScheduleGraph", "Stage", "TableKind", "lcm"]

@@ -4,12 +4,12 @@ The page needs nothing at view time: its CSS and script are inline, the timeline
 page's own few lines of plain JavaScript from data embedded as JSON, and each step pattern's
 dependency graph is an inline SVG laid out here, in Python (no Graphviz needed).
 
-    timeline   rows: each partition (per brain × partition where there are brains, grouped by
-               module where there are modules) and each MGRIT level of each stack; columns: the
-               steps of each stage's period (the first MAX_COLUMNS, and the page says so); a cell
-               holds a mark for each forward (F; f without gradients), backward (B), update (U),
-               drift (D), restore (r), resample (R), merge (M) and MGRIT phase (X relax, ↓ restrict,
-               C coarse solve, ↑ correct) that touches the row on that step.
+    timeline   rows: each partition (per replica × partition where a technique replicates the
+               model, grouped by module scope where ops have one), and the rows techniques add
+               (their lanes); columns: the steps of each stage's period (the first MAX_COLUMNS,
+               and the page says so); a cell holds a mark for each op that touches the row on
+               that step (forward F, f without gradients; backward B; update U; and the marks the
+               techniques' drawings add, mrc.ir.draw).
     patterns   each distinct step pattern once: ops in topological layers, filled by kind (the
                palette of mrc.ir.draw), value edges labelled; hovering an op shows its text, a
                click shows its details (text, kind, scope, inputs and outputs) in a panel.
@@ -25,31 +25,17 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from mrc.ir.draw import GROUP_LABELS, PALETTE, color_of
+from mrc.ir.draw import UNKNOWN_MARK, Cell, MarkFn, View, color_of, drawings, group_labels, palette
 from mrc.ir.graph import Pattern, ScheduleGraph, _ranges
 from mrc.ir.ops import Op
 
 MAX_COLUMNS = 256
 """The timeline shows at most this many steps (of all stages together)."""
 
-MARKS: dict[str, tuple[str, str]] = {
-    "F": ("forward (tracking gradients)", PALETTE["forward"]),
-    "f": ("forward without gradients (or frozen)", "#e3f0f7"),
-    "B": ("backward", PALETTE["backward"]),
-    "U": ("update", PALETTE["update"]),
-    "D": ("drift", PALETTE["drift"]),
-    "r": ("restore (the held-out subset rejoins)", PALETTE["restore"]),
-    "R": ("resample (a new subset is held out)", PALETTE["restore"]),
-    "M": ("merge of brains", PALETTE["merge"]),
-    "X": ("MGRIT relaxation", PALETTE["mgrit"]),
-    "↓": ("MGRIT restriction", PALETTE["mgrit"]),
-    "C": ("MGRIT coarse solve", PALETTE["mgrit"]),
-    "↑": ("MGRIT correction", PALETTE["mgrit"]),
-    "?": ("another op naming the partition", PALETTE["other"]),
-}
-"""Timeline marks: code → (meaning, colour)."""
 
-_MGRIT_MARKS = {"mgrit_relax": "X", "mgrit_restrict": "↓", "mgrit_coarse_solve": "C", "mgrit_correct": "↑"}
+def marks() -> dict[str, tuple[str, str]]:
+    """Timeline marks: code → (meaning, colour), in legend order (every technique's drawing)."""
+    return {**{m: v for d in drawings() for m, v in d.marks.items()}, UNKNOWN_MARK[0]: UNKNOWN_MARK[1]}
 
 
 # ---- the timeline -----------------------------------------------------------------------------
@@ -72,8 +58,8 @@ class _Rows:
         return self.index[key]
 
 
-def _partition_modules(graph: ScheduleGraph) -> dict[str, str]:
-    """Each partition's module (from the scopes of the ops that name it; '' for none)."""
+def _partition_scopes(graph: ScheduleGraph) -> dict[str, str]:
+    """Each partition's module scope (from the scopes of the ops that name it; '' for none)."""
     out: dict[str, str] = {}
     for op in graph.ops():
         if op.scope.module:
@@ -91,71 +77,46 @@ def _layer_partitions(graph: ScheduleGraph) -> list[list[str]]:
     return out
 
 
-def _brains_of(op: Op, brains: list[str]) -> list[str]:
-    if op.scope.replica:
-        return list(op.scope.replica)
-    if op.kind == "merge":
-        return list(getattr(op, "brains", ())) or brains
-    return brains
-
-
-def _marks_of(op: Op, layer_parts: list[list[str]], partitions: dict[str, Any]) -> list[tuple[str, str]]:
-    """(mark, partition) pairs an op puts on partition rows."""
-    kind = op.kind
-    if kind == "forward":
-        grad = set(getattr(op, "grad", ()))
-        start, stop = getattr(op, "start", 0), getattr(op, "stop", None)
-        seen = [p for parts in layer_parts[start:stop] for p in parts] or list(grad)
-        frozen = getattr(op, "frozen", False)
-        return [("F" if p in grad and not frozen else "f", p) for p in dict.fromkeys(seen)]
-    if kind == "aux_head":
-        prefix = getattr(op, "path", "") + "."
-        return [("F", n) for n, info in partitions.items() if any(p.startswith(prefix) for p in info.params)]
-    if kind == "backward":
-        return [("B", p) for p in getattr(op, "wrt", ())]
-    if kind == "update":
-        return [("U", op.partition)]  # type: ignore[attr-defined]
-    if kind == "update_group":
-        return [("U", p) for p in getattr(op, "partitions", ())] + [("D", p) for p in getattr(op, "drifting", ())]
-    if kind == "drift":
-        return [("D", op.partition)]  # type: ignore[attr-defined]
-    if kind == "restore":
-        return [("r", op.partition)]  # type: ignore[attr-defined]
-    if kind == "resample":
-        return [("R", op.partition)]  # type: ignore[attr-defined]
-    if kind == "merge" or kind.startswith("mgrit_") or kind in ("batch", "loss", "local_loss"):
-        return []
-    return [("?", p) for p in op.partitions_used()]
+def _unknown(op: Op, view: View) -> list[Cell]:
+    """An op of a kind no drawing marks: `?` on each partition it names."""
+    return [Cell(UNKNOWN_MARK[0], ("p", p)) for p in op.partitions_used()]
 
 
 def timeline(graph: ScheduleGraph, max_columns: int = MAX_COLUMNS) -> dict[str, Any]:
-    """The timeline's data: `rows` (partition rows, MGRIT level rows and group headers, in
-    order), `columns` (stage, step, pattern for each shown step), `marks[stage][pattern]`
+    """The timeline's data: `rows` (partition rows, the techniques' lane rows and group headers,
+    in order), `columns` (stage, step, pattern for each shown step), `marks[stage][pattern]`
     (row index → [[mark, [op texts]]]), the `total` number of steps and how many are shown."""
-    brains = list(graph.replicas) or [""]
-    modules = _partition_modules(graph)
-    order = list(graph.modules) + sorted({m for m in modules.values() if m not in graph.modules})
+    headers = {name: text for d in drawings() if d.replicas is not None for name, text in d.replicas(graph).items()}
+    replicas = list(headers) or [""]
+    scope_of = _partition_scopes(graph)
+    named = [m for d in drawings() if d.groups_of_scope is not None for m in d.groups_of_scope(graph)]
+    order = named + sorted({m for m in scope_of.values() if m not in named})
+    lanes = [lane for d in drawings() if d.lanes is not None for lane in d.lanes(graph)]
     rows = _Rows()
-    for brain in brains:
-        if brain:
-            rows.header(f"brain {brain} — {graph.replicas[brain].text()}")
-        groups = [("", [p for p in graph.partitions if not modules.get(p)])] + \
-                 [(m, [p for p in graph.partitions if modules.get(p) == m]) for m in order]
+    for replica in replicas:
+        if replica:
+            rows.header(headers[replica])
+        groups = [("", [p for p in graph.partitions if not scope_of.get(p)])] + \
+                 [(m, [p for p in graph.partitions if scope_of.get(p) == m]) for m in order]
         for module, parts in groups:
             if not parts:
                 continue
             if module:
-                rows.header(f"{brain + ' · ' if brain else ''}module {module}")
+                rows.header(f"{replica + ' · ' if replica else ''}module {module}")
             for p in parts:
-                label = f"{brain} · {p}" if brain else p
-                rows.add((brain, "p", p), "partition", label, graph.partitions[p].text())
-        for stack, info in graph.stacks.items():
-            rows.header(f"{brain + ' · ' if brain else ''}mgrit {stack} — {info.levels} levels")
-            for level in range(info.levels):
-                rows.add((brain, "L", stack, level), "level", f"{stack} level {level}")
+                label = f"{replica} · {p}" if replica else p
+                rows.add((replica, "p", p), "partition", label, graph.partitions[p].text())
+        for lane in lanes:
+            rows.header(f"{replica + ' · ' if replica else ''}{lane.header}")
+            for key, label in lane.rows:
+                rows.add((replica, *key), "level", label)
 
-    layer_parts = _layer_partitions(graph)
-    marks: list[list[dict[int, dict[str, list[str]]]]] = []
+    view = View(graph, _layer_partitions(graph))
+    mark_of: dict[str, MarkFn] = {}
+    for d in reversed(drawings()):  # an earlier technique's mark function wins
+        mark_of.update(d.mark)
+    order_of_marks = list(marks())
+    cells_of: list[list[dict[int, dict[str, list[str]]]]] = []
     for stage in graph.stages:
         per_pattern = []
         for pattern in stage.patterns:
@@ -166,29 +127,20 @@ def timeline(graph: ScheduleGraph, max_columns: int = MAX_COLUMNS) -> dict[str, 
                 cells.setdefault(row, {}).setdefault(mark, []).append(text)
 
             for op in pattern.ops():
-                op_brains = _brains_of(op, brains)
-                if op.kind in _MGRIT_MARKS:
-                    stack = getattr(op, "stack", "")
-                    for brain in op_brains:
-                        row = rows.add((brain, "L", stack, op.scope.level), "level",
-                                       f"{stack} level {op.scope.level}")
-                        put(row, _MGRIT_MARKS[op.kind], op)
-                    continue
-                if op.kind == "merge":
-                    pairs = [("M", p) for p in graph.partitions]
-                else:
-                    pairs = _marks_of(op, layer_parts, graph.partitions)
-                for mark, part in pairs:
-                    for brain in op_brains:
-                        key = (brain, "p", part)
-                        if key in rows.index:
-                            put(rows.index[key], mark, op)
+                for cell in mark_of.get(op.kind, _unknown)(op, view):
+                    owners = list(op.scope.replica) or list(cell.replicas or ()) or replicas
+                    for replica in owners:
+                        key = (replica, *cell.row)
+                        if cell.label:
+                            put(rows.add(key, "level", cell.label), cell.mark, op)
+                        elif key in rows.index:
+                            put(rows.index[key], cell.mark, op)
             for c in cells.values():
                 if "F" in c and "f" in c:  # a row both tracked and not: the tracked forward says it
                     c["F"] += c.pop("f")
-            per_pattern.append({row: dict(sorted(c.items(), key=lambda mc: list(MARKS).index(mc[0])))
+            per_pattern.append({row: dict(sorted(c.items(), key=lambda mc: order_of_marks.index(mc[0])))
                                 for row, c in cells.items()})
-        marks.append(per_pattern)
+        cells_of.append(per_pattern)
 
     columns = [{"stage": si, "step": step, "pattern": stage.pattern_of[step]}
                for si, stage in enumerate(graph.stages) for step in range(stage.period)]
@@ -196,7 +148,8 @@ def timeline(graph: ScheduleGraph, max_columns: int = MAX_COLUMNS) -> dict[str, 
     return {"rows": rows.rows, "columns": columns[:max_columns], "total": total,
             "stages": [{"name": s.name, "period": s.period,
                         "length": None if s.length is None else f"{s.length} {s.unit}"} for s in graph.stages],
-            "marks": [[{str(r): [[m, ts] for m, ts in c.items()] for r, c in p.items()} for p in st] for st in marks],
+            "marks": [[{str(r): [[m, ts] for m, ts in c.items()] for r, c in p.items()} for p in st]
+                      for st in cells_of],
             "laps": graph.laps}
 
 
@@ -486,7 +439,8 @@ def to_html(graph: ScheduleGraph, title: str = "schedule", max_columns: int = MA
     """The whole page: header, legends, the period's timeline and each step pattern's graph."""
     line = timeline(graph, max_columns)
     used = {m for stage in line["marks"] for p in stage for cell in p.values() for m, _ in cell}
-    data = {"timeline": line, "marks": MARKS, "used": [m for m in MARKS if m in used], "ops": {}}
+    legend = marks()
+    data = {"timeline": line, "marks": legend, "used": [m for m in legend if m in used], "ops": {}}
     sections = []
     multi = len(graph.stages) > 1
     for si, stage in enumerate(graph.stages):
@@ -500,8 +454,10 @@ def to_html(graph: ScheduleGraph, title: str = "schedule", max_columns: int = MA
                 f"<small>({len(pattern.g)} ops)</small>"
             sections.append(f'<section class="pattern" id="pattern-{prefix}"><h3>{head}</h3>'
                             f'<div class="scroll">{svg}</div></section>')
-    kinds = "".join(f'<span class="chip"><i style="background:{PALETTE[g]}"></i>{html.escape(label)}</span>'
-                    for g, label in GROUP_LABELS.items())
+    fills = palette()
+    kinds = "".join(f'<span class="chip"><i style="background:{fills[g]}"></i>{html.escape(label)}</span>'
+                    for g, label in group_labels().items())
+    words = "".join(d.words(graph) for d in drawings() if d.words is not None)
     shown, total = len(line["columns"]), line["total"]
     note = f"The period has {total} steps; the first {shown} are shown." if shown < total else ""
     laps = f"<p>The stages run {graph.laps} times in order.</p>" if graph.laps > 1 else ""
@@ -516,7 +472,7 @@ def to_html(graph: ScheduleGraph, title: str = "schedule", max_columns: int = MA
 <details><summary>schedule header</summary>
 <pre class="header">{html.escape(chr(10).join(graph.header()))}</pre></details>
 <h2>Timeline of the period</h2>
-{laps}<p>Each row is a partition{' of a brain' if graph.replicas else ''}{' or an MGRIT level' if graph.stacks else ''};
+{laps}<p>Each row is a partition{words};
 each column a step. Hover a mark for the ops behind it; click a step for its pattern's graph.</p>
 <div class="legend" id="mark-legend"></div>
 <p class="note" id="timeline-note">{note}</p>
@@ -532,4 +488,4 @@ each column a step. Hover a mark for the ops behind it; click a step for its pat
 """
 
 
-__all__ = ["MARKS", "MAX_COLUMNS", "layers_of", "pattern_svg", "timeline", "to_html"]
+__all__ = ["MAX_COLUMNS", "layers_of", "marks", "pattern_svg", "timeline", "to_html"]

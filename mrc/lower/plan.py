@@ -31,6 +31,8 @@ from torch import nn
 from mrc.ir.graph import Pattern, ScheduleGraph
 from mrc.ir.ops import Op, UpdateGroup
 from mrc.lower import precision
+from mrc.techniques.brains.tables import BRAINS
+from mrc.techniques.distributed.tables import PLACEMENT
 
 
 class LoweringError(ValueError):
@@ -82,9 +84,18 @@ def lowers(kind: str, when: When | None = None) -> Callable[[LowerFn], LowerFn]:
     return register
 
 
+def variants_of(kind: str) -> list[tuple[When, LowerFn]]:
+    """The variants of op kind `kind` in the order of the techniques that registered them (the
+    registry's, mrc.techniques), ties in registration order: an earlier technique's variant is
+    tried first, whatever order the modules were imported in."""
+    from mrc.techniques import module_rank
+
+    return sorted(VARIANTS.get(kind, ()), key=lambda wf: module_rank(wf[1].__module__))
+
+
 def lowering_of(op: Op, ctx: Lowering) -> LowerFn:
-    """The lowering of one op: the first variant that accepts it, else its kind's."""
-    for when, fn in VARIANTS.get(op.kind, ()):
+    """The lowering of one op: the first variant that accepts it (`variants_of`), else its kind's."""
+    for when, fn in variants_of(op.kind):
         if when(op, ctx):
             return fn
     fn = LOWERINGS.get(op.kind)
@@ -221,7 +232,7 @@ class Plan:
         self.segments = segments
         self.env = Env()
         self.trace: TextIO | None = None
-        self.brains = tuple(graph.replicas)
+        self.brains = tuple(graph.table(BRAINS).replicas)
         self.last_losses: dict[str, torch.Tensor] = {}
         self.steps_run = 0
         """Steps this Plan has run (a sync that finds no step since the last one skips)."""
@@ -289,13 +300,13 @@ class Plan:
         """Each brain's loss on the last step it ran (the brains that stepped); with brains on
         ranks, gathered from every rank (a collective: every rank calls it at the same step)."""
         local = {n: v.item() for n, v in self.last_losses.items()}
-        world, placed = self.ctx.world, self.graph.placement
+        world, placed = self.ctx.world, self.graph.table(PLACEMENT)
         if not (world.active and placed is not None and placed.mode == "brains"):
             return local
         merged: dict[str, float] = {}
         for part in world.all_gather_object(local):
             merged.update(part)
-        return {n: merged[n] for n in self.graph.replicas if n in merged}
+        return {n: merged[n] for n in self.graph.table(BRAINS).replicas if n in merged}
 
     def learning_rates(self, t: int) -> dict[str, float]:
         """Each partition's (each brain's partition's) learning rate at step t, as it runs: the
@@ -459,8 +470,9 @@ def lower(graph: ScheduleGraph, bound: Any, total_steps: int, device: torch.devi
 
     ctx = Lowering(graph, bound, total_steps, torch.device(device))
     ctx.world = world if world is not None else worlds.current()
-    if graph.placement is not None and graph.placement.world != ctx.world.size:
-        raise LoweringError(f"the schedule is placed on {graph.placement.world} processes, but this run has "
+    placement = graph.table(PLACEMENT)
+    if placement is not None and placement.world != ctx.world.size:
+        raise LoweringError(f"the schedule is placed on {placement.world} processes, but this run has "
                             f"{ctx.world.size}")
     ctx.replicas = Replicas.build(graph, bound, ctx.device)
     ctx.replicas.prepare(ctx)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from mrc.ir.graph import ScheduleGraph
+from mrc.techniques.brains.tables import BRAINS
 
 LAYOUTS: list[Callable[[ScheduleGraph, Any, torch.device], Replicas | None]] = []
 """Replica layouts techniques register (brains): each returns its Replicas for a graph it
@@ -40,7 +41,7 @@ class Replicas:
             replicas = layout(graph, bound, device)
             if replicas is not None:
                 return replicas
-        if graph.replicas:
+        if graph.table(BRAINS).replicas:
             raise RuntimeError("the graph has brains, but no replica layout is registered (mrc.techniques.load_all)")
         return Replicas(bound, device)
 

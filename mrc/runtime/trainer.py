@@ -61,6 +61,8 @@ from mrc.runtime.checkpoint import (
 )
 from mrc.runtime.checkpoint import MetricsLog as MetricsFile
 from mrc.runtime.evaluation import evaluate, evaluate_batches
+from mrc.techniques.distributed.tables import PLACEMENT
+from mrc.techniques.modules.tables import MODULES
 
 if TYPE_CHECKING:
     from mrc.api import Compiled
@@ -308,7 +310,7 @@ class Trainer:
 
     def _join_run(self) -> None:
         """A run of several processes: rank 0 alone writes the run directory and speaks."""
-        placed = self.c.graph.placement
+        placed = self.c.graph.table(PLACEMENT)
         if placed is None or placed.world != self.world.size:
             have = placed.world if placed is not None else 1
             raise CheckpointError(f"the schedule was compiled for {have} process{'es' if have > 1 else ''}, "
@@ -421,7 +423,7 @@ class Trainer:
                     tr = evaluate_batches(m, feed.train_eval_batches(), scoring)
                     va = evaluate_batches(m, feed.val_batches(), scoring)
                     summary["brains"][n] = {**prefixed(tr, "train_"), **prefixed(va)}
-            if self.c.bound.modules is not None and run.status != "diverged" and feed.in_memory:
+            if "modules" in self.c.bound.parts and run.status != "diverged" and feed.in_memory:
                 assert train_x is not None and train_y is not None and val_x is not None and val_y is not None
                 summary["modules"] = self._module_summary(final, val_x, val_y, feed.train_eval_x(), train_y,
                                                           eval_batch)
@@ -431,7 +433,7 @@ class Trainer:
             if run.status != "diverged":
                 own = {k: v for k, v in model.state_dict().items() if not k.startswith(AUX + ".")}
                 save_torch(own, self.out / FINAL)
-                if self.c.bound.modules is not None:
+                if "modules" in self.c.bound.parts:
                     save_torch({k[len(AUX) + 1:]: v for k, v in model.state_dict().items()
                                 if k.startswith(AUX + ".")}, self.out / "aux.pt")
                 for n, state in plan.brain_states().items():
@@ -458,7 +460,7 @@ class Trainer:
         graph = self.c.graph
         train = evaluate_modules(final, graph, tx, ty, eval_batch, self.scoring)
         val = evaluate_modules(final, graph, vx, vy, eval_batch, self.scoring)
-        for name, info in graph.modules.items():
+        for name, info in graph.table(MODULES).items():
             tr, va = train[name], val[name]
             acc = {"train_acc": tr["acc"], "val_acc": va["acc"]} if "acc" in tr else {}
             out[name] = {**acc, "val_loss": va["loss"],
@@ -625,7 +627,7 @@ class Trainer:
                                         "kind": self.activation.kind}
         if early is not None and early.best is not None:
             out["best"] = {early.spec.metric: early.best, "step": early.best_step}
-        placed = self.c.graph.placement
+        placed = self.c.graph.table(PLACEMENT)
         if self.world.active and placed is not None:
             out["world"] = {"size": self.world.size, "mode": placed.mode, "backend": self.world.backend}
         return out

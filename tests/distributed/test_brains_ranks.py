@@ -20,6 +20,7 @@ from gloo_ranks import run_ranks
 from mrc.api import compile_spec
 from mrc.ir.graph import ScheduleGraph
 from mrc.lower import lower
+from mrc.techniques.distributed.tables import PLACEMENT
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "specs" / "distributed_brains.mrs"
@@ -169,7 +170,7 @@ def test_ema_merges_keep_one_running_average_on_every_rank(tmp_path: Path) -> No
 def test_the_graph_places_each_brain_on_its_rank(world: int) -> None:
     compiled = compile_spec(SPEC, world=world)
     graph = compiled.graph
-    owner = dict(graph.placement.ranks)
+    owner = dict(graph.table(PLACEMENT).ranks)
     merges = 0
     for op in graph.ops():
         if op.scope.replica:

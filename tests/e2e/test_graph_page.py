@@ -18,6 +18,7 @@ import pytest
 from mrc.api import compile_spec
 from mrc.cli import main
 from mrc.ir.html import to_html
+from mrc.techniques.brains.tables import BRAINS
 
 ROOT = Path(__file__).resolve().parents[2]
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -87,7 +88,7 @@ def test_the_page_renders_one_row_per_partition_and_one_column_per_step(tmp_path
     page = _page(tmp_path, html)
     assert page.errors.strip() == ""
     assert page.body.get("data-rendered") == "1"
-    assert page.rows == len(graph.partitions) * max(1, len(graph.replicas))
+    assert page.rows == len(graph.partitions) * max(1, len(graph.table(BRAINS).replicas))
     assert page.steps == sum(stage.period for stage in graph.stages)
     assert page.external == []  # nothing to fetch: the page works offline
 

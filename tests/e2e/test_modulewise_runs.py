@@ -13,6 +13,7 @@ from mrc.api import compile_spec, train
 from mrc.cli import main
 from mrc.diagnostics import CompileError
 from mrc.ir.ops import Forward
+from mrc.techniques.modules.tables import MODULES
 
 SPEC = """
 model resnet(depth=14, width=4)
@@ -125,7 +126,7 @@ def test_transport_needs_residual_blocks(tmp_path: Path) -> None:
     assert "m0" in msg and text == "conv(width=4)"
     path.write_text("model mlp(hidden=[16, 16])\ndata digits()\noptimizer sgd(lr=0.1)\n"
                     "modules { split = equal(2) }\n")
-    assert compile_spec(path).graph.modules  # VanGL needs no residual block
+    assert compile_spec(path).graph.table(MODULES)  # VanGL needs no residual block
 
 
 def test_check_reports_bad_settings_at_their_spans(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -186,6 +187,6 @@ def test_the_graphs_memory_estimate_is_what_a_step_measures(tmp_path: Path, tran
     transport's extra copy of each branch and the module's input) match the measured peak of a
     parallel step: the heaviest module is the step's peak."""
     compiled = compile_spec(write(tmp_path, split="balanced(3)", aux="conv(width=8)", transport=transport))
-    estimate = max(info.bytes for info in compiled.graph.modules.values())
+    estimate = max(info.bytes for info in compiled.graph.table(MODULES).values())
     measured = train(compiled, save=False, steps=2).summary["activation_memory"]["bytes"]
     assert abs(estimate - measured) <= 0.05 * measured, (estimate, measured)

@@ -12,6 +12,7 @@ from spec_runs import SPECS, data_missing
 
 from mrc.api import compile_spec
 from mrc.ir.graph import ScheduleGraph
+from mrc.techniques.distributed.tables import PLACEMENT
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "graphs"
@@ -60,7 +61,8 @@ def test_every_spec_places_on_two_processes(spec: Path) -> None:
         pytest.skip(missing)
     graph = compile_spec(spec, ["train.device=cpu"], world=2).graph
     graph.verify()
-    assert graph.placement is not None and graph.placement.world == 2
+    placed = graph.table(PLACEMENT)
+    assert placed is not None and placed.world == 2
     assert any(op.kind in ("all_reduce", "send", "merge", "mgrit_sum_grads") for op in graph.ops())
     again = ScheduleGraph.from_json(graph.to_json())
     assert again.to_text() == graph.to_text()

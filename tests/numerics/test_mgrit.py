@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from mrc.api import compile_spec, lower, train
+from mrc.techniques.mgrit.tables import STACKS
 
 BASE = """model ode_resnet(width={width}, depth={depth}, h=0.1, activation={act}, variant={variant})
 data {data}
@@ -156,6 +157,6 @@ def test_a_user_stack_of_the_protocol_converges_to_autograd(tmp_path: Path) -> N
         plan.step(0, d.train_x[idx].double(), d.train_y[idx])
         grads.append({n: p.grad.clone() for n, p in c.bound.graph_module.named_parameters()})
         if extra:
-            assert c.graph.stacks["2"].kind == "generic"
+            assert c.graph.table(STACKS)["2"].kind == "generic"
     for name, g in grads[0].items():
         assert torch.allclose(grads[1][name], g, rtol=0, atol=1e-10), name

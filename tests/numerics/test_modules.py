@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mrc.api import compile_spec, train
+from mrc.techniques.modules.tables import MODULES
 
 BASE = """
 model {model}
@@ -368,7 +369,7 @@ def test_transport_is_the_mean_square_of_known_branches(tmp_path: Path) -> None:
     path = spec(tmp_path, mods, model='"net.py:build"(width=5)', optimizer="sgd(lr=1.0)", steps=1,
                 data="synthetic(shape=[6], classes=3, samples=40, batch=8)")
     compiled, init = compiled_with_init(path)
-    assert [info.residuals for info in compiled.graph.modules.values()] == [1, 1]
+    assert [info.residuals for info in compiled.graph.table(MODULES).values()] == [1, 1]
     result = train(compiled, save=False, device="cpu")
     x, y = next(batches(compiled.bound.data, 1))
     w2 = init.block2.branch.weight.detach()
@@ -545,9 +546,9 @@ def test_doubled_halves_tau_of_the_first_half(tmp_path: Path, split: str, sizes:
     mods = f"split = {split}; aux = linear; transport = doubled(tau={tau})"
     path = spec(tmp_path, mods, model="resnet(depth=14, width=4)", steps=steps)
     compiled, init = compiled_with_init(path)
-    assert [info.path for info in compiled.graph.modules.values()] == paths
+    assert [info.path for info in compiled.graph.table(MODULES).values()] == paths
     taus = [tau / 2] * (k // 2) + [tau] * (k - k // 2)
-    assert [compiled.graph.modules[f"m{i}"].tau for i in range(k)] == taus
+    assert [compiled.graph.table(MODULES)[f"m{i}"].tau for i in range(k)] == taus
     result = train(compiled, save=False, device="cpu")
     want, _ = parallel_reference(init, compiled.bound.data, sizes, taus, steps, lr=0.05, mu=0.9)
     assert_states(result.model, want, 1e-12)

@@ -12,6 +12,7 @@ from mrc.api import check_spec, compile_spec
 from mrc.diagnostics import CompileError
 from mrc.ir.graph import ScheduleGraph
 from mrc.techniques.distributed.bind import blocks
+from mrc.techniques.distributed.tables import PLACEMENT
 
 BASE = """model mlp(hidden=[16])
 data digits(batch={batch})
@@ -62,16 +63,17 @@ def test_placement_diagnostics_point_at_the_statement(tmp_path: Path) -> None:
 def test_one_process_has_no_placement_and_several_are_data_parallel(tmp_path: Path) -> None:
     p = spec(tmp_path, "")
     one = compile_spec(p, world=1).graph
-    assert one.placement is None and not any(op.kind in ("shard", "all_reduce") for op in one.ops())
+    assert one.table(PLACEMENT) is None and not any(op.kind in ("shard", "all_reduce") for op in one.ops())
     two = compile_spec(p, world=2).graph
-    assert two.placement is not None and (two.placement.mode, two.placement.world) == ("data", 2)
+    placed = two.table(PLACEMENT)
+    assert placed is not None and (placed.mode, placed.world) == ("data", 2)
     kinds = [op.kind for op in two.at(0)]
     assert kinds == ["batch", "shard", "forward", "loss", "backward", "all_reduce", "update_group"]
     text = two.to_text()
     assert "placement: mode=data world=2" in text and "all_reduce grads {all} mean over 2 ranks" in text
     again = ScheduleGraph.from_json(two.to_json())
     again.verify()
-    assert again.to_text() == text and again.placement == two.placement
+    assert again.to_text() == text and again.table(PLACEMENT) == placed
 
 
 def test_clipping_moves_after_the_reduction(tmp_path: Path) -> None:

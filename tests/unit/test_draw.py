@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 
 from mrc.cli import main
-from mrc.ir.draw import PALETTE, DotMissing, color_of, group_of, render, to_graphviz
-from mrc.ir.graph import PartitionInfo, Pattern, ReplicaInfo, ScheduleGraph, Stage
-from mrc.ir.html import MARKS, layers_of, timeline, to_html
+from mrc.ir.draw import DotMissing, color_of, group_of, palette, render, to_graphviz
+from mrc.ir.graph import PartitionInfo, Pattern, ScheduleGraph, Stage
+from mrc.ir.html import layers_of, timeline, to_html
+from mrc.ir.html import marks as legend
 from mrc.ir.ops import Backward, Batch, Forward, Loss, Rule, Scope, UpdateGroup, Value
 from mrc.techniques.brains.ops import Merge
+from mrc.techniques.brains.tables import BRAINS, Brains, ReplicaInfo
 from mrc.techniques.multirate.ops import Drift
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,18 +51,19 @@ def small() -> ScheduleGraph:
     p0.steps, p1.steps = (0,), (1,)
     parts = {"body": PartitionInfo(("layers.0.weight",), 10, 2), "head": PartitionInfo(("head.weight",), 5, 1)}
     graph = ScheduleGraph([Stage("train", 2, [p0, p1], (0, 1))], parts,
-                          {"fast": ReplicaInfo(1), "slow": ReplicaInfo(2)}, layers=("layers.0", "head"))
+                          layers=("layers.0", "head"),
+                          tables={BRAINS: Brains({"fast": ReplicaInfo(1), "slow": ReplicaInfo(2)})})
     graph.verify()
     return graph
 
 
 def test_every_kind_has_a_palette_colour() -> None:
-    assert color_of("forward") == PALETTE["forward"] != color_of("backward")
+    assert color_of("forward") == palette()["forward"] != color_of("backward")
     assert color_of("update") == color_of("update_group")
     assert color_of("restore") == color_of("resample")
     assert color_of("aux_head") == color_of("local_loss")
     assert group_of("mgrit_relax") == group_of("mgrit_correct") == "mgrit"
-    assert color_of("someone_elses_kind") == PALETTE["other"]
+    assert color_of("someone_elses_kind") == palette()["other"]
 
 
 def test_graphviz_source_has_a_cluster_per_pattern_and_per_scope() -> None:
@@ -101,7 +104,7 @@ def test_svg_of_a_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert main(["graph", str(spec), "--format", "svg", "--set", "train.device=cpu"]) == 0
     clusters, fills = _svg_nodes(capsys.readouterr().out.encode())
     assert len(clusters) == 3  # the period's three step patterns
-    assert fills["forward"] == {PALETTE["forward"]} and fills["merge"] == {PALETTE["merge"]}
+    assert fills["forward"] == {palette()["forward"]} and fills["merge"] == {palette()["merge"]}
     out = tmp_path / "g.png"
     assert main(["graph", str(spec), "--format", "png", "-o", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -136,7 +139,7 @@ def test_timeline_rows_columns_and_marks() -> None:
     assert marks(1, "fast · head") == ["F", "B", "U", "M"]
     assert marks(1, "fast · body") == ["f", "D", "M"]  # no gradient, drifts, merged
     assert marks(1, "slow · head") == ["M"]
-    assert set(MARKS) >= {m for p in line["marks"][0] for cell in p.values() for m, _ in cell}
+    assert set(legend()) >= {m for p in line["marks"][0] for cell in p.values() for m, _ in cell}
 
 
 def test_timeline_caps_the_columns() -> None:
@@ -144,7 +147,7 @@ def test_timeline_caps_the_columns() -> None:
     pattern.steps = tuple(range(1000))
     graph = ScheduleGraph([Stage("train", 1000, [pattern], (0,) * 1000)],
                           {"body": PartitionInfo(("layers.0.weight",), 10), "head": PartitionInfo(("head.weight",), 5)},
-                          {"fast": ReplicaInfo()}, layers=("layers.0", "head"))
+                          layers=("layers.0", "head"), tables={BRAINS: Brains({"fast": ReplicaInfo()})})
     line = timeline(graph)
     assert (len(line["columns"]), line["total"]) == (256, 1000)
     assert "The period has 1000 steps; the first 256 are shown." in to_html(graph)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mrc.ir.graph import PartitionInfo, Pattern, ReplicaInfo, ScheduleGraph, Stage, lcm
+from mrc.ir.graph import PartitionInfo, Pattern, ScheduleGraph, Stage, lcm
 from mrc.ir.ops import (
     EMPTY,
     Backward,
@@ -26,6 +26,7 @@ from mrc.ir.ops import (
     Value,
 )
 from mrc.techniques.brains.ops import Merge, MergeRule
+from mrc.techniques.brains.tables import BRAINS, Brains, ReplicaInfo
 from mrc.techniques.multirate.ops import Drift
 
 SGD = Rule("sgd", (("momentum", 0.9),), ("momentum",))
@@ -263,8 +264,8 @@ def brains_graph() -> ScheduleGraph:
             p.add(Merge(EMPTY, ("fast", "slow"), MergeRule("weighted", (1.0, 3.0))), p.after(tails))
         patterns.append(p)
     graph = ScheduleGraph([Stage("train", 2, patterns, (0, 1))], table({"all": 1}),
-                          {"fast": ReplicaInfo(1), "slow": ReplicaInfo(2, "own")},
-                          final_merge=MergeRule("mean"))
+                          tables={BRAINS: Brains({"fast": ReplicaInfo(1), "slow": ReplicaInfo(2, "own")},
+                                                 MergeRule("mean"))})
     graph.verify()
     return graph
 
@@ -433,7 +434,7 @@ def _update_not_differentiated(g: ScheduleGraph, p0: Pattern, p1: Pattern) -> No
 
 def _update_after_another_scopes_backward(g: ScheduleGraph, p0: Pattern, p1: Pattern) -> None:
     # the gradient must come from a backward of the update's own scope
-    g.replicas = {"a": ReplicaInfo(), "b": ReplicaInfo()}
+    g.set_table(BRAINS, Brains({"a": ReplicaInfo(), "b": ReplicaInfo()}))
     up = p1.op("update.head")
     p1.remove(up)
     p1.replace(p1.op("backward"), Backward(Scope(("a",)), ("body", "head")))
@@ -565,7 +566,7 @@ def test_json_round_trip_of_brains() -> None:
     again = ScheduleGraph.from_json(graph.to_json())
     again.verify()
     assert list(again.ops()) == list(graph.ops())
-    assert again.replicas == graph.replicas and again.final_merge == graph.final_merge
+    assert again.table(BRAINS) == graph.table(BRAINS) and again.table(BRAINS).final_merge == MergeRule("mean")
     assert again.stage.patterns[1].op("merge.fast+slow").merge == MergeRule("weighted", (1.0, 3.0))
     assert again.to_text() == graph.to_text() and again.to_json() == graph.to_json()
 

@@ -25,6 +25,7 @@ from mrc.ir.ops import Backward, Forward, Loss, Rule, UpdateGroup, Value
 from mrc.lower import lower
 from mrc.lower.plan import Plan
 from mrc.techniques.brains.ops import Merge, MergeRule
+from mrc.techniques.brains.tables import BRAINS as BRAINS_TABLE
 
 STEPS = 6
 MU = 0.9
@@ -77,7 +78,7 @@ class Spec:
         for t, (x, y) in enumerate(self.batches(steps)):
             loss = plan.step(t, x, y)
             losses.append(None if loss is None else float(loss))
-            if graph.replicas:
+            if graph.table(BRAINS_TABLE).replicas:
                 after.append({f"{b}/{k}": v for b, s in plan.brain_states().items() for k, v in s.items()})
             else:
                 after.append({k: v.detach().clone() for k, v in bound.model.named_parameters()})

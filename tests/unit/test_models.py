@@ -511,8 +511,9 @@ def test_wide_resnet_is_split_module_wise_at_a_block(tmp_path):
     spec.write_text("model wide_resnet(depth=10, widen=1)\ndata digits(shape=image, limit=128)\n"
                     "optimizer sgd(lr=0.05)\nmodules { split = equal(2) }\n")
     bound = bind_spec(spec)
-    assert bound.modules.names == ("m0", "m1")
-    m0, m1 = (bound.modules.infos[n] for n in bound.modules.names)
+    mods = bound.parts["modules"]
+    assert mods.names == ("m0", "m1")
+    m0, m1 = (mods.infos[n] for n in mods.names)
     assert m0.layers[0] == "stem" and m1.layers[-1] == "head"
     assert re.fullmatch(r"layer[23]\.0\.pre\.0", m1.layers[0]), m1.layers  # a block starts m1
     assert m0.residuals + m1.residuals == 3  # each WideBlock's branch r_m, once

@@ -264,10 +264,10 @@ def test_group_updates_keeps_phases_scopes_and_random_subsets_apart() -> None:
         loss = p.add(Loss(s), [(fwd, Value("logits")), (batch, Value("batch"))])
         bwd = p.add(Backward(s, ("head",)), [(loss, Value("loss"))])
         p.add(Update(s, "head", SGD, 0.1), [(bwd, Value("grads", ("head",)))])
-    from mrc.ir.graph import ReplicaInfo
+    from mrc.techniques.brains.tables import BRAINS, Brains, ReplicaInfo
 
     brains = ScheduleGraph([Stage("train", 1, [p], (0,))], naive(1, {"head": (1, SGD)}).partitions,
-                           {"x": ReplicaInfo(), "y": ReplicaInfo()})
+                           tables={BRAINS: Brains({"x": ReplicaInfo(), "y": ReplicaInfo()})})
     assert sorted(groups(GroupUpdates().apply(brains), 0)) == ["update_group.head@x", "update_group.head@y"]
 
 

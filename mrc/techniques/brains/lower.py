@@ -31,6 +31,8 @@ from mrc.lower.replicas import LAYOUTS, Replicas
 from mrc.models.trace import quiet
 from mrc.techniques.brains import ranks
 from mrc.techniques.brains.ops import Merge, MergeRule
+from mrc.techniques.brains.tables import BRAINS
+from mrc.techniques.distributed.tables import PLACEMENT
 
 
 class BrainReplicas(Replicas):
@@ -40,10 +42,10 @@ class BrainReplicas(Replicas):
         super().__init__(bound, device)
         self.graph = graph
         self.scoring: Any = None  # mrc.losses.Scoring of a `best` merge, made at its first use
-        self.order = list(graph.replicas)
+        self.order = list(graph.table(BRAINS).replicas)
         self.index = {n: i for i, n in enumerate(self.order)}
         self.stacked = any(op.kernel == "stacked" for op in graph.ops() if isinstance(op, UpdateGroup))
-        self.final_rule: MergeRule = graph.final_merge or MergeRule()
+        self.final_rule: MergeRule = graph.table(BRAINS).final_merge or MergeRule()
         self.ema: dict[str, torch.Tensor] | None = None
         self.modules: dict[str, nn.Module] = {}
         self.stack: Any = None
@@ -62,7 +64,7 @@ class BrainReplicas(Replicas):
     def prepare(self, ctx: Lowering) -> None:
         """Brains on ranks: the collective merges' view of the ranks, and the sync that brings
         every brain from its rank before evaluation and saving (mrc/techniques/brains/ranks.py)."""
-        placement = ctx.graph.placement
+        placement = ctx.graph.table(PLACEMENT)
         if placement is not None and placement.mode == "brains" and ctx.world.active:
             self.ranked = ranks.RankedBrains(self, ctx)
             ctx.syncs.append(self.ranked.sync)
@@ -247,7 +249,7 @@ class BrainReplicas(Replicas):
 
 
 def _layout(graph: ScheduleGraph, bound: Any, device: torch.device) -> BrainReplicas | None:
-    return BrainReplicas(graph, bound, device) if graph.replicas else None
+    return BrainReplicas(graph, bound, device) if graph.table(BRAINS).replicas else None
 
 
 LAYOUTS.append(_layout)

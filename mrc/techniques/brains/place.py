@@ -22,15 +22,16 @@ import dataclasses
 from mrc.ir.graph import ScheduleGraph
 from mrc.ir.ops import GraphError, Op
 from mrc.techniques.brains.ops import Merge
-from mrc.techniques.distributed.expand import placer, scoped
+from mrc.techniques.distributed.expand import scoped
+from mrc.techniques.distributed.tables import PLACEMENT
 
 
-@placer("brains")
 def place_brains(graph: ScheduleGraph) -> ScheduleGraph:
     """Each brain's ops on the rank that holds it; merges local to a rank, or collectives."""
-    assert graph.placement is not None
-    world = graph.placement.world
-    owner = dict(graph.placement.ranks)
+    placement = graph.table(PLACEMENT)
+    assert placement is not None
+    world = placement.world
+    owner = dict(placement.ranks)
     out = graph.copy()
     for p in out.patterns():
         for op in list(p.ops()):

@@ -37,6 +37,7 @@ import torch
 from mrc.ir.graph import Pattern
 from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, cpu_copy, lowers
 from mrc.techniques.brains.ops import Merge, MergeRule
+from mrc.techniques.distributed.tables import PLACEMENT
 
 if TYPE_CHECKING:
     from mrc.techniques.brains.lower import BrainReplicas
@@ -74,7 +75,7 @@ class RankedBrains:
     """The brains of a run with brains on ranks, as this rank sees them (see the module docstring)."""
 
     def __init__(self, reps: BrainReplicas, ctx: Lowering) -> None:
-        placement = ctx.graph.placement
+        placement = ctx.graph.table(PLACEMENT)
         assert placement is not None
         self.reps, self.world, self.device = reps, ctx.world, ctx.device
         self.foreign = ctx.foreign  # other ranks' integrator states, for this rank's checkpoint

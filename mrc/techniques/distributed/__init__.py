@@ -8,3 +8,18 @@ module-wise modules on ranks. check.py holds the statement; bind.py the placemen
 `distribute` pass (passes/distribute.py) expands the graph with rank scopes and collective ops;
 lower.py lowers those ops onto `mrc.runtime.world`.
 """
+
+from __future__ import annotations
+
+from mrc.techniques.base import PassAt, Technique
+
+TECHNIQUE = Technique(
+    "distributed",
+    check="mrc.techniques.distributed.check",
+    ops=("mrc.techniques.distributed.ops", "mrc.techniques.distributed.p2p", "mrc.techniques.distributed.lower"),
+    bind="mrc.techniques.distributed.bind:bind",
+    tables=("mrc.techniques.distributed.tables:PLACEMENT",),
+    expand="mrc.techniques.distributed.expand:EXPANSION",
+    passes=(PassAt("distribute", "mrc.passes.distribute:Distribute", after="mgrit-regions"),),
+    place={"data": "mrc.techniques.distributed.expand:place_data"},
+)

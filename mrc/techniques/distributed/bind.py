@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from mrc.diagnostics import Reporter, Span
-from mrc.ir.graph import PlacementInfo
 from mrc.program import Program
+from mrc.techniques.distributed.tables import PlacementInfo
 
 
 def blocks(n: int, world: int) -> list[tuple[int, int]]:
@@ -24,6 +24,11 @@ def blocks(n: int, world: int) -> list[tuple[int, int]]:
         out.append((start, start + size))
         start += size
     return out
+
+
+def bind(bound: Any, r: Reporter) -> PlacementInfo | None:
+    """The technique's binding: the placement of the bound run's world (None: one process)."""
+    return bind_placement(bound.program, bound.world, bound, r)
 
 
 def bind_placement(program: Program, world: int, bound: Any, r: Reporter) -> PlacementInfo | None:
@@ -54,7 +59,7 @@ def bind_placement(program: Program, world: int, bound: Any, r: Reporter) -> Pla
         for rank, (a, b) in enumerate(blocks(len(names), world)):
             ranks += [(n, rank) for n in names[a:b]]
     elif mode == "pipeline":
-        names = list(bound.modules.names)
+        names = list(bound.parts["modules"].names)
         if len(names) < world:
             r.error(f"{len(names)} modules cannot fill {world} ranks (each rank runs one or more)", span)
             return None
@@ -70,7 +75,7 @@ def bind_placement(program: Program, world: int, bound: Any, r: Reporter) -> Pla
         from mrc.techniques.mgrit.ranks import layer_blocks
         from mrc.techniques.mgrit.solver import Settings
 
-        for st in bound.stacks:
+        for st in bound.parts.get("mgrit", ()):
             spec = st.spec
             split = layer_blocks(st.steps, Settings(spec.levels, tuple(spec.coarsening), tuple(spec.relax)),
                                  world)

@@ -1,8 +1,8 @@
 """Expanding the schedule graph for a run of several processes (the `distribute` pass).
 
-Each mode has a placer, `graph → graph`, registered with `@placer(MODE)` by the technique it
-places: `data` here; `brains`, `layers` and `pipeline` in their techniques, each in its
-technique's `place.py` (`load_placers` imports them: compiler code, no runtime). A placer scopes the
+Each mode has a placer, `graph → graph`, named in the `place` of the technique it places
+(mrc/techniques): `data` here; `brains`, `layers` and `pipeline` in their techniques' `place.py`
+(compiler code, no runtime). A placer scopes the
 ops it places on a rank (`Scope.rank`) and adds the collectives the placement needs, so the
 graph says what every process runs and when they talk.
 """
@@ -10,36 +10,18 @@ graph says what every process runs and when they talk.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from mrc.ir.graph import Pattern, ScheduleGraph
 from mrc.ir.ops import Op, Value
+from mrc.techniques.base import Expansion
 from mrc.techniques.distributed.ops import AllReduce, Shard
+from mrc.techniques.distributed.tables import PLACEMENT
 
-Placer = Callable[[ScheduleGraph], ScheduleGraph]
-PLACERS: dict[str, Placer] = {}
-
-
-def load_placers() -> dict[str, Placer]:
-    """Every technique's placer (each technique's `place` module, where it has one)."""
-    import importlib
-    import importlib.util
-
-    from mrc.check.checker import TECHNIQUES
-
-    for t in TECHNIQUES:
-        name = f"mrc.techniques.{t}.place"
-        if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name)
-    return PLACERS
-
-
-def placer(mode: str) -> Callable[[Placer], Placer]:
-    """Register the placer of a `distributed` mode."""
-    def register(fn: Placer) -> Placer:
-        PLACERS[mode] = fn
-        return fn
-    return register
+if TYPE_CHECKING:
+    from mrc.binding import Bound
+    from mrc.ir.tables import TableKind
 
 
 def shard_batches(p: Pattern, world: int, batchnorm: str = "") -> None:
@@ -78,15 +60,15 @@ def between_backward_and_readers(p: Pattern, make: GradientOp) -> None:
             p.connect(between, reader, value)
 
 
-@placer("data")
 def place_data(graph: ScheduleGraph) -> ScheduleGraph:
     """Data parallelism: every rank runs every op on its shard of the batch; gradients are
     averaged where they are read."""
-    assert graph.placement is not None
-    world = graph.placement.world
+    placement = graph.table(PLACEMENT)
+    assert placement is not None
+    world = placement.world
     out = graph.copy()
     for p in out.patterns():
-        shard_batches(p, world, graph.placement.batchnorm)
+        shard_batches(p, world, placement.batchnorm)
         between_backward_and_readers(p, lambda back, parts, clip: (
             AllReduce(back.scope, parts, world, "mean", getattr(back, "phase", 0), clip), []))
     out.reindex()
@@ -96,3 +78,11 @@ def place_data(graph: ScheduleGraph) -> ScheduleGraph:
 def scoped(op: Op, rank: int) -> Op:
     """`op` placed on `rank`."""
     return dataclasses.replace(op, scope=dataclasses.replace(op.scope, rank=rank))
+
+
+def tables(bound: Bound) -> Mapping[TableKind[Any], Any]:
+    """The placement the binding made (none for one process)."""
+    return {PLACEMENT: bound.parts.get("distributed")}
+
+
+EXPANSION = Expansion(tables=tables)

@@ -12,6 +12,7 @@ hierarchy fits N (`Settings.validate`). Each problem is a diagnostic at the stat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -48,6 +49,20 @@ def block_kind(layers: nn.Module) -> str:
     if all(isinstance(m, ConvStep) for m in layers):
         return "conv"
     return "generic"
+
+
+def bind(bound: Any, r: Reporter) -> tuple[BoundStack, ...] | None:
+    """The technique's binding (`Bound.parts["mgrit"]`): the stack of each `mgrit` statement
+    (None: no statement, or reported)."""
+    program = bound.program
+    if not program.mgrit:
+        return None
+    if bound.graph_module is None:
+        for stack in program.mgrit:
+            bound.report_untraced(f"`mgrit \"{stack.stack}\"` finds its stack's layers in the traced graph",
+                                  stack.span, r)
+        return None
+    return bind_stacks(program, bound.model, bound.graph_module, bound.example, r)
 
 
 def bind_stacks(program: Program, model: nn.Module, gm: fx.GraphModule, example: torch.Tensor,

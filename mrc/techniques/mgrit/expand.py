@@ -13,11 +13,19 @@ the listing is the order in which they run.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
-from mrc.ir.graph import Pattern, ScheduleGraph, StackInfo
+from mrc.ir.graph import Pattern, ScheduleGraph
 from mrc.ir.ops import Backward, Forward, GraphError, Op
+from mrc.ir.tables import TableKind
+from mrc.techniques.base import Expansion
 from mrc.techniques.mgrit.ops import PHASES, Relax, SolvePhase, iteration_phases
+from mrc.techniques.mgrit.tables import STACKS, StackInfo
+
+if TYPE_CHECKING:
+    from mrc.binding import Bound
 
 
 def covers(fwd: Forward, info: StackInfo) -> bool:
@@ -66,9 +74,32 @@ def add_regions(graph: ScheduleGraph) -> None:
     """Insert every stack's solve regions into every pattern of `graph` (in place)."""
     index = {layer: i for i, layer in enumerate(graph.layers)}
     for p in graph.patterns():
-        for path, info in graph.stacks.items():
+        for path, info in graph.table(STACKS).items():
             for fwd in [f for f in p.of_kind(Forward) if covers(f, info)]:
                 _chain(p, fwd, solve_ops(path, info, fwd, "forward"))
                 for bwd in p.of_kind(Backward):
                     if bwd.scope == fwd.scope and bwd.phase == fwd.phase and _through(graph, bwd.wrt, info, index):
                         _chain(p, bwd, solve_ops(path, info, fwd, "adjoint"))
+
+
+def stack_table(bound: Bound) -> dict[str, StackInfo]:
+    """The stacks solved by MGRIT, with where their layers lie in the graph's layer list."""
+    index = {layer: i for i, layer in enumerate(bound.layers)}
+    out = {}
+    for st in bound.parts.get("mgrit", ()):
+        spec = st.spec
+        where = [i for layer, i in index.items() if layer.startswith(st.path + ".")]
+        if not where:
+            raise ValueError(f"the MGRIT stack `{st.path}` holds no parameterised layer")
+        out[st.path] = StackInfo(min(where), max(where), st.steps, st.h, st.kind, st.first_node, st.last_node,
+                                 spec.levels, tuple(spec.coarsening), tuple(spec.relax), spec.forward_iters,
+                                 spec.backward_iters, spec.forward_tol, spec.backward_tol, spec.warm_start)
+    return out
+
+
+def tables(bound: Bound) -> Mapping[TableKind[Any], Any]:
+    """The stacks' table (empty without MGRIT)."""
+    return {STACKS: stack_table(bound)}
+
+
+EXPANSION = Expansion(tables=tables)

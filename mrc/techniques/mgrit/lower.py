@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from mrc.ir.graph import Pattern, StackInfo
+from mrc.ir.graph import Pattern
 from mrc.ir.ops import Forward
 from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
 from mrc.techniques.core.lower import forward_callable, replica
@@ -43,6 +43,7 @@ from mrc.techniques.mgrit.bind import stack_stretch
 from mrc.techniques.mgrit.expand import covers
 from mrc.techniques.mgrit.ops import PHASES, SolvePhase, SumStackGrads
 from mrc.techniques.mgrit.ranks import Blocks
+from mrc.techniques.mgrit.tables import STACKS, StackInfo
 
 KIND_PHASE = {cls.kind: name for name, cls in PHASES.items()}
 
@@ -363,7 +364,7 @@ def _attr(gm: nn.Module, target: str) -> Any:
 
 
 def _holds_stack(op: Any, ctx: Lowering) -> bool:
-    return isinstance(op, Forward) and any(covers(op, info) for info in ctx.graph.stacks.values())
+    return isinstance(op, Forward) and any(covers(op, info) for info in ctx.graph.table(STACKS).values())
 
 
 @lowers("forward", when=_holds_stack)
@@ -384,8 +385,8 @@ def lower_forward_with_solve(op: Forward, pattern: Pattern, ctx: Lowering) -> St
             ctx.cache[key] = split_at(whole, whole, ctx.graph.layers, n)
         prefix, suffix = ctx.cache[key]
         module = prefix if op.start == 0 else suffix
-    pairs = [(modules[path], Runner(ctx, _region(pattern, op, path), ctx.graph.stacks[path].levels))
-             for path, info in ctx.graph.stacks.items() if covers(op, info)]
+    pairs = [(modules[path], Runner(ctx, _region(pattern, op, path), ctx.graph.table(STACKS)[path].levels))
+             for path, info in ctx.graph.table(STACKS).items() if covers(op, info)]
     inner = forward_callable(op, pattern, module)
     for m, _ in pairs:  # the forward runs under autocast (mrc/lower/precision.py): the solve does not
         m.island = m.solve.params[0].dtype if op.autocast else None
@@ -404,7 +405,7 @@ def _solved_model(ctx: Lowering, r: str) -> tuple[fx.GraphModule, dict[str, Solv
         model = ctx.replicas.module_of(r)
         module: fx.GraphModule = model
         modules: dict[str, SolveModule] = {}
-        for path, info in ctx.graph.stacks.items():
+        for path, info in ctx.graph.table(STACKS).items():
             original = ctx.bound.model if not r else None
             solve = _solve_of(ctx, r, path, info, stack_view(model, path, info, original))
             modules[path] = SolveModule(solve)
@@ -460,7 +461,7 @@ def _region(pattern: Pattern, fwd: Forward, path: str) -> dict[str, list[SolvePh
 
 def _nested(op: SolvePhase, pattern: Pattern, ctx: Lowering) -> None:
     """A phase op runs inside its forward's (or backward's) callable: no callable of its own."""
-    if not ctx.graph.stacks.get(op.stack):
+    if not ctx.graph.table(STACKS).get(op.stack):
         raise LoweringError(f"{op.id}: no MGRIT stack `{op.stack}` in the graph")
     return None
 

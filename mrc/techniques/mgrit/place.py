@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from mrc.ir.graph import Pattern, ScheduleGraph, StackInfo
+from mrc.ir.graph import Pattern, ScheduleGraph
 from mrc.ir.ops import ORDER, Backward, GraphError, Op, Value
-from mrc.techniques.distributed.expand import between_backward_and_readers, placer
+from mrc.techniques.distributed.expand import between_backward_and_readers
+from mrc.techniques.distributed.tables import PLACEMENT
 from mrc.techniques.mgrit.ops import SolvePhase, SumStackGrads
 from mrc.techniques.mgrit.ranks import Blocks, adjoint_blocks, layer_blocks
+from mrc.techniques.mgrit.tables import STACKS, StackInfo
 
 
 def stack_blocks(info: StackInfo, world: int) -> tuple[Blocks, Blocks]:
@@ -69,13 +71,13 @@ def sum_stack_grads(graph: ScheduleGraph, p: Pattern, path: str, world: int) -> 
     between_backward_and_readers(p, make)
 
 
-@placer("layers")
 def place_layers(graph: ScheduleGraph) -> ScheduleGraph:
     """Each stack's solves split into rank blocks; its layers' gradients summed over the ranks."""
-    assert graph.placement is not None
-    world = graph.placement.world
+    placement = graph.table(PLACEMENT)
+    assert placement is not None
+    world = placement.world
     out = graph.copy()
-    for path, info in out.stacks.items():
+    for path, info in out.table(STACKS).items():
         forward, adjoint = stack_blocks(info, world)
         for p in out.patterns():
             for op in [o for o in p.of_kind(SolvePhase) if o.stack == path]:

@@ -18,13 +18,14 @@ import dataclasses
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import fx, nn
 
 from mrc.diagnostics import Reporter
-from mrc.ir.graph import ModuleInfo
 from mrc.program import Modules, Program
+from mrc.techniques.modules.tables import ModuleInfo
 from mrc.techniques.multirate.bind import BoundPartition
 
 AUX = "aux"
@@ -34,7 +35,7 @@ AUX = "aux"
 @dataclass
 class BoundModules:
     """The modules of a bound spec: their names (m0 …), where they start (cuts, from the
-    split), their table rows (mrc.ir.graph.ModuleInfo), the owner of each parameter, the τ of
+    split), their table rows (mrc.techniques.modules.tables.ModuleInfo), the owner of each parameter, the τ of
     each module and the auxiliary heads (in the model as `aux`)."""
 
     spec: Modules
@@ -61,6 +62,26 @@ def module_taus(spec: Modules, k: int) -> tuple[float, ...]:
     if spec.transport == "multipliers":
         return (spec.lambda0 / 2,) * k
     return (0.0,) * k
+
+
+def bind(bound: Any, r: Reporter) -> BoundModules | None:
+    """The technique's binding (`Bound.parts["modules"]`): the modules of a `modules` statement
+    cut from the traced model, their heads attached to it (None: no statement, or reported)."""
+    program = bound.program
+    if program.modules is None:
+        return None
+    if bound.graph_module is None:
+        bound.report_untraced("module-wise training (`modules`) cuts the model into modules at its traced graph",
+                              program.modules.span, r)
+        return None
+    return bind_modules(program, bound.model, bound.graph_module, bound.example, int(bound.data.classes),
+                        bound.data.batch_size, bound.layers, r)
+
+
+def split(bound: Any, parts: tuple[BoundPartition, ...], r: Reporter) -> tuple[BoundPartition, ...]:
+    """The technique's split of the resolved partitions: one per module (none to split without modules)."""
+    mods = bound.parts.get("modules")
+    return parts if mods is None else split_partitions(parts, mods, bound.model, r)
 
 
 def bind_modules(program: Program, model: nn.Module, gm: fx.GraphModule, example: torch.Tensor,

@@ -8,6 +8,7 @@ from torch import fx, nn
 
 from mrc.ir.graph import ScheduleGraph
 from mrc.losses import CLASSIFICATION, Scoring
+from mrc.techniques.modules.tables import MODULES
 
 
 def module_segments(gm: fx.GraphModule, graph: ScheduleGraph, taps: bool = False) -> list[fx.GraphModule]:
@@ -15,7 +16,7 @@ def module_segments(gm: fx.GraphModule, graph: ScheduleGraph, taps: bool = False
     from mrc.techniques.modules import fxsplit
 
     index = {n.name: i for i, n in enumerate(gm.graph.nodes)}
-    cuts = [fxsplit.Cut(index[info.start], info.start, info.path) for info in list(graph.modules.values())[1:]]
+    cuts = [fxsplit.Cut(index[info.start], info.start, info.path) for info in list(graph.table(MODULES).values())[1:]]
     return fxsplit.split_modules(gm, cuts, taps=taps)
 
 
@@ -27,11 +28,11 @@ def evaluate_modules(model: nn.Module, graph: ScheduleGraph, x: torch.Tensor, y:
     evaluating the K classifiers one by one would be quadratic)."""
     if not isinstance(model, fx.GraphModule):
         raise TypeError("module classifiers are cut from the traced model")
-    names = list(graph.modules)
+    names = list(graph.table(MODULES))
     if len(x) == 0:
         return {n: scoring.empty() for n in names}
     segments = module_segments(model, graph)
-    heads = [model.get_submodule(graph.modules[n].head) if i < len(names) - 1 else None
+    heads = [model.get_submodule(graph.table(MODULES)[n].head) if i < len(names) - 1 else None
              for i, n in enumerate(names)]
     sums = scoring.sums
     totals = [[0.0] * len(sums) for _ in names]

@@ -17,49 +17,66 @@ epochs/laps epochs each, run `laps` times (`ScheduleGraph.laps`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import replace
+from functools import partial
+from typing import Any
 
 from mrc.binding import Bound
 from mrc.ir.graph import Pattern
 from mrc.ir.ops import Backward, Batch, Forward, Op, Rule, Scope, Update, Value
+from mrc.ir.tables import TableKind
 from mrc.losses import op_fields
+from mrc.techniques.base import Expansion, StagePlan
+from mrc.techniques.modules.bind import BoundModules
 from mrc.techniques.modules.ops import AuxHead, LocalLoss
+from mrc.techniques.modules.tables import MODULES
 from mrc.techniques.multirate.bind import BoundPartition
 from mrc.techniques.multirate.expand import drifts, updating
 from mrc.techniques.multirate.ops import Drift
 
 
-@dataclass(frozen=True)
-class StagePlan:
-    """A stage to build: its name, length (epochs; None: the run's length) and the modules it
-    trains (indices)."""
-
-    name: str
-    length: int | None
-    training: frozenset[int]
+def modules_of(bound: Bound) -> BoundModules:
+    """The bound modules (`Bound.parts["modules"]`, mrc/techniques/modules/bind.py)."""
+    return bound.parts["modules"]
 
 
-def stage_plans(bound: Bound) -> tuple[list[StagePlan], int]:
-    """The stages of the regime and how many laps they run."""
-    mods = bound.modules
+def stage_plans(bound: Bound) -> tuple[list[StagePlan], int] | None:
+    """The stages of the regime, each with the modules it trains, and how many laps they run
+    (None without module-wise training)."""
+    mods = bound.parts.get("modules")
+    if mods is None:
+        return None
     spec = mods.spec
     k = len(mods.names)
     if spec.regime == "parallel":
-        return [StagePlan("train", None, frozenset(range(k)))], 1
+        return [StagePlan("train", None, partial(expand_modules_step, training=frozenset(range(k))))], 1
     epochs = spec.epochs or bound.program.train.epochs or 1
     laps = spec.laps if spec.regime == "laps" else 1
-    return [StagePlan(n, epochs // laps, frozenset({i})) for i, n in enumerate(mods.names)], laps
+    return [StagePlan(n, epochs // laps, partial(expand_modules_step, training=frozenset({i})))
+            for i, n in enumerate(mods.names)], laps
 
 
 def multiplier_every(bound: Bound) -> int:
     """The multiplier update's interval (1 when the transport is not driven by multipliers)."""
-    mods = bound.modules
+    mods = bound.parts.get("modules")
     return mods.spec.every if mods is not None and mods.spec.transport == "multipliers" else 1
+
+
+def rates(bound: Bound) -> tuple[int, ...]:
+    """The multiplier update's clock (none without module-wise training)."""
+    return (multiplier_every(bound),) if "modules" in bound.parts else ()
+
+
+def tables(bound: Bound) -> Mapping[TableKind[Any], Any]:
+    """The modules' table (none without module-wise training)."""
+    mods = bound.parts.get("modules")
+    return {MODULES: dict(mods.infos)} if mods is not None else {}
 
 
 def module_parts(bound: Bound) -> dict[str, list[BoundPartition]]:
     """Each module's partitions (`NAME@mk`), in partition order."""
-    mods = bound.modules
+    mods = modules_of(bound)
     out: dict[str, list[BoundPartition]] = {n: [] for n in mods.names}
     for p in bound.partitions:
         out[p.name.rpartition("@")[2]].append(p)
@@ -67,7 +84,7 @@ def module_parts(bound: Bound) -> dict[str, list[BoundPartition]]:
 
 
 def _layer_index(bound: Bound) -> dict[str, int]:
-    index = bound.modules.layer_index
+    index = modules_of(bound).layer_index
     if not index:
         index.update({layer: j for j, layer in enumerate(bound.layers)})
     return index
@@ -76,7 +93,7 @@ def _layer_index(bound: Bound) -> dict[str, int]:
 def layer_span(bound: Bound, i: int) -> tuple[int, int | None]:
     """Module i's [start, stop) in the graph's layer list (its first parameterised layer; stop
     None for the last module)."""
-    mods = bound.modules
+    mods = modules_of(bound)
     index = _layer_index(bound)
 
     def first(m: int) -> int:
@@ -93,7 +110,7 @@ def expand_modules_step(pattern: Pattern, bound: Bound, scope: Scope, n: int, ba
                         rule_for: dict[str, tuple[Rule, float]], training: frozenset[int]) -> list[Op]:
     """Add one module-wise step of replica `scope` (its own step n) to `pattern`; see the module
     docstring. Returns the ops the step ends with."""
-    mods = bound.modules
+    mods = modules_of(bound)
     spec = mods.spec
     program = bound.program
     parts = module_parts(bound)
@@ -143,3 +160,6 @@ def expand_modules_step(pattern: Pattern, bound: Bound, scope: Scope, n: int, ba
             if drifts(p):
                 tail.append(pattern.add(Drift(ms, p.name, 1.0 / p.spec.every), pattern.after(moved)))
     return tail
+
+
+EXPANSION = Expansion(rates=rates, stages=stage_plans, tables=tables)

@@ -25,7 +25,9 @@ from mrc.ir.ops import Forward
 from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
 from mrc.techniques.core.lower import FUSED, fused_integrator, prepared_loss, replica
 from mrc.techniques.distributed.lower import BlockCuts
+from mrc.techniques.distributed.tables import PLACEMENT
 from mrc.techniques.modules.ops import AuxHead, LocalLoss, MicroBackward, MicroBatch
+from mrc.techniques.modules.tables import MODULES
 
 
 def module_index(name: str) -> int:
@@ -44,7 +46,7 @@ def pieces(ctx: Lowering, r: str) -> list[fx.GraphModule]:
             raise LoweringError("module-wise training needs the traced model of each replica")
         index = {n.name: i for i, n in enumerate(gm.graph.nodes)}
         cuts = []
-        for name, info in list(ctx.graph.modules.items())[1:]:
+        for name, info in list(ctx.graph.table(MODULES).items())[1:]:
             if info.start not in index:
                 raise LoweringError(f"module {name} starts at fx node `{info.start}`, which the model does not have")
             cuts.append(fxsplit.Cut(index[info.start], info.start, info.path))
@@ -150,9 +152,10 @@ def lower_local_loss(op: LocalLoss, pattern: Pattern, ctx: Lowering) -> StepFn:
         lambda0, h, _ = op.multipliers
         lam = _lambda(ctx, r, m, lambda0)
         update = op.update_multiplier
-    tau = ctx.graph.modules[m].tau if m in ctx.graph.modules else 0.0
+    modules = ctx.graph.table(MODULES)
+    tau = modules[m].tau if m in modules else 0.0
     rec["tau" if lam is None else "lambda"] = tau if lam is None else lam
-    placed = ctx.graph.placement
+    placed = ctx.graph.table(PLACEMENT)
     # data parallelism: λ follows the global batch's CE (each rank's shard weighted), so that
     # every rank keeps the same λ
     shared_ce = lam is not None and ctx.world.active and placed is not None and placed.mode == "data"
@@ -204,7 +207,7 @@ def _register_metrics(ctx: Lowering) -> None:
     ctx.cache["modules.metrics"] = True
     records: dict[tuple[str, str], dict[str, Any]] = ctx.cache.setdefault("modules.records", {})
 
-    placed = ctx.graph.placement
+    placed = ctx.graph.table(PLACEMENT)
     gather = ctx.world.active and placed is not None and placed.mode == "pipeline"
 
     def metrics() -> dict[str, Any]:
@@ -288,7 +291,7 @@ def lower_micro_backward(op: MicroBackward, pattern: Pattern, ctx: Lowering) -> 
 def register_sync(ctx: Lowering) -> None:
     """Before evaluation or saving, broadcast each module's parameters and buffers from the rank
     that trains it (once per lowering; nothing in one process)."""
-    placement = ctx.graph.placement
+    placement = ctx.graph.table(PLACEMENT)
     if placement is None or placement.mode != "pipeline" or not ctx.world.active or ctx.cache.get("pipeline.sync"):
         return
     ctx.cache["pipeline.sync"] = True
@@ -296,7 +299,7 @@ def register_sync(ctx: Lowering) -> None:
     model = ctx.bound.model
     seen: set[int] = set()
     groups: list[tuple[int, list[torch.Tensor]]] = []  # (owner rank, tensors of one dtype)
-    for name, info in graph.modules.items():
+    for name, info in graph.table(MODULES).items():
         owner = placement.rank_of(name)
         tensors: list[torch.Tensor] = []
         for part in graph.partitions:

@@ -43,20 +43,20 @@ from __future__ import annotations
 
 import dataclasses
 
-from mrc.ir.graph import Pattern, PlacementInfo, ScheduleGraph
+from mrc.ir.graph import Pattern, ScheduleGraph
 from mrc.ir.ops import Backward, GraphError, Op, Value
-from mrc.techniques.distributed.expand import placer, scoped
+from mrc.techniques.distributed.expand import scoped
 from mrc.techniques.distributed.p2p import Recv, Send
+from mrc.techniques.distributed.tables import PLACEMENT, PlacementInfo
 from mrc.techniques.modules.ops import MicroBackward, MicroBatch
 
 PER_MICRO = ("forward", "aux_head", "local_loss", "backward")
 """The kinds of a module's ops that run once per micro-batch (the rest run once per step)."""
 
 
-@placer("pipeline")
 def place_pipeline(graph: ScheduleGraph) -> ScheduleGraph:
     """Modules on ranks; see the module docstring."""
-    placement = graph.placement
+    placement = graph.table(PLACEMENT)
     assert placement is not None
     if len(graph.stages) != 1 or graph.laps != 1:
         raise GraphError("a module pipeline runs the parallel regime (one stage)")

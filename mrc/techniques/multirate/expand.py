@@ -25,6 +25,7 @@ from mrc.ir.graph import PartitionInfo, Pattern
 from mrc.ir.ops import Backward, Batch, Forward, Loss, Op, Rule, Scope, Update, Value
 from mrc.losses import op_fields
 from mrc.program import Component, SelectSample
+from mrc.techniques.base import Expansion
 from mrc.techniques.multirate.bind import BoundPartition
 from mrc.techniques.multirate.ops import Drift
 from mrc.techniques.random_subsets.expand import add_resamples, add_restores, is_random
@@ -114,3 +115,11 @@ def expand_step(pattern: Pattern, bound: Bound, scope: Scope, n: int, batch: Bat
             tail.append(pattern.add(Drift(scope, p.name, 1.0 / p.spec.every), pattern.after(last)))
     tail += add_resamples(pattern, parts, scope, n, tail)
     return tail
+
+
+def rates(bound: Bound) -> tuple[int, ...]:
+    """Each partition's rate: its interval starts distinguish the step patterns."""
+    return tuple(p.spec.every for p in bound.partitions)
+
+
+EXPANSION = Expansion(rates=rates)

@@ -8,6 +8,7 @@ from typing import Any
 from mrc.ir.graph import Pattern
 from mrc.ir.ops import UpdateGroup
 from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
+from mrc.techniques.brains.tables import BRAINS
 from mrc.techniques.core.lower import replica
 from mrc.techniques.random_subsets.ops import Resample, Restore
 
@@ -46,7 +47,7 @@ def lower_restore(op: Restore, pattern: Pattern, ctx: Lowering) -> StepFn:
 def lower_resample(op: Resample, pattern: Pattern, ctx: Lowering) -> StepFn:
     r = replica(op)
     integ = subset_integrator(ctx, r, op.partition)
-    stride = ctx.graph.replicas[r].every if r else 1
+    stride = ctx.graph.table(BRAINS).replicas[r].every if r else 1
     every = op.every
 
     def resample(env: Env) -> None:
