@@ -16,6 +16,7 @@ from collections.abc import Hashable
 from mrc.binding import Bound
 from mrc.ir.graph import Pattern, ScheduleGraph, StackInfo, Stage, lcm
 from mrc.ir.ops import EMPTY, Batch, Op, Rule, Scope
+from mrc.target import Target
 from mrc.techniques.brains.expand import brain_batch, brain_rules, landing, merge_rule, replica_table
 from mrc.techniques.brains.ops import Merge
 from mrc.techniques.modules.expand import expand_modules_step, multiplier_every, stage_plans
@@ -31,14 +32,6 @@ def period_of(bound: Bound) -> int:
     return inner
 
 
-def device_of(bound: Bound) -> str:
-    """The device the spec trains on: `auto` is CUDA when one is present."""
-    import torch
-
-    wanted = bound.program.train.device
-    return "cuda" if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()) else "cpu"
-
-
 def _rules(bound: Bound) -> dict[str, tuple[Rule, float]]:
     out = {}
     for p in bound.partitions:
@@ -47,8 +40,8 @@ def _rules(bound: Bound) -> dict[str, tuple[Rule, float]]:
     return out
 
 
-def build_graph(bound: Bound) -> ScheduleGraph:
-    """The naive schedule; see the module docstring."""
+def build_graph(bound: Bound, target: Target) -> ScheduleGraph:
+    """The naive schedule for `target` (the machine it runs on); see the module docstring."""
     program = bound.program
     brains = program.brains
     period = period_of(bound)
@@ -59,13 +52,12 @@ def build_graph(bound: Bound) -> ScheduleGraph:
     else:
         stages, laps = [build_stage(bound, period, "train", None, None)], 1
     graph = ScheduleGraph(stages, partition_table(bound), replica_table(bound) if brains else {},
-                          bound.layers, device_of(bound), getattr(program.train, "kernels", "auto"),
+                          bound.layers, target, getattr(program.train, "kernels", "auto"),
                           merge if brains else None, rule_of(program.schedule),
                           modules=dict(bound.modules.infos) if bound.modules is not None else {}, laps=laps,
-                          stacks=stack_table(bound), placement=getattr(bound, "placement", None),
-                          precision=getattr(program.train, "precision", "32"))
+                          stacks=stack_table(bound), placement=getattr(bound, "placement", None))
     if brains:
-        from mrc.techniques.brains.stack import obstacle
+        from mrc.techniques.brains.batchable import obstacle
 
         graph.stack_obstacle = stack_obstacle(bound) or (
             obstacle(bound.graph_module) if bound.graph_module is not None else "the model is not traced")

@@ -22,8 +22,8 @@ from mrc.passes.select_kernels import SelectKernels
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (PruneGradients, FreezePrefix, GroupUpdates,
                                                      SelectKernels, FuseDrift, BatchBrains, MgritRegions,
                                                      Distribute, Precision)}
-DEFAULT_PIPELINE: tuple[str, ...] = ("prune-gradients", "freeze-prefix", "group-updates",
-                                     "select-kernels", "fuse-drift", "batch-brains", "mgrit-regions",
+DEFAULT_PIPELINE: tuple[str, ...] = ("prune-gradients", "freeze-prefix", "group-updates", "mgrit-regions",
+                                     "select-kernels", "fuse-drift", "batch-brains",
                                      "distribute", "precision")
 
 __all__ = ["DEFAULT_PIPELINE", "PASSES", "BatchBrains", "Distribute",

@@ -1,7 +1,7 @@
 """The schedule graph (IR version 2): stages of periods, each period a few distinct step patterns.
 
     ScheduleGraph ── stages: Stage(name, length, period, patterns, pattern_of)
-                  ── partitions / replicas / layers / params / device / notes (typed tables)
+                  ── partitions / replicas / layers / params / target / notes (typed tables)
     Pattern       ── one networkx.DiGraph of ops (mrc.ir.ops) with value edges, and the steps of
                      the period that run it
 
@@ -28,6 +28,7 @@ from typing import Any
 import networkx as nx
 
 from mrc.ir.ops import OP_KINDS, ORDER, Forward, GraphError, Op, Value, decode
+from mrc.target import Target
 
 
 class Pattern:
@@ -326,7 +327,8 @@ class ScheduleGraph:
     partitions: dict[str, PartitionInfo] = field(default_factory=dict)
     replicas: dict[str, ReplicaInfo] = field(default_factory=dict)
     layers: tuple[str, ...] = ()
-    device: str = "cpu"
+    target: Target = field(default_factory=Target)
+    """The machine the schedule is compiled for (mrc/target.py): its device, precision, world…"""
     kernels: str = "auto"
     final_merge: Any = None  # MergeRule | None: the rule the final model is merged by (brains)
     lr_schedule: Any = None  # Rule | None: the learning-rate schedule (name and arguments)
@@ -339,11 +341,19 @@ class ScheduleGraph:
     """Residual stacks solved by MGRIT, by module path."""
     placement: PlacementInfo | None = None
     """The processes of a run of several, and what each holds (None: one process)."""
-    precision: str = "32"
-    """`32`, `bf16` or `16-mixed` (`train(precision)`): the precision pass writes it into the
-    forwards (autocast) and backwards (loss scaling) that lowering reads."""
 
     # ---- shortcuts --------------------------------------------------------------------------
+
+    @property
+    def device(self) -> str:
+        """The target's device (`cpu` or `cuda`)."""
+        return self.target.device
+
+    @property
+    def precision(self) -> str:
+        """`32`, `bf16` or `16-mixed` (the target's, from `train(precision)`): the precision pass
+        writes it into the forwards (autocast) and backwards (loss scaling) that lowering reads."""
+        return self.target.precision
 
     @property
     def stage(self) -> Stage:
@@ -369,10 +379,9 @@ class ScheduleGraph:
 
     def copy(self) -> ScheduleGraph:
         return ScheduleGraph([s.copy() for s in self.stages], dict(self.partitions), dict(self.replicas),
-                             self.layers, self.device, self.kernels, self.final_merge, self.lr_schedule,
+                             self.layers, self.target, self.kernels, self.final_merge, self.lr_schedule,
                              self.stack_obstacle,
-                             list(self.notes), dict(self.modules), self.laps, dict(self.stacks), self.placement,
-                             self.precision)
+                             list(self.notes), dict(self.modules), self.laps, dict(self.stacks), self.placement)
 
     def reindex(self) -> None:
         for s in self.stages:
@@ -508,7 +517,7 @@ class ScheduleGraph:
                                      for p in s.patterns]} for s in self.stages],
             "partitions": {n: _partition_json(asdict(i)) for n, i in self.partitions.items()},
             "replicas": {n: asdict(i) for n, i in self.replicas.items()},
-            "layers": list(self.layers), "device": self.device, "kernels": self.kernels,
+            "layers": list(self.layers), "target": asdict(self.target), "kernels": self.kernels,
             "final_merge": None if self.final_merge is None else self.final_merge.to_json(),
             "lr_schedule": None if self.lr_schedule is None else self.lr_schedule.to_json(),
             "stack_obstacle": self.stack_obstacle, "notes": list(self.notes),
@@ -522,8 +531,6 @@ class ScheduleGraph:
                               for n, i in self.stacks.items()}
         if self.placement is not None:
             data["placement"] = {**asdict(self.placement), "ranks": [list(x) for x in self.placement.ranks]}
-        if self.precision != "32":
-            data["precision"] = self.precision
         return json.dumps(data, indent=1) + "\n"
 
     @classmethod
@@ -551,14 +558,14 @@ class ScheduleGraph:
                    {n: PartitionInfo(**{**i, "params": tuple(i["params"]), "partial": tuple(i.get("partial", ()))})
                     for n, i in data["partitions"].items()},
                    {n: ReplicaInfo(**i) for n, i in data["replicas"].items()},
-                   tuple(data["layers"]), data["device"], data["kernels"],
+                   tuple(data["layers"]), Target(**data["target"]), data["kernels"],
                    None if fm is None else decode(fm),
                    sched, data["stack_obstacle"], list(data["notes"]),
                    {n: ModuleInfo(**{**i, "layers": tuple(i["layers"])}) for n, i in data.get("modules", {}).items()},
                    data.get("laps", 1),
                    {n: StackInfo(**{**i, "coarsening": tuple(i["coarsening"]), "relax": tuple(i["relax"])})
                     for n, i in data.get("stacks", {}).items()},
-                   _placement(data.get("placement")), data.get("precision", "32"))
+                   _placement(data.get("placement")))
 
 
 def _placement(data: dict[str, Any] | None) -> PlacementInfo | None:

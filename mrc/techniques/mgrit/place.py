@@ -25,14 +25,12 @@ import dataclasses
 from mrc.ir.graph import Pattern, ScheduleGraph, StackInfo
 from mrc.ir.ops import ORDER, Backward, GraphError, Op, Value
 from mrc.techniques.distributed.expand import between_backward_and_readers, placer
+from mrc.techniques.mgrit.grid import Blocks, Settings, adjoint_blocks, layer_blocks
 from mrc.techniques.mgrit.ops import SolvePhase, SumStackGrads
-from mrc.techniques.mgrit.ranks import Blocks, adjoint_blocks, layer_blocks
 
 
 def stack_blocks(info: StackInfo, world: int) -> tuple[Blocks, Blocks]:
     """The forward and the adjoint solve's layer blocks of `world` ranks."""
-    from mrc.techniques.mgrit.solver import Settings
-
     settings = Settings(info.levels, info.coarsening, info.relax, info.forward_iters)
     forward = layer_blocks(info.steps, settings, world)
     if isinstance(forward, str):
