@@ -517,7 +517,7 @@ class ScheduleGraph:
                                      for p in s.patterns]} for s in self.stages],
             "partitions": {n: _partition_json(asdict(i)) for n, i in self.partitions.items()},
             "replicas": {n: asdict(i) for n, i in self.replicas.items()},
-            "layers": list(self.layers), "target": asdict(self.target), "kernels": self.kernels,
+            "layers": list(self.layers), "target": _target_json(self.target), "kernels": self.kernels,
             "final_merge": None if self.final_merge is None else self.final_merge.to_json(),
             "lr_schedule": None if self.lr_schedule is None else self.lr_schedule.to_json(),
             "stack_obstacle": self.stack_obstacle, "notes": list(self.notes),
@@ -566,6 +566,14 @@ class ScheduleGraph:
                    {n: StackInfo(**{**i, "coarsening": tuple(i["coarsening"]), "relax": tuple(i["relax"])})
                     for n, i in data.get("stacks", {}).items()},
                    _placement(data.get("placement")))
+
+
+def _target_json(target: Target) -> dict[str, Any]:
+    """The target as the schedule of every rank: without this process's own rank, so that every
+    rank's graph (and its fingerprint, which checkpoints keep) is the same."""
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(target).items() if k not in ("rank", "local_rank")}
 
 
 def _placement(data: dict[str, Any] | None) -> PlacementInfo | None:
