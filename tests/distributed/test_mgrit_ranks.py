@@ -70,7 +70,7 @@ def compare_case(variant: str, depth: int, levels: int, cf: int, relax: str, fwd
     """One rank's largest differences from the one-process solver in one case (see the module docstring)."""
     from mrc.runtime.world import current
     from mrc.techniques.mgrit import ranks as R
-    from mrc.techniques.mgrit.grid import Settings
+    from mrc.techniques.mgrit.grid import Settings, adjoint_blocks, layer_blocks
     from mrc.techniques.mgrit.propagate import StackPropagator
     from mrc.techniques.mgrit.solver import MGRIT, Adjoint, lambdas
 
@@ -78,9 +78,9 @@ def compare_case(variant: str, depth: int, levels: int, cf: int, relax: str, fwd
     stack, u0 = _stack(variant, depth, seed=depth)
     prop = StackPropagator(stack)
     fs, bs = Settings(levels, cf, relax, fwd_iters), Settings(levels, cf, relax, bwd_iters)
-    blocks = R.layer_blocks(depth, fs, world.size)
+    blocks = layer_blocks(depth, fs, world.size)
     assert not isinstance(blocks, str), blocks
-    adj = R.adjoint_blocks(depth, fs, blocks)
+    adj = adjoint_blocks(depth, fs, blocks)
     (lo, hi), (a, b) = blocks[world.rank], adj[world.rank]
     err: dict[str, float] = {}
 

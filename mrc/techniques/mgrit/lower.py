@@ -149,8 +149,8 @@ class StackSolve:
                         blocks: Blocks) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         """This rank's block of the adjoint solve: λ_0 on every rank, and the gradients of the block's
         layers (None for the others: the `mgrit_sum_grads` after the backward adds them up)."""
+        from mrc.techniques.mgrit.grid import adjoint_blocks
         from mrc.techniques.mgrit.ranks import (
-            adjoint_blocks,
             adjoint_table,
             block_lambdas,
             block_param_grads,

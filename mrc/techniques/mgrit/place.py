@@ -3,8 +3,8 @@
 `distributed layers` runs every op on every rank — the layers around the stack on the full
 batch, identically, so their gradients need no reduction — and splits each stack's solves: the
 placer writes into every phase op the layer block each rank solves (`SolvePhase.blocks`; the
-forward solve's blocks are whole coarsest intervals, `ranks.layer_blocks`, the adjoint's the same
-counted from N, `ranks.adjoint_blocks`), and puts a `mgrit_sum_grads` between each backward that
+forward solve's blocks are whole coarsest intervals, `grid.layer_blocks`, the adjoint's the same
+counted from N, `grid.adjoint_blocks`), and puts a `mgrit_sum_grads` between each backward that
 differentiates stack layers and the updates that read its gradients: each rank's adjoint gave the
 gradients of its own block's layers only, and the sum gives every rank the whole stack's, so the
 replicated parameters move identically everywhere.
