@@ -123,7 +123,8 @@ def compile_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] 
                  training: bool = False, world: int | None = None, target: Target | None = None) -> Compiled:
     """Spec → checked program → bound model → schedule graph → passes, for `target` (default:
     this machine as `target_of` sees it; world: the processes the run is placed on, default the
-    launcher's WORLD_SIZE, else 1). The graph carries the target (`compiled.graph.target`)."""
+    launcher's WORLD_SIZE, else 1). A target given stands for the spec's `train(device,
+    precision)` and for `world`. The graph carries it (`compiled.target`)."""
     from mrc.passes import DEFAULT_PIPELINE
     from mrc.passmanager import PassManager
     from mrc.schedule import build_graph
