@@ -343,7 +343,8 @@ def run(spec: str | Path | SpecText | Compiled, *, out: str | Path | None = None
         trace = f"{trace}.rank{target.rank}"  # each rank traces what it runs
     sink = open(trace, "w", encoding="utf-8") if trace is not None else None
     try:
-        trainer = Trainer(compiled, out_dir, steps=steps, epochs=epochs, device=device,
+        trainer = Trainer(compiled, out_dir, steps=steps, epochs=epochs,
+                          device=device if isinstance(spec, Compiled) else None,  # else: the target's
                           resume=Path(resume) if resume is not None else None, progress=progress,
                           stop_at=stop_at, trace=sink, observe=observe, interrupt=interrupt,
                           overrides=items, change_length=change_length, tensorboard=tensorboard,
