@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from mrc.target import launcher_place
+
 
 def step_clock(result: Any) -> dict[int, float]:
     """Seconds since the start of the run at each logged step of an mrc `TrainResult`.
@@ -105,9 +107,10 @@ def _rank_entry(index: int, rank_main: Callable[[Any], None], args: Any, port: i
 
 def _joined(rank_main: Callable[[Any], None], args: Any, threads: int, backend: str, device: str) -> None:
     from mrc.runtime import world as worlds
+    from mrc.target import detect
 
     torch.set_num_threads(threads)
-    worlds.join(backend, timeout_s=300.0, device=device)
+    worlds.join(detect(device, backend=backend), timeout_s=300.0)
     try:
         rank_main(args)
     except BaseException:
@@ -120,10 +123,9 @@ def on_ranks(rank_main: Callable[[Any], None], args: Any, *, threads: int = 1, b
              device: str = "cpu") -> None:
     """Run `rank_main(args)` on every rank: in this process when torchrun started it (then
     `args.world` is set to its WORLD_SIZE), else on `args.world` spawned processes here."""
-    import os
     import socket
 
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    if launcher_place() is not None:
         args.world = world_of(args.world)
         _joined(rank_main, args, threads, backend, device)
         return
@@ -138,7 +140,5 @@ def on_ranks(rank_main: Callable[[Any], None], args: Any, *, threads: int = 1, b
 
 def world_of(asked: int) -> int:
     """The number of processes: torchrun's WORLD_SIZE when it started this one, else `asked`."""
-    import os
-
-    size = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    return size if size > 1 else asked
+    placed = launcher_place()
+    return placed[0] if placed is not None else asked

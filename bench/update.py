@@ -41,9 +41,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from mrc.kernels import pick_kernel
 from mrc.kernels.flat import FlatGroup
 from mrc.kernels.sgd import sgd_torch, sgd_triton
+
+from mrc.target import detect
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
 BYTES_PER_PARAM = 5 * 4  # θ read + write, g read, p read + write, float32
@@ -157,7 +158,8 @@ def build(device: torch.device, n: int) -> list[Variant]:
         return Variant(name, step, theta, update_bytes)
 
     variants.append(mrc_variant("mrc torch path", sgd_torch))
-    if pick_kernel(device) == "triton":
+    target = detect(device.type)
+    if target.device == "cuda" and target.triton:
         variants.append(mrc_variant("mrc triton", sgd_triton))
 
     # the ceiling: a copy moving the same number of bytes

@@ -19,6 +19,7 @@ from mrc.check.checker import check
 from mrc.diagnostics import CompileError, Diagnostic, Reporter, Span
 from mrc.parser import parse, parse_overrides
 from mrc.program import Program
+from mrc.target import Target, TargetError, detect
 
 if TYPE_CHECKING:  # torch is imported only by the commands that need it
     from mrc.binding import Bound
@@ -33,6 +34,11 @@ class Compiled:
     bound: Bound
     initial_graph: ScheduleGraph
     graph: ScheduleGraph
+
+    @property
+    def target(self) -> Target:
+        """The machine it was compiled for (the graph carries it)."""
+        return self.graph.target
 
 
 def read_spec(path: str | Path) -> tuple[str, str]:
@@ -80,11 +86,26 @@ def bind_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] | N
     world: the number of processes the run is placed on (default: the launcher's WORLD_SIZE,
     1 without one)."""
     program = check_spec(path, overrides)  # first: a spec with errors imports no torch
+    return _bind(program, target_of(program, world), training)
+
+
+def target_of(program: Program, world: int | None = None) -> Target:
+    """The Target a checked spec compiles for on this machine (mrc/target.py): its
+    `train(device, precision)` and `distributed … (backend=…)`, and the launcher's world and rank
+    (`world` places it on that many processes instead)."""
+    d = program.distributed
+    try:
+        return detect(program.train.device, program.train.precision, d.backend if d is not None else "auto",
+                      world)
+    except TargetError as err:
+        raise CompileError([Diagnostic(str(err), Span(program.file, 0, 0, 0, 0))]) from None
+
+
+def _bind(program: Program, target: Target, training: bool) -> Bound:
     from mrc.binding import bind
-    from mrc.runtime.world import size_from_env
 
     r = Reporter()
-    bound = bind(program, r, training, world if world is not None else size_from_env())
+    bound = bind(program, r, training, target.world)
     r.raise_if_failed()
     assert bound is not None
     for d in r.diagnostics:  # warnings
@@ -99,15 +120,20 @@ def bind_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] | N
 def compile_spec(path: str | Path, overrides: Mapping[str, str] | Sequence[str] | None = None, *,
                  pipeline: Sequence[str] | None = None, stop_after: str | None = None,
                  print_after: Sequence[str] = (), time_passes: bool = False,
-                 training: bool = False, world: int | None = None) -> Compiled:
-    """Spec → checked program → bound model → schedule graph → passes. world: the processes
-    the run is placed on (default: the launcher's WORLD_SIZE, else 1)."""
+                 training: bool = False, world: int | None = None, target: Target | None = None) -> Compiled:
+    """Spec → checked program → bound model → schedule graph → passes, for `target` (default:
+    this machine as `target_of` sees it; world: the processes the run is placed on, default the
+    launcher's WORLD_SIZE, else 1). A target given stands for the spec's `train(device,
+    precision)` and for `world`. The graph carries it (`compiled.target`)."""
     from mrc.passes import DEFAULT_PIPELINE
     from mrc.passmanager import PassManager
     from mrc.schedule import build_graph
 
-    bound = bind_spec(path, overrides, training=training, world=world)
-    initial = build_graph(bound)
+    program = check_spec(path, overrides)  # first: a spec with errors imports no torch
+    if target is None:
+        target = target_of(program, world)
+    bound = _bind(program, target, training)
+    initial = build_graph(bound, target)
     manager = PassManager(list(pipeline or DEFAULT_PIPELINE), print_after, time_passes)
     graph = manager.run(initial, stop_after=stop_after)
     return Compiled(bound.program, bound, initial, graph)
@@ -280,11 +306,11 @@ def run(spec: str | Path | SpecText | Compiled, *, out: str | Path | None = None
     if device is not None and not isinstance(spec, Compiled) and f"train.device={device}" not in items:
         items = [*items, f"train.device={device}"]
     compiled = spec if isinstance(spec, Compiled) else compile_spec(spec, items, training=True)
-    from mrc.launch import rank
     from mrc.runtime import rundir
     from mrc.runtime.checkpoint import CheckpointError, prepare_out_dir
 
-    leader = (rank() or 0) == 0
+    target = compiled.target
+    leader = target.leader
     if resume is not None and steps is None and epochs is None:
         from mrc.runtime.trainer import fingerprint
 
@@ -292,7 +318,7 @@ def run(spec: str | Path | SpecText | Compiled, *, out: str | Path | None = None
         if done is not None:  # nothing to resume: say so and change nothing
             return _finished_run(compiled, Path(resume), done)
     run_id = None
-    if out is None and resume is None and save and rank() is not None:  # every process must agree
+    if out is None and resume is None and save and target.world > 1:  # every process must agree
         run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
         if run_id in ("", "none"):
             raise CheckpointError("several processes and no --out: give --out DIR so that they write one run")
@@ -309,15 +335,16 @@ def run(spec: str | Path | SpecText | Compiled, *, out: str | Path | None = None
             source = Path(spec) if isinstance(spec, str | Path) else Path(compiled.program.file)
             rundir.write_record(out_dir, source if source.is_file() else None, items,
                                 text=spec.text if isinstance(spec, SpecText) else None,
-                                world=int(os.environ.get("WORLD_SIZE", "1") or 1), resumed=resume is not None,
+                                world=target.world, resumed=resume is not None,
                                 device=device or "", length=f"--steps {steps}" if steps else
                                 f"--epochs {epochs}" if epochs else "")
 
-    if trace is not None and (rank() or 0) > 0:
-        trace = f"{trace}.rank{rank()}"  # each rank traces what it runs
+    if trace is not None and target.rank > 0:
+        trace = f"{trace}.rank{target.rank}"  # each rank traces what it runs
     sink = open(trace, "w", encoding="utf-8") if trace is not None else None
     try:
-        trainer = Trainer(compiled, out_dir, steps=steps, epochs=epochs, device=device,
+        trainer = Trainer(compiled, out_dir, steps=steps, epochs=epochs,
+                          device=device if isinstance(spec, Compiled) else None,  # else: the target's
                           resume=Path(resume) if resume is not None else None, progress=progress,
                           stop_at=stop_at, trace=sink, observe=observe, interrupt=interrupt,
                           overrides=items, change_length=change_length, tensorboard=tensorboard,

@@ -265,8 +265,13 @@ def _launch_train(args: argparse.Namespace) -> int:
     from mrc.api import check_spec
     from mrc.launch import launch
     from mrc.runtime.checkpoint import CheckpointError, prepare_out_dir
+    from mrc.target import TargetError, launcher_place
 
-    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+    try:
+        launched = launcher_place() is not None
+    except TargetError:
+        launched = True
+    if launched:
         print("mrc train: --nproc starts the processes itself: under torchrun leave it out", file=sys.stderr)
         return EXIT_ERROR
     if args.change_length and args.resume is None:

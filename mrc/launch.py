@@ -60,16 +60,18 @@ _LOGGERS = ("torch.distributed.elastic", "torch.distributed.launcher")
 
 def rank() -> int | None:
     """This process's rank in a run of several processes; None in a one-process run. The
-    world it joined (`mrc.runtime.world.current`) if any, else the launcher's RANK (a rank
-    that fails before joining still knows who it is). Imports no torch."""
+    world it joined (`mrc.runtime.world.current`) if any, else the launcher's RANK as the
+    Target reads it (a rank that fails before joining still knows who it is). Imports no torch."""
     world = sys.modules.get("mrc.runtime.world")
     if world is not None and world.current().active:
         return int(world.current().rank)
+    from mrc.target import TargetError, launcher_place
+
     try:
-        size = int(os.environ.get("WORLD_SIZE", "1") or 1)
-        return int(os.environ["RANK"]) if size > 1 else None
-    except (KeyError, ValueError):
+        placed = launcher_place()
+    except TargetError:
         return None
+    return placed[1] if placed is not None else None
 
 
 def leader() -> bool:

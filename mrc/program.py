@@ -286,11 +286,11 @@ class Sweep:
 
 @dataclass(frozen=True, slots=True)
 class TrainSettings:
-    """The `train(…)` settings. kernels: how update groups run — `auto` (Triton where it runs,
-    else torch), `torch`, `triton` or `torch.optim` (it replaces the `MRC_KERNELS` environment
-    variable); threads: torch intra-op threads (0: chosen for the model's size); precision: `32`
-    (float32 throughout), `bf16` (forwards under bfloat16 autocast) or `16-mixed` (float16
-    autocast with a gradient scaler, CUDA only) — parameters and optimizer state stay float32."""
+    """The `train(…)` settings. kernels: how update groups and MGRIT solves run — `auto`
+    (Triton where it runs, else torch), `torch`, `triton` or `torch.optim`; threads: torch
+    intra-op threads (0: chosen for the model's size); precision: `32` (float32 throughout),
+    `bf16` (forwards under bfloat16 autocast) or `16-mixed` (float16 autocast with a gradient
+    scaler, CUDA only) — parameters and optimizer state stay float32."""
 
     epochs: int | None = None
     steps: int | None = None

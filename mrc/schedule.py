@@ -25,6 +25,7 @@ from collections.abc import Callable, Hashable
 from mrc.binding import Bound
 from mrc.ir.graph import Pattern, ScheduleGraph, Stage, lcm
 from mrc.ir.ops import EMPTY, Batch, Op, Rule, Scope
+from mrc.target import Target
 from mrc.techniques import techniques
 from mrc.techniques.base import Expansion, ReplicaStep, Replication, StagePlan, StepExpander, resolve
 from mrc.techniques.multirate.expand import expand_step, partition_lr, partition_table, rule_of
@@ -43,14 +44,6 @@ def rates_of(bound: Bound) -> list[int]:
 def period_of(bound: Bound) -> int:
     """The least common multiple of every technique's rates, stretched by the replicas'."""
     return replication_of(bound).period(lcm(rates_of(bound)))
-
-
-def device_of(bound: Bound) -> str:
-    """The device the spec trains on: `auto` is CUDA when one is present."""
-    import torch
-
-    wanted = bound.program.train.device
-    return "cuda" if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()) else "cpu"
 
 
 def rules_of(bound: Bound) -> dict[str, tuple[Rule, float]]:
@@ -97,17 +90,16 @@ def stage_plans(bound: Bound) -> tuple[list[StagePlan], int]:
     return found[0][1] if found else ([StagePlan("train")], 1)
 
 
-def build_graph(bound: Bound) -> ScheduleGraph:
-    """The naive schedule; see the module docstring."""
+def build_graph(bound: Bound, target: Target) -> ScheduleGraph:
+    """The naive schedule for `target` (the machine it runs on); see the module docstring."""
     program = bound.program
     rates = rates_of(bound)
     replication = replication_of(bound)
     period = replication.period(lcm(rates))
     plans, laps = stage_plans(bound)
     stages = [build_stage(bound, period, plan, rates, replication) for plan in plans]
-    graph = ScheduleGraph(stages, partition_table(bound), bound.layers, device_of(bound),
-                          getattr(program.train, "kernels", "auto"), rule_of(program.schedule), laps=laps,
-                          precision=getattr(program.train, "precision", "32"))
+    graph = ScheduleGraph(stages, partition_table(bound), bound.layers, target,
+                          getattr(program.train, "kernels", "auto"), rule_of(program.schedule), laps=laps)
     for t in techniques():  # every table of every technique, in registry order (JSON writes them so)
         for ref in t.tables:
             kind = resolve(ref)

@@ -21,7 +21,7 @@ from mrc.techniques.base import Technique, resolve
 def pipeline(registry: tuple[Technique, ...]) -> tuple[dict[str, type[Pass]], tuple[str, ...]]:
     """Every technique's passes by name, and the default pipeline: each pass right after the
     pass its `after` names (after the passes earlier techniques put there), first for "", last
-    for None."""
+    for None — or right before the pass its `before` names."""
     passes: dict[str, type[Pass]] = {}
     order: list[str] = []
     anchor: dict[str, str | None] = {}
@@ -39,10 +39,14 @@ def pipeline(registry: tuple[Technique, ...]) -> tuple[dict[str, type[Pass]], tu
         for p in t.passes:
             if p.name in passes:
                 raise ValueError(f"pass `{p.name}` of technique {t.name} is a pass already")
-            if p.after and p.after not in passes:
-                raise ValueError(f"pass `{p.name}` of technique {t.name} runs after `{p.after}`, which is no pass")
+            for where, other in (("after", p.after), ("before", p.before)):
+                if other and other not in passes:
+                    raise ValueError(f"pass `{p.name}` of technique {t.name} runs {where} `{other}`, "
+                                     "which is no pass")
             passes[p.name] = resolve(p.ref)
-            if p.after is None:
+            if p.before:
+                at = order.index(p.before)
+            elif p.after is None:
                 at = len(order)
             elif not p.after:
                 at = 0

@@ -1,7 +1,9 @@
-"""select-kernels: choose how each update group runs.
+"""select-kernels: choose how each update group and each MGRIT solve runs.
 
-Requires: update groups (run after group-updates); the graph's `device` (`cpu` or `cuda`) and
-`kernels` setting (`train(kernels=auto|torch|triton|torch.optim)`).
+Requires: update groups (run after group-updates) and the MGRIT phase ops (after
+mgrit-regions); the graph's target (mrc/target.py: its device, and whether Triton runs there)
+and `kernels` setting (`train(kernels=auto|torch|triton|torch.optim)`). It asks nothing of the
+machine itself: the target was decided once, by the CLI or the API.
 Ensures: every update group's `kernel` is one of
   `triton`       SGD-family rules on a CUDA device: one fused Triton launch per group over a flat
                  buffer; Adam/AdamW rules without drift likewise; Langevin's O-step on CUDA;
@@ -16,6 +18,9 @@ the CPU takes the fused torch update only for rules with a drifting partition, w
 the drift into the update pass; elsewhere torch.optim's
 foreach SGD is as fast and needs no pass to zero the flat gradient buffer. `kernels = torch` or
 `triton` forces the fused path where the rule has one; `torch.optim` never fuses.
+Every MGRIT phase op's `kernel` is `triton` (the fused dense step and FAS correction of
+kernels/mgrit.py) for a dense stack on a CUDA target where Triton runs, unless `kernels` is
+`torch` or `torch.optim`; else `torch`.
 
 Example (an sgd rule with a drifting partition, CPU):
     before:  update_group head {head} sgd() lr=[0.1] kernel=torch.optim
@@ -32,17 +37,19 @@ from mrc.passes.base import Pass
 from mrc.ir.graph import ScheduleGraph
 from mrc.ir.ops import Rule, UpdateGroup
 from mrc.optim.families import family
+from mrc.target import Target
+from mrc.techniques.mgrit.ops import SolvePhase
+from mrc.techniques.mgrit.tables import STACKS, StackInfo
 
 
-def _triton_here(device: str) -> bool:
-    from mrc.kernels import triton_available
-
-    return device == "cuda" and triton_available()
+def _triton_here(target: Target) -> bool:
+    return target.device == "cuda" and target.triton
 
 
-def kernel_for(rule: Rule, random: bool, device: str, drifts: bool, setting: str = "auto") -> str:
+def kernel_for(rule: Rule, random: bool, target: Target, drifts: bool, setting: str = "auto") -> str:
     """The kernel of one rule's update groups (see the module docstring)."""
-    fused = "triton" if _triton_here(device) else "torch"
+    device = target.device
+    fused = "triton" if _triton_here(target) else "torch"
     if setting == "triton":
         fused = "triton"
     if random:
@@ -64,6 +71,12 @@ def kernel_for(rule: Rule, random: bool, device: str, drifts: bool, setting: str
     return "torch" if drifts else "torch.optim"
 
 
+def stack_kernel(info: StackInfo, target: Target, setting: str = "auto") -> str:
+    """The kernel of an MGRIT stack's solves (see the module docstring)."""
+    fused = _triton_here(target) and info.kind == "dense" and setting in ("auto", "triton")
+    return "triton" if fused else "torch"
+
+
 @dataclass(frozen=True)
 class SelectKernels(Pass):
     name: ClassVar[str] = "select-kernels"
@@ -74,10 +87,15 @@ class SelectKernels(Pass):
         unfusable = _unfusable(graph)
         for p in out.patterns():
             for op in list(p.ops()):
+                if isinstance(op, SolvePhase):
+                    kernel = stack_kernel(graph.table(STACKS)[op.stack], graph.target, graph.kernels)
+                    if kernel != op.kernel:
+                        p.replace(op, replace(op, kernel=kernel))
+                    continue
                 if not isinstance(op, UpdateGroup) or op.kernel == "stacked":
                     continue
                 random = any(graph.partitions[n].random for n in op.partitions)
-                kernel = kernel_for(op.rule, random, graph.device, (op.scope, op.rule) in drifting_rules,
+                kernel = kernel_for(op.rule, random, graph.target, (op.scope, op.rule) in drifting_rules,
                                     graph.kernels)
                 if (op.scope, op.rule) in unfusable and kernel in ("torch", "triton") \
                         and family(op.rule.name).name != "langevin":

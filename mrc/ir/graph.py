@@ -1,7 +1,7 @@
 """The schedule graph (IR version 2): stages of periods, each period a few distinct step patterns.
 
     ScheduleGraph ── stages: Stage(name, length, period, patterns, pattern_of)
-                  ── partitions / layers / device / notes … (the core's typed tables)
+                  ── partitions / layers / target / notes … (the core's typed tables)
                   ── tables: the techniques' tables, by kind (mrc.ir.tables)
     Pattern       ── one networkx.DiGraph of ops (mrc.ir.ops) with value edges, and the steps of
                      the period that run it
@@ -30,6 +30,7 @@ import networkx as nx
 
 from mrc.ir.ops import OP_KINDS, ORDER, Forward, GraphError, Op, Value, decode
 from mrc.ir.tables import TableKind
+from mrc.target import Target
 
 T = TypeVar("T")
 _ABSENT = object()
@@ -207,21 +208,19 @@ class PartitionInfo:
 @dataclass
 class ScheduleGraph:
     """The whole schedule: its stages, the core tables every technique shares (partitions,
-    layers, device, kernels, learning-rate schedule, notes, laps, precision), and the tables
+    layers, target, kernels, learning-rate schedule, notes, laps), and the tables
     techniques register (`tables`, by kind: mrc.ir.tables)."""
 
     stages: list[Stage]
     partitions: dict[str, PartitionInfo] = field(default_factory=dict)
     layers: tuple[str, ...] = ()
-    device: str = "cpu"
+    target: Target = field(default_factory=Target)
+    """The machine the schedule is compiled for (mrc/target.py): its device, precision, world…"""
     kernels: str = "auto"
     lr_schedule: Any = None  # Rule | None: the learning-rate schedule (name and arguments)
     notes: list[str] = field(default_factory=list)
     laps: int = 1
     """The stages run in order `laps` times (multi-lap module-wise training)."""
-    precision: str = "32"
-    """`32`, `bf16` or `16-mixed` (`train(precision)`): the precision pass writes it into the
-    forwards (autocast) and backwards (loss scaling) that lowering reads."""
     tables: dict[TableKind[Any], Any] = field(default_factory=dict)
     """Each technique's tables (frozen values, replaced by `set_table`, never changed in place),
     in the registry's order (mrc/techniques)."""
@@ -238,6 +237,17 @@ class ScheduleGraph:
         self.tables[kind] = value
 
     # ---- shortcuts --------------------------------------------------------------------------
+
+    @property
+    def device(self) -> str:
+        """The target's device (`cpu` or `cuda`)."""
+        return self.target.device
+
+    @property
+    def precision(self) -> str:
+        """`32`, `bf16` or `16-mixed` (the target's, from `train(precision)`): the precision pass
+        writes it into the forwards (autocast) and backwards (loss scaling) that lowering reads."""
+        return self.target.precision
 
     @property
     def stage(self) -> Stage:
@@ -264,8 +274,8 @@ class ScheduleGraph:
     def copy(self) -> ScheduleGraph:
         """A copy whose stages and notes can change without touching this graph (the tables,
         being frozen, are shared)."""
-        return ScheduleGraph([s.copy() for s in self.stages], dict(self.partitions), self.layers, self.device,
-                             self.kernels, self.lr_schedule, list(self.notes), self.laps, self.precision,
+        return ScheduleGraph([s.copy() for s in self.stages], dict(self.partitions), self.layers, self.target,
+                             self.kernels, self.lr_schedule, list(self.notes), self.laps,
                              dict(self.tables))
 
     def reindex(self) -> None:
@@ -401,14 +411,12 @@ class ScheduleGraph:
                                                 for a, b, d in sorted(p.g.edges(data=True), key=lambda e: e[:2])]}
                                      for p in s.patterns]} for s in self.stages],
             "partitions": {n: _partition_json(asdict(i)) for n, i in self.partitions.items()},
-            "layers": list(self.layers), "device": self.device, "kernels": self.kernels,
+            "layers": list(self.layers), "target": _target_json(self.target), "kernels": self.kernels,
             "lr_schedule": None if self.lr_schedule is None else self.lr_schedule.to_json(),
             "notes": list(self.notes),
         }
         if self.laps != 1:
             data["laps"] = self.laps
-        if self.precision != "32":
-            data["precision"] = self.precision
         for kind, value in self.tables.items():
             data.update(kind.encode(value))
         return json.dumps(data, indent=1) + "\n"
@@ -443,8 +451,16 @@ class ScheduleGraph:
         return cls(stages,
                    {n: PartitionInfo(**{**i, "params": tuple(i["params"]), "partial": tuple(i.get("partial", ()))})
                     for n, i in data["partitions"].items()},
-                   tuple(data["layers"]), data["device"], data["kernels"], sched, list(data["notes"]),
-                   data.get("laps", 1), data.get("precision", "32"), tables)
+                   tuple(data["layers"]), Target(**data["target"]), data["kernels"], sched, list(data["notes"]),
+                   data.get("laps", 1), tables)
+
+
+def _target_json(target: Target) -> dict[str, Any]:
+    """The target as the schedule of every rank: without this process's own rank, so that every
+    rank's graph (and its fingerprint, which checkpoints keep) is the same."""
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(target).items() if k not in ("rank", "local_rank")}
 
 
 def _partition_json(info: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ and a new subset is drawn. In equations, with SGD-momentum (μ, weight decay λ)
 (With Nesterov the step direction is d + μ b instead of b; with dampening τ, b ← μ b + (1−τ) d
 after an element's first update, as in torch.optim.SGD.) The subset is drawn with its own torch
 generator seeded from (seed, partition, interval), so a resumed run draws the same subsets
-(`kernels.subset.random_subset_masks`, the one implementation of the draw). Evaluation and saving
+(`mrc.techniques.random_subsets.masks`, the one implementation of the draw). Evaluation and saving
 see the full weights (`restored()`), and the end of training restores them.
 
 `kernel="triton"` runs the hold-out and the re-activation as the Triton kernels of
@@ -38,8 +38,8 @@ import torch
 def draw_masks(shapes: list[torch.Size], fraction: float, per: str, seed: int,
                device: torch.device) -> list[torch.Tensor]:
     """Boolean masks choosing round(fraction·n) elements per tensor (`per="tensor"`), or over
-    all tensors at once (`per="global"`): `kernels.subset.random_subset_masks`."""
-    from mrc.kernels.subset import random_subset_masks
+    all tensors at once (`per="global"`): `random_subsets.masks.random_subset_masks`."""
+    from mrc.techniques.random_subsets.masks import random_subset_masks
 
     if per not in ("tensor", "global"):
         raise ValueError(f"per must be 'tensor' or 'global', not {per!r}")

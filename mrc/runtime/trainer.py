@@ -155,7 +155,7 @@ class Trainer:
         settings = self.program.train
         self.out = out_dir
         self.resume = resume
-        self.device = pick_device(device or settings.device)
+        self.device = pick_device(device or compiled.target.device)
         self.data = compiled.bound.data
         self.scoring: Scoring = CLASSIFICATION  # the run's, once it starts (`_run`)
         self.spe = self.data.steps_per_epoch()
@@ -164,9 +164,7 @@ class Trainer:
             steps, epochs = settings.steps, settings.epochs
         self.total = steps if steps is not None else (epochs or 1) * self.spe
         self.echo = echo or (lambda s: print(s, file=sys.stderr))
-        from mrc.launch import leader
-
-        if not leader():  # a run of several processes: rank 0 speaks
+        if not compiled.target.leader:  # a run of several processes: rank 0 speaks
             self.echo = lambda s: None
         staged = staged_total(compiled.graph, self.spe)
         if staged is not None:
@@ -287,11 +285,10 @@ class Trainer:
     def run(self) -> TrainResult:
         from mrc.runtime import world as worlds
 
-        joined = not worlds.current().active and worlds.launched()
+        joined = not worlds.current().active and self.c.target.world > 1
         if joined:
             d = self.program.distributed
-            worlds.join(d.backend if d else "auto", d.timeout if d else worlds.DEFAULT_TIMEOUT_S,
-                        self.device.type)
+            worlds.join(self.c.target, d.timeout if d else worlds.DEFAULT_TIMEOUT_S)
         self.world = worlds.current()
         if self.world.active:
             self._join_run()

@@ -2,10 +2,11 @@
 
 A run is one process (`World()`, rank 0 of 1) or several started by `torchrun` (or
 `mrc train --nproc N`, which starts torchrun), which sets RANK, WORLD_SIZE, LOCAL_RANK and
-MASTER_ADDR/PORT in each process's environment. `join()` reads them and initialises the default
-process group: gloo on the CPU, NCCL on CUDA (a spec's `distributed … (backend=…)` picks
-otherwise), with a timeout, so a rank that waits on a collective no other rank will reach ends
-with an error instead of hanging.
+MASTER_ADDR/PORT in each process's environment. The edge reads the first three into the run's
+`Target` (mrc/target.py); `join(target)` initialises the default process group it names (gloo
+on the CPU, NCCL on CUDA, unless a spec's `distributed … (backend=…)` picks otherwise) with a
+timeout, so a rank that waits on a collective no other rank will reach ends with an error
+instead of hanging.
 
 Every collective of mrc goes through `World`'s methods, so a one-process run needs no process
 group at all and pays nothing.
@@ -13,12 +14,14 @@ group at all and pays nothing.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from mrc.target import Target
 
 DEFAULT_TIMEOUT_S = 300.0
 """How long a rank waits on a collective before giving up (torch.distributed's own default is
@@ -102,19 +105,6 @@ class World:
 SOLO = World()
 
 
-def launched() -> bool:
-    """This process was started by torchrun (or another launcher that sets WORLD_SIZE)."""
-    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
-
-
-def size_from_env() -> int:
-    """The world size a launcher set (1 when none did)."""
-    try:
-        return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
-    except ValueError:
-        raise WorldError(f"WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} is not a number") from None
-
-
 _current = SOLO
 
 
@@ -123,35 +113,29 @@ def current() -> World:
     return _current
 
 
-def join(backend: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S, device: str = "cpu") -> World:
-    """Join the process group the launcher's environment describes (idempotent); a
-    one-process environment gives SOLO and starts nothing."""
+def join(target: Target, timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
+    """Join the process group of `target` (its world, rank and backend, decided at the edge from
+    the launcher's environment; idempotent). A one-process target gives SOLO and starts nothing.
+    torch.distributed finds its peers through the launcher's MASTER_ADDR and MASTER_PORT."""
     global _current
     if _current.active:
         return _current
-    size = size_from_env()
-    if size == 1:
+    if target.world == 1:
         return SOLO
     import torch.distributed as dist
 
-    try:
-        rank = int(os.environ["RANK"])
-        local = int(os.environ.get("LOCAL_RANK", rank))
-    except (KeyError, ValueError):
-        raise WorldError("WORLD_SIZE is set but RANK is not: start the processes with torchrun") from None
-    if backend == "auto":
-        backend = "nccl" if device == "cuda" and torch.cuda.is_available() else "gloo"
-    if backend == "nccl" and device == "cuda":
-        torch.cuda.set_device(local % max(1, torch.cuda.device_count()))
+    if target.backend == "nccl" and target.device == "cuda":
+        torch.cuda.set_device(target.local_rank % max(1, torch.cuda.device_count()))
     if not dist.is_available():
         raise WorldError("this build of torch has no torch.distributed")
     if not dist.is_initialized():
         try:
-            dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+            dist.init_process_group(target.backend, timeout=timedelta(seconds=timeout_s), rank=target.rank,
+                                    world_size=target.world)
         except (RuntimeError, ValueError) as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise WorldError(f"rank {rank} cannot join the process group ({backend}): {first}") from None
-    _current = World(rank, size, local, backend)
+            raise WorldError(f"rank {target.rank} cannot join the process group ({target.backend}): {first}") from None
+    _current = World(target.rank, target.world, target.local_rank, target.backend)
     return _current
 
 

@@ -86,11 +86,14 @@ class Expansion:
 class PassAt:
     """A pass a technique adds to the default pipeline: its name (kebab-case, as `mrc graph
     --after` names it), the pass class by reference, and the pass it runs right after ("" for
-    the start of the pipeline; None: the end)."""
+    the start of the pipeline; None: the end) — or, with `before`, the pass it runs right before
+    (a pass whose results an earlier technique's pass reads: MGRIT's phase ops exist before
+    select-kernels picks their kernel)."""
 
     name: str
     ref: str
     after: str | None = None
+    before: str = ""
 
 
 @dataclass(frozen=True, slots=True)

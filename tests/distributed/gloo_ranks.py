@@ -34,8 +34,9 @@ def _entry(index: int, fn: Callable[..., Any], world: int, port: int, args: tupl
 
     torch.set_num_threads(1)
     from mrc.runtime import world as worlds
+    from mrc.target import detect
 
-    worlds.join("gloo", timeout_s=timeout)
+    worlds.join(detect("cpu", backend="gloo"), timeout_s=timeout)  # this rank's Target, as the CLI makes it
     try:
         result = fn(*args)
     except BaseException:

@@ -70,16 +70,17 @@ def compare_case(variant: str, depth: int, levels: int, cf: int, relax: str, fwd
     """One rank's largest differences from the one-process solver in one case (see the module docstring)."""
     from mrc.runtime.world import current
     from mrc.techniques.mgrit import ranks as R
+    from mrc.techniques.mgrit.grid import Settings, adjoint_blocks, layer_blocks
     from mrc.techniques.mgrit.propagate import StackPropagator
-    from mrc.techniques.mgrit.solver import MGRIT, Adjoint, Settings, lambdas
+    from mrc.techniques.mgrit.solver import MGRIT, Adjoint, lambdas
 
     world = current()
     stack, u0 = _stack(variant, depth, seed=depth)
     prop = StackPropagator(stack)
     fs, bs = Settings(levels, cf, relax, fwd_iters), Settings(levels, cf, relax, bwd_iters)
-    blocks = R.layer_blocks(depth, fs, world.size)
+    blocks = layer_blocks(depth, fs, world.size)
     assert not isinstance(blocks, str), blocks
-    adj = R.adjoint_blocks(depth, fs, blocks)
+    adj = adjoint_blocks(depth, fs, blocks)
     (lo, hi), (a, b) = blocks[world.rank], adj[world.rank]
     err: dict[str, float] = {}
 
@@ -148,8 +149,8 @@ def _check(results: list[list[dict[str, float]]], cases: list[tuple[Any, ...]]) 
 
 
 def test_blocks_and_the_adjoints_shift() -> None:
-    from mrc.techniques.mgrit.ranks import Part, adjoint_blocks, adjoint_part, forward_part, layer_blocks
-    from mrc.techniques.mgrit.solver import Settings
+    from mrc.techniques.mgrit.grid import Settings, adjoint_blocks, layer_blocks
+    from mrc.techniques.mgrit.ranks import Part, adjoint_part, forward_part
 
     s = Settings(3, 2, "F", 1)  # C = 4
     assert layer_blocks(19, s, 2) == ((0, 12), (12, 19))  # 5 intervals: 3 + 2 (the tail of 3 last)
@@ -195,8 +196,9 @@ def test_one_rank_is_the_one_process_solver() -> None:
     """On a world of one the block is the whole stack: the iterates are the one-process solver's, bit for bit."""
     from mrc.runtime.world import SOLO
     from mrc.techniques.mgrit import ranks as R
+    from mrc.techniques.mgrit.grid import Settings
     from mrc.techniques.mgrit.propagate import StackPropagator
-    from mrc.techniques.mgrit.solver import MGRIT, Settings
+    from mrc.techniques.mgrit.solver import MGRIT
 
     stack, u0 = _stack("dense", 19, seed=1)
     prop = StackPropagator(stack)

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from mrc.kernels.subset import random_subset_masks
 from test_multirate import assert_same, batches, grads, spec  # the same folder (pytest puts it on the path)
 
 from mrc.api import compile_spec, lower, train
 from mrc.techniques.multirate.bind import sample_seed
+from mrc.techniques.random_subsets.masks import random_subset_masks
 
 W0 = "layers.0.weight"
 

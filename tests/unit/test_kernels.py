@@ -30,9 +30,11 @@ _CUDA = torch.cuda.is_available()
 if "triton" not in sys.modules and not _CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
 
-from mrc.kernels import adam, configs, langevin, pick_kernel, sgd, subset, triton_available  # noqa: E402
+from mrc.kernels import adam, configs, langevin, sgd, subset  # noqa: E402
 from mrc.kernels.flat import FlatGroup  # noqa: E402
 from mrc.kernels.sgd import Mode, Segment  # noqa: E402
+
+from mrc.techniques.random_subsets.masks import random_subset_mask  # noqa: E402
 
 
 def _interpreted() -> bool:
@@ -215,7 +217,7 @@ def test_sgd_mask_updates_only_the_selection(impl: str, dtype: torch.dtype) -> N
     device = "cpu" if impl == "torch" else impl
     fn = sgd.sgd_torch if impl == "torch" else sgd.sgd_triton
     cfg = {"momentum": 0.9, "weight_decay": 1e-2}
-    mask = subset.random_subset_mask(n, 0.3, seed=3, device=device)
+    mask = random_subset_mask(n, 0.3, seed=3, device=device)
     theta = _randn(n, 0, dtype, device)
     grads = [_randn(n, 1 + s, dtype, device) for s in range(2)]
     got, buf = _run_sgd(fn, theta, grads, cfg, mask=mask)
@@ -641,28 +643,28 @@ def test_fused_reset_state_forgets_everything(make) -> None:
 def test_subset_mask_is_reproducible_and_exact() -> None:
     segments = [(0, 100), (112, 7), (128, 1823)]
     numel = 1952
-    a = subset.random_subset_mask(numel, 0.25, seed=7, segments=segments)
-    b = subset.random_subset_mask(numel, 0.25, seed=7, segments=segments)
-    c = subset.random_subset_mask(numel, 0.25, seed=8, segments=segments)
+    a = random_subset_mask(numel, 0.25, seed=7, segments=segments)
+    b = random_subset_mask(numel, 0.25, seed=7, segments=segments)
+    c = random_subset_mask(numel, 0.25, seed=8, segments=segments)
     assert a.dtype == torch.bool and a.shape == (numel,)
     assert torch.equal(a, b) and not torch.equal(a, c)
     for off, size in segments:
         assert int(a[off:off + size].sum()) == round(0.25 * size)
     assert not a[100:112].any() and not a[119:128].any(), "padding must never be chosen"
-    g = subset.random_subset_mask(numel, 0.25, seed=7, segments=segments, per_tensor=False)
+    g = random_subset_mask(numel, 0.25, seed=7, segments=segments, per_tensor=False)
     assert int(g.sum()) == round(0.25 * (100 + 7 + 1823))
     assert not g[100:112].any() and not g[119:128].any()
-    assert int(subset.random_subset_mask(10, 0.0, seed=1).sum()) == 0
-    assert bool(subset.random_subset_mask(10, 1.0, seed=1).all())
+    assert int(random_subset_mask(10, 0.0, seed=1).sum()) == 0
+    assert bool(random_subset_mask(10, 1.0, seed=1).all())
     with pytest.raises(ValueError, match="fraction"):
-        subset.random_subset_mask(10, 1.5, seed=1)
+        random_subset_mask(10, 1.5, seed=1)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "bf16"])
 def test_subset_zero_restore_round_trip_torch(dtype: torch.dtype) -> None:
     n = 1823
     theta = _randn(n, 0, dtype)
-    mask = subset.random_subset_mask(n, 0.4, seed=1)
+    mask = random_subset_mask(n, 0.4, seed=1)
     work, saved = theta.clone(), torch.empty_like(theta)
     subset.subset_zero_torch(work, mask, saved)
     assert torch.all(work[mask] == 0) and torch.equal(work[~mask], theta[~mask])
@@ -677,7 +679,7 @@ def test_subset_zero_restore_round_trip_torch(dtype: torch.dtype) -> None:
 @pytest.mark.parametrize(("device", "n"), TRITON_CASES)
 def test_subset_triton_matches_torch_exactly(device: str, n: int, dtype: torch.dtype) -> None:
     theta = _randn(n, 0, dtype, device)
-    mask = subset.random_subset_mask(n, 0.3, seed=5, device=device)
+    mask = random_subset_mask(n, 0.3, seed=5, device=device)
     outs = []
     for zero, restore in ((subset.subset_zero_triton, subset.subset_restore_triton),
                           (subset.subset_zero_torch, subset.subset_restore_torch)):
@@ -706,7 +708,7 @@ def test_subset_masks_keep_the_runtime_draw() -> None:
     for per in ("tensor", "global"):
         masks = draw_masks(shapes, 0.2, per, 123, torch.device("cpu"))
         assert [m.shape for m in masks] == shapes
-        flat = subset.random_subset_mask(off, 0.2, 123, segments=segments,
+        flat = random_subset_mask(off, 0.2, 123, segments=segments,
                                          per_tensor=per == "tensor")
         assert torch.equal(torch.cat([m.reshape(-1) for m in masks]), flat)
     # the stream itself, written out: one randperm per tensor in order
@@ -1109,26 +1111,7 @@ def test_langevin_rejects_bad_kernel() -> None:
                  kernel="triton")
 
 
-# ============================================================================ dispatch
-
-
-def test_pick_kernel_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MRC_KERNELS", raising=False)
-    assert pick_kernel("cpu") == "torch"
-    assert pick_kernel(torch.device("cuda", 0)) == ("triton" if triton_available() else "torch")
-    monkeypatch.setenv("MRC_KERNELS", "torch")
-    assert pick_kernel("cuda") == "torch"
-    monkeypatch.setenv("MRC_KERNELS", "bogus")
-    with pytest.raises(ValueError, match="MRC_KERNELS"):
-        pick_kernel("cpu")
-    monkeypatch.setenv("MRC_KERNELS", "triton")
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(RuntimeError, match="cannot run"):
-        pick_kernel("cpu")
-    if configs.HAS_TRITON:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-        assert triton_available()
-        assert pick_kernel("cpu") == "triton"
+# ============================================================================ configs
 
 
 def test_interpreter_configs_are_single() -> None:
@@ -1148,7 +1131,7 @@ def test_kernel_modules_import_without_triton() -> None:
         import sys
         sys.modules["triton"] = None  # make `import triton` fail
         import torch
-        from mrc.kernels import sgd, adam, subset, langevin, triton_available
+        from mrc.kernels import sgd, adam, subset, langevin
         from mrc.kernels.configs import TritonUnavailable
         theta, g, p = torch.ones(5), torch.ones(5), torch.zeros(5)
         sgd.sgd_torch(theta, g, p, lr=0.5, momentum=0.9, first_step=True)

@@ -15,7 +15,8 @@ import itertools
 import pytest
 import torch
 
-from mrc.techniques.mgrit.solver import MGRIT, Adjoint, Settings, adjoint_solve, lambdas
+from mrc.techniques.mgrit.grid import Settings
+from mrc.techniques.mgrit.solver import MGRIT, Adjoint, adjoint_solve, lambdas
 
 DT = torch.float64
 

@@ -35,6 +35,7 @@ from mrc.ir.ops import (
     Value,
 )
 from mrc.passmanager import PassError, PassManager, parse_pipeline
+from mrc.target import Target
 from mrc.techniques.multirate.ops import Drift
 
 SGD = Rule("sgd", (("momentum", 0.9),), ("momentum",))
@@ -347,11 +348,11 @@ def kernels_of(graph: ScheduleGraph) -> dict[str, str]:
     return {op.name: op.kernel for op in graph.ops() if isinstance(op, UpdateGroup)}
 
 
-def four_rules(device: str = "cpu", setting: str = "auto") -> ScheduleGraph:
+def four_rules(device: str = "cpu", setting: str = "auto", triton: bool = False) -> ScheduleGraph:
     sgd2 = Rule("sgd", (("momentum", 0.5),), ("momentum",))
     graph = GroupUpdates().apply(naive(2, {"a": (2, SGD), "b": (1, ADAM), "c": (1, sgd2), "d": (1, sgd2)},
                                        drift=("a",), random=("c",)))
-    graph.device, graph.kernels = device, setting
+    graph.target, graph.kernels = Target(device=device, triton=triton), setting
     return graph
 
 
@@ -367,13 +368,9 @@ def test_select_kernels_picks_fused_sgd_only_for_drifting_rules_on_the_cpu() -> 
         "a": "torch", "b": "torch", "c": "subset.torch", "d": "torch"}
 
 
-def test_select_kernels_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mrc.passes.select_kernels as sk
-
-    monkeypatch.setattr(sk, "_triton_here", lambda device: device == "cuda")
-    assert kernels_of(SelectKernels().apply(four_rules("cuda"))) == {
+def test_select_kernels_on_cuda() -> None:
+    assert kernels_of(SelectKernels().apply(four_rules("cuda", triton=True))) == {
         "a": "triton", "b": "triton", "c": "subset.triton", "d": "triton"}
-    monkeypatch.setattr(sk, "_triton_here", lambda device: False)
     assert kernels_of(SelectKernels().apply(four_rules("cuda"))) == {
         "a": "torch", "b": "torch", "c": "subset.torch", "d": "torch"}
 

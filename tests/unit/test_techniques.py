@@ -43,14 +43,21 @@ def test_every_reference_of_a_builtin_resolves(name: str) -> None:
 def test_the_default_pipeline_follows_the_registry() -> None:
     from mrc.passes import DEFAULT_PIPELINE, PASSES, pipeline
 
-    assert DEFAULT_PIPELINE == ("prune-gradients", "freeze-prefix", "group-updates", "select-kernels", "fuse-drift",
-                                "batch-brains", "mgrit-regions", "distribute", "precision")
+    assert DEFAULT_PIPELINE == ("prune-gradients", "freeze-prefix", "group-updates", "mgrit-regions", "select-kernels",
+                                "fuse-drift", "batch-brains", "distribute", "precision")
     # a plugin's pass after fuse-drift comes after the passes earlier techniques chained there
     extra = Technique("late", passes=(PassAt("late-pass", "mrc.passes.fuse_drift:FuseDrift", after="fuse-drift"),))
     passes, order = pipeline((*techniques(), extra))
     assert order[-3:] == ("distribute", "late-pass", "precision") and passes["late-pass"] is PASSES["fuse-drift"]
     first = Technique("first", passes=(PassAt("first-pass", "mrc.passes.fuse_drift:FuseDrift", after=""),))
     assert pipeline((*techniques(), first))[1][:2] == ("first-pass", "prune-gradients")
+    before = Technique("before", passes=(PassAt("before-pass", "mrc.passes.fuse_drift:FuseDrift",
+                                                before="select-kernels"),))
+    order = pipeline((*techniques(), before))[1]
+    assert order.index("before-pass") == order.index("select-kernels") - 1
+    with pytest.raises(ValueError, match="runs before `nothing`, which is no pass"):
+        pipeline((*techniques(), Technique("bad", passes=(PassAt("p", "mrc.passes.fuse_drift:FuseDrift",
+                                                                 before="nothing"),))))
 
 
 def test_plugins_come_after_the_builtins_or_after_what_they_name() -> None:

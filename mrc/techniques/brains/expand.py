@@ -103,7 +103,7 @@ def tables(bound: Bound) -> Mapping[TableKind[Any], Any]:
     """The brains' table (none without brains)."""
     if not bound.program.brains:
         return {}
-    from mrc.techniques.brains.stack import obstacle
+    from mrc.techniques.brains.batchable import obstacle
 
     why = stack_obstacle(bound) or (
         obstacle(bound.graph_module) if bound.graph_module is not None else "the model is not traced")

@@ -20,52 +20,17 @@ it updates only the brains that step.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-BATCHED_TYPES = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)
-
-
-@functools.cache
-def _activated() -> dict[type, str]:
-    """Leaf layers that are a Linear/Conv2d followed by an activation (`.activation`): the
-    ODE-ResNet's residual steps F_n(y) = σ(W_n y + b_n)."""
-    from mrc.models.ode_resnet import ConvStep, DenseStep
-
-    return {DenseStep: "activation", ConvStep: "activation"}
-
-
-def _batched_type(mod: nn.Module) -> bool:
-    """Exactly one of the batched types, or a known activated layer (a subclass with its own
-    forward is not the plain layer, and batching it as one would drop what it adds)."""
-    return type(mod) in BATCHED_TYPES or type(mod) in _activated()
+from mrc.techniques.brains.batchable import activated, batched_type, obstacle
 
 
 class NotBatchable(Exception):
     """The model has an operation that cannot run batched over brains; the message names it."""
-
-
-def _owned(module: nn.Module) -> bool:
-    return any(True for _ in module.parameters(recurse=False)) or any(
-        True for _ in module.buffers(recurse=False))
-
-
-def obstacle(gm: fx.GraphModule) -> str:
-    """Why the traced model has no stacked form ("" when it has one): a parameter used directly
-    as a tensor, or a module with parameters of a type without a batched form."""
-    modules = dict(gm.named_modules())
-    for node in gm.graph.nodes:
-        if node.op == "get_attr":
-            return f"`{node.target}` is used directly as a tensor"
-        if node.op == "call_module":
-            mod = modules[str(node.target)]
-            if _owned(mod) and not _batched_type(mod):
-                return f"`{node.target}` ({type(mod).__name__}) has parameters and no batched form"
-    return ""
 
 
 class BrainStack(nn.Module):
@@ -134,9 +99,9 @@ class BrainStack(nn.Module):
                 args = fx.graph.map_arg(node.args, lambda a: env[a])
                 kwargs = fx.graph.map_arg(node.kwargs, lambda a: env[a])
                 mod = self._modules_by_node[node]
-                if _batched_type(mod):
+                if batched_type(mod):
                     env[node] = self._batched(str(node.target), mod, args[0], b, sel)
-                    if type(mod) in _activated():
+                    if type(mod) in activated():
                         from mrc.models.ode_resnet import _act
 
                         env[node] = _act(mod.activation, env[node])

@@ -20,6 +20,6 @@ TECHNIQUE = Technique(
     bind="mrc.techniques.distributed.bind:bind",
     tables=("mrc.techniques.distributed.tables:PLACEMENT",),
     expand="mrc.techniques.distributed.expand:EXPANSION",
-    passes=(PassAt("distribute", "mrc.passes.distribute:Distribute", after="mgrit-regions"),),
+    passes=(PassAt("distribute", "mrc.passes.distribute:Distribute", after="batch-brains"),),
     place={"data": "mrc.techniques.distributed.expand:place_data"},
 )

@@ -102,8 +102,3 @@ def globalise(modules: list[nn.Module], world: Any, share: list[float]) -> int:
                 m.forward = types.MethodType(lambda self, x: _global_forward(self, x, world, share), m)
                 done += 1
     return done
-
-
-def has_batchnorm(module: nn.Module) -> bool:
-    return any(isinstance(m, _BatchNorm) for m in module.modules())
-

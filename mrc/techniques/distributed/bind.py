@@ -47,9 +47,7 @@ def bind_placement(program: Program, world: int, bound: Any, r: Reporter) -> Pla
             r.error(f"a batch of {batch} cannot be split across {world} processes", span or program.data.span,
                     hint="use a batch at least as large as the number of processes")
             return None
-        from mrc.techniques.distributed.batchnorm import has_batchnorm
-
-        if has_batchnorm(bound.model) and not program.brains:
+        if _has_batchnorm(bound.model) and not program.brains:
             batchnorm = "global"
     elif mode == "brains":
         names = [b.name for b in program.brains]
@@ -72,8 +70,7 @@ def bind_placement(program: Program, world: int, bound: Any, r: Reporter) -> Pla
         for rank, (a, b) in enumerate(blocks(len(names), world)):
             ranks += [(n, rank) for n in names[a:b]]
     elif mode == "layers":
-        from mrc.techniques.mgrit.ranks import layer_blocks
-        from mrc.techniques.mgrit.solver import Settings
+        from mrc.techniques.mgrit.grid import Settings, layer_blocks
 
         for st in bound.parts.get("mgrit", ()):
             spec = st.spec
@@ -86,3 +83,11 @@ def bind_placement(program: Program, world: int, bound: Any, r: Reporter) -> Pla
     if d is not None and mode == "pipeline":
         return PlacementInfo(mode, world, backend, timeout, tuple(ranks), d.micro_batches, d.buffers)
     return PlacementInfo(mode, world, backend, timeout, tuple(ranks), batchnorm=batchnorm)
+
+
+def _has_batchnorm(module: Any) -> bool:
+    """Whether the model holds a batch-norm layer (its statistics are then made global over the
+    ranks: mrc/techniques/distributed/batchnorm.py)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    return any(isinstance(m, _BatchNorm) for m in module.modules())

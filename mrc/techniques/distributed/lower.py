@@ -21,8 +21,9 @@ from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
 from mrc.techniques.core.lower import FUSED, fused_integrator, replica
 from mrc.techniques.distributed.bind import blocks
 from mrc.techniques.distributed.buckets import GradBucket
+from mrc.techniques.distributed.messages import DTYPES, HEADER, header, rows_of
 from mrc.techniques.distributed.ops import AllReduce, Shard
-from mrc.techniques.distributed.p2p import DTYPES, HEADER, Recv, Send, header, rows_of
+from mrc.techniques.distributed.p2p import Recv, Send
 
 
 class BlockCuts:

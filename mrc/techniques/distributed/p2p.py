@@ -1,11 +1,9 @@
-"""Point-to-point messages between ranks: the op kinds `send` and `recv`, and their message.
-Their lowerings (mrc/techniques/distributed/lower.py) run torch.distributed's isend / recv (gloo
-on the CPU, NCCL on GPUs).
+"""Point-to-point messages between ranks: the op kinds `send` and `recv`. Their lowerings
+(mrc/techniques/distributed/lower.py) run torch.distributed's isend / recv (gloo on the CPU, NCCL
+on GPUs) on the message of mrc/techniques/distributed/messages.py.
 
-A module pipeline (mrc/techniques/modules/pipeline.py) cuts a detached edge that crosses ranks
-into a `send` on the producer's rank and a `recv` on the consumer's. A message is a small header
-(the payload's dtype and shape, the rows of the whole batch it is a part of, the targets' dtype
-or none), the activation, and — in a stale pipeline — the targets it goes with. Messages between
+A module pipeline (mrc/techniques/modules/place.py) cuts a detached edge that crosses ranks
+into a `send` on the producer's rank and a `recv` on the consumer's. Messages between
 two ranks keep their order (one tag per phase, i.e. per micro-batch), so a recv needs no name
 for what it waits for: the n-th message of its phase.
 
@@ -25,9 +23,7 @@ leaves its last message untaken (harmless at the end of a process).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
-
-import torch
+from typing import TYPE_CHECKING, ClassVar
 
 from mrc.ir.ops import GraphError, Op, op_kind
 
@@ -94,30 +90,4 @@ class Recv(Op):
             raise GraphError(f"{self.id}: micro-batch {self.phase} of {self.count}")
 
 
-# ---- the message -----------------------------------------------------------------------------
-
-DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64, torch.float16, torch.bfloat16,
-                                   torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)
-MAX_DIMS = 8
-HEADER = 4 + MAX_DIMS
-"""[payload dtype, ndim, total rows of the batch, targets dtype (−1: none), shape (padded)]."""
-
-
-def rows_of(value: tuple[Any, ...]) -> tuple[float, int]:
-    """(share, total rows) of a batch-like value: a batch (x, y) is all of itself; a micro-batch
-    or a received message (x, y, share, total) says."""
-    if len(value) >= 4:
-        return float(value[2]), int(value[3])
-    return 1.0, len(value[1])
-
-
-def header(x: torch.Tensor, total: int, labels: torch.Tensor | None) -> torch.Tensor:
-    """The header of a message of `x` (rows of a batch of `total`), with `labels` or without."""
-    if x.dim() > MAX_DIMS:
-        raise ValueError(f"a message of {x.dim()} dimensions (at most {MAX_DIMS})")
-    h = [DTYPES.index(x.dtype), x.dim(), total, -1 if labels is None else DTYPES.index(labels.dtype)]
-    h += list(x.shape) + [0] * (MAX_DIMS - x.dim())
-    return torch.tensor(h, dtype=torch.int64, device=x.device)
-
-
-__all__ = ["DTYPES", "HEADER", "Recv", "Send", "header", "rows_of"]
+__all__ = ["Recv", "Send"]

@@ -11,7 +11,7 @@ TECHNIQUE = Technique(
     bind="mrc.techniques.mgrit.bind:bind",
     tables=("mrc.techniques.mgrit.tables:STACKS",),
     expand="mrc.techniques.mgrit.expand:EXPANSION",
-    passes=(PassAt("mgrit-regions", "mrc.passes.mgrit_regions:MgritRegions", after="batch-brains"),),
+    passes=(PassAt("mgrit-regions", "mrc.passes.mgrit_regions:MgritRegions", before="select-kernels"),),
     place={"layers": "mrc.techniques.mgrit.place:place_layers"},
     draw="mrc.techniques.mgrit.draw:DRAWING",
 )

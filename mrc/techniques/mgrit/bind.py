@@ -96,7 +96,7 @@ def bind_stacks(program: Program, model: nn.Module, gm: fx.GraphModule, example:
         if why:
             r.error(f"`{spec.stack}` does not compute y ← y + h·F_n(y) layer after layer: {why}", at)
             return None
-        from mrc.techniques.mgrit.solver import Settings
+        from mrc.techniques.mgrit.grid import Settings
 
         settings = Settings(spec.levels, tuple(spec.coarsening), tuple(spec.relax), spec.forward_iters,
                             spec.forward_tol)

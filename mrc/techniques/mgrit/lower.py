@@ -41,8 +41,8 @@ from mrc.techniques.core.lower import forward_callable, replica
 from mrc.techniques.distributed.buckets import GradBucket
 from mrc.techniques.mgrit.bind import stack_stretch
 from mrc.techniques.mgrit.expand import covers
+from mrc.techniques.mgrit.grid import Blocks
 from mrc.techniques.mgrit.ops import PHASES, SolvePhase, SumStackGrads
-from mrc.techniques.mgrit.ranks import Blocks
 from mrc.techniques.mgrit.tables import STACKS, StackInfo
 
 KIND_PHASE = {cls.kind: name for name, cls in PHASES.items()}
@@ -52,15 +52,10 @@ class StackSolve:
     """The MGRIT solves of one stack in one replica: its propagator, settings, warm starts and
     the last step's residuals."""
 
-    def __init__(self, ctx: Lowering, r: str, path: str, info: StackInfo, stack: nn.Module) -> None:
+    def __init__(self, ctx: Lowering, r: str, path: str, info: StackInfo, stack: nn.Module, kernel: str) -> None:
+        from mrc.techniques.mgrit.grid import Settings
         from mrc.techniques.mgrit.propagate import propagator_for
-        from mrc.techniques.mgrit.solver import Settings
 
-        kernel = "torch"
-        if ctx.device.type == "cuda" and info.kind == "dense":
-            from mrc.kernels import triton_available
-
-            kernel = "triton" if triton_available() and ctx.graph.kernels in ("auto", "triton") else "torch"
         self.ctx, self.r, self.path, self.info = ctx, r, path, info
         self.prop = propagator_for(stack, kernel)
         self.params: list[nn.Parameter] = [p for layer in stack.layers for p in layer.parameters()]
@@ -155,8 +150,8 @@ class StackSolve:
                         blocks: Blocks) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         """This rank's block of the adjoint solve: λ_0 on every rank, and the gradients of the block's
         layers (None for the others: the `mgrit_sum_grads` after the backward adds them up)."""
+        from mrc.techniques.mgrit.grid import adjoint_blocks
         from mrc.techniques.mgrit.ranks import (
-            adjoint_blocks,
             adjoint_table,
             block_lambdas,
             block_param_grads,
@@ -221,7 +216,7 @@ class StackSolve:
                 own, first = local[1:], a + 1  # points (a, b]; rank 0 also point 0
                 extra = 0 if a == 0 else None
             else:
-                from mrc.techniques.mgrit.ranks import adjoint_blocks
+                from mrc.techniques.mgrit.grid import adjoint_blocks
 
                 a, b = adjoint_blocks(n, self.forward_settings, self.blocks)[world.rank]
                 own, first = local[:b - a], a  # λ_a … λ_{b−1}; the last rank also λ_N
@@ -445,8 +440,18 @@ def stack_view(model: nn.Module, path: str, info: StackInfo, original: nn.Module
 def _solve_of(ctx: Lowering, r: str, path: str, info: StackInfo, stack: nn.Module) -> StackSolve:
     solves: dict[tuple[str, str], StackSolve] = ctx.cache.setdefault("mgrit.solves", {})
     if (r, path) not in solves:
-        solves[(r, path)] = StackSolve(ctx, r, path, info, stack)
+        solves[(r, path)] = StackSolve(ctx, r, path, info, stack, _kernel(ctx, r, path))
     return solves[(r, path)]
+
+
+def _kernel(ctx: Lowering, r: str, path: str) -> str:
+    """The kernel select-kernels chose for replica r's solves of the stack, read from their
+    phase ops (one propagator runs them all, so they must agree)."""
+    chosen = {op.kernel for op in ctx.graph.ops()
+              if isinstance(op, SolvePhase) and op.stack == path and replica(op) == r}
+    if len(chosen) > 1:
+        raise LoweringError(f"the MGRIT solves of `{path}` have ops on different kernels ({', '.join(sorted(chosen))})")
+    return chosen.pop() if chosen else "torch"
 
 
 def _region(pattern: Pattern, fwd: Forward, path: str) -> dict[str, list[SolvePhase]]:

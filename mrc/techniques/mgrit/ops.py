@@ -34,12 +34,18 @@ class SolvePhase(Op):
     """Across ranks (`distributed layers`): rank r solves the layers [a, b) = blocks[r] of this
     solve (forward layer indices; the adjoint's are shifted, mrc/techniques/mgrit/ranks.py);
     empty: one process solves the whole stack."""
+    kernel: str = "torch"
+    """How the solve's steps and corrections run: `torch`, or `triton` (the fused kernels of
+    kernels/mgrit.py, for a dense stack in float32 on CUDA); chosen by select-kernels."""
 
     def key(self) -> str:
         return f".{self.stack}.{self.solve}"
 
     def text(self) -> str:
-        return f"{self.kind} {self.stack} ({self.solve}){self.placed()}"
+        return f"{self.kind} {self.stack} ({self.solve}){self.placed()}{self.fused()}"
+
+    def fused(self) -> str:
+        return "" if self.kernel == "torch" else f" kernel={self.kernel}"
 
     def placed(self) -> str:
         if not self.blocks:
@@ -63,7 +69,7 @@ class Relax(SolvePhase):
     relax: str = "FCF"
 
     def text(self) -> str:
-        return f"mgrit_relax {self.relax} {self.stack} ({self.solve}){self.placed()}"
+        return f"mgrit_relax {self.relax} {self.stack} ({self.solve}){self.placed()}{self.fused()}"
 
 
 @op_kind

@@ -3,8 +3,8 @@
 `distributed layers` runs every op on every rank — the layers around the stack on the full
 batch, identically, so their gradients need no reduction — and splits each stack's solves: the
 placer writes into every phase op the layer block each rank solves (`SolvePhase.blocks`; the
-forward solve's blocks are whole coarsest intervals, `ranks.layer_blocks`, the adjoint's the same
-counted from N, `ranks.adjoint_blocks`), and puts a `mgrit_sum_grads` between each backward that
+forward solve's blocks are whole coarsest intervals, `grid.layer_blocks`, the adjoint's the same
+counted from N, `grid.adjoint_blocks`), and puts a `mgrit_sum_grads` between each backward that
 differentiates stack layers and the updates that read its gradients: each rank's adjoint gave the
 gradients of its own block's layers only, and the sum gives every rank the whole stack's, so the
 replicated parameters move identically everywhere.
@@ -26,15 +26,13 @@ from mrc.ir.graph import Pattern, ScheduleGraph
 from mrc.ir.ops import ORDER, Backward, GraphError, Op, Value
 from mrc.techniques.distributed.expand import between_backward_and_readers
 from mrc.techniques.distributed.tables import PLACEMENT
+from mrc.techniques.mgrit.grid import Blocks, Settings, adjoint_blocks, layer_blocks
 from mrc.techniques.mgrit.ops import SolvePhase, SumStackGrads
-from mrc.techniques.mgrit.ranks import Blocks, adjoint_blocks, layer_blocks
 from mrc.techniques.mgrit.tables import STACKS, StackInfo
 
 
 def stack_blocks(info: StackInfo, world: int) -> tuple[Blocks, Blocks]:
     """The forward and the adjoint solve's layer blocks of `world` ranks."""
-    from mrc.techniques.mgrit.solver import Settings
-
     settings = Settings(info.levels, info.coarsening, info.relax, info.forward_iters)
     forward = layer_blocks(info.steps, settings, world)
     if isinstance(forward, str):

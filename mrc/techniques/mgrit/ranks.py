@@ -39,49 +39,12 @@ from typing import Any
 
 import torch
 
-from mrc.techniques.mgrit.solver import MGRIT, Propagator, Settings, _Level
+from mrc.techniques.mgrit.grid import Blocks, Settings, coarsest_span
+from mrc.techniques.mgrit.solver import MGRIT, Propagator, _Level
 
-__all__ = ["Part", "RankAdjoint", "RankMGRIT", "adjoint_blocks", "adjoint_part", "adjoint_table", "block_lambdas",
-           "block_param_grads", "coarsest_span", "first_lambda", "forward_part", "last_state", "layer_blocks",
-           "rank_adjoint_solve", "rank_forward_solve"]
-
-Blocks = tuple[tuple[int, int], ...]
-
-
-def coarsest_span(settings: Settings) -> int:
-    """C: the fine steps of one coarsest-level step (Π cf_l over the level transitions; 1 for one level)."""
-    span = 1
-    for level in range(settings.levels - 1):
-        span *= settings.factor(level)
-    return span
-
-
-def layer_blocks(n_steps: int, settings: Settings, world: int) -> Blocks | str:
-    """The forward solve's layer block [a, b) of each rank: whole coarsest intervals, as even as can be (the
-    first blocks one interval longer), the uneven tail in the last block; or why `world` ranks cannot share
-    N = `n_steps` steps (fewer coarsest intervals than ranks)."""
-    span = coarsest_span(settings)
-    intervals = -(-n_steps // span)
-    if intervals < world:
-        return (f"{intervals} coarsest-level intervals of {span} layers are too few for {world} ranks "
-                "(each rank holds whole coarse intervals)")
-    base, extra = divmod(intervals, world)
-    out, a = [], 0
-    for rank in range(world):
-        b = a + base + (1 if rank < extra else 0)
-        out.append((a * span, min(n_steps, b * span)))
-        a = b
-    return tuple(out)
-
-
-def adjoint_blocks(n_steps: int, settings: Settings, forward: Blocks) -> Blocks:
-    """The adjoint solve's layer blocks (in forward layer indices): its coarsest intervals are counted from N
-    (reversed time), so each forward block boundary moves down by d = (−N) mod C; rank r keeps its count of
-    intervals (rank 0 the shortened first one)."""
-    d = -n_steps % coarsest_span(settings)
-    last = len(forward) - 1
-    return tuple((max(0, a - d), n_steps if r == last else b - d) for r, (a, b) in enumerate(forward))
-
+__all__ = ["Part", "RankAdjoint", "RankMGRIT", "adjoint_part", "adjoint_table", "block_lambdas",
+           "block_param_grads", "first_lambda", "forward_part", "last_state", "rank_adjoint_solve",
+           "rank_forward_solve"]
 
 @dataclass(frozen=True)
 class Part:

@@ -46,16 +46,13 @@ itself if it uses autograd).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["MGRIT", "Adjoint", "Propagator", "Settings", "adjoint_solve", "lambdas"]
+from mrc.techniques.mgrit.grid import Settings
 
-_RELAX = ("F", "FCF")
-
+__all__ = ["MGRIT", "Adjoint", "Propagator", "adjoint_solve", "lambdas"]
 
 @runtime_checkable
 class Propagator(Protocol):
@@ -70,87 +67,6 @@ class Propagator(Protocol):
     def vjp(self, start: torch.Tensor, span: int, y: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         """(∂Φ(start, span)/∂u at y)ᵀ · lam for a batch: y, lam [m, *state] → [m, *state]."""
         ...
-
-
-def _as_tuple(value: object) -> tuple:
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, Sequence):
-        return tuple(value)
-    return (value,)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The knobs of one MGRIT solve.
-
-    levels: 1 = serial propagation (exactly). coarsening: the factor per level transition, one value for all or
-    levels − 1 values. relax: "F" or "FCF" per level above the coarsest (one for all or levels − 1 entries); the
-    coarsest level is always solved serially. iters: the most iterations (V-cycles) of a solve. tol: 0 runs exactly
-    ``iters`` iterations; > 0 stops after the first iteration whose residual is < tol.
-    """
-
-    levels: int = 3
-    coarsening: tuple[int, ...] = (4,)
-    relax: tuple[str, ...] = ("FCF",)
-    iters: int = 2
-    tol: float = 0.0
-
-    def __post_init__(self) -> None:
-        # accept a bare int / str or a list, and store tuples so the settings stay hashable
-        object.__setattr__(self, "coarsening", _as_tuple(self.coarsening))
-        object.__setattr__(self, "relax", _as_tuple(self.relax))
-
-    def factor(self, level: int) -> int:
-        """The coarsening factor from ``level`` to ``level + 1``."""
-        return int(self.coarsening[0] if len(self.coarsening) == 1 else self.coarsening[level])
-
-    def relaxation(self, level: int) -> str:
-        """The relaxation ("F" or "FCF") on ``level`` (not the coarsest)."""
-        return self.relax[0] if len(self.relax) == 1 else self.relax[level]
-
-    def sizes(self, n_steps: int) -> list[int]:
-        """The number of steps N_l per level (assumes the settings are valid for ``n_steps``)."""
-        out = [n_steps]
-        for level in range(self.levels - 1):
-            out.append(out[-1] // self.factor(level))
-        return out
-
-    def validate(self, n_steps: int) -> str | None:
-        """A one-line reason when these settings cannot solve N = ``n_steps`` steps, else None.
-
-        Checks the scalar knobs, the lengths and values of ``coarsening`` and ``relax``, and that every level
-        has at least one coarse step (N_{l+1} = ⌊N_l / cf_l⌋ ≥ 1) — a level without one has no C-point to correct.
-        """
-        if not isinstance(n_steps, int) or n_steps < 1:
-            return f"the problem needs at least one step, got N = {n_steps!r}"
-        if not isinstance(self.levels, int) or self.levels < 1:
-            return f"levels must be an integer ≥ 1, got {self.levels!r}"
-        if not isinstance(self.iters, int) or self.iters < 1:
-            return f"iters must be an integer ≥ 1, got {self.iters!r}"
-        if not self.tol >= 0.0:
-            return f"tol must be ≥ 0, got {self.tol!r}"
-        if self.levels == 1:
-            return None
-        transitions = self.levels - 1
-        if len(self.coarsening) not in (1, transitions):
-            return (f"coarsening has {len(self.coarsening)} factors; {self.levels} levels need 1 or {transitions}")
-        if len(self.relax) not in (1, transitions):
-            return f"relax has {len(self.relax)} entries; {self.levels} levels need 1 or {transitions}"
-        for level in range(transitions):
-            cf = self.coarsening[0] if len(self.coarsening) == 1 else self.coarsening[level]
-            if not isinstance(cf, int) or isinstance(cf, bool) or cf < 2:
-                return f"coarsening factor of level {level} must be an integer ≥ 2, got {cf!r}"
-            if self.relaxation(level) not in _RELAX:
-                return f"relax of level {level} must be 'F' or 'FCF', got {self.relaxation(level)!r}"
-        n = n_steps
-        for level in range(transitions):
-            cf = self.factor(level)
-            if n // cf < 1:
-                return (f"level {level} has {n} steps, fewer than its coarsening factor {cf}: "
-                        f"level {level + 1} would have no coarse step")
-            n //= cf
-        return None
 
 
 class _Level:
@@ -364,10 +280,6 @@ def fas_correct_fused(u: torch.Tensor, v: torch.Tensor, u_c: torch.Tensor, point
     """The FAS correction u[points] += v − u_c as one fused Triton launch (kernels/mgrit.py) for
     float32 CUDA states; False where it does not apply (the caller then adds on a strided view)."""
     if not (u.is_cuda and u.dtype == torch.float32 and u.is_contiguous()):
-        return False
-    from mrc.kernels import triton_available
-
-    if not triton_available():
         return False
     from mrc.kernels.mgrit import fas_correct_triton
 

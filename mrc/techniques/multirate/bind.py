@@ -128,7 +128,7 @@ def sample_seed(seed: int, partition: str) -> int:
 def draw_sample(sel: SelectSample, names: list[str], shapes: list[torch.Size], seed: int,
                 partition: str) -> list[torch.Tensor]:
     """The masks of a `sample` selector over its tensors (in the model's order), drawn once."""
-    from mrc.kernels.subset import random_subset_masks
+    from mrc.techniques.random_subsets.masks import random_subset_masks
 
     return random_subset_masks(shapes, sel.fraction, sample_seed(seed, partition),
                                per_tensor=sel.per == "tensor")
