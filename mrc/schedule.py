@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 from mrc.binding import Bound
+from mrc.ir.cadence import cadence_of
 from mrc.ir.graph import Pattern, ScheduleGraph, StackInfo, Stage, lcm
 from mrc.ir.ops import EMPTY, Batch, Op, Rule, Scope
 from mrc.techniques.brains.expand import brain_batch, brain_rules, landing, merge_rule, replica_table
@@ -64,6 +65,7 @@ def build_graph(bound: Bound) -> ScheduleGraph:
                           modules=dict(bound.modules.infos) if bound.modules is not None else {}, laps=laps,
                           stacks=stack_table(bound), placement=getattr(bound, "placement", None),
                           precision=getattr(program.train, "precision", "32"))
+    graph.cadence = cadence_of(program.train)
     if brains:
         from mrc.techniques.brains.stack import obstacle
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import networkx as nx
 
+from mrc.ir import cadence as _cadence  # noqa: F401  (registers the cadence op kinds for from_json)
 from mrc.ir.ops import OP_KINDS, ORDER, Forward, GraphError, Op, Value, decode
 
 
@@ -342,6 +343,9 @@ class ScheduleGraph:
     precision: str = "32"
     """`32`, `bf16` or `16-mixed` (`train(precision)`): the precision pass writes it into the
     forwards (autocast) and backwards (loss scaling) that lowering reads."""
+    cadence: tuple[Op, ...] = ()
+    """Ops that run on a cadence of the run's global steps beside the stages' periods
+    (evaluation, checkpoints: mrc/ir/cadence.py)."""
 
     # ---- shortcuts --------------------------------------------------------------------------
 
@@ -372,7 +376,7 @@ class ScheduleGraph:
                              self.layers, self.device, self.kernels, self.final_merge, self.lr_schedule,
                              self.stack_obstacle,
                              list(self.notes), dict(self.modules), self.laps, dict(self.stacks), self.placement,
-                             self.precision)
+                             self.precision, self.cadence)
 
     def reindex(self) -> None:
         for s in self.stages:
@@ -421,6 +425,7 @@ class ScheduleGraph:
         for stage in self.stages:
             length = "" if stage.length is None else f" length={stage.length} {stage.unit}"
             lines.append(f"schedule stage={stage.name} period={stage.period} patterns={len(stage.patterns)}{length}")
+        lines += [f"  cadence: {op.text()}" for op in self.cadence]
         lines += [f"  note: {note}" for note in self.notes]
         for name, info in self.replicas.items():
             lines.append(f"  brain {name}: {info.text()}")
@@ -524,6 +529,8 @@ class ScheduleGraph:
             data["placement"] = {**asdict(self.placement), "ranks": [list(x) for x in self.placement.ranks]}
         if self.precision != "32":
             data["precision"] = self.precision
+        if self.cadence:
+            data["cadence"] = [dict(id=op.id, **op.attrs()) for op in self.cadence]
         return json.dumps(data, indent=1) + "\n"
 
     @classmethod
@@ -558,7 +565,9 @@ class ScheduleGraph:
                    data.get("laps", 1),
                    {n: StackInfo(**{**i, "coarsening": tuple(i["coarsening"]), "relax": tuple(i["relax"])})
                     for n, i in data.get("stacks", {}).items()},
-                   _placement(data.get("placement")), data.get("precision", "32"))
+                   _placement(data.get("placement")), data.get("precision", "32"),
+                   tuple(OP_KINDS[od["kind"]].from_attrs({k: v for k, v in od.items() if k not in ("kind", "id")})
+                         for od in data.get("cadence", ())))
 
 
 def _placement(data: dict[str, Any] | None) -> PlacementInfo | None:
