@@ -2,9 +2,9 @@
 
 By default there is one replica (named ""): the bound model itself, run through its traced graph
 (or as it is, for a model torch.fx cannot trace). A technique that trains several copies side by
-side registers a layout (`LAYOUTS`) that holds them its own way (mrc/techniques/brains/lower.py:
-a copy per brain, or all of them stacked into one batched module), says what a step's loss is
-over them, and registers its hooks on the Plan (mrc.lower.plan.Hooks) in `prepare`.
+side registers a layout (`LAYOUTS`) that holds them its own way (a module per copy, or all of
+them stacked into one batched module), says what a step's loss is over them, and registers its
+hooks on the Plan (mrc.lower.plan.Hooks) in `prepare`.
 """
 
 from __future__ import annotations

@@ -52,6 +52,7 @@ from mrc.runtime.summary import summarize, write_results
 
 if TYPE_CHECKING:
     from mrc.api import Compiled
+    from mrc.runtime.tensorboard import TensorBoard
 
 
 class TrainingStopped(Exception):
@@ -207,7 +208,7 @@ class Trainer:
         plan = lower(self.c.graph, self.c.bound, self.total, self.device, self.world)
         plan.attach(feed.train_x, feed.train_y, feed.val_x, feed.val_y)
         # what evaluations measure: the graph's loss, its task's metrics and the user's
-        self.scoring = scoring = scoring_of(self.c.graph, self.program.metrics, self.device, dtype)
+        self.scoring = scoring_of(self.c.graph, self.program.metrics, self.device, dtype)
         plan.trace = self.trace
         run = Run(self, plan, self.total, batches=self.spe)
         early = EarlyStopping(self.program.early_stopping) if self.program.early_stopping else None
@@ -223,34 +224,7 @@ class Trainer:
         progress = Progress(self.progress, run.total, settings.log_every, self.echo, oversubscribed())
         if progress.busy:
             self.echo(f"mrc: note: {progress.busy}; steps will be slower than on a quiet machine")
-        divergence = Divergence()
-        # the graph's cadence ops: when the run evaluates and saves
-        cadence = {type(op): op for op in self.c.graph.cadence}
-        evaluates, saves = cadence.get(Evaluate), cadence.get(Checkpoint)
-        run.sync = math.gcd(*(n for n in (settings.log_every, *(op.every for op in cadence.values())) if n)) or 1
-        on_eval: list[Callback] = [progress]
-        if early is not None:
-            on_eval.append(early)
-        if self.observe is not None:
-            on_eval.append(Observer(self.observe))
-        checkpoints = self.checkpoints
-        callbacks: list[Callback] = [divergence, MetricsLog(settings.log_every, progress)]
-        if evaluates is not None:
-            callbacks.append(Evaluation(evaluates.every, self.eval_batch, feed.val_batches, on_eval, feed.evals,
-                                        scoring))
-        checkpointing = None
-        if saves is not None:
-            checkpointing = Checkpointing(saves.every, lambda r: checkpoints.snapshot(r, early), checkpoints.write)
-            callbacks.append(checkpointing)
-        callbacks += [StopRequests(self.interrupt, self.stop_at), progress]
-        checkpoints.flushes.clear()
-        if self.out:
-            run.sink = MetricsFile(self.out / METRICS, run.step if self.resume else None)
-            checkpoints.flushes.append(run.sink.flush)
-        tb = self._tensorboard(plan) if self.out else None
-        if tb is not None:
-            callbacks.append(tb)
-            checkpoints.flushes.append(tb.flush)
+        callbacks, divergence, checkpointing = self._callbacks(run, plan, feed, early, progress)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         for cb in callbacks:
@@ -294,7 +268,42 @@ class Trainer:
             self.echo(f"mrc: {run.message}")
         return TrainResult(model, metrics, summary, self.out, run.status)
 
-    def _tensorboard(self, plan: Plan) -> Callback | None:
+    def _callbacks(self, run: Run, plan: Plan, feed: Any, early: EarlyStopping | None, progress: Progress
+                   ) -> tuple[list[Callback], Divergence, Checkpointing | None]:
+        """The run's callbacks in the order they run (mrc/runtime/callbacks.py), with its
+        divergence check and its checkpoints (None: the graph has no checkpoint op). When the
+        run evaluates and saves is the graph's cadence ops; `run.sync` is the gcd of every
+        interval, so that every one falls on an event."""
+        settings = self.program.train
+        cadence = {type(op): op for op in self.c.graph.cadence}
+        evaluates, saves = cadence.get(Evaluate), cadence.get(Checkpoint)
+        run.sync = math.gcd(*(n for n in (settings.log_every, *(op.every for op in cadence.values())) if n)) or 1
+        on_eval: list[Callback] = [progress]
+        if early is not None:
+            on_eval.append(early)
+        if self.observe is not None:
+            on_eval.append(Observer(self.observe))
+        divergence = Divergence()
+        callbacks: list[Callback] = [divergence, MetricsLog(settings.log_every, progress)]
+        if evaluates is not None:
+            callbacks.append(Evaluation(evaluates.every, self.eval_batch, feed.val_batches, on_eval, feed.evals,
+                                        self.scoring))
+        checkpoints, checkpointing = self.checkpoints, None
+        if saves is not None:
+            checkpointing = Checkpointing(saves.every, lambda r: checkpoints.snapshot(r, early), checkpoints.write)
+            callbacks.append(checkpointing)
+        callbacks += [StopRequests(self.interrupt, self.stop_at), progress]
+        checkpoints.flushes.clear()  # what is on disk before a checkpoint: the metrics, the events
+        if self.out:
+            run.sink = MetricsFile(self.out / METRICS, run.step if self.resume else None)
+            checkpoints.flushes.append(run.sink.flush)
+        tb = self._tensorboard(plan) if self.out else None
+        if tb is not None:
+            callbacks.append(tb)
+            checkpoints.flushes.append(tb.flush)
+        return callbacks, divergence, checkpointing
+
+    def _tensorboard(self, plan: Plan) -> TensorBoard | None:
         """The TensorBoard writer of a run with an out dir (None when turned off, or, with a
         note, when the `tensorboard` package cannot be imported)."""
         if not self.tensorboard or self.out is None:
