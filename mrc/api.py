@@ -312,7 +312,7 @@ def run(spec: str | Path | SpecText | Compiled, *, out: str | Path | None = None
     target = compiled.target
     leader = target.leader
     if resume is not None and steps is None and epochs is None:
-        from mrc.runtime.trainer import fingerprint
+        from mrc.runtime.checkpoint import fingerprint
 
         done = rundir.finished(Path(resume), compiled.program.name, fingerprint(compiled.graph))
         if done is not None:  # nothing to resume: say so and change nothing

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 
 from mrc.binding import Bound
+from mrc.ir.cadence import cadence_of
 from mrc.ir.graph import Pattern, ScheduleGraph, Stage, lcm
 from mrc.ir.ops import EMPTY, Batch, Op, Rule, Scope
 from mrc.target import Target
@@ -99,7 +100,8 @@ def build_graph(bound: Bound, target: Target) -> ScheduleGraph:
     plans, laps = stage_plans(bound)
     stages = [build_stage(bound, period, plan, rates, replication) for plan in plans]
     graph = ScheduleGraph(stages, partition_table(bound), bound.layers, target,
-                          getattr(program.train, "kernels", "auto"), rule_of(program.schedule), laps=laps)
+                          getattr(program.train, "kernels", "auto"), rule_of(program.schedule), laps=laps,
+                          cadence=cadence_of(program.train))
     for t in techniques():  # every table of every technique, in registry order (JSON writes them so)
         for ref in t.tables:
             kind = resolve(ref)

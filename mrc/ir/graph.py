@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import networkx as nx
 
+from mrc.ir import cadence as _cadence  # noqa: F401  (registers the cadence op kinds for from_json)
 from mrc.ir.ops import OP_KINDS, ORDER, Forward, GraphError, Op, Value, decode
 from mrc.ir.tables import TableKind
 from mrc.target import Target
@@ -221,6 +222,9 @@ class ScheduleGraph:
     notes: list[str] = field(default_factory=list)
     laps: int = 1
     """The stages run in order `laps` times (multi-lap module-wise training)."""
+    cadence: tuple[Op, ...] = ()
+    """Ops that run on a cadence of the run's global steps beside the stages' periods
+    (evaluation, checkpoints: mrc/ir/cadence.py)."""
     tables: dict[TableKind[Any], Any] = field(default_factory=dict)
     """Each technique's tables (frozen values, replaced by `set_table`, never changed in place),
     in the registry's order (mrc/techniques)."""
@@ -275,7 +279,7 @@ class ScheduleGraph:
         """A copy whose stages and notes can change without touching this graph (the tables,
         being frozen, are shared)."""
         return ScheduleGraph([s.copy() for s in self.stages], dict(self.partitions), self.layers, self.target,
-                             self.kernels, self.lr_schedule, list(self.notes), self.laps,
+                             self.kernels, self.lr_schedule, list(self.notes), self.laps, self.cadence,
                              dict(self.tables))
 
     def reindex(self) -> None:
@@ -328,6 +332,7 @@ class ScheduleGraph:
         for stage in self.stages:
             length = "" if stage.length is None else f" length={stage.length} {stage.unit}"
             lines.append(f"schedule stage={stage.name} period={stage.period} patterns={len(stage.patterns)}{length}")
+        lines += [f"  cadence: {op.text()}" for op in self.cadence]
         lines += [f"  note: {note}" for note in self.notes]
         for kind, value in self.tables.items():
             if kind.place == "top":
@@ -417,6 +422,8 @@ class ScheduleGraph:
         }
         if self.laps != 1:
             data["laps"] = self.laps
+        if self.cadence:
+            data["cadence"] = [dict(id=op.id, **op.attrs()) for op in self.cadence]
         for kind, value in self.tables.items():
             data.update(kind.encode(value))
         return json.dumps(data, indent=1) + "\n"
@@ -452,7 +459,10 @@ class ScheduleGraph:
                    {n: PartitionInfo(**{**i, "params": tuple(i["params"]), "partial": tuple(i.get("partial", ()))})
                     for n, i in data["partitions"].items()},
                    tuple(data["layers"]), Target(**data["target"]), data["kernels"], sched, list(data["notes"]),
-                   data.get("laps", 1), tables)
+                   data.get("laps", 1),
+                   tuple(OP_KINDS[od["kind"]].from_attrs({k: v for k, v in od.items() if k not in ("kind", "id")})
+                         for od in data.get("cadence", ())),
+                   tables)
 
 
 def _target_json(target: Target) -> dict[str, Any]:

@@ -8,10 +8,15 @@ tensors (and the data, for batches of their own): the loss and its settings, eac
 with its hyper-parameters, learning rates and kernel, drift fractions, merge rules and batch
 routing all come from the ops. `Plan.step(t, x, y)` runs global step t.
 
-State lives in `Lowering` (the context the lowerings share): the replicas (the model, or one
-copy per brain, or the brains stacked), the integrators (one per replica and rule, created the
+State lives in `Lowering` (the context the lowerings share): the replicas (the model, or the
+copies of it a technique trains side by side), the integrators (one per replica and rule, created the
 first time an update group of that rule is lowered, over every partition that rule moves
 anywhere in the graph), drift buffers and random subsets. The Plan checkpoints all of it.
+
+Techniques reach the training loop only through the Plan's `Hooks`, which their lowerings fill:
+the models an evaluation scores besides the final one, their summary.json entries, the files
+written at the end, their part of each metrics record and of the progress line, warnings, and
+the syncs that make a rank's copy of the state whole. The runtime (mrc/runtime) names no technique.
 
 Element-level partitions (several partitions holding disjoint elements of one tensor) read
 their masks from the binding (`Lowering.masks_of`); a checkpoint records a digest of them, and
@@ -31,7 +36,6 @@ from torch import nn
 from mrc.ir.graph import Pattern, ScheduleGraph
 from mrc.ir.ops import Op, UpdateGroup
 from mrc.lower import precision
-from mrc.techniques.brains.tables import BRAINS
 from mrc.techniques.distributed.tables import PLACEMENT
 
 
@@ -72,7 +76,7 @@ VARIANTS: dict[str, list[tuple[When, LowerFn]]] = {}
 
 def lowers(kind: str, when: When | None = None) -> Callable[[LowerFn], LowerFn]:
     """Register the lowering of op kind `kind`; with `when`, a variant a technique adds, used
-    for the ops it accepts (e.g. update groups on its kernel, or ops of stacked brains)."""
+    for the ops it accepts (e.g. update groups on its kernel, or ops of stacked replicas)."""
     def register(fn: LowerFn) -> LowerFn:
         if when is not None:
             VARIANTS.setdefault(kind, []).append((when, fn))
@@ -105,6 +109,56 @@ def lowering_of(op: Op, ctx: Lowering) -> LowerFn:
     return fn
 
 
+Scalars = Callable[[Any, dict[str, Any]], dict[str, Any]]
+"""A technique's TensorBoard scalars of its entry in a metrics record: (entry, whole record) →
+{tag: value}; values that are not numbers are left out (mrc/runtime/tensorboard.py)."""
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A finished run, as a technique's summary scores it: the final model, the evaluation
+    batch size, the run's scoring (mrc.losses.Scoring) and its data (mrc.data.stream.Feed)."""
+
+    model: nn.Module
+    batch: int
+    scoring: Any
+    feed: Any
+
+    def splits(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
+        """The training split (as evaluation sees it) and the validation split, in memory;
+        None where the data is streamed."""
+        feed = self.feed
+        if not feed.in_memory:
+            return None
+        return (feed.train_eval_x(), feed.train_y), (feed.val_x, feed.val_y)
+
+
+@dataclass
+class Hooks:
+    """How a technique's lowerings reach the training loop, which names no technique.
+
+    eval_models: further models each evaluation scores beside the final one, by group:
+    `{group: {name: model}}` (each brain); an evaluation record and the summary hold
+    `{group: {name: measures}}`. summaries: summary.json entries by key, each scored from the
+    `Finished` run of a run that did not diverge (None: no entry). artifacts: files written at
+    the end of a run that did not diverge: each gets the final model's state dict, takes out
+    what is not the model's own (auxiliary heads), and gives {path in the run directory: state}.
+    metrics: providers merged into each metrics record; scalars: each record entry's TensorBoard
+    tags, by key. progress: providers of the technique's part of the progress line. warnings:
+    raised as ops run (shown, then cleared, at the next log). syncs: what makes this rank's copy
+    of the state whole before it is read (evaluation, saving, checkpoints)."""
+
+    eval_models: list[Callable[[], dict[str, dict[str, nn.Module]]]] = field(default_factory=list)
+    summaries: dict[str, Callable[[Finished], Any]] = field(default_factory=dict)
+    artifacts: list[Callable[[dict[str, torch.Tensor]], dict[str, dict[str, torch.Tensor]]]] = \
+        field(default_factory=list)
+    metrics: list[Callable[[], dict[str, Any]]] = field(default_factory=list)
+    scalars: dict[str, Scalars] = field(default_factory=dict)
+    progress: list[Callable[[], str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    syncs: list[Callable[[], None]] = field(default_factory=list)
+
+
 @dataclass
 class Lowering:
     """The context of one lowering: the graph, the bound model and data, and the state the
@@ -126,21 +180,14 @@ class Lowering:
     """What a technique's lowerings share and build once (module-wise segments, say)."""
     state: dict[str, torch.Tensor] = field(default_factory=dict)
     """Tensors a technique's ops keep across steps (module-wise multipliers): checkpointed."""
-    metrics: list[Callable[[], dict[str, Any]]] = field(default_factory=list)
-    """Providers of a technique's metrics, merged into each metrics record."""
-    progress: list[Callable[[], str]] = field(default_factory=list)
-    """Providers of a technique's part of the progress line."""
-    warnings: list[str] = field(default_factory=list)
-    """Warnings a technique's ops raised as they ran (shown, then cleared, at the next log)."""
+    hooks: Hooks = field(default_factory=Hooks)
+    """What the techniques' lowerings give the training loop (see `Hooks`)."""
     world: Any = None
     """mrc.runtime.world.World: this process among the run's (set by `lower`)."""
     foreign: dict[str, Any] = field(default_factory=dict)
-    """Saved states of the integrators other processes run (a module pipeline's modules, brains
-    on other ranks), by key as `Plan.state_dict` writes them, gathered by a technique's sync: a
+    """Saved states of the integrators other processes run (a pipeline's stages, replicas on
+    other ranks), by key as `Plan.state_dict` writes them, gathered by a technique's sync: a
     checkpoint written by rank 0 holds every rank's."""
-    syncs: list[Callable[[], None]] = field(default_factory=list)
-    """What makes every rank's copy of the state whole before it is read (evaluation, saving,
-    checkpoints): brains fetched from the ranks that train them, buffers from rank 0."""
     scaler: Any = None
     """mrc.lower.precision.LossScaler: the loss scale of `scaled` backwards (None: none)."""
 
@@ -215,6 +262,11 @@ def stage_steps(graph: ScheduleGraph, steps_per_epoch: int) -> list[int] | None:
     return [(s.length or 0) * (steps_per_epoch if s.unit == "epochs" else 1) for s in graph.stages]
 
 
+def placed_world(graph: ScheduleGraph) -> int:
+    """The number of processes the schedule is compiled for (1: one)."""
+    return graph.target.world
+
+
 def staged_total(graph: ScheduleGraph, steps_per_epoch: int) -> int | None:
     """The run's length in steps that the stages fix (None: the run's own length)."""
     lengths = stage_steps(graph, steps_per_epoch)
@@ -228,14 +280,14 @@ class Plan:
                  segments: list[Segment]) -> None:
         self.graph = graph
         self.ctx = ctx
+        self.hooks = ctx.hooks
         self.programs_of = programs
         self.segments = segments
         self.env = Env()
         self.trace: TextIO | None = None
-        self.brains = tuple(graph.table(BRAINS).replicas)
-        self.last_losses: dict[str, torch.Tensor] = {}
         self.steps_run = 0
         """Steps this Plan has run (a sync that finds no step since the last one skips)."""
+        self._loss = ctx.replicas.step_loss
         self._rates = [[{**ctx.lrs, **_pattern_rates(p)} for p in stage.patterns] for stage in graph.stages]
         self._eval_cast = precision.training_autocast(graph)
         self._locate(0)
@@ -267,8 +319,8 @@ class Plan:
         return self.ctx.replicas.module
 
     def step(self, t: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
-        """Run global step `t` on a batch; return its loss (the first gradient point's; for
-        brains the mean over the brains that stepped)."""
+        """Run global step `t` on a batch; return its loss (the replicas' `step_loss`: the
+        first gradient point's, or the mean over the copies of the model that stepped)."""
         env = self.env
         if not self._lo <= t < self._hi:
             self._locate(t)
@@ -287,53 +339,69 @@ class Plan:
                 fn(env)
         env.values.clear()
         self.steps_run += 1
-        if not self.brains:
-            return env.losses[0][1] if env.losses else None
-        first: dict[str, torch.Tensor] = {}
-        for r, loss in env.losses:
-            first.setdefault(r, loss)
-        self.last_losses = first
-        env.weight = float(len(first))  # the run's loss is the mean over every brain that stepped
-        return torch.stack(list(first.values())).mean() if first else None
-
-    def brain_losses(self) -> dict[str, float]:
-        """Each brain's loss on the last step it ran (the brains that stepped); with brains on
-        ranks, gathered from every rank (a collective: every rank calls it at the same step)."""
-        local = {n: v.item() for n, v in self.last_losses.items()}
-        world, placed = self.ctx.world, self.graph.table(PLACEMENT)
-        if not (world.active and placed is not None and placed.mode == "brains"):
-            return local
-        merged: dict[str, float] = {}
-        for part in world.all_gather_object(local):
-            merged.update(part)
-        return {n: merged[n] for n in self.graph.table(BRAINS).replicas if n in merged}
+        return self._loss(env)
 
     def learning_rates(self, t: int) -> dict[str, float]:
-        """Each partition's (each brain's partition's) learning rate at step t, as it runs: the
+        """Each partition's (each replica's partition's) learning rate at step t, as it runs: the
         rate of its update on that step (or on its last step with one) times the schedule."""
         clock = self.clock(t)
         mult = self.schedule(clock)
         rates = self._rates[self.stage][self.pattern_of[clock % self.period]]
         return {name: lr * mult for name, lr in rates.items()}
 
+    # ---- the techniques' hooks (see `Hooks`) ---------------------------------------------
+
     def technique_progress(self) -> str:
         """The techniques' part of the progress line (MGRIT residuals, say)."""
-        return "  ".join(p() for p in self.ctx.progress if p())
+        return "  ".join(p() for p in self.hooks.progress if p())
 
     def drain_warnings(self) -> list[str]:
         """The warnings raised since the last call (the first three, and how many more)."""
-        out = list(self.ctx.warnings)
-        self.ctx.warnings.clear()
+        out = list(self.hooks.warnings)
+        self.hooks.warnings.clear()
         if len(out) > 3:
             out = [*out[:3], f"… and {len(out) - 3} more like these since the last log"]
         return out
 
     def technique_metrics(self) -> dict[str, Any]:
-        """The metrics the techniques' ops keep (module-wise: each module's loss, transport, τ/λ)."""
+        """The techniques' entries of a metrics record (module-wise: each module's loss,
+        transport, τ/λ; each brain's loss)."""
         out: dict[str, Any] = {}
-        for provider in self.ctx.metrics:
+        for provider in self.hooks.metrics:
             out.update(provider())
         return out
+
+    def eval_models(self) -> dict[str, dict[str, nn.Module]]:
+        """The models an evaluation scores besides the final one, by group (see `Hooks`)."""
+        out: dict[str, dict[str, nn.Module]] = {}
+        for provider in self.hooks.eval_models:
+            out.update(provider())
+        return out
+
+    def summaries(self, finished: Finished) -> dict[str, Any]:
+        """The techniques' summary.json entries of a run that did not diverge."""
+        out = {}
+        for key, summarize in self.hooks.summaries.items():
+            entry = summarize(finished)
+            if entry is not None:
+                out[key] = entry
+        return out
+
+    def artifacts(self, state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+        """The techniques' files (path in the run directory → state) of a run that did not
+        diverge; each takes out of `state` (the final model's) what is not the model's own."""
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        for write in self.hooks.artifacts:
+            out.update(write(state))
+        return out
+
+    def processes(self) -> dict[str, Any] | None:
+        """How a run of several processes shares the work, for its summary: the world's size,
+        the placement's mode and the backend (None in one process)."""
+        placed, world = self.graph.table(PLACEMENT), self.ctx.world
+        if not world.active or placed is None:
+            return None
+        return {"size": world.size, "mode": placed.mode, "backend": world.backend}
 
     # ---- the runtime's view of the state -----------------------------------------------
 
@@ -351,7 +419,7 @@ class Plan:
 
     def synchronize(self) -> None:
         """Make this rank's copy of the state whole (before evaluating or saving it)."""
-        for sync in self.ctx.syncs:
+        for sync in self.hooks.syncs:
             sync()
 
     def finish(self) -> None:
@@ -359,19 +427,13 @@ class Plan:
         for subset in self.ctx.subsets.values():
             subset.finish()
 
-    def eval_models(self) -> dict[str, nn.Module]:
-        """The models to evaluate: the model (key ""), or each brain and the merged model."""
-        return self.ctx.replicas.eval_models()
-
     def final_model(self) -> nn.Module:
+        """The model the run produces: the model itself, or one made from its copies (merged)."""
         return self.ctx.replicas.final_model()
 
     def checkpointed_modules(self) -> list[nn.Module]:
         """The modules whose parameters a checkpoint of this plan holds."""
         return self.ctx.replicas.checkpointed()
-
-    def brain_states(self) -> dict[str, dict[str, torch.Tensor]]:
-        return self.ctx.replicas.brain_states()
 
     def attach(self, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
                val_y: torch.Tensor) -> None:
@@ -428,7 +490,7 @@ class Plan:
                     ctx.state[k] = v.to(ctx.device).clone()
 
     def integrators(self, replica: str) -> Iterator[Any]:
-        """The integrators of one replica (for merges that reset or average their state)."""
+        """The integrators of one replica (for a technique that resets or averages their state)."""
         for key, integ in self.ctx.integrators.items():
             if key[0] == replica:
                 yield integ

@@ -1,9 +1,10 @@
-"""Where the model's parameters live while a Plan runs: the replicas.
+"""Where the model's parameters live while a Plan runs: the replicas, copies of the model.
 
-Without brains there is one replica (named ""): the bound model itself, run through its traced
-graph (or as it is, for a model torch.fx cannot trace). With brains
-(mrc/techniques/brains/lower.py) each brain is a copy, or the brains are stacked into one batched
-module when the graph's update groups say `kernel=stacked`.
+By default there is one replica (named ""): the bound model itself, run through its traced graph
+(or as it is, for a model torch.fx cannot trace). A technique that trains several copies side by
+side registers a layout (`LAYOUTS`) that holds them its own way (a module per copy, or all of
+them stacked into one batched module), says what a step's loss is over them, and registers its
+hooks on the Plan (mrc.lower.plan.Hooks) in `prepare`.
 """
 
 from __future__ import annotations
@@ -15,15 +16,13 @@ import torch
 from torch import nn
 
 from mrc.ir.graph import ScheduleGraph
-from mrc.techniques.brains.tables import BRAINS
 
 LAYOUTS: list[Callable[[ScheduleGraph, Any, torch.device], Replicas | None]] = []
-"""Replica layouts techniques register (brains): each returns its Replicas for a graph it
-takes, or None."""
+"""Replica layouts techniques register: each returns its Replicas for a graph it takes, or None."""
 
 
 class Replicas:
-    """The one replica of a spec without brains."""
+    """The one replica of a spec: the model itself."""
 
     stacked = False
 
@@ -36,19 +35,20 @@ class Replicas:
 
     @staticmethod
     def build(graph: ScheduleGraph, bound: Any, device: torch.device) -> Replicas:
-        """The first registered layout that takes the graph (brains), else the model itself."""
+        """The first registered layout that takes the graph, else the model itself."""
         for layout in LAYOUTS:
             replicas = layout(graph, bound, device)
             if replicas is not None:
                 return replicas
-        if graph.table(BRAINS).replicas:
-            raise RuntimeError("the graph has brains, but no replica layout is registered (mrc.techniques.load_all)")
+        if any(op.scope.replica for op in graph.ops()):
+            raise RuntimeError("the graph has several replicas, but no replica layout is registered "
+                               "(mrc.techniques.load_all)")
         return Replicas(bound, device)
 
     def prepare(self, ctx: Any) -> None:
         """Called once the lowering context (mrc.lower.plan.Lowering) holds these replicas,
-        before any op is lowered: a layout registers what it needs there (brains on ranks add
-        the sync that fetches each brain from its rank)."""
+        before any op is lowered: a layout registers its hooks there (the models an evaluation
+        scores, the files it writes, the sync that fetches a copy from the rank that trains it)."""
 
     def module_of(self, replica: str) -> nn.Module:
         return self.module
@@ -67,14 +67,13 @@ class Replicas:
         """The modules whose parameters the run's checkpoint holds."""
         return [self.module]
 
-    def eval_models(self) -> dict[str, nn.Module]:
-        return {"": self.module}
+    def step_loss(self, env: Any) -> torch.Tensor | None:
+        """A step's loss from the losses its ops reported (`Env.losses`): the first."""
+        return env.losses[0][1] if env.losses else None
 
     def final_model(self) -> nn.Module:
+        """The model the run produces."""
         return self.module
-
-    def brain_states(self) -> dict[str, dict[str, torch.Tensor]]:
-        return {}
 
     def state_dict(self) -> dict[str, Any]:
         return {}

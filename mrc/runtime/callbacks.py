@@ -1,8 +1,8 @@
 """The training loop's callbacks: everything a run does besides stepping the Plan.
 
-The loop (mrc/runtime/trainer.py) steps the Plan over the data. Callbacks are not called on every
+The loop (mrc/runtime/loop.py) steps the Plan over the data. Callbacks are not called on every
 step — a call per callback and step is most of a tiny model's overhead — but at events: every
-multiple of `run.sync` (the gcd of the logging, evaluation and checkpoint intervals), each epoch's
+multiple of `run.sync` (the gcd of the logging interval and the graph's cadences), each epoch's
 end, the last step, `stop_at`, a requested interrupt, and any step a callback asked for with
 `run.wake_at`. At an event the loop calls each callback's `on_step(run)` — with
 `run.end_of_epoch` telling whether the epoch just ended — then rolls the epoch over and calls
@@ -13,16 +13,17 @@ are in `run.pending` (step, epoch, loss).
 A callback stops the run with `run.stop(status, message)`. Built-ins, in the order they run:
   Divergence     — reads the step losses back at the points the host waits anyway; a NaN or
                    infinite loss stops the run (`diverged`) naming the step;
-  MetricsLog     — one record per `log_every` steps (loss, learning rate per partition, brains);
-  Evaluation     — every `eval_every` steps (else each epoch end) and at the end: the model, or
-                   each brain and the merged model; `metrics["val_*"]` is the run's metric, and
-                   `metrics["evals"][NAME]` the loss and accuracy on each `eval` set (of the
-                   merged model, with brains);
-  EarlyStopping  — on the run's metric, for brains the merged model's;
+  MetricsLog     — one record per `log_every` steps (loss, learning rate per partition, and
+                   the techniques' entries: the Plan's metrics hooks);
+  Evaluation     — the graph's `eval` op: every N steps (else each epoch end) and at the end:
+                   the final model, and the models the techniques add (the Plan's eval-model
+                   hooks, by group); `metrics["val_*"]` is the run's metric (the final model's),
+                   and `metrics["evals"][NAME]` the loss and accuracy on each `eval` set;
+  EarlyStopping  — on the run's metric;
   Observer       — the hook for callers (`mrc.api.train(observe=…)`): called with the step and
                    the validation metrics of each evaluation; returning True stops the run
                    (`stopped`; the sweep's pruning uses it);
-  Checkpointing  — every `checkpoint_every` steps (else each epoch end), kept once the next
+  Checkpointing  — the graph's `checkpoint` op: every N steps (else each epoch end), kept once the next
                    step's loss at its parameters is finite (so a diverging run keeps a good one);
   StopRequests   — an interrupt the caller requested (the CLI's Ctrl-C handler) and `stop_at`.
 """
@@ -154,8 +155,8 @@ class Divergence(Callback):
 
 
 class MetricsLog(Callback):
-    """A record every `log_every` steps and at the last: loss, each partition's (each brain's
-    partition's) learning rate as it ran, and each brain's loss."""
+    """A record every `log_every` steps and at the last: loss, each partition's (each replica's
+    partition's) learning rate as it ran, and the techniques' entries (the Plan's metrics hooks)."""
 
     def __init__(self, log_every: int, progress: Any) -> None:
         self.log_every = log_every
@@ -167,8 +168,6 @@ class MetricsLog(Callback):
         rec: dict[str, Any] = {"step": run.step, "epoch": run.position(),
                                "loss": None if run.loss is None else run.loss.item(),
                                "lr": run.plan.learning_rates(run.step - 1), "time": run.elapsed()}
-        if run.plan.brains:
-            rec["brains"] = run.plan.brain_losses()
         rec.update(run.plan.technique_metrics())
         run.record(rec)
         for warning in run.plan.drain_warnings():
@@ -228,19 +227,19 @@ class Evaluation(Callback):
             cb.on_eval(run, metrics)
 
     def evaluate(self, plan: Any) -> dict[str, Any]:
+        """The final model's measures on the validation split, each further model's (by group,
+        as the techniques' hooks give them), then the final model's on each named set."""
         from mrc.runtime.evaluation import evaluate_batches
 
         plan.synchronize()  # a run of several processes: this rank's copy made whole first
-        models = plan.eval_models()
-        if "" in models:
-            with plan.full_weights():
-                out: dict[str, Any] = prefixed(evaluate_batches(models[""], self.val_batches(), self.scoring))
-                out.update(self.named(models[""]))
-            return out
-        evs = {n: evaluate_batches(m, self.val_batches(), self.scoring) for n, m in models.items()}
-        merged = evs.pop("merged")
-        return {**prefixed(merged), "brains": {n: prefixed(e) for n, e in evs.items()},
-                **self.named(models["merged"])}
+        with plan.full_weights():
+            model = plan.final_model()
+            out: dict[str, Any] = prefixed(evaluate_batches(model, self.val_batches(), self.scoring))
+            for group, models in plan.eval_models().items():
+                out[group] = {n: prefixed(evaluate_batches(m, self.val_batches(), self.scoring))
+                              for n, m in models.items()}
+            out.update(self.named(model))
+        return out
 
     def named(self, model: Any) -> dict[str, Any]:
         """`{"evals": {NAME: {"loss", "acc", …}}}` of `model` on each named set ({} without any)."""
@@ -253,7 +252,7 @@ class Evaluation(Callback):
 
 class EarlyStopping(Callback):
     """Stop when the run's metric has not improved by `min_delta` for `patience` evaluations;
-    with `restore_best`, keep the best weights (for brains: the merged model's)."""
+    with `restore_best`, keep the best weights (the final model's)."""
 
     def __init__(self, spec: Any) -> None:
         self.spec = spec

@@ -1,4 +1,5 @@
-"""Run directories: atomic checkpoints, the metrics log and the summary.
+"""Run directories: atomic checkpoints, the metrics log and the summary; what a checkpoint
+holds, and resuming from one (`Checkpoints`).
 
 A run directory holds `checkpoint.pt` (everything needed to continue exactly: model, optimizer
 state, step, epoch, position in the epoch, random-generator states, early-stopping state),
@@ -16,11 +17,15 @@ and anything else is a bug caught when the file is written, not when it is read 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import hashlib
+import io
 import json
 import os
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +33,7 @@ import torch
 
 from mrc.safeload import WeightsError, plain, read_weights
 
+FORMAT = "mrc-checkpoint-2"
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
@@ -188,3 +194,142 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---- what a checkpoint holds, and resuming from one ----------------------------------------
+
+
+def trained(graph: Any) -> Any:
+    """The graph as far as a run's identity goes: without its cadence ops (how often the run
+    evaluates and saves changes no parameter, so a resume may change it)."""
+    return dataclasses.replace(graph, cadence=()) if graph.cadence else graph
+
+
+def fingerprint(graph: Any) -> str:
+    """A short digest of the compiled schedule (what a checkpoint must be resumed with)."""
+    return hashlib.sha256(trained(graph).to_json().encode()).hexdigest()[:16]
+
+
+def differences(saved: Sequence[str], overrides: Sequence[str], saved_schedule: str | None, graph: Any) -> str:
+    """What makes a resumed run's compiled schedule differ from its checkpoint's, in words: the
+    `--set` keys given now with a value other than the run's (or that the run did not set),
+    else the first lines where the schedules differ (`mrc graph --compact` text), else that the
+    spec changed. `overrides` are the run's own (`saved`) followed by those given now."""
+    def pairs(items: Sequence[str]) -> list[tuple[str, str]]:
+        return [(k.strip(), v.strip()) for k, _, v in (str(i).partition("=") for i in items)]
+
+    run = dict(pairs(saved))
+    found: list[str] = []
+    for key, value in pairs(overrides[len(saved):] if list(overrides[:len(saved)]) == list(saved) else overrides):
+        if key not in run:
+            found.append(f"`{key}` is {value} now and not set in the run")
+        elif run[key] != value:
+            found.append(f"`{key}` is {run[key]} in the run, {value} now")
+    if found:
+        return "; ".join(found)
+    if saved_schedule:
+        import difflib
+
+        now = trained(graph).to_text(compact=True).splitlines()
+        changed = [line[1:].strip() for line in difflib.unified_diff(saved_schedule.splitlines(), now, n=0,
+                                                                       lineterm="")
+                   if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+        if changed:
+            shown = "; ".join(f"`{c}`" for c in changed[:4])
+            return f"the schedule changed ({shown}{'; …' if len(changed) > 4 else ''}): was the spec edited?"
+    return "the compiled schedule differs (was the spec edited?)"
+
+
+class Checkpoints:
+    """A run's checkpoints: what one holds (`snapshot`), writing it (`write`) and continuing
+    from one (`restore`). A checkpoint remembers the run it belongs to — the spec's name, a
+    fingerprint of its compiled graph, the overrides, the seed and the run's length — so a
+    resume continues exactly that run.
+
+    flushes: what must be on disk before a checkpoint is (the metrics lines, TensorBoard
+    events up to its step), called before each write."""
+
+    def __init__(self, compiled: Any, out: Path | None, overrides: list[str], world: Any) -> None:
+        self.c = compiled
+        self.program = compiled.program
+        self.out = out
+        self.overrides = overrides
+        self.world = world
+        self.fingerprint = fingerprint(compiled.graph)
+        self.schedule_text = trained(compiled.graph).to_text(compact=True)  # once: every checkpoint stores it
+        self.flushes: list[Callable[[], None]] = []
+
+    def snapshot(self, run: Any, early: Any) -> bytes:
+        """The checkpoint of the run's current step, serialised (written once it proves good).
+        Every rank takes part (its copy of the state is made whole first); rank 0 writes."""
+        run.plan.synchronize()
+        if self.out is None:
+            return b""
+        state = {
+            "format": FORMAT,
+            "spec": self.program.file, "spec_name": self.program.name, "fingerprint": self.fingerprint,
+            "overrides": self.overrides, "seed": self.program.train.seed,
+            "model": self.c.bound.model.state_dict(),
+            "plan": run.plan.state_dict(),
+            "step": run.step, "epoch": run.epoch, "batch": run.batch, "total": run.total,
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "early": early.state_dict() if early else None, "last_eval": run.last_eval,
+            "world": self.world.size,
+            "elapsed": run.elapsed(),  # the run's wall time so far: a resume continues the clock
+            "schedule": self.schedule_text,  # to name what differs when a resume is refused
+        }
+        buffer = io.BytesIO()
+        torch.save(plain(state), buffer)  # read back with weights_only=True: plain data only
+        return buffer.getvalue()
+
+    def write(self, data: bytes) -> None:
+        if self.out is not None:
+            for flush in self.flushes:  # the metrics up to the checkpoint are on disk before it
+                flush()
+            atomic_write_bytes(self.out / CHECKPOINT, lambda f: f.write(data))
+
+    def restore(self, resume: Path, run: Any, early: Any, *, asked: bool, change_length: bool,
+                echo: Callable[[str], None]) -> None:
+        """Continue `run` from the checkpoint in `resume`: refused, in one line, when it belongs
+        to another run. `asked`: a length was given now; with `change_length` it may differ
+        from the run's (the run then ends there), else the run keeps its own."""
+        state = load_checkpoint(resume)
+        where = f"cannot resume {resume}"
+        if state.get("format") != FORMAT or "plan" not in state:
+            raise CheckpointError(f"{where}: its checkpoint is from another version of mrc or is incomplete")
+        saved_world = int(state.get("world", 1))
+        if saved_world != self.world.size:
+            raise CheckpointError(f"{where}: it was written by a run of {saved_world} process"
+                                  f"{'es' if saved_world > 1 else ''}; resume it with the same number "
+                                  f"(this run has {self.world.size})")
+        if state["spec_name"] != self.program.name:
+            raise CheckpointError(f"{where}: it was written by spec `{state['spec_name']}`, not by "
+                                  f"`{self.program.name}`")
+        if state["fingerprint"] != self.fingerprint:
+            what = differences(state.get("overrides") or [], self.overrides, state.get("schedule"), self.c.graph)
+            raise CheckpointError(f"{where}: this run's settings differ from the run's: {what}")
+        if state["total"] != run.total:
+            if asked and not change_length:
+                raise CheckpointError(f"{where}: the run is planned for {state['total']} steps; to make it "
+                                      f"{run.total}, resume with --change-length")
+            if not asked:
+                run.total = state["total"]
+            else:
+                echo(f"mrc: note: the run now ends at step {run.total} (it was planned for "
+                     f"{state['total']}); the learning-rate schedule spans the new length")
+        try:
+            self.c.bound.model.load_state_dict(state["model"])
+            run.plan.load_state_dict(state["plan"])
+        except (KeyError, RuntimeError, ValueError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise CheckpointError(f"{where}: its state does not fit this run ({first})") from None
+        run.step, run.epoch, run.batch = state["step"], state["epoch"], state["batch"]
+        run.last_good = run.step
+        run.start -= float(state.get("elapsed", 0.0))  # wall time continues across resumes
+        torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if early is not None and state["early"] is not None:
+            early.load_state_dict(state["early"])
+        run.last_eval = state["last_eval"]

@@ -11,12 +11,10 @@ run"):
                                      regression loss)
     val/exact, val/NAME              a multi-label loss's exact match; each user `metric NAME`
     eval/NAME/loss, eval/NAME/acc    each `eval NAME = …` set
-    brains/NAME/loss                 each brain's latest training loss
-    brains/NAME/val_loss|val_acc     each brain's validation metrics; NAME `merged`: the merged model
-    modules/MODULE/loss|transport|tau|lambda     module-wise training (MODULE `m0`, `m1`, … or
-                                     `REGION.mK`)
-    mgrit/STACK/forward_residual, …/adjoint_residual    the last iteration's residual norm
-    mgrit/STACK/forward_factor, …/adjoint_factor        the last convergence factor
+    KEY/…                            a technique's entry KEY of a record, as the technique's
+                                     scalars hook names its tags (mrc.lower.plan.Hooks): e.g.
+                                     each brain's loss and validation metrics, each module's
+                                     loss, transport and τ/λ, each MGRIT stack's residuals
     spec, graph                      text summaries at step 0: the spec as it ran (config.mrs,
                                      `--set` values written in) and its compiled graph
     hparams                          the run's `--set` overrides (from run.json) with val/loss and
@@ -33,10 +31,14 @@ step appears once, exactly as `metrics.jsonl` keeps only the lines up to the che
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mrc.runtime.callbacks import Callback, Run
+
+if TYPE_CHECKING:
+    from mrc.lower.plan import Scalars
 
 TB = "tb"
 """The run directory's subdirectory that holds the event files."""
@@ -52,8 +54,9 @@ def tag(*parts: str) -> str:
     return _BAD.sub("_", "/".join(parts))
 
 
-def scalars(rec: dict[str, Any]) -> dict[str, float]:
-    """The scalars (tag → value) of one metrics record, a MetricsLog or an Evaluation record.
+def scalars(rec: dict[str, Any], techniques: Mapping[str, Scalars] | None = None) -> dict[str, float]:
+    """The scalars (tag → value) of one metrics record, a MetricsLog or an Evaluation record;
+    `techniques` maps a technique's record key to its tags (the Plan's scalars hooks).
 
     A pure function of the record so the mapping can be tested, and documented, on its own.
     Missing and non-numeric values (a diverged run's None) are left out."""
@@ -68,19 +71,6 @@ def scalars(rec: dict[str, Any]) -> dict[str, float]:
         put("train/loss", rec.get("loss"))
         for part, lr in (rec.get("lr") or {}).items():
             put(tag("lr", part), lr)
-        for brain, value in (rec.get("brains") or {}).items():
-            if isinstance(value, dict):
-                continue
-            put(tag("brains", brain, "loss"), value)
-        for module, row in (rec.get("modules") or {}).items():
-            for key, value in row.items():
-                put(tag("modules", module, key), value)
-        for stack, solve in (rec.get("mgrit") or {}).items():
-            for key in ("forward", "adjoint"):
-                if solve.get(key):
-                    put(tag("mgrit", stack, f"{key}_residual"), solve[key][-1])
-                if solve.get(f"{key}_factor"):
-                    put(tag("mgrit", stack, f"{key}_factor"), solve[f"{key}_factor"][-1])
     if "val_loss" in rec or "val_acc" in rec:  # an evaluation record
         put("val/loss", rec.get("val_loss"))
         put("val/acc", rec.get("val_acc"))
@@ -90,14 +80,10 @@ def scalars(rec: dict[str, Any]) -> dict[str, float]:
         for name, ev in (rec.get("evals") or {}).items():
             for key, value in ev.items():
                 put(tag("eval", name, key), value)
-        brains = rec.get("brains") or {}
-        for brain, ev in brains.items():
-            if isinstance(ev, dict):
-                for key, value in ev.items():
-                    put(tag("brains", brain, key), value)
-        if any(isinstance(ev, dict) for ev in brains.values()):
-            put("brains/merged/val_loss", rec.get("val_loss"))
-            put("brains/merged/val_acc", rec.get("val_acc"))
+    for key, mapping in (techniques or {}).items():
+        if rec.get(key):
+            for name, value in mapping(rec[key], rec).items():
+                put(tag(name), value)
     return out
 
 
@@ -109,12 +95,13 @@ class TensorBoard(Callback):
     interrupted run had logged are discarded (see the module's docstring)."""
 
     def __init__(self, out_dir: Path, *, resumed: bool, spec_text: str = "", graph_text: str = "",
-                 hparams: dict[str, Any] | None = None) -> None:
+                 hparams: dict[str, Any] | None = None, techniques: Mapping[str, Scalars] | None = None) -> None:
         self.dir = out_dir / TB
         self.resumed = resumed
         self.spec_text = spec_text
         self.graph_text = graph_text
         self.hparams = hparams or {}
+        self.techniques = techniques
         self.writer: Any = None
 
     def on_start(self, run: Run) -> None:
@@ -141,7 +128,7 @@ class TensorBoard(Callback):
         if self.writer is None:
             return
         step = int(rec["step"])
-        for name, value in scalars(rec).items():
+        for name, value in scalars(rec, self.techniques).items():
             self.writer.add_scalar(name, value, step)
 
     def flush(self) -> None:

@@ -97,7 +97,7 @@ def steps_of(spec: str, overrides: list[str], world: int, steps: int, syncs: int
         before = counted["broadcasts"]
         plan.synchronize()
         counted.setdefault("per_sync", []).append(counted["broadcasts"] - before)
-    return {"brains": plan.brain_states(), "losses": losses, "final": plan.final_model().state_dict(),
+    return {"brains": plan.ctx.replicas.brain_states(), "losses": losses, "final": plan.final_model().state_dict(),
             "per_sync": counted.get("per_sync", []), "rank": w.rank}
 
 

@@ -65,13 +65,19 @@ def test_the_overrides_are_the_runs_hparams(tmp_path: Path) -> None:
 
 
 def test_brains_modules_and_mgrit_records_have_their_tags() -> None:
-    """The mapping from records to tags, on records shaped as the trainer writes them."""
+    """The mapping from records to tags, on records shaped as the trainer writes them; each
+    technique's entry is mapped by the scalars hook its lowering registers on the Plan."""
+    from mrc.techniques.brains.lower import brain_scalars
+    from mrc.techniques.mgrit.lower import mgrit_scalars
+    from mrc.techniques.modules.lower import module_scalars
+
+    techniques = {"brains": brain_scalars, "modules": module_scalars, "mgrit": mgrit_scalars}
     train_rec = {"step": 4, "epoch": 0.1, "loss": 2.0, "lr": {"fast.all": 0.02, "all@m0": 0.1}, "time": 0.1,
                  "brains": {"fast": 2.0},
                  "modules": {"m0": {"tau": 0.5, "transport": 0.9, "loss": 2.1}, "r.m1": {"lambda": 0.2, "loss": 1.0}},
                  "mgrit": {"stack": {"forward": [16.0, 1.5], "forward_factor": [0.1], "adjoint": [0.08],
                                      "adjoint_factor": []}}}
-    assert scalars(train_rec) == {
+    assert scalars(train_rec, techniques) == {
         "train/loss": 2.0, "lr/fast.all": 0.02, "lr/all_m0": 0.1, "brains/fast/loss": 2.0,
         "modules/m0/tau": 0.5, "modules/m0/transport": 0.9, "modules/m0/loss": 2.1,
         "modules/r.m1/lambda": 0.2, "modules/r.m1/loss": 1.0,
@@ -79,11 +85,12 @@ def test_brains_modules_and_mgrit_records_have_their_tags() -> None:
         "mgrit/stack/adjoint_residual": 0.08}
     eval_rec = {"step": 4, "epoch": 0.1, "val_loss": 1.0, "val_acc": 0.5, "time": 0.2,
                 "brains": {"fast": {"val_loss": 1.1, "val_acc": 0.4}}, "evals": {"clean": {"loss": 0.9, "acc": 0.6}}}
-    assert scalars(eval_rec) == {
+    assert scalars(eval_rec, techniques) == {
         "val/loss": 1.0, "val/acc": 0.5, "eval/clean/loss": 0.9, "eval/clean/acc": 0.6,
         "brains/fast/val_loss": 1.1, "brains/fast/val_acc": 0.4,
         "brains/merged/val_loss": 1.0, "brains/merged/val_acc": 0.5}
-    assert scalars({"step": 3, "loss": None, "lr": {}}) == {}
+    assert scalars({"step": 3, "loss": None, "lr": {}}, techniques) == {}
+    assert scalars(train_rec) == {"train/loss": 2.0, "lr/fast.all": 0.02, "lr/all_m0": 0.1}  # no hooks: core tags
 
 
 def test_brains_and_modules_specs_write_their_tags(tmp_path: Path) -> None:

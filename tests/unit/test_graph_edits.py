@@ -79,7 +79,7 @@ class Spec:
             loss = plan.step(t, x, y)
             losses.append(None if loss is None else float(loss))
             if graph.table(BRAINS_TABLE).replicas:
-                after.append({f"{b}/{k}": v for b, s in plan.brain_states().items() for k, v in s.items()})
+                after.append({f"{b}/{k}": v for b, s in plan.ctx.replicas.brain_states().items() for k, v in s.items()})
             else:
                 after.append({k: v.detach().clone() for k, v in bound.model.named_parameters()})
         return after, losses, plan

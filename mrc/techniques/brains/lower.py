@@ -60,14 +60,44 @@ class BrainReplicas(Replicas):
             self._named = {n: dict(m.named_parameters()) for n, m in self.modules.items()}
 
         self.ranked: ranks.RankedBrains | None = None
+        self.last_losses: dict[str, torch.Tensor] = {}
+        self.world: Any = None
 
     def prepare(self, ctx: Lowering) -> None:
-        """Brains on ranks: the collective merges' view of the ranks, and the sync that brings
-        every brain from its rank before evaluation and saving (mrc/techniques/brains/ranks.py)."""
+        """The brains' hooks on the Plan: each brain's loss in the metrics records (and its
+        TensorBoard tags), each brain evaluated beside the merged model, and `brains/NAME.pt` at
+        the end. Brains on ranks: the collective merges' view of the ranks, and the sync that
+        brings every brain from its rank before evaluation and saving (ranks.py)."""
+        hooks, self.world = ctx.hooks, ctx.world
         placement = ctx.graph.table(PLACEMENT)
         if placement is not None and placement.mode == "brains" and ctx.world.active:
             self.ranked = ranks.RankedBrains(self, ctx)
-            ctx.syncs.append(self.ranked.sync)
+            hooks.syncs.append(self.ranked.sync)
+        hooks.metrics.append(lambda: {"brains": self.losses()})
+        hooks.scalars["brains"] = brain_scalars
+        hooks.eval_models.append(lambda: {"brains": {n: self.brain_module(n) for n in self.order}})
+        hooks.artifacts.append(lambda state: {f"brains/{n}.pt": s for n, s in self.brain_states().items()})
+
+    def step_loss(self, env: Env) -> torch.Tensor | None:
+        """The step's loss: the mean over the brains that stepped (each brain's first loss),
+        each of which counts in a run of several processes (`Env.weight`)."""
+        first: dict[str, torch.Tensor] = {}
+        for r, loss in env.losses:
+            first.setdefault(r, loss)
+        self.last_losses = first
+        env.weight = float(len(first))  # the run's loss is the mean over every brain that stepped
+        return torch.stack(list(first.values())).mean() if first else None
+
+    def losses(self) -> dict[str, float]:
+        """Each brain's loss on the last step it ran (the brains that stepped); with brains on
+        ranks, gathered from every rank (a collective: every rank calls it at the same step)."""
+        local = {n: v.item() for n, v in self.last_losses.items()}
+        if self.ranked is None:
+            return local
+        merged: dict[str, float] = {}
+        for part in self.world.all_gather_object(local):
+            merged.update(part)
+        return {n: merged[n] for n in self.order if n in merged}
 
     # ---- parameters ---------------------------------------------------------------------
 
@@ -226,15 +256,12 @@ class BrainReplicas(Replicas):
     def checkpointed(self) -> list[nn.Module]:
         return [self.stack] if self.stack is not None else list(self.modules.values())
 
-    def eval_models(self) -> dict[str, nn.Module]:
-        """Each brain, and the merged model (the final rule over all brains, changing none)."""
-        brains = {n: self.brain_module(n) for n in self.order}
-        merged = copy.deepcopy(brains[self.order[0]])
-        merged.load_state_dict(self.combined(tuple(self.order), self.final_rule, update_ema=False))
-        return {**brains, "merged": merged}
-
     def final_model(self) -> nn.Module:
-        return self.eval_models()["merged"]
+        """The merged model: the final rule over all brains, changing none."""
+        first = self.order[0]
+        merged = copy.deepcopy(self.modules[first]) if self.stack is None else self.brain_module(first)
+        merged.load_state_dict(self.combined(tuple(self.order), self.final_rule, update_ema=False))
+        return merged
 
     def brain_states(self) -> dict[str, dict[str, torch.Tensor]]:
         return {n: {k: v.detach().cpu().clone() for k, v in self.state_of(n).items()} for n in self.order}
@@ -246,6 +273,21 @@ class BrainReplicas(Replicas):
         for n in self.order:
             self.set_state(n, state["brains"][n])
         self.ema = state["ema"]
+
+
+def brain_scalars(entry: dict[str, Any], record: dict[str, Any]) -> dict[str, float]:
+    """The TensorBoard tags of a record's `brains` entry: `brains/NAME/loss` (a training record),
+    `brains/NAME/val_loss|val_acc` and the merged model's as `brains/merged/…` (an evaluation)."""
+    out: dict[str, Any] = {}
+    for brain, value in entry.items():
+        if isinstance(value, dict):
+            out.update({f"brains/{brain}/{key}": v for key, v in value.items()})
+        else:
+            out[f"brains/{brain}/loss"] = value
+    if any(isinstance(ev, dict) for ev in entry.values()):
+        out["brains/merged/val_loss"] = record.get("val_loss")
+        out["brains/merged/val_acc"] = record.get("val_acc")
+    return out
 
 
 def _layout(graph: ScheduleGraph, bound: Any, device: torch.device) -> BrainReplicas | None:

@@ -55,7 +55,7 @@ def lower_shard(op: Shard, pattern: Pattern, ctx: Lowering) -> StepFn:
     cut = BlockCuts(op.world, ctx.world.rank, "a batch of {n} cannot be split across {parts} processes")
     if "distributed.buffers" not in ctx.cache:  # buffers: rank 0's, as DDP keeps them
         ctx.cache["distributed.buffers"] = True
-        ctx.syncs.append(lambda: _broadcast_buffers(ctx))
+        ctx.hooks.syncs.append(lambda: _broadcast_buffers(ctx))
     share: list[float] = ctx.cache.setdefault("distributed.share", [1.0])
     if op.batchnorm == "global" and ctx.world.active and not ctx.cache.get("distributed.batchnorm"):
         from mrc.techniques.distributed.batchnorm import globalise

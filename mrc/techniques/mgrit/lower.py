@@ -204,7 +204,7 @@ class StackSolve:
     def _add_sync(self) -> None:
         if not self.synced:
             self.synced = True
-            self.ctx.syncs.append(self.sync)
+            self.ctx.hooks.syncs.append(self.sync)
 
     def sync(self) -> None:
         """Put the whole warm-start states in the lowering's state (every rank's block, summed into one
@@ -236,7 +236,7 @@ class StackSolve:
         self.last[f"{which}_factor"] = factors
         worst = max(factors, default=0.0)
         if worst > 1.0:
-            self.ctx.warnings.append(
+            self.ctx.hooks.warnings.append(
                 f"step {self.step}: the {which} MGRIT solve of `{self.path}` diverges (convergence factor "
                 f"{worst:.3g} > 1); {'its output is' if which == 'forward' else 'its gradients are'} not to be trusted")
 
@@ -522,5 +522,19 @@ def _register_metrics(ctx: Lowering) -> None:
                     text += f" r_adj {adj[-1]:.2e}"
                 parts.append(text)
         return "  ".join(parts)
-    ctx.metrics.append(metrics)
-    ctx.progress.append(progress)
+    ctx.hooks.metrics.append(metrics)
+    ctx.hooks.scalars["mgrit"] = mgrit_scalars
+    ctx.hooks.progress.append(progress)
+
+
+def mgrit_scalars(entry: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """The TensorBoard tags of a record's `mgrit` entry: each stack's last residual norm and
+    convergence factor of its forward and adjoint solves (`mgrit/STACK/forward_residual`, …)."""
+    out: dict[str, Any] = {}
+    for stack, solve in entry.items():
+        for key in ("forward", "adjoint"):
+            if solve.get(key):
+                out[f"mgrit/{stack}/{key}_residual"] = solve[key][-1]
+            if solve.get(f"{key}_factor"):
+                out[f"mgrit/{stack}/{key}_factor"] = solve[f"{key}_factor"][-1]
+    return out

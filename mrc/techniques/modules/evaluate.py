@@ -1,13 +1,18 @@
 """How much each module knows: the loss and accuracy of every module's classifier F_k ∘ G_k (the seed's
-per-module accuracy; the last module's classifier is the model itself), in one pass."""
+per-module accuracy; the last module's classifier is the model itself), in one pass; and what
+module-wise training adds to a run's end through the Plan's hooks: the `modules` entry of
+summary.json and the auxiliary heads, written to `aux.pt` rather than `final.pt`."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import fx, nn
 
 from mrc.ir.graph import ScheduleGraph
 from mrc.losses import CLASSIFICATION, Scoring
+from mrc.lower.plan import Finished, Lowering
 from mrc.techniques.modules.tables import MODULES
 
 
@@ -48,3 +53,39 @@ def evaluate_modules(model: nn.Module, graph: ScheduleGraph, x: torch.Tensor, y:
                     totals[k][j] += float(fn(out, target))
     model.train(was_training)
     return {n: {m: totals[k][j] / len(x) for j, (m, _) in enumerate(sums)} for k, n in enumerate(names)}
+
+
+def register(ctx: Lowering) -> None:
+    """Module-wise training's end of run: its summary entry and its heads' file (once)."""
+    graph = ctx.graph
+    ctx.hooks.summaries.setdefault("modules", lambda done: summary(done, graph))
+    if heads not in ctx.hooks.artifacts:
+        ctx.hooks.artifacts.append(heads)
+
+
+def summary(done: Finished, graph: ScheduleGraph) -> dict[str, Any] | None:
+    """Each module's classifier F_k ∘ G_k on the training and validation data (the last
+    module's is the model itself), with its table row; None where the data is streamed."""
+    splits = done.splits()
+    if splits is None:
+        return None
+    (tx, ty), (vx, vy) = splits
+    train = evaluate_modules(done.model, graph, tx, ty, done.batch, done.scoring)
+    val = evaluate_modules(done.model, graph, vx, vy, done.batch, done.scoring)
+    out = {}
+    for name, info in graph.table(MODULES).items():
+        tr, va = train[name], val[name]
+        acc = {"train_acc": tr["acc"], "val_acc": va["acc"]} if "acc" in tr else {}
+        out[name] = {**acc, "val_loss": va["loss"],
+                     "params": info.params, "activation_bytes_estimate": info.bytes,
+                     "residuals": info.residuals, "tau": info.tau}
+    return out
+
+
+def heads(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """The auxiliary heads, taken out of the final model's state: `aux.pt` (without `aux.`)."""
+    from mrc.techniques.modules.bind import AUX
+
+    prefix = AUX + "."
+    taken = {k[len(prefix):]: state.pop(k) for k in [k for k in state if k.startswith(prefix)]}
+    return {"aux.pt": taken}

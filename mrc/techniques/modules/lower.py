@@ -26,6 +26,7 @@ from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
 from mrc.techniques.core.lower import FUSED, fused_integrator, prepared_loss, replica
 from mrc.techniques.distributed.lower import BlockCuts
 from mrc.techniques.distributed.tables import PLACEMENT
+from mrc.techniques.modules import evaluate
 from mrc.techniques.modules.ops import AuxHead, LocalLoss, MicroBackward, MicroBatch
 from mrc.techniques.modules.tables import MODULES
 
@@ -53,6 +54,7 @@ def pieces(ctx: Lowering, r: str) -> list[fx.GraphModule]:
         got = ctx.cache[key] = fxsplit.split_modules(gm, cuts, taps=True)
         _register_metrics(ctx)
         register_sync(ctx)
+        evaluate.register(ctx)
     return got
 
 
@@ -223,7 +225,13 @@ def _register_metrics(ctx: Lowering) -> None:
                 merged.update(part)
             out = dict(sorted(merged.items(), key=lambda kv: module_index(kv[0].rpartition(".")[2])))
         return {"modules": out} if out else {}
-    ctx.metrics.append(metrics)
+    ctx.hooks.metrics.append(metrics)
+    ctx.hooks.scalars["modules"] = module_scalars
+
+
+def module_scalars(entry: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """The TensorBoard tags of a record's `modules` entry: `modules/MODULE/loss|transport|tau|lambda`."""
+    return {f"modules/{module}/{key}": value for module, row in entry.items() for key, value in row.items()}
 
 
 # ---- module pipelines (mrc/techniques/modules/place.py) ----------------------------------------
@@ -330,7 +338,7 @@ def register_sync(ctx: Lowering) -> None:
                         t.copy_(flat[off:off + t.numel()].view_as(t))
                         off += t.numel()
             gather_pipeline_state(ctx)
-    ctx.syncs.append(sync)
+    ctx.hooks.syncs.append(sync)
 
 
 def gather_pipeline_state(ctx: Lowering) -> None:
