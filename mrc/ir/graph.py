@@ -466,11 +466,13 @@ class ScheduleGraph:
 
 
 def _target_json(target: Target) -> dict[str, Any]:
-    """The target as the schedule of every rank: without this process's own rank, so that every
-    rank's graph (and its fingerprint, which checkpoints keep) is the same."""
+    """The target as the schedule every rank runs: without this process's own rank, so that every
+    rank's graph (and its fingerprint, which checkpoints keep) is the same, and without whether
+    Triton runs, which the schedule shows in its ops' kernels (a resume on a machine where it
+    differs is refused only where a kernel does)."""
     from dataclasses import asdict
 
-    return {k: v for k, v in asdict(target).items() if k not in ("rank", "local_rank")}
+    return {k: v for k, v in asdict(target).items() if k not in ("rank", "local_rank", "triton")}
 
 
 def _partition_json(info: dict[str, Any]) -> dict[str, Any]:
