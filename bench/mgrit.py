@@ -32,14 +32,16 @@ and the optimizer's update in the per-layer hand loop.
 (2) Across ranks (not with `--quick`, `--no-ranks` skips it): `bench/layers.py` on 2 processes
 (`distributed layers`), its one-process MGRIT over 2-rank MGRIT at depth 1024 width 32.
 
-(3) Accuracy (`--no-accuracy` skips it): the issue's setting on the level sets of
-specs/mgrit_levelsets.mrs (`peaks`): `ode_resnet(width=8, depth=64, h=0.05)`, adam(lr=0.01),
-cosine schedule, `--epochs` (100) epochs, trained by mrc serially and with one-shot MGRIT (3
-levels, cf 4, FCF, 2 forward / 1 backward iterations, warm start), seeds 0 … `--seeds`−1:
-final validation accuracy per seed and the mean. About a minute per run on a quiet 2-core CPU.
+(3) Accuracy, only with `--accuracy` (6 runs of 6300 steps: longer than all the timing): the
+issue's setting on the level sets of specs/mgrit_levelsets.mrs (`peaks`): `ode_resnet(width=8,
+depth=64, h=0.05)`, adam(lr=0.01), cosine schedule, `--epochs` (100) epochs, trained by mrc
+serially and with one-shot MGRIT (3 levels, cf 4, FCF, 2 forward / 1 backward iterations, warm
+start), seeds 0 … `--seeds`−1: final validation accuracy per seed and the mean. Without
+`--accuracy`, acc_serial and acc_mgrit are null.
 
-    python bench/mgrit.py                 # everything (2-core CPU: ≈ 25 min, 10 of them compiling)
-    python bench/mgrit.py --quick         # 2 repeats × 2 steps, 1 seed × 5 epochs, no ranks
+    python bench/mgrit.py                 # timing, op counts, 2 ranks (2-core CPU: ≈ 25 min, 10 compiling)
+    python bench/mgrit.py --accuracy      # and the accuracy runs: 3 seeds × 100 epochs × 2
+    python bench/mgrit.py --quick         # 2 repeats × 2 steps, no ranks (with --accuracy: 1 seed × 5 epochs)
     python bench/mgrit.py --quick --no-compile --configs 256x32   # a smoke run (≈ 1 min)
     python bench/mgrit.py --device cuda   # on a GPU (synchronised around every timed region)
 
@@ -358,7 +360,7 @@ def _total(counts: collections.Counter[str]) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    ap.add_argument("--quick", action="store_true", help="2 repeats × 2 steps, 1 seed × 5 epochs, no ranks")
+    ap.add_argument("--quick", action="store_true", help="2 repeats × 2 steps, no ranks; 1 seed × 5 epochs")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None, help="steps per timed sample")
@@ -369,7 +371,7 @@ def main() -> None:
                     help="depth×width pairs to time, e.g. 256x32,1024x8 (default: %(default)s)")
     ap.add_argument("--no-compile", action="store_true", help="no torch.compile contender")
     ap.add_argument("--no-ranks", action="store_true", help="no 2-rank run (bench/layers.py)")
-    ap.add_argument("--no-accuracy", action="store_true", help="no accuracy runs")
+    ap.add_argument("--accuracy", action="store_true", help="the accuracy runs (serial and one-shot MGRIT)")
     args = ap.parse_args()
     try:
         configs = [tuple(int(v) for v in pair.split("x")) for pair in args.configs.split(",")]
@@ -399,8 +401,8 @@ def main() -> None:
             ranks, ranks_why = None, "not run (--quick or --no-ranks)"
         else:
             ranks, ranks_why = ranks2()
-        acc = {"serial": [], "mgrit": []} if args.no_accuracy else accuracy(
-            tmp, list(range(n_seeds)), epochs, device, args.threads)
+        acc = accuracy(tmp, list(range(n_seeds)), epochs, device, args.threads) if args.accuracy else {
+            "serial": [], "mgrit": []}
     load_end = os.getloadavg()[0]
     where = f"{torch.get_num_threads()} thread(s)" if device.type == "cpu" else torch.cuda.get_device_name()
     print(f"ode_resnet dense tanh h=0.01, levelsets batch {args.batch}, sgd(0.05, momentum 0.9); MGRIT: 3 levels, "
