@@ -164,7 +164,9 @@ def solves(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, torch.Tensor, flo
 
 class HandLoop:
     """A hand training loop over a copy of the model: stem, head and loss by autograd; the stack's
-    forward and backward by the reference solves (no hierarchy: the serial sweeps); plain SGD."""
+    forward and backward by `fwd` and `bwd` reference V-cycles on `hier` (None: one serial sweep
+    each), warm-started from the previous step's when `warm`; the fine-level parameter gradients
+    and λ_0 into the stem; plain SGD."""
 
     def __init__(self, model: nn.Module, activation: str, hier: Hierarchy | None, fwd: int, bwd: int,
                  warm: bool) -> None:
