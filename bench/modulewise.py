@@ -172,7 +172,7 @@ def own_count(spec: Path) -> tuple[int, list[int], int]:
     plan.module.train()
     idx = data.batch_indices(0)[0]
     x, y = tx[idx], ty[idx]
-    buffers = [b for m in (compiled.bound.model, plan.module, *plan.checkpointed_modules()) for b in m.buffers()]
+    buffers = [b for m in (compiled.bound.model, plan.module, *plan.checkpointed_models()) for b in m.buffers()]
     counter = SavedCounter([x, y, *buffers])
     with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
         plan.step(0, x, y)

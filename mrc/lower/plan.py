@@ -2,7 +2,7 @@
 step pattern's ops in the pattern's canonical (topological) order.
 
 A lowering is registered by op kind (`@lowers("forward")`) and turns one op into a callable
-`fn(env)` prepared once: its modules, tensors and integrators are looked up at lowering time, so
+`fn(env)` prepared once: its networks, tensors and integrators are looked up at lowering time, so
 a step only runs the callables. Lowering reads nothing but the graph and the bound model's
 tensors (and the data, for batches of their own): the loss and its settings, each update's rule
 with its hyper-parameters, learning rates and kernel, drift fractions, merge rules and batch
@@ -91,7 +91,7 @@ def lowers(kind: str, when: When | None = None) -> Callable[[LowerFn], LowerFn]:
 def variants_of(kind: str) -> list[tuple[When, LowerFn]]:
     """The variants of op kind `kind` in the order of the techniques that registered them (the
     registry's, mrc.techniques), ties in registration order: an earlier technique's variant is
-    tried first, whatever order the modules were imported in."""
+    tried first, whatever order their code was imported in."""
     from mrc.techniques import module_rank
 
     return sorted(VARIANTS.get(kind, ()), key=lambda wf: module_rank(wf[1].__module__))
@@ -431,8 +431,8 @@ class Plan:
         """The model the run produces: the model itself, or one made from its copies (merged)."""
         return self.ctx.replicas.final_model()
 
-    def checkpointed_modules(self) -> list[nn.Module]:
-        """The modules whose parameters a checkpoint of this plan holds."""
+    def checkpointed_models(self) -> list[nn.Module]:
+        """The models whose parameters a checkpoint of this plan holds."""
         return self.ctx.replicas.checkpointed()
 
     def attach(self, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,

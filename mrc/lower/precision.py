@@ -99,8 +99,8 @@ def wrap(fn: Any, op: Op, pattern: Pattern, ctx: Any) -> Any:
 
 class LossScaler:
     """Dynamic loss scaling with torch.amp.GradScaler's semantics, for the Plan's own
-    integrators (GradScaler unscales and steps torch optimizers; the Plan's fused kernels,
-    stacked brains and MGRIT adjoints are not).
+    integrators (GradScaler unscales and steps torch optimizers; the Plan's fused kernels and
+    the techniques' own integrators and adjoints are not).
 
     The loss is multiplied by `scale` before the backward; `unscale_` divides the gradients by it
     in place and records whether any is inf/nan (`found_inf`, accumulated over the step); the

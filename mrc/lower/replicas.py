@@ -64,7 +64,7 @@ class Replicas:
         return self.train_x, self.train_y, self.val_x, self.val_y
 
     def checkpointed(self) -> list[nn.Module]:
-        """The modules whose parameters the run's checkpoint holds."""
+        """The models whose parameters the run's checkpoint holds."""
         return [self.module]
 
     def step_loss(self, env: Any) -> torch.Tensor | None:

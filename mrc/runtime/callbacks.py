@@ -342,7 +342,7 @@ class Checkpointing(Callback):
 
 def finite_parameters(plan: Any) -> bool:
     with torch.no_grad():
-        tensors = [p for m in plan.checkpointed_modules() for p in m.parameters() if p.is_floating_point()]
+        tensors = [p for m in plan.checkpointed_models() for p in m.parameters() if p.is_floating_point()]
         if not tensors:
             return True
         return bool(torch.stack([torch.isfinite(p).all() for p in tensors]).all())

@@ -113,7 +113,7 @@ class Loop:
         plan = self.plan
         meter = ActivationMeter(self.device)
         meter.exclude([x, y])
-        for m in plan.checkpointed_modules():
+        for m in plan.checkpointed_models():
             meter.exclude(list(m.buffers()))
         with meter:
             loss = meter.run(lambda: plan.step(step, x, y))

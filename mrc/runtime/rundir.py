@@ -27,7 +27,7 @@ from mrc.runtime.checkpoint import CheckpointError
 
 RUN_FILES = ("metrics.jsonl", "summary.json", "checkpoint.pt", "final.pt", "config.mrs", "run.json")
 """What marks a directory as a run (any of the first four) and what overwriting removes."""
-RUN_FOLDERS = ("tb", "brains")
+RUN_FOLDERS = ("tb",)
 LATEST = "latest"
 
 
@@ -67,12 +67,15 @@ def choose(name: str, out: str | Path | None, resume: str | Path | None, *, save
 
 
 def clear(path: Path) -> None:
-    """Remove a run's files from `path` (only mrc's: other files stay)."""
-    for name in RUN_FILES:
-        (path / name).unlink(missing_ok=True)
-    for name in RUN_FOLDERS:
+    """Remove a run's files from `path` (only mrc's: the core's and those the techniques name as
+    their artifacts; other files stay)."""
+    from mrc.techniques import techniques
+
+    for name in (*RUN_FILES, *RUN_FOLDERS, *(a for t in techniques() for a in t.artifacts)):
         if (path / name).is_dir():
             shutil.rmtree(path / name)
+        else:
+            (path / name).unlink(missing_ok=True)
 
 
 def link_latest(run_dir: Path) -> None:

@@ -328,7 +328,7 @@ class Trainer:
         """Every rank starts from rank 0's parameters and buffers (as DDP does): the same seed
         gives the same ones, and this makes sure of it."""
         world = self.world
-        for module in plan.checkpointed_modules():
+        for module in plan.checkpointed_models():
             for t in [*module.parameters(), *module.buffers()]:
                 world.broadcast(t.data)
 

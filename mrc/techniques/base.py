@@ -108,7 +108,9 @@ class Technique:
     partitions, reporter) → the partitions it splits them into (module-wise training: one per
     module). tables: its `TableKind`s. expand: its `Expansion`. passes: its passes, each at
     its position. place: distributed mode → the placer of that mode (`graph → graph`). draw:
-    its `Drawing` (mrc.ir.draw: how its ops and tables are drawn). after:
+    its `Drawing` (mrc.ir.draw: how its ops and tables are drawn). artifacts: the files and
+    folders its runs leave in the run directory beside the core's (`--overwrite` removes them;
+    the lowering writes them through the Plan's artifact hooks). after:
     the techniques it must come after in the registry (built-ins are in a fixed order; a
     plugin without `after` comes after them all).
     """
@@ -123,6 +125,7 @@ class Technique:
     passes: tuple[PassAt, ...] = ()
     place: Mapping[str, str] = field(default_factory=dict)
     draw: str = ""
+    artifacts: tuple[str, ...] = ()
     after: tuple[str, ...] = ()
 
     def refs(self) -> list[str]:

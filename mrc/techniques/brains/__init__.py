@@ -13,5 +13,6 @@ TECHNIQUE = Technique(
     expand="mrc.techniques.brains.expand:EXPANSION",
     passes=(PassAt("batch-brains", "mrc.passes.batch_brains:BatchBrains", after="fuse-drift"),),
     place={"brains": "mrc.techniques.brains.place:place_brains"},
+    artifacts=("brains",),
     draw="mrc.techniques.brains.draw:DRAWING",
 )

@@ -14,5 +14,6 @@ TECHNIQUE = Technique(
     tables=("mrc.techniques.modules.tables:MODULES",),
     expand="mrc.techniques.modules.expand:EXPANSION",
     place={"pipeline": "mrc.techniques.modules.place:place_pipeline"},
+    artifacts=("aux.pt",),
     draw="mrc.techniques.modules.draw:DRAWING",
 )
