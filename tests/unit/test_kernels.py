@@ -594,7 +594,7 @@ def test_fused_adam_one_call_matches_torch_optim_per_partition(kernel: str, rule
 def _fused_sgd(parts: dict[str, list[torch.Tensor]], kernel: str):
     from mrc.runtime.fused import FusedSGD
 
-    return FusedSGD({n: (ps, 0.1, 0) for n, ps in parts.items()}, momentum=0.9, dampening=0.1,
+    return FusedSGD({n: (ps, 0.1) for n, ps in parts.items()}, momentum=0.9, dampening=0.1,
                     weight_decay=1e-2, nesterov=False, kernel=kernel)
 
 

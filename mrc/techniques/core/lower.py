@@ -180,8 +180,7 @@ def fused_integrator(op: UpdateGroup, ctx: Lowering) -> Any:
     fam = family(op.rule.name)
     kw = op.rule.kwargs
     if fam.sgd_like:
-        drift = {n: graph.partitions[n].every if graph.partitions[n].drift != "none" else 0 for n in names}
-        integ = FusedSGD({n: (params[n], ctx.lr_of(r, n), drift[n]) for n in names},
+        integ = FusedSGD({n: (params[n], ctx.lr_of(r, n)) for n in names},
                          **sgd_hyper(op.rule.name, kw), kernel=op.kernel,
                          masks={n: ctx.masks_of(r, n) for n in names})
     elif fam.adam_like:
@@ -245,11 +244,11 @@ def lower_update_group(op: UpdateGroup, pattern: Pattern, ctx: Lowering) -> Step
             if integ.base[n] != lr:
                 raise LoweringError(f"{op.id}: partition {n} runs at lr {lr:g} here and {integ.base[n]:g} elsewhere; "
                                     "a fused rule keeps one learning rate per partition")
-        updating, drifting = op.partitions, op.drifting
+        updating, drifting, intervals = op.partitions, op.drifting, op.intervals
 
         def fused(env: Env) -> None:
             integ.mult = env.mult
-            integ.step_partitions(updating, drifting)
+            integ.step_partitions(updating, drifting, intervals)
         return fused
     if op.drifting:
         raise LoweringError(f"{op.id}: only fused kernels take drift steps inside an update")

@@ -137,9 +137,9 @@ def expand_modules_step(pattern: Pattern, bound: Bound, scope: Scope, n: int, ba
         moved = []
         for p in updating(own, n):
             rule, lr = rule_for[p.name]
-            moved.append(pattern.add(Update(ms, p.name, rule, lr, drifts(p)), [(bwd, Value("grads", (p.name,)))]))
+            moved.append(pattern.add(Update(ms, p.name, rule, lr, drifts(p), every=p.spec.every), [(bwd, Value("grads", (p.name,)))]))
         tail += moved
         for p in own:
             if drifts(p):
-                tail.append(pattern.add(Drift(ms, p.name, 1.0 / p.spec.every), pattern.after(moved)))
+                tail.append(pattern.add(Drift(ms, p.name, p.spec.every), pattern.after(moved)))
     return tail
