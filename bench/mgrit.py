@@ -162,7 +162,9 @@ def breakdown(tmp: Path, width: int, depth: int, batch: int, device: torch.devic
     spec = _spec(tmp, "breakdown", TIMING.format(**fmt, mgrit=MGRIT))
     contender, _, plan = mrc_contender(spec, device)
     contender.run(warmup)  # lowers the solve (made at the first step)
-    solves = plan.ctx.cache.get("mgrit.solves", {})  # (replica, stack path) → StackSolve
+    from mrc.techniques.mgrit.lower import MgritState
+
+    solves = plan.ctx.state_of(MgritState).solves  # (replica, stack path) → StackSolve
     if len(solves) != 1:
         raise RuntimeError(f"expected one MGRIT stack solve, found {len(solves)}")
     (solve,) = solves.values()

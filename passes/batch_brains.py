@@ -39,8 +39,10 @@ class BatchBrains(Pass):
             out.notes = [n for n in out.notes if not n.startswith("brains ")]
             out.notes.append(f"brains run one after another: {graph.stack_obstacle}")
             return out
-        placed = graph.placement is not None and graph.placement.mode == "brains"
-        rank_of = dict(graph.placement.ranks) if placed and graph.placement else {}
+        # brains the placement puts on ranks of their own (`distribute` scopes their ops later)
+        held = dict(graph.placement.ranks) if graph.placement is not None else {}
+        rank_of = {b: held[b] for b in graph.replicas if b in held}
+        placed = bool(rank_of)
         for p in out.patterns():
             groups = [op for op in p.of_kind(UpdateGroup) if op.scope.replica]
             if not groups:

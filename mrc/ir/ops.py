@@ -33,13 +33,15 @@ class GraphError(Exception):
 class Scope:
     """Where an op belongs. replica: the brain(s) it runs for (several for a batched op);
     module: a module-wise stage of the network; level/iteration: an MGRIT hierarchy; rank: the
-    process that runs it in a run of several (-1: every process runs it)."""
+    process that runs it in a run of several (-1: every process runs it); module_index: the
+    module's position in the network (module-wise: 0 for `m0`; -1 without modules)."""
 
     replica: tuple[str, ...] = ()
     module: str = ""
     level: int = -1
     iteration: int = -1
     rank: int = -1
+    module_index: int = -1
 
     @property
     def empty(self) -> bool:
@@ -77,12 +79,14 @@ class Scope:
                                "iteration": self.iteration}
         if self.rank >= 0:  # placed ops only (one-process graphs read as before)
             out["rank"] = self.rank
+        if self.module_index >= 0:
+            out["module_index"] = self.module_index
         return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Scope:
         return cls(tuple(data.get("replica", ())), data.get("module", ""), data.get("level", -1),
-                   data.get("iteration", -1), data.get("rank", -1))
+                   data.get("iteration", -1), data.get("rank", -1), data.get("module_index", -1))
 
 
 EMPTY = Scope()

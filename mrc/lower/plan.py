@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import torch
 from torch import nn
@@ -59,6 +59,15 @@ class Env:
         self.losses: list[tuple[str, torch.Tensor]] = []
 
 
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """What the lowering takes from the run rather than from the graph, decided once by the
+    caller of `lower`: the run's seed (the integrators' noise and random-subset draws hash it)."""
+
+    seed: int = 0
+
+
+T = TypeVar("T")
 StepFn = Callable[[Env], None]
 LowerFn = Callable[[Any, Pattern, "Lowering"], StepFn | None]
 """A lowering: the op's callable, or None for an op that runs inside another op's callable (the
@@ -111,8 +120,11 @@ class Lowering:
     owners: dict[tuple[str, str], UpdateGroup] = field(default_factory=dict)
     lrs: dict[str, float] = field(default_factory=dict)
     masks: dict[tuple[str, str], list[torch.Tensor | None]] = field(default_factory=dict)
-    cache: dict[Any, Any] = field(default_factory=dict)
-    """What a technique's lowerings share and build once (module-wise segments, say)."""
+    run: RunRecord = field(default_factory=RunRecord)
+    """The run's record: its seed."""
+    techniques: dict[type, Any] = field(default_factory=dict)
+    """What each technique's lowerings share and build once, as one typed record per technique
+    (`state_of`)."""
     state: dict[str, torch.Tensor] = field(default_factory=dict)
     """Tensors a technique's ops keep across steps (module-wise multipliers): checkpointed."""
     metrics: list[Callable[[], dict[str, Any]]] = field(default_factory=list)
@@ -132,6 +144,14 @@ class Lowering:
     checkpoints): brains fetched from the ranks that train them, buffers from rank 0."""
     scaler: Any = None
     """mrc.lower.precision.LossScaler: the loss scale of `scaled` backwards (None: none)."""
+
+    def state_of(self, kind: type[T]) -> T:
+        """The lowering state of one technique: its record of type `kind` (a dataclass whose
+        fields all have defaults), made on first use and shared by its lowerings."""
+        got = self.techniques.get(kind)
+        if got is None:
+            got = self.techniques[kind] = kind()
+        return got
 
     def masks_of(self, replica: str, partition: str) -> list[torch.Tensor | None]:
         """Per tensor of `partition` (as `replicas.params` lists them) the boolean mask of the
@@ -227,6 +247,8 @@ class Plan:
         """Steps this Plan has run (a sync that finds no step since the last one skips)."""
         self._rates = [[{**ctx.lrs, **_pattern_rates(p)} for p in stage.patterns] for stage in graph.stages]
         self._eval_cast = precision.training_autocast(graph)
+        self._replicas_placed = any(op.scope.replica and op.scope.rank >= 0 for op in graph.ops())
+        """Replicas run on ranks of their own (their losses are gathered)."""
         self._locate(0)
 
     def _locate(self, t: int) -> None:
@@ -289,8 +311,8 @@ class Plan:
         """Each brain's loss on the last step it ran (the brains that stepped); with brains on
         ranks, gathered from every rank (a collective: every rank calls it at the same step)."""
         local = {n: v.item() for n, v in self.last_losses.items()}
-        world, placed = self.ctx.world, self.graph.placement
-        if not (world.active and placed is not None and placed.mode == "brains"):
+        world = self.ctx.world
+        if not (world.active and self._replicas_placed):
             return local
         merged: dict[str, float] = {}
         for part in world.all_gather_object(local):
@@ -445,10 +467,18 @@ def _pattern_rates(pattern: Pattern) -> dict[str, float]:
     return out
 
 
+def run_record(bound: Any) -> RunRecord:
+    """The record of a run bound from a program: the seed its model and data were made with."""
+    program = getattr(bound, "program", None)
+    return RunRecord(program.train.seed if program is not None else 0)
+
+
 def lower(graph: ScheduleGraph, bound: Any, total_steps: int, device: torch.device | str = "cpu",
-          world: Any = None) -> Plan:
+          world: Any = None, run: RunRecord | None = None) -> Plan:
     """Build the Plan of `graph` for a run of `total_steps` steps on `device`, with the
     lowerings registered so far (`mrc.lower.lower` registers every technique's first).
+
+    run: the run's record (default: the seed the model and data were bound with).
 
     world: this process among the run's (default: the one it joined, `mrc.runtime.world`). An
     op placed on another rank (scope rank ≥ 0, not this one) is not lowered here: its rank
@@ -458,6 +488,7 @@ def lower(graph: ScheduleGraph, bound: Any, total_steps: int, device: torch.devi
     from mrc.runtime import world as worlds
 
     ctx = Lowering(graph, bound, total_steps, torch.device(device))
+    ctx.run = run if run is not None else run_record(bound)
     ctx.world = world if world is not None else worlds.current()
     if graph.placement is not None and graph.placement.world != ctx.world.size:
         raise LoweringError(f"the schedule is placed on {graph.placement.world} processes, but this run has "

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from mrc.api import compile_spec, train
-from mrc.runtime.subset import _seed, draw_masks
+from mrc.techniques.random_subsets.integrator import _seed, draw_masks
 
 BASE = """
 model mlp(hidden=[{hidden}], activation=tanh)

@@ -62,8 +62,8 @@ class BrainReplicas(Replicas):
     def prepare(self, ctx: Lowering) -> None:
         """Brains on ranks: the collective merges' view of the ranks, and the sync that brings
         every brain from its rank before evaluation and saving (mrc/techniques/brains/ranks.py)."""
-        placement = ctx.graph.placement
-        if placement is not None and placement.mode == "brains" and ctx.world.active:
+        on_ranks = any(op.scope.replica and op.scope.rank >= 0 for op in ctx.graph.ops())
+        if on_ranks and ctx.world.active:
             self.ranked = ranks.RankedBrains(self, ctx)
             ctx.syncs.append(self.ranked.sync)
 

@@ -7,6 +7,7 @@ of a brain's own order: see `lowers(kind, when=…)`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -81,17 +82,25 @@ def forward_callable(op: Forward, pattern: Pattern, module: nn.Module) -> StepFn
     return forward
 
 
+@dataclass
+class LossState:
+    """The losses of one lowering, prepared once per distinct (fn, settings, where)."""
+
+    prepared: dict[tuple[Any, ...], PreparedLoss] = field(default_factory=dict)
+
+
 def prepared_loss(op: Loss, ctx: Lowering) -> PreparedLoss:
     """The op's loss (`fn` with its settings, or the user's function) as callables, prepared once
     per distinct loss of the run (a pos_weight tensor on the run's device and dtype)."""
     from mrc.usercode import UserCodeError
 
-    key = ("loss", op.fn, op.label_smoothing, op.args, op.where)
-    got = ctx.cache.get(key)
+    prepared = ctx.state_of(LossState).prepared
+    key = (op.fn, op.label_smoothing, op.args, op.where)
+    got = prepared.get(key)
     if got is None:
         dtype = next(iter(ctx.bound.model.parameters())).dtype
         try:
-            got = ctx.cache[key] = prepare_op(op, ctx.device, dtype)
+            got = prepared[key] = prepare_op(op, ctx.device, dtype)
         except (UserCodeError, ValueError) as e:
             raise LoweringError(f"{op.id}: {getattr(e, 'message', e)}") from None
     return got
@@ -214,7 +223,7 @@ def torch_integrator(op: UpdateGroup, ctx: Lowering) -> TorchRule:
         names = ctx.groups_of(r, op.rule, op.kernel, op.scope.rank)
         integ = TorchRule(op.rule, {n: ctx.replicas.params(ctx.graph, r, n) for n in names},
                           {n: ctx.lr_of(r, n) for n in names}, op.kernel,
-                          noise_seed=stable_seed(ctx.bound.program.train.seed, r, *names),
+                          noise_seed=stable_seed(ctx.run.seed, r, *names),
                           masks={n: ctx.masks_of(r, n) for n in names})
         ctx.integrators[key] = integ
     return integ

@@ -12,17 +12,19 @@ from mrc.ir.ops import Op, op_kind
 @dataclass(frozen=True, slots=True)
 class Restore(Op):
     """Random-subset regularization: the held-out subset of a partition rejoins the weights for
-    this step's gradient (the start of its interval)."""
+    this step's gradient (the start of its interval of `every` steps: this step's update moves
+    the subset by its slow step, every·h)."""
 
     kind: ClassVar[str] = "restore"
     rank: ClassVar[int] = 1
     partition: str = ""
+    every: int = 1
 
     def key(self) -> str:
         return f".{self.partition}"
 
     def text(self) -> str:
-        return f"restore {self.partition}"
+        return f"restore {self.partition} (every {self.every})"
 
     def partitions_used(self) -> tuple[str, ...]:
         return (self.partition,)
