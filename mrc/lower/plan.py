@@ -11,7 +11,9 @@ routing all come from the ops. `Plan.step(t, x, y)` runs global step t.
 State lives in `Lowering` (the context the lowerings share): the replicas (the model, or one
 copy per brain, or the brains stacked), the integrators (one per replica and rule, created the
 first time an update group of that rule is lowered, over every partition that rule moves
-anywhere in the graph), drift buffers and random subsets. The Plan checkpoints all of it.
+anywhere in the graph), drift buffers and random subsets. The Plan checkpoints all of it. What
+a technique's lowerings share (its cut segments, its metrics rows, its solves) is one typed
+record per technique, `ctx.state_of(Record)`; the run's seed comes in a `RunRecord`.
 
 Element-level partitions (several partitions holding disjoint elements of one tensor) read
 their masks from the binding (`Lowering.masks_of`); a checkpoint records a digest of them, and

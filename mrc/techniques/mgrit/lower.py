@@ -70,7 +70,10 @@ def mgrit_state(ctx: Lowering) -> MgritState:
         for p in ctx.graph.patterns():
             for op in p.ops():
                 if isinstance(op, SolvePhase):
-                    state.stacks.setdefault(op.stack, op.settings)
+                    first = state.stacks.setdefault(op.stack, op.settings)
+                    if (first.steps, first.h, first.kind) != (op.settings.steps, op.settings.h, op.settings.kind):
+                        raise LoweringError(f"{op.id}: the solves of stack `{op.stack}` disagree on its steps, "
+                                            "step size or block kind")
             for op in p.of_kind(Forward):
                 if any(isinstance(s, SolvePhase) and s.solve == "forward" for s in p.succs(op)):
                     state.solved.add(op)
@@ -90,7 +93,9 @@ class StackSolve:
 
             kernel = "triton" if triton_available() and ctx.graph.kernels in ("auto", "triton") else "torch"
         self.ctx, self.r, self.path = ctx, r, path
-        self.steps, self.warm_start = settings.steps, settings.warm_start
+        self.steps = settings.steps
+        self.warm_start = False
+        """Whether the solve under way starts from the previous step's states (its ops say)."""
         self.prop = propagator_for(stack, kernel)
         self.params: list[nn.Parameter] = [p for layer in stack.layers for p in layer.parameters()]
         self.forward_settings: Any = None  # the last forward solve's (mrc.techniques.mgrit.solver.Settings)
@@ -118,6 +123,7 @@ class StackSolve:
         self.prop.refresh()  # this step's weights
         self.step = self.ctx.replicas.plan.env.t if self.ctx.replicas.plan is not None else 0
         self.forward_settings = runner.settings_of("forward")
+        self.warm_start = runner.given["forward"].warm_start
         blocks = runner.blocks.get("forward", ())
         if blocks:
             return self._forward_ranks(y0, runner, blocks)
@@ -134,10 +140,12 @@ class StackSolve:
         from mrc.techniques.mgrit.solver import MGRIT, Adjoint, lambdas
 
         assert self.states is not None
+        settings = runner.settings_of("adjoint")
+        self.warm_start = runner.given["adjoint"].warm_start
         blocks = runner.blocks.get("adjoint", ())
         if blocks:
             return self._backward_ranks(g, runner, blocks)
-        solver = MGRIT(Adjoint(self.prop, self.states), self.steps, runner.settings_of("adjoint"))
+        solver = MGRIT(Adjoint(self.prop, self.states), self.steps, settings)
         warm = self._warm("adjoint", g)
         solver.start(g, None if warm is None else warm.flip(0))
         runner.run(solver, "adjoint")
@@ -290,6 +298,8 @@ class Runner:
         """Each solve's layer block per rank (empty: one process solves it all)."""
         self.settings: dict[str, Settings] = {}
         """Each solve's settings (mrc.techniques.mgrit.solver), as its ops give them."""
+        self.given: dict[str, SolveSettings] = {}
+        """Each solve's record, as every one of its ops carries it."""
         for which, seq in ops.items():
             if len(seq) % per:
                 raise LoweringError(f"the {which} solve's ops are not whole iterations of {per} phases")
@@ -306,7 +316,7 @@ class Runner:
             given = {o.settings for o in seq}
             if len(given) > 1:
                 raise LoweringError(f"{seq[0].id}: the {which} solve's ops carry different settings")
-            solve = given.pop()
+            solve = self.given[which] = given.pop()
             relax = tuple(o.relax for o in chunks[0] if isinstance(o, Relax)) or ("FCF",)
             self.settings[which] = Settings(levels, solve.coarsening, relax, len(chunks), solve.tol)
 
