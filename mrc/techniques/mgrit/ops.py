@@ -39,11 +39,6 @@ class SolveSettings:
     tol: float = 0.0
     warm_start: bool = True
 
-    def text(self) -> str:
-        tol = f" tol={self.tol:g}" if self.tol else ""
-        return (f"N={self.steps} h={self.h:g} {self.kind} coarsening=[{', '.join(map(str, self.coarsening))}]{tol} "
-                f"{'warm_start' if self.warm_start else 'fresh_start'}")
-
     def to_json(self) -> dict[str, Any]:
         return {"record": "SolveSettings", "steps": self.steps, "h": self.h, "kind": self.kind,
                 "coarsening": list(self.coarsening), "tol": self.tol, "warm_start": self.warm_start}
