@@ -755,12 +755,12 @@ def _subset_run(kernel: str, cfg: dict, device: str, *, steps: int = 8,
         if t == reset_at:
             opt.reset_state()
         if t % every == 0:
-            opt.start(every)
+            opt.start()
         for p, target in zip(params, targets, strict=True):
             p.grad = 2 * (p - target) + 0.1 * torch.sin(3 * p)  # a smooth, non-linear gradient
         opt.step()
         if t % every == 0:
-            opt.resample(0.3, per)
+            opt.resample(0.3, per, every)
         if t == 4:  # mid-interval checkpoint
             snapshot = {"params": [p.detach().clone() for p in params], "opt": opt.state_dict(), "t": t + 1}
     return params, opt, snapshot

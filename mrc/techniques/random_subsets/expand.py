@@ -28,7 +28,7 @@ def interval_starts(part: BoundPartition, n: int) -> bool:
 
 def add_restores(pattern: Pattern, parts: list[BoundPartition], scope: Scope, n: int) -> list[Op]:
     """`restore` ops for the partitions whose interval starts on step n (run before the forward)."""
-    return [pattern.add(Restore(scope, p.name, p.spec.every)) for p in parts if interval_starts(p, n)]
+    return [pattern.add(Restore(scope, p.name)) for p in parts if interval_starts(p, n)]
 
 
 def add_resamples(pattern: Pattern, parts: list[BoundPartition], scope: Scope, n: int, after: list[Op]) -> list[Op]:

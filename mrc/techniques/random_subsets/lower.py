@@ -1,10 +1,10 @@
 """Lowerings of random-subset regularization: restore, resample, and the subset integrator
 (mrc/techniques/random_subsets/integrator.py: RandomSubsetSGD), one per replica and partition.
 
-The ops drive the integrator: a `restore` starts an interval of its `every` steps (the subset
-rejoins; this step's update gives it the slow step every·h), a `resample` draws the next subset
-with its own fraction and scope. The integrator's kernel is the update group's (`subset.torch`
-or `subset.triton`).
+The ops drive the integrator: a `resample` draws the next subset with its own fraction, scope
+and interval k, a `restore` starts that interval (the subset rejoins; this step's update gives it
+the slow step k·h). The integrator's kernel is the update group's (`subset.torch` or
+`subset.triton`).
 """
 
 from __future__ import annotations
@@ -54,20 +54,19 @@ def subset_integrator(ctx: Lowering, r: str, partition: str) -> RandomSubsetSGD:
 @lowers("restore")
 def lower_restore(op: Restore, pattern: Pattern, ctx: Lowering) -> StepFn:
     integ = subset_integrator(ctx, replica(op), op.partition)
-    every = op.every
 
     def restore(env: Env) -> None:
-        integ.start(every)
+        integ.start()
     return restore
 
 
 @lowers("resample")
 def lower_resample(op: Resample, pattern: Pattern, ctx: Lowering) -> StepFn:
     integ = subset_integrator(ctx, replica(op), op.partition)
-    fraction, per = op.fraction, op.per
+    fraction, per, every = op.fraction, op.per, op.every
 
     def resample(env: Env) -> None:
-        integ.resample(fraction, per)
+        integ.resample(fraction, per, every)
     return resample
 
 
