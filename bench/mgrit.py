@@ -291,7 +291,9 @@ def breakdown(tmp: Path, width: int, depth: int, batch: int, device: torch.devic
     contender, compiled, plan = mrc_contender(spec, device)
     initial = copy.deepcopy(compiled.bound.model)
     contender.run(warmup)  # lowers the solve (made at the first step)
-    solves = plan.ctx.cache.get("mgrit.solves", {})  # (replica, stack path) → StackSolve
+    from mrc.techniques.mgrit.lower import MgritState
+
+    solves = plan.ctx.state_of(MgritState).solves  # (replica, stack path) → StackSolve
     if len(solves) != 1:
         raise RuntimeError(f"expected one MGRIT stack solve, found {len(solves)}")
     (solve,) = solves.values()

@@ -42,9 +42,11 @@ class BatchBrains(Pass):
             out.notes = [n for n in out.notes if not n.startswith("brains ")]
             out.notes.append(f"brains run one after another: {brains.stack_obstacle}")
             return out
+        # brains the placement puts on ranks of their own (`distribute` scopes their ops later)
         placement = graph.table(PLACEMENT)
-        placed = placement is not None and placement.mode == "brains"
-        rank_of = dict(placement.ranks) if placed and placement else {}
+        held = dict(placement.ranks) if placement is not None else {}
+        rank_of = {b: held[b] for b in brains.replicas if b in held}
+        placed = bool(rank_of)
         for p in out.patterns():
             groups = [op for op in p.of_kind(UpdateGroup) if op.scope.replica]
             if not groups:

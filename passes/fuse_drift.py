@@ -55,7 +55,8 @@ class FuseDrift(Pass):
                 if group is None:
                     continue
                 if drift.partition not in group.partitions:
-                    new = replace(group, drifting=(*group.drifting, drift.partition))
+                    new = replace(group, drifting=(*group.drifting, drift.partition),
+                                  intervals=(*group.intervals, (drift.partition, drift.every)))
                     p.replace(group, new)
                     group = new
                 for s, v in p.outputs(drift):

@@ -40,7 +40,8 @@ class GroupUpdates(Pass):
                 ups.sort(key=lambda u: order[u.partition])
                 parts = tuple(u.partition for u in ups)
                 group = UpdateGroup(scope, "+".join(parts), parts, rule, tuple(u.lr for u in ups), "torch.optim",
-                                    tuple(u.partition for u in ups if u.held), (), phase)
+                                    tuple(u.partition for u in ups if u.held), (), phase,
+                                    tuple((u.partition, u.every) for u in ups if u.held))
                 ins: dict[str, tuple[Op, Value]] = {}
                 outs: dict[str, tuple[Op, Value]] = {}
                 for u in ups:

@@ -18,9 +18,10 @@ the CPU takes the fused torch update only for rules with a drifting partition, w
 the drift into the update pass; elsewhere torch.optim's
 foreach SGD is as fast and needs no pass to zero the flat gradient buffer. `kernels = torch` or
 `triton` forces the fused path where the rule has one; `torch.optim` never fuses.
-Every MGRIT phase op's `kernel` is `triton` (the fused dense step and FAS correction of
-kernels/mgrit.py) for a dense stack on a CUDA target where Triton runs, unless `kernels` is
-`torch` or `torch.optim`; else `torch`.
+An op that runs a technique's own kernels says which it takes (`kernel_for(triton, setting)`,
+given whether Triton runs on a CUDA target and the `kernels` setting): an MGRIT phase op takes
+`triton` (the fused dense step and FAS correction of kernels/mgrit.py) for a dense stack where
+Triton runs, unless `kernels` is `torch` or `torch.optim`; else `torch`.
 
 Example (an sgd rule with a drifting partition, CPU):
     before:  update_group head {head} sgd() lr=[0.1] kernel=torch.optim
@@ -38,8 +39,6 @@ from mrc.ir.graph import ScheduleGraph
 from mrc.ir.ops import Rule, UpdateGroup
 from mrc.optim.families import family
 from mrc.target import Target
-from mrc.techniques.mgrit.ops import SolvePhase
-from mrc.techniques.mgrit.tables import STACKS, StackInfo
 
 
 def _triton_here(target: Target) -> bool:
@@ -71,12 +70,6 @@ def kernel_for(rule: Rule, random: bool, target: Target, drifts: bool, setting: 
     return "torch" if drifts else "torch.optim"
 
 
-def stack_kernel(info: StackInfo, target: Target, setting: str = "auto") -> str:
-    """The kernel of an MGRIT stack's solves (see the module docstring)."""
-    fused = _triton_here(target) and info.kind == "dense" and setting in ("auto", "triton")
-    return "triton" if fused else "torch"
-
-
 @dataclass(frozen=True)
 class SelectKernels(Pass):
     name: ClassVar[str] = "select-kernels"
@@ -87,8 +80,8 @@ class SelectKernels(Pass):
         unfusable = _unfusable(graph)
         for p in out.patterns():
             for op in list(p.ops()):
-                if isinstance(op, SolvePhase):
-                    kernel = stack_kernel(graph.table(STACKS)[op.stack], graph.target, graph.kernels)
+                if hasattr(op, "kernel_for"):  # an op that runs a technique's own kernels (MGRIT's solves)
+                    kernel = op.kernel_for(_triton_here(graph.target), graph.kernels)
                     if kernel != op.kernel:
                         p.replace(op, replace(op, kernel=kernel))
                     continue

@@ -33,13 +33,15 @@ class GraphError(Exception):
 class Scope:
     """Where an op belongs. replica: the brain(s) it runs for (several for a batched op);
     module: a module-wise stage of the network; level/iteration: an MGRIT hierarchy; rank: the
-    process that runs it in a run of several (-1: every process runs it)."""
+    process that runs it in a run of several (-1: every process runs it); module_index: the
+    module's position in the network (module-wise: 0 for `m0`; -1 without modules)."""
 
     replica: tuple[str, ...] = ()
     module: str = ""
     level: int = -1
     iteration: int = -1
     rank: int = -1
+    module_index: int = -1
 
     @property
     def empty(self) -> bool:
@@ -77,12 +79,14 @@ class Scope:
                                "iteration": self.iteration}
         if self.rank >= 0:  # placed ops only (one-process graphs read as before)
             out["rank"] = self.rank
+        if self.module_index >= 0:
+            out["module_index"] = self.module_index
         return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Scope:
         return cls(tuple(data.get("replica", ())), data.get("module", ""), data.get("level", -1),
-                   data.get("iteration", -1), data.get("rank", -1))
+                   data.get("iteration", -1), data.get("rank", -1), data.get("module_index", -1))
 
 
 EMPTY = Scope()
@@ -414,7 +418,7 @@ class Backward(Op):
 class Update(Op):
     """Move one partition with its integrator `rule` at learning rate `lr` (the base rate the
     schedule multiplies; h_S = k·h for a partition updated every k steps). `held`: the step is
-    spread over the partition's interval by drift ops (linear drift)."""
+    spread over the partition's interval of `every` steps by drift ops (linear drift)."""
 
     kind: ClassVar[str] = "update"
     rank: ClassVar[int] = 5
@@ -423,6 +427,7 @@ class Update(Op):
     lr: float = 0.0
     held: bool = False
     phase: int = 0
+    every: int = 1
 
     def key(self) -> str:
         return f".{self.partition}"
@@ -444,7 +449,9 @@ class UpdateGroup(Op):
     learning rates `lrs` (one per brain and partition, brain-major, for an op of several brains),
     on `kernel` (triton | torch | torch.optim | subset.torch | subset.triton | stacked). `held`:
     partitions whose step is spread by linear drift; `drifting`: partitions of the same rule that
-    are not updated here but take their drift step in this same call (fused kernels)."""
+    are not updated here but take their drift step in this same call (fused kernels);
+    `intervals`: the drift interval k of each held or drifting partition (a fused kernel moves it
+    by 1/k of its step per step)."""
 
     kind: ClassVar[str] = "update_group"
     rank: ClassVar[int] = 5
@@ -456,14 +463,23 @@ class UpdateGroup(Op):
     held: tuple[str, ...] = ()
     drifting: tuple[str, ...] = ()
     phase: int = 0
+    intervals: tuple[tuple[str, int], ...] = ()
 
     def key(self) -> str:
         return f".{self.name}"
 
+    def interval(self, partition: str) -> int:
+        """The drift interval k of a held or drifting partition (1: it does not drift here)."""
+        return dict(self.intervals).get(partition, 1)
+
     def text(self) -> str:
         lrs = ", ".join(f"{lr:g}" for lr in self.lrs)
-        held = f" held for drift {names(self.held)}" if self.held else ""
-        drifting = f" + drift {names(self.drifting)}" if self.drifting else ""
+        every = dict(self.intervals)
+
+        def spread(parts: tuple[str, ...]) -> str:
+            return names(tuple(f"{n} every {every[n]}" if n in every else n for n in parts))
+        held = f" held for drift {spread(self.held)}" if self.held else ""
+        drifting = f" + drift {spread(self.drifting)}" if self.drifting else ""
         return (f"update_group {self.name} {names(self.partitions)} {self.rule.text()} lr=[{lrs}] "
                 f"kernel={self.kernel}{held}{drifting}")
 
@@ -477,6 +493,10 @@ class UpdateGroup(Op):
                              f"{len(self.lrs)} given")
         if not set(self.held) <= set(self.partitions):
             raise GraphError(f"{self.id}: holds {sorted(set(self.held) - set(self.partitions))} it does not update")
+        spread = {*self.held, *self.drifting}
+        if {n for n, _ in self.intervals} != spread or any(k < 1 for _, k in self.intervals):
+            raise GraphError(f"{self.id}: needs the drift interval (≥ 1) of exactly its held and drifting "
+                             f"partitions {sorted(spread)}, has {list(self.intervals)}")
         _verify_grads(pattern, self, self.partitions)
 
 

@@ -11,7 +11,9 @@ routing all come from the ops. `Plan.step(t, x, y)` runs global step t.
 State lives in `Lowering` (the context the lowerings share): the replicas (the model, or the
 copies of it a technique trains side by side), the integrators (one per replica and rule, created the
 first time an update group of that rule is lowered, over every partition that rule moves
-anywhere in the graph), drift buffers and random subsets. The Plan checkpoints all of it.
+anywhere in the graph), drift buffers and random subsets. The Plan checkpoints all of it. What
+a technique's lowerings share (its cut segments, its metrics rows, its solves) is one typed
+record per technique, `ctx.state_of(Record)`; the run's seed comes in a `RunRecord`.
 
 Techniques reach the training loop only through the Plan's `Hooks`, which their lowerings fill:
 the models an evaluation scores besides the final one, their summary.json entries, the files
@@ -28,7 +30,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import torch
 from torch import nn
@@ -65,6 +67,15 @@ class Env:
         self.losses: list[tuple[str, torch.Tensor]] = []
 
 
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """What the lowering takes from the run rather than from the graph, decided once by the
+    caller of `lower`: the run's seed (the integrators' noise and random-subset draws hash it)."""
+
+    seed: int = 0
+
+
+T = TypeVar("T")
 StepFn = Callable[[Env], None]
 LowerFn = Callable[[Any, Pattern, "Lowering"], StepFn | None]
 """A lowering: the op's callable, or None for an op that runs inside another op's callable (the
@@ -176,8 +187,11 @@ class Lowering:
     owners: dict[tuple[str, str], UpdateGroup] = field(default_factory=dict)
     lrs: dict[str, float] = field(default_factory=dict)
     masks: dict[tuple[str, str], list[torch.Tensor | None]] = field(default_factory=dict)
-    cache: dict[Any, Any] = field(default_factory=dict)
-    """What a technique's lowerings share and build once (module-wise segments, say)."""
+    run: RunRecord = field(default_factory=RunRecord)
+    """The run's record: its seed."""
+    techniques: dict[type, Any] = field(default_factory=dict)
+    """What each technique's lowerings share and build once, as one typed record per technique
+    (`state_of`)."""
     state: dict[str, torch.Tensor] = field(default_factory=dict)
     """Tensors a technique's ops keep across steps (module-wise multipliers): checkpointed."""
     hooks: Hooks = field(default_factory=Hooks)
@@ -190,6 +204,14 @@ class Lowering:
     checkpoint written by rank 0 holds every rank's."""
     scaler: Any = None
     """mrc.lower.precision.LossScaler: the loss scale of `scaled` backwards (None: none)."""
+
+    def state_of(self, kind: type[T]) -> T:
+        """The lowering state of one technique: its record of type `kind` (a dataclass whose
+        fields all have defaults), made on first use and shared by its lowerings."""
+        got = self.techniques.get(kind)
+        if got is None:
+            got = self.techniques[kind] = kind()
+        return got
 
     def masks_of(self, replica: str, partition: str) -> list[torch.Tensor | None]:
         """Per tensor of `partition` (as `replicas.params` lists them) the boolean mask of the
@@ -518,10 +540,18 @@ def _pattern_rates(pattern: Pattern) -> dict[str, float]:
     return out
 
 
+def run_record(bound: Any) -> RunRecord:
+    """The record of a run bound from a program: the seed its model and data were made with."""
+    program = getattr(bound, "program", None)
+    return RunRecord(program.train.seed if program is not None else 0)
+
+
 def lower(graph: ScheduleGraph, bound: Any, total_steps: int, device: torch.device | str = "cpu",
-          world: Any = None) -> Plan:
+          world: Any = None, run: RunRecord | None = None) -> Plan:
     """Build the Plan of `graph` for a run of `total_steps` steps on `device`, with the
     lowerings registered so far (`mrc.lower.lower` registers every technique's first).
+
+    run: the run's record (default: the seed the model and data were bound with).
 
     world: this process among the run's (default: the one it joined, `mrc.runtime.world`). An
     op placed on another rank (scope rank ≥ 0, not this one) is not lowered here: its rank
@@ -531,10 +561,10 @@ def lower(graph: ScheduleGraph, bound: Any, total_steps: int, device: torch.devi
     from mrc.runtime import world as worlds
 
     ctx = Lowering(graph, bound, total_steps, torch.device(device))
+    ctx.run = run if run is not None else run_record(bound)
     ctx.world = world if world is not None else worlds.current()
-    placement = graph.table(PLACEMENT)
-    if placement is not None and placement.world != ctx.world.size:
-        raise LoweringError(f"the schedule is placed on {placement.world} processes, but this run has "
+    if graph.target.world != ctx.world.size:
+        raise LoweringError(f"the schedule is placed on {graph.target.world} processes, but this run has "
                             f"{ctx.world.size}")
     ctx.replicas = Replicas.build(graph, bound, ctx.device)
     ctx.replicas.prepare(ctx)

@@ -26,7 +26,6 @@ import torch
 
 from mrc.ir.graph import Pattern
 from mrc.ir.ops import Backward, Op
-from mrc.techniques.distributed.tables import PLACEMENT
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 """The dtype of each `autocast` field value."""
@@ -167,7 +166,7 @@ class LossScaler:
 
 def scaler_of(op: Op, ctx: Any) -> LossScaler:
     """The run's loss scaler (made by the first scaled backward lowered)."""
-    if ctx.graph.table(PLACEMENT) is not None or (ctx.world is not None and ctx.world.active):
+    if ctx.graph.target.world > 1 or (ctx.world is not None and ctx.world.active):
         raise PrecisionError(f"{op.id}: loss scaling (`precision = 16-mixed`) in a run of several processes "
                             "has no lowering yet; use `precision = bf16`")
     if ctx.scaler is None:

@@ -52,9 +52,10 @@ class _FlatRule:
 class FusedSGD(_FlatRule):
     """SGD-momentum for the partitions of one rule over a flat buffer.
 
-    partitions: name → (parameters, base step size, drift interval k or 0). `mult` (the
-    schedule's multiplier) is the kernel's lr; each segment's `lr_scale` is the partition's base
-    step size (divided by k for a drifting partition, which moves 1/k of its step per step).
+    partitions: name → (parameters, base step size). `mult` (the schedule's multiplier) is the
+    kernel's lr; each segment's `lr_scale` is the partition's base step size, divided by k for a
+    partition that drifts with interval k (it moves 1/k of its step per step): each call names
+    the intervals of the partitions it holds or drifts (the update group's or drift op's own).
 
     masks: name → per parameter the bool mask of the elements the partition holds (None: all)
     for element-level partitions. Their tensors (shared with other partitions of the rule) sit
@@ -63,7 +64,7 @@ class FusedSGD(_FlatRule):
     through the torch path, also on CUDA).
     """
 
-    def __init__(self, partitions: dict[str, tuple[list[torch.Tensor], float, int]], *, momentum: float,
+    def __init__(self, partitions: dict[str, tuple[list[torch.Tensor], float]], *, momentum: float,
                  dampening: float, weight_decay: float, nesterov: bool, kernel: str,
                  masks: dict[str, list[torch.Tensor | None]] | None = None) -> None:
         from mrc.kernels.flat import FlatGroup
@@ -79,7 +80,7 @@ class FusedSGD(_FlatRule):
         # float32 state for float32/bfloat16 parameters; float64 ones keep float64 state
         self.buf = self.flat.state("momentum", torch.float64 if self.flat.dtype == torch.float64
                                    else torch.float32)
-        self.spans = {n: self.flat.span(ps) for n, (ps, _, _) in partitions.items() if n not in masks}
+        self.spans = {n: self.flat.span(ps) for n, (ps, _) in partitions.items() if n not in masks}
         self.masks: list[torch.Tensor] = []  # flat masks of the element-level partitions' spans
         self.mask_index: dict[str, int] = {}
         for n, ms in masks.items():
@@ -95,8 +96,7 @@ class FusedSGD(_FlatRule):
             self.spans[n] = (a, b)
             self.mask_index[n] = len(self.masks)
             self.masks.append(flat_mask)
-        self.base = {n: lr for n, (_, lr, _) in partitions.items()}
-        self.drift = {n: k for n, (_, _, k) in partitions.items()}
+        self.base = {n: lr for n, (_, lr) in partitions.items()}
         self.momentum, self.dampening, self.wd, self.nesterov = momentum, dampening, weight_decay, nesterov
         self.started: set[str] = set()
         self.mult = 1.0
@@ -106,18 +106,20 @@ class FusedSGD(_FlatRule):
         else:
             from mrc.kernels.sgd import multirate_sgd_torch as run
         self._run = run
-        self._tables: dict[tuple[tuple[str, ...], tuple[str, ...], frozenset[str]], tuple[Any, ...]] = {}
+        self._tables: dict[tuple[Any, ...], tuple[Any, ...]] = {}
 
-    def _table(self, updating: tuple[str, ...], drifting: tuple[str, ...]) -> tuple[Any, ...]:
+    def _table(self, updating: tuple[str, ...], drifting: tuple[str, ...],
+               intervals: tuple[tuple[str, int], ...]) -> tuple[Any, ...]:
         fresh = frozenset(n for n in updating if n not in self.started)
-        key = (updating, drifting, fresh)
+        key = (updating, drifting, intervals, fresh)
         table = self._tables.get(key)
         if table is None:
             Mode, Segment = self.Mode, self.Segment
+            every = dict(intervals)
             segs = []
             for n in self.names:
                 a, b = self.spans[n]
-                k = self.drift[n] or 1
+                k = every.get(n, 1)
                 if n in updating:
                     mode = Mode.FIRST if n in fresh else Mode.UPDATE
                 elif n in drifting:
@@ -131,8 +133,11 @@ class FusedSGD(_FlatRule):
         return table
 
     @torch.no_grad()
-    def step_partitions(self, updating: tuple[str, ...], drifting: tuple[str, ...]) -> None:
-        table = self._table(updating, drifting)
+    def step_partitions(self, updating: tuple[str, ...], drifting: tuple[str, ...],
+                        intervals: tuple[tuple[str, int], ...] = ()) -> None:
+        """Update `updating`, move `drifting` by their drift step; `intervals`: the drift
+        interval k of each partition that drifts (held in `updating`, or in `drifting`)."""
+        table = self._table(updating, drifting, intervals)
         if not table:
             return
         grad = self.flat.grad()
@@ -198,9 +203,10 @@ class FusedAdam(_FlatRule):
         self._run = run
 
     @torch.no_grad()
-    def step_partitions(self, updating: tuple[str, ...], drifting: tuple[str, ...]) -> None:
-        """One Adam step of every partition in `updating` (Adam has no drift: `drifting` is
-        ignored), in one call."""
+    def step_partitions(self, updating: tuple[str, ...], drifting: tuple[str, ...],
+                        intervals: tuple[tuple[str, int], ...] = ()) -> None:
+        """One Adam step of every partition in `updating` (Adam has no drift: `drifting` and
+        `intervals` are ignored), in one call."""
         if not updating:
             return
         for n in updating:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from mrc.api import compile_spec, train
-from mrc.runtime.subset import _seed, draw_masks
+from mrc.techniques.random_subsets.integrator import _seed, draw_masks
 
 BASE = """
 model mlp(hidden=[{hidden}], activation=tanh)
@@ -190,15 +190,17 @@ def test_transfer_backbone_is_differentiated_only_on_slow_steps(tmp_path: Path) 
             assert forwards[0].segment == "model[:2]"
 
 
-def test_random_subset_matches_the_seed_procedure(tmp_path: Path) -> None:
-    """Hold a random 30 % of layers.0.weight at zero for k steps while the rest takes fast
-    steps; at the next interval restore it, give it one slow step k·h, draw a new subset."""
-    k, lr, mu, steps = 3, 0.05, 0.9, 13
-    extra = (f'partition subset = random(0.3, per=tensor, of=params("layers.0.weight")) '
-             f"{{ every = {k} }}\npartition others = rest\n")
-    path = spec(tmp_path, extra, steps=steps, seed=2)
-    got = train(path, save=False).model.state_dict()
+SUBSET = 'partition subset = random(0.3, per=tensor, of=params("layers.0.weight")) {{ every = {k} }}\n' \
+         "partition others = rest\n"
 
+
+def subset_reference(path: Path, k: int, steps: int, *, slow: int | None = None, lr: float = 0.05,
+                     mu: float = 0.9) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The seed's random-subset procedure for SUBSET (seed 2): hold a random 30 % of
+    layers.0.weight at zero for k steps while the rest takes fast steps; at the next interval
+    restore it, give it one slow step slow·h (slow = k unless given), draw a new subset. The
+    final state and the last subset."""
+    slow = k if slow is None else slow
     compiled = compile_spec(path)
     model, data = compiled.bound.model, compiled.bound.data
     params = dict(model.named_parameters())
@@ -226,7 +228,7 @@ def test_random_subset_matches_the_seed_procedure(tmp_path: Path) -> None:
             seen |= moving
             step = torch.full_like(w, lr)
             if start and mask is not None:
-                step[mask] = k * lr  # the slow step of the re-activated subset
+                step[mask] = slow * lr  # the slow step of the re-activated subset
             w -= torch.where(moving, step * mom["layers.0.weight"], torch.zeros_like(w))
             if start:
                 mask = draw_masks([w.shape], 0.3, "tensor", _seed(2, "subset", t // k), w.device)[0]
@@ -234,8 +236,45 @@ def test_random_subset_matches_the_seed_procedure(tmp_path: Path) -> None:
                 w[mask] = 0
     with torch.no_grad():
         w[mask] = stash  # the end of training restores the held-out weights
-    assert_same(got, {n: v.detach() for n, v in model.state_dict().items()}, 1e-10)
-    assert int(mask.sum()) == round(0.3 * w.numel())
+    return {n: v.detach() for n, v in model.state_dict().items()}, mask
+
+
+def test_random_subset_matches_the_seed_procedure(tmp_path: Path) -> None:
+    k, steps = 3, 13
+    path = spec(tmp_path, SUBSET.format(k=k), steps=steps, seed=2)
+    got = train(path, save=False).model.state_dict()
+    want, mask = subset_reference(path, k, steps)
+    assert_same(got, want, 1e-10)
+    assert int(mask.sum()) == round(0.3 * mask.numel())
+
+
+def test_a_random_subsets_slow_step_is_its_resample_ops(tmp_path: Path) -> None:
+    """The interval k a resample op carries is the slow step (k·h) its subset takes when the
+    next restore brings it back: edited on the ops, the run follows (the draws stay where the
+    graph has its ops, every 3 steps)."""
+    from dataclasses import replace
+
+    from mrc.api import lower
+    from mrc.techniques.random_subsets.ops import Resample
+
+    k, steps = 3, 13
+    path = spec(tmp_path, SUBSET.format(k=k), steps=steps, seed=2)
+    compiled = compile_spec(path)
+    edited = 0
+    for p in compiled.graph.patterns():
+        for op in list(p.of_kind(Resample)):
+            p.replace(op, replace(op, every=5))
+            edited += 1
+    assert edited
+    plan = lower(compiled, steps)
+    for t, (x, y) in enumerate(batches(compiled.bound.data, steps)):
+        plan.step(t, x, y)
+    plan.finish()
+    got = compiled.bound.model.state_dict()
+    want, _ = subset_reference(path, k, steps, slow=5)
+    assert_same(got, want, 1e-10)
+    plain, _ = subset_reference(path, k, steps)
+    assert any(not torch.allclose(got[n], plain[n], rtol=0, atol=1e-6) for n in plain)
 
 
 def test_random_subset_is_zero_during_the_fast_steps(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ def _step(brains: tuple[str, ...], update: tuple[str, ...], merge: bool, drift: 
     upd = p.add(UpdateGroup(both, "g", update, Rule("sgd"), (0.1,) * (len(update) * len(brains))),
                 [(bwd, Value("grads", update))])
     if drift:
-        p.add(Drift(both, drift, 0.5), p.after([upd]))
+        p.add(Drift(both, drift, 2), p.after([upd]))
     if merge:
         p.add(Merge(brains=("fast", "slow")), p.after([upd]))
     return p

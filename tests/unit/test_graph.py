@@ -466,7 +466,7 @@ def _group_holds_what_it_does_not_update(g: ScheduleGraph, p0: Pattern, p1: Patt
 
 
 def _drift_of_unknown_partition(g: ScheduleGraph, p0: Pattern, p1: Pattern) -> None:
-    p1.add(Drift(EMPTY, "neck", 0.5), p1.after([p1.op("update.head")]))
+    p1.add(Drift(EMPTY, "neck", 2), p1.after([p1.op("update.head")]))
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -513,9 +513,9 @@ def test_verify_accepts_a_no_grad_prefix_and_grouped_updates() -> None:
     post = p.add(Forward(EMPTY, 2, None, ("a", "b")), [(pre, Value("activation"))])
     loss = p.add(Loss(), [(post, Value("logits")), (batch, Value("batch"))])
     bwd = p.add(Backward(EMPTY, ("a", "b")), [(loss, Value("loss"))])
-    group = p.add(UpdateGroup(EMPTY, "a+b", ("a", "b"), SGD, (0.1, 0.2), held=("a",)),
+    group = p.add(UpdateGroup(EMPTY, "a+b", ("a", "b"), SGD, (0.1, 0.2), held=("a",), intervals=(("a", 2),)),
                   [(bwd, Value("grads", ("a", "b")))])
-    p.add(Drift(EMPTY, "a", 0.5), p.after([group]))
+    p.add(Drift(EMPTY, "a", 2), p.after([group]))
     graph = ScheduleGraph([Stage("train", 1, [p], (0,))], table({"a": 2, "b": 1}))
     graph.verify()
 
@@ -526,9 +526,9 @@ def test_verify_accepts_a_no_grad_prefix_and_grouped_updates() -> None:
 def test_json_round_trip() -> None:
     graph = two()
     p1 = graph.stage.patterns[1]
-    p1.add(UpdateGroup(EMPTY, "g", ("body",), ADAM, (0.25,), "triton", ("body",)),
+    p1.add(UpdateGroup(EMPTY, "g", ("body",), ADAM, (0.25,), "triton", ("body",), intervals=(("body", 2),)),
            [(p1.op("backward"), Value("grads", ("body",)))])
-    p1.add(Drift(EMPTY, "body", 0.5), p1.after([p1.op("update_group.g")]))
+    p1.add(Drift(EMPTY, "body", 2), p1.after([p1.op("update_group.g")]))
     graph.lr_schedule = Rule("cosine", (("warmup", 20),), ("warmup",))
     graph.notes.append("a note")
     text = graph.to_json()

@@ -49,7 +49,7 @@ ROLES: tuple[tuple[str, str], ...] = (
     (r"mrc\.techniques\.distributed\.p2p", COMPILE),  # the op kinds send and recv
     (r"mrc\.techniques\.modules\.(cost|fxsplit|heads)", COMPILE),
     (r"mrc\.lower(\..+)?|mrc\.runtime(\..+)?|mrc\.kernels(\..+)?", RUN),
-    (TECHNIQUE + r"\.(lower|solver|ranks|stack|propagate|batchnorm|buckets|messages|evaluate)", RUN),
+    (TECHNIQUE + r"\.(lower|solver|ranks|stack|propagate|batchnorm|buckets|messages|evaluate|integrator)", RUN),
     (r"mrc\.data(\..+)?|mrc\.models(\..+)?|mrc\.optim(\..+)?", SHARED),
     (r"mrc\.losses|mrc\.usercode|mrc\.safeload|mrc\.lazy|mrc\.provided", SHARED),
     (TECHNIQUE, EDGE),  # a technique's package: its record names both sides

@@ -596,7 +596,7 @@ def test_fused_adam_one_call_matches_torch_optim_per_partition(kernel: str, rule
 def _fused_sgd(parts: dict[str, list[torch.Tensor]], kernel: str):
     from mrc.runtime.fused import FusedSGD
 
-    return FusedSGD({n: (ps, 0.1, 0) for n, ps in parts.items()}, momentum=0.9, dampening=0.1,
+    return FusedSGD({n: (ps, 0.1) for n, ps in parts.items()}, momentum=0.9, dampening=0.1,
                     weight_decay=1e-2, nesterov=False, kernel=kernel)
 
 
@@ -697,7 +697,7 @@ def test_subset_triton_matches_torch_exactly(device: str, n: int, dtype: torch.d
 def test_subset_masks_keep_the_runtime_draw() -> None:
     """`random_subset_mask` is the runtime's draw (`draw_masks`): one randperm per tensor, drawn
     even where the count rounds to 0, so the later tensors' subsets do not shift."""
-    from mrc.runtime.subset import draw_masks
+    from mrc.techniques.random_subsets.integrator import draw_masks
 
     shapes = [torch.Size([2]), torch.Size([4, 3]), torch.Size([50]), torch.Size([2, 1]),
               torch.Size([0]), torch.Size([31])]
@@ -736,7 +736,7 @@ def _subset_run(kernel: str, cfg: dict, device: str, *, steps: int = 8,
                 resume_from: dict | None = None, reset_at: int | None = None):
     """Drive a RandomSubsetSGD as the plan does: at an interval's start restore, take the
     gradient at the full weights, step, then draw the next subset and hold it at zero."""
-    from mrc.runtime.subset import RandomSubsetSGD
+    from mrc.techniques.random_subsets.integrator import RandomSubsetSGD
 
     cfg = dict(cfg)
     per = cfg.pop("per", "tensor")
@@ -744,28 +744,27 @@ def _subset_run(kernel: str, cfg: dict, device: str, *, steps: int = 8,
     params = [torch.randn(s, generator=gen).to(device) for s in SUBSET_SHAPES]
     targets = [torch.randn(s, generator=gen).to(device) for s in SUBSET_SHAPES]
     every = 3
-    opt = RandomSubsetSGD(params, lr=0.05, every=every, fraction=0.3, per=per, seed=4,
-                          salt="subset", kernel=kernel, **cfg)
+    opt = RandomSubsetSGD(params, lr=0.05, seed=4, salt="subset", kernel=kernel, **cfg)
     start_t = 0
     if resume_from is not None:
         with torch.no_grad():
             for p, saved in zip(params, resume_from["params"], strict=True):
                 p.copy_(saved)
         opt.load_state_dict(resume_from["opt"])
-        start_t = opt.t
+        start_t = resume_from["t"]
     snapshot = None
     for t in range(start_t, steps):
         if t == reset_at:
             opt.reset_state()
         if t % every == 0:
-            opt.restore()
+            opt.start()
         for p, target in zip(params, targets, strict=True):
             p.grad = 2 * (p - target) + 0.1 * torch.sin(3 * p)  # a smooth, non-linear gradient
         opt.step()
         if t % every == 0:
-            opt.resample(t // every)
+            opt.resample(0.3, per, every)
         if t == 4:  # mid-interval checkpoint
-            snapshot = {"params": [p.detach().clone() for p in params], "opt": opt.state_dict()}
+            snapshot = {"params": [p.detach().clone() for p in params], "opt": opt.state_dict(), "t": t + 1}
     return params, opt, snapshot
 
 
@@ -836,7 +835,7 @@ def test_random_subset_sgd_reset_state(kernel: str) -> None:
     stash = opt.state_dict()["stash"]
     opt.reset_state()
     assert all(torch.all(b == 0) for b in opt.bufs) and not any(s.any() for s in opt.seen)
-    assert opt.t == 5 and all(torch.equal(a, b) for a, b in zip(opt.masks, masks, strict=True))
+    assert opt.drawn == 2 and all(torch.equal(a, b) for a, b in zip(opt.masks, masks, strict=True))
     assert all(torch.equal(a, b) for a, b in zip(opt.state_dict()["stash"], stash, strict=True))
     # after a reset, the first update of an element takes p = d again (torch.optim's first step)
     for p in params:

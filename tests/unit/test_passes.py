@@ -70,12 +70,13 @@ def naive(period: int, parts: dict[str, tuple[int, Rule]], *, drift: tuple[str, 
             loss = p.add(Loss(EMPTY, "cross_entropy", 0.0, (), phase),
                          [(fwd, Value("logits")), (batch, Value("batch"))])
             bwd = p.add(Backward(EMPTY, names, "autograd", 0.0, phase), [(loss, Value("loss"))])
-            last = [p.add(Update(EMPTY, n, parts[n][1], LR * (1 if n in random else parts[n][0]), drifts(n), phase),
+            last = [p.add(Update(EMPTY, n, parts[n][1], LR * (1 if n in random else parts[n][0]), drifts(n), phase,
+                                 parts[n][0]),
                           [(bwd, Value("grads", (n,)))]) for n in members]
         tail = list(last)
         for n in names:
             if drifts(n):
-                tail.append(p.add(Drift(EMPTY, n, 1.0 / parts[n][0]), p.after(last)))
+                tail.append(p.add(Drift(EMPTY, n, parts[n][0]), p.after(last)))
         return p
 
     index: dict[tuple[bool, ...], int] = {}
@@ -405,7 +406,7 @@ def test_fuse_drift_folds_a_drift_into_the_group_of_its_rule() -> None:
         assert not any(isinstance(op, Drift) for op in fused.at(t))
         assert groups(fused, t)["update_group.fast"].drifting == ("slow",)
     assert listing(fused, compact=True)[-1] == ("  %4 = update_group fast {fast} sgd(momentum=0.9) lr=[0.1] "
-                                                "kernel=torch + drift {slow}  ← %3:grads")
+                                                "kernel=torch + drift {slow every 4}  ← %3:grads")
 
 
 def test_fuse_drift_keeps_what_ran_after_the_drift() -> None:

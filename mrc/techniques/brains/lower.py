@@ -32,7 +32,6 @@ from mrc.models.trace import quiet
 from mrc.techniques.brains import ranks
 from mrc.techniques.brains.ops import Merge, MergeRule
 from mrc.techniques.brains.tables import BRAINS
-from mrc.techniques.distributed.tables import PLACEMENT
 
 
 class BrainReplicas(Replicas):
@@ -66,11 +65,12 @@ class BrainReplicas(Replicas):
     def prepare(self, ctx: Lowering) -> None:
         """The brains' hooks on the Plan: each brain's loss in the metrics records (and its
         TensorBoard tags), each brain evaluated beside the merged model, and `brains/NAME.pt` at
-        the end. Brains on ranks: the collective merges' view of the ranks, and the sync that
-        brings every brain from its rank before evaluation and saving (ranks.py)."""
+        the end. Brains on ranks (their ops carry ranks): the collective merges' view of the
+        ranks, and the sync that brings every brain from its rank before evaluation and saving
+        (ranks.py)."""
         hooks, self.world = ctx.hooks, ctx.world
-        placement = ctx.graph.table(PLACEMENT)
-        if placement is not None and placement.mode == "brains" and ctx.world.active:
+        on_ranks = any(op.scope.replica and op.scope.rank >= 0 for op in ctx.graph.ops())
+        if on_ranks and ctx.world.active:
             self.ranked = ranks.RankedBrains(self, ctx)
             hooks.syncs.append(self.ranked.sync)
         hooks.metrics.append(lambda: {"brains": self.losses()})

@@ -7,6 +7,7 @@ of a brain's own order: see `lowers(kind, when=…)`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -81,17 +82,25 @@ def forward_callable(op: Forward, pattern: Pattern, module: nn.Module) -> StepFn
     return forward
 
 
+@dataclass
+class LossState:
+    """The losses of one lowering, prepared once per distinct (fn, settings, where)."""
+
+    prepared: dict[tuple[Any, ...], PreparedLoss] = field(default_factory=dict)
+
+
 def prepared_loss(op: Loss, ctx: Lowering) -> PreparedLoss:
     """The op's loss (`fn` with its settings, or the user's function) as callables, prepared once
     per distinct loss of the run (a pos_weight tensor on the run's device and dtype)."""
     from mrc.usercode import UserCodeError
 
-    key = ("loss", op.fn, op.label_smoothing, op.args, op.where)
-    got = ctx.cache.get(key)
+    prepared = ctx.state_of(LossState).prepared
+    key = (op.fn, op.label_smoothing, op.args, op.where)
+    got = prepared.get(key)
     if got is None:
         dtype = next(iter(ctx.bound.model.parameters())).dtype
         try:
-            got = ctx.cache[key] = prepare_op(op, ctx.device, dtype)
+            got = prepared[key] = prepare_op(op, ctx.device, dtype)
         except (UserCodeError, ValueError) as e:
             raise LoweringError(f"{op.id}: {getattr(e, 'message', e)}") from None
     return got
@@ -180,8 +189,7 @@ def fused_integrator(op: UpdateGroup, ctx: Lowering) -> Any:
     fam = family(op.rule.name)
     kw = op.rule.kwargs
     if fam.sgd_like:
-        drift = {n: graph.partitions[n].every if graph.partitions[n].drift != "none" else 0 for n in names}
-        integ = FusedSGD({n: (params[n], ctx.lr_of(r, n), drift[n]) for n in names},
+        integ = FusedSGD({n: (params[n], ctx.lr_of(r, n)) for n in names},
                          **sgd_hyper(op.rule.name, kw), kernel=op.kernel,
                          masks={n: ctx.masks_of(r, n) for n in names})
     elif fam.adam_like:
@@ -215,7 +223,7 @@ def torch_integrator(op: UpdateGroup, ctx: Lowering) -> TorchRule:
         names = ctx.groups_of(r, op.rule, op.kernel, op.scope.rank)
         integ = TorchRule(op.rule, {n: ctx.replicas.params(ctx.graph, r, n) for n in names},
                           {n: ctx.lr_of(r, n) for n in names}, op.kernel,
-                          noise_seed=stable_seed(ctx.bound.program.train.seed, r, *names),
+                          noise_seed=stable_seed(ctx.run.seed, r, *names),
                           masks={n: ctx.masks_of(r, n) for n in names})
         ctx.integrators[key] = integ
     return integ
@@ -245,11 +253,11 @@ def lower_update_group(op: UpdateGroup, pattern: Pattern, ctx: Lowering) -> Step
             if integ.base[n] != lr:
                 raise LoweringError(f"{op.id}: partition {n} runs at lr {lr:g} here and {integ.base[n]:g} elsewhere; "
                                     "a fused rule keeps one learning rate per partition")
-        updating, drifting = op.partitions, op.drifting
+        updating, drifting, intervals = op.partitions, op.drifting, op.intervals
 
         def fused(env: Env) -> None:
             integ.mult = env.mult
-            integ.step_partitions(updating, drifting)
+            integ.step_partitions(updating, drifting, intervals)
         return fused
     if op.drifting:
         raise LoweringError(f"{op.id}: only fused kernels take drift steps inside an update")

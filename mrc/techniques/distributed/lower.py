@@ -12,6 +12,7 @@ waits) point to point, through torch.distributed directly: they are not collecti
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,6 +25,19 @@ from mrc.techniques.distributed.buckets import GradBucket
 from mrc.techniques.distributed.messages import DTYPES, HEADER, header, rows_of
 from mrc.techniques.distributed.ops import AllReduce, Shard
 from mrc.techniques.distributed.p2p import Recv, Send
+
+
+@dataclass
+class DistributedState:
+    """What the distributed lowerings share: whether rank 0's buffers are synced before reading
+    (set once), this rank's share of the batch (the shard's, read by global batch norm), how
+    many batch norms were made global, and a stale pipeline's last message sent to each peer (by message
+    key: part of the run's state, gathered into checkpoints)."""
+
+    buffers_synced: bool = False
+    share: list[float] = field(default_factory=lambda: [1.0])
+    batchnorm: int = 0
+    outbox: dict[str, Any] = field(default_factory=dict)
 
 
 class BlockCuts:
@@ -53,14 +67,15 @@ def lower_shard(op: Shard, pattern: Pattern, ctx: Lowering) -> StepFn:
         raise LoweringError(f"{op.id}: sharded for {op.world} ranks, the run has {ctx.world.size}")
     key = op.id
     cut = BlockCuts(op.world, ctx.world.rank, "a batch of {n} cannot be split across {parts} processes")
-    if "distributed.buffers" not in ctx.cache:  # buffers: rank 0's, as DDP keeps them
-        ctx.cache["distributed.buffers"] = True
+    state = ctx.state_of(DistributedState)
+    if not state.buffers_synced:  # buffers: rank 0's, as DDP keeps them
+        state.buffers_synced = True
         ctx.hooks.syncs.append(lambda: _broadcast_buffers(ctx))
-    share: list[float] = ctx.cache.setdefault("distributed.share", [1.0])
-    if op.batchnorm == "global" and ctx.world.active and not ctx.cache.get("distributed.batchnorm"):
+    share = state.share
+    if op.batchnorm == "global" and ctx.world.active and not state.batchnorm:
         from mrc.techniques.distributed.batchnorm import globalise
 
-        ctx.cache["distributed.batchnorm"] = globalise(ctx.replicas.checkpointed(), ctx.world, share)
+        state.batchnorm = globalise(ctx.replicas.checkpointed(), ctx.world, share)
 
     def shard(env: Env) -> None:
         x, y = env.values[src][0], env.values[src][1]
@@ -152,7 +167,7 @@ def lower_send(op: Send, pattern: Pattern, ctx: Lowering) -> StepFn:
         raise LoweringError(f"{op.id}: no activation (or batch) input")
     to, tag, labels = op.to, op.phase, op.labels
     # a stale pipeline's last message is part of the run's state (a resumed receiver trains on it)
-    outbox = ctx.cache.setdefault("pipeline.outbox", {}) if op.stale else None
+    outbox = ctx.state_of(DistributedState).outbox if op.stale else None
     box = message_key(world.rank, to, tag)
     # a stale receiver trains on this step's message at the next step: the run's last step has none
     last = ctx.total_steps - 1 if op.stale else -1

@@ -21,7 +21,7 @@ from mrc.ir.graph import Pattern, ScheduleGraph
 from mrc.ir.ops import Backward, Forward, GraphError, Op
 from mrc.ir.tables import TableKind
 from mrc.techniques.base import Expansion
-from mrc.techniques.mgrit.ops import PHASES, Relax, SolvePhase, iteration_phases
+from mrc.techniques.mgrit.ops import PHASES, Relax, SolvePhase, SolveSettings, iteration_phases
 from mrc.techniques.mgrit.tables import STACKS, StackInfo
 
 if TYPE_CHECKING:
@@ -57,16 +57,20 @@ def _chain(p: Pattern, after: Op, ops: list[SolvePhase]) -> None:
 
 
 def solve_ops(path: str, info: StackInfo, fwd: Op, solve: str) -> list[SolvePhase]:
+    """The phase ops of one solve of the stack at `path`: its iterations of its levels' phases,
+    each op carrying the solve's settings."""
     iters = info.forward_iters if solve == "forward" else info.backward_iters
+    settings = SolveSettings(info.steps, info.h, info.kind, info.coarsening,
+                             info.forward_tol if solve == "forward" else info.backward_tol, info.warm_start)
     relax = info.relax
     out: list[SolvePhase] = []
     for i in range(iters):
         for phase, level in iteration_phases(info.levels):
             scope = replace(fwd.scope, level=level, iteration=i)
             if phase == "relax":
-                out.append(Relax(scope, path, solve, relax=relax[min(level, len(relax) - 1)]))
+                out.append(Relax(scope, path, solve, settings=settings, relax=relax[min(level, len(relax) - 1)]))
             else:
-                out.append(PHASES[phase](scope, path, solve))
+                out.append(PHASES[phase](scope, path, solve, settings=settings))
     return out
 
 

@@ -29,6 +29,7 @@ above 1 is a warning naming the step.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -40,29 +41,60 @@ from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
 from mrc.techniques.core.lower import forward_callable, replica
 from mrc.techniques.distributed.buckets import GradBucket
 from mrc.techniques.mgrit.bind import stack_stretch
-from mrc.techniques.mgrit.expand import covers
 from mrc.techniques.mgrit.grid import Blocks
-from mrc.techniques.mgrit.ops import PHASES, SolvePhase, SumStackGrads
-from mrc.techniques.mgrit.tables import STACKS, StackInfo
+from mrc.techniques.mgrit.ops import PHASES, Relax, SolvePhase, SolveSettings, SumStackGrads, iteration_phases
 
 KIND_PHASE = {cls.kind: name for name, cls in PHASES.items()}
 
 
-class StackSolve:
-    """The MGRIT solves of one stack in one replica: its propagator, settings, warm starts and
-    the last step's residuals."""
+@dataclass
+class MgritState:
+    """What the MGRIT lowerings share: each stack's settings and the forwards that hold a solve
+    (read once from the phase ops), each replica's solved model, its segments, the solves by
+    (replica, stack), and whether their metrics are registered."""
 
-    def __init__(self, ctx: Lowering, r: str, path: str, info: StackInfo, stack: nn.Module, kernel: str) -> None:
-        from mrc.techniques.mgrit.grid import Settings
+    stacks: dict[str, SolveSettings] | None = None
+    solved: set[Forward] = field(default_factory=set)
+    models: dict[str, tuple[fx.GraphModule, dict[str, SolveModule]]] = field(default_factory=dict)
+    segments: dict[tuple[str, int], tuple[nn.Module, nn.Module]] = field(default_factory=dict)
+    solves: dict[tuple[str, str], StackSolve] = field(default_factory=dict)
+    metrics_registered: bool = False
+
+
+def mgrit_state(ctx: Lowering) -> MgritState:
+    """The lowering's MGRIT state, with the stacks and the forwards that hold a solve read from
+    the graph's phase ops (the first time)."""
+    state = ctx.state_of(MgritState)
+    if state.stacks is None:
+        state.stacks = {}
+        for p in ctx.graph.patterns():
+            for op in p.ops():
+                if isinstance(op, SolvePhase):
+                    first = state.stacks.setdefault(op.stack, op.settings)
+                    if (first.steps, first.h, first.kind) != (op.settings.steps, op.settings.h, op.settings.kind):
+                        raise LoweringError(f"{op.id}: the solves of stack `{op.stack}` disagree on its steps, "
+                                            "step size or block kind")
+            for op in p.of_kind(Forward):
+                if any(isinstance(s, SolvePhase) and s.solve == "forward" for s in p.succs(op)):
+                    state.solved.add(op)
+    return state
+
+
+class StackSolve:
+    """The MGRIT solves of one stack in one replica: its propagator, warm starts and the last
+    step's residuals. The settings of each solve are its phase ops' (`Runner.settings`)."""
+
+    def __init__(self, ctx: Lowering, r: str, path: str, settings: SolveSettings, stack: nn.Module,
+                 kernel: str) -> None:
         from mrc.techniques.mgrit.propagate import propagator_for
 
-        self.ctx, self.r, self.path, self.info = ctx, r, path, info
+        self.ctx, self.r, self.path = ctx, r, path
+        self.steps = settings.steps
+        self.warm_start = False
+        """Whether the solve under way starts from the previous step's states (its ops say)."""
         self.prop = propagator_for(stack, kernel)
         self.params: list[nn.Parameter] = [p for layer in stack.layers for p in layer.parameters()]
-        self.forward_settings = Settings(info.levels, info.coarsening, info.relax, info.forward_iters,
-                                         info.forward_tol)
-        self.adjoint_settings = Settings(info.levels, info.coarsening, info.relax, info.backward_iters,
-                                         info.backward_tol)
+        self.forward_settings: Any = None  # the last forward solve's (mrc.techniques.mgrit.solver.Settings)
         self.key = f"mgrit/{r}/{path}" if r else f"mgrit/{path}"
         self.states: torch.Tensor | None = None
         self.last: dict[str, list[float]] = {}
@@ -75,10 +107,10 @@ class StackSolve:
         self._adjoint_checked: Blocks | None = None
 
     def _warm(self, which: str, like: torch.Tensor) -> torch.Tensor | None:
-        if not self.info.warm_start:
+        if not self.warm_start:
             return None
         got = self.ctx.state.get(f"{self.key}/{which}")
-        n = self.info.steps
+        n = self.steps
         return got if got is not None and got.shape == (n + 1, *like.shape) else None
 
     def forward(self, y0: torch.Tensor, runner: Runner) -> torch.Tensor:
@@ -86,14 +118,16 @@ class StackSolve:
 
         self.prop.refresh()  # this step's weights
         self.step = self.ctx.replicas.plan.env.t if self.ctx.replicas.plan is not None else 0
+        self.forward_settings = runner.settings_of("forward")
+        self.warm_start = runner.given["forward"].warm_start
         blocks = runner.blocks.get("forward", ())
         if blocks:
             return self._forward_ranks(y0, runner, blocks)
-        solver = MGRIT(self.prop, self.info.steps, self.forward_settings)
+        solver = MGRIT(self.prop, self.steps, self.forward_settings)
         solver.start(y0, self._warm("forward", y0))
         runner.run(solver, "forward")
         self.states = solver.states.detach().clone()
-        if self.info.warm_start:
+        if self.warm_start:
             self.ctx.state[f"{self.key}/forward"] = self.states
         self._record("forward", solver)
         return self.states[-1].clone()
@@ -102,15 +136,17 @@ class StackSolve:
         from mrc.techniques.mgrit.solver import MGRIT, Adjoint, lambdas
 
         assert self.states is not None
+        settings = runner.settings_of("adjoint")
+        self.warm_start = runner.given["adjoint"].warm_start
         blocks = runner.blocks.get("adjoint", ())
         if blocks:
             return self._backward_ranks(g, runner, blocks)
-        solver = MGRIT(Adjoint(self.prop, self.states), self.info.steps, self.adjoint_settings)
+        solver = MGRIT(Adjoint(self.prop, self.states), self.steps, settings)
         warm = self._warm("adjoint", g)
         solver.start(g, None if warm is None else warm.flip(0))
         runner.run(solver, "adjoint")
         lam = lambdas(solver).detach().clone()
-        if self.info.warm_start:
+        if self.warm_start:
             self.ctx.state[f"{self.key}/adjoint"] = lam
         self._record("adjoint", solver)
         saved = [p.grad for p in self.params]
@@ -136,11 +172,11 @@ class StackSolve:
                                 f"{world.size}")
         self.blocks = blocks
         a, b = blocks[world.rank]
-        solver = rank_forward_solve(self.prop, self.info.steps, self.forward_settings, blocks, world, y0,
+        solver = rank_forward_solve(self.prop, self.steps, self.forward_settings, blocks, world, y0,
                                     self._warm_block("forward", y0, a, b))
         runner.run(solver, "forward")
         self.states = solver.states.detach().clone()  # the block's states y_a … y_b
-        if self.info.warm_start:
+        if self.warm_start:
             self.local["forward"] = self.states
             self._add_sync()
         self._record("forward", solver)
@@ -160,7 +196,7 @@ class StackSolve:
         )
 
         assert self.states is not None
-        world, n = self.ctx.world, self.info.steps
+        world, n = self.ctx.world, self.steps
         if blocks is not self._adjoint_checked:  # the graph's split, checked once
             want = adjoint_blocks(n, self.forward_settings, self.blocks)
             if blocks != want:
@@ -169,11 +205,11 @@ class StackSolve:
             self._adjoint_checked = blocks
         rows, table = adjoint_table(n, self.forward_settings, self.blocks, blocks, world, self.states)
         a, b = blocks[world.rank]
-        solver = rank_adjoint_solve(self.prop, n, self.adjoint_settings, blocks, world, rows, table, g,
+        solver = rank_adjoint_solve(self.prop, n, runner.settings_of("adjoint"), blocks, world, rows, table, g,
                                     self._warm_block("adjoint", g, a, b))
         runner.run(solver, "adjoint")
         lam = block_lambdas(solver).detach().clone()  # λ_a … λ_b
-        if self.info.warm_start:
+        if self.warm_start:
             self.local["adjoint"] = lam
         self._record("adjoint", solver)
         saved = [p.grad for p in self.params]
@@ -190,12 +226,12 @@ class StackSolve:
     def _warm_block(self, which: str, like: torch.Tensor, a: int, b: int) -> torch.Tensor | None:
         """The block's warm start: the previous step's block, or the block of whole states that a checkpoint
         (or the sync before it) put in the lowering's state and this rank has not started from yet."""
-        if not self.info.warm_start:
+        if not self.warm_start:
             return None
         key = f"{self.key}/{which}"
         whole = self.ctx.state.get(key)
         if (whole is not None and self.seen.get(key) != (id(whole), whole._version)
-                and whole.shape == (self.info.steps + 1, *like.shape)):
+                and whole.shape == (self.steps + 1, *like.shape)):
             self.seen[key] = (id(whole), whole._version)
             return whole[a:b + 1]
         got = self.local.get(which)
@@ -209,7 +245,7 @@ class StackSolve:
     def sync(self) -> None:
         """Put the whole warm-start states in the lowering's state (every rank's block, summed into one
         tensor: a collective every rank runs), so that a checkpoint holds what one process would."""
-        world, n = self.ctx.world, self.info.steps
+        world, n = self.ctx.world, self.steps
         for which, local in self.local.items():
             if which == "forward":
                 a, b = self.blocks[world.rank]
@@ -243,16 +279,23 @@ class StackSolve:
 
 class Runner:
     """The phase ops of one step pattern's solves of one stack, in the graph's order: runs them
-    on a solver, iteration by iteration, tracing each as it runs."""
+    on a solver, iteration by iteration, tracing each as it runs. Each solve's settings are its
+    ops': its levels and iterations their scopes, each level's relaxation its relax op's, the
+    rest the `SolveSettings` every op of the solve carries."""
 
-    def __init__(self, ctx: Lowering, ops: dict[str, list[SolvePhase]], levels: int) -> None:
-        from mrc.techniques.mgrit.ops import iteration_phases
+    def __init__(self, ctx: Lowering, ops: dict[str, list[SolvePhase]]) -> None:
+        from mrc.techniques.mgrit.solver import Settings
 
         self.ctx = ctx
+        levels = 1 + max((o.scope.level for seq in ops.values() for o in seq), default=0)
         per = len(iteration_phases(levels))
         self.iterations: dict[str, list[list[SolvePhase]]] = {}
         self.blocks: dict[str, Blocks] = {}
         """Each solve's layer block per rank (empty: one process solves it all)."""
+        self.settings: dict[str, Settings] = {}
+        """Each solve's settings (mrc.techniques.mgrit.solver), as its ops give them."""
+        self.given: dict[str, SolveSettings] = {}
+        """Each solve's record, as every one of its ops carries it."""
         for which, seq in ops.items():
             if len(seq) % per:
                 raise LoweringError(f"the {which} solve's ops are not whole iterations of {per} phases")
@@ -266,6 +309,19 @@ class Runner:
             if len(placed) > 1:
                 raise LoweringError(f"{seq[0].id}: the {which} solve's ops are split across ranks in different ways")
             self.blocks[which] = placed.pop() if placed else ()
+            given = {o.settings for o in seq}
+            if len(given) > 1:
+                raise LoweringError(f"{seq[0].id}: the {which} solve's ops carry different settings")
+            solve = self.given[which] = given.pop()
+            relax = tuple(o.relax for o in chunks[0] if isinstance(o, Relax)) or ("FCF",)
+            self.settings[which] = Settings(levels, solve.coarsening, relax, len(chunks), solve.tol)
+
+    def settings_of(self, which: str) -> Any:
+        """The settings of this step's `which` solve (mrc.techniques.mgrit.solver.Settings)."""
+        got = self.settings.get(which)
+        if got is None:
+            raise LoweringError(f"this step's graph has no {which} MGRIT solve, but one is needed")
+        return got
 
     def run(self, solver: Any, which: str) -> None:
         chunks = self.iterations.get(which)
@@ -359,7 +415,7 @@ def _attr(gm: nn.Module, target: str) -> Any:
 
 
 def _holds_stack(op: Any, ctx: Lowering) -> bool:
-    return isinstance(op, Forward) and any(covers(op, info) for info in ctx.graph.table(STACKS).values())
+    return isinstance(op, Forward) and op in mgrit_state(ctx).solved
 
 
 @lowers("forward", when=_holds_stack)
@@ -373,15 +429,15 @@ def lower_forward_with_solve(op: Forward, pattern: Pattern, ctx: Lowering) -> St
         if op.stop is not None and op.start != 0:
             raise LoweringError(f"{op.id}: a middle segment of the model cannot run yet")
         n = op.stop if op.stop is not None else op.start
-        key = ("mgrit.segments", r, n)
-        if key not in ctx.cache:
+        segments = mgrit_state(ctx).segments
+        if (r, n) not in segments:
             from mrc.lower.segments import split_at
 
-            ctx.cache[key] = split_at(whole, whole, ctx.graph.layers, n)
-        prefix, suffix = ctx.cache[key]
+            segments[(r, n)] = split_at(whole, whole, ctx.graph.layers, n)
+        prefix, suffix = segments[(r, n)]
         module = prefix if op.start == 0 else suffix
-    pairs = [(modules[path], Runner(ctx, _region(pattern, op, path), ctx.graph.table(STACKS)[path].levels))
-             for path, info in ctx.graph.table(STACKS).items() if covers(op, info)]
+    paths = [s.stack for s in pattern.succs(op) if isinstance(s, SolvePhase) and s.solve == "forward"]
+    pairs = [(modules[path], Runner(ctx, _region(pattern, op, path))) for path in dict.fromkeys(paths)]
     inner = forward_callable(op, pattern, module)
     for m, _ in pairs:  # the forward runs under autocast (mrc/lower/precision.py): the solve does not
         m.island = m.solve.params[0].dtype if op.autocast else None
@@ -395,19 +451,19 @@ def lower_forward_with_solve(op: Forward, pattern: Pattern, ctx: Lowering) -> St
 
 def _solved_model(ctx: Lowering, r: str) -> tuple[fx.GraphModule, dict[str, SolveModule]]:
     """Replica r's traced model with each stack replaced by its solve (made once)."""
-    key = ("mgrit.model", r)
-    if key not in ctx.cache:
+    state = mgrit_state(ctx)
+    if r not in state.models:
         model = ctx.replicas.module_of(r)
         module: fx.GraphModule = model
         modules: dict[str, SolveModule] = {}
-        for path, info in ctx.graph.table(STACKS).items():
+        for path, settings in (state.stacks or {}).items():
             original = ctx.bound.model if not r else None
-            solve = _solve_of(ctx, r, path, info, stack_view(model, path, info, original))
+            solve = _solve_of(ctx, r, path, settings, stack_view(model, path, settings, original))
             modules[path] = SolveModule(solve)
             module = rewrite(module, path, path, modules[path])
-        ctx.cache[key] = (module, modules)
+        state.models[r] = (module, modules)
         _register_metrics(ctx)
-    return ctx.cache[key]
+    return state.models[r]
 
 
 class StackView(nn.Module):
@@ -421,7 +477,7 @@ class StackView(nn.Module):
         self.h = h
 
 
-def stack_view(model: nn.Module, path: str, info: StackInfo, original: nn.Module | None = None) -> StackView:
+def stack_view(model: nn.Module, path: str, info: SolveSettings, original: nn.Module | None = None) -> StackView:
     """The stack's layers in `model` (a replica's traced model). A layer the tracer went into
     (not a leaf) is only a skeleton there: it is taken from `original`, the user's model, which
     shares its parameters (the model itself; brains have no such model and refuse)."""
@@ -437,10 +493,10 @@ def stack_view(model: nn.Module, path: str, info: StackInfo, original: nn.Module
     return StackView(layers, info.h)
 
 
-def _solve_of(ctx: Lowering, r: str, path: str, info: StackInfo, stack: nn.Module) -> StackSolve:
-    solves: dict[tuple[str, str], StackSolve] = ctx.cache.setdefault("mgrit.solves", {})
+def _solve_of(ctx: Lowering, r: str, path: str, settings: SolveSettings, stack: nn.Module) -> StackSolve:
+    solves = mgrit_state(ctx).solves
     if (r, path) not in solves:
-        solves[(r, path)] = StackSolve(ctx, r, path, info, stack, _kernel(ctx, r, path))
+        solves[(r, path)] = StackSolve(ctx, r, path, settings, stack, _kernel(ctx, r, path))
     return solves[(r, path)]
 
 
@@ -466,8 +522,6 @@ def _region(pattern: Pattern, fwd: Forward, path: str) -> dict[str, list[SolvePh
 
 def _nested(op: SolvePhase, pattern: Pattern, ctx: Lowering) -> None:
     """A phase op runs inside its forward's (or backward's) callable: no callable of its own."""
-    if not ctx.graph.table(STACKS).get(op.stack):
-        raise LoweringError(f"{op.id}: no MGRIT stack `{op.stack}` in the graph")
     return None
 
 
@@ -503,10 +557,11 @@ def lower_sum_stack_grads(op: SumStackGrads, pattern: Pattern, ctx: Lowering) ->
 
 def _register_metrics(ctx: Lowering) -> None:
     """Each stack's residual norms per iteration and convergence factors of the last step."""
-    if ctx.cache.get("mgrit.metrics"):
+    state = mgrit_state(ctx)
+    if state.metrics_registered:
         return
-    ctx.cache["mgrit.metrics"] = True
-    solves: dict[tuple[str, str], StackSolve] = ctx.cache.setdefault("mgrit.solves", {})
+    state.metrics_registered = True
+    solves = state.solves
 
     def metrics() -> dict[str, Any]:
         out = {f"{r}.{p}" if r else p: dict(s.last) for (r, p), s in solves.items() if s.last}

@@ -14,19 +14,46 @@ the listing the order in which they run; `mrc train --trace` shows them as they 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from mrc.ir.ops import GraphError, Op, names, op_kind
+from mrc.ir.ops import GraphError, Op, names, op_kind, record
 
 if TYPE_CHECKING:
     from mrc.ir.graph import Pattern
 
 
+@record
+@dataclass(frozen=True, slots=True)
+class SolveSettings:
+    """What a solve needs beyond the places of its phase ops: the stack's N steps of size h with
+    blocks of `kind` (dense | conv | generic), the coarsening factor per level transition (one
+    for all, or one each), the tolerance that stops it early (0: every iteration runs), and
+    whether it starts from the previous step's states. Its levels, relaxations and iterations
+    are its ops (their scopes, and each relax op's `relax`)."""
+
+    steps: int = 1
+    h: float = 1.0
+    kind: str = "generic"
+    coarsening: tuple[int, ...] = field(default=(2,))
+    tol: float = 0.0
+    warm_start: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"record": "SolveSettings", "steps": self.steps, "h": self.h, "kind": self.kind,
+                "coarsening": list(self.coarsening), "tol": self.tol, "warm_start": self.warm_start}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SolveSettings:
+        return cls(data["steps"], data["h"], data["kind"], tuple(data["coarsening"]), data["tol"],
+                   data["warm_start"])
+
+
 @dataclass(frozen=True, slots=True)
 class SolvePhase(Op):
     """A phase of the MGRIT solve of the stack at `stack` (`solve`: forward | adjoint); its
-    level and iteration are its scope's."""
+    level and iteration are its scope's, the solve's settings its `settings` (the same on
+    every op of one solve)."""
 
     stack: str = ""
     solve: str = "forward"
@@ -37,6 +64,12 @@ class SolvePhase(Op):
     kernel: str = "torch"
     """How the solve's steps and corrections run: `torch`, or `triton` (the fused kernels of
     kernels/mgrit.py, for a dense stack in float32 on CUDA); chosen by select-kernels."""
+    settings: SolveSettings = SolveSettings()
+
+    def kernel_for(self, triton: bool, setting: str) -> str:
+        """The kernel select-kernels gives this solve: `triton` for a dense stack where Triton
+        runs on a CUDA target (`triton`), unless `kernels` (`setting`) says torch; else `torch`."""
+        return "triton" if triton and self.settings.kind == "dense" and setting in ("auto", "triton") else "torch"
 
     def key(self) -> str:
         return f".{self.stack}.{self.solve}"
@@ -147,4 +180,5 @@ def iteration_phases(levels: int) -> list[tuple[str, int]]:
     return [*down, ("coarse_solve", levels - 1), *(("correct", lvl) for lvl in range(levels - 2, -1, -1))]
 
 
-__all__ = ["PHASES", "CoarseSolve", "Correct", "Relax", "Restrict", "SolvePhase", "SumStackGrads", "iteration_phases"]
+__all__ = ["PHASES", "CoarseSolve", "Correct", "Relax", "Restrict", "SolvePhase", "SolveSettings", "SumStackGrads",
+           "iteration_phases"]

@@ -153,9 +153,9 @@ def check_modules(ck: Checker, st: ast.Statement | None) -> None:
         tr.get("h", 0.1), tr.get("every", 10), transport[2], regime[0], regime[1].get("epochs"),
         regime[1].get("laps", 1), regime[2], optimizers, opt_spans)
     k = mods.modules
+    known = {f"m{i}" for i in range(k)}
     for name, span in opt_spans.items():
-        index = int(name[1:]) if name[1:].isdigit() and name.startswith("m") else -1
-        if not 0 <= index < k:
+        if name not in known:
             ck.r.error(f"no module `{name}`: the modules are m0 … m{k - 1}" if k > 1 else
                        f"no module `{name}`: the one module is m0", span)
     if transport[0] == "doubled" and k < 2:

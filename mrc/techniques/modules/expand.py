@@ -75,11 +75,12 @@ def tables(bound: Bound) -> Mapping[TableKind[Any], Any]:
 
 
 def module_parts(bound: Bound) -> dict[str, list[BoundPartition]]:
-    """Each module's partitions (`NAME@mk`), in partition order."""
+    """Each module's partitions (`NAME@mk`: the module that owns its parameters), in partition
+    order."""
     mods = modules_of(bound)
     out: dict[str, list[BoundPartition]] = {n: [] for n in mods.names}
     for p in bound.partitions:
-        out[p.name.rpartition("@")[2]].append(p)
+        out[mods.owner[p.params[0]]].append(p)
     return out
 
 
@@ -123,7 +124,7 @@ def expand_modules_step(pattern: Pattern, bound: Bound, scope: Scope, n: int, ba
     tail: list[Op] = []
     for i in range(max(training) + 1):
         name = mods.names[i]
-        ms = replace(scope, module=name)
+        ms = replace(scope, module=name, module_index=i)
         own = parts[name]
         trains = i in training
         grad = tuple(p.name for p in own) if trains else ()
@@ -140,12 +141,11 @@ def expand_modules_step(pattern: Pattern, bound: Bound, scope: Scope, n: int, ba
             info = mods.infos[name]
             logits = pattern.add(AuxHead(ms, info.head, info.aux), [(fwd, Value("activation"))])
         multipliers = (spec.lambda0, spec.h, float(spec.every)) if spec.transport == "multipliers" else ()
-        weight = 1.0 if multipliers else (1.0 / (2.0 * mods.taus[i]) if mods.taus[i] else 0.0)
+        tau = 0.0 if multipliers else mods.taus[i]
         loss_ins = [(logits, Value("logits")), (batch_op, Value("batch"))]
-        if (weight or multipliers) and logits is not fwd:  # one edge per pair: the logits edge
+        if (tau or multipliers) and logits is not fwd:  # one edge per pair: the logits edge
             loss_ins.append((fwd, Value("activation")))  # of the last module brings its taps too
-        loss = pattern.add(LocalLoss(ms, transport_weight=weight if not multipliers else 0.0,
-                                     multipliers=multipliers,
+        loss = pattern.add(LocalLoss(ms, tau=tau, multipliers=multipliers,
                                      update_multiplier=bool(multipliers) and n % every == 0, **loss_fields), loss_ins)
         if not grad:
             continue
@@ -154,11 +154,12 @@ def expand_modules_step(pattern: Pattern, bound: Bound, scope: Scope, n: int, ba
         moved = []
         for p in updating(own, n):
             rule, lr = rule_for[p.name]
-            moved.append(pattern.add(Update(ms, p.name, rule, lr, drifts(p)), [(bwd, Value("grads", (p.name,)))]))
+            moved.append(pattern.add(Update(ms, p.name, rule, lr, drifts(p), every=p.spec.every),
+                                     [(bwd, Value("grads", (p.name,)))]))
         tail += moved
         for p in own:
             if drifts(p):
-                tail.append(pattern.add(Drift(ms, p.name, 1.0 / p.spec.every), pattern.after(moved)))
+                tail.append(pattern.add(Drift(ms, p.name, p.spec.every), pattern.after(moved)))
     return tail
 
 

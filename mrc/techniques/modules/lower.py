@@ -15,6 +15,7 @@ evaluation and saving.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,23 +25,31 @@ from mrc.ir.graph import Pattern
 from mrc.ir.ops import Forward
 from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
 from mrc.techniques.core.lower import FUSED, fused_integrator, prepared_loss, replica
-from mrc.techniques.distributed.lower import BlockCuts
-from mrc.techniques.distributed.tables import PLACEMENT
+from mrc.techniques.distributed.lower import BlockCuts, DistributedState
 from mrc.techniques.modules import evaluate
 from mrc.techniques.modules.ops import AuxHead, LocalLoss, MicroBackward, MicroBatch
 from mrc.techniques.modules.tables import MODULES
 
 
-def module_index(name: str) -> int:
-    return int(name[1:])
+@dataclass
+class ModulesState:
+    """What the module-wise lowerings share: each replica's module segments (cut once), each
+    module's latest metrics row and micro-batch sums by (replica, module index, module), and
+    whether the metrics and the pipeline's sync are registered."""
+
+    pieces: dict[str, list[fx.GraphModule]] = field(default_factory=dict)
+    records: dict[tuple[str, int, str], dict[str, Any]] = field(default_factory=dict)
+    micro: dict[tuple[str, str], dict[str, torch.Tensor]] = field(default_factory=dict)
+    metrics_registered: bool = False
+    sync_registered: bool = False
 
 
 def pieces(ctx: Lowering, r: str) -> list[fx.GraphModule]:
     """The module segments of replica r's model (cut once)."""
     from mrc.techniques.modules import fxsplit
 
-    key = ("modules.pieces", r)
-    got = ctx.cache.get(key)
+    state = ctx.state_of(ModulesState)
+    got = state.pieces.get(r)
     if got is None:
         gm = ctx.replicas.module_of(r)
         if not isinstance(gm, fx.GraphModule):
@@ -51,7 +60,7 @@ def pieces(ctx: Lowering, r: str) -> list[fx.GraphModule]:
             if info.start not in index:
                 raise LoweringError(f"module {name} starts at fx node `{info.start}`, which the model does not have")
             cuts.append(fxsplit.Cut(index[info.start], info.start, info.path))
-        got = ctx.cache[key] = fxsplit.split_modules(gm, cuts, taps=True)
+        got = state.pieces[r] = fxsplit.split_modules(gm, cuts, taps=True)
         _register_metrics(ctx)
         register_sync(ctx)
         evaluate.register(ctx)
@@ -68,7 +77,7 @@ def _input(pattern: Pattern, op: Any, *kinds: str) -> tuple[str, str]:
 @lowers("forward", when=lambda op, ctx: bool(op.scope.module))
 def lower_module_forward(op: Forward, pattern: Pattern, ctx: Lowering) -> StepFn:
     r = replica(op)
-    i = module_index(op.scope.module)
+    i = op.scope.module_index
     segs = pieces(ctx, r)
     if i >= len(segs):
         raise LoweringError(f"{op.id}: the model is cut into {len(segs)} modules")
@@ -130,22 +139,22 @@ def lower_local_loss(op: LocalLoss, pattern: Pattern, ctx: Lowering) -> StepFn:
     if op.transported:  # the module's forward: on an activation edge, or the logits' own
         taps = next((src.id for src, v in pattern.inputs(op) if v.kind == "activation"), logits_src)
     key, weight = op.id, op.transport_weight
-    records: dict[str, Any] = ctx.cache.setdefault("modules.records", {})
-    rec = records.setdefault((r, m), {})
+    state = ctx.state_of(ModulesState)
+    rec = state.records.setdefault((r, op.scope.module_index, m), {})
     # the step's reported loss: the last module this replica trains here (the model's own
     # classifier when every module trains)
     losses = [o for o in pattern.of_kind(LocalLoss) if replica(o) == r]
-    last = max(module_index(o.scope.module) for o in losses)
-    reports = module_index(m) == last
+    last = max(o.scope.module_index for o in losses)
+    reports = op.scope.module_index == last
     # a pipeline rank without the last module reports no loss: its share of the run's is 0
-    silent = not any(module_index(o.scope.module) == last and o.scope.rank in (-1, getattr(ctx.world, "rank", 0))
+    silent = not any(o.scope.module_index == last and o.scope.rank in (-1, getattr(ctx.world, "rank", 0))
                      for o in losses)
     # micro-batch `phase` of `count` (a pipeline): the step's loss and transport are the
     # share-weighted sums over its micro-batches, recorded (and reported) after the last
     source = pattern.op(batch)
     count = getattr(source, "count", 1) if source.kind in ("micro_batch", "recv") else 1
     micro, final = op.phase, op.phase == count - 1
-    sums: dict[str, torch.Tensor] = ctx.cache.setdefault(("modules.micro", r, m), {})
+    sums = state.micro.setdefault((r, m), {})
     lam = None
     if op.multipliers:
         if count > 1:
@@ -154,13 +163,10 @@ def lower_local_loss(op: LocalLoss, pattern: Pattern, ctx: Lowering) -> StepFn:
         lambda0, h, _ = op.multipliers
         lam = _lambda(ctx, r, m, lambda0)
         update = op.update_multiplier
-    modules = ctx.graph.table(MODULES)
-    tau = modules[m].tau if m in modules else 0.0
-    rec["tau" if lam is None else "lambda"] = tau if lam is None else lam
-    placed = ctx.graph.table(PLACEMENT)
-    # data parallelism: λ follows the global batch's CE (each rank's shard weighted), so that
-    # every rank keeps the same λ
-    shared_ce = lam is not None and ctx.world.active and placed is not None and placed.mode == "data"
+    rec["tau" if lam is None else "lambda"] = op.tau if lam is None else lam
+    # data parallelism (the batch is this rank's shard): λ follows the global batch's CE (each
+    # rank's shard weighted), so that every rank keeps the same λ
+    shared_ce = lam is not None and ctx.world.active and source.kind == "shard"
     world = ctx.world
 
     def record(name: str, value: torch.Tensor, env: Env) -> torch.Tensor:
@@ -202,28 +208,30 @@ def lower_local_loss(op: LocalLoss, pattern: Pattern, ctx: Lowering) -> StepFn:
     return loss
 
 
+def _on_ranks(ctx: Lowering) -> bool:
+    """Whether the modules' ops are placed on ranks (a module pipeline), in a run of several."""
+    return ctx.world.active and any(op.scope.module and op.scope.rank >= 0 for op in ctx.graph.ops())
+
+
 def _register_metrics(ctx: Lowering) -> None:
     """Each module's latest loss (CE), transport cost and τ (or λ) in the metrics records."""
-    if ctx.cache.get("modules.metrics"):
+    state = ctx.state_of(ModulesState)
+    if state.metrics_registered:
         return
-    ctx.cache["modules.metrics"] = True
-    records: dict[tuple[str, str], dict[str, Any]] = ctx.cache.setdefault("modules.records", {})
-
-    placed = ctx.graph.table(PLACEMENT)
-    gather = ctx.world.active and placed is not None and placed.mode == "pipeline"
+    state.metrics_registered = True
+    records = state.records
+    gather = _on_ranks(ctx)
 
     def metrics() -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for (r, m), rec in sorted(records.items(), key=lambda kv: (kv[0][0], module_index(kv[0][1]))):
+        rows: list[tuple[str, int, str, dict[str, Any]]] = []
+        for (r, i, m), rec in records.items():
             if not rec:
                 continue  # a module another rank trains
             row = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in rec.items()}
-            out[f"{r}.{m}" if r else m] = row
+            rows.append((r, i, f"{r}.{m}" if r else m, row))
         if gather:  # a pipeline: every module's row, from the rank that trains it (a collective)
-            merged: dict[str, Any] = {}
-            for part in ctx.world.all_gather_object(out):
-                merged.update(part)
-            out = dict(sorted(merged.items(), key=lambda kv: module_index(kv[0].rpartition(".")[2])))
+            rows = [row for part in ctx.world.all_gather_object(rows) for row in part]
+        out = {name: row for _, _, name, row in sorted(rows, key=lambda row: (row[0], row[1]))}
         return {"modules": out} if out else {}
     ctx.hooks.metrics.append(metrics)
     ctx.hooks.scalars["modules"] = module_scalars
@@ -299,19 +307,27 @@ def lower_micro_backward(op: MicroBackward, pattern: Pattern, ctx: Lowering) -> 
 def register_sync(ctx: Lowering) -> None:
     """Before evaluation or saving, broadcast each module's parameters and buffers from the rank
     that trains it (once per lowering; nothing in one process)."""
-    placement = ctx.graph.table(PLACEMENT)
-    if placement is None or placement.mode != "pipeline" or not ctx.world.active or ctx.cache.get("pipeline.sync"):
+    state = ctx.state_of(ModulesState)
+    if state.sync_registered or not _on_ranks(ctx):
         return
-    ctx.cache["pipeline.sync"] = True
+    state.sync_registered = True
     graph, world = ctx.graph, ctx.world
     model = ctx.bound.model
+    # each module's rank and partitions, as its placed ops say (the forward that trains it)
+    owner: dict[str, int] = {}
+    parts: dict[str, set[str]] = {}
+    for op in graph.ops():
+        if isinstance(op, Forward) and op.scope.module and op.scope.rank >= 0:
+            owner.setdefault(op.scope.module, op.scope.rank)
+            parts.setdefault(op.scope.module, set()).update(op.partitions_used())
     seen: set[int] = set()
     groups: list[tuple[int, list[torch.Tensor]]] = []  # (owner rank, tensors of one dtype)
     for name, info in graph.table(MODULES).items():
-        owner = placement.rank_of(name)
+        if name not in owner:
+            continue
         tensors: list[torch.Tensor] = []
         for part in graph.partitions:
-            if part.rpartition("@")[2] == name:
+            if part in parts[name]:
                 tensors += ctx.replicas.params(graph, "", part)
         for layer in info.layers:
             tensors += list(model.get_submodule(layer).buffers())
@@ -320,7 +336,7 @@ def register_sync(ctx: Lowering) -> None:
             if id(t) not in seen:
                 seen.add(id(t))
                 by_dtype.setdefault((t.dtype, t.device), []).append(t)
-        groups += [(owner, ts) for ts in by_dtype.values()]
+        groups += [(owner[name], ts) for ts in by_dtype.values()]
     me = world.rank
 
     def sync() -> None:
@@ -351,7 +367,7 @@ def gather_pipeline_state(ctx: Lowering) -> None:
     me = ctx.world.rank
     states = {repr(k): cpu_copy(v.state_dict()) for k, v in ctx.integrators.items()
               if len(k) > 4 and k[-1] == me}
-    outbox = {k: cpu_copy(v) for k, v in ctx.cache.get("pipeline.outbox", {}).items()}
+    outbox = {k: cpu_copy(v) for k, v in ctx.state_of(DistributedState).outbox.items()}
     for r, (theirs, messages) in enumerate(ctx.world.all_gather_object((states, outbox))):
         if r != me:
             ctx.foreign.update(theirs)

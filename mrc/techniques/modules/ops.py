@@ -53,16 +53,22 @@ class LocalLoss(Loss):
     residual branches r_m its forward taps (TRGL; transport_weight 0 is VanGL). L is the run's
     loss (`fn` and its settings, as on `Loss`; the seed's CE by default); the text calls it CE.
 
-    Fixed τ: weight 1, transport_weight 1/(2τ). Method of multipliers (`multipliers` =
+    Fixed τ (`tau`, the module's own): weight 1, transport_weight 1/(2τ); τ = 0: no transport
+    term. Method of multipliers (`multipliers` =
     (λ0, h, every)): weight λ_k (state, starting at λ0), transport_weight 1; with
     `update_multiplier` this step first sets λ_k ← λ_k + h·CE_k with the step's CE (the seed's
     λ_{k,i+1} = λ_{k,i} + h·L(θ_{k,i+1}, x_{i+1}) when i mod s = 0; the module's step 0 skips it)."""
 
     kind: ClassVar[str] = "local_loss"
     rank: ClassVar[int] = 3
-    transport_weight: float = 0.0
+    tau: float = 0.0
     multipliers: tuple[float, ...] = ()
     update_multiplier: bool = False
+
+    @property
+    def transport_weight(self) -> float:
+        """The transport term's weight with a fixed τ: 1/(2τ) (0 without one)."""
+        return 1.0 / (2.0 * self.tau) if self.tau else 0.0
 
     def text(self) -> str:
         fn = self.describe()

@@ -107,12 +107,12 @@ def expand_step(pattern: Pattern, bound: Bound, scope: Scope, n: int, batch: Bat
         last = []
         for p in members:
             rule, lr = rule_for[p.name]
-            last.append(pattern.add(Update(scope, p.name, rule, lr, drifts(p), phase),
+            last.append(pattern.add(Update(scope, p.name, rule, lr, drifts(p), phase, p.spec.every),
                                     [(bwd, Value("grads", (p.name,)))]))
     tail = list(last)
     for p in parts:
         if drifts(p):
-            tail.append(pattern.add(Drift(scope, p.name, 1.0 / p.spec.every), pattern.after(last)))
+            tail.append(pattern.add(Drift(scope, p.name, p.spec.every), pattern.after(last)))
     tail += add_resamples(pattern, parts, scope, n, tail)
     return tail
 

@@ -23,11 +23,11 @@ def lower_drift(op: Drift, pattern: Pattern, ctx: Lowering) -> StepFn:
         raise LoweringError(f"{op.id}: partition {op.partition} drifts but never updates")
     if owner.kernel in FUSED:
         integ = fused_integrator(owner, ctx)
-        name = (op.partition,)
+        name, intervals = (op.partition,), ((op.partition, op.every),)
 
         def fused_drift(env: Env) -> None:
             integ.mult = env.mult
-            integ.step_partitions((), name)
+            integ.step_partitions((), name, intervals)
         return fused_drift
     params = ctx.replicas.params(ctx.graph, r, op.partition)
     deltas = drift_buffers(ctx, r, op.partition)

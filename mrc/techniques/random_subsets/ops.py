@@ -12,7 +12,8 @@ from mrc.ir.ops import Op, op_kind
 @dataclass(frozen=True, slots=True)
 class Restore(Op):
     """Random-subset regularization: the held-out subset of a partition rejoins the weights for
-    this step's gradient (the start of its interval)."""
+    this step's gradient (the start of its interval: this step's update moves the subset by its
+    slow step k·h, k the interval of the resample that drew it)."""
 
     kind: ClassVar[str] = "restore"
     rank: ClassVar[int] = 1
@@ -32,7 +33,8 @@ class Restore(Op):
 @dataclass(frozen=True, slots=True)
 class Resample(Op):
     """Random-subset regularization: draw the next subset (`fraction` of the elements, per tensor
-    or global) of a partition and hold it at zero until its next restore, `every` steps later."""
+    or global) of a partition and hold it at zero until its next restore, `every` steps later
+    (k = `every`: the restored subset's slow step is k·h)."""
 
     kind: ClassVar[str] = "resample"
     rank: ClassVar[int] = 7

@@ -1,4 +1,5 @@
-"""Random-subset regularization (seeds/multirate-training.md, "Neural network regularization").
+"""The integrator of random-subset regularization (seeds/multirate-training.md, "Neural network
+regularization").
 
 Every k steps a random subset θ_S of the partition's weights is drawn and held at zero while the
 other weights θ_F take fast steps of size h (= the learning rate); at the start of the next
@@ -14,6 +15,11 @@ after an element's first update, as in torch.optim.SGD.) The subset is drawn wit
 generator seeded from (seed, partition, interval), so a resumed run draws the same subsets
 (`mrc.techniques.random_subsets.masks`, the one implementation of the draw). Evaluation and saving
 see the full weights (`restored()`), and the end of training restores them.
+
+The integrator keeps no clock of its own: the graph's ops drive it. A `resample` op draws the
+next interval's subset with the op's fraction, scope and interval k (`resample(fraction, per,
+k)`; the integrator counts the draws, `drawn`, checkpointed), and a `restore` op starts that
+interval (`start()`: the subset rejoins, and this step's update moves it at k·h).
 
 `kernel="triton"` runs the hold-out and the re-activation as the Triton kernels of
 `kernels.subset` and the masked SGD-momentum update as `kernels.sgd.sgd_triton(mask=…)`, one
@@ -64,19 +70,23 @@ class RandomSubsetSGD:
     `kernels.sgd`, see the module docstring). Both keep the same state and state_dict.
     """
 
-    def __init__(self, params: list[torch.Tensor], *, lr: float, every: int, fraction: float,
-                 per: str, seed: int, salt: str, momentum: float = 0.0, dampening: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False, kernel: str = "torch") -> None:
+    def __init__(self, params: list[torch.Tensor], *, lr: float, seed: int, salt: str, momentum: float = 0.0,
+                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
+                 kernel: str = "torch") -> None:
         if kernel not in ("torch", "triton"):
             raise ValueError(f"kernel must be 'torch' or 'triton', not {kernel!r}")
         self.params = params
         self.param_groups = [{"params": params, "lr": lr}]
-        self.every, self.fraction, self.per = every, fraction, per
         self.seed, self.salt = seed, salt
         self.momentum, self.dampening = momentum, dampening
         self.weight_decay, self.nesterov = weight_decay, nesterov
         self.kernel = kernel
-        self.t = 0
+        self.drawn = 0
+        """Subsets drawn so far: the next draw is that of interval `drawn`."""
+        self.interval = 0
+        """k of the subset drawn last: at its interval's start it moves at k·h."""
+        self.starting = False
+        """The next step starts an interval (the subset is restored and takes its slow step)."""
         self.bufs = [torch.zeros_like(p) for p in params]
         self.seen = [torch.zeros_like(p, dtype=torch.bool) for p in params]
         self._seen_kind = [_NONE] * len(params)
@@ -92,8 +102,8 @@ class RandomSubsetSGD:
             p.grad = None
 
     def reset_state(self) -> None:
-        """Forget the momentum (and which elements have started it); the current subset, its
-        held-out values and the step counter stay."""
+        """Forget the momentum (and which elements have started it); the current subset and
+        its held-out values stay."""
         with torch.no_grad():
             for b, s in zip(self.bufs, self.seen, strict=True):
                 b.zero_()
@@ -145,11 +155,20 @@ class RandomSubsetSGD:
                 p.masked_fill_(m, 0)
         self._keep = [~m for m in self.masks]
 
+    def start(self) -> None:
+        """Start an interval: the held-out subset rejoins, and the next step moves it at k·h
+        (its slow step, k the interval its draw was made for)."""
+        self.restore()
+        self.starting = True
+
     @torch.no_grad()
-    def resample(self, interval: int) -> None:
-        """Draw the subset of `interval` and hold it at zero."""
-        self.masks = draw_masks([p.shape for p in self.params], self.fraction, self.per,
-                                _seed(self.seed, self.salt, interval), self.params[0].device)
+    def resample(self, fraction: float, per: str, every: int) -> None:
+        """Draw the subset of the next interval, of `every` steps (`fraction` of the elements,
+        `per` tensor or global), and hold it at zero."""
+        self.masks = draw_masks([p.shape for p in self.params], fraction, per,
+                                _seed(self.seed, self.salt, self.drawn), self.params[0].device)
+        self.drawn += 1
+        self.interval = every
         # momentum started on exactly the old complement is no longer "the complement"
         self._seen_kind = [_MIXED if k == _COMPLEMENT else k for k in self._seen_kind]
         self._zero()
@@ -180,7 +199,7 @@ class RandomSubsetSGD:
     @torch.no_grad()
     def step(self) -> None:
         h = self.param_groups[0]["lr"]
-        start = self.t % self.every == 0
+        start = self.starting
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
@@ -188,7 +207,7 @@ class RandomSubsetSGD:
                 self._step_triton(i, h, start)
             else:
                 self._step_torch(i, h, start)
-        self.t += 1
+        self.starting = False
 
     def _step_torch(self, i: int, h: float, start: bool) -> None:
         p = self.params[i]
@@ -212,7 +231,7 @@ class RandomSubsetSGD:
             direction = d
         size = torch.full_like(p, h)
         if start and self.masks is not None:
-            size = torch.where(self.masks[i], torch.full_like(p, self.every * h), size)
+            size = torch.where(self.masks[i], torch.full_like(p, self.interval * h), size)
         p.sub_(torch.where(moving, size * direction, torch.zeros_like(p)))
 
     def _triton_can_step(self, i: int) -> bool:
@@ -244,7 +263,7 @@ class RandomSubsetSGD:
             # the complement moves at h; it has started unless nothing has
             sgd_triton(theta, grad, buf, lr=h, first_step=kind == _NONE, mask=keep, **hyper)
             if start:  # the re-activated subset takes its slow step k·h
-                sgd_triton(theta, grad, buf, lr=self.every * h, first_step=kind != _ALL,
+                sgd_triton(theta, grad, buf, lr=self.interval * h, first_step=kind != _ALL,
                            mask=self.masks[i].view(-1), **hyper)
             new_kind = _ALL if start else (_COMPLEMENT if kind == _NONE else kind)
         if mu and new_kind != kind:  # keep the `seen` masks right for the state_dict
@@ -261,7 +280,7 @@ class RandomSubsetSGD:
         stash = self.stash
         if stash is None and self.saved is not None and self.masks is not None:
             stash = [s[m] for s, m in zip(self.saved, self.masks, strict=True)]
-        return {"t": self.t, "bufs": [b.clone() for b in self.bufs],
+        return {"drawn": self.drawn, "interval": self.interval, "bufs": [b.clone() for b in self.bufs],
                 "seen": [s.clone() for s in self.seen],
                 "masks": None if self.masks is None else [m.clone() for m in self.masks],
                 "stash": None if stash is None else [s.clone() for s in stash],
@@ -269,7 +288,8 @@ class RandomSubsetSGD:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         dev = self.params[0].device
-        self.t = state["t"]
+        self.starting = False  # a checkpoint is taken between steps: no interval is half-started
+        self.drawn, self.interval = state["drawn"], state["interval"]
         # copies, so two integrators loaded from one state never share their tensors
         self.bufs = [b.to(dev, copy=True) for b in state["bufs"]]
         self.seen = [s.to(dev, copy=True) for s in state["seen"]]
