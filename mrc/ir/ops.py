@@ -1,8 +1,8 @@
 """The ops of the schedule graph (IR version 2): immutable records, one class per kind.
 
 An op says what happens at one point of a training step: draw the batch, run a segment of the
-model, score it, back-propagate, move a group of partitions, drift, resample, merge brains. Each
-op carries a `Scope` (which brain/replica, module, multigrid level and iteration it belongs to —
+model, score it, back-propagate, move a group of partitions, and the techniques' own kinds. Each
+op carries a `Scope` (which replica, module-wise stage, multigrid level and iteration it belongs to —
 empty where that does not apply) and every field its lowering needs: the loss and its settings,
 each update's rule with its hyper-parameters, learning rates and kernel, the drift fraction, the
 merge rule. Nothing is left to be re-read from the spec at run time.
@@ -10,8 +10,7 @@ merge rule. Nothing is left to be re-read from the spec at run time.
 Kinds register themselves in `OP_KINDS` with `@op_kind`; each kind brings its own `verify` (the
 invariants of one op in its step pattern) and its text form. Ops carry no step number: a step
 pattern (mrc.ir.graph.Pattern) holds them once for every step of the period that runs them.
-Techniques add their kinds the same way, in their own modules: drift (mrc/techniques/multirate),
-restore and resample (random_subsets), merge (brains).
+Techniques add their kinds the same way, each in its own `ops.py` (mrc/techniques/NAME/ops.py).
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ class Scope:
     """Where an op belongs. replica: the brain(s) it runs for (several for a batched op);
     module: a module-wise stage of the network; level/iteration: an MGRIT hierarchy; rank: the
     process that runs it in a run of several (-1: every process runs it); module_index: the
-    module's position in the network (module-wise: 0 for `m0`; -1 without modules)."""
+    module's position in the network (module-wise training: 0 for `m0`; -1 elsewhere)."""
 
     replica: tuple[str, ...] = ()
     module: str = ""
@@ -316,7 +315,7 @@ class Forward(Op):
     def named(self, layers: tuple[str, ...]) -> str:
         """`text()` with the layer range named by module path where the graph knows its layers'
         names: `forward model[stem, layer1.0]`, `forward model[layer2, layer3.0]` (the fewest
-        whole submodules that make up the range; `a … b` when that takes more than three)."""
+        whole sub-networks that make up the range; `a … b` when that takes more than three)."""
         stop = len(layers) if self.stop is None else self.stop
         if not layers or (self.start == 0 and self.stop is None) or not 0 <= self.start < stop <= len(layers):
             return self.text()
@@ -446,7 +445,7 @@ class Update(Op):
 @dataclass(frozen=True, slots=True)
 class UpdateGroup(Op):
     """Updates of one step that share an integrator, run as one call: `partitions` with their
-    learning rates `lrs` (one per brain and partition, brain-major, for an op of several brains),
+    learning rates `lrs` (one per replica and partition, replica-major, for an op of several replicas),
     on `kernel` (triton | torch | torch.optim | subset.torch | subset.triton | stacked). `held`:
     partitions whose step is spread by linear drift; `drifting`: partitions of the same rule that
     are not updated here but take their drift step in this same call (fused kernels);
