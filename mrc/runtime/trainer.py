@@ -61,6 +61,7 @@ from mrc.runtime.checkpoint import (
 )
 from mrc.runtime.checkpoint import MetricsLog as MetricsFile
 from mrc.runtime.evaluation import evaluate, evaluate_batches
+from mrc.uptime import process_age
 
 if TYPE_CHECKING:
     from mrc.api import Compiled
@@ -382,6 +383,7 @@ class Trainer:
         for cb in callbacks:
             cb.on_start(run)
         plan.module.train()
+        first_step = process_age()  # the start-up this process paid (summary.json)
         try:
             self._loop(run, plan, callbacks, feed.train)
         finally:
@@ -406,6 +408,7 @@ class Trainer:
             model.load_state_dict(final.state_dict())
         with plan.evaluation_precision():  # the models are scored in the precision they train in
             summary = self._summary(final, feed, run, wall, early)
+            summary["first_step_s"] = first_step
             if evals:
                 ok = run.status != "diverged"
                 summary["evals"] = {n: evaluate(final, x, y, eval_batch, scoring) if ok else self._none()
