@@ -14,6 +14,9 @@ and, from that same train command,
                         that predates the record (a baseline) is timed at the same point, the
                         entry of `Trainer._loop`, by a wrapper that reads the same clock.
 
+Each whole command's CPU seconds (user + system) come with it (`…_cpu_s`): on a machine shared
+with other work they move less than its wall time.
+
 The contenders are this tree and `--baseline REV` (default: the commit before the start-up work),
 checked out with `git worktree` and put first on PYTHONPATH; each repeat runs every command of
 both, in a rotated order, so drift in the machine hits both alike. Medians [min–max] over the
@@ -30,11 +33,14 @@ import argparse
 import inspect
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from _common import Spread, interleaved, ratios
@@ -65,21 +71,39 @@ sys.exit(main(sys.argv[1:]))
 where mrc takes it (the entry of the training loop)."""
 
 
-def command(tree: Path, args: list[str], wrapped: bool = False) -> tuple[float, str]:
-    """(seconds from launching `python -m mrc.cli ARGS` with `tree` first on the path to its
-    exit, its stderr); run from a neutral folder, as the working directory would come first on
-    the path. `wrapped`: through WRAPPER instead."""
+@dataclass(frozen=True)
+class Timed:
+    """One command: seconds from launch to exit (`wall`), the CPU seconds it used (user + system,
+    its children included: less sensitive than `wall` to a machine shared with other work) and
+    its stderr."""
+
+    wall: float
+    cpu: float
+    stderr: str
+
+
+def command(tree: Path, args: list[str], wrapped: bool = False) -> Timed:
+    """`python -m mrc.cli ARGS` with `tree` first on the path, timed; run from a neutral folder,
+    as the working directory would come first on the path. `wrapped`: through WRAPPER instead."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
     launch = ["-c", WRAPPER] if wrapped else ["-m", "mrc.cli"]
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run([sys.executable, *launch, *args], env=env, cwd=tree.parent, capture_output=True,
                           text=True, timeout=600)
-    seconds = time.perf_counter() - start
+    wall = time.perf_counter() - start
+    now = resource.getrusage(resource.RUSAGE_CHILDREN)
     expected = 2 if args[0] == "check" and args[1].endswith("bad.mrs") else 0  # only the bad spec fails
     if done.returncode != expected:
         last = done.stderr.strip().splitlines()[-1:]
         raise SystemExit(f"{' '.join(args)} exited {done.returncode} in {tree}: {last}")
-    return seconds, done.stderr
+    return Timed(wall, now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime, done.stderr)
+
+
+def check(tree: Path, spec: str, measure: str) -> dict[str, float]:
+    """`mrc check SPEC`: its seconds and CPU seconds."""
+    timed = command(tree, ["check", spec])
+    return {measure: timed.wall, measure.removesuffix("_s") + "_cpu_s": timed.cpu}
 
 
 def where_mrc(tree: Path) -> str:
@@ -90,18 +114,17 @@ def where_mrc(tree: Path) -> str:
 
 class Train:
     """`mrc train specs/quickstart.mrs --steps 1` into a fresh folder: the whole command's
-    seconds, and the first step's (from summary.json, else from the wrapper's line)."""
+    seconds and CPU seconds, and the first step's (from summary.json, else the wrapper's line)."""
 
     def __init__(self, tree: Path, tmp: Path, quick: str) -> None:
         self.tree, self.tmp, self.quick = tree, tmp, quick
         self.wrapped = False  # until the warm-up run shows the tree does not record the first step
-        _, stderr, out = self.run()
-        self.wrapped = self.first_step(stderr, out) is None
+        timed, out = self.run()
+        self.wrapped = self.first_step(timed.stderr, out) is None
 
-    def run(self) -> tuple[float, str, Path]:
+    def run(self) -> tuple[Timed, Path]:
         out = Path(tempfile.mkdtemp(dir=self.tmp)) / "run"  # a run never overwrites another
-        seconds, stderr = command(self.tree, ["train", self.quick, "--steps", "1", "--out", str(out)], self.wrapped)
-        return seconds, stderr, out
+        return command(self.tree, ["train", self.quick, "--steps", "1", "--out", str(out)], self.wrapped), out
 
     def first_step(self, stderr: str, out: Path) -> float | None:
         recorded = json.loads((out / "summary.json").read_text()).get("first_step_s")
@@ -110,12 +133,16 @@ class Train:
         said = [line for line in stderr.splitlines() if line.startswith(FIRST_STEP)]
         return float(said[-1][len(FIRST_STEP):]) if said else None
 
-    def __call__(self) -> tuple[float, float]:
-        seconds, stderr, out = self.run()
-        first = self.first_step(stderr, out)
+    def __call__(self) -> dict[str, float]:
+        timed, out = self.run()
+        first = self.first_step(timed.stderr, out)
         if first is None:
             raise SystemExit(f"no first-step time from {self.tree}")
-        return seconds, first
+        return {"first_step_s": first, "train_steps1_s": timed.wall, "train_steps1_cpu_s": timed.cpu}
+
+
+MEASURES = ("check_error_s", "check_quickstart_s", "first_step_s", "train_steps1_s",
+            "check_error_cpu_s", "check_quickstart_cpu_s", "train_steps1_cpu_s")
 
 
 def main() -> None:
@@ -137,11 +164,11 @@ def main() -> None:
             bad = tmp / "bad.mrs"
             bad.write_text(BAD_SPEC)
             quick = str(ROOT / "specs" / "quickstart.mrs")
-            contenders = {}
+            contenders: dict[str, Callable[[], dict[str, float]]] = {}
             for t, tree in trees.items():
-                contenders[f"check_error_s/{t}"] = lambda tree=tree: command(tree, ["check", str(bad)])[0]
-                contenders[f"check_quickstart_s/{t}"] = lambda tree=tree: command(tree, ["check", quick])[0]
-                # built here: its warm-up run (as the others' below) compiles the fresh checkout's .pyc
+                contenders[f"check-error/{t}"] = lambda tree=tree: check(tree, str(bad), "check_error_s")
+                contenders[f"check/{t}"] = lambda tree=tree: check(tree, quick, "check_quickstart_s")
+                # made here: its warm-up run (as the others' below) compiles the fresh checkout's .pyc
                 contenders[f"train/{t}"] = Train(tree, tmp, quick)
             for name, run in contenders.items():
                 if not name.startswith("train/"):
@@ -151,18 +178,17 @@ def main() -> None:
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=False)
             shutil.rmtree(base, ignore_errors=True)
-    for t in trees:  # the train command's two numbers
-        got[f"train_steps1_s/{t}"] = [whole for whole, _ in got[f"train/{t}"]]
-        got[f"first_step_s/{t}"] = [first for _, first in got.pop(f"train/{t}")]
-    measures = ("check_error_s", "check_quickstart_s", "first_step_s", "train_steps1_s")
-    print(f"{args.repeats} repeats, interleaved; seconds, median [min–max]; speed-up = baseline / this"
+    series = {f"{m}/{name.partition('/')[2]}": [r[m] for r in runs]
+              for name, runs in got.items() for m in runs[0]}
+    print(f"{args.repeats} repeats, interleaved; seconds, median [min–max]; speed-up = baseline / this; "
+          "_cpu_s: CPU seconds (user + system) of the same commands"
           + ("; baseline's first step timed by the wrapper" if wrapped["baseline"] else ""))
-    print(f"{'measure':<20} {'this tree':>22} {'baseline ' + args.baseline:>22} {'speed-up':>22}")
+    print(f"{'measure':<24} {'this tree':>22} {'baseline ' + args.baseline:>22} {'speed-up':>22}")
     out: dict[str, object] = {}
-    for m in measures:
-        this, baseline = Spread.of(got[f"{m}/this"]), Spread.of(got[f"{m}/baseline"])
-        speed = ratios(got[f"{m}/baseline"], got[f"{m}/this"])
-        print(f"{m:<20} {this.fmt():>22} {baseline.fmt():>22} {speed.fmt(digits=2):>22}")
+    for m in MEASURES:
+        this, baseline = Spread.of(series[f"{m}/this"]), Spread.of(series[f"{m}/baseline"])
+        speed = ratios(series[f"{m}/baseline"], series[f"{m}/this"])
+        print(f"{m:<24} {this.fmt():>22} {baseline.fmt():>22} {speed.fmt(digits=2):>22}")
         out[m] = {"this": this.as_json(), "baseline": baseline.as_json(), "speedup": speed.as_json()}
     print(json.dumps({**out, "baseline": args.baseline, "repeats": args.repeats,
                       "first_step_wrapped": wrapped}))
