@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import pkgutil
 from collections.abc import Mapping, Sequence
-from importlib import resources
 from typing import Any
 
 import lark
@@ -41,7 +41,9 @@ OPTIONS: dict[str, Any] = {"parser": "lalr", "propagate_positions": True, "stric
 
 def grammar_text() -> str:
     """The text of grammar/mrs.lark."""
-    return resources.files("mrc.grammar").joinpath("mrs.lark").read_text(encoding="utf-8")
+    data = pkgutil.get_data("mrc.grammar", "mrs.lark")
+    assert data is not None, "mrc.grammar is a package installed with its mrs.lark"
+    return data.decode("utf-8")
 
 
 def tables_key(grammar: str) -> str:
