@@ -192,10 +192,9 @@ def test_shapes_are_recorded_as_torch_fx_shapeprop_records_them() -> None:
 
     from mrc.models import trace_model
 
-    Net = _Net
     x = torch.randn(2, 3, 8, 8).to(memory_format=torch.channels_last)
-    ours = trace_model(Net(), x)
-    theirs = fx.symbolic_trace(Net())
+    ours = trace_model(_Net(), x)
+    theirs = fx.symbolic_trace(_Net())
     with torch.no_grad():
         ShapeProp(theirs).propagate(x)
     metas = [n.meta.get("tensor_meta") for n in ours.graph.nodes]
