@@ -1,11 +1,23 @@
-"""Text → AST with the Lark grammar in grammar/mrs.lark; syntax errors become diagnostics."""
+"""Text → AST with the Lark grammar in grammar/mrs.lark; syntax errors become diagnostics.
+
+Building the LALR parser from the grammar costs ≈ 0.3 s (Lark analyses the grammar and, in
+strict mode, checks every pair of terminals for collisions), more than the rest of `mrc check`
+but torch. So the parser is loaded from its tables, grammar/mrs_tables.py: Python literals that
+`python -m mrc.grammar.regenerate` writes from the grammar (no pickle: nothing mrc reads back
+runs code). The tables carry the key they were made for (the grammar's text, `OPTIONS` and the
+Lark version); where the key differs (a grammar edited since, another Lark) the parser is built
+from the grammar as before, and tests/unit/test_startup.py fails until the tables are remade.
+"""
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import pkgutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import lark
 from lark import Lark, Token, Transformer_NonRecursive, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
@@ -22,10 +34,47 @@ TERMINAL_NAMES = {
 }
 
 
+OPTIONS: dict[str, Any] = {"parser": "lalr", "propagate_positions": True, "strict": True,
+                           "maybe_placeholders": True, "start": ["start", "override"]}
+"""How Lark builds the parser; part of the tables' key."""
+
+
+def grammar_text() -> str:
+    """The text of grammar/mrs.lark."""
+    data = pkgutil.get_data("mrc.grammar", "mrs.lark")
+    assert data is not None, "mrc.grammar is a package installed with its mrs.lark"
+    return data.decode("utf-8")
+
+
+def tables_key(grammar: str) -> str:
+    """What parse tables are valid for: the grammar's text, `OPTIONS` and the Lark version."""
+    return hashlib.sha256(repr((grammar, sorted(OPTIONS.items()), lark.__version__)).encode()).hexdigest()
+
+
+def build_parser(grammar: str) -> Lark:
+    """The parser built from the grammar's text (what the tables are made from)."""
+    return Lark(grammar, **OPTIONS)
+
+
+def parser_tables(parser: Lark) -> dict[str, Any]:
+    """The parser's tables as plain data (dicts, lists, strings, numbers), for `Lark.load`."""
+    from lark.grammar import Rule
+    from lark.lexer import TerminalDef
+
+    data, memo = parser.memo_serialize([TerminalDef, Rule])
+    return {"data": data, "memo": memo}
+
+
 @functools.cache
 def _lark() -> Lark:
-    return Lark.open_from_package("mrc.grammar", "mrs.lark", parser="lalr", propagate_positions=True,
-                                  strict=True, maybe_placeholders=True, start=["start", "override"])
+    """The parser: loaded from grammar/mrs_tables.py when they were made for this grammar,
+    options and Lark, else built from the grammar (see the module docstring)."""
+    from mrc.grammar import mrs_tables
+
+    grammar = grammar_text()
+    if mrs_tables.KEY == tables_key(grammar):
+        return Lark.load(mrs_tables.TABLES)
+    return build_parser(grammar)
 
 
 def _span(file: str, meta: Any) -> Span:

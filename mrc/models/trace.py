@@ -1,7 +1,8 @@
 """Trace a model with torch.fx and annotate the graph for binding.
 
-`trace_model` symbolic-traces the model, runs ShapeProp on an example batch (so every node has
-`node.meta["tensor_meta"]`) and stores mrc's own annotations under `node.meta["mrc"]`:
+`trace_model` symbolic-traces the model, runs it node by node on an example batch (so every node
+that makes tensors has `node.meta["tensor_meta"]`, torch.fx's `TensorMetadata`, as torch.fx's
+ShapeProp records it) and stores mrc's own annotations under `node.meta["mrc"]`:
 
 - `scope`: the path of the innermost module whose forward created the node ("" for the root),
 - `residual_block`: the path of the enclosing module marked `is_residual_block`, or None,
@@ -27,8 +28,6 @@ looks the name up in a map built once per trace instead.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import sys
 from collections.abc import Iterable
 from types import FrameType
@@ -36,7 +35,8 @@ from typing import Any, TypeVar
 
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.node import map_aggregate
+from torch.fx.passes.shape_prop import TensorMetadata
 from torch.fx.proxy import ParameterProxy
 
 
@@ -229,15 +229,12 @@ def trace_model(model: nn.Module, example: torch.Tensor,
     quiet(gm)
     prop = _ShapeProp(gm)
     try:
-        # ShapeProp prints the traceback of a failing node to stderr before it raises: mrc says
-        # what failed in one line instead
-        with _eval_mode(gm), torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-            prop.propagate(example)
-    except Exception as err:
+        with _eval_mode(gm), torch.no_grad():
+            prop.run(example)
+    except Exception as e:
         from mrc.usercode import shown_path
 
         check_forward(model, example)  # the model itself raises too: the user's own line
-        e = err.__cause__ if isinstance(err.__cause__, Exception) else err
         node = prop.current
         where = ""
         if node is not None:
@@ -250,7 +247,7 @@ def trace_model(model: nn.Module, example: torch.Tensor,
             f"the traced model failed on an example batch of shape {shape}{where}: "
             f"{type(e).__name__}: {_one_line(e)}",
             "the model itself runs on this batch but its fx trace does not: mark the module "
-            "that differs as a leaf (`mrc_leaf = True`)") from err
+            "that differs as a leaf (`mrc_leaf = True`)") from e
     return gm
 
 
@@ -313,14 +310,59 @@ def _forward_hint(where: tuple[str, nn.Module, tuple[Any, ...]], ran_layer: bool
     return "the error is in the model's own forward, after its first layers ran"
 
 
-class _ShapeProp(ShapeProp):
-    """ShapeProp that remembers the node it is running, so a failure can name it."""
+class _ShapeProp(fx.Interpreter):
+    """Runs the graph node by node and records each node's `tensor_meta` as torch.fx's
+    ShapeProp does for real tensors, and the node it is running, so a failure can name it.
+
+    Not ShapeProp itself: its first node imports torch's symbolic-shape machinery (sympy,
+    ≈ 0.4 s of every `mrc check`) for fake tensors that mrc never makes. A failing node's error
+    is raised as it is (no traceback printed, no message rewritten)."""
 
     current: fx.Node | None = None
 
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.extra_traceback = False
+
     def run_node(self, n: fx.Node) -> Any:
         self.current = n
-        return super().run_node(n)
+        result = super().run_node(n)
+        found = False
+
+        def meta(value: Any) -> Any:
+            nonlocal found
+            if isinstance(value, torch.Tensor):
+                found = True
+                return tensor_meta(value)
+            return value
+
+        recorded = map_aggregate(result, meta)
+        if found:
+            n.meta["tensor_meta"] = recorded
+        return result
+
+
+FORMATS = (torch.contiguous_format, torch.channels_last, torch.channels_last_3d)
+"""The memory formats `TensorMetadata` tells, in torch.fx's order of preference."""
+
+
+def tensor_meta(t: torch.Tensor) -> TensorMetadata:
+    """torch.fx's `TensorMetadata` of a real tensor, read from the tensor itself (torch.fx's
+    own reader goes through symbolic-shape checks meant for fake tensors)."""
+    strided = t.layout == torch.strided
+    fmt = next((f for f in FORMATS if t.is_contiguous(memory_format=f)), None) if strided else None
+    qparams: dict[str, Any] = {}
+    if t.is_quantized:
+        qscheme = qparams["qscheme"] = t.qscheme()
+        if qscheme in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+            qparams["scale"], qparams["zero_point"] = t.q_scale(), t.q_zero_point()
+        elif qscheme in (torch.per_channel_affine, torch.per_channel_affine_float_qparams,
+                         torch.per_channel_symmetric):
+            qparams["scale"] = t.q_per_channel_scales().tolist()
+            qparams["zero_point"] = t.q_per_channel_zero_points().tolist()
+            qparams["axis"] = t.q_per_channel_axis()
+    return TensorMetadata(t.shape, t.dtype, t.requires_grad, t.stride() if strided else (), fmt,
+                          t.is_quantized, qparams)
 
 
 class _eval_mode:

@@ -49,6 +49,7 @@ from mrc.runtime.checkpoint import CHECKPOINT, METRICS, CheckpointError, Checkpo
 from mrc.runtime.checkpoint import MetricsLog as MetricsFile
 from mrc.runtime.loop import Loop
 from mrc.runtime.summary import summarize, write_results
+from mrc.uptime import process_age
 
 if TYPE_CHECKING:
     from mrc.api import Compiled
@@ -231,6 +232,7 @@ class Trainer:
             cb.on_start(run)
         plan.module.train()
         loop = Loop(plan, self.device, self.world, self.interrupt, self.stop_at)
+        first_step = process_age()  # the start-up this process paid (summary.json)
         try:
             loop.run(run, callbacks, feed.train)
         finally:
@@ -255,6 +257,7 @@ class Trainer:
             model.load_state_dict(final.state_dict())
         summary = summarize(self, run, plan, final, feed, wall, early, activation=loop.activation,
                             cuda_peak=loop.cuda_peak)
+        summary["first_step_s"] = first_step
         if self.out:
             write_results(self.out, model, plan, summary, run.status != "diverged")
         if run.sink is not None:
