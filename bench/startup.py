@@ -106,10 +106,13 @@ def check(tree: Path, spec: str, measure: str) -> dict[str, float]:
     return {measure: timed.wall, measure.removesuffix("_s") + "_cpu_s": timed.cpu}
 
 
-def where_mrc(tree: Path) -> str:
+def where_mrc(tree: Path) -> list[str]:
+    """The files `mrc` and `mrc.passes` are imported from with `tree` first on PYTHONPATH (both
+    must lie in it: the installed package maps mrc.passes to the installed tree's passes/)."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    return subprocess.run([sys.executable, "-c", "import mrc; print(mrc.__file__)"], env=env, cwd=tree.parent,
-                          capture_output=True, text=True, check=True).stdout.strip()
+    code = "import mrc, mrc.passes; print(mrc.__file__); print(mrc.passes.__file__)"
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=tree.parent,
+                          capture_output=True, text=True, check=True).stdout.split()
 
 
 class Train:
@@ -157,10 +160,16 @@ def main() -> None:
         base = tmp / "baseline"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(base), args.baseline],
                        check=True)
+        # the installed package maps mrc.passes / mrc.kernels / mrc.grammar to this tree's
+        # folders: links inside the baseline's mrc/ make it import its own (found first)
+        for sub in ("passes", "kernels", "grammar"):
+            if (base / sub).is_dir() and not (base / "mrc" / sub).exists():
+                (base / "mrc" / sub).symlink_to(base / sub, target_is_directory=True)
         try:
             trees = {"this": ROOT, "baseline": base}
             for name, tree in trees.items():  # each contender runs its own code
-                assert where_mrc(tree).startswith(str(tree)), (name, where_mrc(tree))
+                found = where_mrc(tree)
+                assert all(f.startswith(str(tree)) for f in found), (name, found)
             bad = tmp / "bad.mrs"
             bad.write_text(BAD_SPEC)
             quick = str(ROOT / "specs" / "quickstart.mrs")
