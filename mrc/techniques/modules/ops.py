@@ -34,7 +34,7 @@ class AuxHead(Op):
     path: str = ""
     head: str = ""
     phase: int = 0
-    """The micro-batch it runs on in a module pipeline (mrc/techniques/modules/pipeline.py)."""
+    """The micro-batch it runs on in a module pipeline (mrc/techniques/modules/place.py)."""
     autocast: str = ""
     """The dtype it computes in under torch.autocast, as its module's forward (mrc.ir.ops.Forward)."""
 

@@ -2,7 +2,7 @@
 device and machine.
 
 One implementation serves both sides: binding draws element partitions (`select … random`) with
-it, and the random-subset integrator (mrc/runtime/subset.py) draws each interval's subset with
+it, and the random-subset integrator (mrc/techniques/random_subsets/integrator.py) draws each interval's subset with
 it; the kernels of `mrc.kernels.subset` zero and restore the subset it selects.
 """
 
