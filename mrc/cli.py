@@ -530,7 +530,16 @@ def run_train(args: argparse.Namespace) -> int:
                    if e.get("acc") is not None)
     mem = s.get("activation_memory")
     val += f"  activations {mem['mib']:.2f} MiB" if mem else ""
-    tb = ",tb/" if result.out_dir and (Path(result.out_dir) / "tb").is_dir() and not args.no_tensorboard else ""
+    wrote = ""
+    if result.out_dir:  # the run's files, the techniques' artifacts among them (brains/, aux.pt)
+        from mrc.runtime.rundir import RUN_FOLDERS
+        from mrc.techniques import techniques
+
+        out = Path(result.out_dir)
+        names = [f"{n}/" if (out / n).is_dir() else n
+                 for n in ("final.pt", "metrics.jsonl", "summary.json", "checkpoint.pt", *RUN_FOLDERS,
+                           *(a for t in techniques() for a in t.artifacts)) if (out / n).exists()]
+        wrote = f"\nmrc: wrote {out}/{{{','.join(names)}}}"
     mods = s.get("modules")
     if mods:
         shown = [f"{n}:{m.get('val_acc', m['val_loss']):.3f}" for n, m in mods.items()]
@@ -541,8 +550,7 @@ def run_train(args: argparse.Namespace) -> int:
           f"({s['steps_per_s']:.1f} steps/s)  "
           + (f"train_acc {s['train_acc']:.4f}" if s.get("train_acc") is not None else
              f"train_loss {s['train_loss']:.4f}" if s.get("train_loss") is not None else "") + f"  {val}"
-          + (f"\nmrc: wrote {Path(result.out_dir)}/{{final.pt,metrics.jsonl,summary.json,checkpoint.pt{tb}}}"
-             if result.out_dir else ""))
+          + wrote)
     return status
 
 
