@@ -239,7 +239,8 @@ class Mgrit:
     stack: str
     span: Span
     stack_span: Span
-    levels: int = 3
+    levels: int = 0
+    """0: automatic (mrc.techniques.mgrit.grid.auto_levels), resolved when the stack's depth is known."""
     coarsening: tuple[int, ...] = (4,)
     relax: tuple[str, ...] = ("FCF",)
     forward_iters: int = 2

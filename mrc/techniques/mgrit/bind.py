@@ -96,8 +96,12 @@ def bind_stacks(program: Program, model: nn.Module, gm: fx.GraphModule, example:
         if why:
             r.error(f"`{spec.stack}` does not compute y ← y + h·F_n(y) layer after layer: {why}", at)
             return None
-        from mrc.techniques.mgrit.grid import Settings
+        import dataclasses
 
+        from mrc.techniques.mgrit.grid import Settings, auto_levels
+
+        if not spec.levels:  # the default: as many levels as leave the coarsest one small
+            spec = dataclasses.replace(spec, levels=auto_levels(len(layers), tuple(spec.coarsening)))
         settings = Settings(spec.levels, tuple(spec.coarsening), tuple(spec.relax), spec.forward_iters,
                             spec.forward_tol)
         why = settings.validate(len(layers))

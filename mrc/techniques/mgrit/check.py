@@ -17,6 +17,7 @@ from mrc.check.registry import finisher, statement
 from mrc.diagnostics import Note, Span
 from mrc.program import Mgrit
 from mrc.registry import Param
+from mrc.techniques.mgrit.grid import COARSEST
 
 if TYPE_CHECKING:
     from mrc.check.checker import Checker
@@ -25,7 +26,8 @@ RELAX = ("F", "FCF")
 """`relax` (F or FCF, or a list of them: one per level transition) is a word, read apart from the
 other settings (KEYS lists it for the hints)."""
 KEYS = (
-    Param("levels", "int", 3, "levels of the time grid hierarchy (1: serial propagation)", lo=1),
+    Param("levels", "int", 0, "levels of the time grid hierarchy (1: serial propagation; 0: as many as "
+          f"leave the coarsest level at most {COARSEST} points)", lo=0),
     Param("coarsening", "ints", [4], "coarsening factor, one for every level or one per level transition", lo=2),
     Param("relax", "any", "FCF", "F or FCF relaxation, one for every level or one per level transition"),
     Param("forward_iters", "int", 2, "MGRIT iterations of the forward solve (at most, with a tolerance)", lo=1),
@@ -78,8 +80,10 @@ def check_mgrit(ck: Checker, st: ast.Statement | None) -> None:
         return
     levels = values["levels"]
     coarsening = tuple(values["coarsening"])
+    if not levels:  # automatic: a list of one per level transition says how many; else the binding
+        levels = max(len(coarsening), len(relax)) + 1 if max(len(coarsening), len(relax)) > 1 else 0
     for key, items in (("coarsening", coarsening), ("relax", relax)):
-        if len(items) not in (1, max(1, levels - 1)):
+        if levels and len(items) not in (1, max(1, levels - 1)):
             ck.r.error(f"`{key}` has {len(items)} entries: give one for every level, or one per level "
                        f"transition ({levels - 1} for {levels} levels)", spans.get(key, st.span))
             return

@@ -24,6 +24,25 @@ def _as_tuple(value: object) -> tuple:
     return (value,)
 
 
+COARSEST = 16
+"""The most points the coarsest level of an automatic hierarchy (`levels = 0`, the default) has:
+the coarse solve is serial, so a deep stack gets as many levels as bring it down to this."""
+
+
+def auto_levels(n_steps: int, coarsening: tuple[int, ...]) -> int:
+    """The levels of an automatic hierarchy for N = `n_steps`: the fewest that leave the coarsest
+    level at most COARSEST points (coarsening one factor for all levels, or one per transition),
+    and at least two where N has a coarse point at all (one: serial propagation)."""
+    levels, size = 1, n_steps
+    while size > COARSEST or levels == 1:
+        cf = coarsening[min(levels - 1, len(coarsening) - 1)]
+        if size // cf < 1:
+            break
+        size //= cf
+        levels += 1
+    return levels
+
+
 @dataclass(frozen=True)
 class Settings:
     """The knobs of one MGRIT solve.
