@@ -49,11 +49,13 @@ KIND_PHASE = {cls.kind: name for name, cls in PHASES.items()}
 
 @dataclass
 class MgritState:
-    """What the MGRIT lowerings share: each stack's settings and the forwards that hold a solve
-    (read once from the phase ops), each replica's solved model, its segments, the solves by
-    (replica, stack), and whether their metrics are registered."""
+    """What the MGRIT lowerings share: each stack's settings, the kernels its solves run on in
+    each replica, and the forwards that hold a solve (read once from the phase ops), each
+    replica's solved model, its segments, the solves by (replica, stack), and whether their
+    metrics are registered."""
 
     stacks: dict[str, SolveSettings] | None = None
+    kernels: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     solved: set[Forward] = field(default_factory=set)
     models: dict[str, tuple[fx.GraphModule, dict[str, SolveModule]]] = field(default_factory=dict)
     segments: dict[tuple[str, int], tuple[nn.Module, nn.Module]] = field(default_factory=dict)
@@ -74,6 +76,7 @@ def mgrit_state(ctx: Lowering) -> MgritState:
                     if (first.steps, first.h, first.kind) != (op.settings.steps, op.settings.h, op.settings.kind):
                         raise LoweringError(f"{op.id}: the solves of stack `{op.stack}` disagree on its steps, "
                                             "step size or block kind")
+                    state.kernels.setdefault((replica(op), op.stack), set()).add(op.kernel)
             for op in p.of_kind(Forward):
                 if any(isinstance(s, SolvePhase) and s.solve == "forward" for s in p.succs(op)):
                     state.solved.add(op)
@@ -503,11 +506,10 @@ def _solve_of(ctx: Lowering, r: str, path: str, settings: SolveSettings, stack: 
 def _kernel(ctx: Lowering, r: str, path: str) -> str:
     """The kernel select-kernels chose for replica r's solves of the stack, read from their
     phase ops (one propagator runs them all, so they must agree)."""
-    chosen = {op.kernel for op in ctx.graph.ops()
-              if isinstance(op, SolvePhase) and op.stack == path and replica(op) == r}
+    chosen = mgrit_state(ctx).kernels.get((r, path), set())
     if len(chosen) > 1:
         raise LoweringError(f"the MGRIT solves of `{path}` have ops on different kernels ({', '.join(sorted(chosen))})")
-    return chosen.pop() if chosen else "torch"
+    return next(iter(chosen), "torch")
 
 
 def _region(pattern: Pattern, fwd: Forward, path: str) -> dict[str, list[SolvePhase]]:
