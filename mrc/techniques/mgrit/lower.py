@@ -28,7 +28,8 @@ above 1 is a warning naming the step.
 
 Convergence control (`on_divergence`, `check_every`): the graph holds every path a step may take
 (ops marked `when=…`, mrc/techniques/mgrit/ops.py), and the `Runner` of each step pattern reads
-them all. On a check step (the global step a multiple of `check_every`) each solve runs twice its
+them all. On a check step (every `check_every`-th: global steps K−1, 2K−1, …, so that a measure
+never reads the cold start of step 0 unless K = 1) each solve runs twice its
 current iterations (the ops `when=check`/`more`), and the ratio of its last two residuals is its
 measured convergence factor. Above 1, `warn` warns; `more_iterations` doubles the iterations of
 the later solves, up to the graph's (MORE_CAP× the spec's), and at that cap warns; `serial` makes
@@ -343,7 +344,7 @@ class StackSolve:
         that on a check step, never more than the graph's ops."""
         control = self._control()
         every = self.given.check_every
-        control.check = every > 0 and self.step % every == 0
+        control.check = every > 0 and (self.step + 1) % every == 0  # steps K−1, 2K−1, …: warm starts settled
         control.counts = {}
         control.room = True
         for which, chunks in runner.iterations.items():
@@ -402,7 +403,10 @@ class StackSolve:
         adjoint = runner.serial.get("adjoint")
         if trace is not None and adjoint is not None and y.requires_grad:
             line = f"{self.step} {adjoint.id} {adjoint.kind} {adjoint.scope.text() or '-'}\n"
-            y.register_hook(lambda g: trace.write(line))  # the backward reaches the stack's layers
+
+            def traced(grad: torch.Tensor) -> None:  # the backward reaches the stack's layers
+                trace.write(line)
+            y.register_hook(traced)
         self.last = {"mode": "serial", "serial_since": self.control.serial_since}
         return y
 
@@ -754,10 +758,15 @@ def _register_metrics(ctx: Lowering) -> None:
 
 def mgrit_scalars(entry: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
     """The TensorBoard tags of a record's `mgrit` entry: each stack's last residual norm and
-    convergence factor of its forward and adjoint solves (`mgrit/STACK/forward_residual`, …)."""
+    convergence factor of its forward and adjoint solves (`mgrit/STACK/forward_residual`, …), and
+    under convergence control whether it runs serially and each solve's iterations."""
     out: dict[str, Any] = {}
     for stack, solve in entry.items():
+        if "mode" in solve:
+            out[f"mgrit/{stack}/serial"] = float(solve["mode"] == "serial")
         for key in ("forward", "adjoint"):
+            if solve.get(f"{key}_iters"):
+                out[f"mgrit/{stack}/{key}_iters"] = solve[f"{key}_iters"]
             if solve.get(key):
                 out[f"mgrit/{stack}/{key}_residual"] = solve[key][-1]
             if solve.get(f"{key}_factor"):
