@@ -131,3 +131,24 @@ def test_more_iterations_raises_the_iteration_count(tmp_path: Path, capsys: pyte
     assert "step 1: the forward MGRIT solve of `stack` diverges" in err
     assert "its solves run 2× the spec's iterations from step 2 on" in err
     assert "iters×2" in err  # the progress line
+
+
+@pytest.mark.parametrize(("policy", "iters"), [("more_iterations", [2, 4, 4, 4]), ("warn", [2, 2, 2, 2])])
+def test_more_iterations_stops_at_its_cap(policy: str, iters: list[int], monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Every measure says 2 (a solver whose factors are patched): the iterations double at each
+    check up to 4× the spec's (the graph's), and there the solve warns and stays; `warn` keeps them."""
+    from mrc.techniques.mgrit.solver import MGRIT
+
+    monkeypatch.setattr(MGRIT, "factors", lambda self: [2.0] * (len(self.residuals) - 1))
+    result = train(spec(f"on_divergence = {policy}; check_every = 1", steps=4), save=False)
+    rows = [r["mgrit"]["stack"] for r in result.metrics if "mgrit" in r]
+    assert [r["forward_iters"] for r in rows] == iters
+    err = capsys.readouterr().err
+    if policy == "more_iterations":
+        assert "step 0: the forward MGRIT solve of `stack` diverges" in err and "run 2× the spec's" in err
+        assert "step 1: the forward" in err and "run 4× the spec's iterations from step 2 on" in err
+        assert "step 2: the forward MGRIT solve of `stack` diverges (convergence factor 2 > 1, measured over 4 " \
+               "iterations); its iterations are at their cap (4× the spec's) and stay there" in err
+    else:
+        assert "run 2×" not in err and "its output is not to be trusted" in err

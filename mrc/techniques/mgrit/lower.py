@@ -326,11 +326,12 @@ class StackSolve:
             if control.check and factors:
                 measured = factors[-1]  # the ratio of the doubled solve's last two residuals
                 self.last[f"{which}_check"] = measured
+                self.last["checked_at"] = self.step
                 if measured > 1.0:
                     self.ctx.hooks.warnings.append(
                         f"step {self.step}: the {which} MGRIT solve of `{self.path}` diverges (convergence factor "
                         f"{measured:.3g} > 1, measured over {len(solver.residuals)} iterations); "
-                        f"{self._act() or untrusted + ' not to be trusted'}")
+                        f"{self._act(untrusted)}")
                     return
         if worst > 1.0:
             self.ctx.hooks.warnings.append(
@@ -352,19 +353,19 @@ class StackSolve:
             control.counts[which] = min(2 * now if control.check else now, len(chunks))
             control.room &= 2 * now <= len(chunks)
 
-    def _act(self) -> str:
-        """What the policy does about a diverging check (once per step); the warning's end."""
+    def _act(self, untrusted: str) -> str:
+        """What the policy does about a diverging check (once per step, whichever solve diverged):
+        the warning's end."""
         control, policy, step = self.control, self.given.on_divergence, self.step
         if policy == "warn" or control.acted == step:
-            return ""
+            return f"{untrusted} not to be trusted"
         control.acted = step
         if policy == "serial":
             control.serial_since = step + 1
             self._keep_control()
             return f"the stack runs serially from step {step + 1} on"
         if not control.room:
-            return (f"its iterations are at their cap ({MORE_CAP}× the spec's) and stay there; its output is not "
-                    "to be trusted")
+            return f"its iterations are at their cap ({MORE_CAP}× the spec's) and stay there; {untrusted} not trusted"
         control.doublings += 1
         self._keep_control()
         return f"its solves run {1 << control.doublings}× the spec's iterations from step {step + 1} on"
@@ -533,7 +534,8 @@ class _Solve(torch.autograd.Function):
 
 
 class SolveModule(nn.Module):
-    """Stands in for a stack in the traced model: one `_Solve` over its parameters."""
+    """Stands in for a stack in the traced model: one `_Solve` over its parameters, or, once the
+    stack has fallen back to serial propagation, its layers one after another."""
 
     def __init__(self, solve: StackSolve, stack: StackView) -> None:
         super().__init__()
