@@ -249,6 +249,11 @@ class Mgrit:
     backward_tol: float = 0.0
     warm_start: bool = True
     spans: Mapping[str, Span] = field(default_factory=dict)
+    on_divergence: str = "warn"
+    """What a diverging solve does: warn, more_iterations or serial (mrc/techniques/mgrit/check.py)."""
+    check_every: int = 0
+    """Every this many steps the solves run twice their iterations to measure the convergence
+    factor (0: never)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,5 @@
 """Checks of layer-parallel training: `mgrit "STACK" { levels; coarsening; relax; forward_iters;
-backward_iters; forward_tol; backward_tol; warm_start }`.
+backward_iters; forward_tol; backward_tol; warm_start; on_divergence; check_every }`.
 
 The settings are checked here, before any model exists; whether `STACK` names a residual stack of
 the model, and whether its depth fits the hierarchy, is the binding's to report
@@ -17,7 +17,7 @@ from mrc.check.registry import finisher, statement
 from mrc.diagnostics import Note, Span
 from mrc.program import Mgrit
 from mrc.registry import Param
-from mrc.techniques.mgrit.grid import COARSEST
+from mrc.techniques.mgrit.grid import COARSEST, MORE_CAP
 
 if TYPE_CHECKING:
     from mrc.check.checker import Checker
@@ -35,6 +35,11 @@ KEYS = (
     Param("forward_tol", "float", 0.0, "stop the forward solve below this residual (0: run every iteration)", lo=0),
     Param("backward_tol", "float", 0.0, "stop the adjoint solve below this residual (0: run every iteration)", lo=0),
     Param("warm_start", "bool", True, "start each solve from the previous step's states (one-shot training)"),
+    Param("on_divergence", "choice", "warn", "what a solve whose measured convergence factor exceeds 1 does: "
+          f"warn, more_iterations (double its iterations, up to {MORE_CAP}× the spec's) or serial (the stack "
+          "runs serially from then on)", choices=("warn", "more_iterations", "serial")),
+    Param("check_every", "int", 0, "every this many steps the solves run twice their iterations to measure "
+          "the convergence factor (0: never)", lo=0),
 )
 
 
@@ -62,7 +67,7 @@ def check_mgrit(ck: Checker, st: ast.Statement | None) -> None:
         else:
             ck.r.error("an `mgrit` block holds `key = value` settings", item.span,
                        hint="levels, coarsening, relax, forward_iters, backward_iters, forward_tol, "
-                       "backward_tol, warm_start")
+                       "backward_tol, warm_start, on_divergence, check_every")
     prefix = f"mgrit.{path.replace('.', '_')}."
     relax_arg = next((a for a in args if a.name is not None and a.name.id == "relax"), None)
     others = tuple(a for a in args if a is not relax_arg)
@@ -87,9 +92,15 @@ def check_mgrit(ck: Checker, st: ast.Statement | None) -> None:
             ck.r.error(f"`{key}` has {len(items)} entries: give one for every level, or one per level "
                        f"transition ({levels - 1} for {levels} levels)", spans.get(key, st.span))
             return
+    if values["on_divergence"] != "warn" and not values["check_every"]:
+        ck.r.error(f"`on_divergence = {values['on_divergence']}` acts on a measured convergence factor, and "
+                   "`check_every` is 0 (never measure)", spans.get("on_divergence", st.span),
+                   hint="add `check_every = 50`: every 50 steps that step's solves run twice their iterations")
+        return
     ck.facts.setdefault("mgrit", []).append(Mgrit(
         path, st.keyword.span, target.span, levels, coarsening, relax, values["forward_iters"],
-        values["backward_iters"], values["forward_tol"], values["backward_tol"], values["warm_start"], spans))
+        values["backward_iters"], values["forward_tol"], values["backward_tol"], values["warm_start"], spans,
+        on_divergence=values["on_divergence"], check_every=values["check_every"]))
 
 
 def _relax(ck: Checker, raw: object, span: Span) -> tuple[str, ...] | None:
@@ -112,4 +123,11 @@ def check_mgrit_combinations(ck: Checker) -> None:
     if solves and ck.program.get("modules") is not None:
         ck.r.error("`mgrit` and `modules` cannot be combined yet", solves[0].span,
                    hint="module-wise training cuts the network the MGRIT solve spans")
+    distributed = ck.program.get("distributed")
+    for s in solves:
+        key = "on_divergence" if s.on_divergence != "warn" else "check_every" if s.check_every else ""
+        if key and distributed is not None and distributed.mode == "layers":
+            ck.r.error(f"`{key}` is not supported with `distributed layers` yet: each rank solves one block, and "
+                       "the measuring iterations and the switch are written for one process's solve",
+                       s.spans.get(key, s.span))
 

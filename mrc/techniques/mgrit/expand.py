@@ -9,6 +9,11 @@ after the stack — a fast head over a slow stack — needs no adjoint, and has 
 is `iters` iterations of `iteration_phases(levels)`, one op per phase, scoped by level and
 iteration; order edges chain them between their forward (or backward) and what follows it, so
 the listing is the order in which they run.
+
+Convergence control adds the paths a step may take instead (mrc/techniques/mgrit/ops.py, WHEN):
+with `check_every`, the iterations a check step doubles to (`when=check`; with `more_iterations`,
+up to MORE_CAP times the spec's, `when=more`), and with `on_divergence = serial` the serial
+propagation it falls back to (`mgrit_serial … when=serial`, the MGRIT iterations then `when=mgrit`).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from mrc.ir.graph import Pattern, ScheduleGraph
 from mrc.ir.ops import Backward, Forward, GraphError, Op
 from mrc.ir.tables import TableKind
 from mrc.techniques.base import Expansion
-from mrc.techniques.mgrit.ops import PHASES, Relax, SolvePhase, SolveSettings, iteration_phases
+from mrc.techniques.mgrit.grid import MORE_CAP
+from mrc.techniques.mgrit.ops import PHASES, Relax, SerialStack, SolvePhase, SolveSettings, iteration_phases
 from mrc.techniques.mgrit.tables import STACKS, StackInfo
 
 if TYPE_CHECKING:
@@ -58,19 +64,28 @@ def _chain(p: Pattern, after: Op, ops: list[SolvePhase]) -> None:
 
 def solve_ops(path: str, info: StackInfo, fwd: Op, solve: str) -> list[SolvePhase]:
     """The phase ops of one solve of the stack at `path`: its iterations of its levels' phases,
-    each op carrying the solve's settings."""
+    each op carrying the solve's settings, then the paths its convergence control may take."""
     iters = info.forward_iters if solve == "forward" else info.backward_iters
     settings = SolveSettings(info.steps, info.h, info.kind, info.coarsening,
-                             info.forward_tol if solve == "forward" else info.backward_tol, info.warm_start)
+                             info.forward_tol if solve == "forward" else info.backward_tol, info.warm_start,
+                             info.on_divergence, info.check_every)
     relax = info.relax
+    policy, checked = info.on_divergence, info.check_every > 0
+    extra = 0 if not checked else (MORE_CAP - 1) * iters if policy == "more_iterations" else iters
+    first = "mgrit" if checked and policy == "serial" else ""
+    later = "more" if policy == "more_iterations" else "check"
     out: list[SolvePhase] = []
-    for i in range(iters):
+    for i in range(iters + extra):
+        when = first if i < iters else later
         for phase, level in iteration_phases(info.levels):
             scope = replace(fwd.scope, level=level, iteration=i)
             if phase == "relax":
-                out.append(Relax(scope, path, solve, settings=settings, relax=relax[min(level, len(relax) - 1)]))
+                out.append(Relax(scope, path, solve, settings=settings, relax=relax[min(level, len(relax) - 1)],
+                                 when=when))
             else:
-                out.append(PHASES[phase](scope, path, solve, settings=settings))
+                out.append(PHASES[phase](scope, path, solve, settings=settings, when=when))
+    if checked and policy == "serial":
+        out.append(SerialStack(fwd.scope, path, solve, settings=settings, when="serial"))
     return out
 
 
@@ -97,7 +112,8 @@ def stack_table(bound: Bound) -> dict[str, StackInfo]:
             raise ValueError(f"the MGRIT stack `{st.path}` holds no parameterised layer")
         out[st.path] = StackInfo(min(where), max(where), st.steps, st.h, st.kind, st.first_node, st.last_node,
                                  spec.levels, tuple(spec.coarsening), tuple(spec.relax), spec.forward_iters,
-                                 spec.backward_iters, spec.forward_tol, spec.backward_tol, spec.warm_start)
+                                 spec.backward_iters, spec.forward_tol, spec.backward_tol, spec.warm_start,
+                                 spec.on_divergence, spec.check_every)
     return out
 
 

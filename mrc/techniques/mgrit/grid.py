@@ -28,6 +28,10 @@ COARSEST = 16
 """The most points the coarsest level of an automatic hierarchy (`levels = 0`, the default) has:
 the coarse solve is serial, so a deep stack gets as many levels as bring it down to this."""
 
+MORE_CAP = 4
+"""`on_divergence = more_iterations` doubles a stack's iterations at each diverging check up to
+this many times the spec's (`forward_iters`, `backward_iters`); at the cap it warns and stays."""
+
 
 def auto_levels(n_steps: int, coarsening: tuple[int, ...]) -> int:
     """The levels of an automatic hierarchy for N = `n_steps`: the fewest that leave the coarsest

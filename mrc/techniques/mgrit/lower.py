@@ -25,6 +25,17 @@ the lowering's state, so checkpointed), else from u_n = y_0 (forward) and λ_n =
 Evaluation and the saved model run the stack serially (the traced model is left as it is).
 Each step's residual norms per iteration and convergence factors go to the metrics; a factor
 above 1 is a warning naming the step.
+
+Convergence control (`on_divergence`, `check_every`): the graph holds every path a step may take
+(ops marked `when=…`, mrc/techniques/mgrit/ops.py), and the `Runner` of each step pattern reads
+them all. On a check step (every `check_every`-th: global steps K−1, 2K−1, …, so that a measure
+never reads the cold start of step 0 unless K = 1) each solve runs twice its
+current iterations (the ops `when=check`/`more`), and the ratio of its last two residuals is its
+measured convergence factor. Above 1, `warn` warns; `more_iterations` doubles the iterations of
+the later solves, up to the graph's (MORE_CAP× the spec's), and at that cap warns; `serial` makes
+the stack run serially from the next step on (the `mgrit_serial` ops: its layers with autograd,
+exactly serial training). The switch (`Control`) is kept in the lowering's state (`…/control`),
+so a checkpoint keeps it, and goes to the metrics (`mode`, `forward_iters`, …) and the progress line.
 """
 
 from __future__ import annotations
@@ -41,8 +52,16 @@ from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
 from mrc.techniques.core.lower import forward_callable, replica
 from mrc.techniques.distributed.buckets import GradBucket
 from mrc.techniques.mgrit.bind import stack_stretch
-from mrc.techniques.mgrit.grid import Blocks
-from mrc.techniques.mgrit.ops import PHASES, Relax, SolvePhase, SolveSettings, SumStackGrads, iteration_phases
+from mrc.techniques.mgrit.grid import MORE_CAP, Blocks
+from mrc.techniques.mgrit.ops import (
+    PHASES,
+    Relax,
+    SerialStack,
+    SolvePhase,
+    SolveSettings,
+    SumStackGrads,
+    iteration_phases,
+)
 
 KIND_PHASE = {cls.kind: name for name, cls in PHASES.items()}
 
@@ -76,11 +95,31 @@ def mgrit_state(ctx: Lowering) -> MgritState:
                     if (first.steps, first.h, first.kind) != (op.settings.steps, op.settings.h, op.settings.kind):
                         raise LoweringError(f"{op.id}: the solves of stack `{op.stack}` disagree on its steps, "
                                             "step size or block kind")
-                    state.kernels.setdefault((replica(op), op.stack), set()).add(op.kernel)
+                    if not isinstance(op, SerialStack):  # the serial fallback runs no MGRIT kernel
+                        state.kernels.setdefault((replica(op), op.stack), set()).add(op.kernel)
             for op in p.of_kind(Forward):
                 if any(isinstance(s, SolvePhase) and s.solve == "forward" for s in p.succs(op)):
                     state.solved.add(op)
     return state
+
+
+@dataclass
+class Control:
+    """Where a stack's convergence control has switched it: serial propagation since step
+    `serial_since` (−1: still MGRIT), its iterations doubled `doublings` times (more_iterations);
+    kept in the lowering's state as the tensor [serial_since, doublings]. And this step's plan:
+    whether it is a check step, and each solve's iterations."""
+
+    serial_since: int = -1
+    doublings: int = 0
+    seen: tuple[int, int] | None = None
+    """The state tensor last read (id and version): a resumed checkpoint replaces or overwrites it."""
+    check: bool = False
+    counts: dict[str, int] = field(default_factory=dict)
+    room: bool = True
+    """Whether the graph holds the iterations of one more doubling (False: at the cap)."""
+    acted: int = -1
+    """The step the control last switched at (once per step, whichever solve diverged)."""
 
 
 class StackSolve:
@@ -108,6 +147,9 @@ class StackSolve:
         self.seen: dict[str, tuple[int, int]] = {}
         self.synced = False
         self._adjoint_checked: Blocks | None = None
+        self.control = Control()
+        self.given = SolveSettings()
+        """The settings of the step under way (its forward solve's ops): the convergence control's."""
 
     def _warm(self, which: str, like: torch.Tensor) -> torch.Tensor | None:
         if not self.warm_start:
@@ -122,13 +164,15 @@ class StackSolve:
         self.prop.refresh()  # this step's weights
         self.step = self.ctx.replicas.plan.env.t if self.ctx.replicas.plan is not None else 0
         self.forward_settings = runner.settings_of("forward")
-        self.warm_start = runner.given["forward"].warm_start
+        self.given = runner.given["forward"]
+        self.warm_start = self.given.warm_start
         blocks = runner.blocks.get("forward", ())
         if blocks:
             return self._forward_ranks(y0, runner, blocks)
+        self._plan(runner)
         solver = MGRIT(self.prop, self.steps, self.forward_settings)
         solver.start(y0, self._warm("forward", y0))
-        runner.run(solver, "forward")
+        runner.run(solver, "forward", self.control.counts.get("forward"))
         self.states = solver.states.detach().clone()
         if self.warm_start:
             self.ctx.state[f"{self.key}/forward"] = self.states
@@ -147,7 +191,7 @@ class StackSolve:
         solver = MGRIT(Adjoint(self.prop, self.states), self.steps, settings)
         warm = self._warm("adjoint", g)
         solver.start(g, None if warm is None else warm.flip(0))
-        runner.run(solver, "adjoint")
+        runner.run(solver, "adjoint", self.control.counts.get("adjoint"))
         lam = lambdas(solver).detach().clone()
         if self.warm_start:
             self.ctx.state[f"{self.key}/adjoint"] = lam
@@ -274,10 +318,98 @@ class StackSolve:
         factors = solver.factors()
         self.last[f"{which}_factor"] = factors
         worst = max(factors, default=0.0)
+        untrusted = "its output is" if which == "forward" else "its gradients are"
+        control = self.control
+        if self.given.check_every:
+            self.last["mode"] = "mgrit"
+            self.last[f"{which}_iters"] = len(solver.residuals)
+            if control.check and factors:
+                measured = factors[-1]  # the ratio of the doubled solve's last two residuals
+                self.last[f"{which}_check"] = measured
+                self.last["checked_at"] = self.step
+                if measured > 1.0:
+                    self.ctx.hooks.warnings.append(
+                        f"step {self.step}: the {which} MGRIT solve of `{self.path}` diverges (convergence factor "
+                        f"{measured:.3g} > 1, measured over {len(solver.residuals)} iterations); "
+                        f"{self._act(untrusted)}")
+                    return
         if worst > 1.0:
             self.ctx.hooks.warnings.append(
                 f"step {self.step}: the {which} MGRIT solve of `{self.path}` diverges (convergence factor "
-                f"{worst:.3g} > 1); {'its output is' if which == 'forward' else 'its gradients are'} not to be trusted")
+                f"{worst:.3g} > 1); {untrusted} not to be trusted")
+
+    # ---- convergence control (`on_divergence`, `check_every`) ---------------------------------
+
+    def _plan(self, runner: Runner) -> None:
+        """This step's iterations: the current count (the spec's, doubled `doublings` times), twice
+        that on a check step, never more than the graph's ops."""
+        control = self._control()
+        every = self.given.check_every
+        control.check = every > 0 and (self.step + 1) % every == 0  # steps K−1, 2K−1, …: warm starts settled
+        control.counts = {}
+        control.room = True
+        for which, chunks in runner.iterations.items():
+            now = runner.base[which] << control.doublings
+            control.counts[which] = min(2 * now if control.check else now, len(chunks))
+            control.room &= 2 * now <= len(chunks)
+
+    def _act(self, untrusted: str) -> str:
+        """What the policy does about a diverging check (once per step, whichever solve diverged):
+        the warning's end."""
+        control, policy, step = self.control, self.given.on_divergence, self.step
+        if policy == "warn" or control.acted == step:
+            return f"{untrusted} not to be trusted"
+        control.acted = step
+        if policy == "serial":
+            control.serial_since = step + 1
+            self._keep_control()
+            return f"the stack runs serially from step {step + 1} on"
+        if not control.room:
+            return f"its iterations are at their cap ({MORE_CAP}× the spec's) and stay there; {untrusted} not trusted"
+        control.doublings += 1
+        self._keep_control()
+        return f"its solves run {1 << control.doublings}× the spec's iterations from step {step + 1} on"
+
+    def _control(self) -> Control:
+        """The control, as the lowering's state holds it (a resumed checkpoint's, once loaded)."""
+        control = self.control
+        got = self.ctx.state.get(f"{self.key}/control")
+        if got is not None and (id(got), got._version) != control.seen:
+            control.serial_since, control.doublings = (int(v) for v in got.tolist())
+            control.seen = (id(got), got._version)
+        return control
+
+    def _keep_control(self) -> None:
+        control = self.control
+        kept = torch.tensor([control.serial_since, control.doublings], dtype=torch.long)
+        self.ctx.state[f"{self.key}/control"] = kept
+        control.seen = (id(kept), kept._version)
+
+    def falls_back(self) -> bool:
+        """Whether the stack has fallen back to serial propagation."""
+        return self._control().serial_since >= 0
+
+    def serial(self, y0: torch.Tensor, runner: Runner, stack: StackView) -> torch.Tensor:
+        """The serial fallback (the `mgrit_serial` ops): the stack's layers one after another, with
+        autograd, as serial training runs them; the backward differentiates through them."""
+        plan = self.ctx.replicas.plan
+        self.step = plan.env.t if plan is not None else 0
+        trace = plan.trace if plan is not None else None
+        if trace is not None:
+            op = runner.serial["forward"]
+            trace.write(f"{self.step} {op.id} {op.kind} {op.scope.text() or '-'}\n")
+        y, h = y0, stack.h
+        for layer in stack.layers:
+            y = y + h * layer(y)
+        adjoint = runner.serial.get("adjoint")
+        if trace is not None and adjoint is not None and y.requires_grad:
+            line = f"{self.step} {adjoint.id} {adjoint.kind} {adjoint.scope.text() or '-'}\n"
+
+            def traced(grad: torch.Tensor) -> None:  # the backward reaches the stack's layers
+                trace.write(line)
+            y.register_hook(traced)
+        self.last = {"mode": "serial", "serial_since": self.control.serial_since}
+        return y
 
 
 class Runner:
@@ -299,7 +431,18 @@ class Runner:
         """Each solve's settings (mrc.techniques.mgrit.solver), as its ops give them."""
         self.given: dict[str, SolveSettings] = {}
         """Each solve's record, as every one of its ops carries it."""
-        for which, seq in ops.items():
+        self.base: dict[str, int] = {}
+        """Each solve's iterations on an ordinary step (those `when` empty or `mgrit`); the rest
+        run when convergence control asks for them."""
+        self.serial: dict[str, SerialStack] = {}
+        """Each solve's serial fallback (`on_divergence = serial`)."""
+        for which, every in ops.items():
+            seq = [o for o in every if not isinstance(o, SerialStack)]
+            for o in every:
+                if isinstance(o, SerialStack):
+                    self.serial[which] = o
+            if not seq:
+                raise LoweringError(f"{every[0].id}: the {which} solve has no MGRIT iteration")
             if len(seq) % per:
                 raise LoweringError(f"the {which} solve's ops are not whole iterations of {per} phases")
             chunks = [seq[i:i + per] for i in range(0, len(seq), per)]
@@ -308,16 +451,20 @@ class Runner:
                 if got != iteration_phases(levels):
                     raise LoweringError(f"{chunk[0].id}: an iteration's ops are {got}, not the solver's phases")
             self.iterations[which] = chunks
+            self.base[which] = _base_iterations(chunks)
             placed = {o.blocks for o in seq}
             if len(placed) > 1:
                 raise LoweringError(f"{seq[0].id}: the {which} solve's ops are split across ranks in different ways")
             self.blocks[which] = placed.pop() if placed else ()
-            given = {o.settings for o in seq}
+            given = {o.settings for o in every}
             if len(given) > 1:
                 raise LoweringError(f"{seq[0].id}: the {which} solve's ops carry different settings")
             solve = self.given[which] = given.pop()
+            if solve.on_divergence == "serial" and solve.check_every and which not in self.serial:
+                raise LoweringError(f"{seq[0].id}: the {which} solve falls back to serial propagation, but this "
+                                    "step's graph has no `mgrit_serial` op for it")
             relax = tuple(o.relax for o in chunks[0] if isinstance(o, Relax)) or ("FCF",)
-            self.settings[which] = Settings(levels, solve.coarsening, relax, len(chunks), solve.tol)
+            self.settings[which] = Settings(levels, solve.coarsening, relax, self.base[which], solve.tol)
 
     def settings_of(self, which: str) -> Any:
         """The settings of this step's `which` solve (mrc.techniques.mgrit.solver.Settings)."""
@@ -326,13 +473,15 @@ class Runner:
             raise LoweringError(f"this step's graph has no {which} MGRIT solve, but one is needed")
         return got
 
-    def run(self, solver: Any, which: str) -> None:
+    def run(self, solver: Any, which: str, count: int | None = None) -> None:
+        """Run the solve's first `count` iterations (None: its ordinary ones), or fewer where its
+        tolerance stops it."""
         chunks = self.iterations.get(which)
         if chunks is None:
             raise LoweringError(f"this step's graph has no {which} MGRIT solve, but one is needed")
         plan = self.ctx.replicas.plan
         trace = plan.trace if plan is not None else None
-        for chunk in chunks:
+        for chunk in chunks[:self.base[which] if count is None else count]:
             for op in chunk:
                 if trace is not None:
                     trace.write(f"{plan.env.t} {op.id} {op.kind} {op.scope.text() or '-'}\n")
@@ -340,6 +489,22 @@ class Runner:
             solver.end_iteration()
             if solver.converged:
                 break
+
+
+def _base_iterations(chunks: list[list[SolvePhase]]) -> int:
+    """How many of a solve's iterations run on an ordinary step: the leading ones whose ops are
+    marked `when` empty or `mgrit` (the ones after them run only when convergence control asks)."""
+    whens = []
+    for chunk in chunks:
+        got = {o.when for o in chunk}
+        if len(got) > 1:
+            raise LoweringError(f"{chunk[0].id}: an iteration's ops run under different conditions {sorted(got)}")
+        whens.append(got.pop())
+    base = next((i for i, w in enumerate(whens) if w not in ("", "mgrit")), len(whens))
+    if base == 0 or any(w in ("", "mgrit") for w in whens[base:]):
+        raise LoweringError(f"{chunks[0][0].id}: a solve's ordinary iterations (`when` empty or `mgrit`) come "
+                            f"first, then the ones convergence control adds; here they are {whens}")
+    return base
 
 
 class _Solve(torch.autograd.Function):
@@ -369,11 +534,13 @@ class _Solve(torch.autograd.Function):
 
 
 class SolveModule(nn.Module):
-    """Stands in for a stack in the traced model: one `_Solve` over its parameters."""
+    """Stands in for a stack in the traced model: one `_Solve` over its parameters, or, once the
+    stack has fallen back to serial propagation, its layers one after another."""
 
-    def __init__(self, solve: StackSolve) -> None:
+    def __init__(self, solve: StackSolve, stack: StackView) -> None:
         super().__init__()
         object.__setattr__(self, "solve", solve)  # not a submodule: the parameters stay the stack's
+        object.__setattr__(self, "stack", stack)  # the layers the serial fallback runs
         self.runner: Runner | None = None
         self.island: torch.dtype | None = None
         """Under autocast (`train(precision)`), the dtype the solve runs in: the parameters' own
@@ -382,6 +549,9 @@ class SolveModule(nn.Module):
         the layers around it run in bfloat16/float16. None: the solve runs as it is called."""
 
     def forward(self, y0: torch.Tensor) -> torch.Tensor:
+        runner = self.runner
+        if runner is not None and runner.serial and self.solve.falls_back():
+            return self.solve.serial(y0, runner, self.stack)
         return _Solve.apply(y0, self, *self.solve.params)
 
 
@@ -461,8 +631,8 @@ def _solved_model(ctx: Lowering, r: str) -> tuple[fx.GraphModule, dict[str, Solv
         modules: dict[str, SolveModule] = {}
         for path, settings in (state.stacks or {}).items():
             original = ctx.bound.model if not r else None
-            solve = _solve_of(ctx, r, path, settings, stack_view(model, path, settings, original))
-            modules[path] = SolveModule(solve)
+            view = stack_view(model, path, settings, original)
+            modules[path] = SolveModule(_solve_of(ctx, r, path, settings, view), view)
             module = rewrite(module, path, path, modules[path])
         state.models[r] = (module, modules)
         _register_metrics(ctx)
@@ -527,7 +697,7 @@ def _nested(op: SolvePhase, pattern: Pattern, ctx: Lowering) -> None:
     return None
 
 
-for _kind in KIND_PHASE:
+for _kind in (*KIND_PHASE, SerialStack.kind):
     lowers(_kind)(_nested)
 
 
@@ -573,10 +743,14 @@ def _register_metrics(ctx: Lowering) -> None:
         parts = []
         for (r, p), s in solves.items():
             fwd, adj = s.last.get("forward"), s.last.get("adjoint")
-            if fwd:
+            if s.last.get("mode") == "serial":
+                parts.append(f"mgrit {r + '.' if r else ''}{p} serial since step {s.last['serial_since']}")
+            elif fwd:
                 text = f"mgrit {r + '.' if r else ''}{p} r_fwd {fwd[-1]:.2e}"
                 if adj:
                     text += f" r_adj {adj[-1]:.2e}"
+                if s.control.doublings:
+                    text += f" iters×{1 << s.control.doublings}"
                 parts.append(text)
         return "  ".join(parts)
     ctx.hooks.metrics.append(metrics)
@@ -586,10 +760,15 @@ def _register_metrics(ctx: Lowering) -> None:
 
 def mgrit_scalars(entry: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
     """The TensorBoard tags of a record's `mgrit` entry: each stack's last residual norm and
-    convergence factor of its forward and adjoint solves (`mgrit/STACK/forward_residual`, …)."""
+    convergence factor of its forward and adjoint solves (`mgrit/STACK/forward_residual`, …), and
+    under convergence control whether it runs serially and each solve's iterations."""
     out: dict[str, Any] = {}
     for stack, solve in entry.items():
+        if "mode" in solve:
+            out[f"mgrit/{stack}/serial"] = float(solve["mode"] == "serial")
         for key in ("forward", "adjoint"):
+            if solve.get(f"{key}_iters"):
+                out[f"mgrit/{stack}/{key}_iters"] = solve[f"{key}_iters"]
             if solve.get(key):
                 out[f"mgrit/{stack}/{key}_residual"] = solve[key][-1]
             if solve.get(f"{key}_factor"):

@@ -10,6 +10,13 @@ The forward solve's ops follow the forward op whose segment holds the stack (the
 it: the stack is one `torch.autograd.Function` in the traced model), and the adjoint solve's ops
 follow the backward that differentiates through the stack (they run inside it). Order edges make
 the listing the order in which they run; `mrc train --trace` shows them as they run.
+
+Convergence control (`on_divergence`, `check_every`) adds alternative paths, each op marked with
+the condition that selects it (`when`, printed `when=…`; WHEN lists them): the iterations beyond
+the spec's, run on a check step (`check`) or once `more_iterations` has raised the count past
+them (`more`), and the serial propagation the stack falls back to (`mgrit_serial`, `serial`),
+whose alternative, the MGRIT iterations, are then marked `mgrit`. Lowering builds every path
+from these ops and the run picks one per step (mrc/techniques/mgrit/lower.py).
 """
 
 from __future__ import annotations
@@ -29,8 +36,10 @@ class SolveSettings:
     """What a solve needs beyond the places of its phase ops: the stack's N steps of size h with
     blocks of `kind` (dense | conv | generic), the coarsening factor per level transition (one
     for all, or one each), the tolerance that stops it early (0: every iteration runs), and
-    whether it starts from the previous step's states. Its levels, relaxations and iterations
-    are its ops (their scopes, and each relax op's `relax`)."""
+    whether it starts from the previous step's states; what it does when its convergence factor,
+    measured every `check_every` steps (0: never), exceeds 1 (`on_divergence`: warn |
+    more_iterations | serial). Its levels, relaxations and iterations are its ops (their scopes,
+    and each relax op's `relax`); the paths convergence control may take are ops too (`when`)."""
 
     steps: int = 1
     h: float = 1.0
@@ -38,15 +47,28 @@ class SolveSettings:
     coarsening: tuple[int, ...] = field(default=(2,))
     tol: float = 0.0
     warm_start: bool = True
+    on_divergence: str = "warn"
+    check_every: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"record": "SolveSettings", "steps": self.steps, "h": self.h, "kind": self.kind,
-                "coarsening": list(self.coarsening), "tol": self.tol, "warm_start": self.warm_start}
+                "coarsening": list(self.coarsening), "tol": self.tol, "warm_start": self.warm_start,
+                "on_divergence": self.on_divergence, "check_every": self.check_every}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SolveSettings:
         return cls(data["steps"], data["h"], data["kind"], tuple(data["coarsening"]), data["tol"],
-                   data["warm_start"])
+                   data["warm_start"], data.get("on_divergence", "warn"), data.get("check_every", 0))
+
+
+WHEN = {
+    "": "always",
+    "mgrit": "while the stack is solved by MGRIT (until it falls back to serial propagation)",
+    "check": "on a check step (every `check_every` steps): the iterations that double the solve's",
+    "more": "when this step's iterations reach it: on a check step, or once `more_iterations` raised the count",
+    "serial": "once the stack has fallen back to serial propagation (`on_divergence = serial`)",
+}
+"""The conditions that select a solve's ops (`SolvePhase.when`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +87,8 @@ class SolvePhase(Op):
     """How the solve's steps and corrections run: `torch`, or `triton` (the fused kernels of
     kernels/mgrit.py, for a dense stack in float32 on CUDA); chosen by select-kernels."""
     settings: SolveSettings = SolveSettings()
+    when: str = ""
+    """The condition that selects this op (a key of WHEN; empty: it always runs)."""
 
     def kernel_for(self, triton: bool, setting: str) -> str:
         """The kernel select-kernels gives this solve: `triton` for a dense stack where Triton
@@ -75,10 +99,13 @@ class SolvePhase(Op):
         return f".{self.stack}.{self.solve}"
 
     def text(self) -> str:
-        return f"{self.kind} {self.stack} ({self.solve}){self.placed()}{self.fused()}"
+        return f"{self.kind} {self.stack} ({self.solve}){self.placed()}{self.fused()}{self.condition()}"
 
     def fused(self) -> str:
         return "" if self.kernel == "torch" else f" kernel={self.kernel}"
+
+    def condition(self) -> str:
+        return f" when={self.when}" if self.when else ""
 
     def placed(self) -> str:
         if not self.blocks:
@@ -86,6 +113,8 @@ class SolvePhase(Op):
         return f" on ranks 0..{len(self.blocks) - 1} blocks " + " ".join(f"[{a}:{b}]" for a, b in self.blocks)
 
     def verify(self, pattern: Pattern) -> None:
+        if self.when not in WHEN:
+            raise GraphError(f"{self.id}: `when={self.when}` is none of {', '.join(w for w in WHEN if w)}")
         if self.blocks and (self.blocks[0][0] != 0 or any(
                 b <= a or b != c for (a, b), (c, _) in zip(self.blocks, self.blocks[1:], strict=False))
                 or self.blocks[-1][1] <= self.blocks[-1][0]):
@@ -102,7 +131,7 @@ class Relax(SolvePhase):
     relax: str = "FCF"
 
     def text(self) -> str:
-        return f"mgrit_relax {self.relax} {self.stack} ({self.solve}){self.placed()}{self.fused()}"
+        return f"mgrit_relax {self.relax} {self.stack} ({self.solve}){self.placed()}{self.fused()}{self.condition()}"
 
 
 @op_kind
@@ -131,6 +160,26 @@ class Correct(SolvePhase):
 
     kind: ClassVar[str] = "mgrit_correct"
     rank: ClassVar[int] = 6
+
+
+@op_kind
+@dataclass(frozen=True, slots=True)
+class SerialStack(SolvePhase):
+    """The serial propagation a stack falls back to (`on_divergence = serial`, `when=serial`): the
+    forward runs its layers one after another with autograd (`forward`), and the backward
+    differentiates through them (`adjoint`) — serial training of the stack, exactly. It runs no
+    MGRIT kernel, and has no level or iteration."""
+
+    kind: ClassVar[str] = "mgrit_serial"
+    rank: ClassVar[int] = 6
+
+    def kernel_for(self, triton: bool, setting: str) -> str:
+        return "torch"
+
+    def verify(self, pattern: Pattern) -> None:
+        SolvePhase.verify(self, pattern)
+        if self.when != "serial":
+            raise GraphError(f"{self.id}: a serial fallback runs `when=serial`, not `when={self.when}`")
 
 
 @op_kind
@@ -180,5 +229,5 @@ def iteration_phases(levels: int) -> list[tuple[str, int]]:
     return [*down, ("coarse_solve", levels - 1), *(("correct", lvl) for lvl in range(levels - 2, -1, -1))]
 
 
-__all__ = ["PHASES", "CoarseSolve", "Correct", "Relax", "Restrict", "SolvePhase", "SolveSettings", "SumStackGrads",
-           "iteration_phases"]
+__all__ = ["PHASES", "WHEN", "CoarseSolve", "Correct", "Relax", "Restrict", "SerialStack", "SolvePhase",
+           "SolveSettings", "SumStackGrads", "iteration_phases"]

@@ -13,7 +13,8 @@ class StackInfo:
     """A residual stack solved by MGRIT: its parameterised layers are `layers[first:last + 1]`
     of the graph's layer list, N steps of size h with blocks of `kind` (dense | conv | generic),
     spanning the traced nodes `first_node` … `last_node`; the hierarchy (levels, coarsening
-    and relaxation per level transition) and each solve's iterations and tolerance."""
+    and relaxation per level transition), each solve's iterations and tolerance, and its
+    convergence control (what a diverging solve does, and how often it is measured)."""
 
     first: int
     last: int
@@ -30,6 +31,8 @@ class StackInfo:
     forward_tol: float = 0.0
     backward_tol: float = 0.0
     warm_start: bool = True
+    on_divergence: str = "warn"
+    check_every: int = 0
 
     def text(self) -> str:
         tol = (f" forward_tol={self.forward_tol:g}" if self.forward_tol else "") + \
@@ -37,7 +40,13 @@ class StackInfo:
         return (f"N={self.steps} h={self.h:g} {self.kind} levels={self.levels} "
                 f"coarsening=[{', '.join(map(str, self.coarsening))}] relax=[{', '.join(self.relax)}] "
                 f"forward_iters={self.forward_iters} backward_iters={self.backward_iters}{tol} "
-                f"{'warm_start' if self.warm_start else 'fresh_start'}")
+                f"{'warm_start' if self.warm_start else 'fresh_start'}{self.control()}")
+
+    def control(self) -> str:
+        """The convergence control, where there is one (none: the text reads as before it existed)."""
+        if self.on_divergence == "warn" and not self.check_every:
+            return ""
+        return f" on_divergence={self.on_divergence} check_every={self.check_every}"
 
 
 Stacks = dict[str, StackInfo]
