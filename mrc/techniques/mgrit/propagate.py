@@ -71,6 +71,19 @@ def _act_grad(name: str, z: torch.Tensor) -> torch.Tensor:
     return (z > 0).to(z.dtype)
 
 
+def _act_(name: str, z: torch.Tensor) -> torch.Tensor:
+    """σ(z) in place (z is a temporary)."""
+    return torch.tanh_(z) if name == "tanh" else torch.relu_(z)
+
+
+def _act_vjp(name: str, lam: torch.Tensor, saved: torch.Tensor) -> torch.Tensor:
+    """σ'(z) ⊙ lam in one op, as autograd computes it: from t = tanh z (tanh_backward) or from z
+    itself (threshold_backward: σ'(0) = 0 for relu)."""
+    if name == "tanh":
+        return torch.ops.aten.tanh_backward(lam, saved)
+    return torch.ops.aten.threshold_backward(lam, saved, 0)
+
+
 def _check_span(span: int) -> int:
     if isinstance(span, bool) or int(span) != span or span < 1:
         raise ValueError(f"span must be a positive integer, not {span!r}")
@@ -112,6 +125,9 @@ class StackPropagator:
     torch path. The weights are a copy made at construction and by `refresh()` (module
     docstring): call it once per solve.
     """
+
+    _view_key: tuple[int, ...] = ()  # the stacks (ids, versions) `_view_cache` was made from
+    _view_cache: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]]
 
     def __init__(self, stack: nn.Module, kernel: Kernel = "torch") -> None:
         if kernel not in ("torch", "triton"):
@@ -244,6 +260,57 @@ class StackPropagator:
             back = F.conv_transpose2d(g, k, padding=1, groups=m)
             return lam + scale * self._from_groups(back, m)
 
+    # ------------------------------------------------------------------ the solver's entry
+
+    def _views(self, first: int, stride: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weights of layers first, first + stride, … (m of them) as the step reads them —
+        dense: Wᵀ [m, w, w] and b [m, 1, w], strided views; conv: K [m·C, C, 3, 3] and b [m·C]
+        — kept while the stacks are the same tensors, unchanged (a solve asks for the same few
+        progressions every iteration)."""
+        weight = self.weight
+        if self._view_key != (id(weight), weight._version, id(self.bias), self.bias._version):
+            self._view_cache = {}
+            self._view_key = (id(weight), weight._version, id(self.bias), self.bias._version)
+        got = self._view_cache.get((first, stride, m))
+        if got is None:
+            layers = slice(first, first + stride * (m - 1) + 1, stride)
+            if self.kind == "dense":
+                got = weight[layers].transpose(1, 2), self.bias[layers].unsqueeze(1)
+            else:
+                got = weight[layers].reshape(-1, *weight.shape[2:]), self.bias[layers].reshape(-1)
+            self._view_cache[(first, stride, m)] = got
+        return got
+
+    def step_at(self, first: int, stride: int, span: int, u: torch.Tensor, out: torch.Tensor | None = None,
+                add: torch.Tensor | None = None) -> torch.Tensor:
+        """out[i] = u[i] + span·h·F_{first+i·stride}(u[i]) (+ add[i]) for the m = u.shape[0] ≥ 1
+        intervals starting at first, first + stride, …: the MGRIT solver's call. No checks and no
+        gathers (the layers are a strided view of the stacks); `out` may be a strided view of the
+        solver's states (not overlapping u), written in place. The stacks are those of the last
+        `refresh()`."""
+        m, scale = u.shape[0], span * self.h
+        with torch.no_grad():
+            if self.kind == "dense":
+                if self.kernel == "triton" and u.is_cuda and u.dtype == torch.float32:
+                    from mrc.kernels.mgrit import dense_step_triton
+
+                    got = dense_step_triton(u, self.weight, self.bias, None, scale, self.activation,
+                                            first=first, stride=stride, out=out)
+                    return got if add is None else got.add_(add)
+                w_t, b = self._views(first, stride, m)
+                f = _act_(self.activation, torch.baddbmm(b, u, w_t))
+            else:
+                k, b = self._views(first, stride, m)
+                z = F.conv2d(self._to_groups(u), k, b, padding=1, groups=m)
+                f = _act_(self.activation, z).unflatten(1, (m, -1)).transpose(0, 1)  # [m, B, C, H, W] view
+            out = torch.add(u, f, alpha=scale) if out is None else torch.add(u, f, alpha=scale, out=out)
+            return out if add is None else out.add_(add)
+
+    def linearized(self, states: torch.Tensor) -> StackAdjoint:
+        """The adjoint steps about the fine states [N + 1, *state] of a forward solve, in reversed
+        time: the propagator of the MGRIT adjoint (`mrc.techniques.mgrit.solver.Adjoint`)."""
+        return StackAdjoint(self, states)
+
     def param_grads(self, states: torch.Tensor, lambdas: torch.Tensor, first: int = 0) -> None:
         """Accumulate into each layer's `.weight.grad` / `.bias.grad` the fine-level gradient
         (∂Φ_n/∂θ_n at y_n)ᵀ λ_{n+1}, all layers in one batched call.
@@ -283,24 +350,174 @@ class StackPropagator:
                 _accumulate(layer.bias, db, fresh=True)
 
 
-class GenericPropagator:
-    """Propagator for any step modules F_n (Φ_n(u) = u + h·F_n(u)): slow but exact.
+class StackAdjoint:
+    """The adjoint steps of a `StackPropagator` about fixed forward states, in reversed time.
 
-    Loops over the m intervals calling `layers[start[i]]` and differentiates with
-    `torch.autograd.grad`, so it costs m module calls (and m backward passes for `vjp`) per
-    call. It reads the modules' parameters directly, so `refresh()` does nothing; it is the
-    reference for `StackPropagator` and the fallback for stacks it does not take.
+    Ψ over reversed [m, m + span) is (∂Φ(N − m − span, span)/∂u at y_{N−m−span})ᵀ (see
+    `mrc.techniques.mgrit.solver.Adjoint`). Φ(f, span) reads layer f's z_f = W_f y_f + b_f,
+    whatever the span, so σ'(z_f) is made once here for all N layers (one batched product: the
+    activations tanh z, or z for relu), in reversed order with the weights, and each call is
+    two ops: σ'(z) ⊙ λ (as autograd's tanh/threshold backward) and one `baddbmm` (dense) or
+    grouped transposed convolution (conv), on strided views — no gathers, no recomputed z.
+    """
+
+    def __init__(self, prop: StackPropagator, states: torch.Tensor) -> None:
+        n = states.shape[0] - 1
+        if n != len(prop):
+            raise ValueError(f"states must be the {len(prop) + 1} points of the stack, got {n + 1}")
+        self.kind, self.activation, self.h = prop.kind, prop.activation, prop.h
+        with torch.no_grad():
+            y = states[:-1].detach()
+            if prop.kind == "dense":
+                z = torch.baddbmm(prop.bias.unsqueeze(1), y, prop.weight.transpose(1, 2))  # [N, B, w]
+                self.saved = (torch.tanh_(z) if prop.activation == "tanh" else z).flip(0)
+            else:
+                k = prop.weight.reshape(-1, *prop.weight.shape[2:])
+                z = F.conv2d(prop._to_groups(y), k, prop.bias.reshape(-1), padding=1, groups=n)
+                z = z.unflatten(1, (n, -1))  # [B, N, C, H, W]
+                self.saved = (torch.tanh_(z) if prop.activation == "tanh" else z).flip(1)
+            self.weight = prop.weight.flip(0)
+        self._kernels: dict[tuple[int, int, int], torch.Tensor] = {}
+
+    def step_at(self, first: int, stride: int, span: int, lam: torch.Tensor, out: torch.Tensor | None = None,
+                add: torch.Tensor | None = None) -> torch.Tensor:
+        """out[i] = Ψ over reversed [first + i·stride, … + span) of lam[i] (+ add[i]): lam + span·h·
+        J_Fᵀ lam with the layer N − first − span − i·stride (`StackPropagator.step_at`'s contract)."""
+        m, scale = lam.shape[0], span * self.h
+        k0 = first + span - 1  # the reversed index of the interval's forward layer
+        layers = slice(k0, k0 + stride * (m - 1) + 1, stride)
+        with torch.no_grad():
+            if self.kind == "dense":
+                g = _act_vjp(self.activation, lam, self.saved[layers])
+                if out is None:
+                    out = torch.baddbmm(lam, g, self.weight[layers], alpha=scale)
+                else:
+                    out = torch.baddbmm(lam, g, self.weight[layers], alpha=scale, out=out)
+                return out if add is None else out.add_(add)
+            k = self._kernels.get((k0, stride, m))
+            if k is None:
+                k = self._kernels[(k0, stride, m)] = self.weight[layers].reshape(-1, *self.weight.shape[2:])
+            g = _act_vjp(self.activation, lam.transpose(0, 1), self.saved[:, layers])  # [B, m, C, H, W]
+            back = F.conv_transpose2d(g.flatten(1, 2), k, padding=1, groups=m)
+            back = back.unflatten(1, (m, -1)).transpose(0, 1)
+            out = torch.add(lam, back, alpha=scale) if out is None else torch.add(lam, back, alpha=scale, out=out)
+            return out if add is None else out.add_(add)
+
+
+def _stacking_problem(layers: Sequence[nn.Module]) -> str | None:
+    """Why the layers cannot run as one module over stacked parameters (torch.func.vmap of
+    `functional_call`), or None: they must share a class, parameter and buffer names, shapes and
+    dtypes, and every other attribute of every submodule (one layer's code runs for all)."""
+    if not layers:
+        return "the stack has no layers"
+    first = layers[0]
+    if not any(True for _ in first.parameters()):
+        return "the layers have no parameters"
+    for n, layer in enumerate(layers[1:], 1):
+        if type(layer) is not type(first):
+            return f"layer {n} is a {type(layer).__name__}, layer 0 a {type(first).__name__}"
+        mods, ref = dict(layer.named_modules()), dict(first.named_modules())
+        if mods.keys() != ref.keys():
+            return f"layer {n} has other submodules than layer 0"
+        for name, mod in mods.items():
+            other = ref[name]
+            if type(mod) is not type(other):
+                return f"layer {n}'s submodule `{name}` is a {type(mod).__name__}, layer 0's a {type(other).__name__}"
+            for kind in ("_parameters", "_buffers"):
+                a, b = getattr(mod, kind), getattr(other, kind)
+                if a.keys() != b.keys() or any(
+                        (a[k] is None) != (b[k] is None)
+                        or (a[k] is not None and (a[k].shape != b[k].shape or a[k].dtype != b[k].dtype))
+                        for k in a):
+                    return f"layer {n}'s `{name or 'self'}` differs from layer 0's in its {kind[1:]}"
+            skip = {"_parameters", "_buffers", "_modules"}
+            plain = {k: v for k, v in vars(mod).items() if k not in skip}
+            base = {k: v for k, v in vars(other).items() if k not in skip}
+            try:
+                same = plain.keys() == base.keys() and all(plain[k] is base[k] or bool(plain[k] == base[k])
+                                                            for k in plain)
+            except Exception:  # an attribute whose == is not a plain truth value: cannot tell
+                same = False
+            if not same:
+                return f"layer {n}'s `{name or 'self'}` has attributes that differ from layer 0's"
+    return None
+
+
+class GenericPropagator:
+    """Propagator for any step modules F_n (Φ_n(u) = u + h·F_n(u)).
+
+    The public `step`/`vjp` loop over the intervals (one module call, and one `torch.func.vjp`,
+    per interval): the reference for `StackPropagator`. The solver's entry `step_at` and the
+    adjoint's (`linearized`) run all the intervals of a call as ONE call of `torch.func.vmap`
+    over `functional_call` of layer 0 with the layers' parameters and buffers stacked [N, …]
+    (made by `refresh()`, once per solve), and differentiate it with `torch.func.vjp` — no
+    autograd graph, no loop — where the layers share one class, parameter shapes and attributes
+    (`_stacking_problem`). Where they do not, or where vmap fails on the layer's code (the first
+    call tries it), they loop as the public calls do; `vmap_problem` says why.
     """
 
     def __init__(self, layers: Sequence[nn.Module], h: float) -> None:
         self.layers: list[nn.Module] = list(layers)
         self.h = float(h)
+        self.vmap_problem: str | None = _stacking_problem(self.layers)
+        """Why the solver's calls loop over the intervals instead of one vmap (None: they do not)."""
+        self.stacked: dict[str, torch.Tensor] = {}
+        self.refresh()
 
     def __len__(self) -> int:
         return len(self.layers)
 
     def refresh(self) -> None:
-        """Nothing to do: every call reads the modules' current parameters."""
+        """Stack the layers' current parameters and buffers for the solver's vmapped calls (call
+        it once per solve: the optimizer moves them between solves); the public `step` and `vjp`
+        read the modules themselves."""
+        if self.vmap_problem is not None:
+            return
+        with torch.no_grad():
+            states = [dict(layer.named_parameters()) | dict(layer.named_buffers()) for layer in self.layers]
+            self.stacked = {k: torch.stack([s[k].detach() for s in states]) for k in states[0]}
+
+    def _batched(self, params: dict[str, torch.Tensor], u: torch.Tensor) -> torch.Tensor:
+        base = self.layers[0]
+
+        def one(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+            return torch.func.functional_call(base, p, (x,))
+
+        return torch.func.vmap(one)(params, u)
+
+    def _call(self, stacked: dict[str, torch.Tensor], layers: list[nn.Module], first: int, stride: int,
+              u: torch.Tensor, lam: torch.Tensor | None) -> torch.Tensor:
+        """F (lam None) or J_Fᵀ lam of the m intervals with layers first, first + stride, … of
+        `layers` (whose stacked state is `stacked`): one vmap, else (vmap_problem) a loop."""
+        m = u.shape[0]
+        picked = slice(first, first + stride * (m - 1) + 1, stride)
+        if self.vmap_problem is None:
+            params = {k: v[picked] for k, v in stacked.items()}
+            try:
+                if lam is None:
+                    return self._batched(params, u)
+                _, pull = torch.func.vjp(lambda x: self._batched(params, x), u)
+                return pull(lam)[0]
+            except Exception as err:  # the layer's code does not vmap: loop from now on
+                self.vmap_problem = f"torch.func.vmap failed: {type(err).__name__}: {str(err).splitlines()[0]}"
+        mods = layers[picked]
+        if lam is None:
+            return torch.stack([mod(u[i]) for i, mod in enumerate(mods)])
+        return torch.stack([torch.func.vjp(mod, u[i])[1](lam[i])[0] for i, mod in enumerate(mods)])
+
+    def step_at(self, first: int, stride: int, span: int, u: torch.Tensor, out: torch.Tensor | None = None,
+                add: torch.Tensor | None = None) -> torch.Tensor:
+        """`StackPropagator.step_at`'s contract: u[i] + span·h·F_{first+i·stride}(u[i]) (+ add[i])."""
+        with torch.no_grad():
+            f = self._call(self.stacked, self.layers, first, stride, u, None)
+            out = torch.add(u, f, alpha=span * self.h) if out is None else torch.add(u, f, alpha=span * self.h,
+                                                                                       out=out)
+            return out if add is None else out.add_(add)
+
+    def linearized(self, states: torch.Tensor) -> GenericAdjoint:
+        """The adjoint steps about the fine states [N + 1, *state], in reversed time (as
+        `StackPropagator.linearized`)."""
+        return GenericAdjoint(self, states)
 
     def step(self, start: torch.Tensor, span: int, u: torch.Tensor) -> torch.Tensor:
         """u[i] + span·h·layers[start[i]](u[i]) for each interval, one module call each."""
@@ -313,16 +530,15 @@ class GenericPropagator:
 
     def vjp(self, start: torch.Tensor, span: int, y: torch.Tensor,
             lam: torch.Tensor) -> torch.Tensor:
-        """lam[i] + span·h·(∂F_{start[i]}/∂u at y[i])ᵀ lam[i], one autograd pass per interval."""
+        """lam[i] + span·h·(∂F_{start[i]}/∂u at y[i])ᵀ lam[i], one `torch.func.vjp` per interval."""
         span = _check_span(span)
         _check_start(start, y.shape[0], len(self.layers))
         scale = span * self.h
         out = []
-        for i, n in enumerate(start.tolist()):
-            with torch.enable_grad():
-                yi = y[i].detach().requires_grad_(True)
-                (g,) = torch.autograd.grad(self.layers[n](yi), yi, lam[i].detach())
-            out.append(lam[i] + scale * g)
+        with torch.no_grad():
+            for i, n in enumerate(start.tolist()):
+                _, pull = torch.func.vjp(self.layers[n], y[i].detach())
+                out.append(lam[i] + scale * pull(lam[i].detach())[0])
         return torch.stack(out) if out else lam.clone()
 
     def param_grads(self, states: torch.Tensor, lambdas: torch.Tensor, first: int = 0) -> None:
@@ -345,6 +561,35 @@ class GenericPropagator:
             for p, g in zip(params, grads, strict=True):
                 if g is not None:
                     _accumulate(p, g)
+
+
+class GenericAdjoint:
+    """The adjoint steps of a `GenericPropagator` about fixed forward states, in reversed time
+    (as `StackAdjoint`): the layers, their stacked state and the states flipped once, so each
+    call's intervals are a strided progression; one `torch.func.vjp` of the vmapped call."""
+
+    def __init__(self, prop: GenericPropagator, states: torch.Tensor) -> None:
+        n = states.shape[0] - 1
+        if n != len(prop):
+            raise ValueError(f"states must be the {len(prop) + 1} points of the stack, got {n + 1}")
+        self.prop, self.h = prop, prop.h
+        self.layers = prop.layers[::-1]
+        with torch.no_grad():
+            self.states = states.detach().flip(0)  # y_{N−k} at k
+            self.stacked = {k: v.flip(0) for k, v in prop.stacked.items()}
+
+    def step_at(self, first: int, stride: int, span: int, lam: torch.Tensor, out: torch.Tensor | None = None,
+                add: torch.Tensor | None = None) -> torch.Tensor:
+        """Ψ over reversed [first + i·stride, … + span) of lam[i] (+ add[i]), `StackAdjoint.step_at`'s
+        contract: the forward layer N − first − span − i·stride about its state."""
+        m = lam.shape[0]
+        at = first + span  # the reversed index of the interval's forward state
+        y = self.states[at:at + stride * (m - 1) + 1:stride]
+        with torch.no_grad():
+            back = self.prop._call(self.stacked, self.layers, at - 1, stride, y, lam)
+            scale = span * self.h
+            out = torch.add(lam, back, alpha=scale) if out is None else torch.add(lam, back, alpha=scale, out=out)
+            return out if add is None else out.add_(add)
 
 
 def propagator_for(stack: nn.Module, kernel: Kernel = "torch") -> StackPropagator | GenericPropagator:

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from mrc.techniques.mgrit.grid import Blocks, Settings, coarsest_span
-from mrc.techniques.mgrit.solver import MGRIT, Propagator, _Level
+from mrc.techniques.mgrit.solver import MGRIT, Propagator, _Level, step_at_of
 
 __all__ = ["Part", "RankAdjoint", "RankMGRIT", "adjoint_part", "adjoint_table", "block_lambdas",
            "block_param_grads", "first_lambda", "forward_part", "last_state", "rank_adjoint_solve",
@@ -77,6 +77,7 @@ class _Guarded:
 
     def __init__(self, prop: Any) -> None:
         self.prop = prop
+        self.step_at = step_at_of(prop)  # the solver makes no call over no intervals
 
     def step(self, start: torch.Tensor, span: int, u: torch.Tensor) -> torch.Tensor:
         return u.clone() if u.shape[0] == 0 else self.prop.step(start, span, u)
@@ -101,9 +102,9 @@ class RankMGRIT(MGRIT):
             raise ValueError(f"the part ({part.lo}, {part.hi}] of N = {n_steps} has neighbours {part.prev} "
                              f"and {part.next}: a part has a predecessor iff lo > 0 and a successor iff hi < N")
         self.prop = _Guarded(prop)
+        self._step_at = step_at_of(self.prop)
         self.part = part
         self.world = world
-        self._coarse_starts = torch.empty(0, dtype=torch.long)
 
     def start(self, u0: torch.Tensor, warm: torch.Tensor | None = None) -> None:
         """Initial condition u0 (every rank has it) and this part's initial guess: `warm` [hi − lo + 1, *state]
@@ -128,13 +129,8 @@ class RankMGRIT(MGRIT):
             cf = 0 if coarsest else s.factor(level)
             n = min(hi, self._sizes[level] * span) // span - lo // span  # this part's points of the level
             self._levels.append(_Level(n, cf, span, "" if coarsest else s.relaxation(level), u.device, offset=lo))
-            if coarsest:
-                self._coarse_starts = torch.arange(0, self._sizes[level], device=u.device, dtype=torch.long) * span
             span *= max(cf, 1)
-        self._levels[0].u, self._levels[0].g = u, g
-        self.residuals = []
-        self._pos = 0
-        self._residual = None
+        self._bind(u, g)
 
     # ---------------------------------------------------------------- what ranks add
 
@@ -156,10 +152,10 @@ class RankMGRIT(MGRIT):
         self._exchange(lv.u)
         super()._f_relax(lv)
 
-    def _norm(self, r: torch.Tensor) -> float:
-        total = r.detach().double().square().sum().reshape(1)
+    def _norm(self, r: torch.Tensor) -> torch.Tensor:
+        total = r.double().square().sum().reshape(1)
         self.world.all_reduce(total)
-        return float(total.sqrt())
+        return total.sqrt()[0]
 
     def _coarse_solve(self, l: int) -> None:
         """Gather g of the coarsest level, sweep it serially up to this part's last point, keep the part."""
@@ -170,9 +166,9 @@ class RankMGRIT(MGRIT):
         if self.part.lo == 0:
             whole[0] = lv.g[0]
         self.world.all_reduce(whole)  # disjoint slots: the sum is each owner's value, exactly
-        u, g, starts = whole.clone(), whole, self._coarse_starts  # u_0 = g_0 on every level (start, restrict)
+        u, g = whole.clone(), whole  # u_0 = g_0 on every level (start, restrict)
         for n in range(1, first + lv.n + 1):
-            u[n:n + 1] = self._phi(lv, starts[n - 1:n], u[n - 1:n]) + g[n:n + 1]
+            self._step_at((n - 1) * lv.span, 1, lv.span, u[n - 1:n], u[n:n + 1], g[n:n + 1])
         lv.u.copy_(u[first:first + lv.n + 1])
 
 
