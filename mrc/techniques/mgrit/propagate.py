@@ -31,7 +31,7 @@ cost is one copy of the stack's weights; `is_stale()` says whether they moved si
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, Protocol, runtime_checkable
 
 import torch
@@ -294,8 +294,9 @@ class StackPropagator:
                 if self.kernel == "triton" and u.is_cuda and u.dtype == torch.float32:
                     from mrc.kernels.mgrit import dense_step_triton
 
-                    got = dense_step_triton(u, self.weight, self.bias, None, scale, self.activation,
-                                            first=first, stride=stride, out=out)
+                    idx = torch.arange(first, first + stride * (m - 1) + 1, stride, device=u.device)
+                    got = dense_step_triton(u, self.weight, self.bias, idx, scale, self.activation)
+                    got = got if out is None else out.copy_(got)
                     return got if add is None else got.add_(add)
                 w_t, b = self._views(first, stride, m)
                 f = _act_(self.activation, torch.baddbmm(b, u, w_t))
@@ -305,6 +306,24 @@ class StackPropagator:
                 f = _act_(self.activation, z).unflatten(1, (m, -1)).transpose(0, 1)  # [m, B, C, H, W] view
             out = torch.add(u, f, alpha=scale) if out is None else torch.add(u, f, alpha=scale, out=out)
             return out if add is None else out.add_(add)
+
+    def sweep_at(self, first: int, stride: int, span: int, u: torch.Tensor, g: torch.Tensor | None) -> None:
+        """The serial sweep u[k] = Φ(first + (k−1)·stride, span)(u[k−1]) (+ g[k]), k = 1 … n, in place on
+        u [n + 1, *state] (the coarsest level's solve): dense, the n layers' weights and the states are
+        unbound once, so a point costs its three ops (`addmm`, σ, `add`) and the add of g."""
+        n = u.shape[0] - 1
+        if self.kind != "dense" or n == 0 or (self.kernel == "triton" and u.is_cuda):
+            _sweep_by_steps(self.step_at, first, stride, span, u, g)
+            return
+        layers = slice(first, first + stride * (n - 1) + 1, stride)
+        with torch.no_grad():
+            ws, bs = self.weight[layers].transpose(1, 2).unbind(0), self.bias[layers].unbind(0)
+            us, gs = u.unbind(0), (g.unbind(0) if g is not None else None)
+            for k in range(1, n + 1):
+                f = _act_(self.activation, torch.addmm(bs[k - 1], us[k - 1], ws[k - 1]))
+                torch.add(us[k - 1], f, alpha=span * self.h, out=us[k])
+                if gs is not None:
+                    us[k].add_(gs[k])
 
     def linearized(self, states: torch.Tensor) -> StackAdjoint:
         """The adjoint steps about the fine states [N + 1, *state] of a forward solve, in reversed
@@ -402,6 +421,32 @@ class StackAdjoint:
             back = back.unflatten(1, (m, -1)).transpose(0, 1)
             out = torch.add(lam, back, alpha=scale) if out is None else torch.add(lam, back, alpha=scale, out=out)
             return out if add is None else out.add_(add)
+
+
+    def sweep_at(self, first: int, stride: int, span: int, lam: torch.Tensor, g: torch.Tensor | None) -> None:
+        """The serial sweep in reversed time, in place on lam [n + 1, *state] (`StackPropagator.sweep_at`)."""
+        n = lam.shape[0] - 1
+        if self.kind != "dense" or n == 0:
+            _sweep_by_steps(self.step_at, first, stride, span, lam, g)
+            return
+        k0 = first + span - 1
+        layers = slice(k0, k0 + stride * (n - 1) + 1, stride)
+        with torch.no_grad():
+            ws, saved = self.weight[layers].unbind(0), self.saved[layers].unbind(0)
+            ls, gs = lam.unbind(0), (g.unbind(0) if g is not None else None)
+            for k in range(1, n + 1):
+                d = _act_vjp(self.activation, ls[k - 1], saved[k - 1])
+                torch.addmm(ls[k - 1], d, ws[k - 1], alpha=span * self.h, out=ls[k])
+                if gs is not None:
+                    ls[k].add_(gs[k])
+
+
+def _sweep_by_steps(step_at: Callable[..., torch.Tensor], first: int, stride: int, span: int, u: torch.Tensor,
+                    g: torch.Tensor | None) -> None:
+    """The serial sweep of `sweep_at` as one `step_at` per point (on views split once)."""
+    us, gs = u.split(1), (g.split(1) if g is not None else None)
+    for k in range(1, u.shape[0]):
+        step_at(first + (k - 1) * stride, 1, span, us[k - 1], us[k], None if gs is None else gs[k])
 
 
 def _stacking_problem(layers: Sequence[nn.Module]) -> str | None:

@@ -47,13 +47,15 @@ itself if it uses autograd).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import torch
 
 from mrc.techniques.mgrit.grid import Settings
 
-__all__ = ["MGRIT", "Adjoint", "Propagator", "StepAt", "adjoint_solve", "lambdas", "step_at_of"]
+__all__ = ["MGRIT", "Adjoint", "Propagator", "StepAt", "adjoint_solve", "lambdas", "step_at_of",
+           "sweep_at_of"]
 
 @runtime_checkable
 class Propagator(Protocol):
@@ -108,6 +110,21 @@ def step_at_of(prop: Propagator) -> StepAt:
     return fast if fast is not None else _ByIndex(prop).step_at
 
 
+def sweep_at_of(prop: Propagator) -> Callable[[int, int, int, torch.Tensor, torch.Tensor | None], None]:
+    """The serial sweep u[k] = Φ(first + (k−1)·stride, span)(u[k−1]) (+ g[k]), k = 1 … n, in place on u [n + 1,
+    *state]: the propagator's ``sweep_at`` where it has one, else one ``step_at`` per point."""
+    fast = getattr(prop, "sweep_at", None)
+    if fast is not None:
+        return fast
+    step_at = step_at_of(prop)
+
+    def sweep(first: int, stride: int, span: int, u: torch.Tensor, g: torch.Tensor | None) -> None:
+        us, gs = u.split(1), (g.split(1) if g is not None else None)
+        for k in range(1, u.shape[0]):
+            step_at(first + (k - 1) * stride, 1, span, us[k - 1], us[k], None if gs is None else gs[k])
+    return sweep
+
+
 class _Level:
     """One level's intervals and states, and the views the phases read and write (made once per solve: the
     level's state tensors are kept for the whole solve, a coarse level's overwritten by each restriction)."""
@@ -134,6 +151,7 @@ class _Level:
         self.g_zero = False
         """g is zero at every point ≥ 1 (the fine level: g = (u0, 0, …, 0)), so no phase adds it."""
         self.u_c: torch.Tensor = torch.empty(0)  # the injected C-point states saved by restrict
+        self.to_coarse: tuple[torch.Tensor, ...] = ()  # views for restrict and correct (MGRIT._bind)
 
     def bind(self, u: torch.Tensor, g: torch.Tensor, g_zero: bool = False) -> None:
         """Take u and g [n + 1, *state] as the level's states for the solve, and make the views of them."""
@@ -142,9 +160,7 @@ class _Level:
         self.f_views = [(u[pts], u[prev], gv(pts), run)
                         for (pts, prev), run in zip(self.f_slices, self.f_runs, strict=True) if run[2]]
         self.c_views = (u[self.c_slice], u[self.c_prev], gv(self.c_slice))
-        # the coarsest level's serial sweep, point by point: (u_k, u_{k-1}, g_k, the fine start of step k)
-        self.sweep = [(u[k:k + 1], u[k - 1:k], gv(slice(k, k + 1)), self.offset + (k - 1) * self.span)
-                      for k in range(1, self.n + 1)] if self.cf <= 1 else []
+
 
 
 class MGRIT:
@@ -165,6 +181,7 @@ class MGRIT:
             raise ValueError(f"MGRIT settings do not fit N = {n_steps}: {reason}")
         self.prop = prop
         self._step_at = step_at_of(prop)
+        self._sweep_at = sweep_at_of(prop)
         self.n_steps = n_steps
         self.settings = settings
         self._norms: list[torch.Tensor | float] = []
@@ -216,8 +233,11 @@ class MGRIT:
         levels[0].bind(u, g, g_zero=True)
         for fine, coarse in itertools.pairwise(levels):
             shape = (coarse.n + 1, *u.shape[1:])
-            fine.u_c = u.new_empty(shape)
+            u_c = fine.u_c = u.new_empty(shape)
             coarse.bind(u.new_empty(shape), u.new_empty(shape))
+            # the restriction's and the correction's views: the injection, u_c and g_c without point 0 or N_{l+1}
+            fine.to_coarse = (fine.u[fine.inject], u_c[:-1], u_c[1:], coarse.g[0], fine.g[0], coarse.g[1:],
+                              coarse.u[1:])
         self._norms, self._floats = [], []
         self._pos = 0
         self._residual = None
@@ -278,14 +298,13 @@ class MGRIT:
             r.add_(g)
         if l == 0:
             self._residual = self._norm(r)
-        u_c = lv.u_c
-        u_c.copy_(lv.u[lv.inject])  # inject: level l's C-points are level l + 1's points
-        co.u.copy_(u_c)
-        co.g[0].copy_(lv.g[0])  # A(u_c)_0 + r_0 = u_c[0] + (g_0 − u_0) = g_0
-        g_c = co.g[1:]
+        injected, u_head, u_tail, g_c0, g_0, g_c, _ = lv.to_coarse
+        lv.u_c.copy_(injected)  # inject: level l's C-points are level l + 1's points
+        co.u.copy_(lv.u_c)
+        g_c0.copy_(g_0)  # A(u_c)_0 + r_0 = u_c[0] + (g_0 − u_0) = g_0
         if co.n:  # g_c = A_{l+1}(u_c) + r at points ≥ 1
-            self._phi(co, (lv.offset, co.span, co.n), u_c[:-1], g_c)
-            torch.sub(u_c[1:], g_c, out=g_c).add_(r)
+            self._phi(co, (lv.offset, co.span, co.n), u_head, g_c)
+            torch.sub(u_tail, g_c, out=g_c).add_(r)
 
     def _norm(self, r: torch.Tensor) -> torch.Tensor:
         """The global 2-norm of the level-0 residual at the C-points (over ranks, in ranks.py), a tensor."""
@@ -293,14 +312,14 @@ class MGRIT:
 
     def _coarse_solve(self, l: int) -> None:
         lv = self._levels[l]
-        for pts, prev, g, first in lv.sweep:
-            self._step_at(first, 1, lv.span, prev, pts, g)
+        self._sweep_at(lv.offset, lv.span, lv.span, lv.u, None if lv.g_zero else lv.g)
 
     def _correct(self, l: int) -> None:
-        lv, co = self._levels[l], self._levels[l + 1]
+        lv = self._levels[l]
         fuse = getattr(self.prop, "kernel", "torch") == "triton"  # the stack's kernel choice, as the step's
-        if not (fuse and fas_correct_fused(lv.u, co.u[1:], lv.u_c[1:], lv.c_points)):
-            lv.c_views[0].add_(co.u[1:].sub_(lv.u_c[1:]))  # u[C] += v_c − u_c (co.u is scratch until the next restrict)
+        _, _, u_tail, _, _, _, v_tail = lv.to_coarse
+        if not (fuse and fas_correct_fused(lv.u, v_tail, u_tail, lv.c_points)):
+            lv.c_views[0].add_(v_tail.sub_(u_tail))  # u[C] += v_c − u_c (v is scratch until the next restrict)
         self._f_relax(lv)
 
     def run(self, phase: str, level: int) -> None:
@@ -395,8 +414,10 @@ class Adjoint:
         self.states = states
         self.n_steps = states.shape[0] - 1
         linearized = getattr(prop, "linearized", None)
-        self.step_at: StepAt = (linearized(states).step_at if linearized is not None
-                                else _ByIndex(self).step_at)
+        lin = linearized(states) if linearized is not None else None
+        self.step_at: StepAt = lin.step_at if lin is not None else _ByIndex(self).step_at
+        if lin is not None and hasattr(lin, "sweep_at"):
+            self.sweep_at = lin.sweep_at
 
     def step(self, start: torch.Tensor, span: int, u: torch.Tensor) -> torch.Tensor:
         """Ψ over reversed [start[i], start[i] + span) applied to the adjoint states u [m, *state]."""
