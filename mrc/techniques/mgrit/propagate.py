@@ -76,6 +76,11 @@ def _act_(name: str, z: torch.Tensor) -> torch.Tensor:
     return torch.tanh_(z) if name == "tanh" else torch.relu_(z)
 
 
+def _saved(name: str, z: torch.Tensor) -> torch.Tensor:
+    """What σ'(z) is computed from (`_act_vjp`): tanh z (in place), or z itself for relu."""
+    return torch.tanh_(z) if name == "tanh" else z
+
+
 def _act_vjp(name: str, lam: torch.Tensor, saved: torch.Tensor) -> torch.Tensor:
     """σ'(z) ⊙ lam in one op, as autograd computes it: from t = tanh z (tanh_backward) or from z
     itself (threshold_backward: σ'(0) = 0 for relu)."""
@@ -252,11 +257,11 @@ class StackPropagator:
         with torch.no_grad():
             y, lam = y.detach(), lam.detach()
             if self.kind == "dense":
-                g = _act_grad(self.activation, self._dense_z(idx, y)) * lam
+                g = _act_vjp(self.activation, lam, _saved(self.activation, self._dense_z(idx, y)))
                 return torch.baddbmm(lam, g, self.weight[idx], alpha=scale)
             m = y.shape[0]
             z, k = self._conv_z(idx, self._to_groups(y), m)
-            g = _act_grad(self.activation, z) * self._to_groups(lam)
+            g = _act_vjp(self.activation, self._to_groups(lam), _saved(self.activation, z))
             back = F.conv_transpose2d(g, k, padding=1, groups=m)
             return lam + scale * self._from_groups(back, m)
 
@@ -310,17 +315,18 @@ class StackPropagator:
     def sweep_at(self, first: int, stride: int, span: int, u: torch.Tensor, g: torch.Tensor | None) -> None:
         """The serial sweep u[k] = Φ(first + (k−1)·stride, span)(u[k−1]) (+ g[k]), k = 1 … n, in place on
         u [n + 1, *state] (the coarsest level's solve): dense, the n layers' weights and the states are
-        unbound once, so a point costs its three ops (`addmm`, σ, `add`) and the add of g."""
+        split once, so a point costs its three ops (`baddbmm`, σ, `add`: `step_at`'s arithmetic, so a
+        sweep equals its steps bit for bit) and the add of g."""
         n = u.shape[0] - 1
         if self.kind != "dense" or n == 0 or (self.kernel == "triton" and u.is_cuda):
             _sweep_by_steps(self.step_at, first, stride, span, u, g)
             return
         layers = slice(first, first + stride * (n - 1) + 1, stride)
         with torch.no_grad():
-            ws, bs = self.weight[layers].transpose(1, 2).unbind(0), self.bias[layers].unbind(0)
-            us, gs = u.unbind(0), (g.unbind(0) if g is not None else None)
+            ws, bs = self.weight[layers].transpose(1, 2).split(1), self.bias[layers].unsqueeze(1).split(1)
+            us, gs = u.split(1), (g.split(1) if g is not None else None)
             for k in range(1, n + 1):
-                f = _act_(self.activation, torch.addmm(bs[k - 1], us[k - 1], ws[k - 1]))
+                f = _act_(self.activation, torch.baddbmm(bs[k - 1], us[k - 1], ws[k - 1]))
                 torch.add(us[k - 1], f, alpha=span * self.h, out=us[k])
                 if gs is not None:
                     us[k].add_(gs[k])
@@ -389,12 +395,12 @@ class StackAdjoint:
             y = states[:-1].detach()
             if prop.kind == "dense":
                 z = torch.baddbmm(prop.bias.unsqueeze(1), y, prop.weight.transpose(1, 2))  # [N, B, w]
-                self.saved = (torch.tanh_(z) if prop.activation == "tanh" else z).flip(0)
+                self.saved = _saved(prop.activation, z).flip(0)
             else:
                 k = prop.weight.reshape(-1, *prop.weight.shape[2:])
                 z = F.conv2d(prop._to_groups(y), k, prop.bias.reshape(-1), padding=1, groups=n)
                 z = z.unflatten(1, (n, -1))  # [B, N, C, H, W]
-                self.saved = (torch.tanh_(z) if prop.activation == "tanh" else z).flip(1)
+                self.saved = _saved(prop.activation, z).flip(1)
             self.weight = prop.weight.flip(0)
         self._kernels: dict[tuple[int, int, int], torch.Tensor] = {}
 
@@ -432,11 +438,11 @@ class StackAdjoint:
         k0 = first + span - 1
         layers = slice(k0, k0 + stride * (n - 1) + 1, stride)
         with torch.no_grad():
-            ws, saved = self.weight[layers].unbind(0), self.saved[layers].unbind(0)
-            ls, gs = lam.unbind(0), (g.unbind(0) if g is not None else None)
+            ws, saved = self.weight[layers].split(1), self.saved[layers].split(1)
+            ls, gs = lam.split(1), (g.split(1) if g is not None else None)
             for k in range(1, n + 1):
                 d = _act_vjp(self.activation, ls[k - 1], saved[k - 1])
-                torch.addmm(ls[k - 1], d, ws[k - 1], alpha=span * self.h, out=ls[k])
+                torch.baddbmm(ls[k - 1], d, ws[k - 1], alpha=span * self.h, out=ls[k])
                 if gs is not None:
                     ls[k].add_(gs[k])
 

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from mrc.techniques.mgrit.grid import Blocks, Settings, coarsest_span
-from mrc.techniques.mgrit.solver import MGRIT, Propagator, _Level, step_at_of
+from mrc.techniques.mgrit.solver import MGRIT, Propagator, _Level, step_at_of, sweep_at_of
 
 __all__ = ["Part", "RankAdjoint", "RankMGRIT", "adjoint_part", "adjoint_table", "block_lambdas",
            "block_param_grads", "first_lambda", "forward_part", "last_state", "rank_adjoint_solve",
@@ -78,6 +78,7 @@ class _Guarded:
     def __init__(self, prop: Any) -> None:
         self.prop = prop
         self.step_at = step_at_of(prop)  # the solver makes no call over no intervals
+        self.sweep_at = sweep_at_of(prop)
 
     def step(self, start: torch.Tensor, span: int, u: torch.Tensor) -> torch.Tensor:
         return u.clone() if u.shape[0] == 0 else self.prop.step(start, span, u)
@@ -102,7 +103,7 @@ class RankMGRIT(MGRIT):
             raise ValueError(f"the part ({part.lo}, {part.hi}] of N = {n_steps} has neighbours {part.prev} "
                              f"and {part.next}: a part has a predecessor iff lo > 0 and a successor iff hi < N")
         self.prop = _Guarded(prop)
-        self._step_at = step_at_of(self.prop)
+        self._step_at, self._sweep_at = step_at_of(self.prop), sweep_at_of(self.prop)
         self.part = part
         self.world = world
 
@@ -153,6 +154,8 @@ class RankMGRIT(MGRIT):
         super()._f_relax(lv)
 
     def _norm(self, r: torch.Tensor) -> torch.Tensor:
+        if not self.world.active:  # one process: the one-process solver's norm, bit for bit
+            return super()._norm(r)
         total = r.double().square().sum().reshape(1)
         self.world.all_reduce(total)
         return total.sqrt()[0]
@@ -167,8 +170,8 @@ class RankMGRIT(MGRIT):
             whole[0] = lv.g[0]
         self.world.all_reduce(whole)  # disjoint slots: the sum is each owner's value, exactly
         u, g = whole.clone(), whole  # u_0 = g_0 on every level (start, restrict)
-        for n in range(1, first + lv.n + 1):
-            self._step_at((n - 1) * lv.span, 1, lv.span, u[n - 1:n], u[n:n + 1], g[n:n + 1])
+        last = first + lv.n + 1
+        self._sweep_at(0, lv.span, lv.span, u[:last], g[:last])
         lv.u.copy_(u[first:first + lv.n + 1])
 
 
