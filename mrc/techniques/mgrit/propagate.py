@@ -299,9 +299,8 @@ class StackPropagator:
                 if self.kernel == "triton" and u.is_cuda and u.dtype == torch.float32:
                     from mrc.kernels.mgrit import dense_step_triton
 
-                    idx = torch.arange(first, first + stride * (m - 1) + 1, stride, device=u.device)
-                    got = dense_step_triton(u, self.weight, self.bias, idx, scale, self.activation)
-                    got = got if out is None else out.copy_(got)
+                    got = dense_step_triton(u, self.weight, self.bias, None, scale, self.activation,
+                                            first=first, stride=stride, out=out)
                     return got if add is None else got.add_(add)
                 w_t, b = self._views(first, stride, m)
                 f = _act_(self.activation, torch.baddbmm(b, u, w_t))
