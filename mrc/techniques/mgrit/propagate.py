@@ -12,12 +12,24 @@ of fine layer n:
 steps, (∂Φ(n, s)/∂u at y)ᵀ λ, and the parameter gradients are taken on the fine level only:
 ∂θ_n = (∂Φ_n/∂θ_n at y_n)ᵀ λ_{n+1}.
 
+Two entries. The public `step(start, span, u)` / `vjp(start, span, y, lam)` take any start
+tensor and check it (for outside callers and tests). The MGRIT solver's calls always cover an
+arithmetic progression of intervals — fine starts first, first + stride, … — so it calls
+`step_at(first, stride, span, u, out, add)` (out = Φ(u) + add, written into `out`, a strided
+view of the solver's states), `sweep_at` (the coarsest level's serial sweep, in place) and, for
+the adjoint, the same two on `linearized(states)`: no checks, no index tensors, no host syncs;
+the weights are strided views of the stacks.
+
 * `StackPropagator(stack)` is the fast path for mrc's `ResidualStack` of `DenseStep`s or
-  `ConvStep`s: the layers' weights are stacked into one tensor, so a call over m intervals is a
-  gathered batched matrix product (dense) or one grouped convolution (conv), whatever m is.
-* `GenericPropagator(layers, h)` takes any step modules F_n: it loops over the intervals and
-  differentiates with autograd; slow (m module calls and m backward passes per call) but exact,
-  the reference the fast path is tested against and the fallback for other stacks.
+  `ConvStep`s: the layers' weights are stacked into one tensor, so a call over m intervals is one
+  batched matrix product (dense) or one grouped convolution (conv), whatever m is. Its adjoint
+  (`StackAdjoint`) is analytic: σ'(z_n) of every layer is made once per backward solve (z_n does
+  not depend on the span), and each call is σ'(z) ⊙ λ and one transposed product.
+* `GenericPropagator(layers, h)` takes any step modules F_n. The public calls loop over the
+  intervals (the reference the fast path is tested against); the solver's calls run all
+  intervals as one `torch.func.vmap` of `functional_call` over the layers' parameters, stacked
+  by `refresh()` (once per solve, as a `StackPropagator`'s), and differentiate it with
+  `torch.func.vjp` — or loop, where the layers differ or do not vmap.
 * `propagator_for(stack)` picks the first when it applies and the second otherwise.
 
 Both work on detached tensors and never build an autograd graph of their own results (the
@@ -40,7 +52,8 @@ from torch.nn import functional as F
 
 from mrc.models.ode_resnet import ConvStep, DenseStep
 
-__all__ = ["GenericPropagator", "Propagator", "StackPropagator", "propagator_for"]
+__all__ = ["GenericAdjoint", "GenericPropagator", "Propagator", "StackAdjoint", "StackPropagator",
+           "propagator_for"]
 
 Kernel = Literal["torch", "triton"]
 

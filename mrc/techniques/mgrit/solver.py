@@ -22,14 +22,19 @@ One iteration is a V-cycle (the ``phases``):
     ("coarse_solve", L-1)   the serial sweep u_n = Φ^{L-1}(u_{n-1}) + g_n, n = 1..N_{L-1}
     ("correct", l)      u[C] += v_c − u_c (v_c: level l + 1's states), then F-relaxation
 
-Batching: an F-relaxation calls ``prop.step`` once per position j = 1..cf−1 within an interval, for all intervals
+Batching: an F-relaxation calls the propagator once per position j = 1..cf−1 within an interval, for all intervals
 at once; a C-relaxation, a residual and a coarse A_{l+1} evaluation call it once each. Only the coarsest sweep
-loops, over its few points. So one iteration makes O(cf·levels) + N_{L-1} calls, independent of N otherwise.
+loops, over its few points. So one iteration makes O(cf·levels) + N_{L-1} calls, independent of N otherwise. The
+intervals of every call are an arithmetic progression of fine starts, so the solver calls ``step_at(first, stride,
+span, u, out, add)`` (``step_at_of``: the propagator's own, else one over ``step``) with strided views of its
+states made once per solve, writing into them (out = Φ(u) + g), and ``sweep_at`` for the coarsest level.
 
 Residual norm. Each iteration records the level-0 residual at the C-points n ≥ 1, computed in ("restrict", 0)
 — after that iteration's relaxation, before its coarse correction: ‖r‖ = sqrt(Σ_{C-points n ≥ 1} Σ r_n²) over all
 elements (a global 2-norm). F-points carry no residual after F-relaxation and point 0 none by construction. With
-levels == 1 the iteration is the exact serial sweep and its residual is recorded as 0.0.
+levels == 1 the iteration is the exact serial sweep and its residual is recorded as 0.0. The norms stay tensors on
+the states' device: ``residuals`` turns them into floats when read (one host sync for all), ``converged`` reads the
+last one only when there is a tolerance.
 
 Stopping. ``solve`` runs whole iterations until ``iters`` are done or, with tol > 0, until an iteration's residual
 is < tol; that iteration is finished (its correction is applied), so the returned states are at least as good
@@ -40,8 +45,8 @@ propagators are). The adjoint λ_N = g, λ_n = (∂Φ_n/∂u at y_n)ᵀ λ_{n+1}
 time (``Adjoint``, ``adjoint_solve``, ``lambdas``).
 
 Autograd: the solver runs under the caller's grad mode and updates its state tensors in place; callers that do not
-differentiate through it should run it under ``torch.no_grad()`` (a propagator's ``vjp`` must then enable grad
-itself if it uses autograd).
+differentiate through it should run it under ``torch.no_grad()`` (the built-in propagators do; a propagator's
+``vjp`` must then differentiate by other means, e.g. torch.func, which ignores the outer mode).
 """
 
 from __future__ import annotations
