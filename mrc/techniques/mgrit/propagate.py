@@ -266,6 +266,11 @@ class StackPropagator:
         idx, span = self._check(start, span, y)
         if lam.shape != y.shape:
             raise ValueError(f"lam must have y's shape {tuple(y.shape)}, got {tuple(lam.shape)}")
+        return self.vjp_unchecked(idx, span, y, lam)
+
+    def vjp_unchecked(self, idx: torch.Tensor, span: int, y: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        """`vjp` without its checks (no host sync): for a caller whose starts `idx` (long, on the
+        stacks' device, in range) and shapes are right by construction (the adjoint across ranks)."""
         scale = span * self.h
         with torch.no_grad():
             y, lam = y.detach(), lam.detach()
@@ -414,7 +419,8 @@ class StackAdjoint:
                 z = z.unflatten(1, (n, -1))  # [B, N, C, H, W]
                 self.saved = _saved(prop.activation, z).flip(1)
             self.weight = prop.weight.flip(0)
-        self._kernels: dict[tuple[int, int, int], torch.Tensor] = {}
+        # each progression's views of σ'(z)'s tensor and of the weights (the stacks are fixed for the solve)
+        self._views: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def step_at(self, first: int, stride: int, span: int, lam: torch.Tensor, out: torch.Tensor | None = None,
                 add: torch.Tensor | None = None) -> torch.Tensor:
@@ -422,20 +428,23 @@ class StackAdjoint:
         J_Fᵀ lam with the layer N − first − span − i·stride (`StackPropagator.step_at`'s contract)."""
         m, scale = lam.shape[0], span * self.h
         k0 = first + span - 1  # the reversed index of the interval's forward layer
-        layers = slice(k0, k0 + stride * (m - 1) + 1, stride)
+        views = self._views.get((k0, stride, m))
+        if views is None:
+            layers = slice(k0, k0 + stride * (m - 1) + 1, stride)
+            views = self._views[(k0, stride, m)] = (
+                (self.saved[layers], self.weight[layers]) if self.kind == "dense"
+                else (self.saved[:, layers], self.weight[layers].reshape(-1, *self.weight.shape[2:])))
+        saved, weight = views
         with torch.no_grad():
             if self.kind == "dense":
-                g = _act_vjp(self.activation, lam, self.saved[layers])
+                g = _act_vjp(self.activation, lam, saved)
                 if out is None:
-                    out = torch.baddbmm(lam, g, self.weight[layers], alpha=scale)
+                    out = torch.baddbmm(lam, g, weight, alpha=scale)
                 else:
-                    out = torch.baddbmm(lam, g, self.weight[layers], alpha=scale, out=out)
+                    out = torch.baddbmm(lam, g, weight, alpha=scale, out=out)
                 return out if add is None else out.add_(add)
-            k = self._kernels.get((k0, stride, m))
-            if k is None:
-                k = self._kernels[(k0, stride, m)] = self.weight[layers].reshape(-1, *self.weight.shape[2:])
-            g = _act_vjp(self.activation, lam.transpose(0, 1), self.saved[:, layers])  # [B, m, C, H, W]
-            back = F.conv_transpose2d(g.flatten(1, 2), k, padding=1, groups=m)
+            g = _act_vjp(self.activation, lam.transpose(0, 1), saved)  # [B, m, C, H, W]
+            back = F.conv_transpose2d(g.flatten(1, 2), weight, padding=1, groups=m)
             back = back.unflatten(1, (m, -1)).transpose(0, 1)
             out = torch.add(lam, back, alpha=scale) if out is None else torch.add(lam, back, alpha=scale, out=out)
             return out if add is None else out.add_(add)
@@ -594,8 +603,12 @@ class GenericPropagator:
     def vjp(self, start: torch.Tensor, span: int, y: torch.Tensor,
             lam: torch.Tensor) -> torch.Tensor:
         """lam[i] + span·h·(∂F_{start[i]}/∂u at y[i])ᵀ lam[i], one `torch.func.vjp` per interval."""
-        span = _check_span(span)
         _check_start(start, y.shape[0], len(self.layers))
+        return self.vjp_unchecked(start, _check_span(span), y, lam)
+
+    def vjp_unchecked(self, idx: torch.Tensor, span: int, y: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        """`vjp` without its checks (as `StackPropagator.vjp_unchecked`)."""
+        start = idx
         scale = span * self.h
         out = []
         with torch.no_grad():

@@ -197,13 +197,34 @@ class RankAdjoint:
 
     def __init__(self, prop: Propagator, n_steps: int, rows: torch.Tensor, table: torch.Tensor) -> None:
         self.prop, self.n_steps, self.rows, self.table = prop, n_steps, rows, table
+        self._runs: dict[tuple[int, int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def step(self, start: torch.Tensor, span: int, u: torch.Tensor) -> torch.Tensor:
-        forward = self.n_steps - start - span
+    def _rows(self, forward: torch.Tensor) -> torch.Tensor:
         at = self.rows[forward]
         if at.device.type == "cpu" and at.numel() and int(at.min()) < 0:
             raise IndexError(f"this rank holds no forward state at {forward[at < 0].tolist()}")
-        return self.prop.vjp(forward, span, self.table[at], u)
+        return at
+
+    def step(self, start: torch.Tensor, span: int, u: torch.Tensor) -> torch.Tensor:
+        forward = self.n_steps - start - span
+        return self.prop.vjp(forward, span, self.table[self._rows(forward)], u)
+
+    def step_at(self, first: int, stride: int, span: int, u: torch.Tensor, out: torch.Tensor | None = None,
+                add: torch.Tensor | None = None) -> torch.Tensor:
+        """The solver's call (`StackPropagator.step_at`'s contract): the forward layers and table rows of each
+        progression are found and checked once per solve, and the propagator's vjp runs without its checks."""
+        m = u.shape[0]
+        got = self._runs.get((first, stride, m, span))
+        if got is None:
+            forward = self.n_steps - span - first - stride * torch.arange(m, device=u.device)
+            got = self._runs[(first, stride, m, span)] = (forward, self._rows(forward))
+        forward, at = got
+        unchecked = getattr(self.prop, "vjp_unchecked", None)
+        y = self.table[at]
+        res = unchecked(forward, span, y, u) if unchecked is not None else self.prop.vjp(forward, span, y, u)
+        if add is not None:
+            res = res + add
+        return res if out is None else out.copy_(res)
 
     def vjp(self, start: torch.Tensor, span: int, y: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError("RankAdjoint.vjp is not needed by MGRIT and not provided")
