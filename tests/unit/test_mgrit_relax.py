@@ -270,3 +270,29 @@ def test_the_adjoint_of_a_plain_propagator_goes_through_its_vjp() -> None:
     plain = lambdas(adjoint_solve(Plain(), states, g, settings))
     fast = lambdas(adjoint_solve(prop, states, g, settings))
     torch.testing.assert_close(fast, plain, **TOL)
+
+
+def test_a_rank_solve_checks_its_rows_once_per_progression() -> None:
+    """Across ranks (here a world of one): the forward solve makes no host sync, and the adjoint checks the table
+    rows of each of its progressions once per solve (on the CPU), so a second iteration adds no sync."""
+    from mrc.runtime.world import SOLO
+    from mrc.techniques.mgrit import ranks as R
+    from mrc.techniques.mgrit.grid import adjoint_blocks
+
+    stack = _stack("dense", "tanh")
+    prop = StackPropagator(stack)
+    y0 = _randn(*_state("dense"), seed=17)
+    blocks = ((0, DEPTH),)
+    counts = []
+    for iters in (1, 2):
+        s = Settings(levels=3, coarsening=(2,), relax=("FCF",), iters=iters)
+        with Syncs() as forward:
+            fwd = R.rank_forward_solve(prop, DEPTH, s, blocks, SOLO, y0)
+            fwd.solve()
+        assert not forward.counts, forward.counts
+        adj = adjoint_blocks(DEPTH, s, blocks)
+        rows, table = R.adjoint_table(DEPTH, s, blocks, adj, SOLO, fwd.states)
+        with Syncs() as adjoint:
+            R.rank_adjoint_solve(prop, DEPTH, s, adj, SOLO, rows, table, y0).solve()
+        counts.append(sum(adjoint.counts.values()))
+    assert 0 < counts[0] == counts[1] <= 12, counts
