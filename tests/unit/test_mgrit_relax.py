@@ -175,8 +175,9 @@ def _autograd_reference(layers: list[nn.Module], h: float, first: int, stride: i
 ])
 def test_user_blocks_by_torch_func_match_autograd(cls: type[Block], scales: list[float] | None,
                                                   problem: str | None) -> None:
-    """A stack of user blocks: the solver's calls are one vmapped functional call (and its torch.func.vjp) where
-    the layers share class, shapes and attributes, else a loop that says why; both equal autograd."""
+    """A stack of user blocks: the solver's calls and the parameter gradients are one vmapped functional call
+    (and its torch.func.vjp) where the layers share class, shapes and attributes, else a loop that says why; both
+    equal autograd."""
     layers = _user_layers(cls, scales)
     prop = GenericPropagator(layers, 0.1)
     states = _randn(DEPTH + 1, 4, 6, seed=10)
@@ -187,6 +188,16 @@ def test_user_blocks_by_torch_func_match_autograd(cls: type[Block], scales: list
                                    _autograd_reference(layers, 0.1, first, stride, span, u, None, None), **TOL)
         torch.testing.assert_close(prop.linearized(states).step_at(first, stride, span, lam),
                                    _autograd_reference(layers, 0.1, first, stride, span, lam, lam, states), **TOL)
+    # the fine-level parameter gradients Σ_n ⟨λ_{n+1}, Φ_n(y_n)⟩ by θ, added to existing ones
+    lambdas = _randn(DEPTH + 1, 4, 6, seed=18)
+    params = [p for layer in layers for p in layer.parameters()]
+    objective = sum((lambdas[n + 1] * (states[n] + 0.1 * layer(states[n]))).sum() for n, layer in enumerate(layers))
+    want = torch.autograd.grad(objective, params)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    prop.param_grads(states, lambdas)
+    for p, g in zip(params, want, strict=True):
+        torch.testing.assert_close(p.grad, g + 1, rtol=0, atol=1e-10)
     if problem is None:
         assert prop.vmap_problem is None
     else:

@@ -524,8 +524,10 @@ class GenericPropagator:
     over `functional_call` of layer 0 with the layers' parameters and buffers stacked [N, …]
     (made by `refresh()`, once per solve), and differentiate it with `torch.func.vjp` — no
     autograd graph, no loop — where the layers share one class, parameter shapes and attributes
-    (`_stacking_problem`). Where they do not, or where vmap fails on the layer's code (the first
-    call tries it), they loop as the public calls do; `vmap_problem` says why.
+    (`_stacking_problem`); `param_grads` is one torch.func.vjp of that call by the stacked
+    parameters. Where they do not, or where vmap fails on the layer's code (the first call tries
+    it), they loop as the public calls do (param_grads: one autograd pass per layer);
+    `vmap_problem` says why.
     """
 
     def __init__(self, layers: Sequence[nn.Module], h: float) -> None:
@@ -626,7 +628,19 @@ class GenericPropagator:
             raise ValueError(f"states and lambdas must both be [n+1, *state] for layers first … first+n-1 of "
                              f"{len(self.layers)}, got {tuple(states.shape)} and {tuple(lambdas.shape)} "
                              f"from layer {first}")
-        for n, layer in enumerate(self.layers[first:first + n_layers]):
+        layers = self.layers[first:first + n_layers]
+        if n_layers and self.vmap_problem is None:
+            try:
+                grads = self._stacked_param_grads(states, lambdas, first, n_layers)
+            except Exception as err:  # the layer's code does not vmap: per layer from now on
+                self.vmap_problem = f"torch.func.vmap failed: {type(err).__name__}: {str(err).splitlines()[0]}"
+            else:
+                for layer, per in zip(layers, grads, strict=True):
+                    for name, p in layer.named_parameters():
+                        if p.requires_grad:
+                            _accumulate(p, per[name], fresh=True)
+                return
+        for n, layer in enumerate(layers):
             params = [p for p in layer.parameters() if p.requires_grad]
             if not params:
                 continue
@@ -637,6 +651,22 @@ class GenericPropagator:
             for p, g in zip(params, grads, strict=True):
                 if g is not None:
                     _accumulate(p, g)
+
+
+    def _stacked_param_grads(self, states: torch.Tensor, lambdas: torch.Tensor, first: int,
+                             n_layers: int) -> list[dict[str, torch.Tensor]]:
+        """Each layer's (∂Φ_n/∂θ_n at y_n)ᵀ λ_{n+1} by one `torch.func.vjp` of the vmapped call over
+        the stacked parameters (of the last `refresh()`): per layer, parameter name → gradient (views
+        of one [n, …] tensor per name, owned by nobody else)."""
+        names = {name for name, _ in self.layers[0].named_parameters()}
+        picked = {k: v[first:first + n_layers] for k, v in self.stacked.items()}
+        params = {k: v for k, v in picked.items() if k in names}
+        buffers = {k: v for k, v in picked.items() if k not in names}
+        with torch.no_grad():
+            _, pull = torch.func.vjp(lambda p: self._batched(p | buffers, states[:-1].detach()), params)
+            (grads,) = pull(self.h * lambdas[1:].detach())
+        per = {k: g.unbind(0) for k, g in grads.items()}
+        return [{k: per[k][n] for k in per} for n in range(n_layers)]
 
 
 class GenericAdjoint:
