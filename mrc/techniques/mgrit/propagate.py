@@ -43,7 +43,7 @@ cost is one copy of the stack's weights; `is_stale()` says whether they moved si
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Literal, Protocol, runtime_checkable
 
 import torch
@@ -51,6 +51,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mrc.models.ode_resnet import ConvStep, DenseStep
+from mrc.techniques.mgrit.solver import sweep_by_steps
 
 __all__ = ["GenericAdjoint", "GenericPropagator", "Propagator", "StackAdjoint", "StackPropagator",
            "propagator_for"]
@@ -336,7 +337,7 @@ class StackPropagator:
         sweep equals its steps bit for bit) and the add of g."""
         n = u.shape[0] - 1
         if self.kind != "dense" or n == 0 or (self.kernel == "triton" and u.is_cuda):
-            _sweep_by_steps(self.step_at, first, stride, span, u, g)
+            sweep_by_steps(self.step_at, first, stride, span, u, g)
             return
         layers = slice(first, first + stride * (n - 1) + 1, stride)
         with torch.no_grad():
@@ -454,7 +455,7 @@ class StackAdjoint:
         """The serial sweep in reversed time, in place on lam [n + 1, *state] (`StackPropagator.sweep_at`)."""
         n = lam.shape[0] - 1
         if self.kind != "dense" or n == 0:
-            _sweep_by_steps(self.step_at, first, stride, span, lam, g)
+            sweep_by_steps(self.step_at, first, stride, span, lam, g)
             return
         k0 = first + span - 1
         layers = slice(k0, k0 + stride * (n - 1) + 1, stride)
@@ -466,14 +467,6 @@ class StackAdjoint:
                 torch.baddbmm(ls[k - 1], d, ws[k - 1], alpha=span * self.h, out=ls[k])
                 if gs is not None:
                     ls[k].add_(gs[k])
-
-
-def _sweep_by_steps(step_at: Callable[..., torch.Tensor], first: int, stride: int, span: int, u: torch.Tensor,
-                    g: torch.Tensor | None) -> None:
-    """The serial sweep of `sweep_at` as one `step_at` per point (on views split once)."""
-    us, gs = u.split(1), (g.split(1) if g is not None else None)
-    for k in range(1, u.shape[0]):
-        step_at(first + (k - 1) * stride, 1, span, us[k - 1], us[k], None if gs is None else gs[k])
 
 
 def _stacking_problem(layers: Sequence[nn.Module]) -> str | None:

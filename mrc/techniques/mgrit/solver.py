@@ -60,7 +60,7 @@ import torch
 from mrc.techniques.mgrit.grid import Settings
 
 __all__ = ["MGRIT", "Adjoint", "Propagator", "StepAt", "adjoint_solve", "lambdas", "step_at_of",
-           "sweep_at_of"]
+           "sweep_at_of", "sweep_by_steps"]
 
 @runtime_checkable
 class Propagator(Protocol):
@@ -124,10 +124,16 @@ def sweep_at_of(prop: Propagator) -> Callable[[int, int, int, torch.Tensor, torc
     step_at = step_at_of(prop)
 
     def sweep(first: int, stride: int, span: int, u: torch.Tensor, g: torch.Tensor | None) -> None:
-        us, gs = u.split(1), (g.split(1) if g is not None else None)
-        for k in range(1, u.shape[0]):
-            step_at(first + (k - 1) * stride, 1, span, us[k - 1], us[k], None if gs is None else gs[k])
+        sweep_by_steps(step_at, first, stride, span, u, g)
     return sweep
+
+
+def sweep_by_steps(step_at: StepAt, first: int, stride: int, span: int, u: torch.Tensor,
+                   g: torch.Tensor | None) -> None:
+    """The serial sweep of ``sweep_at_of`` as one ``step_at`` per point, on views of u and g split once."""
+    us, gs = u.split(1), (g.split(1) if g is not None else None)
+    for k in range(1, u.shape[0]):
+        step_at(first + (k - 1) * stride, 1, span, us[k - 1], us[k], None if gs is None else gs[k])
 
 
 class _Level:
@@ -157,6 +163,9 @@ class _Level:
         """g is zero at every point ≥ 1 (the fine level: g = (u0, 0, …, 0)), so no phase adds it."""
         self.u_c: torch.Tensor = torch.empty(0)  # the injected C-point states saved by restrict
         self.to_coarse: tuple[torch.Tensor, ...] = ()  # views for restrict and correct (MGRIT._bind)
+        # the relaxations' views (bind): (points, predecessors, g there or None, the progression)
+        self.f_views: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Run]] = []
+        self.c_views: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] = (self.u, self.u, None)
 
     def bind(self, u: torch.Tensor, g: torch.Tensor, g_zero: bool = False) -> None:
         """Take u and g [n + 1, *state] as the level's states for the solve, and make the views of them."""
@@ -165,7 +174,6 @@ class _Level:
         self.f_views = [(u[pts], u[prev], gv(pts), run)
                         for (pts, prev), run in zip(self.f_slices, self.f_runs, strict=True) if run[2]]
         self.c_views = (u[self.c_slice], u[self.c_prev], gv(self.c_slice))
-
 
 
 class MGRIT:
