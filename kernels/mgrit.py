@@ -8,10 +8,11 @@ its own layer (the MGRIT relaxation and coarse sweeps step many intervals in par
 
     out[i] = u[i] + scale · σ(u[i] @ W[idx[i]]ᵀ + b[idx[i]])        i = 0..m-1, σ = tanh | relu
 
-with u [m, batch, w], W [N, w, w], b [N, w], idx [m] (long). The Triton kernel fuses the
-matrix product, the bias, the activation and the update in one launch: each program computes
-one [BLOCK_B, BLOCK_J] tile of out[i], so z never goes to memory (the torch path writes z, then
-σ(z), then the sum).
+with u [m, batch, w], W [N, w, w], b [N, w], idx [m] (long); the Triton kernel also takes the
+layers as a progression idx[i] = first + i·stride, and strided u and out (the solver's views).
+The Triton kernel fuses the matrix product, the bias, the activation and the update in one
+launch: each program computes one [BLOCK_B, BLOCK_J] tile of out[i], so z never goes to memory
+(the torch path writes z, then σ(z), then the sum).
 
 `fas_correct_*` is the FAS correction at the C-points, one pass over the coarse values:
 
@@ -37,7 +38,7 @@ ACTIVATIONS = ("tanh", "relu")
 # --------------------------------------------------------------------------- checks
 
 
-def _check_dense(u: torch.Tensor, W: torch.Tensor, b: torch.Tensor, idx: torch.Tensor,
+def _check_dense(u: torch.Tensor, W: torch.Tensor, b: torch.Tensor, idx: torch.Tensor | None,
                  activation: str) -> None:
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, not {activation!r}")
@@ -48,7 +49,7 @@ def _check_dense(u: torch.Tensor, W: torch.Tensor, b: torch.Tensor, idx: torch.T
         raise ValueError(f"W must be [N, {w}, {w}], got shape {tuple(W.shape)}")
     if b.shape != (W.shape[0], w):
         raise ValueError(f"b must be [{W.shape[0]}, {w}], got shape {tuple(b.shape)}")
-    if idx.shape != (m,) or idx.dtype != torch.long:
+    if idx is not None and (idx.shape != (m,) or idx.dtype != torch.long):
         raise ValueError(f"idx must be a long tensor of shape [{m}], got "
                          f"{idx.dtype} {tuple(idx.shape)}")
     if not (u.dtype == W.dtype == b.dtype):
@@ -106,15 +107,20 @@ def _tanh(x):
 
 @triton.jit
 def _dense_step_kernel(
-    u_ptr,  # *u [m, B, D] float32, contiguous
+    u_ptr,  # *u [m, B, D] float32, each u[i] contiguous
     w_ptr,  # *W [N, D, D] float32, contiguous (row j: the weights of output j)
     b_ptr,  # *b [N, D] float32
-    idx_ptr,  # *idx [m] int64: the layer of each interval
-    out_ptr,  # *out [m, B, D] float32
+    idx_ptr,  # *idx [m] int64: the layer of each interval (read only with HAS_IDX)
+    out_ptr,  # *out [m, B, D] float32, each out[i] contiguous
     B,  # batch rows per interval
     D,  # width
+    su,  # elements from u[i] to u[i + 1] (B·D when u is contiguous; more for a strided view)
+    so,  # elements from out[i] to out[i + 1]
+    first,  # without HAS_IDX: interval i's layer is first + i·stride
+    stride,
     scale,  # the step, span·h
     RELU: tl.constexpr,  # σ = relu, else tanh
+    HAS_IDX: tl.constexpr,  # the layers are idx, else the progression first, first + stride, …
     BLOCK_B: tl.constexpr,  # batch rows per program
     BLOCK_J: tl.constexpr,  # output features per program
     BLOCK_K: tl.constexpr,  # reduction chunk
@@ -122,13 +128,16 @@ def _dense_step_kernel(
     i = tl.program_id(0).to(tl.int64)  # the interval
     pb = tl.program_id(1)  # tile of batch rows
     pj = tl.program_id(2)  # tile of output features
-    n = tl.load(idx_ptr + i)  # this interval's layer
+    if HAS_IDX:
+        n = tl.load(idx_ptr + i)  # this interval's layer
+    else:
+        n = first + i * stride
     rows = pb * BLOCK_B + tl.arange(0, BLOCK_B)  # batch rows of the tile
     cols = pj * BLOCK_J + tl.arange(0, BLOCK_J)  # output features of the tile
     ks = tl.arange(0, BLOCK_K)  # reduction offsets within a chunk
     row_ok = rows < B  # ragged batch
     col_ok = cols < D  # ragged width
-    u_base = u_ptr + i * B * D  # u[i]
+    u_base = u_ptr + i * su  # u[i]
     w_base = w_ptr + n * D * D  # W[n]
     acc = tl.zeros((BLOCK_B, BLOCK_J), dtype=tl.float32)  # z tile without the bias
     for k0 in range(0, D, BLOCK_K):
@@ -148,7 +157,7 @@ def _dense_step_kernel(
     tile = rows[:, None] * D + cols[None, :]  # offsets of the tile within u[i] / out[i]
     ok = row_ok[:, None] & col_ok[None, :]
     res = tl.load(u_base + tile, mask=ok, other=0.0)  # the residual u[i, rows, cols]
-    tl.store(out_ptr + i * B * D + tile, res + scale * f, mask=ok)  # y + h·F(y)
+    tl.store(out_ptr + i * so + tile, res + scale * f, mask=ok)  # y + h·F(y)
 
 
 @triton.jit
@@ -185,23 +194,41 @@ def _tile(n: int, cap: int) -> int:
     return max(16, min(cap, triton.next_power_of_2(max(n, 1))))
 
 
-def dense_step_triton(u: torch.Tensor, W: torch.Tensor, b: torch.Tensor, idx: torch.Tensor,
-                      scale: float, activation: str) -> torch.Tensor:
+def _rows_contiguous(t: torch.Tensor) -> bool:
+    """t [m, B, D] with each t[i] contiguous (a strided view along the intervals is fine)."""
+    return t.stride(2) == 1 and (t.shape[1] <= 1 or t.stride(1) == t.shape[2])
+
+
+def dense_step_triton(u: torch.Tensor, W: torch.Tensor, b: torch.Tensor, idx: torch.Tensor | None,
+                      scale: float, activation: str, *, first: int = 0, stride: int = 1,
+                      out: torch.Tensor | None = None) -> torch.Tensor:
     """`dense_step_torch` as one fused Triton launch (float32): grid m × batch tiles × width
-    tiles, each program a [BLOCK_B, BLOCK_J] tile of z = u·Wᵀ + b, σ and the update."""
+    tiles, each program a [BLOCK_B, BLOCK_J] tile of z = u·Wᵀ + b, σ and the update.
+
+    idx None: interval i's layer is first + i·stride (the MGRIT solver's progressions: no index
+    tensor). u and `out` (written in place when given, else made) may be strided views along the
+    intervals, as the solver's point sets are; each interval's [B, D] block must be contiguous."""
     require_triton()
     _check_dense(u, W, b, idx, activation)
-    _require_float32(u=u, W=W, b=b)
     m, batch, width = u.shape
-    u, W, b = u.contiguous(), W.contiguous(), b.contiguous()
-    idx = idx.to(u.device).contiguous()
-    out = torch.empty_like(u)
+    last = first + stride * (m - 1)
+    if idx is None and m and not (0 <= first < W.shape[0] and 0 <= last < W.shape[0]):
+        raise ValueError(f"the layers {first}, {first + stride}, … {last} are not all in [0, {W.shape[0]})")
+    _require_float32(u=u, W=W, b=b)
+    u = u if _rows_contiguous(u) else u.contiguous()
+    W, b = W.contiguous(), b.contiguous()
+    if out is None:
+        out = torch.empty_like(u, memory_format=torch.contiguous_format)
+    elif out.shape != u.shape or out.dtype != u.dtype or not _rows_contiguous(out):
+        raise ValueError(f"out must be a float32 [m, B, D] {tuple(u.shape)} with contiguous rows")
     if u.numel() == 0:
         return out
+    idx_arg = u if idx is None else idx.to(u.device).contiguous()  # unread without HAS_IDX
     block_b, block_j, block_k = _tile(batch, 64), _tile(width, 64), _tile(width, 32)
     grid = (m, triton.cdiv(batch, block_b), triton.cdiv(width, block_j))
     _dense_step_kernel[grid](
-        u, W, b, idx, out, batch, width, float(scale), RELU=activation == "relu",
+        u, W, b, idx_arg, out, batch, width, u.stride(0), out.stride(0), first, stride, float(scale),
+        RELU=activation == "relu", HAS_IDX=idx is not None,
         BLOCK_B=block_b, BLOCK_J=block_j, BLOCK_K=block_k,
     )
     return out

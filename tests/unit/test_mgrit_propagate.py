@@ -394,3 +394,27 @@ def test_importing_the_propagator_does_not_import_triton() -> None:
             "p.StackPropagator; print('triton' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@_SKIP_KERNELS
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize(("width", "batch", "first", "stride", "m"), [(7, 5, 1, 4, 3), (33, 17, 0, 1, 12),
+                                                                       (1, 1, 11, 1, 1)])
+def test_dense_step_triton_on_a_progression_into_strided_views(activation: str, width: int, batch: int, first: int,
+                                                                stride: int, m: int) -> None:
+    """The solver's form of the kernel: layers first, first + stride, … (no index tensor), u read from and the
+    result written into strided views along the intervals (the point sets of a level), other rows untouched."""
+    u, W, b, _ = _dense_inputs(width, batch, m, seed=70 + width)
+    idx = torch.arange(m) * stride + first
+    ref = K.dense_step_torch(u, W, b, idx, 0.37, activation)
+    states = _randn(2 * m + 1, batch, width, seed=71).float().to(KDEV)
+    states[0:2 * m:2] = u.float().to(KDEV)
+    before = states.clone()
+    got = K.dense_step_triton(states[0:2 * m:2], W.float().to(KDEV), b.float().to(KDEV), None, 0.37,
+                              activation, first=first, stride=stride, out=states[1::2])
+    assert got.data_ptr() == states[1::2].data_ptr()
+    _close(states[1::2].double().cpu(), ref, KERNEL_TOL, f"dense_step_triton progression {activation}")
+    assert torch.equal(states[0::2], before[0::2]), "rows outside out changed"
+    with pytest.raises(ValueError, match="layers"):
+        K.dense_step_triton(states[0:2 * m:2], W.float().to(KDEV), b.float().to(KDEV), None, 0.37,
+                            activation, first=DEPTH, stride=stride)

@@ -12,12 +12,24 @@ of fine layer n:
 steps, (∂Φ(n, s)/∂u at y)ᵀ λ, and the parameter gradients are taken on the fine level only:
 ∂θ_n = (∂Φ_n/∂θ_n at y_n)ᵀ λ_{n+1}.
 
+Two entries. The public `step(start, span, u)` / `vjp(start, span, y, lam)` take any start
+tensor and check it (for outside callers and tests). The MGRIT solver's calls always cover an
+arithmetic progression of intervals — fine starts first, first + stride, … — so it calls
+`step_at(first, stride, span, u, out, add)` (out = Φ(u) + add, written into `out`, a strided
+view of the solver's states), `sweep_at` (the coarsest level's serial sweep, in place) and, for
+the adjoint, the same two on `linearized(states)`: no checks, no index tensors, no host syncs;
+the weights are strided views of the stacks.
+
 * `StackPropagator(stack)` is the fast path for mrc's `ResidualStack` of `DenseStep`s or
-  `ConvStep`s: the layers' weights are stacked into one tensor, so a call over m intervals is a
-  gathered batched matrix product (dense) or one grouped convolution (conv), whatever m is.
-* `GenericPropagator(layers, h)` takes any step modules F_n: it loops over the intervals and
-  differentiates with autograd; slow (m module calls and m backward passes per call) but exact,
-  the reference the fast path is tested against and the fallback for other stacks.
+  `ConvStep`s: the layers' weights are stacked into one tensor, so a call over m intervals is one
+  batched matrix product (dense) or one grouped convolution (conv), whatever m is. Its adjoint
+  (`StackAdjoint`) is analytic: σ'(z_n) of every layer is made once per backward solve (z_n does
+  not depend on the span), and each call is σ'(z) ⊙ λ and one transposed product.
+* `GenericPropagator(layers, h)` takes any step modules F_n. The public calls loop over the
+  intervals (the reference the fast path is tested against); the solver's calls run all
+  intervals as one `torch.func.vmap` of `functional_call` over the layers' parameters, stacked
+  by `refresh()` (once per solve, as a `StackPropagator`'s), and differentiate it with
+  `torch.func.vjp` — or loop, where the layers differ or do not vmap.
 * `propagator_for(stack)` picks the first when it applies and the second otherwise.
 
 Both work on detached tensors and never build an autograd graph of their own results (the
@@ -39,8 +51,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from mrc.models.ode_resnet import ConvStep, DenseStep
+from mrc.techniques.mgrit.solver import sweep_by_steps
 
-__all__ = ["GenericPropagator", "Propagator", "StackPropagator", "propagator_for"]
+__all__ = ["GenericAdjoint", "GenericPropagator", "Propagator", "StackAdjoint", "StackPropagator",
+           "propagator_for"]
 
 Kernel = Literal["torch", "triton"]
 
@@ -69,6 +83,24 @@ def _act_grad(name: str, z: torch.Tensor) -> torch.Tensor:
         t = torch.tanh(z)
         return 1.0 - t * t
     return (z > 0).to(z.dtype)
+
+
+def _act_(name: str, z: torch.Tensor) -> torch.Tensor:
+    """σ(z) in place (z is a temporary)."""
+    return torch.tanh_(z) if name == "tanh" else torch.relu_(z)
+
+
+def _saved(name: str, z: torch.Tensor) -> torch.Tensor:
+    """What σ'(z) is computed from (`_act_vjp`): tanh z (in place), or z itself for relu."""
+    return torch.tanh_(z) if name == "tanh" else z
+
+
+def _act_vjp(name: str, lam: torch.Tensor, saved: torch.Tensor) -> torch.Tensor:
+    """σ'(z) ⊙ lam in one op, as autograd computes it: from t = tanh z (tanh_backward) or from z
+    itself (threshold_backward: σ'(0) = 0 for relu)."""
+    if name == "tanh":
+        return torch.ops.aten.tanh_backward(lam, saved)
+    return torch.ops.aten.threshold_backward(lam, saved, 0)
 
 
 def _check_span(span: int) -> int:
@@ -112,6 +144,9 @@ class StackPropagator:
     torch path. The weights are a copy made at construction and by `refresh()` (module
     docstring): call it once per solve.
     """
+
+    _view_key: tuple[int, ...] = ()  # the stacks (ids, versions) `_view_cache` was made from
+    _view_cache: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]]
 
     def __init__(self, stack: nn.Module, kernel: Kernel = "torch") -> None:
         if kernel not in ("torch", "triton"):
@@ -232,17 +267,92 @@ class StackPropagator:
         idx, span = self._check(start, span, y)
         if lam.shape != y.shape:
             raise ValueError(f"lam must have y's shape {tuple(y.shape)}, got {tuple(lam.shape)}")
+        return self.vjp_unchecked(idx, span, y, lam)
+
+    def vjp_unchecked(self, idx: torch.Tensor, span: int, y: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        """`vjp` without its checks (no host sync): for a caller whose starts `idx` (long, on the
+        stacks' device, in range) and shapes are right by construction (the adjoint across ranks)."""
         scale = span * self.h
         with torch.no_grad():
             y, lam = y.detach(), lam.detach()
             if self.kind == "dense":
-                g = _act_grad(self.activation, self._dense_z(idx, y)) * lam
+                g = _act_vjp(self.activation, lam, _saved(self.activation, self._dense_z(idx, y)))
                 return torch.baddbmm(lam, g, self.weight[idx], alpha=scale)
             m = y.shape[0]
             z, k = self._conv_z(idx, self._to_groups(y), m)
-            g = _act_grad(self.activation, z) * self._to_groups(lam)
+            g = _act_vjp(self.activation, self._to_groups(lam), _saved(self.activation, z))
             back = F.conv_transpose2d(g, k, padding=1, groups=m)
             return lam + scale * self._from_groups(back, m)
+
+    # ------------------------------------------------------------------ the solver's entry
+
+    def _views(self, first: int, stride: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weights of layers first, first + stride, … (m of them) as the step reads them —
+        dense: Wᵀ [m, w, w] and b [m, 1, w], strided views; conv: K [m·C, C, 3, 3] and b [m·C]
+        — kept while the stacks are the same tensors, unchanged (a solve asks for the same few
+        progressions every iteration)."""
+        weight = self.weight
+        if self._view_key != (id(weight), weight._version, id(self.bias), self.bias._version):
+            self._view_cache = {}
+            self._view_key = (id(weight), weight._version, id(self.bias), self.bias._version)
+        got = self._view_cache.get((first, stride, m))
+        if got is None:
+            layers = slice(first, first + stride * (m - 1) + 1, stride)
+            if self.kind == "dense":
+                got = weight[layers].transpose(1, 2), self.bias[layers].unsqueeze(1)
+            else:
+                got = weight[layers].reshape(-1, *weight.shape[2:]), self.bias[layers].reshape(-1)
+            self._view_cache[(first, stride, m)] = got
+        return got
+
+    def step_at(self, first: int, stride: int, span: int, u: torch.Tensor, out: torch.Tensor | None = None,
+                add: torch.Tensor | None = None) -> torch.Tensor:
+        """out[i] = u[i] + span·h·F_{first+i·stride}(u[i]) (+ add[i]) for the m = u.shape[0] ≥ 1
+        intervals starting at first, first + stride, …: the MGRIT solver's call. No checks and no
+        gathers (the layers are a strided view of the stacks); `out` may be a strided view of the
+        solver's states (not overlapping u), written in place. The stacks are those of the last
+        `refresh()`."""
+        m, scale = u.shape[0], span * self.h
+        with torch.no_grad():
+            if self.kind == "dense":
+                if self.kernel == "triton" and u.is_cuda and u.dtype == torch.float32:
+                    from mrc.kernels.mgrit import dense_step_triton
+
+                    got = dense_step_triton(u, self.weight, self.bias, None, scale, self.activation,
+                                            first=first, stride=stride, out=out)
+                    return got if add is None else got.add_(add)
+                w_t, b = self._views(first, stride, m)
+                f = _act_(self.activation, torch.baddbmm(b, u, w_t))
+            else:
+                k, b = self._views(first, stride, m)
+                z = F.conv2d(self._to_groups(u), k, b, padding=1, groups=m)
+                f = _act_(self.activation, z).unflatten(1, (m, -1)).transpose(0, 1)  # [m, B, C, H, W] view
+            out = torch.add(u, f, alpha=scale) if out is None else torch.add(u, f, alpha=scale, out=out)
+            return out if add is None else out.add_(add)
+
+    def sweep_at(self, first: int, stride: int, span: int, u: torch.Tensor, g: torch.Tensor | None) -> None:
+        """The serial sweep u[k] = Φ(first + (k−1)·stride, span)(u[k−1]) (+ g[k]), k = 1 … n, in place on
+        u [n + 1, *state] (the coarsest level's solve): dense, the n layers' weights and the states are
+        split once, so a point costs its three ops (`baddbmm`, σ, `add`: `step_at`'s arithmetic, so a
+        sweep equals its steps bit for bit) and the add of g."""
+        n = u.shape[0] - 1
+        if self.kind != "dense" or n == 0 or (self.kernel == "triton" and u.is_cuda):
+            sweep_by_steps(self.step_at, first, stride, span, u, g)
+            return
+        layers = slice(first, first + stride * (n - 1) + 1, stride)
+        with torch.no_grad():
+            ws, bs = self.weight[layers].transpose(1, 2).split(1), self.bias[layers].unsqueeze(1).split(1)
+            us, gs = u.split(1), (g.split(1) if g is not None else None)
+            for k in range(1, n + 1):
+                f = _act_(self.activation, torch.baddbmm(bs[k - 1], us[k - 1], ws[k - 1]))
+                torch.add(us[k - 1], f, alpha=span * self.h, out=us[k])
+                if gs is not None:
+                    us[k].add_(gs[k])
+
+    def linearized(self, states: torch.Tensor) -> StackAdjoint:
+        """The adjoint steps about the fine states [N + 1, *state] of a forward solve, in reversed
+        time: the propagator of the MGRIT adjoint (`mrc.techniques.mgrit.solver.Adjoint`)."""
+        return StackAdjoint(self, states)
 
     def param_grads(self, states: torch.Tensor, lambdas: torch.Tensor, first: int = 0) -> None:
         """Accumulate into each layer's `.weight.grad` / `.bias.grad` the fine-level gradient
@@ -283,24 +393,198 @@ class StackPropagator:
                 _accumulate(layer.bias, db, fresh=True)
 
 
-class GenericPropagator:
-    """Propagator for any step modules F_n (Φ_n(u) = u + h·F_n(u)): slow but exact.
+class StackAdjoint:
+    """The adjoint steps of a `StackPropagator` about fixed forward states, in reversed time.
 
-    Loops over the m intervals calling `layers[start[i]]` and differentiates with
-    `torch.autograd.grad`, so it costs m module calls (and m backward passes for `vjp`) per
-    call. It reads the modules' parameters directly, so `refresh()` does nothing; it is the
-    reference for `StackPropagator` and the fallback for stacks it does not take.
+    Ψ over reversed [m, m + span) is (∂Φ(N − m − span, span)/∂u at y_{N−m−span})ᵀ (see
+    `mrc.techniques.mgrit.solver.Adjoint`). Φ(f, span) reads layer f's z_f = W_f y_f + b_f,
+    whatever the span, so σ'(z_f) is made once here for all N layers (one batched product: the
+    activations tanh z, or z for relu), in reversed order with the weights, and each call is
+    two ops: σ'(z) ⊙ λ (as autograd's tanh/threshold backward) and one `baddbmm` (dense) or
+    grouped transposed convolution (conv), on strided views — no gathers, no recomputed z.
+    """
+
+    def __init__(self, prop: StackPropagator, states: torch.Tensor) -> None:
+        n = states.shape[0] - 1
+        if n != len(prop):
+            raise ValueError(f"states must be the {len(prop) + 1} points of the stack, got {n + 1}")
+        self.kind, self.activation, self.h = prop.kind, prop.activation, prop.h
+        with torch.no_grad():
+            y = states[:-1].detach()
+            if prop.kind == "dense":
+                z = torch.baddbmm(prop.bias.unsqueeze(1), y, prop.weight.transpose(1, 2))  # [N, B, w]
+                self.saved = _saved(prop.activation, z).flip(0)
+            else:
+                k = prop.weight.reshape(-1, *prop.weight.shape[2:])
+                z = F.conv2d(prop._to_groups(y), k, prop.bias.reshape(-1), padding=1, groups=n)
+                z = z.unflatten(1, (n, -1))  # [B, N, C, H, W]
+                self.saved = _saved(prop.activation, z).flip(1)
+            self.weight = prop.weight.flip(0)
+        # each progression's views of σ'(z)'s tensor and of the weights (the stacks are fixed for the solve)
+        self._views: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def step_at(self, first: int, stride: int, span: int, lam: torch.Tensor, out: torch.Tensor | None = None,
+                add: torch.Tensor | None = None) -> torch.Tensor:
+        """out[i] = Ψ over reversed [first + i·stride, … + span) of lam[i] (+ add[i]): lam + span·h·
+        J_Fᵀ lam with the layer N − first − span − i·stride (`StackPropagator.step_at`'s contract)."""
+        m, scale = lam.shape[0], span * self.h
+        k0 = first + span - 1  # the reversed index of the interval's forward layer
+        views = self._views.get((k0, stride, m))
+        if views is None:
+            layers = slice(k0, k0 + stride * (m - 1) + 1, stride)
+            views = self._views[(k0, stride, m)] = (
+                (self.saved[layers], self.weight[layers]) if self.kind == "dense"
+                else (self.saved[:, layers], self.weight[layers].reshape(-1, *self.weight.shape[2:])))
+        saved, weight = views
+        with torch.no_grad():
+            if self.kind == "dense":
+                g = _act_vjp(self.activation, lam, saved)
+                if out is None:
+                    out = torch.baddbmm(lam, g, weight, alpha=scale)
+                else:
+                    out = torch.baddbmm(lam, g, weight, alpha=scale, out=out)
+                return out if add is None else out.add_(add)
+            g = _act_vjp(self.activation, lam.transpose(0, 1), saved)  # [B, m, C, H, W]
+            back = F.conv_transpose2d(g.flatten(1, 2), weight, padding=1, groups=m)
+            back = back.unflatten(1, (m, -1)).transpose(0, 1)
+            out = torch.add(lam, back, alpha=scale) if out is None else torch.add(lam, back, alpha=scale, out=out)
+            return out if add is None else out.add_(add)
+
+
+    def sweep_at(self, first: int, stride: int, span: int, lam: torch.Tensor, g: torch.Tensor | None) -> None:
+        """The serial sweep in reversed time, in place on lam [n + 1, *state] (`StackPropagator.sweep_at`)."""
+        n = lam.shape[0] - 1
+        if self.kind != "dense" or n == 0:
+            sweep_by_steps(self.step_at, first, stride, span, lam, g)
+            return
+        k0 = first + span - 1
+        layers = slice(k0, k0 + stride * (n - 1) + 1, stride)
+        with torch.no_grad():
+            ws, saved = self.weight[layers].split(1), self.saved[layers].split(1)
+            ls, gs = lam.split(1), (g.split(1) if g is not None else None)
+            for k in range(1, n + 1):
+                d = _act_vjp(self.activation, ls[k - 1], saved[k - 1])
+                torch.baddbmm(ls[k - 1], d, ws[k - 1], alpha=span * self.h, out=ls[k])
+                if gs is not None:
+                    ls[k].add_(gs[k])
+
+
+def _stacking_problem(layers: Sequence[nn.Module]) -> str | None:
+    """Why the layers cannot run as one module over stacked parameters (torch.func.vmap of
+    `functional_call`), or None: they must share a class, parameter and buffer names, shapes and
+    dtypes, and every other attribute of every submodule (one layer's code runs for all)."""
+    if not layers:
+        return "the stack has no layers"
+    first = layers[0]
+    if not any(True for _ in first.parameters()):
+        return "the layers have no parameters"
+    for n, layer in enumerate(layers[1:], 1):
+        if type(layer) is not type(first):
+            return f"layer {n} is a {type(layer).__name__}, layer 0 a {type(first).__name__}"
+        mods, ref = dict(layer.named_modules()), dict(first.named_modules())
+        if mods.keys() != ref.keys():
+            return f"layer {n} has other submodules than layer 0"
+        for name, mod in mods.items():
+            other = ref[name]
+            if type(mod) is not type(other):
+                return f"layer {n}'s submodule `{name}` is a {type(mod).__name__}, layer 0's a {type(other).__name__}"
+            for kind in ("_parameters", "_buffers"):
+                a, b = getattr(mod, kind), getattr(other, kind)
+                if a.keys() != b.keys() or any(
+                        (a[k] is None) != (b[k] is None)
+                        or (a[k] is not None and (a[k].shape != b[k].shape or a[k].dtype != b[k].dtype))
+                        for k in a):
+                    return f"layer {n}'s `{name or 'self'}` differs from layer 0's in its {kind[1:]}"
+            skip = {"_parameters", "_buffers", "_modules"}
+            plain = {k: v for k, v in vars(mod).items() if k not in skip}
+            base = {k: v for k, v in vars(other).items() if k not in skip}
+            try:
+                same = plain.keys() == base.keys() and all(plain[k] is base[k] or bool(plain[k] == base[k])
+                                                            for k in plain)
+            except Exception:  # an attribute whose == is not a plain truth value: cannot tell
+                same = False
+            if not same:
+                return f"layer {n}'s `{name or 'self'}` has attributes that differ from layer 0's"
+    return None
+
+
+class GenericPropagator:
+    """Propagator for any step modules F_n (Φ_n(u) = u + h·F_n(u)).
+
+    The public `step`/`vjp` loop over the intervals (one module call, and one `torch.func.vjp`,
+    per interval): the reference for `StackPropagator`. The solver's entry `step_at` and the
+    adjoint's (`linearized`) run all the intervals of a call as ONE call of `torch.func.vmap`
+    over `functional_call` of layer 0 with the layers' parameters and buffers stacked [N, …]
+    (made by `refresh()`, once per solve), and differentiate it with `torch.func.vjp` — no
+    autograd graph, no loop — where the layers share one class, parameter shapes and attributes
+    (`_stacking_problem`); `param_grads` is one torch.func.vjp of that call by the stacked
+    parameters. Where they do not, or where vmap fails on the layer's code (the first call tries
+    it), they loop as the public calls do (param_grads: one autograd pass per layer);
+    `vmap_problem` says why.
     """
 
     def __init__(self, layers: Sequence[nn.Module], h: float) -> None:
         self.layers: list[nn.Module] = list(layers)
         self.h = float(h)
+        self.vmap_problem: str | None = _stacking_problem(self.layers)
+        """Why the solver's calls loop over the intervals instead of one vmap (None: they do not)."""
+        self.stacked: dict[str, torch.Tensor] = {}
+        self.refresh()
 
     def __len__(self) -> int:
         return len(self.layers)
 
     def refresh(self) -> None:
-        """Nothing to do: every call reads the modules' current parameters."""
+        """Stack the layers' current parameters and buffers for the solver's vmapped calls (call
+        it once per solve: the optimizer moves them between solves); the public `step` and `vjp`
+        read the modules themselves."""
+        if self.vmap_problem is not None:
+            return
+        with torch.no_grad():
+            states = [dict(layer.named_parameters()) | dict(layer.named_buffers()) for layer in self.layers]
+            self.stacked = {k: torch.stack([s[k].detach() for s in states]) for k in states[0]}
+
+    def _batched(self, params: dict[str, torch.Tensor], u: torch.Tensor) -> torch.Tensor:
+        base = self.layers[0]
+
+        def one(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+            return torch.func.functional_call(base, p, (x,))
+
+        return torch.func.vmap(one)(params, u)
+
+    def _call(self, stacked: dict[str, torch.Tensor], layers: list[nn.Module], first: int, stride: int,
+              u: torch.Tensor, lam: torch.Tensor | None) -> torch.Tensor:
+        """F (lam None) or J_Fᵀ lam of the m intervals with layers first, first + stride, … of
+        `layers` (whose stacked state is `stacked`): one vmap, else (vmap_problem) a loop."""
+        m = u.shape[0]
+        picked = slice(first, first + stride * (m - 1) + 1, stride)
+        if self.vmap_problem is None:
+            params = {k: v[picked] for k, v in stacked.items()}
+            try:
+                if lam is None:
+                    return self._batched(params, u)
+                _, pull = torch.func.vjp(lambda x: self._batched(params, x), u)
+                return pull(lam)[0]
+            except Exception as err:  # the layer's code does not vmap: loop from now on
+                self.vmap_problem = f"torch.func.vmap failed: {type(err).__name__}: {str(err).splitlines()[0]}"
+        mods = layers[picked]
+        if lam is None:
+            return torch.stack([mod(u[i]) for i, mod in enumerate(mods)])
+        return torch.stack([torch.func.vjp(mod, u[i])[1](lam[i])[0] for i, mod in enumerate(mods)])
+
+    def step_at(self, first: int, stride: int, span: int, u: torch.Tensor, out: torch.Tensor | None = None,
+                add: torch.Tensor | None = None) -> torch.Tensor:
+        """`StackPropagator.step_at`'s contract: u[i] + span·h·F_{first+i·stride}(u[i]) (+ add[i])."""
+        with torch.no_grad():
+            f = self._call(self.stacked, self.layers, first, stride, u, None)
+            out = torch.add(u, f, alpha=span * self.h) if out is None else torch.add(u, f, alpha=span * self.h,
+                                                                                       out=out)
+            return out if add is None else out.add_(add)
+
+    def linearized(self, states: torch.Tensor) -> GenericAdjoint:
+        """The adjoint steps about the fine states [N + 1, *state], in reversed time (as
+        `StackPropagator.linearized`)."""
+        return GenericAdjoint(self, states)
 
     def step(self, start: torch.Tensor, span: int, u: torch.Tensor) -> torch.Tensor:
         """u[i] + span·h·layers[start[i]](u[i]) for each interval, one module call each."""
@@ -313,16 +597,19 @@ class GenericPropagator:
 
     def vjp(self, start: torch.Tensor, span: int, y: torch.Tensor,
             lam: torch.Tensor) -> torch.Tensor:
-        """lam[i] + span·h·(∂F_{start[i]}/∂u at y[i])ᵀ lam[i], one autograd pass per interval."""
-        span = _check_span(span)
+        """lam[i] + span·h·(∂F_{start[i]}/∂u at y[i])ᵀ lam[i], one `torch.func.vjp` per interval."""
         _check_start(start, y.shape[0], len(self.layers))
+        return self.vjp_unchecked(start, _check_span(span), y, lam)
+
+    def vjp_unchecked(self, idx: torch.Tensor, span: int, y: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        """`vjp` without its checks (as `StackPropagator.vjp_unchecked`)."""
+        start = idx
         scale = span * self.h
         out = []
-        for i, n in enumerate(start.tolist()):
-            with torch.enable_grad():
-                yi = y[i].detach().requires_grad_(True)
-                (g,) = torch.autograd.grad(self.layers[n](yi), yi, lam[i].detach())
-            out.append(lam[i] + scale * g)
+        with torch.no_grad():
+            for i, n in enumerate(start.tolist()):
+                _, pull = torch.func.vjp(self.layers[n], y[i].detach())
+                out.append(lam[i] + scale * pull(lam[i].detach())[0])
         return torch.stack(out) if out else lam.clone()
 
     def param_grads(self, states: torch.Tensor, lambdas: torch.Tensor, first: int = 0) -> None:
@@ -334,7 +621,19 @@ class GenericPropagator:
             raise ValueError(f"states and lambdas must both be [n+1, *state] for layers first … first+n-1 of "
                              f"{len(self.layers)}, got {tuple(states.shape)} and {tuple(lambdas.shape)} "
                              f"from layer {first}")
-        for n, layer in enumerate(self.layers[first:first + n_layers]):
+        layers = self.layers[first:first + n_layers]
+        if n_layers and self.vmap_problem is None:
+            try:
+                grads = self._stacked_param_grads(states, lambdas, first, n_layers)
+            except Exception as err:  # the layer's code does not vmap: per layer from now on
+                self.vmap_problem = f"torch.func.vmap failed: {type(err).__name__}: {str(err).splitlines()[0]}"
+            else:
+                for layer, per in zip(layers, grads, strict=True):
+                    for name, p in layer.named_parameters():
+                        if p.requires_grad:
+                            _accumulate(p, per[name], fresh=True)
+                return
+        for n, layer in enumerate(layers):
             params = [p for p in layer.parameters() if p.requires_grad]
             if not params:
                 continue
@@ -345,6 +644,51 @@ class GenericPropagator:
             for p, g in zip(params, grads, strict=True):
                 if g is not None:
                     _accumulate(p, g)
+
+
+    def _stacked_param_grads(self, states: torch.Tensor, lambdas: torch.Tensor, first: int,
+                             n_layers: int) -> list[dict[str, torch.Tensor]]:
+        """Each layer's (∂Φ_n/∂θ_n at y_n)ᵀ λ_{n+1} by one `torch.func.vjp` of the vmapped call over
+        the stacked parameters (of the last `refresh()`): per layer, parameter name → gradient (views
+        of one [n, …] tensor per name, owned by nobody else)."""
+        names = {name for name, _ in self.layers[0].named_parameters()}
+        picked = {k: v[first:first + n_layers] for k, v in self.stacked.items()}
+        params = {k: v for k, v in picked.items() if k in names}
+        buffers = {k: v for k, v in picked.items() if k not in names}
+        with torch.no_grad():
+            _, pull = torch.func.vjp(lambda p: self._batched(p | buffers, states[:-1].detach()), params)
+            (grads,) = pull(self.h * lambdas[1:].detach())
+        per = {k: g.unbind(0) for k, g in grads.items()}
+        return [{k: per[k][n] for k in per} for n in range(n_layers)]
+
+
+class GenericAdjoint:
+    """The adjoint steps of a `GenericPropagator` about fixed forward states, in reversed time
+    (as `StackAdjoint`): the layers, their stacked state and the states flipped once, so each
+    call's intervals are a strided progression; one `torch.func.vjp` of the vmapped call."""
+
+    def __init__(self, prop: GenericPropagator, states: torch.Tensor) -> None:
+        n = states.shape[0] - 1
+        if n != len(prop):
+            raise ValueError(f"states must be the {len(prop) + 1} points of the stack, got {n + 1}")
+        self.prop, self.h = prop, prop.h
+        self.layers = prop.layers[::-1]
+        with torch.no_grad():
+            self.states = states.detach().flip(0)  # y_{N−k} at k
+            self.stacked = {k: v.flip(0) for k, v in prop.stacked.items()}
+
+    def step_at(self, first: int, stride: int, span: int, lam: torch.Tensor, out: torch.Tensor | None = None,
+                add: torch.Tensor | None = None) -> torch.Tensor:
+        """Ψ over reversed [first + i·stride, … + span) of lam[i] (+ add[i]), `StackAdjoint.step_at`'s
+        contract: the forward layer N − first − span − i·stride about its state."""
+        m = lam.shape[0]
+        at = first + span  # the reversed index of the interval's forward state
+        y = self.states[at:at + stride * (m - 1) + 1:stride]
+        with torch.no_grad():
+            back = self.prop._call(self.stacked, self.layers, at - 1, stride, y, lam)
+            scale = span * self.h
+            out = torch.add(lam, back, alpha=scale) if out is None else torch.add(lam, back, alpha=scale, out=out)
+            return out if add is None else out.add_(add)
 
 
 def propagator_for(stack: nn.Module, kernel: Kernel = "torch") -> StackPropagator | GenericPropagator:

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from mrc.techniques.mgrit.grid import Blocks, Settings, coarsest_span
-from mrc.techniques.mgrit.solver import MGRIT, Propagator, _Level
+from mrc.techniques.mgrit.solver import MGRIT, Propagator, _Level, step_at_of, sweep_at_of
 
 __all__ = ["Part", "RankAdjoint", "RankMGRIT", "adjoint_part", "adjoint_table", "block_lambdas",
            "block_param_grads", "first_lambda", "forward_part", "last_state", "rank_adjoint_solve",
@@ -77,6 +77,8 @@ class _Guarded:
 
     def __init__(self, prop: Any) -> None:
         self.prop = prop
+        self.step_at = step_at_of(prop)  # the solver makes no call over no intervals
+        self.sweep_at = sweep_at_of(prop)
 
     def step(self, start: torch.Tensor, span: int, u: torch.Tensor) -> torch.Tensor:
         return u.clone() if u.shape[0] == 0 else self.prop.step(start, span, u)
@@ -101,9 +103,9 @@ class RankMGRIT(MGRIT):
             raise ValueError(f"the part ({part.lo}, {part.hi}] of N = {n_steps} has neighbours {part.prev} "
                              f"and {part.next}: a part has a predecessor iff lo > 0 and a successor iff hi < N")
         self.prop = _Guarded(prop)
+        self._step_at, self._sweep_at = step_at_of(self.prop), sweep_at_of(self.prop)
         self.part = part
         self.world = world
-        self._coarse_starts = torch.empty(0, dtype=torch.long)
 
     def start(self, u0: torch.Tensor, warm: torch.Tensor | None = None) -> None:
         """Initial condition u0 (every rank has it) and this part's initial guess: `warm` [hi − lo + 1, *state]
@@ -128,13 +130,8 @@ class RankMGRIT(MGRIT):
             cf = 0 if coarsest else s.factor(level)
             n = min(hi, self._sizes[level] * span) // span - lo // span  # this part's points of the level
             self._levels.append(_Level(n, cf, span, "" if coarsest else s.relaxation(level), u.device, offset=lo))
-            if coarsest:
-                self._coarse_starts = torch.arange(0, self._sizes[level], device=u.device, dtype=torch.long) * span
             span *= max(cf, 1)
-        self._levels[0].u, self._levels[0].g = u, g
-        self.residuals = []
-        self._pos = 0
-        self._residual = None
+        self._bind(u, g)
 
     # ---------------------------------------------------------------- what ranks add
 
@@ -156,10 +153,12 @@ class RankMGRIT(MGRIT):
         self._exchange(lv.u)
         super()._f_relax(lv)
 
-    def _norm(self, r: torch.Tensor) -> float:
-        total = r.detach().double().square().sum().reshape(1)
+    def _norm(self, r: torch.Tensor) -> torch.Tensor:
+        if not self.world.active:  # one process: the one-process solver's norm, bit for bit
+            return super()._norm(r)
+        total = r.double().square().sum().reshape(1)
         self.world.all_reduce(total)
-        return float(total.sqrt())
+        return total.sqrt()[0]
 
     def _coarse_solve(self, l: int) -> None:
         """Gather g of the coarsest level, sweep it serially up to this part's last point, keep the part."""
@@ -170,9 +169,9 @@ class RankMGRIT(MGRIT):
         if self.part.lo == 0:
             whole[0] = lv.g[0]
         self.world.all_reduce(whole)  # disjoint slots: the sum is each owner's value, exactly
-        u, g, starts = whole.clone(), whole, self._coarse_starts  # u_0 = g_0 on every level (start, restrict)
-        for n in range(1, first + lv.n + 1):
-            u[n:n + 1] = self._phi(lv, starts[n - 1:n], u[n - 1:n]) + g[n:n + 1]
+        u, g = whole.clone(), whole  # u_0 = g_0 on every level (start, restrict)
+        last = first + lv.n + 1
+        self._sweep_at(0, lv.span, lv.span, u[:last], g[:last])
         lv.u.copy_(u[first:first + lv.n + 1])
 
 
@@ -198,13 +197,34 @@ class RankAdjoint:
 
     def __init__(self, prop: Propagator, n_steps: int, rows: torch.Tensor, table: torch.Tensor) -> None:
         self.prop, self.n_steps, self.rows, self.table = prop, n_steps, rows, table
+        self._runs: dict[tuple[int, int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def step(self, start: torch.Tensor, span: int, u: torch.Tensor) -> torch.Tensor:
-        forward = self.n_steps - start - span
+    def _rows(self, forward: torch.Tensor) -> torch.Tensor:
         at = self.rows[forward]
         if at.device.type == "cpu" and at.numel() and int(at.min()) < 0:
             raise IndexError(f"this rank holds no forward state at {forward[at < 0].tolist()}")
-        return self.prop.vjp(forward, span, self.table[at], u)
+        return at
+
+    def step(self, start: torch.Tensor, span: int, u: torch.Tensor) -> torch.Tensor:
+        forward = self.n_steps - start - span
+        return self.prop.vjp(forward, span, self.table[self._rows(forward)], u)
+
+    def step_at(self, first: int, stride: int, span: int, u: torch.Tensor, out: torch.Tensor | None = None,
+                add: torch.Tensor | None = None) -> torch.Tensor:
+        """The solver's call (`StackPropagator.step_at`'s contract): the forward layers and table rows of each
+        progression are found and checked once per solve, and the propagator's vjp runs without its checks."""
+        m = u.shape[0]
+        got = self._runs.get((first, stride, m, span))
+        if got is None:
+            forward = self.n_steps - span - first - stride * torch.arange(m, device=u.device)
+            got = self._runs[(first, stride, m, span)] = (forward, self._rows(forward))
+        forward, at = got
+        unchecked = getattr(self.prop, "vjp_unchecked", None)
+        y = self.table[at]
+        res = unchecked(forward, span, y, u) if unchecked is not None else self.prop.vjp(forward, span, y, u)
+        if add is not None:
+            res = res + add
+        return res if out is None else out.copy_(res)
 
     def vjp(self, start: torch.Tensor, span: int, y: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError("RankAdjoint.vjp is not needed by MGRIT and not provided")

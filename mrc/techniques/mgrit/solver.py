@@ -22,14 +22,19 @@ One iteration is a V-cycle (the ``phases``):
     ("coarse_solve", L-1)   the serial sweep u_n = Φ^{L-1}(u_{n-1}) + g_n, n = 1..N_{L-1}
     ("correct", l)      u[C] += v_c − u_c (v_c: level l + 1's states), then F-relaxation
 
-Batching: an F-relaxation calls ``prop.step`` once per position j = 1..cf−1 within an interval, for all intervals
+Batching: an F-relaxation calls the propagator once per position j = 1..cf−1 within an interval, for all intervals
 at once; a C-relaxation, a residual and a coarse A_{l+1} evaluation call it once each. Only the coarsest sweep
-loops, over its few points. So one iteration makes O(cf·levels) + N_{L-1} calls, independent of N otherwise.
+loops, over its few points. So one iteration makes O(cf·levels) + N_{L-1} calls, independent of N otherwise. The
+intervals of every call are an arithmetic progression of fine starts, so the solver calls ``step_at(first, stride,
+span, u, out, add)`` (``step_at_of``: the propagator's own, else one over ``step``) with strided views of its
+states made once per solve, writing into them (out = Φ(u) + g), and ``sweep_at`` for the coarsest level.
 
 Residual norm. Each iteration records the level-0 residual at the C-points n ≥ 1, computed in ("restrict", 0)
 — after that iteration's relaxation, before its coarse correction: ‖r‖ = sqrt(Σ_{C-points n ≥ 1} Σ r_n²) over all
 elements (a global 2-norm). F-points carry no residual after F-relaxation and point 0 none by construction. With
-levels == 1 the iteration is the exact serial sweep and its residual is recorded as 0.0.
+levels == 1 the iteration is the exact serial sweep and its residual is recorded as 0.0. The norms stay tensors on
+the states' device: ``residuals`` turns them into floats when read (one host sync for all), ``converged`` reads the
+last one only when there is a tolerance.
 
 Stopping. ``solve`` runs whole iterations until ``iters`` are done or, with tol > 0, until an iteration's residual
 is < tol; that iteration is finished (its correction is applied), so the returned states are at least as good
@@ -40,19 +45,22 @@ propagators are). The adjoint λ_N = g, λ_n = (∂Φ_n/∂u at y_n)ᵀ λ_{n+1}
 time (``Adjoint``, ``adjoint_solve``, ``lambdas``).
 
 Autograd: the solver runs under the caller's grad mode and updates its state tensors in place; callers that do not
-differentiate through it should run it under ``torch.no_grad()`` (a propagator's ``vjp`` must then enable grad
-itself if it uses autograd).
+differentiate through it should run it under ``torch.no_grad()`` (the built-in propagators do; a propagator's
+``vjp`` must then differentiate by other means, e.g. torch.func, which ignores the outer mode).
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import torch
 
 from mrc.techniques.mgrit.grid import Settings
 
-__all__ = ["MGRIT", "Adjoint", "Propagator", "adjoint_solve", "lambdas"]
+__all__ = ["MGRIT", "Adjoint", "Propagator", "StepAt", "adjoint_solve", "lambdas", "step_at_of",
+           "sweep_at_of", "sweep_by_steps"]
 
 @runtime_checkable
 class Propagator(Protocol):
@@ -69,33 +77,103 @@ class Propagator(Protocol):
         ...
 
 
+Run = tuple[int, int, int]
+"""Intervals of one batched call: (first, stride, count) — fine starts first, first + stride, …"""
+
+
+class StepAt(Protocol):
+    """The solver's internal call (`StackPropagator.step_at`'s contract): out[i] = Φ(first + i·stride,
+    span)(u[i]) (+ add[i]) for the m = u.shape[0] intervals, into `out` when given."""
+
+    def __call__(self, first: int, stride: int, span: int, u: torch.Tensor, out: torch.Tensor | None = None,
+                 add: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
+class _ByIndex:
+    """`step_at` for a propagator that has only the public ``step``: the start tensors are made once per
+    progression (on the states' device) and kept."""
+
+    def __init__(self, prop: Propagator) -> None:
+        self.prop = prop
+        self._starts: dict[tuple[int, int, int, torch.device], torch.Tensor] = {}
+
+    def step_at(self, first: int, stride: int, span: int, u: torch.Tensor, out: torch.Tensor | None = None,
+                add: torch.Tensor | None = None) -> torch.Tensor:
+        key = (first, stride, u.shape[0], u.device)
+        start = self._starts.get(key)
+        if start is None:
+            start = self._starts[key] = torch.arange(u.shape[0], device=u.device, dtype=torch.long) * stride + first
+        got = self.prop.step(start, span, u)
+        if add is not None:
+            got = got + add
+        return got if out is None else out.copy_(got)
+
+
+def step_at_of(prop: Propagator) -> StepAt:
+    """The propagator's internal entry `step_at` where it has one, else one over its public ``step``."""
+    fast = getattr(prop, "step_at", None)
+    return fast if fast is not None else _ByIndex(prop).step_at
+
+
+def sweep_at_of(prop: Propagator) -> Callable[[int, int, int, torch.Tensor, torch.Tensor | None], None]:
+    """The serial sweep u[k] = Φ(first + (k−1)·stride, span)(u[k−1]) (+ g[k]), k = 1 … n, in place on u [n + 1,
+    *state]: the propagator's ``sweep_at`` where it has one, else one ``step_at`` per point."""
+    fast = getattr(prop, "sweep_at", None)
+    if fast is not None:
+        return fast
+    step_at = step_at_of(prop)
+
+    def sweep(first: int, stride: int, span: int, u: torch.Tensor, g: torch.Tensor | None) -> None:
+        sweep_by_steps(step_at, first, stride, span, u, g)
+    return sweep
+
+
+def sweep_by_steps(step_at: StepAt, first: int, stride: int, span: int, u: torch.Tensor,
+                   g: torch.Tensor | None) -> None:
+    """The serial sweep of ``sweep_at_of`` as one ``step_at`` per point, on views of u and g split once."""
+    us, gs = u.split(1), (g.split(1) if g is not None else None)
+    for k in range(1, u.shape[0]):
+        step_at(first + (k - 1) * stride, 1, span, us[k - 1], us[k], None if gs is None else gs[k])
+
+
 class _Level:
-    """Index tensors and state of one level (built once per solve, on the states' device)."""
+    """One level's intervals and states, and the views the phases read and write (made once per solve: the
+    level's state tensors are kept for the whole solve, a coarse level's overwritten by each restriction)."""
 
     def __init__(self, n: int, cf: int, span: int, relax: str, device: torch.device, offset: int = 0) -> None:
         # offset: the fine index of point 0 (0 for the whole problem; a rank's block starts later,
-        # mrc/techniques/mgrit/ranks.py): every start tensor is shifted by it
-        self.n, self.cf, self.span, self.relax = n, cf, span, relax
-        idx = lambda *a: torch.arange(*a, device=device, dtype=torch.long)  # noqa: E731
-        # F-relaxation, position j in the interval: the points c + j with c a C-point and c + j ≤ n
-        self.f_points = [idx(j, n + 1, cf) for j in range(1, cf)] if cf > 1 else []
-        self.f_starts = [(p - 1) * span + offset for p in self.f_points]
-        # C-points ≥ 1 (multiples of cf up to n); for the coarsest level (cf = 0) unused
-        n_coarse = n // cf if cf > 1 else 0
-        self.c_points = idx(1, n_coarse + 1) * cf if cf > 1 else idx(0)
-        self.c_starts = (self.c_points - 1) * span + offset
-        # the same point sets as strided slices (views: no gather/scatter of the states): F-points
-        # at position j and their predecessors, the C-points ≥ 1 and theirs, and the injection
+        # mrc/techniques/mgrit/ranks.py): every start is shifted by it
+        self.n, self.cf, self.span, self.relax, self.offset = n, cf, span, relax, offset
+        n_coarse = n // cf if cf > 1 else 0  # C-points ≥ 1: multiples of cf up to n (none on the coarsest level)
+        step = max(cf, 1)
+        # F-relaxation, position j in the interval: the points c + j with c a C-point and c + j ≤ n, as a
+        # strided slice of the states (and of their predecessors) and a progression of fine starts
         self.f_slices = [(slice(j, n + 1, cf), slice(j - 1, n, cf)) for j in range(1, cf)] if cf > 1 else []
-        # (the coarsest level, cf = 0, has none: it is swept serially)
-        top, step = n_coarse * cf, max(cf, 1)
+        self.f_runs: list[Run] = [((j - 1) * span + offset, cf * span, len(range(j, n + 1, cf)))
+                                  for j in range(1, cf)] if cf > 1 else []
+        top = n_coarse * cf
         self.c_slice = slice(cf, top + 1, step) if cf > 1 else slice(0, 0)
         self.c_prev = slice(cf - 1, top, step) if cf > 1 else slice(0, 0)
+        self.c_run: Run = ((cf - 1) * span + offset, cf * span, n_coarse)
         self.inject = slice(0, top + 1, step) if cf > 1 else slice(0, 0)
-        self.all_starts = idx(0, n) * span + offset  # start of the step into point n + 1, n = 0..N_l − 1
+        self.c_points = torch.arange(1, n_coarse + 1, device=device, dtype=torch.long) * cf if cf > 1 else None
         self.u: torch.Tensor = torch.empty(0)
         self.g: torch.Tensor = torch.empty(0)
+        self.g_zero = False
+        """g is zero at every point ≥ 1 (the fine level: g = (u0, 0, …, 0)), so no phase adds it."""
         self.u_c: torch.Tensor = torch.empty(0)  # the injected C-point states saved by restrict
+        self.to_coarse: tuple[torch.Tensor, ...] = ()  # views for restrict and correct (MGRIT._bind)
+        # the relaxations' views (bind): (points, predecessors, g there or None, the progression)
+        self.f_views: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Run]] = []
+        self.c_views: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] = (self.u, self.u, None)
+
+    def bind(self, u: torch.Tensor, g: torch.Tensor, g_zero: bool = False) -> None:
+        """Take u and g [n + 1, *state] as the level's states for the solve, and make the views of them."""
+        self.u, self.g, self.g_zero = u, g, g_zero
+        gv = (lambda s: None) if g_zero else (lambda s: g[s])
+        self.f_views = [(u[pts], u[prev], gv(pts), run)
+                        for (pts, prev), run in zip(self.f_slices, self.f_runs, strict=True) if run[2]]
+        self.c_views = (u[self.c_slice], u[self.c_prev], gv(self.c_slice))
 
 
 class MGRIT:
@@ -103,6 +181,11 @@ class MGRIT:
 
     Use ``start`` then ``solve``, or drive the iteration yourself: ``run`` each of ``phases`` in order, then
     ``end_iteration``; ``converged`` says when to stop. ``states`` holds the current fine-level states.
+
+    The solver calls the propagator through ``step_at`` (``step_at_of``): each call's intervals are an
+    arithmetic progression (first, stride, count), the states it reads and writes strided views made once per
+    solve, so a call has no checks, gathers or copies. Residual norms stay tensors (no host sync) until
+    ``residuals`` is read or a tolerance needs one.
     """
 
     def __init__(self, prop: Propagator, n_steps: int, settings: Settings) -> None:
@@ -110,13 +193,16 @@ class MGRIT:
         if reason is not None:
             raise ValueError(f"MGRIT settings do not fit N = {n_steps}: {reason}")
         self.prop = prop
+        self._step_at = step_at_of(prop)
+        self._sweep_at = sweep_at_of(prop)
         self.n_steps = n_steps
         self.settings = settings
-        self.residuals: list[float] = []
+        self._norms: list[torch.Tensor | float] = []
+        self._floats: list[float] = []
         self._sizes = settings.sizes(n_steps)
         self._levels: list[_Level] = []
         self._pos = 0
-        self._residual: float | None = None
+        self._residual: torch.Tensor | None = None
         L = settings.levels
         if L == 1:
             self._phases = [("coarse_solve", 0)]
@@ -151,8 +237,21 @@ class MGRIT:
             cf = 0 if coarsest else s.factor(l)
             self._levels.append(_Level(size, cf, span, "" if coarsest else s.relaxation(l), u.device))
             span *= max(cf, 1)
-        self._levels[0].u, self._levels[0].g = u, g
-        self.residuals = []
+        self._bind(u, g)
+
+    def _bind(self, u: torch.Tensor, g: torch.Tensor) -> None:
+        """Give the levels their states for the solve (the fine level u and g; buffers for the coarse ones
+        and the injections) and reset the iteration."""
+        levels = self._levels
+        levels[0].bind(u, g, g_zero=True)
+        for fine, coarse in itertools.pairwise(levels):
+            shape = (coarse.n + 1, *u.shape[1:])
+            u_c = fine.u_c = u.new_empty(shape)
+            coarse.bind(u.new_empty(shape), u.new_empty(shape))
+            # the restriction's and the correction's views: the injection, u_c and g_c without point 0 or N_{l+1}
+            fine.to_coarse = (fine.u[fine.inject], u_c[:-1], u_c[1:], coarse.g[0], fine.g[0], coarse.g[1:],
+                              coarse.u[1:])
+        self._norms, self._floats = [], []
         self._pos = 0
         self._residual = None
 
@@ -168,20 +267,34 @@ class MGRIT:
         """The operations of one iteration (V-cycle), in the order ``run`` must be called with them."""
         return list(self._phases)
 
+    @property
+    def residuals(self) -> list[float]:
+        """The residual norm of each iteration so far (see the module doc), as floats: reading them syncs with
+        the device once for all the iterations not read before."""
+        if len(self._floats) < len(self._norms):
+            new = self._norms[len(self._floats):]
+            tensors = [r for r in new if isinstance(r, torch.Tensor)]
+            values = iter(torch.stack(tensors).tolist() if tensors else [])
+            self._floats += [next(values) if isinstance(r, torch.Tensor) else float(r) for r in new]
+        return list(self._floats)
+
     # ---------------------------------------------------------------- the operations
 
-    def _phi(self, lv: _Level, starts: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        return self.prop.step(starts, lv.span, u)
+    def _phi(self, lv: _Level, run: Run, u: torch.Tensor, out: torch.Tensor | None = None,
+             add: torch.Tensor | None = None) -> torch.Tensor:
+        """Φ of level lv over the intervals `run` applied to u (+ add), into out when given."""
+        first, stride, count = run
+        if count == 0:  # a rank's block without a C-point on this level
+            return out if out is not None else u.new_empty(u.shape)
+        return self._step_at(first, stride, lv.span, u, out, add)
 
     def _f_relax(self, lv: _Level) -> None:
-        u, g = lv.u, lv.g
-        for (pts, prev), starts in zip(lv.f_slices, lv.f_starts, strict=True):
-            if starts.numel():
-                u[pts] = self._phi(lv, starts, u[prev]) + g[pts]
+        for pts, prev, g, run in lv.f_views:
+            self._phi(lv, run, prev, pts, g)
 
     def _c_relax(self, lv: _Level) -> None:
-        u, g, pts = lv.u, lv.g, lv.c_slice
-        u[pts] = self._phi(lv, lv.c_starts, u[lv.c_prev]) + g[pts]
+        pts, prev, g = lv.c_views
+        self._phi(lv, lv.c_run, prev, pts, g)
 
     def _relax(self, l: int) -> None:
         lv = self._levels[l]
@@ -192,34 +305,34 @@ class MGRIT:
 
     def _restrict(self, l: int) -> None:
         lv, co = self._levels[l], self._levels[l + 1]
-        u, g, pts = lv.u, lv.g, lv.c_slice
-        r = g[pts] - (u[pts] - self._phi(lv, lv.c_starts, u[lv.c_prev]))  # residual at C-points ≥ 1
+        pts, prev, g = lv.c_views
+        r = self._phi(lv, lv.c_run, prev).sub_(pts)  # residual at C-points ≥ 1: g − (u − Φ(u_prev))
+        if g is not None:
+            r.add_(g)
         if l == 0:
             self._residual = self._norm(r)
-        u_c = u[lv.inject].clone()  # inject: level l's C-points are level l + 1's points
-        lv.u_c = u_c
-        g_c = torch.empty_like(u_c)
-        g_c[0] = g[0]  # A(u_c)_0 + r_0 = u_c[0] + (g_0 − u_0) = g_0
-        g_c[1:] = u_c[1:] - self.prop.step(co.all_starts, co.span, u_c[:-1]) + r
-        co.u, co.g = u_c.clone(), g_c
+        injected, u_head, u_tail, g_c0, g_0, g_c, _ = lv.to_coarse
+        lv.u_c.copy_(injected)  # inject: level l's C-points are level l + 1's points
+        co.u.copy_(lv.u_c)
+        g_c0.copy_(g_0)  # A(u_c)_0 + r_0 = u_c[0] + (g_0 − u_0) = g_0
+        if co.n:  # g_c = A_{l+1}(u_c) + r at points ≥ 1
+            self._phi(co, (lv.offset, co.span, co.n), u_head, g_c)
+            torch.sub(u_tail, g_c, out=g_c).add_(r)
 
-    def _norm(self, r: torch.Tensor) -> float:
-        """The global 2-norm of the level-0 residual at the C-points (over ranks, in ranks.py)."""
-        return float(torch.linalg.vector_norm(r.detach().double()))
+    def _norm(self, r: torch.Tensor) -> torch.Tensor:
+        """The global 2-norm of the level-0 residual at the C-points (over ranks, in ranks.py), a tensor."""
+        return torch.linalg.vector_norm(r.double())
 
     def _coarse_solve(self, l: int) -> None:
         lv = self._levels[l]
-        u, g, starts = lv.u, lv.g, lv.all_starts
-        for n in range(1, lv.n + 1):
-            u[n : n + 1] = self._phi(lv, starts[n - 1 : n], u[n - 1 : n]) + g[n : n + 1]
+        self._sweep_at(lv.offset, lv.span, lv.span, lv.u, None if lv.g_zero else lv.g)
 
     def _correct(self, l: int) -> None:
-        lv, co = self._levels[l], self._levels[l + 1]
+        lv = self._levels[l]
         fuse = getattr(self.prop, "kernel", "torch") == "triton"  # the stack's kernel choice, as the step's
-        if not (fuse and fas_correct_fused(lv.u, co.u[1:], lv.u_c[1:], lv.c_points)):
-            lv.u[lv.c_slice] += co.u[1:] - lv.u_c[1:]
-        lv.u_c = torch.empty(0)
-        co.u, co.g = torch.empty(0), torch.empty(0)
+        _, _, u_tail, _, _, _, v_tail = lv.to_coarse
+        if not (fuse and fas_correct_fused(lv.u, v_tail, u_tail, lv.c_points)):
+            lv.c_views[0].add_(v_tail.sub_(u_tail))  # u[C] += v_c − u_c (v is scratch until the next restrict)
         self._f_relax(lv)
 
     def run(self, phase: str, level: int) -> None:
@@ -241,22 +354,29 @@ class MGRIT:
             self._correct(level)
         self._pos += 1
 
-    def end_iteration(self) -> float:
-        """Finish the iteration whose phases have all run: record and return its residual norm (see module doc)."""
+    def end_iteration(self) -> torch.Tensor | float:
+        """Finish the iteration whose phases have all run: record and return its residual norm (see module doc)
+        — a 0-dim tensor (``float()`` reads it; the solver does not, unless a tolerance needs it), 0.0 for the
+        exact one-level sweep."""
         if self._pos != len(self._phases):
             raise RuntimeError(f"iteration incomplete: {len(self._phases) - self._pos} phases not run")
-        res = 0.0 if self._residual is None else self._residual
-        self.residuals.append(res)
+        res: torch.Tensor | float = 0.0 if self._residual is None else self._residual
+        self._norms.append(res)
         self._pos = 0
         self._residual = None
         return res
 
     @property
-    def converged(self) -> bool:
-        """True when tol > 0 and the last recorded residual is < tol."""
-        return self.settings.tol > 0 and bool(self.residuals) and self.residuals[-1] < self.settings.tol
+    def iterations(self) -> int:
+        """The iterations recorded so far."""
+        return len(self._norms)
 
-    def iterate(self) -> float:
+    @property
+    def converged(self) -> bool:
+        """True when tol > 0 and the last recorded residual is < tol (reads it: a host sync)."""
+        return self.settings.tol > 0 and bool(self._norms) and float(self._norms[-1]) < self.settings.tol
+
+    def iterate(self) -> torch.Tensor | float:
         """Run one whole iteration (all phases, then ``end_iteration``); returns its residual."""
         for phase, level in self._phases[self._pos :]:
             self.run(phase, level)
@@ -264,14 +384,15 @@ class MGRIT:
 
     def solve(self) -> torch.Tensor:
         """Iterate until ``settings.iters`` iterations are recorded or ``converged``; returns ``states``."""
-        while len(self.residuals) < self.settings.iters and not self.converged:
+        while self.iterations < self.settings.iters and not self.converged:
             self.iterate()
         return self.states
 
     def factors(self) -> list[float]:
         """The convergence factors r_k / r_{k-1}, k ≥ 1 (0.0 when both are 0, inf when only r_{k-1} is)."""
         out = []
-        for prev, cur in zip(self.residuals, self.residuals[1:], strict=False):
+        residuals = self.residuals
+        for prev, cur in itertools.pairwise(residuals):
             out.append(cur / prev if prev > 0 else (0.0 if cur == 0 else float("inf")))
         return out
 
@@ -294,6 +415,10 @@ class Adjoint:
     problem MGRIT solves like any other (linear, so FAS is exact linear multigrid). Ψ over reversed [m, m + span) is
     the transpose of the coarse forward step Φ(start = N − m − span, span) about the forward state y_start (the fine
     states of the forward solve); for span = 1 it is the exact adjoint step.
+
+    The solver's calls (``step_at``) go to the propagator's ``linearized(states)`` where it has one (the built-in
+    propagators: the layers and states in reversed order once, so each call's intervals are a strided
+    progression), else through ``step`` (a gather of the states per call).
     """
 
     def __init__(self, prop: Propagator, states: torch.Tensor) -> None:
@@ -301,6 +426,11 @@ class Adjoint:
         self.kernel = getattr(prop, "kernel", "torch")  # the forward's choice holds for its adjoint
         self.states = states
         self.n_steps = states.shape[0] - 1
+        linearized = getattr(prop, "linearized", None)
+        lin = linearized(states) if linearized is not None else None
+        self.step_at: StepAt = lin.step_at if lin is not None else _ByIndex(self).step_at
+        if lin is not None and hasattr(lin, "sweep_at"):
+            self.sweep_at = lin.sweep_at
 
     def step(self, start: torch.Tensor, span: int, u: torch.Tensor) -> torch.Tensor:
         """Ψ over reversed [start[i], start[i] + span) applied to the adjoint states u [m, *state]."""
