@@ -68,10 +68,16 @@ class StackedSteps(nn.Module):
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         s: StackStorage = self.storage  # type: ignore[assignment]
-        weights = [w for g, _, _ in s.weights for w in g.unbind(0)]
         biases = [b for g, _, _ in s.biases for b in g.unbind(0)]
         act = torch.tanh if s.activation == "tanh" else torch.relu
         h = self.h
+        if s.kind == "dense" and y.dim() == 2:
+            # F.linear(y, W, b) of a batch is addmm(b, y, Wᵀ): the transposes made once per run
+            weights_t = [w for g, _, _ in s.weights for w in g.transpose(1, 2).unbind(0)]
+            for w_t, b in zip(weights_t, biases, strict=True):
+                y = y + h * act(torch.addmm(b, y, w_t))
+            return y
+        weights = [w for g, _, _ in s.weights for w in g.unbind(0)]
         if s.kind == "dense":
             for w, b in zip(weights, biases, strict=True):
                 y = y + h * act(F.linear(y, w, b))
