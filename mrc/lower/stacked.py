@@ -98,7 +98,6 @@ def stacked_model(gm: fx.GraphModule, storages: dict[str, tuple[StackStorage, st
 
 
 def _replaced(gm: fx.GraphModule, path: str, module: nn.Module, first: str, last: str) -> fx.GraphModule:
-    from mrc.lower.plan import LoweringError
     from mrc.models.trace import quiet
 
     nodes = list(gm.graph.nodes)
@@ -107,8 +106,8 @@ def _replaced(gm: fx.GraphModule, path: str, module: nn.Module, first: str, last
     inside = set(nodes[lo:hi + 1])
     entering = {a for n in nodes[lo:hi + 1] for a in n.all_input_nodes if a not in inside and a.op != "get_attr"}
     if lo < 0 or hi < lo or len(entering) != 1:
-        raise LoweringError(f"the stack `{path}` is not the one stretch of nodes {first} … {last} of the "
-                            "traced model")
+        raise RuntimeError(f"the stack `{path}` is not the one stretch of nodes {first} … {last} of the traced "
+                           "model that the graph's `stacked` table names")
     source = next(iter(entering))
     g = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}

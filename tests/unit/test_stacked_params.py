@@ -124,3 +124,35 @@ def test_final_pt_loads_into_the_per_layer_model_and_resume_equals_one_run(tmp_p
     model.load_state_dict(torch.load(tmp_path / "whole" / "final.pt"), strict=True)
     assert_bitwise(model.state_dict(), whole.model.state_dict())
     assert_bitwise(resumed.model.state_dict(), whole.model.state_dict())
+
+
+@pytest.mark.parametrize("runs", [((0, 6),), ((0, 2), (2, 6))], ids=["one-run", "two-runs"])
+def test_the_propagator_reads_the_storage_and_writes_one_gradient_per_tensor(runs: tuple[tuple[int, int], ...]) -> None:
+    """Over stacked storage, `StackPropagator` copies nothing (an optimizer's in-place step is seen with no
+    refresh) and `param_grads` gives each stacked tensor the rows of the per-layer gradients."""
+    from mrc.lower.stacked import StackStorage
+    from mrc.techniques.core.tables import StackLayout
+    from mrc.techniques.mgrit.propagate import StackPropagator
+
+    torch.manual_seed(0)
+    model = build_ode_resnet((2,), 3, width=4, depth=6, h=0.1).double()
+    reference = StackPropagator(model.stack)
+    layout = StackLayout("stack", 6, "dense", "", "", tuple(Run("p", a, b) for a, b in runs),
+                         tuple(Run("p", a, b) for a, b in runs))
+    storage = StackStorage(model.stack, layout)
+    prop = StackPropagator(model.stack, storage=storage)
+    assert prop.weight is storage.weight and not prop.is_stale()
+    states, lambdas = torch.randn(7, 5, 4, dtype=torch.float64), torch.randn(7, 5, 4, dtype=torch.float64)
+    reference.param_grads(states, lambdas)
+    prop.param_grads(states, lambdas)
+    for group, a, b in storage.weights:
+        assert torch.equal(group.grad, torch.stack([layer.weight.grad for layer in model.stack.layers[a:b]]))
+    for group, a, b in storage.biases:
+        assert torch.equal(group.grad, torch.stack([layer.bias.grad for layer in model.stack.layers[a:b]]))
+    with torch.no_grad():
+        storage.weights[-1][0].add_(1.0)  # what an optimizer step does
+    start = torch.tensor([5])
+    u = torch.randn(1, 5, 4, dtype=torch.float64)
+    want = u + 0.1 * torch.tanh(u @ model.stack.layers[5].weight.detach().t() + model.stack.layers[5].bias.detach())
+    assert torch.allclose(prop.step(start, 1, u), want, rtol=0, atol=1e-14)
+    assert not torch.allclose(reference.step(start, 1, u), want)  # the copying propagator has not seen it
