@@ -48,7 +48,8 @@ def test_the_default_pipeline_follows_the_registry() -> None:
     # a plugin's pass after fuse-drift comes after the passes earlier techniques chained there
     extra = Technique("late", passes=(PassAt("late-pass", "mrc.passes.fuse_drift:FuseDrift", after="fuse-drift"),))
     passes, order = pipeline((*techniques(), extra))
-    assert order[-4:] == ("distribute", "late-pass", "precision", "stack-params") and passes["late-pass"] is PASSES["fuse-drift"]
+    assert order[-4:] == ("distribute", "late-pass", "precision", "stack-params")
+    assert passes["late-pass"] is PASSES["fuse-drift"]
     first = Technique("first", passes=(PassAt("first-pass", "mrc.passes.fuse_drift:FuseDrift", after=""),))
     assert pipeline((*techniques(), first))[1][:2] == ("first-pass", "prune-gradients")
     before = Technique("before", passes=(PassAt("before-pass", "mrc.passes.fuse_drift:FuseDrift",
