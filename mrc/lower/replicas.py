@@ -34,7 +34,7 @@ class Replicas:
         self._named = dict(bound.model.named_parameters())
         self.storage: dict[str, Any] = {}
         """The stacked parameters of each stack the graph stacks (mrc.lower.stacked.StackStorage)."""
-        self._stacked: dict[str, nn.Parameter] = {}
+        self._stacked: dict[str, tuple[nn.Parameter, int]] = {}
         self.plan: Any = None
         self.train_x = self.train_y = self.val_x = self.val_y = None
 
@@ -83,8 +83,21 @@ class Replicas:
         names = graph.partitions[partition].params
         if not self._stacked:
             return [self._named[n] for n in names]
-        out = {id(p): p for p in (self._stacked.get(n, self._named[n]) for n in names)}
+        out = {id(p): p for p in (self._stacked[n][0] if n in self._stacked else self._named[n] for n in names)}
         return list(out.values())
+
+    def gradients(self) -> dict[str, torch.Tensor | None]:
+        """Each parameter's gradient by name, as the last backward left it: a stacked layer's is its
+        row of its stacked tensor's (the layer's own `.grad` stays None), any other its `.grad`."""
+        out: dict[str, torch.Tensor | None] = {}
+        for name, p in self._named.items():
+            held = self._stacked.get(name)
+            if held is None:
+                out[name] = p.grad
+            else:
+                group, row = held
+                out[name] = None if group.grad is None else group.grad[row]
+        return out
 
     def attach(self, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor) -> None:
         self.train_x, self.train_y, self.val_x, self.val_y = train_x, train_y, val_x, val_y

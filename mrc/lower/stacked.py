@@ -39,13 +39,13 @@ class StackStorage:
             self.bias = torch.stack([layer.bias.detach() for layer in layers])
         self.weights = [(nn.Parameter(self.weight[r.first:r.stop]), r.first, r.stop) for r in layout.weights]
         self.biases = [(nn.Parameter(self.bias[r.first:r.stop]), r.first, r.stop) for r in layout.biases]
-        self.names: dict[str, nn.Parameter] = {}
-        """Each layer parameter's name (in the model) → the group Parameter that holds it."""
+        self.names: dict[str, tuple[nn.Parameter, int]] = {}
+        """Each layer parameter's name (in the model) → the group Parameter that holds it, and its row."""
         for which, groups, base in (("weight", self.weights, self.weight), ("bias", self.biases, self.bias)):
             for group, a, b in groups:
                 for n in range(a, b):
                     getattr(layers[n], which).data = base[n]
-                    self.names[f"{self.path}.layers.{n}.{which}"] = group
+                    self.names[f"{self.path}.layers.{n}.{which}"] = (group, n - a)
 
     def groups(self) -> list[tuple[nn.Parameter, int, int]]:
         """Every group Parameter with its layers [first, stop): weights, then biases."""
