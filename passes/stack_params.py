@@ -14,8 +14,10 @@ technique holds the layers its own way:
   (each brain holds its own copy), module-wise training (it cuts the model by module), mixed
   precision, a forward that cuts the stack, a layer in no partition or in an element-level
   one, an update whose rule is not elementwise (LARS, LAMB: per-tensor norms; Langevin:
-  per-tensor noise) or runs on a fused flat buffer or a random subset, gradient clipping (a
-  norm over one tensor sums in another order than over N).
+  per-tensor noise) or runs on a random subset's integrator, or on a fused flat buffer where the
+  stack is split into several runs (the buffer holds the stacked tensors, and one run per kind
+  keeps each one tensor in it), gradient clipping (a norm over one tensor sums in another order
+  than over N).
 
 Example (ode_resnet depth 64, one partition `all`, adam on torch.optim):
     before:  stack stack: N=64 dense candidate
@@ -90,7 +92,9 @@ def why_not(graph: ScheduleGraph, layout: StackLayout) -> str | tuple[tuple[Run,
         if isinstance(op, UpdateGroup) and parts & set(op.partitions):
             if not family(op.rule.name).elementwise:
                 return f"rule {op.rule.name} is not elementwise"
-            if op.kernel != "torch.optim":
+            if op.kernel in ("torch", "triton") and (len(runs[0]) > 1 or len(runs[1]) > 1):
+                return f"kernel {op.kernel}'s flat buffer takes one tensor per partition run, not several"
+            if op.kernel not in ("torch.optim", "torch", "triton"):
                 return f"its update runs on kernel {op.kernel}"
         if isinstance(op, Backward) and op.clip > 0 and parts & set(op.wrt):
             return "gradient clipping"

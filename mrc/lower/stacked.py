@@ -47,6 +47,15 @@ class StackStorage:
                     getattr(layers[n], which).data = base[n]
                     self.names[f"{self.path}.layers.{n}.{which}"] = (group, n - a)
 
+    def rebind(self) -> None:
+        """Take the stacks from the group Parameters again after something re-pointed their data (a
+        fused kernel's flat buffer, mrc/runtime/fused.py), and the layers' rows from them. The
+        `stack-params` pass gives such a stack one weight and one bias tensor."""
+        if len(self.weights) == 1 and len(self.biases) == 1:
+            self.weight, self.bias = self.weights[0][0].detach(), self.biases[0][0].detach()
+            for n, layer in enumerate(self.layers):
+                layer.weight.data, layer.bias.data = self.weight[n], self.bias[n]
+
     def groups(self) -> list[tuple[nn.Parameter, int, int]]:
         """Every group Parameter with its layers [first, stop): weights, then biases."""
         return [*self.weights, *self.biases]

@@ -156,3 +156,20 @@ def test_the_propagator_reads_the_storage_and_writes_one_gradient_per_tensor(run
     want = u + 0.1 * torch.tanh(u @ model.stack.layers[5].weight.detach().t() + model.stack.layers[5].bias.detach())
     assert torch.allclose(prop.step(start, 1, u), want, rtol=0, atol=1e-14)
     assert not torch.allclose(reference.step(start, 1, u), want)  # the copying propagator has not seen it
+
+
+@pytest.mark.parametrize("optimizer", [SGD, ADAM], ids=["momentum", "adam"])
+@pytest.mark.parametrize("extra", ["", MGRIT], ids=["serial", "mgrit"])
+def test_a_fused_flat_buffer_holds_the_stacked_tensors(tmp_path: Path, optimizer: str, extra: str) -> None:
+    """`kernels = torch` (the fused update, as CUDA runs it by default): the flat buffer takes over the stacked
+    tensors, the layers and the MGRIT solve follow them there, and training equals the per-layer run's."""
+    spec = tmp_path / "fused.mrs"
+    spec.write_text(write(tmp_path, optimizer, extra).read_text().replace("seed=3)", "seed=3, kernels=torch)"))
+    stacked, compiled, plan = trained(spec, 4)
+    per_layer, _, _ = trained(spec, 4, stacked=False)
+    assert compiled.graph.table(STACKED)["stack"].stacked
+    assert_bitwise(stacked, per_layer)
+    (integ,) = plan.ctx.integrators.values()  # type: ignore[attr-defined]
+    layer = compiled.bound.model.stack.layers[5]
+    flat = integ.flat.data
+    assert flat.data_ptr() <= layer.weight.data_ptr() < flat.data_ptr() + flat.numel() * flat.element_size()

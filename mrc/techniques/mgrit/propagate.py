@@ -166,8 +166,10 @@ class StackPropagator:
     def refresh(self) -> None:
         """Re-stack the layers' current weights (call at the start of each forward/backward
         solve: the optimizer moves them between solves, and `step`/`vjp`/`param_grads` read
-        the stacks, not the modules). Over stacked storage: nothing to do, the stacks are it."""
+        the stacks, not the modules). Over stacked storage nothing is copied: the stacks are the
+        storage's (read again, as a fused kernel's flat buffer may have taken them over)."""
         if self.storage is not None:
+            self.weight, self.bias = self.storage.weight, self.storage.bias
             return
         with torch.no_grad():
             self.weight = torch.stack([layer.weight.detach() for layer in self.layers])
