@@ -173,3 +173,13 @@ def test_a_fused_flat_buffer_holds_the_stacked_tensors(tmp_path: Path, optimizer
     layer = compiled.bound.model.stack.layers[5]
     flat = integ.flat.data
     assert flat.data_ptr() <= layer.weight.data_ptr() < flat.data_ptr() + flat.numel() * flat.element_size()
+
+
+def test_a_slow_stack_runs_without_autograd_on_fast_steps_as_per_layer(tmp_path: Path) -> None:
+    """Multirate with a slow body: on fast steps freeze-prefix cuts the model after the stack (which then runs
+    without autograd); the cut finds the stacked stack where the per-layer one was."""
+    spec = write(tmp_path, extra='partition body = module("stem") | module("stack") { every = 2 }\n'
+                                 "partition head = rest")
+    stacked, _, _ = trained(spec, 4)
+    per_layer, _, _ = trained(spec, 4, stacked=False)
+    assert_bitwise(stacked, per_layer)
