@@ -183,3 +183,15 @@ def test_a_slow_stack_runs_without_autograd_on_fast_steps_as_per_layer(tmp_path:
     stacked, _, _ = trained(spec, 4)
     per_layer, _, _ = trained(spec, 4, stacked=False)
     assert_bitwise(stacked, per_layer)
+
+
+def test_the_lowering_follows_the_graphs_table(tmp_path: Path) -> None:
+    """The graph is the program: edit the stack's entry to per layer, and the lowered Plan holds it per layer."""
+    from dataclasses import replace
+
+    compiled = api.compile_spec(write(tmp_path), training=True)
+    assert len(optimized(api.lower(compiled, 10))) == 6
+    table = compiled.graph.table(STACKED)
+    compiled.graph.set_table(STACKED, {"stack": replace(table["stack"], weights=(), biases=(), reason="edited")})
+    plan = api.lower(compiled, 10)
+    assert len(optimized(plan)) == 20 and not plan.ctx.replicas.storage  # type: ignore[attr-defined]
