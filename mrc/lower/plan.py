@@ -230,7 +230,7 @@ class Lowering:
                     raise LoweringError(f"partition {partition} holds part of `{missing[0]}`, but "
                                         "the binding has no mask for it")
             cached = [held[t].to(p.device) if t in held else None
-                      for t, p in zip(info.params, params, strict=True)]
+                      for t, p in zip(info.params, params, strict=True)] if info.partial else [None] * len(params)
             self.masks[key] = cached
         return cached
 

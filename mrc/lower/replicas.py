@@ -29,7 +29,12 @@ class Replicas:
     def __init__(self, bound: Any, device: torch.device) -> None:
         self.bound = bound
         self.module: nn.Module = bound.runnable  # the model itself where it was not traced
+        self.trained: nn.Module = self.module
+        """What the training forwards run: the model, with stacked stacks run from their storage."""
         self._named = dict(bound.model.named_parameters())
+        self.storage: dict[str, Any] = {}
+        """The stacked parameters of each stack the graph stacks (mrc.lower.stacked.StackStorage)."""
+        self._stacked: dict[str, tuple[nn.Parameter, int]] = {}
         self.plan: Any = None
         self.train_x = self.train_y = self.val_x = self.val_y = None
 
@@ -43,7 +48,26 @@ class Replicas:
         if any(op.scope.replica for op in graph.ops()):
             raise RuntimeError("the graph has several replicas, but no replica layout is registered "
                                "(mrc.techniques.load_all)")
-        return Replicas(bound, device)
+        replicas = Replicas(bound, device)
+        replicas.stack_params(graph)
+        return replicas
+
+    def stack_params(self, graph: ScheduleGraph) -> None:
+        """Hold each stack the graph's `stacked` table stacks in its storage (mrc/lower/stacked.py):
+        the layers' parameters become views of it, the partitions' tensors are its groups, and
+        the training forwards run the stacks from it."""
+        from mrc.lower.stacked import StackStorage, stacked_model
+        from mrc.techniques.core.tables import STACKED
+
+        layouts = [s for s in graph.table(STACKED).values() if s.stacked]
+        if not layouts or self.bound.graph_module is None:
+            return
+        model = self.bound.model
+        for layout in layouts:
+            storage = self.storage[layout.path] = StackStorage(model.get_submodule(layout.path), layout)
+            self._stacked.update(storage.names)
+        self.trained = stacked_model(self.module, {s.path: (self.storage[s.path], s.first_node, s.last_node)
+                                                   for s in layouts})
 
     def prepare(self, ctx: Any) -> None:
         """Called once the lowering context (mrc.lower.plan.Lowering) holds these replicas,
@@ -51,11 +75,29 @@ class Replicas:
         scores, the files it writes, the sync that fetches a copy from the rank that trains it)."""
 
     def module_of(self, replica: str) -> nn.Module:
-        return self.module
+        return self.trained
 
     def params(self, graph: ScheduleGraph, replica: str, partition: str) -> list[torch.Tensor]:
-        """The tensors of `partition` in `replica`."""
-        return [self._named[n] for n in graph.partitions[partition].params]
+        """The tensors of `partition` in `replica`: a stacked stack's layers as their groups (each
+        once, where its first layer's tensor would be), every other parameter itself."""
+        names = graph.partitions[partition].params
+        if not self._stacked:
+            return [self._named[n] for n in names]
+        out = {id(p): p for p in (self._stacked[n][0] if n in self._stacked else self._named[n] for n in names)}
+        return list(out.values())
+
+    def gradients(self) -> dict[str, torch.Tensor | None]:
+        """Each parameter's gradient by name, as the last backward left it: a stacked layer's is its
+        row of its stacked tensor's (the layer's own `.grad` stays None), any other its `.grad`."""
+        out: dict[str, torch.Tensor | None] = {}
+        for name, p in self._named.items():
+            held = self._stacked.get(name)
+            if held is None:
+                out[name] = p.grad
+            else:
+                group, row = held
+                out[name] = None if group.grad is None else group.grad[row]
+        return out
 
     def attach(self, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor) -> None:
         self.train_x, self.train_y, self.val_x, self.val_y = train_x, train_y, val_x, val_y

@@ -21,13 +21,17 @@ class Family:
     """What one built-in integrator is.
 
     kind: `sgd` (torch.optim.SGD's update: fused multirate kernel, random subsets, stacked brains),
-    `adam` (Adam/AdamW: fused Adam kernel) or `other` (torch.optim only).
+    `adam` (Adam/AdamW: fused Adam kernel) or `other` (torch.optim only). `elementwise`: each
+    element's update reads only that element's parameter, gradient and state, so one tensor
+    holding many layers moves exactly as the layers would one by one (stacked parameters,
+    passes/stack_params.py); LARS and LAMB take norms per tensor, Langevin draws noise per tensor.
     """
 
     name: str
     kind: str
     default_momentum: float = 0.0
     nesterov: bool = False
+    elementwise: bool = True
 
     @property
     def sgd_like(self) -> bool:
@@ -46,15 +50,15 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("adamw", "adam"),
     Family("rmsprop", "other"),
     Family("adagrad", "other"),
-    Family("lars", "other"),
-    Family("lamb", "other"),
-    Family("langevin", "other"),
+    Family("lars", "other", elementwise=False),
+    Family("lamb", "other", elementwise=False),
+    Family("langevin", "other", elementwise=False),
 )}
 
 
 def family(name: str) -> Family:
     """The family of a built-in rule name; unknown names are `other` (torch.optim only)."""
-    return FAMILIES.get(name, Family(name, "other"))
+    return FAMILIES.get(name, Family(name, "other", elementwise=False))
 
 
 def sgd_like(name: str) -> bool:

@@ -148,9 +148,9 @@ def _propagator_kernels(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     made: list[str] = []
     real = propagate.propagator_for
 
-    def spy(stack: torch.nn.Module, kernel: str = "torch"):
+    def spy(stack: torch.nn.Module, kernel: str = "torch", storage: object = None):
         made.append(kernel)
-        return real(stack, kernel)
+        return real(stack, kernel, storage)
 
     monkeypatch.setattr(propagate, "propagator_for", spy)
     return made

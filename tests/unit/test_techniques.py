@@ -44,11 +44,12 @@ def test_the_default_pipeline_follows_the_registry() -> None:
     from mrc.passes import DEFAULT_PIPELINE, PASSES, pipeline
 
     assert DEFAULT_PIPELINE == ("prune-gradients", "freeze-prefix", "group-updates", "mgrit-regions", "select-kernels",
-                                "fuse-drift", "batch-brains", "distribute", "precision")
+                                "fuse-drift", "batch-brains", "distribute", "precision", "stack-params")
     # a plugin's pass after fuse-drift comes after the passes earlier techniques chained there
     extra = Technique("late", passes=(PassAt("late-pass", "mrc.passes.fuse_drift:FuseDrift", after="fuse-drift"),))
     passes, order = pipeline((*techniques(), extra))
-    assert order[-3:] == ("distribute", "late-pass", "precision") and passes["late-pass"] is PASSES["fuse-drift"]
+    assert order[-4:] == ("distribute", "late-pass", "precision", "stack-params")
+    assert passes["late-pass"] is PASSES["fuse-drift"]
     first = Technique("first", passes=(PassAt("first-pass", "mrc.passes.fuse_drift:FuseDrift", after=""),))
     assert pipeline((*techniques(), first))[1][:2] == ("first-pass", "prune-gradients")
     before = Technique("before", passes=(PassAt("before-pass", "mrc.passes.fuse_drift:FuseDrift",
@@ -100,6 +101,6 @@ def test_tables_are_kept_by_kind_and_shared_by_copies() -> None:
     graph.set_table(BRAINS, table)
     copy = graph.copy()
     assert copy.table(BRAINS) is table
-    assert [k.name for k in table_kinds()] == ["brains", "modules", "stacks", "placement"]
+    assert [k.name for k in table_kinds()] == ["stacked", "brains", "modules", "stacks", "placement"]
     again = ScheduleGraph.from_json(graph.to_json())
     assert again.table(BRAINS) == table and "  brain a: every=2 data=shared" in again.to_text()

@@ -203,6 +203,8 @@ def fused_integrator(op: UpdateGroup, ctx: Lowering) -> Any:
                           kernel=op.kernel)
     else:
         raise LoweringError(f"{op.id}: rule `{op.rule.name}` has no fused kernel")
+    for storage in ctx.replicas.storage.values():  # the flat buffer now holds the stacked tensors
+        storage.rebind()
     ctx.integrators[key] = integ
     return integ
 

@@ -134,8 +134,11 @@ class StackSolve:
         self.steps = settings.steps
         self.warm_start = False
         """Whether the solve under way starts from the previous step's states (its ops say)."""
-        self.prop = propagator_for(stack, kernel)
-        self.params: list[nn.Parameter] = [p for layer in stack.layers for p in layer.parameters()]
+        storage = ctx.replicas.storage.get(path) if not r else None  # the graph stacks it (mrc/lower/stacked.py)
+        self.prop = propagator_for(stack, kernel, storage)
+        self.params: list[nn.Parameter] = (storage.params() if storage is not None else
+                                           [p for layer in stack.layers for p in layer.parameters()])
+        """The solve's parameter inputs: the stack's stacked tensors, or every layer's own."""
         self.forward_settings: Any = None  # the last forward solve's (mrc.techniques.mgrit.solver.Settings)
         self.key = f"mgrit/{r}/{path}" if r else f"mgrit/{path}"
         self.states: torch.Tensor | None = None

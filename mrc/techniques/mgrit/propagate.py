@@ -38,13 +38,16 @@ solver runs outside autograd); parameter gradients are accumulated into `.grad` 
 Weights: a `StackPropagator` copies the current parameter values into its stacks at
 construction and at each `refresh()`. The parameters change at every optimizer step, so the
 integration calls `refresh()` once at the start of each forward and each backward solve (the
-cost is one copy of the stack's weights; `is_stale()` says whether they moved since).
+cost is one copy of the stack's weights; `is_stale()` says whether they moved since). Over a
+stack whose parameters are stacked (`storage`, mrc/lower/stacked.py) it reads the storage
+itself: nothing is copied, `refresh()` does nothing, and `param_grads` writes one gradient per
+stacked tensor.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -148,7 +151,7 @@ class StackPropagator:
     _view_key: tuple[int, ...] = ()  # the stacks (ids, versions) `_view_cache` was made from
     _view_cache: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]]
 
-    def __init__(self, stack: nn.Module, kernel: Kernel = "torch") -> None:
+    def __init__(self, stack: nn.Module, kernel: Kernel = "torch", storage: Any = None) -> None:
         if kernel not in ("torch", "triton"):
             raise ValueError(f"kernel must be 'torch' or 'triton', not {kernel!r}")
         layers = list(getattr(stack, "layers", ()))
@@ -179,8 +182,11 @@ class StackPropagator:
         self.h = float(stack.h)
         self.activation: str = activations.pop()
         self.kernel: Kernel = kernel
-        self.weight = torch.empty(0)
-        self.bias = torch.empty(0)
+        self.storage = storage
+        """The stack's stacked parameters (mrc.lower.stacked.StackStorage: `weight`, `bias` and
+        the group Parameters over them), read in place; None: copies made by `refresh()`."""
+        self.weight = torch.empty(0) if storage is None else storage.weight
+        self.bias = torch.empty(0) if storage is None else storage.bias
         self._versions: tuple[int, ...] = ()
         self.refresh()
 
@@ -195,7 +201,11 @@ class StackPropagator:
     def refresh(self) -> None:
         """Re-stack the layers' current weights (call at the start of each forward/backward
         solve: the optimizer moves them between solves, and `step`/`vjp`/`param_grads` read
-        the stacks, not the modules)."""
+        the stacks, not the modules). Over stacked storage nothing is copied: the stacks are the
+        storage's (read again, as a fused kernel's flat buffer may have taken them over)."""
+        if self.storage is not None:
+            self.weight, self.bias = self.storage.weight, self.storage.bias
+            return
         with torch.no_grad():
             self.weight = torch.stack([layer.weight.detach() for layer in self.layers])
             self.bias = torch.stack([layer.bias.detach() for layer in self.layers])
@@ -203,7 +213,10 @@ class StackPropagator:
 
     def is_stale(self) -> bool:
         """True when a parameter changed in place since the last `refresh()` (its version
-        counter moved): a check for tests and debugging, O(N) in Python."""
+        counter moved): a check for tests and debugging, O(N) in Python. Stacked storage is
+        never stale."""
+        if self.storage is not None:
+            return False
         return tuple(p._version for p in self._params()) != self._versions
 
     # ------------------------------------------------------------------ dense
@@ -385,6 +398,16 @@ class StackPropagator:
                                                        groups=n_layers)
                 d_weight = d_weight.reshape(n_layers, *self.weight.shape[1:])
                 d_bias = g.sum(dim=(0, 2, 3)).reshape(n_layers, *self.bias.shape[1:])
+            if self.storage is not None:  # one gradient per stacked tensor: its rows of the batch
+                for groups, d in ((self.storage.weights, d_weight), (self.storage.biases, d_bias)):
+                    for group, a, b in groups:
+                        lo, hi = max(a, first), min(b, first + n_layers)
+                        if (lo, hi) == (a, b):  # rows of d, owned by nobody else: .grad as they are
+                            _accumulate(group, d[lo - first:hi - first], fresh=True)
+                        elif lo < hi:  # a block of ranks that covers part of the group
+                            _accumulate(group, torch.zeros_like(group), fresh=True)
+                            group.grad[lo - a:hi - a].add_(d[lo - first:hi - first])
+                return
             # unbind: one call for all n views (each already the parameter's shape and owned by
             # nobody else, so a missing .grad takes the view itself, not a clone)
             layers = self.layers[first:first + n_layers]
@@ -691,10 +714,12 @@ class GenericAdjoint:
             return out if add is None else out.add_(add)
 
 
-def propagator_for(stack: nn.Module, kernel: Kernel = "torch") -> StackPropagator | GenericPropagator:
+def propagator_for(stack: nn.Module, kernel: Kernel = "torch",
+                   storage: Any = None) -> StackPropagator | GenericPropagator:
     """The batched `StackPropagator` when `stack` is a ResidualStack it takes (all DenseStep or
-    all ConvStep, one activation), else a `GenericPropagator` over `stack.layers` and `stack.h`."""
+    all ConvStep, one activation; over `storage` where its parameters are stacked), else a
+    `GenericPropagator` over `stack.layers` and `stack.h`."""
     try:
-        return StackPropagator(stack, kernel)
+        return StackPropagator(stack, kernel, storage)
     except TypeError:
         return GenericPropagator(list(stack.layers), float(stack.h))
