@@ -139,6 +139,14 @@ class StackSolve:
         self.params: list[nn.Parameter] = (storage.params() if storage is not None else
                                            [p for layer in stack.layers for p in layer.parameters()])
         """The solve's parameter inputs: the stack's stacked tensors, or every layer's own."""
+        self.stacked_steps: nn.Module | None = None
+        """Over stacked storage, the serial fallback runs the stack as serial training does, from
+        the storage (its layers' own parameters get no gradient there: the optimizer moves the
+        storage's)."""
+        if storage is not None:
+            from mrc.lower.stacked import StackedSteps
+
+            self.stacked_steps = StackedSteps(storage)
         self.forward_settings: Any = None  # the last forward solve's (mrc.techniques.mgrit.solver.Settings)
         self.key = f"mgrit/{r}/{path}" if r else f"mgrit/{path}"
         self.states: torch.Tensor | None = None
@@ -401,9 +409,12 @@ class StackSolve:
         if trace is not None:
             op = runner.serial["forward"]
             trace.write(f"{self.step} {op.id} {op.kind} {op.scope.text() or '-'}\n")
-        y, h = y0, stack.h
-        for layer in stack.layers:
-            y = y + h * layer(y)
+        if self.stacked_steps is not None:
+            y = self.stacked_steps(y0)
+        else:
+            y, h = y0, stack.h
+            for layer in stack.layers:
+                y = y + h * layer(y)
         adjoint = runner.serial.get("adjoint")
         if trace is not None and adjoint is not None and y.requires_grad:
             line = f"{self.step} {adjoint.id} {adjoint.kind} {adjoint.scope.text() or '-'}\n"
