@@ -61,7 +61,8 @@ def solve_ops(path: str, info: StackInfo, fwd: Op, solve: str) -> list[SolvePhas
     each op carrying the solve's settings."""
     iters = info.forward_iters if solve == "forward" else info.backward_iters
     settings = SolveSettings(info.steps, info.h, info.kind, info.coarsening,
-                             info.forward_tol if solve == "forward" else info.backward_tol, info.warm_start)
+                             info.forward_tol if solve == "forward" else info.backward_tol, info.warm_start,
+                             info.buffer)
     relax = info.relax
     out: list[SolvePhase] = []
     for i in range(iters):
@@ -97,7 +98,8 @@ def stack_table(bound: Bound) -> dict[str, StackInfo]:
             raise ValueError(f"the MGRIT stack `{st.path}` holds no parameterised layer")
         out[st.path] = StackInfo(min(where), max(where), st.steps, st.h, st.kind, st.first_node, st.last_node,
                                  spec.levels, tuple(spec.coarsening), tuple(spec.relax), spec.forward_iters,
-                                 spec.backward_iters, spec.forward_tol, spec.backward_tol, spec.warm_start)
+                                 spec.backward_iters, spec.forward_tol, spec.backward_tol, spec.warm_start,
+                                 spec.buffer)
     return out
 
 

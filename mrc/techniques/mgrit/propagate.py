@@ -288,19 +288,41 @@ class GenericPropagator:
 
     Loops over the m intervals calling `layers[start[i]]` and differentiates with
     `torch.autograd.grad`, so it costs m module calls (and m backward passes for `vjp`) per
-    call. It reads the modules' parameters directly, so `refresh()` does nothing; it is the
-    reference for `StackPropagator` and the fallback for stacks it does not take.
+    call. It reads the modules' parameters directly; it is the reference for `StackPropagator`
+    and the fallback for stacks it does not take.
+
+    Dropout: a solve calls each layer many times (relaxation sweeps, residuals, the adjoint, the
+    parameter gradients), and each call of a dropout layer would draw a new mask, so the solve
+    would not be of one network. Where a layer holds a dropout module in training mode,
+    `refresh()` (once per training step) draws one seed from the global generator, and every
+    call of layer n runs with the generator forked and seeded seed + n: layer n's masks are drawn
+    once per step and shared by all its calls (states of one shape draw the same mask).
     """
 
     def __init__(self, layers: Sequence[nn.Module], h: float) -> None:
         self.layers: list[nn.Module] = list(layers)
         self.h = float(h)
+        self.seed: int | None = None
+        """This step's dropout seed (None: no layer drops out, the layers are called as they are)."""
 
     def __len__(self) -> int:
         return len(self.layers)
 
     def refresh(self) -> None:
-        """Nothing to do: every call reads the modules' current parameters."""
+        """Draw this step's dropout seed where a layer drops out (the parameters need nothing:
+        every call reads the modules' current ones)."""
+        drops = any(isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0
+                    for layer in self.layers for m in layer.modules())
+        self.seed = int(torch.randint(0, 2**62, ())) if drops else None
+
+    def _call(self, n: int, x: torch.Tensor) -> torch.Tensor:
+        """layers[n](x), with layer n's frozen dropout masks of this step (see the class docstring)."""
+        if self.seed is None:
+            return self.layers[n](x)
+        devices = [x.device.index or 0] if x.is_cuda else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed + n)
+            return self.layers[n](x)
 
     def step(self, start: torch.Tensor, span: int, u: torch.Tensor) -> torch.Tensor:
         """u[i] + span·h·layers[start[i]](u[i]) for each interval, one module call each."""
@@ -308,7 +330,7 @@ class GenericPropagator:
         _check_start(start, u.shape[0], len(self.layers))
         scale = span * self.h
         with torch.no_grad():
-            return torch.stack([u[i] + scale * self.layers[int(n)](u[i])
+            return torch.stack([u[i] + scale * self._call(int(n), u[i])
                                 for i, n in enumerate(start.tolist())]) if len(start) else u.clone()
 
     def vjp(self, start: torch.Tensor, span: int, y: torch.Tensor,
@@ -321,7 +343,7 @@ class GenericPropagator:
         for i, n in enumerate(start.tolist()):
             with torch.enable_grad():
                 yi = y[i].detach().requires_grad_(True)
-                (g,) = torch.autograd.grad(self.layers[n](yi), yi, lam[i].detach())
+                (g,) = torch.autograd.grad(self._call(n, yi), yi, lam[i].detach())
             out.append(lam[i] + scale * g)
         return torch.stack(out) if out else lam.clone()
 
@@ -339,7 +361,7 @@ class GenericPropagator:
             if not params:
                 continue
             with torch.enable_grad():
-                f = layer(states[n].detach())
+                f = self._call(first + n, states[n].detach())
                 grads = torch.autograd.grad(f, params, self.h * lambdas[n + 1].detach(),
                                             allow_unused=True)
             for p, g in zip(params, grads, strict=True):

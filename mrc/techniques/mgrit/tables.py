@@ -13,7 +13,8 @@ class StackInfo:
     """A residual stack solved by MGRIT: its parameterised layers are `layers[first:last + 1]`
     of the graph's layer list, N steps of size h with blocks of `kind` (dense | conv | generic),
     spanning the traced nodes `first_node` … `last_node`; the hierarchy (levels, coarsening
-    and relaxation per level transition) and each solve's iterations and tolerance."""
+    and relaxation per level transition), each solve's iterations, tolerance and initial guess, and
+    the `buffer` layers at each end propagated serially around the solve of the middle."""
 
     first: int
     last: int
@@ -29,7 +30,8 @@ class StackInfo:
     backward_iters: int
     forward_tol: float = 0.0
     backward_tol: float = 0.0
-    warm_start: bool = True
+    warm_start: str = "previous"
+    buffer: int = 0
 
     def text(self) -> str:
         tol = (f" forward_tol={self.forward_tol:g}" if self.forward_tol else "") + \
@@ -37,7 +39,12 @@ class StackInfo:
         return (f"N={self.steps} h={self.h:g} {self.kind} levels={self.levels} "
                 f"coarsening=[{', '.join(map(str, self.coarsening))}] relax=[{', '.join(self.relax)}] "
                 f"forward_iters={self.forward_iters} backward_iters={self.backward_iters}{tol} "
-                f"{'warm_start' if self.warm_start else 'fresh_start'}")
+                f"{_GUESS.get(self.warm_start, f'warm_start={self.warm_start}')}"
+                f"{f' buffer={self.buffer}' if self.buffer else ''}")
+
+
+_GUESS = {"previous": "warm_start", "off": "fresh_start"}
+"""How the header names the guesses it named before `warm_start` took more values."""
 
 
 Stacks = dict[str, StackInfo]
