@@ -248,7 +248,7 @@ class Mgrit:
     backward_iters: int = 1
     forward_tol: float = 0.0
     backward_tol: float = 0.0
-    warm_start: str = "previous"
+    warm_start: str = "shifted"
     """Each solve's initial guess: previous | shifted | coarse | off (mrc/techniques/mgrit/guess.py)."""
     spans: Mapping[str, Span] = field(default_factory=dict)
     buffer: int = 0

@@ -17,7 +17,7 @@ from mrc.check.registry import finisher, statement
 from mrc.diagnostics import Note, Span
 from mrc.program import Mgrit
 from mrc.registry import Param
-from mrc.techniques.mgrit.grid import COARSEST, GUESSES
+from mrc.techniques.mgrit.grid import COARSEST, DEFAULT_GUESS, GUESSES
 
 if TYPE_CHECKING:
     from mrc.check.checker import Checker
@@ -35,7 +35,7 @@ KEYS = (
     Param("backward_iters", "int", 1, "MGRIT iterations of the adjoint solve (at most, with a tolerance)", lo=1),
     Param("forward_tol", "float", 0.0, "stop the forward solve below this residual (0: run every iteration)", lo=0),
     Param("backward_tol", "float", 0.0, "stop the adjoint solve below this residual (0: run every iteration)", lo=0),
-    Param("warm_start", "any", "previous", "each solve's initial guess: previous (the previous step's states; "
+    Param("warm_start", "any", DEFAULT_GUESS, "each solve's initial guess: previous (the previous step's states; "
           "true), shifted (them moved by the change of y_0), coarse (a serial sweep of the coarsest level) or "
           "off (false)"),
     Param("buffer", "int", 0, "layers at each end of the stack propagated serially around the MGRIT solve", lo=0),
@@ -72,7 +72,7 @@ def check_mgrit(ck: Checker, st: ast.Statement | None) -> None:
     warm_arg = next((a for a in args if a.name is not None and a.name.id == "warm_start"), None)
     others = tuple(a for a in args if a is not relax_arg and a is not warm_arg)
     values, spans = ck.arguments("`mgrit`", KEYS, others, st.span, prefix)
-    warm: str | None = "previous"
+    warm: str | None = DEFAULT_GUESS
     if warm_arg is not None or f"{prefix}warm_start" in ck.overrides:
         expr = ck.override(f"{prefix}warm_start", warm_arg.value if warm_arg else None)
         try:

@@ -113,6 +113,8 @@ class StackSolve:
         self.blocks: Blocks = ()
         self.local: dict[str, torch.Tensor] = {}
         self.seen: dict[str, tuple[int, int]] = {}
+        self.origins: dict[str, torch.Tensor] = {}
+        """The first state (y_0, or g of the adjoint) each solve across ranks last started from."""
         self.synced = False
         self._adjoint_checked: Blocks | None = None
 
@@ -275,17 +277,26 @@ class StackSolve:
 
     def _warm_block(self, which: str, like: torch.Tensor, a: int, b: int) -> torch.Tensor | None:
         """The block's warm start: the previous step's block, or the block of whole states that a checkpoint
-        (or the sync before it) put in the lowering's state and this rank has not started from yet."""
+        (or the sync before it) put in the lowering's state and this rank has not started from yet; with
+        `warm_start = shifted`, moved by the change of the solve's first state `like` (y_0 or g, which
+        every rank holds: the previous one is remembered, or read from the whole states)."""
         if not self.warm_start:
             return None
         key = f"{self.key}/{which}"
         whole = self.ctx.state.get(key)
+        origin = self.origins.get(which)
+        self.origins[which] = like
         if (whole is not None and self.seen.get(key) != (id(whole), whole._version)
                 and whole.shape == (self.steps + 1, *like.shape)):
             self.seen[key] = (id(whole), whole._version)
-            return whole[a:b + 1]
-        got = self.local.get(which)
-        return got if got is not None and got.shape == (b - a + 1, *like.shape) else None
+            got: torch.Tensor | None = whole[a:b + 1]
+            origin = whole[0] if which == "forward" else whole[-1]
+        else:
+            got = self.local.get(which)
+            got = got if got is not None and got.shape == (b - a + 1, *like.shape) else None
+        if got is None or self.guess != "shifted" or origin is None:
+            return got
+        return got + (like - origin).unsqueeze(0)
 
     def _add_sync(self) -> None:
         if not self.synced:

@@ -39,7 +39,7 @@ class SolveSettings:
     kind: str = "generic"
     coarsening: tuple[int, ...] = field(default=(2,))
     tol: float = 0.0
-    warm_start: str = "previous"
+    warm_start: str = "shifted"
     buffer: int = 0
 
     def to_json(self) -> dict[str, Any]:

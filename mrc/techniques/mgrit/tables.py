@@ -30,7 +30,7 @@ class StackInfo:
     backward_iters: int
     forward_tol: float = 0.0
     backward_tol: float = 0.0
-    warm_start: str = "previous"
+    warm_start: str = "shifted"
     buffer: int = 0
 
     def text(self) -> str:
