@@ -22,8 +22,10 @@ from torch import nn
 from mrc.api import SpecText, compile_spec, lower
 from mrc.diagnostics import CompileError
 from mrc.techniques.mgrit.guess import coarse_sweep, shifted
+from mrc.techniques.mgrit.ops import SolvePhase
 from mrc.techniques.mgrit.propagate import GenericPropagator, StackPropagator
 from mrc.techniques.mgrit.solver import MGRIT, Settings, adjoint_solve, lambdas
+from mrc.techniques.mgrit.tables import STACKS
 
 DT = torch.float64
 SPEC = """model ode_resnet(width=3, depth={depth}, h=0.1, activation=tanh)
@@ -109,7 +111,7 @@ def test_few_iterations_keep_the_buffer_layers_serial() -> None:
                                    msg=f"step {t}: the middle's adjoint iterate")
 
 
-def test_a_buffer_that_leaves_no_middle_is_reported_at_its_value(tmp_path: Path) -> None:
+def test_a_buffer_that_leaves_no_middle_or_an_unknown_guess_is_reported_at_its_value(tmp_path: Path) -> None:
     path = tmp_path / "s.mrs"
     path.write_text(SPEC.format(depth=16, steps=1) + _block("levels = 2; coarsening = 4; buffer = 7"))
     with pytest.raises(CompileError) as err:
@@ -120,14 +122,32 @@ def test_a_buffer_that_leaves_no_middle_is_reported_at_its_value(tmp_path: Path)
     path.write_text(SPEC.format(depth=16, steps=1) + _block("buffer = 8"))
     with pytest.raises(CompileError, match="leaves 0 for the MGRIT solve"):
         compile_spec(path)
+    path.write_text(SPEC.format(depth=16, steps=1) + _block("warm_start = later"))
+    with pytest.raises(CompileError) as err:
+        compile_spec(path)
+    d = err.value.diagnostics[0]
+    assert "`warm_start` must be previous, shifted, coarse or off" in d.message
+    assert path.read_text().splitlines()[d.span.line - 1][d.span.col - 1:d.span.end_col - 1] == "later"
 
 
-def test_the_graph_shows_the_buffer() -> None:
-    c = compile_spec(SpecText(SPEC.format(depth=16, steps=1) + _block("levels = 2; buffer = 2")))
-    text = c.graph.to_text()
-    assert "buffer=2" in text.splitlines()[3] or any(" buffer=2" in line and "mgrit stack:" in line
-                                                      for line in text.splitlines())
-    assert "mgrit_relax FCF stack (forward) layers [2:14] buffer=2" in text
+def test_the_graph_shows_the_buffer_and_the_guess() -> None:
+    c = compile_spec(SpecText(SPEC.format(depth=16, steps=1) + _block("levels = 2; buffer = 2; warm_start = coarse")))
+    lines = c.graph.to_text().splitlines()
+    assert any(line.startswith("  mgrit stack: N=16") and line.endswith(" warm_start=coarse buffer=2")
+               for line in lines)
+    assert any("mgrit_relax FCF stack (adjoint) layers [2:14] buffer=2 @[level=0 iteration=0]" in line
+               for line in lines)
+    assert all(op.settings.buffer == 2 and op.settings.warm_start == "coarse"
+               for p in c.graph.patterns() for op in p.of_kind(SolvePhase))
+
+
+@pytest.mark.parametrize(("given", "guess"), [("true", "previous"), ("false", "off"), ("shifted", "shifted")])
+def test_warm_start_takes_the_old_booleans_and_the_guesses(given: str, guess: str) -> None:
+    c = compile_spec(SpecText(SPEC.format(depth=16, steps=1) + _block(f"levels = 2; warm_start = {given}")))
+    (info,) = c.graph.table(STACKS).values()
+    assert info.warm_start == guess
+    default = compile_spec(SpecText(SPEC.format(depth=16, steps=1) + _block("levels = 2")))
+    assert next(iter(default.graph.table(STACKS).values())).warm_start == "shifted"
 
 
 # ---------------------------------------------------------------- initial guesses
