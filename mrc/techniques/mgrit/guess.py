@@ -4,9 +4,10 @@ One-shot training runs few iterations per step, so where each solve starts decid
 it ends. Across shuffled batches the previous step's states belong to other examples:
 
 * `previous`: the previous step's fine states as they are (point 0 replaced by this step's y_0);
-* `shifted`: the previous states moved by this step's change of the initial value,
-  u_n = u_n^prev + (y_0 − y_0^prev) — exact to first order when the states barely depend on
-  y_0, and no worse than `previous` in the mean;
+* `shifted` (the default): the previous states moved by this step's change of the initial
+  value, u_n = u_n^prev + (y_0 − y_0^prev) — what the layers add to y_0 is kept, the examples'
+  own start is this step's; the best start measured across shuffled batches (bench/RESULTS.md,
+  "MGRIT warm starts");
 * `coarse`: this step's own y_0 swept serially with the coarsest level's propagator, one step of
   C·h per coarsest interval (C = Π cf_l; ⌊N/C⌋ batched steps of one interval), interpolated
   linearly to the fine points — a guess of this batch's examples, which needs nothing kept;
