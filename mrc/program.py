@@ -233,8 +233,9 @@ class Mgrit:
     """Layer-parallel training of the residual stack at module path `stack` by multigrid in
     time (seeds/layer-parallel-mgrit.md): `levels`, the coarsening factor and relaxation per
     level transition (one value: the same for all), iterations and tolerance of the forward and
-    the adjoint solve (tolerance 0: exactly that many iterations), and whether each solve starts
-    from the previous step's states (one-shot training) or afresh."""
+    the adjoint solve (tolerance 0: exactly that many iterations), each solve's initial guess
+    (the previous step's states, for one-shot training, or others), and the serial buffer layers
+    at both ends."""
 
     stack: str
     span: Span
@@ -247,13 +248,16 @@ class Mgrit:
     backward_iters: int = 1
     forward_tol: float = 0.0
     backward_tol: float = 0.0
-    warm_start: bool = True
+    warm_start: str = "shifted"
+    """Each solve's initial guess: previous | shifted | coarse | off (mrc/techniques/mgrit/guess.py)."""
     spans: Mapping[str, Span] = field(default_factory=dict)
     on_divergence: str = "warn"
     """What a diverging solve does: warn, more_iterations or serial (mrc/techniques/mgrit/check.py)."""
     check_every: int = 0
     """Every this many steps the solves run twice their iterations to measure the convergence
     factor (0: never)."""
+    buffer: int = 0
+    """The layers at each end of the stack propagated serially around the MGRIT solve of the middle."""
 
 
 @dataclass(frozen=True, slots=True)

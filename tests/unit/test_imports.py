@@ -50,6 +50,7 @@ ROLES: tuple[tuple[str, str], ...] = (
     (r"mrc\.techniques\.modules\.(cost|fxsplit|heads)", COMPILE),
     (r"mrc\.lower(\..+)?|mrc\.runtime(\..+)?|mrc\.kernels(\..+)?", RUN),
     (TECHNIQUE + r"\.(lower|solver|ranks|stack|propagate|batchnorm|buckets|messages|evaluate|integrator)", RUN),
+    (r"mrc\.techniques\.mgrit\.(guess|buffers)", RUN),
     (r"mrc\.data(\..+)?|mrc\.models(\..+)?|mrc\.optim(\..+)?", SHARED),
     (r"mrc\.losses|mrc\.usercode|mrc\.safeload|mrc\.lazy|mrc\.provided|mrc\.uptime", SHARED),
     (TECHNIQUE, EDGE),  # a technique's package: its record names both sides

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -211,13 +212,25 @@ def test_an_mgrit_solve_runs_the_iterations_its_ops_hold(tmp_path: Path) -> None
     assert differs(got, plain)
 
 
-def test_an_mgrit_solve_takes_its_warm_start_from_its_ops(tmp_path: Path) -> None:
+@pytest.mark.parametrize("guess", ["previous", "coarse"])
+def test_an_mgrit_solve_takes_its_warm_start_from_its_ops(tmp_path: Path, guess: str) -> None:
     spec = compiled(tmp_path, MGRIT.format(iters=1, warm="false"), "a")
     plain = run(spec, 3)
     graph = spec.graph.copy()
-    warm = lambda op: replace(op, settings=replace(op.settings, warm_start=True))  # noqa: E731
+    warm = lambda op: replace(op, settings=replace(op.settings, warm_start=guess))  # noqa: E731
     assert edit(graph, SolvePhase, warm) >= 2
     got = run(compiled(tmp_path, MGRIT.format(iters=1, warm="false"), "b"), 3, graph)
-    want = run(compiled(tmp_path, MGRIT.format(iters=1, warm="true"), "c"), 3)
+    want = run(compiled(tmp_path, MGRIT.format(iters=1, warm=guess), "c"), 3)
+    same(got, want)
+    assert differs(got, plain)
+
+
+def test_an_mgrit_solve_takes_its_buffer_layers_from_its_ops(tmp_path: Path) -> None:
+    spec = compiled(tmp_path, MGRIT.format(iters=1, warm="false"), "a")
+    plain = run(spec, 3)
+    graph = spec.graph.copy()
+    assert edit(graph, SolvePhase, lambda op: replace(op, settings=replace(op.settings, buffer=2))) >= 2
+    got = run(compiled(tmp_path, MGRIT.format(iters=1, warm="false"), "b"), 3, graph)
+    want = run(compiled(tmp_path, MGRIT.format(iters=1, warm="false; buffer = 2"), "c"), 3)
     same(got, want)
     assert differs(got, plain)

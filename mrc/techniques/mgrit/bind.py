@@ -6,7 +6,8 @@ float `h`, and its forward is y ← y + h·F_n(y) for n = 0 … N−1 in order. 
 protocol (the attributes, and the forward against the serial formula on the input the traced
 example gives the stack), that the stack's nodes form one contiguous stretch of the traced graph
 with one input and one output (so lowering can replace them by the solve), and that the
-hierarchy fits N (`Settings.validate`). Each problem is a diagnostic at the statement's target.
+hierarchy fits the N − 2·buffer layers MGRIT solves (`Settings.validate`). Each problem is a
+diagnostic at the statement's target.
 """
 
 from __future__ import annotations
@@ -100,13 +101,20 @@ def bind_stacks(program: Program, model: nn.Module, gm: fx.GraphModule, example:
 
         from mrc.techniques.mgrit.grid import Settings, auto_levels
 
+        middle = len(layers) - 2 * spec.buffer  # the layers MGRIT solves, between the serial buffers
+        if middle < 1:
+            r.error(f"`{spec.stack}` has {len(layers)} layers: `buffer = {spec.buffer}` at each end leaves "
+                    f"{max(middle, 0)} for the MGRIT solve between them", spec.spans.get("buffer", at))
+            return None
         if not spec.levels:  # the default: as many levels as leave the coarsest one small
-            spec = dataclasses.replace(spec, levels=auto_levels(len(layers), tuple(spec.coarsening)))
+            spec = dataclasses.replace(spec, levels=auto_levels(middle, tuple(spec.coarsening)))
         settings = Settings(spec.levels, tuple(spec.coarsening), tuple(spec.relax), spec.forward_iters,
                             spec.forward_tol)
-        why = settings.validate(len(layers))
+        why = settings.validate(middle)
         if why:
-            r.error(f"`{spec.stack}` has {len(layers)} layers: {why}", spec.spans.get("levels", at))
+            between = f" ({middle} between the buffers)" if spec.buffer else ""
+            r.error(f"`{spec.stack}` has {len(layers)} layers{between}: {why}",
+                    spec.spans.get("buffer" if spec.buffer else "levels", at))
             return None
         names = tuple(f"{spec.stack}.layers.{i}" for i in range(len(layers)))
         out.append(BoundStack(spec, spec.stack, names, float(h), block_kind(layers), nodes[stretch[0]].name,

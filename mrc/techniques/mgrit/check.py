@@ -1,5 +1,5 @@
 """Checks of layer-parallel training: `mgrit "STACK" { levels; coarsening; relax; forward_iters;
-backward_iters; forward_tol; backward_tol; warm_start; on_divergence; check_every }`.
+backward_iters; forward_tol; backward_tol; warm_start; buffer; on_divergence; check_every }`.
 
 The settings are checked here, before any model exists; whether `STACK` names a residual stack of
 the model, and whether its depth fits the hierarchy, is the binding's to report
@@ -17,14 +17,15 @@ from mrc.check.registry import finisher, statement
 from mrc.diagnostics import Note, Span
 from mrc.program import Mgrit
 from mrc.registry import Param
-from mrc.techniques.mgrit.grid import COARSEST, MORE_CAP
+from mrc.techniques.mgrit.grid import COARSEST, DEFAULT_GUESS, GUESSES, MORE_CAP
 
 if TYPE_CHECKING:
     from mrc.check.checker import Checker
 
 RELAX = ("F", "FCF")
-"""`relax` (F or FCF, or a list of them: one per level transition) is a word, read apart from the
-other settings (KEYS lists it for the hints)."""
+"""`relax` (F or FCF, or a list of them: one per level transition) and `warm_start` (a word of
+GUESSES, or true / false) are words, read apart from the other settings (KEYS lists them for the
+hints)."""
 KEYS = (
     Param("levels", "int", 0, "levels of the time grid hierarchy (1: serial propagation; 0: as many as "
           f"leave the coarsest level at most {COARSEST} points)", lo=0),
@@ -34,7 +35,10 @@ KEYS = (
     Param("backward_iters", "int", 1, "MGRIT iterations of the adjoint solve (at most, with a tolerance)", lo=1),
     Param("forward_tol", "float", 0.0, "stop the forward solve below this residual (0: run every iteration)", lo=0),
     Param("backward_tol", "float", 0.0, "stop the adjoint solve below this residual (0: run every iteration)", lo=0),
-    Param("warm_start", "bool", True, "start each solve from the previous step's states (one-shot training)"),
+    Param("warm_start", "any", DEFAULT_GUESS, "each solve's initial guess: previous (the previous step's states; "
+          "true), shifted (them moved by the change of y_0), coarse (a serial sweep of the coarsest level) or "
+          "off (false)"),
+    Param("buffer", "int", 0, "layers at each end of the stack propagated serially around the MGRIT solve", lo=0),
     Param("on_divergence", "choice", "warn", "what a solve whose measured convergence factor exceeds 1 does: "
           f"warn, more_iterations (double its iterations, up to {MORE_CAP}× the spec's) or serial (the stack "
           "runs serially from then on)", choices=("warn", "more_iterations", "serial")),
@@ -67,11 +71,21 @@ def check_mgrit(ck: Checker, st: ast.Statement | None) -> None:
         else:
             ck.r.error("an `mgrit` block holds `key = value` settings", item.span,
                        hint="levels, coarsening, relax, forward_iters, backward_iters, forward_tol, "
-                       "backward_tol, warm_start, on_divergence, check_every")
+                       "backward_tol, warm_start, buffer, on_divergence, check_every")
     prefix = f"mgrit.{path.replace('.', '_')}."
     relax_arg = next((a for a in args if a.name is not None and a.name.id == "relax"), None)
-    others = tuple(a for a in args if a is not relax_arg)
+    warm_arg = next((a for a in args if a.name is not None and a.name.id == "warm_start"), None)
+    others = tuple(a for a in args if a is not relax_arg and a is not warm_arg)
     values, spans = ck.arguments("`mgrit`", KEYS, others, st.span, prefix)
+    warm: str | None = DEFAULT_GUESS
+    if warm_arg is not None or f"{prefix}warm_start" in ck.overrides:
+        expr = ck.override(f"{prefix}warm_start", warm_arg.value if warm_arg else None)
+        try:
+            raw = ck.value(expr).value
+        except Bad:
+            return
+        warm = _warm_start(ck, raw, expr.span)
+        spans["warm_start"] = expr.span
     relax: tuple[str, ...] | None = ("FCF",)
     if relax_arg is not None or f"{prefix}relax" in ck.overrides:
         expr = ck.override(f"{prefix}relax", relax_arg.value if relax_arg else None)
@@ -81,7 +95,7 @@ def check_mgrit(ck: Checker, st: ast.Statement | None) -> None:
             return
         relax = _relax(ck, raw, expr.span)
         spans["relax"] = expr.span
-    if relax is None or len(values) != len(KEYS):
+    if relax is None or warm is None or len(values) != len(KEYS):
         return
     levels = values["levels"]
     coarsening = tuple(values["coarsening"])
@@ -99,8 +113,20 @@ def check_mgrit(ck: Checker, st: ast.Statement | None) -> None:
         return
     ck.facts.setdefault("mgrit", []).append(Mgrit(
         path, st.keyword.span, target.span, levels, coarsening, relax, values["forward_iters"],
-        values["backward_iters"], values["forward_tol"], values["backward_tol"], values["warm_start"], spans,
+        values["backward_iters"], values["forward_tol"], values["backward_tol"], warm, spans, buffer=values["buffer"],
         on_divergence=values["on_divergence"], check_every=values["check_every"]))
+
+
+def _warm_start(ck: Checker, raw: object, span: Span) -> str | None:
+    """`warm_start`: a guess of mrc/techniques/mgrit/guess.py, or true (previous) / false (off)."""
+    if isinstance(raw, bool):
+        return "previous" if raw else "off"
+    word = raw.name if isinstance(raw, Symbol) else raw
+    if word not in GUESSES:
+        ck.r.error(f"`warm_start` must be {', '.join(GUESSES[:-1])} or {GUESSES[-1]} (or true / false), "
+                   f"not {word!r}", span)
+        return None
+    return str(word)
 
 
 def _relax(ck: Checker, raw: object, span: Span) -> tuple[str, ...] | None:

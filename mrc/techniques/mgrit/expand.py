@@ -68,7 +68,7 @@ def solve_ops(path: str, info: StackInfo, fwd: Op, solve: str) -> list[SolvePhas
     iters = info.forward_iters if solve == "forward" else info.backward_iters
     settings = SolveSettings(info.steps, info.h, info.kind, info.coarsening,
                              info.forward_tol if solve == "forward" else info.backward_tol, info.warm_start,
-                             info.on_divergence, info.check_every)
+                             info.buffer, info.on_divergence, info.check_every)
     relax = info.relax
     policy, checked = info.on_divergence, info.check_every > 0
     extra = 0 if not checked else (MORE_CAP - 1) * iters if policy == "more_iterations" else iters
@@ -113,7 +113,7 @@ def stack_table(bound: Bound) -> dict[str, StackInfo]:
         out[st.path] = StackInfo(min(where), max(where), st.steps, st.h, st.kind, st.first_node, st.last_node,
                                  spec.levels, tuple(spec.coarsening), tuple(spec.relax), spec.forward_iters,
                                  spec.backward_iters, spec.forward_tol, spec.backward_tol, spec.warm_start,
-                                 spec.on_divergence, spec.check_every)
+                                 spec.buffer, spec.on_divergence, spec.check_every)
     return out
 
 

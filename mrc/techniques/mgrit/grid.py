@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Blocks", "Settings", "adjoint_blocks", "coarsest_span", "layer_blocks"]
+__all__ = ["DEFAULT_GUESS", "GUESSES", "Blocks", "Settings", "adjoint_blocks", "coarsest_span", "layer_blocks"]
 
 _RELAX = ("F", "FCF")
 
@@ -22,6 +22,14 @@ def _as_tuple(value: object) -> tuple:
     if isinstance(value, Sequence):
         return tuple(value)
     return (value,)
+
+
+GUESSES = ("previous", "shifted", "coarse", "off")
+"""The initial guesses of a solve, the values of `warm_start` (true: previous, false: off); what
+each is: mrc/techniques/mgrit/guess.py."""
+DEFAULT_GUESS = "shifted"
+"""The guess without `warm_start`: across shuffled mini-batches the best of GUESSES on the level
+sets, on every seed (bench/RESULTS.md, "MGRIT warm starts")."""
 
 
 COARSEST = 16

@@ -20,8 +20,11 @@ the `mgrit_sum_grads` op after the backward sums them over the ranks. Warm start
 `Plan.synchronize()` gathers them whole into the lowering's state, so a checkpoint holds what one
 process's does and a resumed rank starts from its block of it.
 
-Each solve starts from the previous step's states when `warm_start` (one-shot training; kept in
-the lowering's state, so checkpointed), else from u_n = y_0 (forward) and λ_n = g (adjoint).
+Each solve starts from the guess `warm_start` names (mrc/techniques/mgrit/guess.py): the previous
+step's states (one-shot training; kept in the lowering's state, so checkpointed), them shifted by
+the change of y_0, a serial sweep of the coarsest level, or u_n = y_0 (forward) and λ_n = g
+(adjoint). With `buffer = B` the first and last B layers are propagated serially around the
+solve of the middle N − 2B (mrc/techniques/mgrit/buffers.py), forward and in the adjoint.
 Evaluation and the saved model run the stack serially (the traced model is left as it is).
 Each step's residual norms per iteration and convergence factors go to the metrics; a factor
 above 1 is a warning naming the step.
@@ -133,7 +136,11 @@ class StackSolve:
         self.ctx, self.r, self.path = ctx, r, path
         self.steps = settings.steps
         self.warm_start = False
-        """Whether the solve under way starts from the previous step's states (its ops say)."""
+        """Whether the solve under way keeps its states for the next step's guess (its ops say)."""
+        self.guess = "previous"
+        """The solve under way's initial guess (`warm_start`: mrc/techniques/mgrit/guess.py)."""
+        self.buffer = 0
+        """The layers at each end that the solve under way propagates serially (mrc/techniques/mgrit/buffers.py)."""
         storage = ctx.replicas.storage.get(path) if not r else None  # the graph stacks it (mrc/lower/stacked.py)
         self.prop = propagator_for(stack, kernel, storage)
         self.params: list[nn.Parameter] = (storage.params() if storage is not None else
@@ -156,6 +163,8 @@ class StackSolve:
         self.blocks: Blocks = ()
         self.local: dict[str, torch.Tensor] = {}
         self.seen: dict[str, tuple[int, int]] = {}
+        self.origins: dict[str, torch.Tensor] = {}
+        """The first state (y_0, or g of the adjoint) each solve across ranks last started from."""
         self.synced = False
         self._adjoint_checked: Blocks | None = None
         self.control = Control()
@@ -169,41 +178,80 @@ class StackSolve:
         n = self.steps
         return got if got is not None and got.shape == (n + 1, *like.shape) else None
 
+    def _guess(self, which: str, u0: torch.Tensor, prop: Any, settings: Any) -> torch.Tensor | None:
+        """The initial guess of the `which` solve of the middle (all the stack without buffers), in the
+        solver's order (the adjoint's reversed), as `warm_start` says (mrc/techniques/mgrit/guess.py);
+        None: every point starts at u0."""
+        from mrc.techniques.mgrit.grid import coarsest_span
+        from mrc.techniques.mgrit.guess import coarse_sweep, shifted
+
+        b, n = self.buffer, self.steps - 2 * self.buffer
+        if self.guess == "coarse":
+            return coarse_sweep(prop, n, coarsest_span(settings), u0)
+        whole = self._warm(which, u0)
+        if whole is None:
+            return None
+        part = whole[b:b + n + 1] if b else whole
+        if which == "adjoint":
+            part = part.flip(0)
+        return shifted(part, u0) if self.guess == "shifted" else part
+
+    def _given(self, runner: Runner, which: str) -> None:
+        given = self.given = runner.given[which]
+        self.guess, self.buffer = given.warm_start, given.buffer
+        self.warm_start = self.guess in ("previous", "shifted")
+
     def forward(self, y0: torch.Tensor, runner: Runner) -> torch.Tensor:
+        from mrc.techniques.mgrit.buffers import Offset, serial_states
         from mrc.techniques.mgrit.solver import MGRIT
 
         self.prop.refresh()  # this step's weights
         self.step = self.ctx.replicas.plan.env.t if self.ctx.replicas.plan is not None else 0
         self.forward_settings = runner.settings_of("forward")
-        self.given = runner.given["forward"]
-        self.warm_start = self.given.warm_start
+        self._given(runner, "forward")
         blocks = runner.blocks.get("forward", ())
         if blocks:
             return self._forward_ranks(y0, runner, blocks)
         self._plan(runner)
-        solver = MGRIT(self.prop, self.steps, self.forward_settings)
-        solver.start(y0, self._warm("forward", y0))
+        b, n = self.buffer, self.steps
+        head = serial_states(self.prop, 0, b, y0) if b else None
+        start = y0 if head is None else head[-1]
+        prop = Offset(self.prop, b) if b else self.prop
+        solver = MGRIT(prop, n - 2 * b, self.forward_settings)
+        solver.start(start, self._guess("forward", start, prop, self.forward_settings))
         runner.run(solver, "forward", self.control.counts.get("forward"))
-        self.states = solver.states.detach().clone()
+        if head is None:
+            self.states = solver.states.detach().clone()
+        else:
+            tail = serial_states(self.prop, n - b, b, solver.states[-1])
+            self.states = torch.cat([head[:-1], solver.states.detach(), tail[1:]])
         if self.warm_start:
             self.ctx.state[f"{self.key}/forward"] = self.states
         self._record("forward", solver)
         return self.states[-1].clone()
 
     def backward(self, g: torch.Tensor, runner: Runner) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        from mrc.techniques.mgrit.buffers import Offset, serial_adjoint
         from mrc.techniques.mgrit.solver import MGRIT, Adjoint, lambdas
 
         assert self.states is not None
         settings = runner.settings_of("adjoint")
-        self.warm_start = runner.given["adjoint"].warm_start
+        self._given(runner, "adjoint")
         blocks = runner.blocks.get("adjoint", ())
         if blocks:
             return self._backward_ranks(g, runner, blocks)
-        solver = MGRIT(Adjoint(self.prop, self.states), self.steps, settings)
-        warm = self._warm("adjoint", g)
-        solver.start(g, None if warm is None else warm.flip(0))
+        b, n = self.buffer, self.steps
+        tail = serial_adjoint(self.prop, self.states[n - b:], n - b, g) if b else None
+        end = g if tail is None else tail[0]
+        middle = self.states if not b else self.states[b:n - b + 1]
+        prop = Adjoint(Offset(self.prop, b) if b else self.prop, middle)
+        solver = MGRIT(prop, n - 2 * b, settings)
+        solver.start(end, self._guess("adjoint", end, prop, settings))
         runner.run(solver, "adjoint", self.control.counts.get("adjoint"))
         lam = lambdas(solver).detach().clone()
+        if tail is not None:
+            head = serial_adjoint(self.prop, self.states[:b + 1], 0, lam[0])
+            lam = torch.cat([head[:-1], lam, tail[1:]])
         if self.warm_start:
             self.ctx.state[f"{self.key}/adjoint"] = lam
         self._record("adjoint", solver)
@@ -283,17 +331,26 @@ class StackSolve:
 
     def _warm_block(self, which: str, like: torch.Tensor, a: int, b: int) -> torch.Tensor | None:
         """The block's warm start: the previous step's block, or the block of whole states that a checkpoint
-        (or the sync before it) put in the lowering's state and this rank has not started from yet."""
+        (or the sync before it) put in the lowering's state and this rank has not started from yet; with
+        `warm_start = shifted`, moved by the change of the solve's first state `like` (y_0 or g, which
+        every rank holds: the previous one is remembered, or read from the whole states)."""
         if not self.warm_start:
             return None
         key = f"{self.key}/{which}"
         whole = self.ctx.state.get(key)
+        origin = self.origins.get(which)
+        self.origins[which] = like
         if (whole is not None and self.seen.get(key) != (id(whole), whole._version)
                 and whole.shape == (self.steps + 1, *like.shape)):
             self.seen[key] = (id(whole), whole._version)
-            return whole[a:b + 1]
-        got = self.local.get(which)
-        return got if got is not None and got.shape == (b - a + 1, *like.shape) else None
+            got: torch.Tensor | None = whole[a:b + 1]
+            origin = whole[0] if which == "forward" else whole[-1]
+        else:
+            got = self.local.get(which)
+            got = got if got is not None and got.shape == (b - a + 1, *like.shape) else None
+        if got is None or self.guess != "shifted" or origin is None:
+            return got
+        return got + (like - origin).unsqueeze(0)
 
     def _add_sync(self) -> None:
         if not self.synced:

@@ -35,30 +35,33 @@ if TYPE_CHECKING:
 class SolveSettings:
     """What a solve needs beyond the places of its phase ops: the stack's N steps of size h with
     blocks of `kind` (dense | conv | generic), the coarsening factor per level transition (one
-    for all, or one each), the tolerance that stops it early (0: every iteration runs), and
-    whether it starts from the previous step's states; what it does when its convergence factor,
-    measured every `check_every` steps (0: never), exceeds 1 (`on_divergence`: warn |
-    more_iterations | serial). Its levels, relaxations and iterations are its ops (their scopes,
-    and each relax op's `relax`); the paths convergence control may take are ops too (`when`)."""
+    for all, or one each), the tolerance that stops it early (0: every iteration runs), its
+    initial guess (`warm_start`: previous | shifted | coarse | off, mrc/techniques/mgrit/guess.py),
+    `buffer`: the layers at each end of the stack propagated serially, MGRIT solving the
+    N − 2·buffer between them, and what it does when its convergence factor, measured every
+    `check_every` steps (0: never), exceeds 1 (`on_divergence`: warn | more_iterations | serial).
+    Its levels, relaxations and iterations are its ops (their scopes, and each relax op's
+    `relax`); the paths convergence control may take are ops too (`when`)."""
 
     steps: int = 1
     h: float = 1.0
     kind: str = "generic"
     coarsening: tuple[int, ...] = field(default=(2,))
     tol: float = 0.0
-    warm_start: bool = True
+    warm_start: str = "shifted"
+    buffer: int = 0
     on_divergence: str = "warn"
     check_every: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"record": "SolveSettings", "steps": self.steps, "h": self.h, "kind": self.kind,
                 "coarsening": list(self.coarsening), "tol": self.tol, "warm_start": self.warm_start,
-                "on_divergence": self.on_divergence, "check_every": self.check_every}
+                "buffer": self.buffer, "on_divergence": self.on_divergence, "check_every": self.check_every}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SolveSettings:
         return cls(data["steps"], data["h"], data["kind"], tuple(data["coarsening"]), data["tol"],
-                   data["warm_start"], data.get("on_divergence", "warn"), data.get("check_every", 0))
+                   data["warm_start"], data["buffer"], data.get("on_divergence", "warn"), data.get("check_every", 0))
 
 
 WHEN = {
@@ -99,7 +102,13 @@ class SolvePhase(Op):
         return f".{self.stack}.{self.solve}"
 
     def text(self) -> str:
-        return f"{self.kind} {self.stack} ({self.solve}){self.placed()}{self.fused()}{self.condition()}"
+        return (f"{self.kind} {self.stack} ({self.solve}){self.placed()}{self.fused()}{self.buffered()}"
+                f"{self.condition()}")
+
+    def buffered(self) -> str:
+        """The layers the solve spans when buffer layers at both ends are propagated serially."""
+        b = self.settings.buffer
+        return f" layers [{b}:{self.settings.steps - b}] buffer={b}" if b else ""
 
     def fused(self) -> str:
         return "" if self.kernel == "torch" else f" kernel={self.kernel}"
@@ -131,7 +140,8 @@ class Relax(SolvePhase):
     relax: str = "FCF"
 
     def text(self) -> str:
-        return f"mgrit_relax {self.relax} {self.stack} ({self.solve}){self.placed()}{self.fused()}{self.condition()}"
+        return (f"mgrit_relax {self.relax} {self.stack} ({self.solve}){self.placed()}{self.fused()}"
+                f"{self.buffered()}{self.condition()}")
 
 
 @op_kind

@@ -544,6 +544,14 @@ class GenericPropagator:
     parameters. Where they do not, or where vmap fails on the layer's code (the first call tries
     it), they loop as the public calls do (param_grads: one autograd pass per layer);
     `vmap_problem` says why.
+
+    Dropout: a solve calls each layer many times (relaxation sweeps, residuals, the adjoint, the
+    parameter gradients), and each call of a dropout layer would draw a new mask, so the solve
+    would not be of one network. Where a layer holds a dropout module in training mode,
+    `refresh()` (once per training step) draws one seed from the global generator, and every
+    call of layer n runs with the generator forked and seeded seed + n (one call per interval:
+    the vmapped paths are not taken that step): layer n's masks are drawn
+    once per step and shared by all its calls (states of one shape draw the same mask).
     """
 
     def __init__(self, layers: Sequence[nn.Module], h: float) -> None:
@@ -552,6 +560,8 @@ class GenericPropagator:
         self.vmap_problem: str | None = _stacking_problem(self.layers)
         """Why the solver's calls loop over the intervals instead of one vmap (None: they do not)."""
         self.stacked: dict[str, torch.Tensor] = {}
+        self.seed: int | None = None
+        """This step's dropout seed (None: no layer drops out, the layers are called as they are)."""
         self.refresh()
 
     def __len__(self) -> int:
@@ -560,7 +570,10 @@ class GenericPropagator:
     def refresh(self) -> None:
         """Stack the layers' current parameters and buffers for the solver's vmapped calls (call
         it once per solve: the optimizer moves them between solves); the public `step` and `vjp`
-        read the modules themselves."""
+        read the modules themselves. Where a layer drops out, draw this step's dropout seed."""
+        drops = any(isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0
+                    for layer in self.layers for m in layer.modules())
+        self.seed = int(torch.randint(0, 2**62, ())) if drops else None
         if self.vmap_problem is not None:
             return
         with torch.no_grad():
@@ -581,7 +594,7 @@ class GenericPropagator:
         `layers` (whose stacked state is `stacked`): one vmap, else (vmap_problem) a loop."""
         m = u.shape[0]
         picked = slice(first, first + stride * (m - 1) + 1, stride)
-        if self.vmap_problem is None:
+        if self.vmap_problem is None and self.seed is None:
             params = {k: v[picked] for k, v in stacked.items()}
             try:
                 if lam is None:
@@ -590,10 +603,22 @@ class GenericPropagator:
                 return pull(lam)[0]
             except Exception as err:  # the layer's code does not vmap: loop from now on
                 self.vmap_problem = f"torch.func.vmap failed: {type(err).__name__}: {str(err).splitlines()[0]}"
-        mods = layers[picked]
+        ids = range(first, first + stride * (m - 1) + 1, stride)
+        if layers is not self.layers:  # the adjoint's reversed layers: each one's index in the stack
+            ids = range(len(self.layers) - 1 - first, len(self.layers) - 1 - first - stride * m, -stride)
         if lam is None:
-            return torch.stack([mod(u[i]) for i, mod in enumerate(mods)])
-        return torch.stack([torch.func.vjp(mod, u[i])[1](lam[i])[0] for i, mod in enumerate(mods)])
+            return torch.stack([self._layer(n, u[i]) for i, n in enumerate(ids)])
+        return torch.stack([torch.func.vjp(lambda x, n=n: self._layer(n, x), u[i])[1](lam[i])[0]
+                            for i, n in enumerate(ids)])
+
+    def _layer(self, n: int, x: torch.Tensor) -> torch.Tensor:
+        """layers[n](x), with layer n's frozen dropout masks of this step (see the class docstring)."""
+        if self.seed is None:
+            return self.layers[n](x)
+        devices = [x.device.index or 0] if x.is_cuda else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed + n)
+            return self.layers[n](x)
 
     def step_at(self, first: int, stride: int, span: int, u: torch.Tensor, out: torch.Tensor | None = None,
                 add: torch.Tensor | None = None) -> torch.Tensor:
@@ -615,7 +640,7 @@ class GenericPropagator:
         _check_start(start, u.shape[0], len(self.layers))
         scale = span * self.h
         with torch.no_grad():
-            return torch.stack([u[i] + scale * self.layers[int(n)](u[i])
+            return torch.stack([u[i] + scale * self._call(int(n), u[i])
                                 for i, n in enumerate(start.tolist())]) if len(start) else u.clone()
 
     def vjp(self, start: torch.Tensor, span: int, y: torch.Tensor,
@@ -631,7 +656,7 @@ class GenericPropagator:
         out = []
         with torch.no_grad():
             for i, n in enumerate(start.tolist()):
-                _, pull = torch.func.vjp(self.layers[n], y[i].detach())
+                _, pull = torch.func.vjp(lambda x, n=n: self._layer(n, x), y[i].detach())
                 out.append(lam[i] + scale * pull(lam[i].detach())[0])
         return torch.stack(out) if out else lam.clone()
 
@@ -645,7 +670,7 @@ class GenericPropagator:
                              f"{len(self.layers)}, got {tuple(states.shape)} and {tuple(lambdas.shape)} "
                              f"from layer {first}")
         layers = self.layers[first:first + n_layers]
-        if n_layers and self.vmap_problem is None:
+        if n_layers and self.vmap_problem is None and self.seed is None:
             try:
                 grads = self._stacked_param_grads(states, lambdas, first, n_layers)
             except Exception as err:  # the layer's code does not vmap: per layer from now on
@@ -661,7 +686,7 @@ class GenericPropagator:
             if not params:
                 continue
             with torch.enable_grad():
-                f = layer(states[n].detach())
+                f = self._call(first + n, states[n].detach())
                 grads = torch.autograd.grad(f, params, self.h * lambdas[n + 1].detach(),
                                             allow_unused=True)
             for p, g in zip(params, grads, strict=True):

@@ -13,8 +13,9 @@ class StackInfo:
     """A residual stack solved by MGRIT: its parameterised layers are `layers[first:last + 1]`
     of the graph's layer list, N steps of size h with blocks of `kind` (dense | conv | generic),
     spanning the traced nodes `first_node` … `last_node`; the hierarchy (levels, coarsening
-    and relaxation per level transition), each solve's iterations and tolerance, and its
-    convergence control (what a diverging solve does, and how often it is measured)."""
+    and relaxation per level transition), each solve's iterations, tolerance and initial guess,
+    its convergence control (what a diverging solve does, and how often it is measured), and
+    the `buffer` layers at each end propagated serially around the solve of the middle."""
 
     first: int
     last: int
@@ -30,7 +31,8 @@ class StackInfo:
     backward_iters: int
     forward_tol: float = 0.0
     backward_tol: float = 0.0
-    warm_start: bool = True
+    warm_start: str = "shifted"
+    buffer: int = 0
     on_divergence: str = "warn"
     check_every: int = 0
 
@@ -40,13 +42,18 @@ class StackInfo:
         return (f"N={self.steps} h={self.h:g} {self.kind} levels={self.levels} "
                 f"coarsening=[{', '.join(map(str, self.coarsening))}] relax=[{', '.join(self.relax)}] "
                 f"forward_iters={self.forward_iters} backward_iters={self.backward_iters}{tol} "
-                f"{'warm_start' if self.warm_start else 'fresh_start'}{self.control()}")
+                f"{_GUESS.get(self.warm_start, f'warm_start={self.warm_start}')}"
+                f"{f' buffer={self.buffer}' if self.buffer else ''}{self.control()}")
 
     def control(self) -> str:
         """The convergence control, where there is one (none: the text reads as before it existed)."""
         if self.on_divergence == "warn" and not self.check_every:
             return ""
         return f" on_divergence={self.on_divergence} check_every={self.check_every}"
+
+
+_GUESS = {"previous": "warm_start", "off": "fresh_start"}
+"""How the header names the guesses it named before `warm_start` took more values."""
 
 
 Stacks = dict[str, StackInfo]
