@@ -640,7 +640,7 @@ class GenericPropagator:
         _check_start(start, u.shape[0], len(self.layers))
         scale = span * self.h
         with torch.no_grad():
-            return torch.stack([u[i] + scale * self._call(int(n), u[i])
+            return torch.stack([u[i] + scale * self._layer(int(n), u[i])
                                 for i, n in enumerate(start.tolist())]) if len(start) else u.clone()
 
     def vjp(self, start: torch.Tensor, span: int, y: torch.Tensor,
@@ -686,7 +686,7 @@ class GenericPropagator:
             if not params:
                 continue
             with torch.enable_grad():
-                f = self._call(first + n, states[n].detach())
+                f = self._layer(first + n, states[n].detach())
                 grads = torch.autograd.grad(f, params, self.h * lambdas[n + 1].detach(),
                                             allow_unused=True)
             for p, g in zip(params, grads, strict=True):
