@@ -144,8 +144,9 @@ class StackPropagator:
 
     `kernel="triton"` runs the dense `step` as the fused Triton kernel (`kernels/mgrit.py`) for
     float32 CUDA tensors; everything else (CPU, float64, conv, `vjp`, `param_grads`) takes the
-    torch path. The weights are a copy made at construction and by `refresh()` (module
-    docstring): call it once per solve.
+    torch path. Over stacked storage (`storage`, mrc/lower/stacked.py) the weights are the
+    storage itself, read in place; otherwise a copy made at construction and by `refresh()`
+    (module docstring): call it once per solve.
     """
 
     _view_key: tuple[int, ...] = ()  # the stacks (ids, versions) `_view_cache` was made from
