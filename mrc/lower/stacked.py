@@ -107,7 +107,7 @@ def stacked_model(gm: fx.GraphModule, storages: dict[str, tuple[StackStorage, st
 
 
 def _replaced(gm: fx.GraphModule, path: str, module: nn.Module, first: str, last: str) -> fx.GraphModule:
-    from mrc.models.trace import quiet
+    from mrc.models.trace import replace_stretch
 
     nodes = list(gm.graph.nodes)
     at = {n.name: i for i, n in enumerate(nodes)}
@@ -117,23 +117,4 @@ def _replaced(gm: fx.GraphModule, path: str, module: nn.Module, first: str, last
     if lo < 0 or hi < lo or len(entering) != 1:
         raise RuntimeError(f"the stack `{path}` is not the one stretch of nodes {first} … {last} of the traced "
                            "model that the graph's `stacked` table names")
-    source = next(iter(entering))
-    g = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
-    root: dict[str, Any] = {path: module}
-    for i, n in enumerate(nodes):
-        if lo <= i < hi:
-            continue
-        if i == hi:
-            env[n] = g.call_module(path, (env[source],))
-            env[n].meta["mrc"] = {"scope": path}
-            continue
-        env[n] = g.node_copy(n, lambda a: env[a])
-        if n.op == "call_module":
-            root[str(n.target)] = gm.get_submodule(str(n.target))
-        elif n.op == "get_attr":
-            obj: Any = gm
-            for part in str(n.target).split("."):
-                obj = getattr(obj, part)
-            root[str(n.target)] = obj
-    return quiet(fx.GraphModule(root, g))
+    return replace_stretch(gm, lo, hi, next(iter(entering)), path, module)

@@ -396,6 +396,35 @@ class _QuietCall:
         return super(self.cls, obj).__call__(*args, **kwargs)
 
 
+def replace_stretch(gm: fx.GraphModule, lo: int, hi: int, source: fx.Node, name: str,
+                    module: nn.Module) -> fx.GraphModule:
+    """A copy of `gm` in which the nodes at positions lo … hi (one stretch taking the one value
+    `source` and giving the value of node hi) are one call of `module`, a submodule at `name`
+    whose node keeps `name` as its scope (so a later rewrite finds it as that module's nodes).
+    Stacked parameters (mrc/lower/stacked.py) and MGRIT solves (mrc/techniques/mgrit/lower.py)
+    replace a residual stack this way."""
+    nodes = list(gm.graph.nodes)
+    g = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    root: dict[str, Any] = {name: module}
+    for i, n in enumerate(nodes):
+        if lo <= i < hi:
+            continue
+        if i == hi:
+            env[n] = g.call_module(name, (env[source],))
+            env[n].meta["mrc"] = {"scope": name}
+            continue
+        env[n] = g.node_copy(n, lambda a: env[a])
+        if n.op == "call_module":
+            root[str(n.target)] = gm.get_submodule(str(n.target))
+        elif n.op == "get_attr":
+            obj: Any = gm
+            for part in str(n.target).split("."):
+                obj = getattr(obj, part)
+            root[str(n.target)] = obj
+    return quiet(fx.GraphModule(root, g))
+
+
 def quiet(gm: M) -> M:
     """Call every GraphModule in `gm` (itself, split_module's parts) through `_QuietCall`
     (each GraphModule has a class of its own, so this touches no other). torch.fx keeps a

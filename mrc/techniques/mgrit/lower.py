@@ -629,33 +629,12 @@ class SolveModule(nn.Module):
 def rewrite(gm: fx.GraphModule, path: str, name: str, module: nn.Module) -> fx.GraphModule:
     """A copy of `gm` whose nodes of the stack at `path` (one contiguous stretch, one value in and
     one out) are one call of `module` (as submodule `name`)."""
+    from mrc.models.trace import replace_stretch
+
     got = stack_stretch(gm, path)
     if isinstance(got, str):
         raise LoweringError(f"the stack `{path}` cannot be replaced in this segment: {got}")
-    lo, hi, source = got
-    nodes = list(gm.graph.nodes)
-    g = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
-    root: dict[str, Any] = {name: module}
-    for i, n in enumerate(nodes):
-        if lo <= i < hi:
-            continue
-        if i == hi:
-            env[n] = g.call_module(name, (env[source],))
-            continue
-        env[n] = g.node_copy(n, lambda a: env[a])
-        if n.op == "call_module":
-            root[str(n.target)] = gm.get_submodule(str(n.target))
-        elif n.op == "get_attr":
-            root[str(n.target)] = _attr(gm, str(n.target))
-    return fx.GraphModule(root, g)
-
-
-def _attr(gm: nn.Module, target: str) -> Any:
-    obj: Any = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
+    return replace_stretch(gm, *got, name, module)
 
 
 def _holds_stack(op: Any, ctx: Lowering) -> bool:
