@@ -73,28 +73,23 @@ def check_mgrit(ck: Checker, st: ast.Statement | None) -> None:
                        hint="levels, coarsening, relax, forward_iters, backward_iters, forward_tol, "
                        "backward_tol, warm_start, buffer, on_divergence, check_every")
     prefix = f"mgrit.{path.replace('.', '_')}."
-    relax_arg = next((a for a in args if a.name is not None and a.name.id == "relax"), None)
-    warm_arg = next((a for a in args if a.name is not None and a.name.id == "warm_start"), None)
-    others = tuple(a for a in args if a is not relax_arg and a is not warm_arg)
+    # keys whose values are words or lists the generic argument check does not read: each its own parser
+    parsers = {"relax": _relax, "warm_start": _warm_start}
+    special = {key: next((a for a in args if a.name is not None and a.name.id == key), None) for key in parsers}
+    others = tuple(a for a in args if all(a is not s for s in special.values()))
     values, spans = ck.arguments("`mgrit`", KEYS, others, st.span, prefix)
-    warm: str | None = DEFAULT_GUESS
-    if warm_arg is not None or f"{prefix}warm_start" in ck.overrides:
-        expr = ck.override(f"{prefix}warm_start", warm_arg.value if warm_arg else None)
+    parsed: dict[str, object] = {"relax": ("FCF",), "warm_start": DEFAULT_GUESS}
+    for key, arg in special.items():
+        if arg is None and f"{prefix}{key}" not in ck.overrides:
+            continue
+        expr = ck.override(f"{prefix}{key}", arg.value if arg else None)
         try:
             raw = ck.value(expr).value
         except Bad:
             return
-        warm = _warm_start(ck, raw, expr.span)
-        spans["warm_start"] = expr.span
-    relax: tuple[str, ...] | None = ("FCF",)
-    if relax_arg is not None or f"{prefix}relax" in ck.overrides:
-        expr = ck.override(f"{prefix}relax", relax_arg.value if relax_arg else None)
-        try:
-            raw = ck.value(expr).value
-        except Bad:
-            return
-        relax = _relax(ck, raw, expr.span)
-        spans["relax"] = expr.span
+        parsed[key] = parsers[key](ck, raw, expr.span)
+        spans[key] = expr.span
+    relax, warm = parsed["relax"], parsed["warm_start"]
     if relax is None or warm is None or len(values) != len(KEYS):
         return
     levels = values["levels"]
