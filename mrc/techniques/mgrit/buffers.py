@@ -50,6 +50,12 @@ class Offset:
     def vjp(self, start: torch.Tensor, span: int, y: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         return self.prop.vjp(start + self.offset, span, y, lam)
 
+    def new_states(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """The solver's states in the layout of the stack's propagator (`new_states_of`)."""
+        from mrc.techniques.mgrit.solver import new_states_of
+
+        return new_states_of(self.prop)(shape, like)
+
 
 def serial_states(prop: Any, first: int, count: int, y: torch.Tensor) -> torch.Tensor:
     """[count + 1, *state]: y = y_first, then y_{n+1} = Φ_n(y_n) for the layers first … first + count − 1."""

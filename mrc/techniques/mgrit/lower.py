@@ -228,7 +228,7 @@ class StackSolve:
         if self.warm_start:
             self.ctx.state[f"{self.key}/forward"] = self.states
         self._record("forward", solver)
-        return self.states[-1].clone()
+        return self.states[-1].clone(memory_format=torch.contiguous_format)
 
     def backward(self, g: torch.Tensor, runner: Runner) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         from mrc.techniques.mgrit.buffers import Offset, serial_adjoint

@@ -120,6 +120,32 @@ def _act_vjp(name: str, lam: torch.Tensor, saved: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten.threshold_backward(lam, saved, 0)
 
 
+def _dense_zt(b_col: torch.Tensor, w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """z = u Wᵀ + b for u [m, batch, w] as (b + W uᵀ)ᵀ: one batched product [w, w] × [w, batch]
+    (b_col [m, w, 1]), returned as a [m, batch, w] view of its [m, w, batch] result."""
+    return torch.baddbmm(b_col, w, u.transpose(1, 2)).transpose(1, 2)
+
+
+def _dense_euler(u: torch.Tensor, w: torch.Tensor, b_col: torch.Tensor, scale: float, activation: str,
+                 out: torch.Tensor | None) -> torch.Tensor:
+    """u + scale·σ(u Wᵀ + b) for u [m, batch, w] (into `out` when given), `_dense_zt`'s product. A
+    float32 tanh step folds `_tanh_`'s form into the product and the add, two ops fewer:
+    u + s·tanh z = u + 2s·σ(2z) − s, with 2z = 2·(W uᵀ) + 2·b made by the product itself (scaling
+    by 2 is exact)."""
+    if activation == "tanh" and u.dtype == torch.float32:
+        f = torch.baddbmm(b_col, w, u.transpose(1, 2), beta=2.0, alpha=2.0).sigmoid_().transpose(1, 2)
+        got = torch.add(u, f, alpha=2.0 * scale) if out is None else torch.add(u, f, alpha=2.0 * scale, out=out)
+        return got.sub_(scale)
+    f = _act_(activation, _dense_zt(b_col, w, u))
+    return torch.add(u, f, alpha=scale) if out is None else torch.add(u, f, alpha=scale, out=out)
+
+
+def _dense_vjp(lam: torch.Tensor, g: torch.Tensor, w: torch.Tensor, scale: float) -> torch.Tensor:
+    """lam + scale·g W for lam, g [m, batch, w], as (lamᵀ + scale·Wᵀ gᵀ)ᵀ (`_dense_zt`'s form);
+    a [m, batch, w] view of a fresh [m, w, batch] tensor."""
+    return torch.baddbmm(lam.transpose(1, 2), w.transpose(1, 2), g.transpose(1, 2), alpha=scale).transpose(1, 2)
+
+
 def _check_span(span: int) -> int:
     if isinstance(span, bool) or int(span) != span or span < 1:
         raise ValueError(f"span must be a positive integer, not {span!r}")
@@ -164,6 +190,7 @@ class StackPropagator:
     """
 
     _view_key: tuple[int, ...] = ()  # the stacks (ids, versions) `_view_cache` was made from
+    _linearized: StackAdjoint | None = None  # the last `linearized` (until `param_grads` reads it)
     _view_cache: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]]
 
     def __init__(self, stack: nn.Module, kernel: Kernel = "torch", storage: Any = None) -> None:
@@ -237,8 +264,22 @@ class StackPropagator:
     # ------------------------------------------------------------------ dense
 
     def _dense_z(self, idx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """z[i] = y[i] @ W[idx[i]]ᵀ + b[idx[i]] for y [m, batch, w]."""
-        return torch.baddbmm(self.bias[idx].unsqueeze(1), y, self.weight[idx].transpose(1, 2))
+        """z[i] = y[i] @ W[idx[i]]ᵀ + b[idx[i]] for y [m, batch, w], computed as (W yᵀ + b)ᵀ
+        (`_dense_zt`: see `new_states`); a [m, batch, w] view of a [m, w, batch] tensor."""
+        return _dense_zt(self.bias[idx].unsqueeze(2), self.weight[idx], y)
+
+    def new_states(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """An uninitialised states tensor `shape` = [n, batch, w] for the solver (`new_states_of`):
+        dense on the torch kernel, a [n, batch, w] view of a [n, w, batch] tensor (features first),
+        so that each step's product W uᵀ reads its operand and writes its result contiguously. The
+        CPU's batched matmul runs [w, w] × [w, batch] ≈ 2.5× faster than [batch, w] × [w, w] at
+        w = 8, batch 64 (and the same at w = 32; bench/RESULTS.md), and every elementwise op of a
+        step then reads and writes matching strides. Conv and the Triton kernel (which takes
+        contiguous rows): `like`'s own layout."""
+        if self.kind == "dense" and self.kernel == "torch" and len(shape) == 3:
+            n, batch, w = shape
+            return torch.empty(n, w, batch, dtype=like.dtype, device=like.device).transpose(1, 2)
+        return like.new_empty(shape)
 
     # ------------------------------------------------------------------ conv
 
@@ -305,7 +346,7 @@ class StackPropagator:
             y, lam = y.detach(), lam.detach()
             if self.kind == "dense":
                 g = _act_vjp(self.activation, lam, _saved(self.activation, self._dense_z(idx, y)))
-                return torch.baddbmm(lam, g, self.weight[idx], alpha=scale)
+                return _dense_vjp(lam, g, self.weight[idx], scale)
             m = y.shape[0]
             z, k = self._conv_z(idx, self._to_groups(y), m)
             g = _act_vjp(self.activation, self._to_groups(lam), _saved(self.activation, z))
@@ -316,7 +357,7 @@ class StackPropagator:
 
     def _views(self, first: int, stride: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The weights of layers first, first + stride, … (m of them) as the step reads them —
-        dense: Wᵀ [m, w, w] and b [m, 1, w], strided views; conv: K [m·C, C, 3, 3] and b [m·C]
+        dense: W [m, w, w] and b [m, w, 1], strided views; conv: K [m·C, C, 3, 3] and b [m·C]
         — kept while the stacks are the same tensors, unchanged (a solve asks for the same few
         progressions every iteration)."""
         weight = self.weight
@@ -327,7 +368,7 @@ class StackPropagator:
         if got is None:
             layers = slice(first, first + stride * (m - 1) + 1, stride)
             if self.kind == "dense":
-                got = weight[layers].transpose(1, 2), self.bias[layers].unsqueeze(1)
+                got = weight[layers], self.bias[layers].unsqueeze(2)
             else:
                 got = weight[layers].reshape(-1, *weight.shape[2:]), self.bias[layers].reshape(-1)
             self._view_cache[(first, stride, m)] = got
@@ -349,38 +390,39 @@ class StackPropagator:
                     got = dense_step_triton(u, self.weight, self.bias, None, scale, self.activation,
                                             first=first, stride=stride, out=out)
                     return got if add is None else got.add_(add)
-                w_t, b = self._views(first, stride, m)
-                f = _act_(self.activation, torch.baddbmm(b, u, w_t))
-            else:
-                k, b = self._views(first, stride, m)
-                z = F.conv2d(self._to_groups(u), k, b, padding=1, groups=m)
-                f = _act_(self.activation, z).unflatten(1, (m, -1)).transpose(0, 1)  # [m, B, C, H, W] view
+                w, b = self._views(first, stride, m)
+                out = _dense_euler(u, w, b, scale, self.activation, out)
+                return out if add is None else out.add_(add)
+            k, b = self._views(first, stride, m)
+            z = F.conv2d(self._to_groups(u), k, b, padding=1, groups=m)
+            f = _act_(self.activation, z).unflatten(1, (m, -1)).transpose(0, 1)  # [m, B, C, H, W] view
             out = torch.add(u, f, alpha=scale) if out is None else torch.add(u, f, alpha=scale, out=out)
             return out if add is None else out.add_(add)
 
     def sweep_at(self, first: int, stride: int, span: int, u: torch.Tensor, g: torch.Tensor | None) -> None:
         """The serial sweep u[k] = Φ(first + (k−1)·stride, span)(u[k−1]) (+ g[k]), k = 1 … n, in place on
         u [n + 1, *state] (the coarsest level's solve): dense, the n layers' weights and the states are
-        split once, so a point costs its three ops (`baddbmm`, σ, `add`: `step_at`'s arithmetic, so a
-        sweep equals its steps bit for bit) and the add of g."""
+        split once, so a point costs `step_at`'s ops (`_dense_euler`: its arithmetic, so a sweep equals
+        its steps bit for bit) and the add of g."""
         n = u.shape[0] - 1
         if self.kind != "dense" or n == 0 or (self.kernel == "triton" and u.is_cuda):
             sweep_by_steps(self.step_at, first, stride, span, u, g)
             return
         layers = slice(first, first + stride * (n - 1) + 1, stride)
         with torch.no_grad():
-            ws, bs = self.weight[layers].transpose(1, 2).split(1), self.bias[layers].unsqueeze(1).split(1)
+            ws, bs = self.weight[layers].split(1), self.bias[layers].unsqueeze(2).split(1)
             us, gs = u.split(1), (g.split(1) if g is not None else None)
             for k in range(1, n + 1):
-                f = _act_(self.activation, torch.baddbmm(bs[k - 1], us[k - 1], ws[k - 1]))
-                torch.add(us[k - 1], f, alpha=span * self.h, out=us[k])
+                _dense_euler(us[k - 1], ws[k - 1], bs[k - 1], span * self.h, self.activation, us[k])
                 if gs is not None:
                     us[k].add_(gs[k])
 
     def linearized(self, states: torch.Tensor) -> StackAdjoint:
         """The adjoint steps about the fine states [N + 1, *state] of a forward solve, in reversed
         time: the propagator of the MGRIT adjoint (`mrc.techniques.mgrit.solver.Adjoint`)."""
-        return StackAdjoint(self, states)
+        adjoint = StackAdjoint(self, states)
+        self._linearized = adjoint  # its σ'(z) serves `param_grads` about the same states
+        return adjoint
 
     def param_grads(self, states: torch.Tensor, lambdas: torch.Tensor, first: int = 0) -> None:
         """Accumulate into each layer's `.weight.grad` / `.bias.grad` the fine-level gradient
@@ -399,10 +441,15 @@ class StackPropagator:
                              f"{len(self.layers)}, got {tuple(states.shape)} and {tuple(lambdas.shape)} "
                              f"from layer {first}")
         idx = torch.arange(first, first + n_layers, device=self.weight.device)
+        linear, self._linearized = self._linearized, None
         with torch.no_grad():
             y, lam = states[:-1].detach(), lambdas[1:].detach()
             if self.kind == "dense":
-                g = self.h * _act_grad(self.activation, self._dense_z(idx, y)) * lam
+                if linear is not None and linear.states is states and first == 0:
+                    # the adjoint solve's σ'(z) about these very states: not made again
+                    g = _act_vjp(self.activation, lam, linear.forward_saved).mul_(self.h)
+                else:
+                    g = self.h * _act_grad(self.activation, self._dense_z(idx, y)) * lam
                 d_weight = torch.bmm(g.transpose(1, 2), y)  # [N, w, w]
                 d_bias = g.sum(dim=1)  # [N, w]
             else:
@@ -447,11 +494,16 @@ class StackAdjoint:
         if n != len(prop):
             raise ValueError(f"states must be the {len(prop) + 1} points of the stack, got {n + 1}")
         self.kind, self.activation, self.h = prop.kind, prop.activation, prop.h
+        self.states = states
+        self.forward_saved: torch.Tensor | None = None
+        """Dense: what σ'(z_n) is made from, in forward order (`param_grads` reuses it)."""
         with torch.no_grad():
             y = states[:-1].detach()
             if prop.kind == "dense":
-                z = torch.baddbmm(prop.bias.unsqueeze(1), y, prop.weight.transpose(1, 2))  # [N, B, w]
-                self.saved = _saved(prop.activation, z).flip(0)
+                z = _dense_zt(prop.bias.unsqueeze(2), prop.weight, y)  # [N, B, w], features first
+                self.forward_saved = _saved(prop.activation, z)
+                # reversed in features-first memory, as the adjoint's states are (`new_states`)
+                self.saved = self.forward_saved.transpose(1, 2).flip(0).transpose(1, 2)
             else:
                 k = prop.weight.reshape(-1, *prop.weight.shape[2:])
                 z = F.conv2d(prop._to_groups(y), k, prop.bias.reshape(-1), padding=1, groups=n)
@@ -477,9 +529,9 @@ class StackAdjoint:
         with torch.no_grad():
             if self.kind == "dense":
                 g = _act_vjp(self.activation, lam, saved)
-                # into a fresh (contiguous) result, then copied: the CPU's batched matmul writes a
-                # strided `out` one matrix at a time (2× slower at [64, 8] × [8, 8]); same bits
-                res = torch.baddbmm(lam, g, weight, alpha=scale)
+                # into a fresh result, then copied: the CPU's batched matmul writes a strided `out`
+                # one matrix at a time (2× slower at w = 8); same bits
+                res = _dense_vjp(lam, g, weight, scale)
                 out = res if out is None else out.copy_(res)
                 return out if add is None else out.add_(add)
             g = _act_vjp(self.activation, lam.transpose(0, 1), saved)  # [B, m, C, H, W]
@@ -502,7 +554,7 @@ class StackAdjoint:
             ls, gs = lam.split(1), (g.split(1) if g is not None else None)
             for k in range(1, n + 1):
                 d = _act_vjp(self.activation, ls[k - 1], saved[k - 1])
-                torch.baddbmm(ls[k - 1], d, ws[k - 1], alpha=span * self.h, out=ls[k])
+                ls[k].copy_(_dense_vjp(ls[k - 1], d, ws[k - 1], span * self.h))
                 if gs is not None:
                     ls[k].add_(gs[k])
 

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from mrc.techniques.mgrit.grid import Blocks, Settings, coarsest_span
-from mrc.techniques.mgrit.solver import MGRIT, Propagator, _Level, step_at_of, sweep_at_of
+from mrc.techniques.mgrit.solver import MGRIT, Propagator, _Level, new_states_of, step_at_of, sweep_at_of
 
 __all__ = ["Part", "RankAdjoint", "RankMGRIT", "adjoint_part", "adjoint_table", "block_lambdas",
            "block_param_grads", "first_lambda", "forward_part", "last_state", "rank_adjoint_solve",
@@ -104,6 +104,7 @@ class RankMGRIT(MGRIT):
                              f"and {part.next}: a part has a predecessor iff lo > 0 and a successor iff hi < N")
         self.prop = _Guarded(prop)
         self._step_at, self._sweep_at = step_at_of(self.prop), sweep_at_of(self.prop)
+        self._new_states = new_states_of(self.prop)  # contiguous: the messages send and receive rows of them
         self.part = part
         self.world = world
 

@@ -16,7 +16,9 @@ incomplete interval (XBraid's uneven last interval): they are F-relaxed from the
 
 One iteration is a V-cycle (the ``phases``):
 
-    ("relax", l)        F-relaxation; with "FCF" then C-relaxation and F-relaxation again
+    ("relax", l)        F-relaxation; with "FCF" then C-relaxation and F-relaxation again (the first
+                        F-relaxation is skipped where the level's last correction ended with the same one:
+                        the fine level from the second iteration on — identical states, less work)
     ("restrict", l)     r = g_l − A_l(u) at the C-points (zero at F-points after F-relaxation); u_c = inject(u);
                         g_{l+1} = A_{l+1}(u_c) + inject(r); level l + 1 starts from u_c
     ("coarse_solve", L-1)   the serial sweep u_n = Φ^{L-1}(u_{n-1}) + g_n, n = 1..N_{L-1}
@@ -59,8 +61,8 @@ import torch
 
 from mrc.techniques.mgrit.grid import Settings
 
-__all__ = ["MGRIT", "Adjoint", "Propagator", "StepAt", "adjoint_solve", "lambdas", "step_at_of",
-           "sweep_at_of", "sweep_by_steps"]
+__all__ = ["MGRIT", "Adjoint", "Propagator", "StepAt", "adjoint_solve", "lambdas", "new_states_of",
+           "step_at_of", "sweep_at_of", "sweep_by_steps"]
 
 @runtime_checkable
 class Propagator(Protocol):
@@ -115,6 +117,14 @@ def step_at_of(prop: Propagator) -> StepAt:
     return fast if fast is not None else _ByIndex(prop).step_at
 
 
+def new_states_of(prop: Propagator) -> Callable[[tuple[int, ...], torch.Tensor], torch.Tensor]:
+    """The propagator's ``new_states(shape, like)`` where it has one (the memory layout its steps run
+    fastest on: a dense stack's is features first, `StackPropagator.new_states`), else an empty
+    tensor like `like`'s. The solver allocates every level's states with it."""
+    fast = getattr(prop, "new_states", None)
+    return fast if fast is not None else (lambda shape, like: like.new_empty(shape))
+
+
 def sweep_at_of(prop: Propagator) -> Callable[[int, int, int, torch.Tensor, torch.Tensor | None], None]:
     """The serial sweep u[k] = Φ(first + (k−1)·stride, span)(u[k−1]) (+ g[k]), k = 1 … n, in place on u [n + 1,
     *state]: the propagator's ``sweep_at`` where it has one, else one ``step_at`` per point."""
@@ -161,6 +171,12 @@ class _Level:
         self.g: torch.Tensor = torch.empty(0)
         self.g_zero = False
         """g is zero at every point ≥ 1 (the fine level: g = (u0, 0, …, 0)), so no phase adds it."""
+        self.f_done = False
+        """The F-points are an F-relaxation of the C-points as they are (the last phase on the level was
+        one, and nothing has changed the states since). F-relaxation is a function of the C-points, g and
+        the weights alone, so the next iteration's first one is skipped: the fine level's ends every
+        correction, and with g fixed (the fine level's) and the states untouched by restriction, the
+        relaxation that opens the next iteration would recompute the same values, bit for bit."""
         self.u_c: torch.Tensor = torch.empty(0)  # the injected C-point states saved by restrict
         self.to_coarse: tuple[torch.Tensor, ...] = ()  # views for restrict and correct (MGRIT._bind)
         # the relaxations' views (bind): (points, predecessors, g there or None, the progression)
@@ -168,8 +184,10 @@ class _Level:
         self.c_views: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] = (self.u, self.u, None)
 
     def bind(self, u: torch.Tensor, g: torch.Tensor, g_zero: bool = False) -> None:
-        """Take u and g [n + 1, *state] as the level's states for the solve, and make the views of them."""
+        """Take u and g [n + 1, *state] as the level's states for the solve, and make the views of them.
+        g_zero: g is zero at every point ≥ 1, and g may be its point 0 alone ([1, *state])."""
         self.u, self.g, self.g_zero = u, g, g_zero
+        self.f_done = False
         gv = (lambda s: None) if g_zero else (lambda s: g[s])
         self.f_views = [(u[pts], u[prev], gv(pts), run)
                         for (pts, prev), run in zip(self.f_slices, self.f_runs, strict=True) if run[2]]
@@ -195,6 +213,7 @@ class MGRIT:
         self.prop = prop
         self._step_at = step_at_of(prop)
         self._sweep_at = sweep_at_of(prop)
+        self._new_states = new_states_of(prop)
         self.n_steps = n_steps
         self.settings = settings
         self._norms: list[torch.Tensor | float] = []
@@ -220,15 +239,15 @@ class MGRIT:
         iteration's restriction, so they need no guess.
         """
         n = self.n_steps
+        if warm is not None and warm.shape != (n + 1, *u0.shape):
+            raise ValueError(f"warm has shape {tuple(warm.shape)}, expected {(n + 1, *u0.shape)}")
+        u = self._new_states((n + 1, *u0.shape), u0)
         if warm is not None:
-            if warm.shape != (n + 1, *u0.shape):
-                raise ValueError(f"warm has shape {tuple(warm.shape)}, expected {(n + 1, *u0.shape)}")
-            u = warm.detach().clone().to(dtype=u0.dtype, device=u0.device)
+            u.copy_(warm.detach())
             u[0] = u0
         else:
-            u = u0.unsqueeze(0).expand(n + 1, *u0.shape).clone()
-        g = torch.zeros_like(u)
-        g[0] = u0
+            u.copy_(u0.unsqueeze(0).expand(n + 1, *u0.shape))
+        g = u0.detach().clone().unsqueeze(0)  # g_0 = (u0, 0, …, 0): only its point 0 is ever read
         s = self.settings
         self._levels = []
         span = 1
@@ -246,8 +265,8 @@ class MGRIT:
         levels[0].bind(u, g, g_zero=True)
         for fine, coarse in itertools.pairwise(levels):
             shape = (coarse.n + 1, *u.shape[1:])
-            u_c = fine.u_c = u.new_empty(shape)
-            coarse.bind(u.new_empty(shape), u.new_empty(shape))
+            u_c = fine.u_c = self._new_states(shape, u)
+            coarse.bind(self._new_states(shape, u), self._new_states(shape, u))
             # the restriction's and the correction's views: the injection, u_c and g_c without point 0 or N_{l+1}
             fine.to_coarse = (fine.u[fine.inject], u_c[:-1], u_c[1:], coarse.g[0], fine.g[0], coarse.g[1:],
                               coarse.u[1:])
@@ -291,14 +310,17 @@ class MGRIT:
     def _f_relax(self, lv: _Level) -> None:
         for pts, prev, g, run in lv.f_views:
             self._phi(lv, run, prev, pts, g)
+        lv.f_done = True
 
     def _c_relax(self, lv: _Level) -> None:
         pts, prev, g = lv.c_views
         self._phi(lv, lv.c_run, prev, pts, g)
+        lv.f_done = False
 
     def _relax(self, l: int) -> None:
         lv = self._levels[l]
-        self._f_relax(lv)
+        if not lv.f_done:  # else the last correction's F-relaxation left exactly what this one would make
+            self._f_relax(lv)
         if lv.relax == "FCF":
             self._c_relax(lv)
             self._f_relax(lv)
@@ -314,6 +336,7 @@ class MGRIT:
         injected, u_head, u_tail, g_c0, g_0, g_c, _ = lv.to_coarse
         lv.u_c.copy_(injected)  # inject: level l's C-points are level l + 1's points
         co.u.copy_(lv.u_c)
+        co.f_done = False
         g_c0.copy_(g_0)  # A(u_c)_0 + r_0 = u_c[0] + (g_0 − u_0) = g_0
         if co.n:  # g_c = A_{l+1}(u_c) + r at points ≥ 1
             self._phi(co, (lv.offset, co.span, co.n), u_head, g_c)
@@ -333,6 +356,7 @@ class MGRIT:
         _, _, u_tail, _, _, _, v_tail = lv.to_coarse
         if not (fuse and fas_correct_fused(lv.u, v_tail, u_tail, lv.c_points)):
             lv.c_views[0].add_(v_tail.sub_(u_tail))  # u[C] += v_c − u_c (v is scratch until the next restrict)
+        lv.f_done = False
         self._f_relax(lv)
 
     def run(self, phase: str, level: int) -> None:
@@ -431,6 +455,8 @@ class Adjoint:
         self.step_at: StepAt = lin.step_at if lin is not None else _ByIndex(self).step_at
         if lin is not None and hasattr(lin, "sweep_at"):
             self.sweep_at = lin.sweep_at
+        if hasattr(prop, "new_states"):  # the adjoint's states take the forward's layout
+            self.new_states = prop.new_states
 
     def step(self, start: torch.Tensor, span: int, u: torch.Tensor) -> torch.Tensor:
         """Ψ over reversed [start[i], start[i] + span) applied to the adjoint states u [m, *state]."""
