@@ -25,7 +25,10 @@ Op counts: one step of each eager contender under a TorchDispatchMode counting e
 per-op overhead measured here (median µs of tiny eager ops: add, mul, tanh, addmm on [64, 8]),
 the physical ceiling of MGRIT's speed-up at its current op count is
 best serial ms / (MGRIT ops × per-op ms): the speed-up if every one of its ops cost only the
-dispatch overhead. For depth 1024, width 8 a breakdown of the MGRIT step (its forward solve,
+dispatch overhead. The other bound is arithmetic: the matrix-product FLOPs of one step
+(FlopCounterMode), MGRIT over mrc serial (`work_ratio`): where a layer's product is compute-bound
+rather than overhead-bound, MGRIT's speed-up is at most the parallelism its batched calls get
+(threads, a GPU) over that ratio. For depth 1024, width 8 a breakdown of the MGRIT step (its forward solve,
 adjoint solve, fine-level parameter gradients and weight re-stacking) against the whole step,
 and the optimizer's update in the per-layer hand loop.
 
@@ -230,6 +233,17 @@ def count_ops(contender: Contender) -> collections.Counter[str]:
     return counter.counts
 
 
+def count_flops(contender: Contender) -> int:
+    """The matrix-product FLOPs (mm, addmm, bmm, baddbmm, convolutions: torch's FlopCounterMode) of
+    one whole step of `contender`: the arithmetic it cannot avoid, whatever its op count."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        contender.run(1)
+    return int(counter.get_total_flops())
+
+
 def per_op_seconds(device: torch.device, calls: int = 2000, repeats: int = 5) -> float:
     """The median over add, mul, tanh and addmm on [64, 8] tensors of the best seconds per call:
     the cost of an eager op that does next to no work."""
@@ -279,7 +293,8 @@ def time_config(tmp: Path, width: int, depth: int, batch: int, device: torch.dev
         c.run(warmup)
     times = interleaved({n: (lambda c=c: c.run(steps)) for n, c in contenders.items()}, repeats)
     ops = {n: count_ops(c) for n, c in contenders.items() if n != "compiled"}
-    return {"times": times, "compile_s": compile_s, "compile_error": why, "ops": ops}
+    flops = {n: count_flops(contenders[n]) for n in ("mgrit", "serial")}
+    return {"times": times, "compile_s": compile_s, "compile_error": why, "ops": ops, "flops": flops}
 
 
 def breakdown(tmp: Path, width: int, depth: int, batch: int, device: torch.device,
@@ -433,6 +448,8 @@ def main() -> None:
                       "speedup_vs_best": up.as_json(3), "stacked_over_serial": own.as_json(3),
                       "compile_s": round(run["compile_s"], 1), "compile_error": run["compile_error"] or None,
                       "ops_per_step": ops, "ceiling_speedup": round(ceiling, 3),
+                      "matmul_flops_per_step": run["flops"],
+                      "work_ratio": round(run["flops"]["mgrit"] / max(run["flops"]["serial"], 1), 2),
                       "top_ops": {n: dict(c.most_common(6)) for n, c in run["ops"].items()}}
     print(f"ops per step (aten calls, TorchDispatchMode) and the ceiling best serial / (MGRIT ops × "
           f"{per_op * 1e6:.2f} µs per op):")
@@ -442,6 +459,10 @@ def main() -> None:
                     else f"not compiled: {row['compile_error']}")
         print(f"  {key:<10} " + "  ".join(f"{n} {v}" for n, v in ops.items())
               + f"  → ceiling {row['ceiling_speedup']:.2f}×  ({compiled})")
+        print(f"  {'':<10} matmul FLOPs per step: MGRIT {row['matmul_flops_per_step']['mgrit'] / 1e6:.1f} M, "
+              f"serial {row['matmul_flops_per_step']['serial'] / 1e6:.1f} M: MGRIT does {row['work_ratio']:.2f}× "
+              "serial's arithmetic, so where the layers are compute-bound its speed-up is at most "
+              f"{1 / row['work_ratio']:.2f}× the parallelism its batched calls get")
     if parts:
         print("MGRIT step at depth 1024, width 8, ms per step (parts overlap: the solves include refresh and "
               "param_grads):")

@@ -221,7 +221,7 @@ class StackSolve:
         solver.start(start, self._guess("forward", start, prop, self.forward_settings))
         runner.run(solver, "forward", self.control.counts.get("forward"))
         if head is None:
-            self.states = solver.states.detach().clone()
+            self.states = solver.states.detach()  # the solver's own tensor: the solver ends here
         else:
             tail = serial_states(self.prop, n - b, b, solver.states[-1])
             self.states = torch.cat([head[:-1], solver.states.detach(), tail[1:]])
@@ -248,7 +248,7 @@ class StackSolve:
         solver = MGRIT(prop, n - 2 * b, settings)
         solver.start(end, self._guess("adjoint", end, prop, settings))
         runner.run(solver, "adjoint", self.control.counts.get("adjoint"))
-        lam = lambdas(solver).detach().clone()
+        lam = lambdas(solver).detach()  # a flipped copy of the solver's states
         if tail is not None:
             head = serial_adjoint(self.prop, self.states[:b + 1], 0, lam[0])
             lam = torch.cat([head[:-1], lam, tail[1:]])
