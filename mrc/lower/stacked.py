@@ -106,54 +106,56 @@ class _DenseSteps(torch.autograd.Function):
     """A dense stack's serial training forward and its backward in one autograd node.
 
     The forward runs each layer as the per-layer block does — z = addmm(b_n, y_n, W_nᵀ), t = σ(z),
-    y_{n+1} = y_n + h·t: the same ops, so the same numbers — without recording a graph, and keeps
-    the states y_n and activations t_n (what autograd would keep). The backward runs autograd's
-    own per-layer formulas (AddmmBackward, TanhBackward/ReluBackward, MulBackward, and the two
-    gradients of y_n added) — gt = λ·h, gz = σ'(z) ⊙ gt from t, λ ← λ + gz W_n — and then the
-    parameter gradients of all layers at once: dW = gzᵀ y as one batched product and db = Σ_batch
-    gz, each layer's product the one autograd makes (gzᵀ y: `mm_mat2_backward` of a transposed
-    weight). So the gradients equal the per-layer model's bit for bit (tests/unit/
-    test_stacked_params.py), with a quarter of the ops and no per-layer autograd nodes.
+    y_{n+1} = y_n + h·t: the same ops on fresh tensors (the CPU's BLAS rounds by the alignment of
+    its operands, so the states are not packed into one), so the same numbers — without recording
+    a graph, and keeps the states y_n and activations t_n (what autograd would keep). The backward
+    runs autograd's own per-layer formulas (MulBackward, TanhBackward/ReluBackward, AddmmBackward,
+    and the two gradients of y_n added) — gt = λ·h, gz = σ'(z) ⊙ gt from t, λ ← λ + gz W_n — and
+    then the parameter gradients of all layers: dW_n = gz_nᵀ y_n, the product autograd makes for a
+    transposed weight (`mm_mat2_backward`), as one batched product where each matrix of the packed
+    operands starts 64-byte aligned and `bmm` calls the BLAS (else layer by layer), and db = Σ_batch
+    gz. So the gradients equal the per-layer model's bit for bit (tests/unit/test_stacked_params.py)
+    with half the ops and no per-layer autograd nodes.
     """
 
     @staticmethod
     def forward(ctx: Any, y: torch.Tensor, storage: StackStorage, *groups: torch.Tensor) -> torch.Tensor:
-        n, h, tanh = len(storage.layers), storage.h, storage.activation == "tanh"
+        h, tanh = storage.h, storage.activation == "tanh"
         weight, bias = storage.weight.detach(), storage.bias.detach()
-        states = y.new_empty((n + 1, *y.shape))
-        acts = y.new_empty((n, *y.shape))
-        states[0] = y.detach()
-        ys, ts = states.unbind(0), acts.unbind(0)
-        for k, (w_t, b) in enumerate(zip(weight.transpose(1, 2).unbind(0), bias.unbind(0), strict=True)):
-            z = torch.addmm(b, ys[k], w_t)
-            if tanh:
-                torch.tanh(z, out=ts[k])
-            else:
-                ts[k].copy_(torch.relu(z))
-            torch.add(ys[k], torch.mul(ts[k], h), out=ys[k + 1])
-        ctx.save_for_backward(states, acts)
+        ys, ts = [y.detach()], []
+        for w_t, b in zip(weight.transpose(1, 2).unbind(0), bias.unbind(0), strict=True):
+            z = torch.addmm(b, ys[-1], w_t)
+            t = torch.tanh(z) if tanh else torch.relu(z)
+            ts.append(t)
+            ys.append(torch.add(ys[-1], torch.mul(t, h)))
+        ctx.save_for_backward(*ys[:-1], *ts)
         ctx.storage = storage
-        return ys[n].clone()
+        return ys[-1]
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        states, acts = ctx.saved_tensors
         storage: StackStorage = ctx.storage
-        h, tanh = storage.h, storage.activation == "tanh"
+        h, tanh, n = storage.h, storage.activation == "tanh", len(storage.layers)
+        saved = ctx.saved_tensors
+        ys, ts = saved[:n], saved[n:]
         weights = storage.weight.detach().unbind(0)
-        ts = acts.unbind(0)
-        gzs = torch.empty_like(acts)
-        gz = gzs.unbind(0)
+        gzs: list[torch.Tensor] = [grad] * n
         lam = grad
-        for k in range(len(ts) - 1, -1, -1):
+        for k in range(n - 1, -1, -1):
             gt = torch.mul(lam, h)
-            if tanh:
-                torch.ops.aten.tanh_backward.grad_input(gt, ts[k], grad_input=gz[k])
-            else:
-                gz[k].copy_(torch.ops.aten.threshold_backward(gt, ts[k], 0))
-            lam = lam + torch.mm(gz[k], weights[k])
-        d_weight = torch.bmm(gzs.transpose(1, 2), states[:-1])
-        d_bias = gzs.sum(1)
+            gz = (torch.ops.aten.tanh_backward(gt, ts[k]) if tanh
+                  else torch.ops.aten.threshold_backward(gt, ts[k], 0))
+            gzs[k] = gz
+            lam = lam + torch.mm(gz, weights[k])
+        batch, width = grad.shape
+        packed = torch.stack(gzs)
+        if batch * width % 16 == 0 and batch * width * width >= 400:
+            # rows of a packed [N, batch, w] start 64-byte aligned, and bmm calls the BLAS per matrix
+            # (below 400 multiply-adds it loops itself, rounding otherwise)
+            d_weight = torch.bmm(packed.transpose(1, 2), torch.stack(ys))
+        else:
+            d_weight = torch.stack([torch.mm(g.t(), y) for g, y in zip(gzs, ys, strict=True)])
+        d_bias = packed.sum(1)
         out: list[torch.Tensor | None] = [lam if ctx.needs_input_grad[0] else None, None]
         for i, (groups, d) in enumerate(((storage.weights, d_weight), (storage.biases, d_bias))):
             base = 2 + (len(storage.weights) if i else 0)

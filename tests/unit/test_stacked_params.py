@@ -195,3 +195,40 @@ def test_the_lowering_follows_the_graphs_table(tmp_path: Path) -> None:
     compiled.graph.set_table(STACKED, {"stack": replace(table["stack"], weights=(), biases=(), reason="edited")})
     plan = api.lower(compiled, 10)
     assert len(optimized(plan)) == 20 and not plan.ctx.replicas.storage  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("runs", [((0, 6),), ((0, 2), (2, 6))], ids=["one-run", "two-runs"])
+@pytest.mark.parametrize(("batch", "width"), [(7, 5), (16, 8)], ids=["layer-by-layer", "batched"])
+def test_a_dense_stack_trains_as_one_autograd_node_with_autograds_numbers(activation: str,
+                                                                         runs: tuple[tuple[int, int], ...],
+                                                                         batch: int, width: int) -> None:
+    """`StackedSteps` in training is one node (`_DenseStepsBackward`, not 6 layers of addmm/tanh/add nodes), and its
+    output, input gradient and every group's gradient equal autograd's through the per-layer stack bit for bit:
+    the weight gradients made layer by layer (7 × 5) and as one batched product (16 × 8)."""
+    import copy
+
+    from mrc.lower.stacked import StackedSteps, StackStorage
+    from mrc.techniques.core.tables import StackLayout
+
+    torch.manual_seed(1)
+    model = build_ode_resnet((2,), 3, width=width, depth=6, h=0.1, activation=activation)
+    reference = copy.deepcopy(model.stack)
+    layout = StackLayout("stack", 6, "dense", "", "", tuple(Run("p", a, b) for a, b in runs),
+                         tuple(Run("p", a, b) for a, b in runs))
+    storage = StackStorage(model.stack, layout)
+    steps = StackedSteps(storage)
+    y0 = torch.randn(batch, width, requires_grad=True)
+    out = steps(y0)
+    assert type(out.grad_fn).__name__ == "_DenseStepsBackward"
+    y1 = y0.detach().clone().requires_grad_(True)
+    want = reference(y1)
+    assert torch.equal(out, want)
+    g = torch.randn(batch, width)
+    out.backward(g)
+    want.backward(g)
+    assert torch.equal(y0.grad, y1.grad)
+    for (group, a, b), which in [*((w, "weight") for w in storage.weights), *((b_, "bias") for b_ in storage.biases)]:
+        assert torch.equal(group.grad, torch.stack([getattr(layer, which).grad for layer in reference.layers[a:b]]))
+    with torch.no_grad():  # evaluation runs the plain loop, no node
+        assert steps(y0).grad_fn is None
