@@ -307,3 +307,35 @@ def test_a_rank_solve_checks_its_rows_once_per_progression() -> None:
             R.rank_adjoint_solve(prop, DEPTH, s, adj, SOLO, rows, table, y0).solve()
         counts.append(sum(adjoint.counts.values()))
     assert 0 < counts[0] == counts[1] <= 12, counts
+
+
+# ---------------------------------------------------------------- float32 dense: the fused tanh, features first
+
+
+def test_float32_dense_steps_and_sweeps_match_the_layers_steps() -> None:
+    """In float32 a dense tanh step is u + 2s·σ(2z) − s with 2z made by the batched product: it equals the layers'
+    own Euler step (torch's tanh) to float32 rounding, on a progression written into strided views and in a sweep
+    (whose points are exactly its steps); a wrong fold (say s·σ, or z instead of 2z) is off by ≈ s."""
+    stack = _stack("dense", "tanh").float()
+    prop = StackPropagator(stack)
+    u = _randn(3, 5, 8, seed=11).float()
+    big = prop.new_states((7, 5, 8), u)  # the solver's layout: features first
+    assert big.stride() == (40, 1, 5)
+    big.zero_()
+    prop.step_at(1, 4, 2, u, big[1::2])
+    want = torch.stack([stack.step(1 + 4 * i, u[i], h=2 * stack.h) for i in range(3)])
+    torch.testing.assert_close(big[1::2], want, rtol=0, atol=2e-6)
+    assert torch.equal(big[0::2], torch.zeros(4, 5, 8))
+    states = prop.new_states((5, 5, 8), u)
+    states.copy_(_randn(5, 5, 8, seed=12).float())
+    g = _randn(5, 5, 8, seed=13).float()
+    got = states.clone()
+    prop.sweep_at(2, 1, 3, got, g)
+    want = states.clone()
+    for k in range(1, 5):
+        want[k] = stack.step(2 + (k - 1), want[k - 1], h=3 * stack.h) + g[k]
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
+    steps = states.clone()
+    for k in range(1, 5):
+        prop.step_at(2 + (k - 1), 1, 3, steps[k - 1:k], steps[k:k + 1], g[k:k + 1])
+    assert torch.equal(got, steps)

@@ -127,17 +127,23 @@ def _dense_zt(b_col: torch.Tensor, w: torch.Tensor, u: torch.Tensor) -> torch.Te
 
 
 def _dense_euler(u: torch.Tensor, w: torch.Tensor, b_col: torch.Tensor, scale: float, activation: str,
-                 out: torch.Tensor | None) -> torch.Tensor:
-    """u + scale·σ(u Wᵀ + b) for u [m, batch, w] (into `out` when given), `_dense_zt`'s product. A
-    float32 tanh step folds `_tanh_`'s form into the product and the add, two ops fewer:
-    u + s·tanh z = u + 2s·σ(2z) − s, with 2z = 2·(W uᵀ) + 2·b made by the product itself (scaling
-    by 2 is exact)."""
-    if activation == "tanh" and u.dtype == torch.float32:
+                 out: torch.Tensor | None, add: torch.Tensor | None = None) -> torch.Tensor:
+    """u + scale·σ(u Wᵀ + b) (+ add) for u [m, batch, w] (into `out` when given), `_dense_zt`'s
+    product. A float32 tanh step folds `_tanh_`'s form into the product and the adds, two ops
+    fewer: u + s·tanh z = (u + 2s·σ(2z)) + (add − s), with 2z = 2·(W uᵀ) + 2·b made by the product
+    itself (scaling by 2 is exact); `StackPropagator.sweep_at` makes the same numbers."""
+    if _fused_tanh(activation, u):
         f = torch.baddbmm(b_col, w, u.transpose(1, 2), beta=2.0, alpha=2.0).sigmoid_().transpose(1, 2)
         got = torch.add(u, f, alpha=2.0 * scale) if out is None else torch.add(u, f, alpha=2.0 * scale, out=out)
-        return got.sub_(scale)
+        return got.sub_(scale) if add is None else got.add_(add.sub(scale))
     f = _act_(activation, _dense_zt(b_col, w, u))
-    return torch.add(u, f, alpha=scale) if out is None else torch.add(u, f, alpha=scale, out=out)
+    got = torch.add(u, f, alpha=scale) if out is None else torch.add(u, f, alpha=scale, out=out)
+    return got if add is None else got.add_(add)
+
+
+def _fused_tanh(activation: str, u: torch.Tensor) -> bool:
+    """Whether a dense step takes `_dense_euler`'s folded float32 tanh (`_tanh_`'s form)."""
+    return activation == "tanh" and u.dtype == torch.float32
 
 
 def _dense_vjp(lam: torch.Tensor, g: torch.Tensor, w: torch.Tensor, scale: float) -> torch.Tensor:
@@ -391,8 +397,7 @@ class StackPropagator:
                                             first=first, stride=stride, out=out)
                     return got if add is None else got.add_(add)
                 w, b = self._views(first, stride, m)
-                out = _dense_euler(u, w, b, scale, self.activation, out)
-                return out if add is None else out.add_(add)
+                return _dense_euler(u, w, b, scale, self.activation, out, add)
             k, b = self._views(first, stride, m)
             z = F.conv2d(self._to_groups(u), k, b, padding=1, groups=m)
             f = _act_(self.activation, z).unflatten(1, (m, -1)).transpose(0, 1)  # [m, B, C, H, W] view
@@ -409,13 +414,26 @@ class StackPropagator:
             sweep_by_steps(self.step_at, first, stride, span, u, g)
             return
         layers = slice(first, first + stride * (n - 1) + 1, stride)
+        scale = span * self.h
         with torch.no_grad():
             ws, bs = self.weight[layers].split(1), self.bias[layers].unsqueeze(2).split(1)
-            us, gs = u.split(1), (g.split(1) if g is not None else None)
+            if not _fused_tanh(self.activation, u):
+                us, gs = u.split(1), (g.split(1) if g is not None else None)
+                for k in range(1, n + 1):
+                    _dense_euler(us[k - 1], ws[k - 1], bs[k - 1], scale, self.activation, us[k],
+                                 None if gs is None else gs[k])
+                return
+            # `_dense_euler`'s folded tanh on the states' transposes [w, batch] (no transposes per point),
+            # with g − s made once for all the points
+            uts = u.transpose(1, 2).split(1)
+            gts = g.transpose(1, 2).sub(scale).split(1) if g is not None else None
             for k in range(1, n + 1):
-                _dense_euler(us[k - 1], ws[k - 1], bs[k - 1], span * self.h, self.activation, us[k])
-                if gs is not None:
-                    us[k].add_(gs[k])
+                f = torch.baddbmm(bs[k - 1], ws[k - 1], uts[k - 1], beta=2.0, alpha=2.0).sigmoid_()
+                torch.add(uts[k - 1], f, alpha=2.0 * scale, out=uts[k])
+                if gts is None:
+                    uts[k].sub_(scale)
+                else:
+                    uts[k].add_(gts[k])
 
     def linearized(self, states: torch.Tensor) -> StackAdjoint:
         """The adjoint steps about the fine states [N + 1, *state] of a forward solve, in reversed
@@ -549,12 +567,12 @@ class StackAdjoint:
             return
         k0 = first + span - 1
         layers = slice(k0, k0 + stride * (n - 1) + 1, stride)
-        with torch.no_grad():
-            ws, saved = self.weight[layers].split(1), self.saved[layers].split(1)
-            ls, gs = lam.split(1), (g.split(1) if g is not None else None)
+        with torch.no_grad():  # on the transposes [w, batch] (`_dense_vjp`'s product, no transposes per point)
+            ws, saved = self.weight[layers].transpose(1, 2).split(1), self.saved[layers].transpose(1, 2).split(1)
+            ls, gs = lam.transpose(1, 2).split(1), (g.transpose(1, 2).split(1) if g is not None else None)
             for k in range(1, n + 1):
                 d = _act_vjp(self.activation, ls[k - 1], saved[k - 1])
-                ls[k].copy_(_dense_vjp(ls[k - 1], d, ws[k - 1], span * self.h))
+                torch.baddbmm(ls[k - 1], ws[k - 1], d, alpha=span * self.h, out=ls[k])
                 if gs is not None:
                     ls[k].add_(gs[k])
 
