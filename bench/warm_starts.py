@@ -1,5 +1,5 @@
 """MGRIT's initial guesses across shuffled batches: serial training against one-shot MGRIT with
-each `warm_start` (previous, shifted, coarse, off) on issue 24's setting (bench/mgrit.py's
+each `warm_start` (previous, shifted, coarse, cache, off) on issue 24's setting (bench/mgrit.py's
 ACCURACY: level sets `peaks`, ode_resnet width 8, depth 64, h 0.05, adam 0.01, cosine; one-shot
 3 levels / cf 4 / FCF, 2 forward and 1 backward iterations).
 
@@ -9,7 +9,7 @@ the mean residual of the forward solve's first and last iteration and of the adj
 the whole run and over its last epoch. Prints one JSON line per run, then a table of the means
 over the seeds, and a last JSON line of every run. Accuracy does not depend on the machine's load.
 
-    python bench/warm_starts.py --epochs 20 --seeds 3 --variants serial,previous,shifted,coarse,off
+    python bench/warm_starts.py --epochs 20 --seeds 3 --variants serial,previous,shifted,coarse,cache,off
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from mgrit import ACCURACY, MGRIT
 from mrc import api
 from mrc.runtime.trainer import Trainer
 
-VARIANTS = ("serial", "previous", "shifted", "coarse", "off")
+VARIANTS = ("serial", "previous", "shifted", "coarse", "cache", "off")
 
 
 def run(tmp: Path, variant: str, seed: int, epochs: int) -> dict[str, Any]:
