@@ -1,7 +1,6 @@
 """`warm_start = cache` (mrc/techniques/mgrit/guess.py): each training example starts its solves
 from its own states of the last step that solved it, forward and adjoint; an example not solved
-yet from the `shifted` guess of its row; the cache's size is capped, and a step without its
-examples is refused."""
+yet at y_0 (g); the cache's size is capped, and a step without its examples is refused."""
 
 from __future__ import annotations
 
@@ -12,7 +11,8 @@ import torch
 
 from mrc import api
 from mrc.lower.plan import LoweringError
-from mrc.techniques.mgrit.guess import CACHE_CAP, ExampleCache, shifted
+from mrc.techniques.mgrit import solver
+from mrc.techniques.mgrit.guess import CACHE_CAP, ExampleCache
 from mrc.techniques.mgrit.lower import mgrit_state
 from mrc.techniques.mgrit.solver import MGRIT
 
@@ -61,7 +61,8 @@ def test_a_cache_over_the_cap_is_refused_naming_its_bytes() -> None:
 
 class _Run:
     """A lowered plan of SPEC, stepped by hand on chosen examples, recording each solve's guess
-    (as `MGRIT.start` receives it) and the states it computed."""
+    (as `MGRIT.start` receives it) and the states it computed (the forward's fine states, and the
+    adjoint's λ as `solver.lambdas` returns them)."""
 
     def __init__(self, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, guess: str = "cache") -> None:
         path = tmp_path / "c.mrs"
@@ -76,6 +77,13 @@ class _Run:
             self.starts.append((u0.clone(), None if warm is None else warm.clone()))
             original(solver, u0, warm)
         monkeypatch.setattr(MGRIT, "start", start)
+        self.lambdas: list[torch.Tensor] = []
+        lambdas = solver.lambdas
+
+        def spy(solve: MGRIT) -> torch.Tensor:
+            self.lambdas.append(lambdas(solve).clone())
+            return self.lambdas[-1]
+        monkeypatch.setattr(solver, "lambdas", spy)
         self.t = 0
 
     def step(self, examples: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,33 +92,31 @@ class _Run:
         self.plan.env.examples = None if examples is None else idx
         self.plan.step(self.t, self.data.train_x[idx], self.data.train_y[idx])
         self.t += 1
-        state = self.plan.ctx.state
-        return state["mgrit/stack/forward"].clone(), state["mgrit/stack/adjoint"].clone()
+        solve = mgrit_state(self.plan.ctx).solves[("", "stack")]
+        assert solve.states is not None
+        return solve.states.clone(), self.lambdas[-1]
 
 
-def test_an_example_seen_before_starts_from_its_own_states_and_a_new_one_from_the_shifted_guess(
+def test_an_example_seen_before_starts_from_its_own_states_and_a_new_one_at_y0(
         tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     run = _Run(tmp_path, monkeypatch)
     a, b = list(range(8)), list(range(8, 16))
     states_a, lam_a = run.step(a)
-    assert run.starts[0][1] is None and run.starts[1][1] is None  # nothing kept yet: u_n = y_0
-    states_b, lam_b = run.step(b)  # none of b seen: the shifted guess of the previous states
-    u0, warm = run.starts[2]
-    assert warm is not None and torch.equal(warm, shifted(states_a, u0))
+    states_b, lam_b = run.step(b)
+    assert all(warm is None for _, warm in run.starts)  # no example of either batch was seen: u_n = y_0
     mixed = [11, 3, 40, 8, 0, 15, 41, 5]  # b's, a's, and two never seen
     run.step(mixed)
     (u0, forward), (g, adjoint) = run.starts[4], run.starts[5]
     assert forward is not None and adjoint is not None
     for j, e in enumerate(mixed):
         if e in a:
-            want, lam = states_a[:, a.index(e)], lam_a[:, a.index(e)]
+            want, lam = states_a[:, a.index(e)], lam_a[:, a.index(e)].flip(0)  # the adjoint's: reversed time
         elif e in b:
-            want, lam = states_b[:, b.index(e)], lam_b[:, b.index(e)]
-        else:  # the `shifted` guess of its row, from the previous step's states (batch b's)
-            want = shifted(states_b, u0)[:, j]
-            lam = shifted(lam_b.flip(0), g)[:, j].flip(0)
+            want, lam = states_b[:, b.index(e)], lam_b[:, b.index(e)].flip(0)
+        else:
+            want, lam = u0[j].expand(17, 4), g[j].expand(17, 4)
         assert torch.equal(forward[:, j], want), (j, e)
-        assert torch.equal(adjoint[:, j], lam.flip(0)), (j, e)  # the adjoint's guess is in reversed time
+        assert torch.equal(adjoint[:, j], lam), (j, e)
 
 
 def test_the_cache_is_kept_in_the_lowerings_state(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -135,3 +141,10 @@ def test_other_guesses_ask_for_no_examples(tmp_path: Any, monkeypatch: pytest.Mo
     assert run.plan.hooks.examples == ""
     run.step(None)
     assert not any(k.startswith("mgrit/stack/cache") for k in run.plan.ctx.state)
+
+
+def test_the_graph_shows_the_cache(tmp_path: Any) -> None:
+    path = tmp_path / "c.mrs"
+    path.write_text(SPEC.format(guess="cache"))
+    text = api.compile_spec(path).graph.to_text()
+    assert "mgrit stack: N=16" in text and "warm_start=cache" in text

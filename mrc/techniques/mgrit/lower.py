@@ -208,20 +208,14 @@ class StackSolve:
 
     def _cached(self, which: str, u0: torch.Tensor) -> torch.Tensor | None:
         """`warm_start = cache`: each example's own states from the last step that solved it; the rows
-        of examples not solved yet get the `shifted` guess (the constant guess u0 on the first step)."""
-        from mrc.techniques.mgrit.guess import shifted
-
+        of examples not solved yet start at u0 (None: no row was solved yet)."""
         kept, mask = self._example_cache().rows(which, self._rows(u0))
-        if kept is not None and mask is None:
-            return self._middle(which, kept)
-        whole = self._warm(which, u0)
-        fallback = shifted(self._middle(which, whole), u0) if whole is not None else None
         if kept is None:
-            return fallback
+            return None
         kept = self._middle(which, kept)
-        if fallback is None:
-            fallback = u0.unsqueeze(0).expand_as(kept)
-        return torch.where(mask.view(1, -1, *[1] * (u0.dim() - 1)), kept, fallback)
+        if mask is None:
+            return kept
+        return torch.where(mask.view(1, -1, *[1] * (u0.dim() - 1)), kept, u0.unsqueeze(0))
 
     def _example_cache(self) -> Any:
         """The stack's per-example cache (mrc.techniques.mgrit.guess.ExampleCache), made the first time."""
@@ -256,7 +250,7 @@ class StackSolve:
     def _given(self, runner: Runner, which: str) -> None:
         given = self.given = runner.given[which]
         self.guess, self.buffer = given.warm_start, given.buffer
-        self.warm_start = self.guess in ("previous", "shifted", "cache")
+        self.warm_start = self.guess in ("previous", "shifted")
 
     def forward(self, y0: torch.Tensor, runner: Runner) -> torch.Tensor:
         from mrc.techniques.mgrit.buffers import Offset, serial_states
