@@ -172,9 +172,9 @@ class StackSolve:
         """The settings of the step under way (its forward solve's ops): the convergence control's."""
         self.cache: Any = None
         """`warm_start = cache`: the stack's per-example states (mrc.techniques.mgrit.guess.ExampleCache)."""
-        self._examples: torch.Tensor | None = None
+        self._examples: tuple[torch.Tensor, int] | None = None
         self._examples_here: torch.Tensor | None = None
-        """The step's examples (`Env.examples`) last read, and them on the states' device."""
+        """The step's examples (`Env.examples`) last read (and their version), and them on the states' device."""
 
     def _warm(self, which: str, like: torch.Tensor) -> torch.Tensor | None:
         if not self.warm_start:
@@ -238,8 +238,10 @@ class StackSolve:
         if len(examples) != like.shape[0]:
             raise LoweringError(f"`warm_start = cache` of the MGRIT stack `{self.path}`: the solve's batch has "
                                 f"{like.shape[0]} rows, the step's {len(examples)} examples")
-        if self._examples is not examples:
-            self._examples, self._examples_here = examples, examples.to(like.device)
+        last = self._examples
+        if last is None or last[0] is not examples or last[1] != examples._version:
+            self._examples, self._examples_here = (examples, examples._version), examples.to(like.device)
+        assert self._examples_here is not None
         return self._examples_here
 
     def _keep(self, which: str, states: torch.Tensor) -> None:
