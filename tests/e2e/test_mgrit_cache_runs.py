@@ -1,7 +1,7 @@
 """`warm_start = cache` end to end: a run that stops and resumes mid-epoch trains bit-identically
-to one that did not (the cache is in the checkpoint), a user's DataLoader — whose batches do not
-say which examples they hold — is refused before training, a Dataset is not, and a brain's own
-batch order is refused at lowering."""
+to one that did not (the cache is in the checkpoint), streamed data train as the same arrays in
+memory, a user's DataLoader — whose batches do not say which examples they hold — is refused in
+one line before training, and a brain's own batch order is refused at lowering."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
-
 from mrc.api import train
-from mrc.data.stream import StreamError
+from mrc.cli import main
 from mrc.lower.plan import LoweringError
 
 SPEC = """model ode_resnet(width=4, depth=32, h=0.1)
@@ -43,23 +41,40 @@ def test_cached_training_resumes_bit_identically(tmp_path: Path) -> None:
                            whole.model.state_dict()["stack.layers.0.weight"])
 
 
-def _toy(n: int = 320) -> tuple[TensorDataset, TensorDataset]:
+LOADERS = """
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def make():
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(n, 2, generator=g)
+    x = torch.randn(320, 2, generator=g)
     y = (x[:, 0] - x[:, 1] > 0).long()
-    train_set, val_set = TensorDataset(x[:256], y[:256]), TensorDataset(x[256:], y[256:])
-    train_set.classes = val_set.classes = 2
-    return train_set, val_set
+    return {"train": DataLoader(TensorDataset(x[:256], y[:256]), batch_size=64),
+            "val": DataLoader(TensorDataset(x[256:], y[256:]), batch_size=64), "classes": 2}
+"""
 
 
-def test_a_users_dataloader_is_refused_before_training_and_a_dataset_trains(tmp_path: Path) -> None:
-    train_set, val_set = _toy()
-    loaders = (DataLoader(train_set, batch_size=64), DataLoader(val_set, batch_size=64))
-    with pytest.raises(StreamError, match=r"`warm_start = cache` of the MGRIT stack `stack` keeps states per "
-                                          r"training example, but the batches of a user's DataLoader do not say"):
-        train(write(tmp_path), data=loaders, out=tmp_path / "loader", quiet=True, steps=2)
-    done = train(write(tmp_path), data=(train_set, val_set), out=tmp_path / "set", quiet=True, steps=6)
-    assert done.summary["status"] == "completed"
+def test_a_users_dataloader_is_refused_in_one_line_before_training(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "loaders.py").write_text(LOADERS)
+    spec = write(tmp_path).read_text().replace("data levelsets(batch=64)", 'data "loaders.py:make"(batch=64)')
+    (tmp_path / "user.mrs").write_text(spec)
+    assert main(["train", str(tmp_path / "user.mrs"), "--out", str(tmp_path / "run"), "--steps", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "error: `warm_start = cache` of the MGRIT stack `stack` keeps states per training example, but the " \
+           "batches of a user's DataLoader do not say which training examples they hold" in err
+    assert "Traceback" not in err and "step 1/" not in err
+
+
+def test_streamed_data_trains_as_the_in_memory_arrays(tmp_path: Path) -> None:
+    """The streamed source names the examples of its batches as the in-memory one does."""
+    memory = train(write(tmp_path), out=tmp_path / "memory", quiet=True, steps=70)
+    spec = write(tmp_path).read_text().replace("levelsets(batch=64)", "levelsets(batch=64, stream=true)")
+    (tmp_path / "streamed.mrs").write_text(spec)
+    streamed = train(tmp_path / "streamed.mrs", out=tmp_path / "streamed", quiet=True, steps=70)
+    for key, value in memory.model.state_dict().items():
+        assert torch.equal(value, streamed.model.state_dict()[key]), key
 
 
 def test_a_brains_own_batches_are_refused(tmp_path: Path) -> None:
