@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from mrc.api import train
 from mrc.cli import main
 from mrc.lower.plan import LoweringError
