@@ -1,5 +1,5 @@
 """MGRIT's initial guesses across shuffled batches: serial training against one-shot MGRIT with
-each `warm_start` (previous, shifted, coarse, off) on issue 24's setting (bench/mgrit.py's
+each `warm_start` (previous, shifted, coarse, cache, off) on issue 24's setting (bench/mgrit.py's
 ACCURACY: level sets `peaks`, ode_resnet width 8, depth 64, h 0.05, adam 0.01, cosine; one-shot
 3 levels / cf 4 / FCF, 2 forward and 1 backward iterations).
 
@@ -9,7 +9,8 @@ the mean residual of the forward solve's first and last iteration and of the adj
 the whole run and over its last epoch. Prints one JSON line per run, then a table of the means
 over the seeds, and a last JSON line of every run. Accuracy does not depend on the machine's load.
 
-    python bench/warm_starts.py --epochs 20 --seeds 3 --variants serial,previous,shifted,coarse,off
+    python bench/warm_starts.py --epochs 20 --seeds 3 --variants serial,previous,shifted,coarse,cache,off
+    python bench/warm_starts.py --epochs 100 --variants serial,shifted,cache --forward-iters 1
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from mgrit import ACCURACY, MGRIT
 from mrc import api
 from mrc.runtime.trainer import Trainer
 
-VARIANTS = ("serial", "previous", "shifted", "coarse", "off")
+VARIANTS = ("serial", "previous", "shifted", "coarse", "cache", "off")
 
 
-def run(tmp: Path, variant: str, seed: int, epochs: int) -> dict[str, Any]:
+def run(tmp: Path, variant: str, seed: int, epochs: int, forward_iters: int = 2) -> dict[str, Any]:
     """One training run; its accuracy and mean residuals."""
-    line = "" if variant == "serial" else MGRIT.replace(" }", f"; warm_start = {variant} }}")
+    mgrit = MGRIT.replace("forward_iters = 2", f"forward_iters = {forward_iters}")
+    line = "" if variant == "serial" else mgrit.replace(" }", f"; warm_start = {variant} }}")
     text = ACCURACY.format(epochs=epochs, seed=seed, device="cpu", threads=1, mgrit=line)
     text = text.replace("log_every=1000000", "log_every=1")
     spec = tmp / f"{variant}_{seed}.mrs"
@@ -58,6 +60,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0 … n−1")
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--forward-iters", type=int, default=2, help="the forward solve's iterations (issue 24: 2)")
     args = ap.parse_args()
     variants = args.variants.split(",")
     bad = [v for v in variants if v not in VARIANTS]
@@ -68,7 +71,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
             for variant in variants:
-                rows.append(run(Path(tmp), variant, seed, args.epochs))
+                rows.append(run(Path(tmp), variant, seed, args.epochs, args.forward_iters))
                 print(json.dumps(rows[-1]), flush=True)
     keys = ("val_acc", "fwd_first_all", "fwd_last_all", "adj_all", "fwd_first_last", "fwd_last_last", "adj_last")
     print(f"{'variant':10s} " + " ".join(f"{k:>15s}" for k in keys))

@@ -268,6 +268,10 @@ class MemorySource:
                 idx = batches[i].to(device)
                 yield augment.train(x[idx], idx, epoch), y[idx]
 
+    def examples(self, epoch: int) -> list[torch.Tensor] | None:
+        """The training examples of each batch of `epoch` (CPU index tensors)."""
+        return self.data.batch_indices(epoch)
+
     def close(self) -> None:
         pass
 
@@ -294,6 +298,10 @@ class StreamSource:
         self.loader.generator.manual_seed(stream_seed(self.seed, epoch))
         return _moved(self.loader, self.device, self.dtype, float_targets=self.float_targets)
 
+    def examples(self, epoch: int) -> list[torch.Tensor] | None:
+        """The training examples of each batch of `epoch` (CPU index tensors): the sampler's."""
+        return self.sampler.order(epoch)
+
     def close(self) -> None:
         iterator = getattr(self.loader, "_iterator", None)  # persistent workers end with the run
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):
@@ -316,6 +324,10 @@ class LoaderSource:
             sampler.set_epoch(epoch)
         return _moved(self.loader, self.device, self.dtype, skip=start,
                       float_targets=self.float_targets)
+
+    def examples(self, epoch: int) -> list[torch.Tensor] | None:
+        """None: the user's loader does not say which examples its batches hold."""
+        return None
 
     def close(self) -> None:
         pass
@@ -419,7 +431,8 @@ def feed(data: DataBundle, device: torch.device, dtype: torch.dtype, eval_batch:
 
 BatchSource = MemorySource | StreamSource | LoaderSource
 """What the trainer's loop draws training batches from: `epoch(epoch, start)` iterates the
-batches of `epoch` from batch `start` on."""
+batches of `epoch` from batch `start` on; `examples(epoch)` lists each batch's training examples
+(None where the source cannot know them)."""
 
 
 def needs_memory(graph: Any, feed: Feed) -> str:

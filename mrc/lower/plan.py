@@ -52,7 +52,7 @@ class Env:
     multiplier, the batch, each op's output value (by op id) and the losses of the step
     (replica, tensor)."""
 
-    __slots__ = ("clock", "losses", "mult", "t", "values", "weight", "x", "y")
+    __slots__ = ("clock", "examples", "losses", "mult", "t", "values", "weight", "x", "y")
 
     def __init__(self) -> None:
         self.weight = 1.0
@@ -63,6 +63,9 @@ class Env:
         self.mult = 1.0
         self.x: torch.Tensor | None = None
         self.y: torch.Tensor | None = None
+        self.examples: torch.Tensor | None = None
+        """The training examples of the batch (their indices in the training split, a CPU int64
+        tensor), set by the loop only where a lowering asks for them (`Hooks.examples`)."""
         self.values: dict[str, Any] = {}
         self.losses: list[tuple[str, torch.Tensor]] = []
 
@@ -157,7 +160,9 @@ class Hooks:
     metrics: providers merged into each metrics record; scalars: each record entry's TensorBoard
     tags, by key. progress: providers of the technique's part of the progress line. warnings:
     raised as ops run (shown, then cleared, at the next log). syncs: what makes this rank's copy
-    of the state whole before it is read (evaluation, saving, checkpoints)."""
+    of the state whole before it is read (evaluation, saving, checkpoints). examples: why a
+    lowering reads each step's example indices (`Env.examples`; "": none does), for the loop's
+    error where the batches' examples are unknown."""
 
     eval_models: list[Callable[[], dict[str, dict[str, nn.Module]]]] = field(default_factory=list)
     summaries: dict[str, Callable[[Finished], Any]] = field(default_factory=dict)
@@ -168,6 +173,7 @@ class Hooks:
     progress: list[Callable[[], str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     syncs: list[Callable[[], None]] = field(default_factory=list)
+    examples: str = ""
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from mrc.data.stream import BatchSource
+from mrc.data.stream import BatchSource, StreamError
 from mrc.lower.plan import Plan
 from mrc.runtime.callbacks import Callback, Interrupt, Run
 
@@ -41,8 +41,13 @@ class Loop:
         """Stages × periods × steps. The Plan maps the global step onto its stage's period.
         Between events (see mrc/runtime/callbacks.py) a step is the Plan's step and nothing
         else. The batches come from `source` (mrc/data/stream.py): indexed from device tensors,
-        or a DataLoader."""
+        or a DataLoader. Where a lowering reads each batch's training examples (`Hooks.examples`)
+        the loop puts them on the Plan's `Env` before each step."""
         plan = self.plan
+        wants = plan.hooks.examples
+        if wants and source.examples(run.epoch) is None:
+            raise StreamError(f"{wants}, but the batches of a user's DataLoader do not say which training "
+                              "examples they hold: give the data as arrays or a Dataset (mrc then draws the batches)")
         step_fn = plan.step
         measured = self.measured_steps(run)
         pending = run.pending
@@ -59,8 +64,11 @@ class Loop:
             step, batch = run.step, run.batch
             last = min(run.total, stop_at)
             batches = source.epoch(run.epoch, batch)
+            examples = source.examples(run.epoch) if wants else None
             while batch < n and step < run.total:
                 x, y = next(batches)
+                if examples is not None:
+                    plan.env.examples = examples[batch]
                 if step in measured:
                     loss = self.measure(step, x, y)
                 else:

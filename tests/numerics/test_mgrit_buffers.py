@@ -126,7 +126,7 @@ def test_a_buffer_that_leaves_no_middle_or_an_unknown_guess_is_reported_at_its_v
     with pytest.raises(CompileError) as err:
         compile_spec(path)
     d = err.value.diagnostics[0]
-    assert "`warm_start` must be previous, shifted, coarse or off" in d.message
+    assert "`warm_start` must be previous, shifted, coarse, cache or off" in d.message
     assert path.read_text().splitlines()[d.span.line - 1][d.span.col - 1:d.span.end_col - 1] == "later"
 
 

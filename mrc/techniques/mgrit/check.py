@@ -36,8 +36,8 @@ KEYS = (
     Param("forward_tol", "float", 0.0, "stop the forward solve below this residual (0: run every iteration)", lo=0),
     Param("backward_tol", "float", 0.0, "stop the adjoint solve below this residual (0: run every iteration)", lo=0),
     Param("warm_start", "any", DEFAULT_GUESS, "each solve's initial guess: previous (the previous step's states; "
-          "true), shifted (them moved by the change of y_0), coarse (a serial sweep of the coarsest level) or "
-          "off (false)"),
+          "true), shifted (them moved by the change of y_0), coarse (a serial sweep of the coarsest level), "
+          "cache (each example's own states from the last step that held it) or off (false)"),
     Param("buffer", "int", 0, "layers at each end of the stack propagated serially around the MGRIT solve", lo=0),
     Param("on_divergence", "choice", "warn", "what a solve whose measured convergence factor exceeds 1 does: "
           f"warn, more_iterations (double its iterations, up to {MORE_CAP}× the spec's) or serial (the stack "
@@ -146,6 +146,10 @@ def check_mgrit_combinations(ck: Checker) -> None:
                    hint="module-wise training cuts the network the MGRIT solve spans")
     distributed = ck.program.get("distributed")
     for s in solves:
+        if s.warm_start == "cache" and distributed is not None:
+            ck.r.error(f"`warm_start = cache` is not supported with `distributed {distributed.mode}` yet: each rank "
+                       "solves a part of the batch or of the layers, and the cache keeps one process's whole solve "
+                       "of each example", s.spans.get("warm_start", s.span), hint="use `warm_start = shifted`")
         key = "on_divergence" if s.on_divergence != "warn" else "check_every" if s.check_every else ""
         if key and distributed is not None and distributed.mode == "layers":
             ck.r.error(f"`{key}` is not supported with `distributed layers` yet: each rank solves one block, and "

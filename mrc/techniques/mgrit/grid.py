@@ -24,7 +24,7 @@ def _as_tuple(value: object) -> tuple:
     return (value,)
 
 
-GUESSES = ("previous", "shifted", "coarse", "off")
+GUESSES = ("previous", "shifted", "coarse", "cache", "off")
 """The initial guesses of a solve, the values of `warm_start` (true: previous, false: off); what
 each is: mrc/techniques/mgrit/guess.py."""
 DEFAULT_GUESS = "shifted"

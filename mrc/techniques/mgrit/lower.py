@@ -50,7 +50,7 @@ import torch
 from torch import fx, nn
 
 from mrc.ir.graph import Pattern
-from mrc.ir.ops import Forward
+from mrc.ir.ops import Batch, Forward
 from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
 from mrc.techniques.core.lower import forward_callable, replica
 from mrc.techniques.distributed.buckets import GradBucket
@@ -170,6 +170,11 @@ class StackSolve:
         self.control = Control()
         self.given = SolveSettings()
         """The settings of the step under way (its forward solve's ops): the convergence control's."""
+        self.cache: Any = None
+        """`warm_start = cache`: the stack's per-example states (mrc.techniques.mgrit.guess.ExampleCache)."""
+        self._examples: tuple[torch.Tensor, int] | None = None
+        self._examples_here: torch.Tensor | None = None
+        """The step's examples (`Env.examples`) last read (and their version), and them on the states' device."""
 
     def _warm(self, which: str, like: torch.Tensor) -> torch.Tensor | None:
         if not self.warm_start:
@@ -185,16 +190,64 @@ class StackSolve:
         from mrc.techniques.mgrit.grid import coarsest_span
         from mrc.techniques.mgrit.guess import coarse_sweep, shifted
 
-        b, n = self.buffer, self.steps - 2 * self.buffer
         if self.guess == "coarse":
-            return coarse_sweep(prop, n, coarsest_span(settings), u0)
+            return coarse_sweep(prop, self.steps - 2 * self.buffer, coarsest_span(settings), u0)
+        if self.guess == "cache":
+            return self._cached(which, u0)
         whole = self._warm(which, u0)
         if whole is None:
             return None
-        part = whole[b:b + n + 1] if b else whole
-        if which == "adjoint":
-            part = part.flip(0)
+        part = self._middle(which, whole)
         return shifted(part, u0) if self.guess == "shifted" else part
+
+    def _middle(self, which: str, whole: torch.Tensor) -> torch.Tensor:
+        """The middle's points (without the buffers) of whole-stack states, in the `which` solve's order."""
+        b, n = self.buffer, self.steps - 2 * self.buffer
+        part = whole[b:b + n + 1] if b else whole
+        return part.flip(0) if which == "adjoint" else part
+
+    def _cached(self, which: str, u0: torch.Tensor) -> torch.Tensor | None:
+        """`warm_start = cache`: each example's own states from the last step that solved it; the rows
+        of examples not solved yet start at u0 (None: no row was solved yet)."""
+        kept, mask = self._example_cache().rows(which, self._rows(u0))
+        if kept is None:
+            return None
+        kept = self._middle(which, kept)
+        if mask is None:
+            return kept
+        return torch.where(mask.view(1, -1, *[1] * (u0.dim() - 1)), kept, u0.unsqueeze(0))
+
+    def _example_cache(self) -> Any:
+        """The stack's per-example cache (mrc.techniques.mgrit.guess.ExampleCache), made the first time."""
+        from mrc.techniques.mgrit.guess import ExampleCache
+
+        if self.cache is None:
+            self.cache = ExampleCache(self.ctx.state, self.key, self.ctx.bound.data.train_size,
+                                      f"`warm_start = cache` of the MGRIT stack `{self.path}`")
+        return self.cache
+
+    def _rows(self, like: torch.Tensor) -> torch.Tensor:
+        """This step's training examples (`Env.examples`, set by the loop), on the states' device; one
+        per row of `like` (y_0 or g)."""
+        plan = self.ctx.replicas.plan
+        examples = plan.env.examples if plan is not None else None
+        if examples is None:
+            raise LoweringError(f"`warm_start = cache` of the MGRIT stack `{self.path}` needs the training examples "
+                                "of each step's batch: the training loop gives them (`Plan.env.examples`, an index "
+                                "tensor set before each `Plan.step`)")
+        if len(examples) != like.shape[0]:
+            raise LoweringError(f"`warm_start = cache` of the MGRIT stack `{self.path}`: the solve's batch has "
+                                f"{like.shape[0]} rows, the step's {len(examples)} examples")
+        last = self._examples
+        if last is None or last[0] is not examples or last[1] != examples._version:
+            self._examples, self._examples_here = (examples, examples._version), examples.to(like.device)
+        assert self._examples_here is not None
+        return self._examples_here
+
+    def _keep(self, which: str, states: torch.Tensor) -> None:
+        """`warm_start = cache`: keep a solve's whole-stack states [N + 1, batch, …] (forward order) as
+        this step's examples' own."""
+        self._example_cache().put(which, self._rows(states[0]), states)
 
     def _given(self, runner: Runner, which: str) -> None:
         given = self.given = runner.given[which]
@@ -227,6 +280,8 @@ class StackSolve:
             self.states = torch.cat([head[:-1], solver.states.detach(), tail[1:]])
         if self.warm_start:
             self.ctx.state[f"{self.key}/forward"] = self.states
+        if self.guess == "cache":
+            self._keep("forward", self.states)
         self._record("forward", solver)
         return self.states[-1].clone(memory_format=torch.contiguous_format)
 
@@ -254,6 +309,8 @@ class StackSolve:
             lam = torch.cat([head[:-1], lam, tail[1:]])
         if self.warm_start:
             self.ctx.state[f"{self.key}/adjoint"] = lam
+        if self.guess == "cache":
+            self._keep("adjoint", lam)
         self._record("adjoint", solver)
         saved = [p.grad for p in self.params]
         for p in self.params:
@@ -661,6 +718,8 @@ def lower_forward_with_solve(op: Forward, pattern: Pattern, ctx: Lowering) -> St
         module = prefix if op.start == 0 else suffix
     paths = [s.stack for s in pattern.succs(op) if isinstance(s, SolvePhase) and s.solve == "forward"]
     pairs = [(modules[path], Runner(ctx, _region(pattern, op, path))) for path in dict.fromkeys(paths)]
+    for m, run in pairs:
+        _ask_examples(ctx, pattern, op, m.solve.path, run)
     inner = forward_callable(op, pattern, module)
     for m, _ in pairs:  # the forward runs under autocast (mrc/lower/precision.py): the solve does not
         m.island = m.solve.params[0].dtype if op.autocast else None
@@ -670,6 +729,19 @@ def lower_forward_with_solve(op: Forward, pattern: Pattern, ctx: Lowering) -> St
             m.runner = run
         inner(env)
     return forward
+
+
+def _ask_examples(ctx: Lowering, pattern: Pattern, fwd: Forward, path: str, runner: Runner) -> None:
+    """`warm_start = cache` reads each step's training examples (`Env.examples`): ask the loop for
+    them, and refuse a forward whose batch is not the step's batch in its order (a rank's shard, a
+    brain's own batches), whose rows the examples would not name."""
+    if not any(s.warm_start == "cache" for s in runner.given.values()):
+        return
+    for a in pattern.ancestors(fwd):
+        if a.kind == "shard" or (isinstance(a, Batch) and a.source != "shared"):
+            raise LoweringError(f"{fwd.id}: `warm_start = cache` of the MGRIT stack `{path}` keeps the states of the "
+                                f"step's examples, but the stack runs on `{a.text()}`, not the step's batch")
+    ctx.hooks.examples = f"`warm_start = cache` of the MGRIT stack `{path}` keeps states per training example"
 
 
 def _solved_model(ctx: Lowering, r: str) -> tuple[fx.GraphModule, dict[str, SolveModule]]:

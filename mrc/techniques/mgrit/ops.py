@@ -36,7 +36,7 @@ class SolveSettings:
     """What a solve needs beyond the places of its phase ops: the stack's N steps of size h with
     blocks of `kind` (dense | conv | generic), the coarsening factor per level transition (one
     for all, or one each), the tolerance that stops it early (0: every iteration runs), its
-    initial guess (`warm_start`: previous | shifted | coarse | off, mrc/techniques/mgrit/guess.py),
+    initial guess (`warm_start`: previous | shifted | coarse | cache | off, mrc/techniques/mgrit/guess.py),
     `buffer`: the layers at each end of the stack propagated serially, MGRIT solving the
     N − 2·buffer between them, and what it does when its convergence factor, measured every
     `check_every` steps (0: never), exceeds 1 (`on_divergence`: warn | more_iterations | serial).

@@ -33,7 +33,7 @@ from mrc.techniques.mgrit.tables import STACKS, StackInfo
 
 def stack_blocks(info: StackInfo, world: int) -> tuple[Blocks, Blocks]:
     """The forward and the adjoint solve's layer blocks of `world` ranks."""
-    if info.buffer or info.warm_start == "coarse":
+    if info.buffer or info.warm_start in ("coarse", "cache"):
         what = f"`buffer = {info.buffer}`" if info.buffer else f"`warm_start = {info.warm_start}`"
         raise GraphError(f"{what} is not supported across ranks (`distributed layers`) yet")
     settings = Settings(info.levels, info.coarsening, info.relax, info.forward_iters)
