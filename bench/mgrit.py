@@ -15,6 +15,10 @@ whole training step (forward + backward + update) of
   compiled  `torch.compile` of the stacked model (inductor, forward and backward), foreach SGD;
             compiled before timing (the compile time is reported, never timed); left out, with
             the reason, where it does not compile (`--no-compile` skips it).
+With `--threads` > 1 on the CPU each serial contender is also timed at one thread (`serial@1`, …,
+interleaved with the rest): a serial stack's small ops lose from threads, and the best serial
+contender is the fastest at either count, so MGRIT's threads are measured against serial training
+at its own best.
 All start from the same initial weights. The contenders run interleaved (rotated order)
 `--repeats` times; each sample is `--steps` whole steps after warm-up, on a fixed cycle of 8
 batches; tables give medians [min–max]. The speed-up of MGRIT is against the best serial
@@ -233,6 +237,15 @@ def count_ops(contender: Contender) -> collections.Counter[str]:
     return counter.counts
 
 
+def _one_thread(contender: Contender, steps: int, threads: int) -> float:
+    """`contender.run(steps)` with one intra-op thread, then `threads` again."""
+    torch.set_num_threads(1)
+    try:
+        return contender.run(steps)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def count_flops(contender: Contender) -> int:
     """The matrix-product FLOPs (mm, addmm, bmm, baddbmm, convolutions: torch's FlopCounterMode) of
     one whole step of `contender`: the arithmetic it cannot avoid, whatever its op count."""
@@ -291,7 +304,15 @@ def time_config(tmp: Path, width: int, depth: int, batch: int, device: torch.dev
             contenders["compiled"] = got
     for c in contenders.values():
         c.run(warmup)
-    times = interleaved({n: (lambda c=c: c.run(steps)) for n, c in contenders.items()}, repeats)
+    runs = {n: (lambda c=c: c.run(steps)) for n, c in contenders.items()}
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and threads > 1:
+        # a serial loop's small ops gain nothing from threads (they lose): each serial contender is also
+        # timed at its best, one thread, and the best serial is the fastest of all
+        for n in SERIAL:
+            if n in contenders:
+                runs[f"{n}@1"] = lambda c=contenders[n]: _one_thread(c, steps, threads)
+    times = interleaved(runs, repeats)
     ops = {n: count_ops(c) for n, c in contenders.items() if n != "compiled"}
     flops = {n: count_flops(contenders[n]) for n in ("mgrit", "serial")}
     return {"times": times, "compile_s": compile_s, "compile_error": why, "ops": ops, "flops": flops}
@@ -426,7 +447,8 @@ def main() -> None:
           f"cf 4, FCF, 2 fwd / 1 bwd iterations, warm start; device {args.device} ({where}), torch "
           f"{torch.__version__}; {repeats} interleaved repeats × {steps} steps: ms per step, median [min–max]; "
           f"load average {load_start:.1f} at the start, {load_end:.1f} at the end")
-    names = ("mgrit", *SERIAL)
+    at_one = [f"{n}@1" for n in SERIAL if any(f"{n}@1" in run["times"] for run in runs.values())]
+    names = ("mgrit", *SERIAL, *at_one)  # name@1: a serial contender timed at one thread (with --threads > 1)
     print(f"{'depth':>5} {'width':>5} " + " ".join(f"{n:>22}" for n in names)
           + f" {'best serial':>12} {'speed-up vs best':>24} {'stacked/serial':>20}")
     summary: dict[str, Any] = {}
@@ -434,7 +456,7 @@ def main() -> None:
     for (depth, width), run in runs.items():
         ts = run["times"]
         sp = {n: Spread.of(v) for n, v in ts.items()}
-        best = min((n for n in SERIAL if n in ts), key=lambda n: sp[n].median)
+        best = min((n for n in ts if n.split("@")[0] in SERIAL), key=lambda n: sp[n].median)
         up = ratios(ts[best], ts["mgrit"])
         own = ratios(ts["stacked"], ts["serial"])
         key = f"d{depth}_w{width}"
