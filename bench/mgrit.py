@@ -4,7 +4,7 @@
 with sgd(lr=0.05, momentum=0.9), (D, W) ∈ {(1024, 8), (1024, 32), (256, 32)}, the time of one
 whole training step (forward + backward + update) of
   mgrit     mrc with one-shot MGRIT (levels 3, coarsening 4, FCF, 2 forward and 1 backward
-            iterations, warm start): `mrc.api.lower(...).step(t, x, y)`;
+            iterations, `--warm-start`'s guess: `cache` unless told): `mrc.api.lower(...).step(t, x, y)`;
   serial    mrc without the `mgrit` block: the stack run layer after layer, autograd;
   linear    a hand loop over the same model (per-layer `nn.Linear` steps, y ← y + h·σ(W_n y + b_n)),
             `loss.backward()`, `torch.optim.SGD(foreach=True)`;
@@ -42,8 +42,8 @@ and the optimizer's update in the per-layer hand loop.
 (3) Accuracy, only with `--accuracy` (6 runs of 6300 steps: longer than all the timing): the
 issue's setting on the level sets of specs/mgrit_levelsets.mrs (`peaks`): `ode_resnet(width=8,
 depth=64, h=0.05)`, adam(lr=0.01), cosine schedule, `--epochs` (100) epochs, trained by mrc
-serially and with one-shot MGRIT (3 levels, cf 4, FCF, 2 forward / 1 backward iterations, warm
-start), seeds 0 … `--seeds`−1: final validation accuracy per seed and the mean. Without
+serially and with one-shot MGRIT (3 levels, cf 4, FCF, 2 forward / 1 backward iterations,
+`--warm-start`'s guess), seeds 0 … `--seeds`−1: final validation accuracy per seed and the mean. Without
 `--accuracy`, acc_serial and acc_mgrit are null.
 
     python bench/mgrit.py                 # timing, op counts, 2 ranks (2-core CPU: ≈ 25 min, 10 compiling)
@@ -102,6 +102,12 @@ train(epochs={epochs}, seed={seed}, device={device}, log_every=1000000, threads=
 
 MGRIT = ('mgrit "stack" { levels = 3; coarsening = 4; relax = FCF; forward_iters = 2; '
          'backward_iters = 1 }')
+WARM = {"guess": "cache"}  # --warm-start: the guess of every MGRIT run here (main sets it)
+
+
+def mgrit_block() -> str:
+    """The MGRIT block of this run's specs: `MGRIT` with `--warm-start`'s guess."""
+    return MGRIT.replace(" }", f"; warm_start = {WARM['guess']} }}")
 
 CONFIGS = ((1024, 8), (1024, 32), (256, 32))  # (depth, width)
 SERIAL = ("serial", "linear", "stacked", "compiled")
@@ -287,7 +293,7 @@ def time_config(tmp: Path, width: int, depth: int, batch: int, device: torch.dev
     name = f"w{width}_d{depth}"
     fmt = {"width": width, "depth": depth, "batch": batch, "device": device.type}
     serial_spec = _spec(tmp, f"serial_{name}", TIMING.format(**fmt, mgrit=""))
-    mgrit_spec = _spec(tmp, f"mgrit_{name}", TIMING.format(**fmt, mgrit=MGRIT))
+    mgrit_spec = _spec(tmp, f"mgrit_{name}", TIMING.format(**fmt, mgrit=mgrit_block()))
     serial, compiled, _ = mrc_contender(serial_spec, device)
     initial = copy.deepcopy(compiled.bound.model).to(device)  # before any step: every hand loop starts here
     batches = serial.batches
@@ -323,7 +329,7 @@ def breakdown(tmp: Path, width: int, depth: int, batch: int, device: torch.devic
     """ms per step of the MGRIT step's parts (wrappers around the solve's methods, synchronised)
     and of the optimizer's update in the per-layer hand loop."""
     fmt = {"width": width, "depth": depth, "batch": batch, "device": device.type}
-    spec = _spec(tmp, "breakdown", TIMING.format(**fmt, mgrit=MGRIT))
+    spec = _spec(tmp, "breakdown", TIMING.format(**fmt, mgrit=mgrit_block()))
     contender, compiled, plan = mrc_contender(spec, device)
     initial = copy.deepcopy(compiled.bound.model)
     contender.run(warmup)  # lowers the solve (made at the first step)
@@ -383,7 +389,7 @@ def accuracy(tmp: Path, seeds: list[int], epochs: int, device: torch.device,
              threads: int) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {"serial": [], "mgrit": []}
     for seed in seeds:
-        for name, line in (("serial", ""), ("mgrit", MGRIT)):
+        for name, line in (("serial", ""), ("mgrit", mgrit_block())):
             spec = _spec(tmp, f"acc_{name}_{seed}", ACCURACY.format(
                 epochs=epochs, seed=seed, device=device.type, threads=threads, mgrit=line))
             result = Trainer(api.compile_spec(spec, training=True), tmp / f"run_{name}_{seed}").run()
@@ -410,7 +416,10 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true", help="no torch.compile contender")
     ap.add_argument("--no-ranks", action="store_true", help="no 2-rank run (bench/layers.py)")
     ap.add_argument("--accuracy", action="store_true", help="the accuracy runs (serial and one-shot MGRIT)")
+    ap.add_argument("--warm-start", default="cache", choices=("cache", "shifted", "previous", "coarse", "off"),
+                    help="every MGRIT run's initial guess (default cache: each example's own states)")
     args = ap.parse_args()
+    WARM["guess"] = args.warm_start
     try:
         configs = [tuple(int(v) for v in pair.split("x")) for pair in args.configs.split(",")]
     except ValueError:
@@ -444,7 +453,7 @@ def main() -> None:
     load_end = os.getloadavg()[0]
     where = f"{torch.get_num_threads()} thread(s)" if device.type == "cpu" else torch.cuda.get_device_name()
     print(f"ode_resnet dense tanh h=0.01, levelsets batch {args.batch}, sgd(0.05, momentum 0.9); MGRIT: 3 levels, "
-          f"cf 4, FCF, 2 fwd / 1 bwd iterations, warm start; device {args.device} ({where}), torch "
+          f"cf 4, FCF, 2 fwd / 1 bwd iterations, warm_start {WARM['guess']}; device {args.device} ({where}), torch "
           f"{torch.__version__}; {repeats} interleaved repeats × {steps} steps: ms per step, median [min–max]; "
           f"load average {load_start:.1f} at the start, {load_end:.1f} at the end")
     at_one = [f"{n}@1" for n in SERIAL if any(f"{n}@1" in run["times"] for run in runs.values())]
@@ -513,6 +522,7 @@ def main() -> None:
         "acc_serial_seeds": acc["serial"], "acc_mgrit_seeds": acc["mgrit"], "acc_epochs": epochs,
         "per_op_us": round(per_op * 1e6, 3), "breakdown_ms_d1024_w8": {k: round(v, 3) for k, v in parts.items()},
         "configs": table, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "warm_start": WARM["guess"],
         "load_avg": [round(load_start, 2), round(load_end, 2)], "repeats": repeats, "steps": steps,
         "batch": args.batch, "quick": args.quick, "wall_s": round(wall, 1)}))
 
