@@ -150,11 +150,22 @@ def _batches(compiled: api.Compiled, device: torch.device) -> list[tuple[torch.T
 
 
 def mrc_contender(spec: Path, device: torch.device) -> tuple[Contender, api.Compiled, Any]:
+    """`api.lower(...).step` on the batches; where a lowering reads each batch's training examples
+    (`warm_start = cache`) they are set on the Plan's Env before each step, as the training loop does."""
     compiled = api.compile_spec(spec, training=True)
     compiled.bound.model.to(device)
     compiled.bound.graph_module.to(device)
     plan = api.lower(compiled, 10**7, str(device))
-    return Contender(plan.step, _batches(compiled, device), device), compiled, plan
+    batches = _batches(compiled, device)
+    if not plan.hooks.examples:
+        return Contender(plan.step, batches, device), compiled, plan
+    examples = compiled.bound.data.batch_indices(0)[:N_BATCHES]
+
+    def step(t: int, x: torch.Tensor, y: torch.Tensor) -> Any:
+        plan.env.examples = examples[t % N_BATCHES]
+        return plan.step(t, x, y)
+
+    return Contender(step, batches, device), compiled, plan
 
 
 class StackedNet(nn.Module):

@@ -67,9 +67,10 @@ def shifted(previous: torch.Tensor, u0: torch.Tensor) -> torch.Tensor:
 
 class ExampleCache:
     """`warm_start = cache` for one stack: each training example's fine states of the forward solve
-    and λ of the adjoint, [examples, N + 1, *one example's state] each (allocated on the first solve,
-    on the states' device), and which examples each holds (`seen`, [examples] bool), all kept in
-    `state` (the lowering's, so a checkpoint keeps them) under `key`/cache_forward, … .
+    and λ of the adjoint (in the adjoint solve's order, λ_N first), [examples, N + 1, *one example's
+    state] each (allocated on the first solve, on the states' device), and which examples each holds
+    (`seen`, [examples] bool), all kept in `state` (the lowering's, so a checkpoint keeps them) under
+    `key`/cache_forward, … .
 
     The solver's states are [N + 1, batch, …] with any strides: rows are read and written along
     the batch dimension (index_select / index_copy_), never through a contiguous view."""
@@ -87,7 +88,7 @@ class ExampleCache:
         return got
 
     def rows(self, which: str, rows: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The kept states [N + 1, batch, …] (forward order, any strides) of the examples `rows` (on
+        """The kept states [N + 1, batch, …] (in the order they were kept, any strides) of the examples `rows` (on
         the states' device), and which of them were kept: None where all were; (None, None) where
         none was (then the caller's fallback is the whole guess)."""
         states = self.state.get(f"{self.key}/cache_{which}")
@@ -103,7 +104,7 @@ class ExampleCache:
         return states.index_select(0, rows).transpose(0, 1), None
 
     def put(self, which: str, rows: torch.Tensor, states: torch.Tensor) -> None:
-        """Keep `states` [N + 1, batch, …] (forward order) as the examples `rows`' own."""
+        """Keep `states` [N + 1, batch, …] (the solve's order: the adjoint's reversed) as the examples `rows`' own."""
         key = f"{self.key}/cache_{which}"
         kept = self.state.get(key)
         shape = (self.examples, states.shape[0], *states.shape[2:])

@@ -212,7 +212,8 @@ class StackSolve:
         kept, mask = self._example_cache().rows(which, self._rows(u0))
         if kept is None:
             return None
-        kept = self._middle(which, kept)
+        b, n = self.buffer, self.steps - 2 * self.buffer
+        kept = kept[b:b + n + 1] if b else kept  # the adjoint's kept reversed already (`backward`)
         if mask is None:
             return kept
         return torch.where(mask.view(1, -1, *[1] * (u0.dim() - 1)), kept, u0.unsqueeze(0))
@@ -245,8 +246,8 @@ class StackSolve:
         return self._examples_here
 
     def _keep(self, which: str, states: torch.Tensor) -> None:
-        """`warm_start = cache`: keep a solve's whole-stack states [N + 1, batch, …] (forward order) as
-        this step's examples' own."""
+        """`warm_start = cache`: keep a solve's whole-stack states [N + 1, batch, …] as this step's
+        examples' own: the forward's in forward order, the adjoint's λ in its solve's order (λ_N first)."""
         self._example_cache().put(which, self._rows(states[0]), states)
 
     def _given(self, runner: Runner, which: str) -> None:
@@ -309,8 +310,8 @@ class StackSolve:
             lam = torch.cat([head[:-1], lam, tail[1:]])
         if self.warm_start:
             self.ctx.state[f"{self.key}/adjoint"] = lam
-        if self.guess == "cache":
-            self._keep("adjoint", lam)
+        if self.guess == "cache":  # kept in the adjoint solve's (reversed) order: no flips to read it back
+            self._keep("adjoint", solver.states.detach() if tail is None else lam.flip(0))
         self._record("adjoint", solver)
         saved = [p.grad for p in self.params]
         for p in self.params:
