@@ -405,3 +405,25 @@ def test_the_fas_correction_fuses_only_where_the_stack_chose_triton(kernel: str,
         solver.start(u0_for(prop))
         solver.solve()
         assert bool(asked) == (kernel == "triton"), type(problem).__name__
+
+
+@pytest.mark.parametrize("relax", ["F", "FCF"])
+def test_a_guess_at_the_fine_c_points_alone_solves_as_the_whole_guess(relax: str) -> None:
+    """`start(u0, warm[::cf], every=cf)`: an iteration opens with F-relaxation, which remakes every F-point from
+    the C-points, so a guess's F-points are never read: two iterations from the C-points alone give the states
+    and residuals of two from the whole guess, bit for bit (an uneven last interval included: N = 37, cf 3); a
+    solver that read an F-point of its guess before relaxing, or put the C-points elsewhere, would differ."""
+    n, cf = 37, 3
+    prop = VectorTanh(n)
+    u0 = u0_for(prop)
+    settings = Settings(levels=3, coarsening=(cf,), relax=(relax,), iters=2, tol=0.0)
+    guess = u0 + 0.3 * torch.randn(n + 1, *u0.shape, generator=torch.Generator().manual_seed(5), dtype=DT)
+    whole, points = MGRIT(prop, n, settings), MGRIT(prop, n, settings)
+    whole.start(u0, guess)
+    points.start(u0, guess[::cf], every=cf)
+    assert torch.equal(points.states[::cf][1:], guess[::cf][1:])
+    assert torch.equal(points.states[1:cf], u0.expand(cf - 1, *u0.shape))  # F-points: u0, never read
+    assert torch.equal(whole.solve(), points.solve())
+    assert whole.residuals == points.residuals
+    with pytest.raises(ValueError, match="warm has shape"):
+        MGRIT(prop, n, settings).start(u0, guess, every=cf)

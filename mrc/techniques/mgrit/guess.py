@@ -12,12 +12,13 @@ it ends. Across shuffled batches the previous step's states belong to other exam
   C·h per coarsest interval (C = Π cf_l; ⌊N/C⌋ batched steps of one interval), interpolated
   linearly to the fine points — a guess of this batch's examples, which needs nothing kept;
 * `cache`: each example's own states from the last step whose batch held it (`ExampleCache`:
-  the fine states of every training example, forward and adjoint, kept across steps). Across
+  the states of every training example at the fine C-points, forward and adjoint, kept across
+  steps: a solve opens with F-relaxation, which remakes every F-point from them). Across
   epochs the weights move little, so an example's last states are a close start. An example not
   solved yet (the first epoch) starts at y_0 (g): in the first epoch of issue 24's level-set
   setting that is closer than the `shifted` guess of its row (mean residuals over 3 seeds, first
   and second forward iteration and adjoint: 4.8, 2.3, 0.017 against 5.3, 3.1, 0.030). It keeps
-  2 · examples · (N + 1) · one example's state bytes (at most CACHE_CAP), and needs each step's
+  2 · examples · (⌊N/cf⌋ + 1) · one example's state bytes (at most CACHE_CAP), and needs each step's
   example indices (in-memory or Dataset data, one process);
 * `off`: every point starts at y_0 (forward) or g (adjoint).
 
@@ -66,9 +67,10 @@ def shifted(previous: torch.Tensor, u0: torch.Tensor) -> torch.Tensor:
 
 
 class ExampleCache:
-    """`warm_start = cache` for one stack: each training example's fine states of the forward solve
-    and λ of the adjoint (in the adjoint solve's order, λ_N first), [examples, N + 1, *one example's
-    state] each (allocated on the first solve, on the states' device), and which examples each holds
+    """`warm_start = cache` for one stack: each training example's states of the forward solve and λ
+    of the adjoint (in the adjoint solve's order, λ_N first) at the fine C-points, the only points
+    of a guess a solve reads (`MGRIT.start`), [examples, ⌊N/cf⌋ + 1, *one example's state] each
+    (allocated on the first solve, on the states' device), and which examples each holds
     (`seen`, [examples] bool), all kept in `state` (the lowering's, so a checkpoint keeps them) under
     `key`/cache_forward, … .
 

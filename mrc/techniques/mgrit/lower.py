@@ -106,6 +106,11 @@ def mgrit_state(ctx: Lowering) -> MgritState:
     return state
 
 
+def _c_every(settings: Any) -> int:
+    """The spacing of the fine level's C-points (its coarsening factor; 1 for a one-level solve)."""
+    return settings.factor(0) if settings.levels > 1 else 1
+
+
 @dataclass
 class Control:
     """Where a stack's convergence control has switched it: serial propagation since step
@@ -183,22 +188,23 @@ class StackSolve:
         n = self.steps
         return got if got is not None and got.shape == (n + 1, *like.shape) else None
 
-    def _guess(self, which: str, u0: torch.Tensor, prop: Any, settings: Any) -> torch.Tensor | None:
+    def _guess(self, which: str, u0: torch.Tensor, prop: Any, settings: Any) -> tuple[torch.Tensor | None, int]:
         """The initial guess of the `which` solve of the middle (all the stack without buffers), in the
-        solver's order (the adjoint's reversed), as `warm_start` says (mrc/techniques/mgrit/guess.py);
-        None: every point starts at u0."""
+        solver's order (the adjoint's reversed), as `warm_start` says (mrc/techniques/mgrit/guess.py), and
+        which points it holds (`MGRIT.start`'s `every`: the cache keeps the fine C-points only); None:
+        every point starts at u0."""
         from mrc.techniques.mgrit.grid import coarsest_span
         from mrc.techniques.mgrit.guess import coarse_sweep, shifted
 
         if self.guess == "coarse":
-            return coarse_sweep(prop, self.steps - 2 * self.buffer, coarsest_span(settings), u0)
+            return coarse_sweep(prop, self.steps - 2 * self.buffer, coarsest_span(settings), u0), 1
         if self.guess == "cache":
-            return self._cached(which, u0)
+            return self._cached(which, u0), _c_every(settings)
         whole = self._warm(which, u0)
         if whole is None:
-            return None
+            return None, 1
         part = self._middle(which, whole)
-        return shifted(part, u0) if self.guess == "shifted" else part
+        return (shifted(part, u0) if self.guess == "shifted" else part), 1
 
     def _middle(self, which: str, whole: torch.Tensor) -> torch.Tensor:
         """The middle's points (without the buffers) of whole-stack states, in the `which` solve's order."""
@@ -207,13 +213,11 @@ class StackSolve:
         return part.flip(0) if which == "adjoint" else part
 
     def _cached(self, which: str, u0: torch.Tensor) -> torch.Tensor | None:
-        """`warm_start = cache`: each example's own states from the last step that solved it; the rows
-        of examples not solved yet start at u0 (None: no row was solved yet)."""
+        """`warm_start = cache`: each example's own states at the middle's fine C-points from the last step
+        that solved it (`_keep`); the rows of examples not solved yet start at u0 (None: no row was solved yet)."""
         kept, mask = self._example_cache().rows(which, self._rows(u0))
         if kept is None:
             return None
-        b, n = self.buffer, self.steps - 2 * self.buffer
-        kept = kept[b:b + n + 1] if b else kept  # the adjoint's kept reversed already (`backward`)
         if mask is None:
             return kept
         return torch.where(mask.view(1, -1, *[1] * (u0.dim() - 1)), kept, u0.unsqueeze(0))
@@ -245,10 +249,13 @@ class StackSolve:
         assert self._examples_here is not None
         return self._examples_here
 
-    def _keep(self, which: str, states: torch.Tensor) -> None:
-        """`warm_start = cache`: keep a solve's whole-stack states [N + 1, batch, …] as this step's
-        examples' own: the forward's in forward order, the adjoint's λ in its solve's order (λ_N first)."""
-        self._example_cache().put(which, self._rows(states[0]), states)
+    def _keep(self, which: str, states: torch.Tensor, settings: Any) -> None:
+        """`warm_start = cache`: keep a solve's whole-stack states [N + 1, batch, …] — the forward's in
+        forward order, the adjoint's λ in its solve's order (λ_N first) — at the middle's fine C-points
+        (the only points of a guess a solve reads: `MGRIT.start`) as this step's examples' own."""
+        b, n = self.buffer, self.steps - 2 * self.buffer
+        points = states[b:b + n + 1:_c_every(settings)]
+        self._example_cache().put(which, self._rows(states[0]), points)
 
     def _given(self, runner: Runner, which: str) -> None:
         given = self.given = runner.given[which]
@@ -272,7 +279,7 @@ class StackSolve:
         start = y0 if head is None else head[-1]
         prop = Offset(self.prop, b) if b else self.prop
         solver = MGRIT(prop, n - 2 * b, self.forward_settings)
-        solver.start(start, self._guess("forward", start, prop, self.forward_settings))
+        solver.start(start, *self._guess("forward", start, prop, self.forward_settings))
         runner.run(solver, "forward", self.control.counts.get("forward"))
         if head is None:
             self.states = solver.states.detach()  # the solver's own tensor: the solver ends here
@@ -282,7 +289,7 @@ class StackSolve:
         if self.warm_start:
             self.ctx.state[f"{self.key}/forward"] = self.states
         if self.guess == "cache":
-            self._keep("forward", self.states)
+            self._keep("forward", self.states, self.forward_settings)
         self._record("forward", solver)
         return self.states[-1].clone(memory_format=torch.contiguous_format)
 
@@ -302,7 +309,7 @@ class StackSolve:
         middle = self.states if not b else self.states[b:n - b + 1]
         prop = Adjoint(Offset(self.prop, b) if b else self.prop, middle)
         solver = MGRIT(prop, n - 2 * b, settings)
-        solver.start(end, self._guess("adjoint", end, prop, settings))
+        solver.start(end, *self._guess("adjoint", end, prop, settings))
         runner.run(solver, "adjoint", self.control.counts.get("adjoint"))
         lam = lambdas(solver).detach()  # a flipped copy of the solver's states
         if tail is not None:
@@ -311,7 +318,7 @@ class StackSolve:
         if self.warm_start:
             self.ctx.state[f"{self.key}/adjoint"] = lam
         if self.guess == "cache":  # kept in the adjoint solve's (reversed) order: no flips to read it back
-            self._keep("adjoint", solver.states.detach() if tail is None else lam.flip(0))
+            self._keep("adjoint", solver.states.detach() if tail is None else lam.flip(0), settings)
         self._record("adjoint", solver)
         saved = [p.grad for p in self.params]
         for p in self.params:

@@ -231,22 +231,28 @@ class MGRIT:
 
     # ---------------------------------------------------------------- setup
 
-    def start(self, u0: torch.Tensor, warm: torch.Tensor | None = None) -> None:
+    def start(self, u0: torch.Tensor, warm: torch.Tensor | None = None, every: int = 1) -> None:
         """Set the initial condition and the initial guess, and reset the iteration count and residuals.
 
         warm: [N + 1, *state], e.g. a previous solve's fine states (point 0 is replaced by u0). Without it every
-        point starts at u0 (the constant guess). The coarse levels are built from the fine one by each
-        iteration's restriction, so they need no guess.
+        point starts at u0 (the constant guess). With `every` = k > 1, warm holds only the points 0, k, 2k, …
+        ([⌊N/k⌋ + 1, *state]) and the others start at u0: with k the fine level's coarsening factor these are its
+        C-points, and an iteration opens with F-relaxation, which computes every F-point from them, so the
+        F-points of a guess are never read. The coarse levels are built from the fine one by each iteration's
+        restriction, so they need no guess.
         """
         n = self.n_steps
-        if warm is not None and warm.shape != (n + 1, *u0.shape):
-            raise ValueError(f"warm has shape {tuple(warm.shape)}, expected {(n + 1, *u0.shape)}")
+        points = (n + 1) if every == 1 else n // every + 1
+        if warm is not None and warm.shape != (points, *u0.shape):
+            raise ValueError(f"warm has shape {tuple(warm.shape)}, expected {(points, *u0.shape)}")
         u = self._new_states((n + 1, *u0.shape), u0)
-        if warm is not None:
+        if warm is not None and every == 1:
             u.copy_(warm.detach())
-            u[0] = u0
         else:
             u.copy_(u0.unsqueeze(0).expand(n + 1, *u0.shape))
+            if warm is not None:
+                u[::every].copy_(warm.detach())
+        u[0] = u0
         g = u0.detach().clone().unsqueeze(0)  # g_0 = (u0, 0, …, 0): only its point 0 is ever read
         s = self.settings
         self._levels = []
