@@ -203,8 +203,9 @@ class StackSolve:
         whole = self._warm(which, u0)
         if whole is None:
             return None, 1
-        part = self._middle(which, whole)
-        return (shifted(part, u0) if self.guess == "shifted" else part), 1
+        every = _c_every(settings)  # the fine C-points: the only points of a guess a solve reads
+        part = self._middle(which, whole)[::every]
+        return (shifted(part, u0) if self.guess == "shifted" else part), every
 
     def _middle(self, which: str, whole: torch.Tensor) -> torch.Tensor:
         """The middle's points (without the buffers) of whole-stack states, in the `which` solve's order."""
