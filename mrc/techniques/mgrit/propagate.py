@@ -183,10 +183,11 @@ class StackPropagator:
     """Batched propagator for a `ResidualStack` of `DenseStep`s or of `ConvStep`s.
 
     Dense: the weights are stacked as W [N, w, w], b [N, w]; `step` over m intervals gathers
-    W[start], b[start] and does one `baddbmm` (u [m, batch, w]). Conv: the weights are stacked
-    as K [N, C, C, 3, 3], b [N, C]; the m intervals become the groups of one grouped convolution
-    (u [m, B, C, H, W] → [B, m·C, H, W], weights [m·C, C, 3, 3], groups = m), and the adjoint is
-    the matching grouped transposed convolution.
+    W[start], b[start] and does one `baddbmm` (u [m, batch, w]), as W uᵀ + b: the solver's states
+    are kept features first (`new_states`), so the product reads and writes [w, batch] matrices.
+    Conv: the weights are stacked as K [N, C, C, 3, 3], b [N, C]; the m intervals become the
+    groups of one grouped convolution (u [m, B, C, H, W] → [B, m·C, H, W], weights [m·C, C, 3, 3],
+    groups = m), and the adjoint is the matching grouped transposed convolution.
 
     `kernel="triton"` runs the dense `step` as the fused Triton kernel (`kernels/mgrit.py`) for
     float32 CUDA tensors; everything else (CPU, float64, conv, `vjp`, `param_grads`) takes the
