@@ -150,3 +150,21 @@ def test_the_graph_shows_the_cache(tmp_path: Any) -> None:
     path.write_text(SPEC.format(guess="cache"))
     text = api.compile_spec(path).graph.to_text()
     assert "mgrit stack: N=16" in text and "warm_start=cache" in text
+
+
+@pytest.mark.parametrize(("steps", "buffer", "every"), [(16, 0, 4), (17, 0, 4), (18, 2, 4), (37, 3, 3), (10, 1, 1)])
+def test_a_kept_guess_gives_the_middles_c_points_in_each_solves_order(steps: int, buffer: int, every: int) -> None:
+    """`previous`/`shifted` hand the solver every `every`-th point of the middle: the forward's 0, every, …; the
+    adjoint's (reversed time) n, n − every, … down to n mod every, flipped — what flipping the whole middle and
+    then taking every `every`-th point gives, without flipping it (uneven depths included)."""
+    from types import SimpleNamespace
+
+    from mrc.techniques.mgrit.lower import StackSolve
+
+    solve = SimpleNamespace(buffer=buffer, steps=steps)
+    whole = torch.randn(steps + 1, 2, 3)
+    n = steps - 2 * buffer
+    middle = whole[buffer:buffer + n + 1]
+    assert torch.equal(StackSolve._middle(solve, "forward", whole, every), middle[::every])  # type: ignore[arg-type]
+    assert torch.equal(StackSolve._middle(solve, "adjoint", whole, every),  # type: ignore[arg-type]
+                       middle.flip(0)[::every])

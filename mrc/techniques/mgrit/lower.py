@@ -204,14 +204,16 @@ class StackSolve:
         if whole is None:
             return None, 1
         every = _c_every(settings)  # the fine C-points: the only points of a guess a solve reads
-        part = self._middle(which, whole)[::every]
+        part = self._middle(which, whole, every)
         return (shifted(part, u0) if self.guess == "shifted" else part), every
 
-    def _middle(self, which: str, whole: torch.Tensor) -> torch.Tensor:
-        """The middle's points (without the buffers) of whole-stack states, in the `which` solve's order."""
+    def _middle(self, which: str, whole: torch.Tensor, every: int) -> torch.Tensor:
+        """Every `every`-th point of the middle (the stack without the buffers) of whole-stack states
+        (forward order), in the `which` solve's order: the adjoint's reversed, its points n, n − every, …
+        (only those are flipped)."""
         b, n = self.buffer, self.steps - 2 * self.buffer
         part = whole[b:b + n + 1] if b else whole
-        return part.flip(0) if which == "adjoint" else part
+        return part[n % every::every].flip(0) if which == "adjoint" else part[::every]
 
     def _cached(self, which: str, u0: torch.Tensor) -> torch.Tensor | None:
         """`warm_start = cache`: each example's own states at the middle's fine C-points from the last step
