@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from mgrit_stacks import CASES, DEPTH, IDS
+from mgrit_stacks import randn as _randn
+from mgrit_stacks import stack as _stack
+from mgrit_stacks import state as _state
 from mrc.kernels import configs
 from mrc.kernels import mgrit as K
 from torch import nn
 
-from mrc.models import build_model
 from mrc.techniques.mgrit.propagate import (
     GenericPropagator,
     Propagator,
@@ -24,33 +27,14 @@ from mrc.techniques.mgrit.propagate import (
     propagator_for,
 )
 
-DEPTH = 12
 TOL64 = {"rtol": 0.0, "atol": 1e-12}
 GRAD_TOL = {"rtol": 0.0, "atol": 1e-10}
-CASES = [("dense", "tanh"), ("dense", "relu"), ("conv", "tanh"), ("conv", "relu")]
-IDS = [f"{v}-{a}" for v, a in CASES]
 
 
-def _stack(variant: str, activation: str, seed: int = 0) -> nn.Module:
-    """A float64 ResidualStack of the built-in ode_resnet (dense width 8, conv 3 channels)."""
-    torch.manual_seed(seed)
-    in_shape = (6,) if variant == "dense" else (2, 5, 4)
-    width = 8 if variant == "dense" else 3
-    model = build_model("ode_resnet", in_shape, 3, {"width": width, "depth": DEPTH,
-                                                    "variant": variant, "activation": activation,
-                                                    "h": 0.25})
-    with torch.no_grad():  # biases of both signs and a larger spread: relu kinks are exercised
-        for layer in model.stack.layers:
-            layer.bias.normal_(0.0, 0.5)
-    return model.double().stack
 
 
-def _state(variant: str) -> tuple[int, ...]:
-    return (5, 8) if variant == "dense" else (2, 3, 5, 4)
 
 
-def _randn(*shape: int, seed: int) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 def _close(a: torch.Tensor, e: torch.Tensor, tol: dict[str, float], what: str) -> None:

@@ -13,40 +13,26 @@ from typing import Any
 
 import pytest
 import torch
+from mgrit_stacks import CASES, DEPTH, IDS
+from mgrit_stacks import randn as _randn
+from mgrit_stacks import stack as _stack
+from mgrit_stacks import state as _state
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mrc.models import build_model
 from mrc.techniques.mgrit.grid import Settings
 from mrc.techniques.mgrit.propagate import GenericPropagator, StackPropagator
 from mrc.techniques.mgrit.solver import MGRIT, Adjoint, adjoint_solve, lambdas
 
-DEPTH = 12
 TOL = {"rtol": 0.0, "atol": 1e-12}
-CASES = [("dense", "tanh"), ("dense", "relu"), ("conv", "tanh"), ("conv", "relu")]
-IDS = [f"{v}-{a}" for v, a in CASES]
 # (first, stride, count, span): progressions the solver makes (F-, C-points, coarse levels)
 RUNS = [(0, 1, DEPTH, 1), (1, 4, 3, 1), (3, 4, 3, 1), (0, 4, 3, 4), (2, 8, 1, 2), (5, 3, 2, 3)]
 
 
-def _stack(variant: str, activation: str) -> nn.Module:
-    torch.manual_seed(0)
-    in_shape = (6,) if variant == "dense" else (2, 5, 4)
-    width = 8 if variant == "dense" else 3
-    model = build_model("ode_resnet", in_shape, 3, {"width": width, "depth": DEPTH, "variant": variant,
-                                                    "activation": activation, "h": 0.25})
-    with torch.no_grad():
-        for layer in model.stack.layers:
-            layer.bias.normal_(0.0, 0.5)
-    return model.double().stack
 
 
-def _state(variant: str) -> tuple[int, ...]:
-    return (5, 8) if variant == "dense" else (2, 3, 5, 4)
 
 
-def _randn(*shape: int, seed: int) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 @pytest.mark.parametrize(("variant", "activation"), CASES, ids=IDS)
