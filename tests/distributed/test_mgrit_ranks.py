@@ -85,7 +85,7 @@ def compare_case(variant: str, depth: int, levels: int, cf: int, relax: str, fwd
     err: dict[str, float] = {}
 
     def worst(key: str, value: float) -> None:
-        err[key] = max(err.get(key, 0.0), value)
+        err[key] = max(err.get(key, 0.0), value if value == value else float("inf"))  # NaN: the worst
 
     # forward: a cold solve, then a warm one from its states
     serial, mine = MGRIT(prop, depth, fs), R.rank_forward_solve(prop, depth, fs, blocks, world, u0)
@@ -138,6 +138,10 @@ def compare_case(variant: str, depth: int, levels: int, cf: int, relax: str, fwd
 
 def compare_cases(cases: list[tuple[Any, ...]]) -> list[dict[str, float]]:
     torch.set_default_dtype(torch.float64)
+    # every uninitialised tensor (torch.empty) is NaN: a rank's adjoint leaves σ'(z) of the layers outside its
+    # part unmade, and a step that read one would show as NaN here
+    torch.use_deterministic_algorithms(True)
+    assert torch.utils.deterministic.fill_uninitialized_memory
     return [compare_case(*case) for case in cases]
 
 

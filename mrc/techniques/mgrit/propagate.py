@@ -179,6 +179,11 @@ def _accumulate(param: nn.Parameter, grad: torch.Tensor, fresh: bool = False) ->
         param.grad.add_(grad if fresh else grad.reshape(param.shape))
 
 
+def _tensor_key(t: torch.Tensor) -> tuple[Any, ...]:
+    """The memory, layout and version of a tensor: equal for the same view of unchanged memory."""
+    return (t.data_ptr(), t.shape, t.stride(), t.dtype, t.device, t._version)
+
+
 class StackPropagator:
     """Batched propagator for a `ResidualStack` of `DenseStep`s or of `ConvStep`s.
 
@@ -443,6 +448,16 @@ class StackPropagator:
         self._linearized = adjoint  # its σ'(z) serves `param_grads` about the same states
         return adjoint
 
+    def linearized_part(self, states: torch.Tensor, first: int,
+                        extra: tuple[int, int, torch.Tensor]) -> StackAdjoint:
+        """The adjoint steps of a part of the stack, in reversed time: layers first … first + n − 1 about
+        `states` [n + 1, *state] (y_first … y_first+n) and the layers of `extra` (f, stride, ys) about ys —
+        a rank's adjoint block and the coarsest level's points (mrc/techniques/mgrit/ranks.py). σ'(z) is
+        made for those layers only; `param_grads(states, λ, first)` reuses the block's."""
+        adjoint = StackAdjoint(self, states, first, extra)
+        self._linearized = adjoint
+        return adjoint
+
     def param_grads(self, states: torch.Tensor, lambdas: torch.Tensor, first: int = 0) -> None:
         """Accumulate into each layer's `.weight.grad` / `.bias.grad` the fine-level gradient
         (∂Φ_n/∂θ_n at y_n)ᵀ λ_{n+1}, all layers in one batched call.
@@ -464,7 +479,7 @@ class StackPropagator:
         with torch.no_grad():
             y, lam = states[:-1].detach(), lambdas[1:].detach()
             if self.kind == "dense":
-                if linear is not None and linear.states is states and first == 0:
+                if linear is not None and linear.forward_saved is not None and linear.reads(states, first):
                     # the adjoint solve's σ'(z) about these very states: not made again
                     g = _act_vjp(self.activation, lam, linear.forward_saved).mul_(self.h)
                 else:
@@ -508,29 +523,68 @@ class StackAdjoint:
     grouped transposed convolution (conv), on strided views — no gathers, no recomputed z.
     """
 
-    def __init__(self, prop: StackPropagator, states: torch.Tensor) -> None:
-        n = states.shape[0] - 1
-        if n != len(prop):
-            raise ValueError(f"states must be the {len(prop) + 1} points of the stack, got {n + 1}")
+    def __init__(self, prop: StackPropagator, states: torch.Tensor, first: int = 0,
+                 extra: tuple[int, int, torch.Tensor] | None = None) -> None:
+        """`states` [n + 1, *state] are y_first … y_first+n: the steps of layers first … first + n − 1 are
+        linearised about them (`param_grads` reuses their σ'(z)); the whole stack is first = 0, n = N.
+        A part of the stack (a rank's adjoint block, mrc/techniques/mgrit/ranks.py) also names `extra`
+        = (f, stride, ys): further layers f, f + stride, … and their states ys [m, *state] (the coarsest
+        level's points, which every rank sweeps). A step over a layer in neither reads a σ'(z) never
+        made: only a solve whose calls stay inside the part's layers may leave layers out."""
+        n, depth = states.shape[0] - 1, len(prop)
+        if not 0 <= first or first + n > depth or (first == 0 and n != depth and extra is None):
+            raise ValueError(f"states must be the {depth + 1} points of the stack, or a part's from layer "
+                             f"{first} with its extra layers; got {n + 1} points")
         self.kind, self.activation, self.h = prop.kind, prop.activation, prop.h
-        self.states = states
+        self.states, self.first = states, first
         self.forward_saved: torch.Tensor | None = None
-        """Dense: what σ'(z_n) is made from, in forward order (`param_grads` reuses it)."""
+        """Dense: what σ'(z_n) of layers first … first + n − 1 is made from, in forward order (`param_grads`
+        reuses it)."""
+        self._key = _tensor_key(states)
         with torch.no_grad():
-            y = states[:-1].detach()
+            pieces = [(first, 1, states[:-1].detach())] + ([(extra[0], extra[1], extra[2].detach())] if extra else [])
+            made = [(f, stride, self._made(prop, f, stride, ys)) for f, stride, ys in pieces if ys.shape[0]]
             if prop.kind == "dense":
-                z = _dense_zt(prop.bias.unsqueeze(2), prop.weight, y)  # [N, B, w], features first
-                self.forward_saved = _saved(prop.activation, z)
+                self.forward_saved = made[0][2] if made and made[0][0] == first else None
+            whole = len(made) == 1 and made[0][0] == 0 and made[0][2].shape[0 if prop.kind == "dense" else 1] == depth
+            if prop.kind == "dense" and whole:
                 # reversed in features-first memory, as the adjoint's states are (`new_states`)
-                self.saved = self.forward_saved.transpose(1, 2).flip(0).transpose(1, 2)
-            else:
-                k = prop.weight.reshape(-1, *prop.weight.shape[2:])
-                z = F.conv2d(prop._to_groups(y), k, prop.bias.reshape(-1), padding=1, groups=n)
-                z = z.unflatten(1, (n, -1))  # [B, N, C, H, W]
-                self.saved = _saved(prop.activation, z).flip(1)
+                self.saved = made[0][2].transpose(1, 2).flip(0).transpose(1, 2)
+            elif prop.kind == "conv" and whole:
+                self.saved = made[0][2].flip(1)
+            else:  # a part: each piece's rows at their reversed layers N − 1 − f, the rest never read
+                like = made[0][2] if made else states[:0]
+                if prop.kind == "dense":
+                    self.saved = like.new_empty(depth, like.shape[2], like.shape[1]).transpose(1, 2)
+                else:
+                    self.saved = like.new_empty(like.shape[0], depth, *like.shape[2:])
+                for f, stride, s in made:
+                    m = s.shape[0 if prop.kind == "dense" else 1]
+                    rows = slice(depth - 1 - f - stride * (m - 1), depth - f, stride)
+                    if prop.kind == "dense":
+                        self.saved[rows].copy_(s.flip(0))
+                    else:
+                        self.saved[:, rows].copy_(s.flip(1))
             self.weight = prop.weight.flip(0)
         # each progression's views of σ'(z)'s tensor and of the weights (the stacks are fixed for the solve)
         self._views: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @staticmethod
+    def _made(prop: StackPropagator, first: int, stride: int, ys: torch.Tensor) -> torch.Tensor:
+        """What σ'(z) is made from for layers first, first + stride, … about ys [m, *state], in forward
+        order: dense [m, B, w] (features first), conv [B, m, C, H, W]."""
+        m = ys.shape[0]
+        layers = slice(first, first + stride * (m - 1) + 1, stride)
+        if prop.kind == "dense":
+            return _saved(prop.activation, _dense_zt(prop.bias[layers].unsqueeze(2), prop.weight[layers], ys))
+        k = prop.weight[layers].reshape(-1, *prop.weight.shape[2:])
+        z = F.conv2d(prop._to_groups(ys), k, prop.bias[layers].reshape(-1), padding=1, groups=m)
+        return _saved(prop.activation, z.unflatten(1, (m, -1)))
+
+    def reads(self, states: torch.Tensor, first: int) -> bool:
+        """Whether `states` from layer `first` are the very states (same memory, unchanged) this adjoint
+        linearised its own layers about: then their σ'(z) is `forward_saved`."""
+        return first == self.first and _tensor_key(states) == self._key
 
     def step_at(self, first: int, stride: int, span: int, lam: torch.Tensor, out: torch.Tensor | None = None,
                 add: torch.Tensor | None = None) -> torch.Tensor:

@@ -79,6 +79,7 @@ class _Guarded:
         self.prop = prop
         self.step_at = step_at_of(prop)  # the solver makes no call over no intervals
         self.sweep_at = sweep_at_of(prop)
+        self.new_states = new_states_of(prop)  # the propagator's layout (a dense stack's: features first)
 
     def step(self, start: torch.Tensor, span: int, u: torch.Tensor) -> torch.Tensor:
         return u.clone() if u.shape[0] == 0 else self.prop.step(start, span, u)
@@ -104,7 +105,7 @@ class RankMGRIT(MGRIT):
                              f"and {part.next}: a part has a predecessor iff lo > 0 and a successor iff hi < N")
         self.prop = _Guarded(prop)
         self._step_at, self._sweep_at = step_at_of(self.prop), sweep_at_of(self.prop)
-        self._new_states = new_states_of(self.prop)  # contiguous: the messages send and receive rows of them
+        self._new_states = new_states_of(self.prop)  # the messages send and receive contiguous copies of rows
         self.part = part
         self.world = world
 
@@ -115,12 +116,14 @@ class RankMGRIT(MGRIT):
         if warm is not None:
             if warm.shape != (hi - lo + 1, *u0.shape):
                 raise ValueError(f"warm has shape {tuple(warm.shape)}, expected {(hi - lo + 1, *u0.shape)}")
-            u = warm.detach().clone().to(dtype=u0.dtype, device=u0.device)
+        u = self._new_states((hi - lo + 1, *u0.shape), u0)
+        if warm is not None:
+            u.copy_(warm.detach())
             if lo == 0:
                 u[0] = u0
         else:
-            u = u0.unsqueeze(0).expand(hi - lo + 1, *u0.shape).clone()
-        g = torch.zeros_like(u)
+            u.copy_(u0.unsqueeze(0).expand(hi - lo + 1, *u0.shape))
+        g = torch.zeros_like(u0).unsqueeze(0)  # g_0 = (u0 or 0, 0, …): only point 0 is read (g_zero)
         if lo == 0:
             g[0] = u0
         s = self.settings
@@ -144,7 +147,7 @@ class RankMGRIT(MGRIT):
 
         sent = dist.isend(u[-1].contiguous(), self.part.next) if self.part.next >= 0 else None
         if self.part.prev >= 0:
-            ghost = torch.empty_like(u[0])
+            ghost = torch.empty(u.shape[1:], dtype=u.dtype, device=u.device)
             dist.recv(ghost, self.part.prev)
             u[0].copy_(ghost)
         if sent is not None:
@@ -166,11 +169,12 @@ class RankMGRIT(MGRIT):
         lv = self._levels[l]
         first = self.part.lo // lv.span  # the ghost's index on the level
         whole = torch.zeros(self._sizes[l] + 1, *lv.g.shape[1:], dtype=lv.g.dtype, device=lv.g.device)
-        whole[first + 1:first + 1 + lv.n] = lv.g[1:]
+        if not lv.g_zero:  # the fine level's g is zero after point 0 (a one-level solve)
+            whole[first + 1:first + 1 + lv.n] = lv.g[1:]
         if self.part.lo == 0:
             whole[0] = lv.g[0]
         self.world.all_reduce(whole)  # disjoint slots: the sum is each owner's value, exactly
-        u, g = whole.clone(), whole  # u_0 = g_0 on every level (start, restrict)
+        u, g = self._new_states(whole.shape, whole).copy_(whole), whole  # u_0 = g_0 on every level
         last = first + lv.n + 1
         self._sweep_at(0, lv.span, lv.span, u[:last], g[:last])
         lv.u.copy_(u[first:first + lv.n + 1])
@@ -187,7 +191,8 @@ def rank_forward_solve(prop: Propagator, n_steps: int, settings: Settings, block
 def last_state(solver: RankMGRIT, like: torch.Tensor) -> torch.Tensor:
     """y_N on every rank: the last rank's final state (it holds point N), broadcast from it."""
     owner = solver.world.size - 1
-    out = solver.states[-1].clone() if solver.world.rank == owner else torch.empty_like(like)
+    out = (solver.states[-1].clone(memory_format=torch.contiguous_format) if solver.world.rank == owner
+           else torch.empty(like.shape, dtype=like.dtype, device=like.device))
     return solver.world.broadcast(out, owner)
 
 
@@ -267,12 +272,47 @@ def adjoint_table(n_steps: int, settings: Settings, forward: Blocks, adjoint: Bl
     return rows, torch.cat([block, coarse])
 
 
+class _PartAdjoint:
+    """The adjoint steps of a rank's part as the solver calls them: a propagator's `linearized_part`
+    (`StackPropagator`: σ'(z) made once per solve for the block's layers and the coarsest points, each call
+    two ops on strided views, as one process's `StackAdjoint`), its states in the forward's layout."""
+
+    def __init__(self, linear: Any, new_states: Any) -> None:
+        self.linear = linear
+        self.step_at = linear.step_at
+        self.sweep_at = linear.sweep_at
+        self.new_states = new_states
+
+    def step(self, start: torch.Tensor, span: int, u: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("a rank's adjoint steps run through step_at only")
+
+    def vjp(self, start: torch.Tensor, span: int, y: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("the adjoint of the adjoint is never needed")
+
+
+def _block_states(table: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    """y_a … y_b of this rank's adjoint block from its `adjoint_table` (y_b, never read, is the table's next
+    row: the same view each call, so the gradients reuse the solve's σ'(z))."""
+    k = b - a
+    return table[:k + 1] if table.shape[0] > k else torch.cat([table[:k], table[k - 1:k]])
+
+
 def rank_adjoint_solve(prop: Propagator, n_steps: int, settings: Settings, adjoint: Blocks, world: Any,
                        rows: torch.Tensor, table: torch.Tensor, g: torch.Tensor,
                        warm: torch.Tensor | None = None) -> RankMGRIT:
-    """A started adjoint solve of this rank's adjoint block; `warm`: a previous `block_lambdas` (λ_a … λ_b)."""
-    solver = RankMGRIT(RankAdjoint(prop, n_steps, rows, table), n_steps, settings,
-                       adjoint_part(n_steps, adjoint, world.rank), world)
+    """A started adjoint solve of this rank's adjoint block; `warm`: a previous `block_lambdas` (λ_a … λ_b).
+    A propagator with `linearized_part` (dense and conv stacks) linearises the block's layers and the
+    coarsest points once; any other answers each call from the table (`RankAdjoint`)."""
+    part = getattr(prop, "linearized_part", None)
+    a, b = adjoint[world.rank]
+    span, points = coarsest_span(settings), settings.sizes(n_steps)[-1]
+    if part is not None and table.shape[0] == b - a + points:
+        coarse = table[b - a:].flip(0)  # the coarsest points N − span, N − 2·span, …: forward order
+        adj: Any = _PartAdjoint(part(_block_states(table, a, b), a, (n_steps - points * span, span, coarse)),
+                                new_states_of(prop))
+    else:
+        adj = RankAdjoint(prop, n_steps, rows, table)
+    solver = RankMGRIT(adj, n_steps, settings, adjoint_part(n_steps, adjoint, world.rank), world)
     solver.start(g, None if warm is None else warm.flip(0))
     return solver
 
@@ -284,7 +324,8 @@ def block_lambdas(solver: RankMGRIT) -> torch.Tensor:
 
 def first_lambda(lam: torch.Tensor, world: Any) -> torch.Tensor:
     """λ_0 on every rank (the gradient into the stack's input), broadcast from rank 0, which holds it."""
-    out = lam[0].clone() if world.rank == 0 else torch.empty_like(lam[0])
+    out = (lam[0].clone(memory_format=torch.contiguous_format) if world.rank == 0
+           else torch.empty(lam.shape[1:], dtype=lam.dtype, device=lam.device))
     return world.broadcast(out, 0)
 
 
@@ -292,5 +333,4 @@ def block_param_grads(prop: Any, n_steps: int, adjoint: Blocks, rank: int, rows:
                       lam: torch.Tensor) -> None:
     """Accumulate the fine-level gradients of this rank's adjoint layers [a, b) into their parameters."""
     a, b = adjoint[rank]
-    ys = table[rows[a:b]]
-    prop.param_grads(torch.cat([ys, ys[-1:]]), lam, first=a)  # (y_b is not read)
+    prop.param_grads(_block_states(table, a, b), lam, first=a)  # (y_b is not read)
