@@ -23,12 +23,16 @@ coarsest intervals are counted from N, so with N mod C ≠ 0 its blocks are the 
 shifted down by d = (−N) mod C layers (`adjoint_blocks`: rank r keeps as many intervals as in
 the forward solve); before the adjoint each rank receives the d forward states below its
 forward block from its predecessor, and the forward states at the adjoint's coarsest points are
-gathered once (its coarsest level is solved on every rank too). Each rank then computes the
-parameter gradients of the layers of its adjoint block; summing them over ranks gives every
+gathered once (its coarsest level is solved on every rank too). A stack propagator linearises
+those layers once per solve (`linearized_part`: σ'(z) of the block's layers and of the coarsest
+points, so each call is two ops on strided views, as in one process); any other propagator is
+called with the table's states (`RankAdjoint`). Each rank then computes the
+parameter gradients of the layers of its adjoint block (reusing the block's σ'(z)); summing them over ranks gives every
 rank the whole stack's gradient (the `mgrit_sum_grads` op, mrc/techniques/mgrit/place.py).
 
-On a world of one process a block is the whole problem and nothing is communicated: the solver
-is the one-process solver. Point-to-point messages use torch.distributed directly; the
+A rank's states take the propagator's layout (`new_states`: a dense stack's are features first);
+the messages carry contiguous copies of them. On a world of one process a block is the whole
+problem and nothing is communicated: the solver is the one-process solver. Point-to-point messages use torch.distributed directly; the
 collectives go through `mrc.runtime.world.World`.
 """
 
