@@ -1,8 +1,9 @@
 """stack-params: hold a residual stack's weights in one tensor [N, …] and its biases in another.
 
 Requires: the `stacked` table's candidates (the graph builder lists each `ResidualStack` of
-built-in blocks); final update kernels (after select-kernels), precision (after precision) and
-scopes.
+built-in blocks); final update kernels (after select-kernels), precision (after precision),
+scopes, and the placement on the run's processes (after distribute: its reductions, which carry
+the backward's clipping).
 Ensures: each candidate's entry says how its parameters are held. Stacked: one tensor per run
 of consecutive layers whose weights (biases) lie in one partition — a partition that splits
 the stack by layer gets its own tensor per group, so it keeps its own rate — and lowering makes
