@@ -143,13 +143,15 @@ def run_to_files(out: str) -> dict[str, Any]:
 
 def test_a_two_rank_runs_checkpoint_and_final_pt_load_into_the_per_layer_model(tmp_path: Path) -> None:
     """The checkpoint and final.pt of a stacked run on 2 ranks hold the per-layer model's state_dict keys, and
-    load into it (strict) with the ranks' parameters."""
+    load into it (strict) with the ranks' trained parameters (moved from the initial ones: a layer that stopped
+    being a view of the stacked storage would save its initial values)."""
     from mrc.runtime.checkpoint import CHECKPOINT, FINAL
     from mrc.safeload import read_weights
 
     ranks = run_ranks(run_to_files, 2, str(tmp_path / "run"))
     fresh = compile_spec(LAYERS, ["train.device=cpu"]).bound.model  # per layer: nothing lowered it
-    keys = list(fresh.state_dict())
+    initial = {k: v.clone() for k, v in fresh.state_dict().items()}
+    keys = list(initial)
     assert any(k.startswith("stack.layers.29.") for k in keys)
     files = [tmp_path / "run" / FINAL, tmp_path / "run" / CHECKPOINT]
     for file, state in zip(files, (read_weights(files[0]), read_weights(files[1])["model"]), strict=True):
@@ -158,6 +160,8 @@ def test_a_two_rank_runs_checkpoint_and_final_pt_load_into_the_per_layer_model(t
         for name, value in fresh.state_dict().items():
             for rank in ranks:
                 assert torch.equal(value, rank[name]), (file.name, name)
+            if name.startswith("stack."):
+                assert not torch.equal(value, initial[name]), (file.name, name)
 
 
 def test_data_parallel_on_two_ranks_stacked_equals_per_layer_bitwise(tmp_path: Path) -> None:
