@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from gloo_ranks import run_ranks
 from mrc.passes import DEFAULT_PIPELINE
@@ -25,7 +26,6 @@ LAYERS = ROOT / "specs" / "distributed_layers.mrs"
 PIPELINE = ROOT / "specs" / "distributed_pipeline.mrs"
 PER_LAYER = [p for p in DEFAULT_PIPELINE if p != "stack-params"]
 STEPS = 3
-TOL = 1e-12
 
 DATA = """model ode_resnet(width=4, depth=8, h=0.1)
 data levelsets(batch=32)
@@ -72,18 +72,23 @@ def test_several_processes_stack_the_stack_where_it_changes_no_number(tmp_path: 
 
 
 def _optimized(plan: Any) -> list[torch.Tensor]:
-    return [p for integ in plan.ctx.integrators.values() for g in integ.optimizer.param_groups for p in g["params"]]
+    """The tensors the plan's integrators move: a torch.optim optimizer's, or a fused rule's flat buffer's."""
+    return [p for integ in plan.ctx.integrators.values()
+            for p in (integ.flat.params if hasattr(integ, "flat") else
+                      [p for g in integ.optimizer.param_groups for p in g["params"]])]
 
 
-def train_layers(steps: int, stacked: bool) -> dict[str, Any]:
-    """`steps` steps of specs/distributed_layers.mrs (float64) at the Plan level on this process's world,
-    stacked or per layer: each step's gradients of the stack's layers (`Replicas.gradients`: a stacked layer's
-    is its row of its group's), the final parameters, the losses, and the tensors the optimizer sees."""
+def train_layers(steps: int, stacked: bool, kernels: str, dtype: str) -> dict[str, Any]:
+    """`steps` steps of specs/distributed_layers.mrs (in `dtype`, updates on `kernels`) at the Plan level on this
+    process's world, stacked or per layer: each step's gradients of the stack's layers (`Replicas.gradients`:
+    a stacked layer's is its row of its group's), the final parameters, the losses, and the tensors the
+    optimizer sees."""
     from mrc.lower import lower
     from mrc.runtime.world import current
 
     world = current()
-    compiled = compile_spec(LAYERS, ["train.device=cpu"], world=world.size, pipeline=None if stacked else PER_LAYER)
+    settings = ["train.device=cpu", f"train.kernels={kernels}", f"train.dtype={dtype}"]
+    compiled = compile_spec(LAYERS, settings, world=world.size, pipeline=None if stacked else PER_LAYER)
     assert compiled.graph.table(STACKED)["stack"].stacked == stacked
     plan = lower(compiled.graph, compiled.bound, steps)
     data = compiled.bound.data
@@ -92,7 +97,7 @@ def train_layers(steps: int, stacked: bool) -> dict[str, Any]:
     losses = []
     for t in range(steps):
         idx = batches[t]
-        losses.append(float(plan.step(t, data.train_x[idx].to(torch.float64), data.train_y[idx])))
+        losses.append(float(plan.step(t, data.train_x[idx].to(getattr(torch, dtype)), data.train_y[idx])))
         got = plan.ctx.replicas.gradients()
         grads.append({n: g.detach().clone() for n, g in got.items() if n.startswith("stack.") and g is not None})
     storage = plan.ctx.replicas.storage
@@ -102,18 +107,22 @@ def train_layers(steps: int, stacked: bool) -> dict[str, Any]:
             "group_grads": [tuple(g.grad.shape) for g in storage["stack"].params()] if storage else []}
 
 
-def both_layouts(steps: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    return train_layers(steps, True), train_layers(steps, False)
+def both_layouts(steps: int, kernels: str, dtype: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    return train_layers(steps, True, kernels, dtype), train_layers(steps, False, kernels, dtype)
 
 
-def test_two_ranks_stacked_equal_per_layer_bitwise_and_one_process() -> None:
+@pytest.mark.parametrize(("kernels", "dtype", "tol"), [("torch.optim", "float64", 1e-12), ("torch", "float32", 1e-5)],
+                         ids=["torch-optim", "fused-flat-buffer"])  # the fused kernels take float32
+def test_two_ranks_stacked_equal_per_layer_bitwise_and_one_process(kernels: str, dtype: str, tol: float) -> None:
     """On 2 gloo ranks, each step's stacked gradients (the sum of the ranks' adjoint blocks) and the parameters
-    after 3 steps equal the per-layer run's on the same ranks bit for bit, and one-process MGRIT's to 1e-12;
-    the optimizer moves 6 tensors, not 64. Fails on the old pass (nothing stacked on 2 ranks), on a sum that
+    after 3 steps equal the per-layer run's on the same ranks bit for bit, and one-process MGRIT's (float64:
+    1e-12; float32: 1e-5, bench/layers.py's bound);
+    the optimizer moves 6 tensors, not 64 — with torch.optim and with the fused update's flat buffer (which
+    holds the stacked tensors and their gradients). Fails on the old pass (nothing stacked on 2 ranks), on a sum that
     misses a rank's rows or adds the replicated tensors twice, and on rows put at the wrong layers."""
-    one = train_layers(STEPS, True)
+    one = train_layers(STEPS, True, kernels, dtype)
     assert one["stacked"] == ["stack"]
-    for rank, (stacked, per_layer) in enumerate(run_ranks(both_layouts, 2, STEPS)):
+    for rank, (stacked, per_layer) in enumerate(run_ranks(both_layouts, 2, STEPS, kernels, dtype)):
         assert stacked["stacked"] == ["stack"] and per_layer["stacked"] == []
         assert stacked["optimized"] == [(8, 2), (8,), (30, 8, 8), (30, 8), (5, 8), (5,)]
         assert len(per_layer["optimized"]) == 64
@@ -123,11 +132,11 @@ def test_two_ranks_stacked_equal_per_layer_bitwise_and_one_process() -> None:
             assert len(stacked["grads"][t]) == 60
             for name, g in stacked["grads"][t].items():
                 assert torch.equal(g, per_layer["grads"][t][name]), (rank, t, name)
-                assert (g - one["grads"][t][name]).abs().max().item() <= TOL, (rank, t, name)
+                assert (g - one["grads"][t][name]).abs().max().item() <= tol, (rank, t, name)
         assert stacked["losses"] == per_layer["losses"]
         for name, p in stacked["params"].items():
             assert torch.equal(p, per_layer["params"][name]), (rank, name)
-            assert (p - one["params"][name]).abs().max().item() <= TOL, (rank, name)
+            assert (p - one["params"][name]).abs().max().item() <= tol, (rank, name)
     # the steps moved the parameters: equal parameters are not equal initial ones
     initial = compile_spec(LAYERS, ["train.device=cpu"]).bound.model.state_dict()
     assert max((one["params"][n] - v).abs().max().item() for n, v in initial.items()) > 1e-4
