@@ -1,8 +1,9 @@
 """stack-params: hold a residual stack's weights in one tensor [N, …] and its biases in another.
 
 Requires: the `stacked` table's candidates (the graph builder lists each `ResidualStack` of
-built-in blocks); final update kernels (after select-kernels), precision (after precision) and
-scopes.
+built-in blocks); final update kernels (after select-kernels), precision (after precision),
+scopes, and the placement on the run's processes (after distribute: its reductions, which carry
+the backward's clipping).
 Ensures: each candidate's entry says how its parameters are held. Stacked: one tensor per run
 of consecutive layers whose weights (biases) lie in one partition — a partition that splits
 the stack by layer gets its own tensor per group, so it keeps its own rate — and lowering makes
@@ -10,14 +11,21 @@ each layer's parameter a view of it (state_dict keys, selectors and checkpoints 
 optimizer moves the stacked tensors, and serial training runs the stack from them (one gradient
 per tensor). Otherwise per layer, with the reason, wherever stacking could change a number or a
 technique holds the layers its own way:
-  several processes (data-parallel buckets and layer blocks hold per-layer tensors), brains
-  (each brain holds its own copy), module-wise training (it cuts the model by module), mixed
+  brains (each brain holds its own copy; `distributed brains` too), module-wise training (it cuts
+  the model by module; `distributed pipeline` too), an all-reduce of the stack's gradients over
+  more than 2 ranks (`distributed data` on 3 or more: each element's sum over the ranks
+  associates in an order its place in the flat bucket sets, and the stacked bucket's layout is
+  not the per-layer one's; over 2 ranks a sum is a + b either way), mixed
   precision, a forward that cuts the stack, a layer in no partition or in an element-level
   one, an update whose rule is not elementwise (LARS, LAMB: per-tensor norms; Langevin:
   per-tensor noise) or runs on a random subset's integrator, or on a fused flat buffer where the
   stack is split into several runs (the buffer holds the stacked tensors, and one run per kind
   keeps each one tensor in it), gradient clipping (a norm over one tensor sums in another order
-  than over N).
+  than over N; across ranks the clipping sits on the all-reduce or the gradient sum).
+Several processes stack as one does: `distributed data` reduces the stacked tensors' gradients
+(its bucket takes a partition's tensors deduplicated); `distributed layers` gives each rank the
+gradient rows of its adjoint block in the stacked tensors (zeros elsewhere) and `mgrit_sum_grads`
+sums those tensors, each element nonzero on one rank only, so the sum is exact in any order.
 
 Example (ode_resnet depth 64, one partition `all`, adam on torch.optim):
     before:  stack stack: N=64 dense candidate
@@ -50,8 +58,6 @@ def _runs(owners: list[str]) -> tuple[Run, ...]:
 
 def why_not(graph: ScheduleGraph, layout: StackLayout) -> str | tuple[tuple[Run, ...], tuple[Run, ...]]:
     """Why the stack keeps per-layer parameters, or its weight and bias runs."""
-    if graph.target.world > 1:
-        return "several processes"
     ops = list(graph.ops())
     if any(op.scope.replica for op in ops):
         return "brains hold their own copies"
@@ -96,8 +102,10 @@ def why_not(graph: ScheduleGraph, layout: StackLayout) -> str | tuple[tuple[Run,
                 return f"kernel {op.kernel}'s flat buffer takes one tensor per partition run, not several"
             if op.kernel not in ("torch.optim", "torch", "triton"):
                 return f"its update runs on kernel {op.kernel}"
-        if isinstance(op, Backward) and op.clip > 0 and parts & set(op.wrt):
-            return "gradient clipping"
+        if getattr(op, "clip", 0.0) > 0 and parts & set(op.partitions_used()):
+            return "gradient clipping"  # a backward's, or one the placer moved onto a reduction
+        if op.kind == "all_reduce" and graph.target.world > 2 and parts & set(op.partitions_used()):
+            return f"an all-reduce over {graph.target.world} ranks sums each element in an order its place sets"
     return runs[0], runs[1]
 
 

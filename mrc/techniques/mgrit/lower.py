@@ -836,21 +836,22 @@ for _kind in (*KIND_PHASE, SerialStack.kind):
 
 @lowers("mgrit_sum_grads")
 def lower_sum_stack_grads(op: SumStackGrads, pattern: Pattern, ctx: Lowering) -> StepFn | None:
-    """The stack's layers' gradients summed over the ranks in one flat buffer (made once; a missing
-    gradient — a layer outside this rank's block — counts as zero), then the backward's clipping."""
-    world, graph, r = ctx.world, ctx.graph, replica(op)
-    stack: dict[int, torch.Tensor] = {}
-    every: dict[int, torch.Tensor] = {}
-    for n in op.grads:
-        for name, p in zip(graph.partitions[n].params, ctx.replicas.params(graph, r, n), strict=True):
-            every[id(p)] = p
-            if name.startswith(op.stack + "."):
-                stack[id(p)] = p
-    params, clip = list(stack.values()), op.clip
-    clipped = list(every.values())
+    """The gradients of the stack's tensors — the ones its solve differentiates: its stacked tensors
+    (mrc/lower/stacked.py), or every layer's own — summed over the ranks in one flat buffer (made
+    once; a missing gradient, of a tensor outside this rank's block, counts as zero), then the
+    backward's clipping. The other tensors of the partitions are left alone (every rank computed
+    them whole). The stack's tensors are picked by identity: a partition lists its stacked layers'
+    tensors once per group (`Replicas.params`), not once per name."""
+    world, graph, r, clip = ctx.world, ctx.graph, replica(op), op.clip
     if not world.active and not clip:
         return None
-    bucket = GradBucket(params)
+    solves = _solved_model(ctx, r)[1]
+    if op.stack not in solves:
+        raise LoweringError(f"{op.id}: sums the gradients of `{op.stack}`, which no MGRIT solve runs")
+    ours = {id(p) for p in solves[op.stack].solve.params}
+    every = {id(p): p for n in op.grads for p in ctx.replicas.params(graph, r, n)}
+    bucket = GradBucket([p for i, p in every.items() if i in ours])
+    clipped = list(every.values())
 
     def sum_grads(env: Env) -> None:
         if world.active:
