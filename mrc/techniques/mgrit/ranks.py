@@ -32,8 +32,8 @@ rank the whole stack's gradient (the `mgrit_sum_grads` op, mrc/techniques/mgrit/
 
 A rank's states take the propagator's layout (`new_states`: a dense stack's are features first);
 the messages carry contiguous copies of them. On a world of one process a block is the whole
-problem and nothing is communicated: the solver is the one-process solver. Point-to-point messages use torch.distributed directly; the
-collectives go through `mrc.runtime.world.World`.
+problem and nothing is communicated: the solver is the one-process solver. Point-to-point
+messages use torch.distributed directly; the collectives go through `mrc.runtime.world.World`.
 """
 
 from __future__ import annotations
@@ -265,9 +265,10 @@ def adjoint_table(n_steps: int, settings: Settings, forward: Blocks, adjoint: Bl
     span = coarsest_span(settings)
     points = [n_steps - (k + 1) * span for k in range(settings.sizes(n_steps)[-1])]
     coarse = torch.zeros(len(points), *states.shape[1:], dtype=states.dtype, device=states.device)
-    for k, f in enumerate(points):
-        if lo < f <= hi or f == lo == 0:
-            coarse[k] = states[f - lo]
+    own = [k for k, f in enumerate(points) if lo < f <= hi or f == lo == 0]  # a run of k: f falls with k
+    if own:  # one strided copy: the points this rank holds, every span-th of its states
+        first, last = own[0], own[-1]
+        coarse[first:last + 1] = states[points[last] - lo:points[first] - lo + 1:span].flip(0)
     world.all_reduce(coarse)  # disjoint slots: each owner's state, exactly
     rows = torch.full((n_steps + 1,), -1, dtype=torch.long, device=states.device)
     if points:
