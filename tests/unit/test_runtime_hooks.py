@@ -131,3 +131,36 @@ def test_a_finished_run_gives_its_splits_only_in_memory() -> None:
         in_memory = False
 
     assert Finished(torch.nn.Linear(1, 1), 8, None, Feed()).splits() is None
+
+
+def test_ranks_start_from_rank_0s_parameters_in_one_message_per_dtype() -> None:
+    """`Trainer._broadcast_state` gives every parameter and buffer rank 0's values — views of a stacked
+    tensor, non-contiguous tensors and integer buffers included — in one broadcast per dtype (not one per
+    tensor: 2050 at depth 1024)."""
+    from types import SimpleNamespace
+
+    import torch
+    from torch import nn
+
+    from mrc.runtime.trainer import Trainer
+
+    sent: list[torch.Tensor] = []
+
+    def broadcast(t: torch.Tensor, src: int = 0) -> torch.Tensor:  # rank 0's values: 1, 2, 3, … per message
+        sent.append(t)
+        return torch.arange(1, t.numel() + 1, dtype=t.dtype).reshape(t.shape)
+
+    storage = torch.zeros(3, 2, 2)
+    model = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
+    model[0].weight = nn.Parameter(torch.zeros(2, 3).t())  # non-contiguous
+    model.add_module("layers", nn.ParameterList([nn.Parameter(v) for v in storage.unbind(0)]))  # views of it
+    plan = SimpleNamespace(checkpointed_models=lambda: [model])
+    Trainer._broadcast_state(SimpleNamespace(world=SimpleNamespace(broadcast=broadcast)), plan)  # type: ignore[arg-type]
+    assert len(sent) == 2 and {t.dtype for t in sent} == {torch.float32, torch.int64}
+    got = {dtype: [] for dtype in (torch.float32, torch.int64)}
+    for t in [*model.parameters(), *model.buffers()]:
+        got[t.dtype].append(t.detach().reshape(-1))
+    for dtype, parts in got.items():
+        assert torch.equal(torch.cat(parts), torch.arange(1, sum(p.numel() for p in parts) + 1, dtype=dtype))
+    assert torch.equal(torch.stack(list(model.layers)).detach(), storage)  # written through the views
+    assert storage.abs().sum() > 0
