@@ -24,11 +24,14 @@ class Arguments(Expressions):
     """Checks argument lists against parameter tables; values come from `Expressions`."""
 
     def arguments(self, what: str, params: tuple[Param, ...], args: tuple[ast.Arg, ...] | None,
-                  at: Span, prefix: str = "") -> tuple[dict[str, Any], dict[str, Span]]:
+                  at: Span, prefix: str = "",
+                  own: frozenset[str] = frozenset()) -> tuple[dict[str, Any], dict[str, Span]]:
         """Check call arguments against `params`; return the values (defaults filled) and spans.
 
         `prefix` is the `--set` key of the statement (`train.`), so `--set train.epochs=3` works
-        whether or not the spec gives `epochs`.
+        whether or not the spec gives `epochs`. `own`: parameters the caller reads itself (words or
+        lists of words, such as MGRIT's `relax`): named in hints and settable, but their `--set`
+        values and where a sweep writes them are the caller's.
         """
         given: dict[str, Any] = {}
         spans: dict[str, Span] = {}
@@ -72,9 +75,9 @@ class Arguments(Expressions):
             key = f"{prefix}{param.name}"
             if prefix:
                 self.settable.add(key)
-                if param.name not in first and args:  # written after the statement's last argument
+                if param.name not in first and args and param.name not in own:  # after the last argument
                     self.sites.setdefault(key, ("after", args[-1].span))
-            if param.name not in first and key in self.overrides:  # not given in the spec
+            if param.name not in first and key in self.overrides and param.name not in own:  # not given
                 try:
                     v = self.value(self.override(key, None))
                 except Bad:

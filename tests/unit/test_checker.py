@@ -214,6 +214,17 @@ def test_overrides_of_defaults_nested_and_partition_settings(full: Path) -> None
     assert p.schedule.kwargs["end"] == 0.01
 
 
+def test_mgrit_words_are_set_as_the_spec_writes_them() -> None:
+    """`--set mgrit.stack.warm_start=cache` and `--set mgrit.stack.relax=[F, FCF]` take bare words, as the spec
+    does, whether the block writes the key (relax) or not (warm_start: it was read as an unknown `let` name)."""
+    path = Path(__file__).resolve().parents[2] / "specs" / "mgrit_levelsets.mrs"
+    p = check_spec(path, ["mgrit.stack.warm_start=cache", "mgrit.stack.relax=[F, FCF]"])
+    (m,) = p.mgrit
+    assert (m.warm_start, m.relax) == ("cache", ("F", "FCF"))
+    with pytest.raises(CompileError, match="`warm_start` must be previous"):
+        check_spec(path, ["mgrit.stack.warm_start=cahce"])
+
+
 def _override_error(path: Path, overrides: list[str]) -> Diagnostic:
     with pytest.raises(CompileError) as info:
         check_spec(path, overrides)

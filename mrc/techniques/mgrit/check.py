@@ -77,9 +77,11 @@ def check_mgrit(ck: Checker, st: ast.Statement | None) -> None:
     parsers = {"relax": _relax, "warm_start": _warm_start}
     special = {key: next((a for a in args if a.name is not None and a.name.id == key), None) for key in parsers}
     others = tuple(a for a in args if all(a is not s for s in special.values()))
-    values, spans = ck.arguments("`mgrit`", KEYS, others, st.span, prefix)
+    values, spans = ck.arguments("`mgrit`", KEYS, others, st.span, prefix, own=frozenset(parsers))
     parsed: dict[str, object] = {"relax": ("FCF",), "warm_start": DEFAULT_GUESS}
     for key, arg in special.items():
+        if arg is None and args:  # where a sweep writes it: after the block's last setting
+            ck.sites.setdefault(f"{prefix}{key}", ("after", args[-1].span))
         if arg is None and f"{prefix}{key}" not in ck.overrides:
             continue
         expr = ck.override(f"{prefix}{key}", arg.value if arg else None)
