@@ -396,6 +396,26 @@ class _QuietCall:
         return super(self.cls, obj).__call__(*args, **kwargs)
 
 
+def stack_stretch(gm: fx.GraphModule, path: str) -> tuple[int, int, fx.Node] | str:
+    """Where the stack at `path` lies in `gm` (its nodes are those of its scope): the positions
+    of its first and last node and the one value it takes; or why it cannot be replaced."""
+    nodes = list(gm.graph.nodes)
+    inside = [i for i, n in enumerate(nodes)
+              if (n.meta.get("mrc", {}).get("scope", "") + ".").startswith(path + ".")]
+    if not inside:
+        return "no node of the traced model runs it"
+    lo, hi = inside[0], inside[-1]
+    if hi - lo + 1 != len(inside):
+        return "its nodes are not one contiguous stretch of the traced model"
+    members = set(nodes[lo:hi + 1])
+    entering = {a for n in nodes[lo:hi + 1] for a in n.all_input_nodes
+                if a not in members and a.op != "get_attr"}
+    leaving = [n for n in nodes[lo:hi + 1] if any(u not in members for u in n.users)]
+    if len(entering) != 1 or leaving != [nodes[hi]]:
+        return f"it takes {len(entering)} values and gives {len(leaving)}: a stack takes one and gives one"
+    return lo, hi, next(iter(entering))
+
+
 def replace_stretch(gm: fx.GraphModule, lo: int, hi: int, source: fx.Node, name: str,
                     module: nn.Module) -> fx.GraphModule:
     """A copy of `gm` in which the nodes at positions lo … hi (one stretch taking the one value

@@ -44,7 +44,7 @@ def candidates(bound: Any) -> Layouts:
     gm = bound.graph_module
     if gm is None:
         return {}
-    from mrc.techniques.mgrit.bind import stack_stretch
+    from mrc.models.trace import stack_stretch
 
     out: Layouts = {}
     for path, module in bound.model.named_modules():

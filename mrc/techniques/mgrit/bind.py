@@ -19,6 +19,7 @@ import torch
 from torch import fx, nn
 
 from mrc.diagnostics import Reporter
+from mrc.models.trace import stack_stretch
 from mrc.program import Mgrit, Program
 from mrc.registry import did_you_mean
 
@@ -120,26 +121,6 @@ def bind_stacks(program: Program, model: nn.Module, gm: fx.GraphModule, example:
         out.append(BoundStack(spec, spec.stack, names, float(h), block_kind(layers), nodes[stretch[0]].name,
                               nodes[stretch[1]].name))
     return tuple(out)
-
-
-def stack_stretch(gm: fx.GraphModule, path: str) -> tuple[int, int, fx.Node] | str:
-    """Where the stack at `path` lies in `gm` (its nodes are those of its scope): the positions
-    of its first and last node and the one value it takes; or why it cannot be replaced."""
-    nodes = list(gm.graph.nodes)
-    inside = [i for i, n in enumerate(nodes)
-              if (n.meta.get("mrc", {}).get("scope", "") + ".").startswith(path + ".")]
-    if not inside:
-        return "no node of the traced model runs it"
-    lo, hi = inside[0], inside[-1]
-    if hi - lo + 1 != len(inside):
-        return "its nodes are not one contiguous stretch of the traced model"
-    members = set(nodes[lo:hi + 1])
-    entering = {a for n in nodes[lo:hi + 1] for a in n.all_input_nodes
-                if a not in members and a.op != "get_attr"}
-    leaving = [n for n in nodes[lo:hi + 1] if any(u not in members for u in n.users)]
-    if len(entering) != 1 or leaving != [nodes[hi]]:
-        return f"it takes {len(entering)} values and gives {len(leaving)}: a stack takes one and gives one"
-    return lo, hi, next(iter(entering))
 
 
 def _serial_check(model: nn.Module, stack: nn.Module, example: torch.Tensor) -> str:

@@ -52,9 +52,9 @@ from torch import fx, nn
 from mrc.ir.graph import Pattern
 from mrc.ir.ops import Batch, Forward
 from mrc.lower.plan import Env, Lowering, LoweringError, StepFn, lowers
+from mrc.models.trace import stack_stretch
 from mrc.techniques.core.lower import forward_callable, replica
 from mrc.techniques.distributed.buckets import GradBucket
-from mrc.techniques.mgrit.bind import stack_stretch
 from mrc.techniques.mgrit.grid import MORE_CAP, Blocks
 from mrc.techniques.mgrit.ops import (
     PHASES,
