@@ -13,7 +13,8 @@ additions that make the iterates those of the one-process solver:
 * before every F-relaxation each rank sends its last point of the level to its successor, which
   receives it into its ghost (one state per block boundary, point-to-point): the F-points after
   a block's first C-point read it;
-* the level-0 residual norm is the square root of the sum over ranks of each block's Σ r²;
+* the level-0 residual norm is the square root of the sum over ranks of each block's Σ r² (summed
+  in the coarsest level's gather of the same iteration: one collective fewer per iteration);
 * the coarsest level is gathered — every rank's g at the points it owns, summed into one
   buffer (an all-gather by an all-reduce over disjoint slots, exact) — then solved serially on
   every rank (replicated, each up to its own last point) and each rank keeps its block.
@@ -110,12 +111,15 @@ class RankMGRIT(MGRIT):
         self.prop = _Guarded(prop)
         self._step_at, self._sweep_at = step_at_of(self.prop), sweep_at_of(self.prop)
         self._new_states = new_states_of(self.prop)  # the messages send and receive contiguous copies of rows
+        self._squares: torch.Tensor | None = None  # this part's Σ r² of the iteration, not summed over ranks yet
+        self._norm_out = torch.empty(0)
         self.part = part
         self.world = world
 
     def start(self, u0: torch.Tensor, warm: torch.Tensor | None = None) -> None:
         """Initial condition u0 (every rank has it) and this part's initial guess: `warm` [hi − lo + 1, *state]
         (a previous solve's `states`, the ghost first), else u0 at every point (the constant guess)."""
+        self._squares = None
         lo, hi = self.part.lo, self.part.hi
         if warm is not None:
             if warm.shape != (hi - lo + 1, *u0.shape):
@@ -162,11 +166,13 @@ class RankMGRIT(MGRIT):
         super()._f_relax(lv)
 
     def _norm(self, r: torch.Tensor) -> torch.Tensor:
+        """This part's Σ r², summed over the ranks by the coarsest level's gather later in the iteration (one
+        collective, not two: each is a meeting of the ranks); returns the norm's tensor, filled there."""
         if not self.world.active:  # one process: the one-process solver's norm, bit for bit
             return super()._norm(r)
-        total = r.double().square().sum().reshape(1)
-        self.world.all_reduce(total)
-        return total.sqrt()[0]
+        self._squares = r.double().square().sum()
+        self._norm_out = torch.empty((), dtype=torch.float64, device=r.device)
+        return self._norm_out
 
     def _coarse_solve(self, l: int) -> None:
         """Gather g of the coarsest level, sweep it serially up to this part's last point, keep the part."""
@@ -177,7 +183,14 @@ class RankMGRIT(MGRIT):
             whole[first + 1:first + 1 + lv.n] = lv.g[1:]
         if self.part.lo == 0:
             whole[0] = lv.g[0]
-        self.world.all_reduce(whole)  # disjoint slots: the sum is each owner's value, exactly
+        squares, self._squares = self._squares, None
+        if squares is None:
+            self.world.all_reduce(whole)  # disjoint slots: the sum is each owner's value, exactly
+        else:  # and the level-0 residual's Σ r², in float64 (the states' float32 values are exact there)
+            flat = torch.cat([whole.reshape(-1).double(), squares.reshape(1)])
+            self.world.all_reduce(flat)
+            whole.copy_(flat[:-1].view(whole.shape))
+            self._norm_out.copy_(flat[-1].sqrt())
         u, g = self._new_states(whole.shape, whole).copy_(whole), whole  # u_0 = g_0 on every level
         last = first + lv.n + 1
         self._sweep_at(0, lv.span, lv.span, u[:last], g[:last])
