@@ -46,7 +46,7 @@ serially and with one-shot MGRIT (3 levels, cf 4, FCF, 2 forward / 1 backward it
 `--warm-start`'s guess), seeds 0 … `--seeds`−1: final validation accuracy per seed and the mean. Without
 `--accuracy`, acc_serial and acc_mgrit are null.
 
-    python bench/mgrit.py                 # timing, op counts, 2 ranks (2-core CPU: ≈ 25 min, 10 compiling)
+    python bench/mgrit.py                 # timing, op counts, 2 ranks (2-core CPU: ≈ 2 min with --repeats 5)
     python bench/mgrit.py --accuracy      # and the accuracy runs: 3 seeds × 100 epochs × 2
     python bench/mgrit.py --quick         # 2 repeats × 2 steps, no ranks (with --accuracy: 1 seed × 5 epochs)
     python bench/mgrit.py --quick --no-compile --configs 256x32   # a smoke run (≈ 1 min)
