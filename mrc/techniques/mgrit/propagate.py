@@ -532,7 +532,7 @@ class StackAdjoint:
         level's points, which every rank sweeps). A step over a layer in neither reads a σ'(z) never
         made: only a solve whose calls stay inside the part's layers may leave layers out."""
         n, depth = states.shape[0] - 1, len(prop)
-        if not 0 <= first or first + n > depth or (first == 0 and n != depth and extra is None):
+        if n < 1 or first < 0 or first + n > depth or (extra is None and (first, n) != (0, depth)):
             raise ValueError(f"states must be the {depth + 1} points of the stack, or a part's from layer "
                              f"{first} with its extra layers; got {n + 1} points")
         self.kind, self.activation, self.h = prop.kind, prop.activation, prop.h
@@ -541,30 +541,27 @@ class StackAdjoint:
         """Dense: what σ'(z_n) of layers first … first + n − 1 is made from, in forward order (`param_grads`
         reuses it)."""
         self._key = _tensor_key(states)
+        dim = 0 if prop.kind == "dense" else 1  # the layer dimension of what σ'(z) is made from
         with torch.no_grad():
-            pieces = [(first, 1, states[:-1].detach())] + ([(extra[0], extra[1], extra[2].detach())] if extra else [])
-            made = [(f, stride, self._made(prop, f, stride, ys)) for f, stride, ys in pieces if ys.shape[0]]
+            block = self._made(prop, first, 1, states[:-1].detach())
             if prop.kind == "dense":
-                self.forward_saved = made[0][2] if made and made[0][0] == first else None
-            whole = len(made) == 1 and made[0][0] == 0 and made[0][2].shape[0 if prop.kind == "dense" else 1] == depth
-            if prop.kind == "dense" and whole:
-                # reversed in features-first memory, as the adjoint's states are (`new_states`)
-                self.saved = made[0][2].transpose(1, 2).flip(0).transpose(1, 2)
-            elif prop.kind == "conv" and whole:
-                self.saved = made[0][2].flip(1)
+                self.forward_saved = block
+            if extra is None:  # the whole stack
+                # reversed (in features-first memory for dense, as the adjoint's states are: `new_states`)
+                self.saved = (block.transpose(1, 2).flip(0).transpose(1, 2) if prop.kind == "dense"
+                              else block.flip(1))
             else:  # a part: each piece's rows at their reversed layers N − 1 − f, the rest never read
-                like = made[0][2] if made else states[:0]
-                if prop.kind == "dense":
-                    self.saved = like.new_empty(depth, like.shape[2], like.shape[1]).transpose(1, 2)
-                else:
-                    self.saved = like.new_empty(like.shape[0], depth, *like.shape[2:])
-                for f, stride, s in made:
-                    m = s.shape[0 if prop.kind == "dense" else 1]
+                pieces = [(first, 1, block)]
+                if extra[2].shape[0]:
+                    pieces.append((extra[0], extra[1], self._made(prop, extra[0], extra[1], extra[2].detach())))
+                if prop.kind == "dense":  # [N, B, w] in [N, w, B] memory
+                    self.saved = block.new_empty(depth, block.shape[2], block.shape[1]).transpose(1, 2)
+                else:  # [B, N, C, H, W]
+                    self.saved = block.new_empty(block.shape[0], depth, *block.shape[2:])
+                for f, stride, made in pieces:
+                    m = made.shape[dim]
                     rows = slice(depth - 1 - f - stride * (m - 1), depth - f, stride)
-                    if prop.kind == "dense":
-                        self.saved[rows].copy_(s.flip(0))
-                    else:
-                        self.saved[:, rows].copy_(s.flip(1))
+                    self.saved[(slice(None),) * dim + (rows,)].copy_(made.flip(dim))
             self.weight = prop.weight.flip(0)
         # each progression's views of σ'(z)'s tensor and of the weights (the stacks are fixed for the solve)
         self._views: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
