@@ -27,9 +27,9 @@ forward block from its predecessor, and the forward states at the adjoint's coar
 gathered once (its coarsest level is solved on every rank too). A stack propagator linearises
 those layers once per solve (`linearized_part`: σ'(z) of the block's layers and of the coarsest
 points, so each call is two ops on strided views, as in one process); any other propagator is
-called with the table's states (`RankAdjoint`). Each rank then computes the
-parameter gradients of the layers of its adjoint block (reusing the block's σ'(z)); summing them over ranks gives every
-rank the whole stack's gradient (the `mgrit_sum_grads` op, mrc/techniques/mgrit/place.py).
+called with the table's states (`RankAdjoint`). Each rank then computes the parameter gradients
+of the layers of its adjoint block (reusing the block's σ'(z)); summing them over ranks gives
+every rank the whole stack's gradient (the `mgrit_sum_grads` op, mrc/techniques/mgrit/place.py).
 
 A rank's states take the propagator's layout (`new_states`: a dense stack's are features first);
 the messages carry contiguous copies of them. On a world of one process a block is the whole
@@ -296,7 +296,6 @@ class _PartAdjoint:
     two ops on strided views, as one process's `StackAdjoint`), its states in the forward's layout."""
 
     def __init__(self, linear: Any, new_states: Any) -> None:
-        self.linear = linear
         self.step_at = linear.step_at
         self.sweep_at = linear.sweep_at
         self.new_states = new_states
@@ -309,10 +308,10 @@ class _PartAdjoint:
 
 
 def _block_states(table: torch.Tensor, a: int, b: int) -> torch.Tensor:
-    """y_a … y_b of this rank's adjoint block from its `adjoint_table` (y_b, never read, is the table's next
-    row: the same view each call, so the gradients reuse the solve's σ'(z))."""
-    k = b - a
-    return table[:k + 1] if table.shape[0] > k else torch.cat([table[:k], table[k - 1:k]])
+    """y_a … y_b of this rank's adjoint block from its `adjoint_table`: y_b, never read, is the table's next
+    row (its first coarsest point; there is always one). The same view each call, so the gradients reuse
+    the solve's σ'(z)."""
+    return table[:b - a + 1]
 
 
 def rank_adjoint_solve(prop: Propagator, n_steps: int, settings: Settings, adjoint: Blocks, world: Any,
