@@ -121,16 +121,11 @@ class RankMGRIT(MGRIT):
         (a previous solve's `states`, the ghost first), else u0 at every point (the constant guess)."""
         self._squares = None
         lo, hi = self.part.lo, self.part.hi
-        if warm is not None:
-            if warm.shape != (hi - lo + 1, *u0.shape):
-                raise ValueError(f"warm has shape {tuple(warm.shape)}, expected {(hi - lo + 1, *u0.shape)}")
-        u = self._new_states((hi - lo + 1, *u0.shape), u0)
-        if warm is not None:
-            u.copy_(warm.detach())
-            if lo == 0:
-                u[0] = u0
-        else:
-            u.copy_(u0.unsqueeze(0).expand(hi - lo + 1, *u0.shape))
+        if warm is not None and warm.shape != (hi - lo + 1, *u0.shape):
+            raise ValueError(f"warm has shape {tuple(warm.shape)}, expected {(hi - lo + 1, *u0.shape)}")
+        u = self._initial(hi - lo + 1, u0, warm)
+        if lo == 0:
+            u[0] = u0
         g = torch.zeros_like(u0).unsqueeze(0)  # g_0 = (u0 or 0, 0, …): only point 0 is read (g_zero)
         if lo == 0:
             g[0] = u0

@@ -245,13 +245,7 @@ class MGRIT:
         points = (n + 1) if every == 1 else n // every + 1
         if warm is not None and warm.shape != (points, *u0.shape):
             raise ValueError(f"warm has shape {tuple(warm.shape)}, expected {(points, *u0.shape)}")
-        u = self._new_states((n + 1, *u0.shape), u0)
-        if warm is not None and every == 1:
-            u.copy_(warm.detach())
-        else:
-            u.copy_(u0.unsqueeze(0).expand(n + 1, *u0.shape))
-            if warm is not None:
-                u[::every].copy_(warm.detach())
+        u = self._initial(n + 1, u0, warm, every)
         u[0] = u0
         g = u0.detach().clone().unsqueeze(0)  # g_0 = (u0, 0, …, 0): only its point 0 is ever read
         s = self.settings
@@ -263,6 +257,17 @@ class MGRIT:
             self._levels.append(_Level(size, cf, span, "" if coarsest else s.relaxation(l), u.device))
             span *= max(cf, 1)
         self._bind(u, g)
+
+    def _initial(self, count: int, u0: torch.Tensor, warm: torch.Tensor | None, every: int = 1) -> torch.Tensor:
+        """`count` states in the propagator's layout: warm's at every `every`-th point (all of them with
+        every = 1), u0 at the others (at all without warm)."""
+        u = self._new_states((count, *u0.shape), u0)
+        if warm is not None and every == 1:
+            return u.copy_(warm.detach())
+        u.copy_(u0.unsqueeze(0).expand(count, *u0.shape))
+        if warm is not None:
+            u[::every].copy_(warm.detach())
+        return u
 
     def _bind(self, u: torch.Tensor, g: torch.Tensor) -> None:
         """Give the levels their states for the solve (the fine level u and g; buffers for the coarse ones
